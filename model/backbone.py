@@ -1,0 +1,178 @@
+"""Upstream: a Hugging Face speech encoder turned into summed-layer frame features.
+
+Any transformers audio encoder that takes raw waveforms and returns
+`hidden_states` works (wav2vec 2.0, HuBERT, WavLM, data2vec-audio). The CNN
+feature encoder is always frozen; the transformer layers follow the
+fine-tuning strategy. Frame features are the sum of the outputs of all
+transformer layers (hidden_states[1:], not the CNN/embedding output).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from moodstream.model.errors import BackboneUnavailableError
+
+
+def build_backbone_module(backbone: str, backbone_config: dict[str, Any] | None,
+                          load_pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """Return (transformers model, its config as a dict).
+
+    With `backbone_config` the model is built randomly initialised from it
+    (checkpoints overwrite the weights right after). Otherwise `backbone` is a
+    hub id or a local folder, and its pretrained weights are loaded when
+    `load_pretrained` is set.
+    """
+    import transformers
+
+    if backbone_config is not None and not load_pretrained:
+        values = dict(backbone_config)
+        model_type = values.pop("model_type", None)
+        if model_type is None:
+            raise ValueError("invalid model config: backbone_config needs a 'model_type' (e.g. 'wav2vec2')")
+        try:
+            hf_config = transformers.AutoConfig.for_model(model_type, **values)
+        except (ValueError, KeyError) as error:
+            raise ValueError(f"invalid model config: backbone_config is not a transformers config: {error}") from error
+        module = transformers.AutoModel.from_config(hf_config)
+        return module, hf_config.to_dict()
+
+    local = Path(backbone).expanduser()
+    source = str(local) if local.exists() else backbone
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+    def load(local_files_only: bool):
+        if load_pretrained:
+            return transformers.AutoModel.from_pretrained(source, local_files_only=local_files_only)
+        return transformers.AutoModel.from_config(
+            transformers.AutoConfig.from_pretrained(source, local_files_only=local_files_only))
+
+    try:
+        try:
+            # The local cache first: no network round trips when it is there.
+            module = load(local_files_only=True)
+        except (OSError, ValueError):
+            if offline or local.exists():
+                raise
+            module = load(local_files_only=False)
+    except (OSError, ValueError) as error:
+        if local.exists():
+            hint = f"the folder {local} does not hold a transformers model (config.json + weights)"
+        else:
+            hint = (f"'{backbone}' is neither a local folder nor in the Hugging Face cache; "
+                    "download it on a connected machine (e.g. `hf download "
+                    f"{backbone}`) and copy the cache, or pass the folder it is in")
+        raise BackboneUnavailableError(f"cannot load backbone: {hint}.") from error
+    return module, module.config.to_dict()
+
+
+class Backbone(nn.Module):
+    """Wraps the encoder: waveforms -> summed transformer-layer frame features + frame mask."""
+
+    def __init__(self, encoder: nn.Module, fine_tuning: str = "all", fine_tune_last_n: int = 1,
+                 normalize_waveform: bool = True) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.normalize_waveform = normalize_waveform
+        if not hasattr(encoder, "feature_extractor") or not hasattr(encoder, "encoder"):
+            raise ValueError(
+                f"unsupported backbone {type(encoder).__name__}: need a raw-waveform encoder with a CNN "
+                "feature extractor and transformer layers (wav2vec2, hubert, wavlm, data2vec-audio)")
+        self.fine_tuning = fine_tuning
+        self.fine_tune_last_n = fine_tune_last_n
+        self.apply_fine_tuning_strategy()
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.encoder.config.hidden_size)
+
+    @property
+    def transformer_layers(self) -> nn.ModuleList:
+        return self.encoder.encoder.layers
+
+    @property
+    def feature_encoder(self) -> nn.Module:
+        """The CNN that turns samples into 20 ms frames; never trained."""
+        return self.encoder.feature_extractor
+
+    def apply_fine_tuning_strategy(self) -> None:
+        strategy, last_n = self.fine_tuning, self.fine_tune_last_n
+        layers = self.transformer_layers
+        if strategy == "last-n" and last_n > len(layers):
+            raise ValueError(f"fine_tune_last_n={last_n} but the backbone has only {len(layers)} layers")
+        for parameter in self.encoder.parameters():
+            parameter.requires_grad = strategy == "all"
+        if strategy == "last-n":
+            for layer in layers[len(layers) - last_n:]:
+                for parameter in layer.parameters():
+                    parameter.requires_grad = True
+            final_norm = getattr(self.encoder.encoder, "layer_norm", None)
+            if final_norm is not None and getattr(self.encoder.config, "do_stable_layer_norm", False):
+                # In pre-norm models the last layer's output passes this norm.
+                for parameter in final_norm.parameters():
+                    parameter.requires_grad = True
+        for parameter in self.feature_encoder.parameters():
+            parameter.requires_grad = False
+        # The masked-span embedding is only for self-supervised pretraining.
+        masked_spec_embed = getattr(self.encoder, "masked_spec_embed", None)
+        if masked_spec_embed is not None:
+            masked_spec_embed.requires_grad = False
+
+    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
+        return self.encoder._get_feat_extract_output_lengths(sample_lengths).to(torch.long)
+
+    def forward(self, waveforms: torch.Tensor, sample_lengths: torch.Tensor):
+        """waveforms [B, T] zero-padded, sample_lengths [B] -> (features [B, F, H], frame_mask [B, F] bool).
+
+        A segment's features do not depend on what it is batched with: the CNN
+        runs on each distinct length without padding (its group norm would
+        otherwise see the padding), and the transformer gets the frame mask.
+        """
+        batch, total = waveforms.shape
+        sample_mask = torch.arange(total, device=waveforms.device)[None, :] < sample_lengths[:, None]
+        if self.normalize_waveform:
+            waveforms = normalize_per_segment(waveforms, sample_mask, sample_lengths)
+        frame_lengths = self.frame_lengths(sample_lengths)
+        frame_count = int(frame_lengths.max())
+        cnn_features = None
+        for length in torch.unique(sample_lengths).tolist():
+            rows = (sample_lengths == length).nonzero(as_tuple=True)[0]
+            extracted = self.feature_encoder(waveforms[rows, :length]).transpose(1, 2)
+            if cnn_features is None:
+                cnn_features = extracted.new_zeros(batch, frame_count, extracted.shape[2])
+            cnn_features[rows, : extracted.shape[1]] = extracted
+        frame_mask = torch.arange(frame_count, device=waveforms.device)[None, :] < frame_lengths[:, None]
+        hidden = self.encoder.feature_projection(cnn_features)
+        if isinstance(hidden, tuple):  # wav2vec2 also returns the normalised CNN features
+            hidden = hidden[0]
+        if self.training:
+            hidden = self.encoder._mask_hidden_states(hidden, attention_mask=frame_mask)
+        layer_outputs: list[torch.Tensor] = []
+
+        def record(_module, _inputs, output):
+            layer_outputs.append(output[0] if isinstance(output, tuple) else output)
+
+        hooks = [layer.register_forward_hook(record) for layer in self.transformer_layers]
+        try:
+            self.encoder.encoder(hidden, attention_mask=None if bool(frame_mask.all()) else frame_mask)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        # The paper's frame features: the sum of every transformer layer's output.
+        features = torch.stack(layer_outputs, dim=0).sum(dim=0)
+        return features, frame_mask
+
+
+def normalize_per_segment(waveforms: torch.Tensor, sample_mask: torch.Tensor,
+                          sample_lengths: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance over each segment's real samples (as Wav2Vec2FeatureExtractor does)."""
+    mask = sample_mask.to(waveforms.dtype)
+    count = sample_lengths.clamp(min=1).to(waveforms.dtype)[:, None]
+    mean = (waveforms * mask).sum(dim=1, keepdim=True) / count
+    centred = (waveforms - mean) * mask
+    variance = (centred ** 2).sum(dim=1, keepdim=True) / count
+    return centred / torch.sqrt(variance + 1e-7)

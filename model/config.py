@@ -1,0 +1,130 @@
+"""Every hyperparameter of the screening model, in one place.
+
+The defaults are the paper's (Zhang et al., Sci. Rep. 2024): wav2vec 2.0 base,
+all transformer layers fine-tuned, frame features = sum of all transformer
+layer outputs, 3 x Conv1d(80) + ReLU + Dropout, attention pooling, then an
+LSTM + scaled dot-product self-attention session head summed over time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+FINE_TUNING_STRATEGIES = ("frozen", "last-n", "all")
+POOLINGS = ("attention", "mean", "max")
+SESSION_HEADS = ("self-attention", "last-step")
+
+
+@dataclass
+class ModelConfig:
+    # Upstream (SSL backbone). `backbone` is a Hugging Face hub id or a local
+    # folder; `backbone_config` (a transformers config dict) builds a randomly
+    # initialised backbone instead, as checkpoints and tests do.
+    backbone: str = "facebook/wav2vec2-base"
+    backbone_config: dict[str, Any] | None = None
+    fine_tuning: str = "all"
+    fine_tune_last_n: int = 1
+    normalize_waveform: bool = True
+
+    # Downstream segment head.
+    conv_channels: int = 80
+    conv_kernel_size: int = 3
+    conv_layers: int = 3
+    dropout: float = 0.1
+    pooling: str = "attention"
+
+    # Downstream session head.
+    lstm_hidden_size: int = 128
+    attention_size: int = 128
+    session_head: str = "self-attention"
+
+    # Audio framing and decision.
+    sample_rate: int = 16000
+    segment_seconds: float = 7.0
+    min_segment_seconds: float = 1.0
+    max_segment_seconds: float = 10.0
+    decision_threshold: float = 0.5
+
+    # Free-form provenance (training data, recipe, date); hashed into model_version.
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def require(condition: bool, message: str) -> None:
+            if not condition:
+                raise ValueError(f"invalid model config: {message}")
+
+        require(self.fine_tuning in FINE_TUNING_STRATEGIES,
+                f"fine_tuning must be one of {FINE_TUNING_STRATEGIES}, got {self.fine_tuning!r}")
+        require(self.fine_tune_last_n >= 1, "fine_tune_last_n must be >= 1")
+        require(self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        require(self.session_head in SESSION_HEADS,
+                f"session_head must be one of {SESSION_HEADS}, got {self.session_head!r}")
+        require(self.conv_layers >= 1 and self.conv_channels >= 1, "conv_layers and conv_channels must be >= 1")
+        require(self.conv_kernel_size >= 1 and self.conv_kernel_size % 2 == 1,
+                "conv_kernel_size must be odd so frames stay aligned with the padding mask")
+        require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        require(self.lstm_hidden_size >= 1 and self.attention_size >= 1, "session head sizes must be >= 1")
+        require(self.sample_rate > 0, "sample_rate must be positive")
+        require(0 < self.min_segment_seconds <= self.segment_seconds <= self.max_segment_seconds,
+                "need 0 < min_segment_seconds <= segment_seconds <= max_segment_seconds")
+        require(0.0 < self.decision_threshold < 1.0, "decision_threshold must be in (0, 1)")
+
+    @property
+    def segment_vector_size(self) -> int:
+        return self.conv_channels
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"invalid model config: unknown keys {unknown}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> "ModelConfig":
+        """A few-thousand-parameter model with the paper's structure, for tests and the demo."""
+        values: dict[str, Any] = dict(
+            backbone="tiny-random-wav2vec2",
+            backbone_config=tiny_wav2vec2_config(),
+            conv_channels=16,
+            lstm_hidden_size=16,
+            attention_size=16,
+            dropout=0.0,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+def tiny_wav2vec2_config() -> dict[str, Any]:
+    """A wav2vec 2.0 config with the real architecture (7 CNN layers, 20 ms frames) at toy width."""
+    return {
+        "model_type": "wav2vec2",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "conv_dim": [16, 16, 16, 16, 16, 16, 16],
+        "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+        "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+        "num_conv_pos_embeddings": 16,
+        "num_conv_pos_embedding_groups": 4,
+        "feat_extract_norm": "group",
+        "do_stable_layer_norm": False,
+        "layerdrop": 0.0,
+        "mask_time_prob": 0.0,
+    }

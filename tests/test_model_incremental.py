@@ -1,0 +1,110 @@
+"""Incremental scoring equals the batch forward after every segment (DESIGN.md §2)."""
+import pytest
+import torch
+
+from moodstream.model import ModelConfig, ScreeningModel, ScorerState, StateError
+from moodstream.model.incremental import IncrementalScorer
+from moodstream.model.session_head import SessionHead
+
+
+def batch_probability(head, vectors):
+    with torch.no_grad():
+        return float(torch.sigmoid(head(vectors[None])[0]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("variant", ["self-attention", "last-step"])
+def test_incremental_equals_batch_after_every_segment(seed, variant):
+    torch.manual_seed(seed)
+    head = SessionHead(input_size=24, hidden_size=32, attention_size=20, variant=variant).eval()
+    # larger weights make the softmax peaky, where an online softmax could drift
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.mul_(1.0 + seed)
+    vectors = torch.randn(300, 24) * (1 + seed)
+    scorer = IncrementalScorer(head, model_version="m-test")
+    state = scorer.init_state()
+    worst = 0.0
+    checkpoints = set(range(1, 31)) | set(range(40, 301, 13)) | {300}
+    for n in range(1, 301):
+        state, probability = scorer.step(state, vectors[n - 1])
+        if n in checkpoints:
+            worst = max(worst, abs(probability - batch_probability(head, vectors[:n])))
+    assert state.segments == 300
+    assert worst <= 1e-5, worst
+
+
+def test_incremental_logit_matches_away_from_saturation():
+    # sigmoid saturation would hide differences: compare the summed attention too
+    torch.manual_seed(7)
+    head = SessionHead(input_size=8, hidden_size=8, attention_size=8).eval()
+    vectors = torch.randn(60, 8)
+    scorer = IncrementalScorer(head)
+    state = scorer.init_state()
+    for vector in vectors:
+        state, _ = scorer.step(state, vector)
+    with torch.no_grad():
+        outputs, _ = head.lstm(vectors[None])
+        q, k, v = head.query(outputs[0]), head.key(outputs[0]), head.value(outputs[0])
+        batch_rows = torch.softmax(q @ k.T * head.scale, dim=-1) @ v
+    incremental_rows = state.row_numerator / state.row_denominator[:, None]
+    assert torch.allclose(incremental_rows, batch_rows, atol=1e-5)
+
+
+def test_state_bytes_round_trip_exactly_and_continue_identically():
+    torch.manual_seed(5)
+    head = SessionHead(input_size=6, hidden_size=7, attention_size=5).eval()
+    scorer = IncrementalScorer(head, model_version="m-abc")
+    state = scorer.init_state()
+    assert ScorerState.from_bytes(state.to_bytes()).to_bytes() == state.to_bytes()
+    vectors = torch.randn(12, 6)
+    for vector in vectors[:8]:
+        state, _ = scorer.step(state, vector)
+    data = state.to_bytes()
+    restored = ScorerState.from_bytes(data, expected_model_version="m-abc")
+    assert restored.to_bytes() == data
+    assert restored.segments == 8
+    a, b = state, restored
+    for vector in vectors[8:]:
+        a, pa = scorer.step(a, vector)
+        b, pb = scorer.step(b, vector)
+        assert pa == pb
+
+
+def test_corrupt_or_foreign_state_is_refused():
+    head = SessionHead(input_size=4, hidden_size=4, attention_size=4).eval()
+    scorer = IncrementalScorer(head, model_version="m-one")
+    state, _ = scorer.step(scorer.init_state(), torch.randn(4))
+    data = bytearray(state.to_bytes())
+    with pytest.raises(StateError, match="truncated"):
+        ScorerState.from_bytes(bytes(data[:10]))
+    flipped = bytearray(data)
+    flipped[30] ^= 0xFF
+    with pytest.raises(StateError, match="corrupt"):
+        ScorerState.from_bytes(bytes(flipped))
+    with pytest.raises(StateError, match="belongs to model"):
+        ScorerState.from_bytes(bytes(data), expected_model_version="m-two")
+    other = IncrementalScorer(head, model_version="m-two")
+    with pytest.raises(StateError, match="belongs to model"):
+        other.step(ScorerState.from_bytes(bytes(data)), torch.randn(4))
+
+
+def test_model_incremental_scorer_matches_model_score():
+    torch.manual_seed(6)
+    model = ScreeningModel(ModelConfig.tiny())
+    vectors = torch.randn(25, model.config.segment_vector_size)
+    scorer = model.incremental_scorer()
+    state = scorer.init_state()
+    for n, vector in enumerate(vectors, start=1):
+        state, probability = scorer.step(state, vector)
+        assert abs(probability - model.score(vectors[:n])) <= 1e-5
+
+
+def test_wrong_vector_width_and_non_finite_vectors_are_refused():
+    head = SessionHead(input_size=4, hidden_size=4, attention_size=4).eval()
+    scorer = IncrementalScorer(head)
+    state = scorer.init_state()
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        scorer.step(state, torch.randn(5))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        scorer.step(state, torch.tensor([0.0, float("nan"), 0.0, 0.0]))
