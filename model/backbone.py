@@ -39,7 +39,7 @@ def build_backbone_module(backbone: str, backbone_config: dict[str, Any] | None,
         except (ValueError, KeyError) as error:
             raise ValueError(f"invalid model config: backbone_config is not a transformers config: {error}") from error
         module = transformers.AutoModel.from_config(hf_config)
-        return module, hf_config.to_dict()
+        return module, portable_config(hf_config)
 
     local = Path(backbone).expanduser()
     source = str(local) if local.exists() else backbone
@@ -67,7 +67,15 @@ def build_backbone_module(backbone: str, backbone_config: dict[str, Any] | None,
                     "download it on a connected machine (e.g. `hf download "
                     f"{backbone}`) and copy the cache, or pass the folder it is in")
         raise BackboneUnavailableError(f"cannot load backbone: {hint}.") from error
-    return module, module.config.to_dict()
+    return module, portable_config(module.config)
+
+
+def portable_config(hf_config) -> dict[str, Any]:
+    """The config without fields that name a machine or a library release, so model_version is stable."""
+    values = hf_config.to_dict()
+    for volatile in ("transformers_version", "_name_or_path", "_commit_hash", "dtype", "torch_dtype"):
+        values.pop(volatile, None)
+    return values
 
 
 class Backbone(nn.Module):

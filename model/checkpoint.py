@@ -46,9 +46,9 @@ def split_state_dict(model: "ScreeningModel") -> tuple[dict[str, torch.Tensor], 
 
 
 def _config_document(model: "ScreeningModel") -> dict:
+    # model.config holds the backbone's resolved transformers config, so the
+    # backbone is rebuilt from it, never from the hub.
     config = model.config.to_dict()
-    # The backbone is rebuilt from its resolved config, never from the hub.
-    config["backbone_config"] = model.backbone_config
     return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "model": config}
 
 

@@ -27,11 +27,11 @@ from moodstream.model.session_head import SessionHead
 class ScreeningModel(nn.Module):
     def __init__(self, config: ModelConfig, load_pretrained_backbone: bool = False) -> None:
         super().__init__()
-        self.config = config
         encoder, hf_config = build_backbone_module(config.backbone, config.backbone_config, load_pretrained_backbone)
         # The resolved transformers config is kept so a checkpoint rebuilds the
         # backbone offline, without the hub.
-        self.backbone_config = hf_config
+        config = config.replace(backbone_config=hf_config)
+        self.config = config
         self.backbone = Backbone(encoder, config.fine_tuning, config.fine_tune_last_n, config.normalize_waveform)
         self.segment_head = SegmentHead(self.backbone.hidden_size, config.conv_channels, config.conv_kernel_size,
                                         config.conv_layers, config.dropout, config.pooling)

@@ -1,16 +1,107 @@
-"""The `moodstream` command: one entry point, one subcommand per part."""
+"""The `moodstream` command: one entry point, one subcommand per part.
+
+Each part registers its own subcommand from its folder (agent/cli.py,
+server/cli.py, trainer/cli.py). Parsers are built without importing torch,
+so `moodstream agent` stays light.
+"""
+from __future__ import annotations
+
 import argparse
+import importlib
+import json
 import sys
 
 from moodstream import SCREENING_NOTICE, __version__
 
+# subcommand module -> must define add_parser(subparsers) that sets `handler`
+SUBCOMMAND_MODULES = (
+    "moodstream.agent.cli",
+    "moodstream.server.cli",
+    "moodstream.server.demo",
+    "moodstream.trainer.cli",
+)
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="moodstream", description=SCREENING_NOTICE)
-    parser.add_argument("--version", action="version", version=__version__)
-    parser.add_subparsers(dest="command", required=True)
-    args = parser.parse_args(argv)
+
+def add_model_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "model", help="create or inspect a checkpoint folder",
+        description="Create or inspect moodstream checkpoint folders (config.json + safetensors weights).")
+    actions = parser.add_subparsers(dest="model_command", required=True)
+    info = actions.add_parser("info", help="print a checkpoint's config, parameter counts and model_version")
+    info.add_argument("checkpoint", help="checkpoint folder")
+    info.set_defaults(handler=run_model_info)
+    init = actions.add_parser(
+        "init", help="write a randomly initialised checkpoint (scores mean nothing until trained)",
+        description="Write a randomly initialised checkpoint. --tiny builds the toy-size model used by the "
+                    "tests and the demo; otherwise the backbone is loaded from --backbone (hub id or folder).")
+    init.add_argument("output", help="folder to write")
+    init.add_argument("--tiny", action="store_true", help="toy-size wav2vec2 (fast, for tests and demos)")
+    init.add_argument("--backbone", default="facebook/wav2vec2-base",
+                      help="Hugging Face id or local folder of a pretrained encoder (default: %(default)s)")
+    init.add_argument("--seed", type=int, default=0, help="random seed for the heads (default: %(default)s)")
+    init.set_defaults(handler=run_model_init)
+
+
+def run_model_info(args) -> int:
+    from moodstream.model import ScreeningModel
+
+    model = ScreeningModel.from_pretrained(args.checkpoint)
+    print(json.dumps({
+        "model_version": model.model_version,
+        "parameters": model.parameter_counts(),
+        "config": {k: v for k, v in model.config.to_dict().items() if k != "backbone_config"},
+        "notice": SCREENING_NOTICE,
+    }, indent=2))
     return 0
+
+
+def run_model_init(args) -> int:
+    import torch
+
+    from moodstream.model import ModelConfig, ScreeningModel
+
+    torch.manual_seed(args.seed)
+    if args.tiny:
+        model = ScreeningModel(ModelConfig.tiny(notes={"trained": False}))
+    else:
+        model = ScreeningModel(ModelConfig(backbone=args.backbone, notes={"trained": False}),
+                               load_pretrained_backbone=True)
+    folder = model.save_pretrained(args.output)
+    print(f"wrote untrained checkpoint {folder} (model_version {model.model_version}); "
+          "its scores mean nothing until it is trained")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moodstream",
+        description="Streaming speech-based depression screening. " + SCREENING_NOTICE)
+    parser.add_argument("--version", action="version", version=f"moodstream {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name == module_name:  # that part is not built/installed
+                continue
+            raise
+        module.add_parser(subparsers)
+    add_model_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("moodstream: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, PermissionError) as error:
+        # Input and configuration problems: one sentence, no traceback.
+        print(f"moodstream {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,37 @@
+"""The moodstream command: --help on every subcommand, one-sentence errors."""
+import subprocess
+import sys
+
+import pytest
+
+from moodstream.cli import build_parser, main
+
+
+def subcommands():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return sorted(action.choices)
+
+
+@pytest.mark.parametrize("command", subcommands())
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: moodstream " + command in capsys.readouterr().out
+
+
+def test_model_init_and_info_round_trip(tmp_path, capsys):
+    assert main(["model", "init", "--tiny", str(tmp_path / "ckpt")]) == 0
+    assert "mean nothing until it is trained" in capsys.readouterr().out
+    assert main(["model", "info", str(tmp_path / "ckpt")]) == 0
+    out = capsys.readouterr().out
+    assert '"model_version": "m' in out and "not a diagnosis" in out
+
+
+def test_missing_checkpoint_is_one_line_on_stderr(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "moodstream.cli", "model", "info", str(tmp_path / "none")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "no checkpoint folder" in result.stderr

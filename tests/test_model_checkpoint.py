@@ -1,0 +1,148 @@
+"""Checkpoint folders, model_version, and clear errors on bad input."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from moodstream.model import BackboneUnavailableError, CheckpointError, ModelConfig, ScreeningModel
+from moodstream.model.config import tiny_wav2vec2_config
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(11)
+    return ScreeningModel(ModelConfig.tiny(notes={"purpose": "test"}))
+
+
+def waves(count=3, seconds=2.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32) for _ in range(count)]
+
+
+def test_save_then_load_gives_identical_outputs_and_version(model, tmp_path):
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "encoder.safetensors", "scorer.safetensors"]
+    loaded = ScreeningModel.from_pretrained(folder)
+    assert loaded.model_version == model.model_version
+    assert json.loads((folder / "config.json").read_text())["model_version"] == model.model_version
+    audio = waves()
+    assert torch.equal(loaded.encode_segments(audio), model.encode_segments(audio))
+    vectors = torch.randn(9, model.config.segment_vector_size)
+    assert loaded.score(vectors) == model.score(vectors)
+    assert loaded.config == model.config
+
+
+def test_model_version_is_stable_and_changes_with_one_weight(model):
+    twin = ScreeningModel(model.config)
+    twin.load_state_dict(model.state_dict())
+    assert twin.model_version == model.model_version
+    with torch.no_grad():
+        twin.session_head.classifier.bias[0] += 1e-3
+    assert twin.model_version != model.model_version
+    other_threshold = ScreeningModel(model.config.replace(decision_threshold=0.6))
+    other_threshold.load_state_dict(model.state_dict())
+    assert other_threshold.model_version != model.model_version
+
+
+def test_saving_over_an_existing_checkpoint_replaces_it(model, tmp_path):
+    target = tmp_path / "ckpt"
+    model.save_pretrained(target)
+    changed = ScreeningModel(model.config)
+    changed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        changed.segment_head.attention_vector[0] += 1.0
+    changed.save_pretrained(target)
+    assert ScreeningModel.from_pretrained(target).model_version == changed.model_version
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_missing_checkpoint_says_what_to_do(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint folder at .*moodstream train"):
+        ScreeningModel.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a moodstream checkpoint"):
+        ScreeningModel.from_pretrained(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("damage", ["truncate-weights", "drop-scorer", "garble-config", "edit-weight", "bad-key"])
+def test_corrupt_checkpoints_are_refused_in_one_sentence(model, tmp_path, damage):
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    if damage == "truncate-weights":
+        data = (folder / "encoder.safetensors").read_bytes()
+        (folder / "encoder.safetensors").write_bytes(data[: len(data) // 2])
+        pattern = "encoder.safetensors is corrupt"
+    elif damage == "drop-scorer":
+        (folder / "scorer.safetensors").unlink()
+        pattern = "missing scorer.safetensors"
+    elif damage == "garble-config":
+        (folder / "config.json").write_text("{not json")
+        pattern = "config.json is corrupt"
+    elif damage == "edit-weight":
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(folder / "scorer.safetensors")
+        weights["session_head.classifier.bias"] += 1.0
+        save_file(weights, folder / "scorer.safetensors")
+        pattern = "does not match its recorded model_version"
+    else:
+        document = json.loads((folder / "config.json").read_text())
+        document["model"]["poolling"] = "mean"
+        (folder / "config.json").write_text(json.dumps(document))
+        pattern = "invalid model config"
+    with pytest.raises(CheckpointError, match=pattern) as info:
+        ScreeningModel.from_pretrained(folder)
+    assert "\n" not in str(info.value)
+
+
+def test_backbone_not_available_offline_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BackboneUnavailableError, match="hf download facebook/wav2vec2-base"):
+        ScreeningModel(ModelConfig(), load_pretrained_backbone=True)
+
+
+def test_backbone_from_a_local_folder_loads_its_weights(tmp_path):
+    import transformers
+
+    values = tiny_wav2vec2_config()
+    hf_config = transformers.AutoConfig.for_model(values.pop("model_type"), **values)
+    torch.manual_seed(3)
+    pretrained = transformers.Wav2Vec2Model(hf_config)
+    pretrained.save_pretrained(tmp_path / "w2v")
+    model = ScreeningModel(ModelConfig.tiny(backbone=str(tmp_path / "w2v"), backbone_config=None),
+                           load_pretrained_backbone=True)
+    for name, tensor in pretrained.state_dict().items():
+        assert torch.equal(model.backbone.encoder.state_dict()[name], tensor), name
+    with pytest.raises(BackboneUnavailableError, match="does not hold a transformers model"):
+        ScreeningModel(ModelConfig.tiny(backbone=str(tmp_path), backbone_config=None), load_pretrained_backbone=True)
+
+
+def test_bad_audio_gets_clear_value_errors(model):
+    good = waves(1)[0]
+    with pytest.raises(ValueError, match="must be sampled at 16000 Hz, got 8000 Hz"):
+        model.encode_segments([good], sample_rate=8000)
+    with pytest.raises(ValueError, match="too short"):
+        model.encode_segments([good[:1000]])
+    with pytest.raises(ValueError, match="too long"):
+        model.encode_segments([np.zeros(16000 * 11, dtype=np.float32)])
+    for bad in (np.nan, np.inf):
+        broken = good.copy()
+        broken[100] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            model.encode_segments([broken])
+    with pytest.raises(ValueError, match="no waveforms"):
+        model.encode_segments([])
+    with pytest.raises(ValueError, match="1-D mono"):
+        model.encode_segments([np.zeros((2, 16000), dtype=np.float32)])
+    pcm = (good * 32767).astype(np.int16)
+    assert model.encode_segments([pcm]).shape == (1, model.config.segment_vector_size)
+
+
+def test_bad_vectors_get_clear_value_errors(model):
+    width = model.config.segment_vector_size
+    with pytest.raises(ValueError, match="at least one segment"):
+        model.score(torch.zeros(0, width))
+    with pytest.raises(ValueError, match=f"shape \\(n, {width}\\)"):
+        model.score(torch.zeros(3, width + 1))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.score(torch.full((2, width), float("inf")))

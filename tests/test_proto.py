@@ -1,0 +1,24 @@
+"""The checked-in gRPC stubs match the .proto."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_checked_in_stubs_are_fresh():
+    result = subprocess.run([sys.executable, str(ROOT / "proto" / "generate.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_stale_stubs_are_detected(tmp_path):
+    import shutil
+
+    copy = tmp_path / "proto"
+    shutil.copytree(ROOT / "proto", copy)
+    proto = copy / "moodstream" / "v1" / "moodstream.proto"
+    proto.write_text(proto.read_text().replace("message End {", "message End {\n  bool abandoned = 9;"))
+    result = subprocess.run([sys.executable, str(copy / "generate.py"), "--check"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "stale stubs" in result.stderr
