@@ -1,0 +1,787 @@
+"""Session state in Redis: segment vectors, scorer state, applied seq, score streams.
+
+Servers hold no session state; everything a replica needs to take over a
+session lives here. Every segment's effect is ONE atomic Lua script, so a
+session is never seen with a vector but no state, or a state but no score.
+The same code runs against a single server and a Redis Cluster.
+
+Key schema
+----------
+P = participant id, S = session id, V = model version (ids are
+``[A-Za-z0-9_.-]{1,64}``, versions ``[A-Za-z0-9_.+-]{1,128}``, so none holds
+``:``, ``{``, ``}`` or a glob character)::
+
+    ms:{p:P}:V:s:S            hash    participant, session, model_version,
+                                      device, started_at, ended_at (once
+                                      ended), applied (last applied seq),
+                                      state (scorer state bytes), segments,
+                                      speech_seconds, latest (score JSON),
+                                      latest_offset
+    ms:{p:P}:V:s:S:vectors    hash    seq -> segment vector (float32 bytes)
+    ms:{p:P}:V:s:S:audio      hash    seq -> PCM s16le (only with store_audio)
+    ms:{p:P}:V:s:S:updates    stream  one entry per applied segment: score=JSON
+    ms:{p:P}:V:updates        stream  the same entries for all of P's sessions
+    ms:session:{S}:owner      string  P; set once (SET NX), so a session id
+                                      can never be taken over by another
+                                      participant
+
+The hash tag ``{p:P}`` puts a participant's sessions and its score stream on
+one cluster slot, which is what lets one script update the session and the
+participant stream atomically. The owner key is tagged by session instead,
+because it must be found from a session id alone; it is only touched on
+claim, end and forget, never inside the apply script. The model version in
+every key keeps a new model from ever mixing with an old model's vectors or
+state. Every key of a session gets a TTL (default 30 days, refreshed on every
+write; 0 = keep forever).
+
+The score JSON mirrors the ``ScoreUpdate`` message of moodstream.v1 minus
+``offset`` (the stream entry id, added on read) and ``notice``.
+
+Durability: an apply is acknowledged by Redis after the script ran. With
+``appendonly yes`` + ``appendfsync always`` it is on disk before the reply;
+with ``everysec`` up to a second of applies can be lost if the machine (not
+just the Redis process) dies.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError, ResponseError
+
+__all__ = [
+    "ApplyResult",
+    "ApplyStatus",
+    "SessionKeys",
+    "SessionNotFoundError",
+    "SessionOwnershipError",
+    "SessionRecord",
+    "SessionSnapshot",
+    "SessionStore",
+    "UpdateBatch",
+    "connect",
+]
+
+DEFAULT_TTL_SECONDS = 30 * 24 * 3600
+DEFAULT_STREAM_MAXLEN = 10_000
+MAX_READ_COUNT = 10_000
+# Lua numbers are doubles: seqs above 2**53 would silently lose precision.
+MAX_SEQ = 2**53 - 1
+MAX_STREAM_ID_PART = 2**64 - 1
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+DEVICE_PATTERN = re.compile(r"[A-Za-z0-9_.-]{0,64}")
+MODEL_VERSION_PATTERN = re.compile(r"[A-Za-z0-9_.+-]{1,128}")
+OFFSET_PATTERN = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+
+SCORE_FIELDS = (
+    "session_id",
+    "participant_id",
+    "segments",
+    "probability",
+    "above_threshold",
+    "threshold",
+    "model_version",
+    "time_unix",
+    "seq",
+    "device_id",
+    "speech_seconds",
+)
+REQUIRED_SCORE_FIELDS = ("probability", "above_threshold", "threshold", "speech_seconds")
+
+AnyRedis = aioredis.Redis | RedisCluster
+
+
+class SessionOwnershipError(PermissionError):
+    """The session id is already owned by another participant."""
+
+
+class SessionNotFoundError(LookupError):
+    """No participant owns this session id (never claimed, expired, or forgotten)."""
+
+
+class ApplyStatus(enum.StrEnum):
+    APPLIED = "applied"  # written; offset names the new stream entry
+    DUPLICATE = "duplicate"  # seq <= applied seq: already applied (maybe by this very writer
+    #                          before a dropped connection); nothing written
+    GAP = "gap"  # seq > applied seq + 1: an earlier segment is missing; nothing written
+    CONFLICT = "conflict"  # seq == applied + 1 but the writer's state was built on another
+    #                        seq than the applied one (stale writer); nothing written
+    UNCLAIMED = "unclaimed"  # no session record (never claimed, expired, forgotten)
+    ENDED = "ended"  # the session was ended; no new segments accepted
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    status: ApplyStatus
+    applied_seq: int | None  # the session's last applied seq after this call
+    offset: str | None = None  # session stream entry id (ScoreUpdate.offset); APPLIED only
+    participant_offset: str | None = None  # participant stream entry id (normally == offset)
+    score: dict[str, Any] | None = None  # the stored update, offset included; APPLIED only
+
+    @property
+    def applied(self) -> bool:
+        return self.status is ApplyStatus.APPLIED
+
+    @property
+    def duplicate(self) -> bool:
+        return self.status is ApplyStatus.DUPLICATE
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    session_id: str
+    participant_id: str
+    device_id: str
+    model_version: str
+    created: bool  # True when this claim started the session
+    started_at: float
+    applied_seq: int | None
+    segments: int
+    speech_seconds: float
+    ended_at: float | None
+    latest: dict[str, Any] | None
+
+    @property
+    def ended(self) -> bool:
+        return self.ended_at is not None
+
+
+class SessionSnapshot(NamedTuple):
+    applied_seq: int | None
+    state: bytes | None
+    latest: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class UpdateBatch:
+    updates: list[dict[str, Any]]  # score dicts, each with its "offset"
+    next_offset: str  # pass as after_offset to continue exactly after this batch
+    trimmed: bool  # entries after after_offset were already trimmed (stream cap): missed
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """All keys of one session under one model version (see the module docstring)."""
+
+    session: str
+    vectors: str
+    audio: str
+    updates: str
+    participant_updates: str
+    owner: str
+
+    @classmethod
+    def build(cls, participant_id: str, session_id: str, model_version: str) -> SessionKeys:
+        base = f"{participant_prefix(participant_id)}{model_version}"
+        session = f"{base}:s:{session_id}"
+        return cls(
+            session=session,
+            vectors=f"{session}:vectors",
+            audio=f"{session}:audio",
+            updates=f"{session}:updates",
+            participant_updates=f"{base}:updates",
+            owner=owner_key(session_id),
+        )
+
+    def script_keys(self) -> list[str]:
+        """The keys the apply script touches, in its KEYS order; all on one slot."""
+        return [self.session, self.vectors, self.updates, self.participant_updates, self.audio]
+
+    def all(self) -> list[str]:
+        return [*self.script_keys(), self.owner]
+
+
+def participant_prefix(participant_id: str) -> str:
+    return f"ms:{{p:{participant_id}}}:"
+
+
+def owner_key(session_id: str) -> str:
+    return f"ms:session:{{{session_id}}}:owner"
+
+
+# -- Lua ----------------------------------------------------------------
+# The "#!lua" line declares the script a write script: under maxmemory it is
+# refused before it runs, instead of failing halfway through its writes.
+
+_TTL_LUA = """
+local function refresh_ttl(ttl, first, last)
+  for i = first, last do
+    if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
+  end
+end
+"""
+
+APPLY_SCRIPT = (
+    "#!lua\n"
+    + _TTL_LUA
+    + """
+-- KEYS: 1 session hash, 2 vectors hash, 3 session stream, 4 participant stream, 5 audio hash
+-- ARGV: 1 seq, 2 expected previous seq (-1 = none), 3 vector, 4 state, 5 score JSON,
+--       6 ttl seconds (0 = none), 7 stream maxlen, 8 store audio ('1'/'0'), 9 audio,
+--       10 segments, 11 speech_seconds, 12 device id
+-- Returns {status, applied seq after the call (-1 = none), session offset, participant offset}.
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'unclaimed', -1, '', ''} end
+local seq = tonumber(ARGV[1])
+local applied = tonumber(redis.call('HGET', KEYS[1], 'applied') or '-1')
+if seq <= applied then return {'duplicate', applied, '', ''} end
+if redis.call('HEXISTS', KEYS[1], 'ended_at') == 1 then return {'ended', applied, '', ''} end
+if seq ~= applied + 1 then return {'gap', applied, '', ''} end
+if tonumber(ARGV[2]) ~= applied then return {'conflict', applied, '', ''} end
+
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+if ARGV[8] == '1' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[9]) end
+-- One id for both streams, so an offset means the same update in either. The
+-- participant stream receives every entry of every session, so its next id
+-- is above anything in this session's stream; the fallback only runs if
+-- someone deleted the participant stream by hand.
+local participant_offset = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'score', ARGV[5])
+local offset = redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], participant_offset, 'score', ARGV[5])
+if type(offset) == 'table' and offset.err then
+  offset = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'score', ARGV[5])
+end
+redis.call('HSET', KEYS[1], 'applied', ARGV[1], 'state', ARGV[4], 'latest', ARGV[5],
+           'latest_offset', offset, 'segments', ARGV[10], 'speech_seconds', ARGV[11],
+           'device', ARGV[12])
+refresh_ttl(tonumber(ARGV[6]), 1, 5)
+return {'applied', seq, offset, participant_offset}
+"""
+)
+
+CLAIM_SCRIPT = (
+    "#!lua\n"
+    + _TTL_LUA
+    + """
+-- KEYS: the five session keys, as in the apply script
+-- ARGV: 1 participant, 2 session, 3 model version, 4 device, 5 now, 6 ttl
+-- Returns {created (0/1), applied, segments, speech_seconds, started_at, ended_at,
+--          latest, latest_offset} (missing fields as false).
+local created = 0
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'participant', ARGV[1], 'session', ARGV[2],
+             'model_version', ARGV[3], 'started_at', ARGV[5])
+  created = 1
+end
+redis.call('HSET', KEYS[1], 'device', ARGV[4])
+refresh_ttl(tonumber(ARGV[6]), 1, 5)
+local fields = redis.call('HMGET', KEYS[1], 'applied', 'segments', 'speech_seconds',
+                          'started_at', 'ended_at', 'latest', 'latest_offset')
+table.insert(fields, 1, created)
+return fields
+"""
+)
+
+END_SCRIPT = (
+    "#!lua\n"
+    + _TTL_LUA
+    + """
+-- KEYS: the five session keys; ARGV: 1 now, 2 ttl. Returns 1 if the session exists.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSETNX', KEYS[1], 'ended_at', ARGV[1])
+refresh_ttl(tonumber(ARGV[2]), 1, 5)
+return 1
+"""
+)
+
+# Deletes an owner key only if it still names this participant.
+FORGET_OWNER_SCRIPT = """#!lua
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class _Script:
+    """EVALSHA with the script's cached SHA1; EVAL (which also caches it) on NOSCRIPT.
+
+    NOSCRIPT happens after a server restart or failover and on a cluster node
+    that has not seen the script yet; EVAL is routed by key like EVALSHA, so
+    this needs no per-node SCRIPT LOAD.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, client: AnyRedis, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)
+
+
+_apply = _Script(APPLY_SCRIPT)
+_claim = _Script(CLAIM_SCRIPT)
+_end = _Script(END_SCRIPT)
+_forget_owner = _Script(FORGET_OWNER_SCRIPT)
+
+
+def connect(url: str, *, cluster: bool = False, **options: Any) -> AnyRedis:
+    """An asyncio Redis client for SessionStore (a RedisCluster client if cluster=True).
+
+    Responses stay bytes (state and vectors are binary), so decode_responses
+    is refused.
+    """
+    if options.get("decode_responses"):
+        raise ValueError("SessionStore needs raw bytes responses; do not set decode_responses")
+    options.setdefault("socket_connect_timeout", 5)
+    if cluster:
+        return RedisCluster.from_url(url, **options)
+    return aioredis.Redis.from_url(url, **options)
+
+
+class SessionStore:
+    """Session state of one model version in Redis (single server or cluster).
+
+    Args:
+        client: from connect(); the caller closes it.
+        model_version: part of every key.
+        ttl_seconds: expiry of every key of a session, refreshed on each write;
+            0 keeps data until forget_participant().
+        stream_maxlen: approximate cap (MAXLEN ~) of every score stream.
+        store_audio: keep each segment's PCM too (off by default: privacy).
+    """
+
+    def __init__(
+        self,
+        client: AnyRedis,
+        *,
+        model_version: str,
+        ttl_seconds: int = DEFAULT_TTL_SECONDS,
+        stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
+        store_audio: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        _check_pattern("model_version", model_version, MODEL_VERSION_PATTERN)
+        if not isinstance(ttl_seconds, int) or ttl_seconds < 0:
+            raise ValueError(f"ttl_seconds must be an int >= 0 (0 = no expiry), not {ttl_seconds!r}")
+        if not isinstance(stream_maxlen, int) or stream_maxlen < 1:
+            raise ValueError(f"stream_maxlen must be an int >= 1, not {stream_maxlen!r}")
+        self.client = client
+        self.model_version = model_version
+        self.ttl_seconds = ttl_seconds
+        self.stream_maxlen = stream_maxlen
+        self.store_audio = store_audio
+        self._clock = clock
+
+    @property
+    def is_cluster(self) -> bool:
+        return isinstance(self.client, RedisCluster)
+
+    def keys(self, participant_id: str, session_id: str) -> SessionKeys:
+        _check_pattern("participant_id", participant_id, ID_PATTERN)
+        _check_pattern("session_id", session_id, ID_PATTERN)
+        return SessionKeys.build(participant_id, session_id, self.model_version)
+
+    # -- sessions -------------------------------------------------------
+
+    async def session_owner(self, session_id: str) -> str | None:
+        _check_pattern("session_id", session_id, ID_PATTERN)
+        owner = await self.client.get(owner_key(session_id))
+        return owner.decode() if owner is not None else None
+
+    async def claim_session(self, session_id: str, participant_id: str, device_id: str = "") -> SessionRecord:
+        """Start or resume a session; raises SessionOwnershipError if another participant owns it."""
+        keys = self.keys(participant_id, session_id)
+        _check_pattern("device_id", device_id, DEVICE_PATTERN)
+        expiry = {"ex": self.ttl_seconds} if self.ttl_seconds else {}
+        previous = await self.client.set(keys.owner, participant_id, nx=True, get=True, **expiry)
+        if previous is not None:
+            if previous.decode() != participant_id:
+                raise SessionOwnershipError(f"session {session_id!r} belongs to another participant")
+            await self._refresh_owner_ttl(keys.owner)
+        now = self._clock()
+        reply = await _claim(
+            self.client,
+            keys.script_keys(),
+            [participant_id, session_id, self.model_version, device_id, repr(now), self.ttl_seconds],
+        )
+        created, applied, segments, speech, started_at, ended_at, latest, latest_offset = reply
+        return SessionRecord(
+            session_id=session_id,
+            participant_id=participant_id,
+            device_id=device_id,
+            model_version=self.model_version,
+            created=bool(created),
+            started_at=float(started_at),
+            applied_seq=_optional_int(applied),
+            segments=int(segments or 0),
+            speech_seconds=float(speech or 0.0),
+            ended_at=float(ended_at) if ended_at else None,
+            latest=_latest(latest, latest_offset),
+        )
+
+    async def _refresh_owner_ttl(self, owner: str) -> None:
+        if self.ttl_seconds:
+            await self.client.expire(owner, self.ttl_seconds)
+        else:
+            await self.client.persist(owner)
+
+    async def _participant_of(self, session_id: str, participant_id: str | None) -> str | None:
+        if participant_id is not None:
+            _check_pattern("participant_id", participant_id, ID_PATTERN)
+            return participant_id
+        return await self.session_owner(session_id)
+
+    async def load(self, session_id: str, participant_id: str | None = None) -> SessionSnapshot:
+        """(applied seq, scorer state, latest score) of a session; Nones if unknown.
+
+        participant_id, when the caller already knows the owner, saves a
+        lookup; a wrong one finds nothing (keys are per participant).
+        """
+        _check_pattern("session_id", session_id, ID_PATTERN)
+        participant = await self._participant_of(session_id, participant_id)
+        if participant is None:
+            return SessionSnapshot(None, None, None)
+        keys = self.keys(participant, session_id)
+        applied, state, latest, latest_offset = await self.client.hmget(
+            keys.session, ["applied", "state", "latest", "latest_offset"]
+        )
+        return SessionSnapshot(_optional_int(applied), state, _latest(latest, latest_offset))
+
+    async def latest_score(self, session_id: str, participant_id: str | None = None) -> dict[str, Any] | None:
+        return (await self.load(session_id, participant_id)).latest
+
+    async def end_session(self, session_id: str, participant_id: str | None = None) -> bool:
+        """Mark a session ended (no more segments accepted); data stays until its TTL.
+
+        Returns False if there is no such session.
+        """
+        _check_pattern("session_id", session_id, ID_PATTERN)
+        participant = await self._participant_of(session_id, participant_id)
+        if participant is None:
+            return False
+        keys = self.keys(participant, session_id)
+        found = await _end(self.client, keys.script_keys(), [repr(self._clock()), self.ttl_seconds])
+        if found:
+            await self._refresh_owner_ttl(keys.owner)
+        return bool(found)
+
+    # -- the hot path ---------------------------------------------------
+
+    async def apply_segment(
+        self,
+        session_id: str,
+        participant_id: str,
+        seq: int,
+        vector: bytes,
+        state: bytes,
+        score: Mapping[str, Any],
+        expected_prev_seq: int | None,
+        *,
+        audio: bytes | None = None,
+    ) -> ApplyResult:
+        """Store one scored segment atomically, exactly once per (session, seq).
+
+        `state` is the scorer state after this segment, computed from the
+        state at `expected_prev_seq` (None: from the initial state). The
+        write happens only if the session's applied seq is exactly
+        `expected_prev_seq` and `seq` is the next one; see ApplyStatus for
+        what each refusal means. `audio` is kept only with store_audio.
+        """
+        keys = self.keys(participant_id, session_id)
+        _check_seq("seq", seq)
+        previous = -1 if expected_prev_seq is None else expected_prev_seq
+        if expected_prev_seq is not None:
+            _check_seq("expected_prev_seq", expected_prev_seq)
+        vector = _bytes("vector", vector)
+        if len(vector) % 4:
+            raise ValueError(f"vector must be float32 bytes (a multiple of 4), got {len(vector)} bytes")
+        state = _bytes("state", state)
+        keep_audio = self.store_audio and audio is not None
+        audio_bytes = _bytes("audio", audio) if keep_audio else b""
+        update = self._score_update(score, session_id, participant_id, seq)
+        payload = json.dumps(update, separators=(",", ":"), allow_nan=False)
+
+        reply = await _apply(
+            self.client,
+            keys.script_keys(),
+            [
+                seq,
+                previous,
+                vector,
+                state,
+                payload,
+                self.ttl_seconds,
+                self.stream_maxlen,
+                "1" if keep_audio else "0",
+                audio_bytes,
+                update["segments"],
+                repr(update["speech_seconds"]),
+                update["device_id"],
+            ],
+        )
+        status, applied_seq, offset, participant_offset = reply
+        status = ApplyStatus(_text(status))
+        applied_seq = None if int(applied_seq) < 0 else int(applied_seq)
+        if status is not ApplyStatus.APPLIED:
+            return ApplyResult(status, applied_seq)
+        offset, participant_offset = _text(offset), _text(participant_offset)
+        return ApplyResult(status, applied_seq, offset, participant_offset, {**update, "offset": offset})
+
+    def _score_update(self, score: Mapping[str, Any], session_id: str, participant_id: str, seq: int) -> dict:
+        unknown = set(score) - set(SCORE_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown score fields {sorted(unknown)}; allowed: {', '.join(SCORE_FIELDS)}")
+        missing = [name for name in REQUIRED_SCORE_FIELDS if name not in score]
+        if missing:
+            raise ValueError(f"score is missing {', '.join(missing)}")
+        # Identity fields are the store's to set: a caller can confirm them, not change them.
+        authoritative = {
+            "session_id": session_id,
+            "participant_id": participant_id,
+            "seq": seq,
+            # Seqs start at 0 and gaps are refused, so seq n is the (n+1)-th segment.
+            "segments": seq + 1,
+            "model_version": self.model_version,
+        }
+        for name, value in authoritative.items():
+            if name in score and score[name] != value:
+                raise ValueError(f"score[{name!r}] is {score[name]!r} but the store has {value!r}")
+        probability = _finite("probability", score["probability"])
+        threshold = _finite("threshold", score["threshold"])
+        speech_seconds = _finite("speech_seconds", score["speech_seconds"])
+        if not 0.0 <= probability <= 1.0 or not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"probability ({probability}) and threshold ({threshold}) must lie in [0, 1]")
+        if speech_seconds < 0:
+            raise ValueError(f"speech_seconds must be >= 0, not {speech_seconds}")
+        above = score["above_threshold"]
+        if not isinstance(above, bool) or above != (probability >= threshold):
+            raise ValueError(
+                f"above_threshold must be the bool probability >= threshold "
+                f"({probability} >= {threshold}), not {above!r}"
+            )
+        device_id = score.get("device_id", "")
+        _check_pattern("device_id", device_id, DEVICE_PATTERN)
+        time_unix = _finite("time_unix", score.get("time_unix", self._clock()))
+        return {
+            **authoritative,
+            "probability": probability,
+            "above_threshold": above,
+            "threshold": threshold,
+            "time_unix": time_unix,
+            "device_id": device_id,
+            "speech_seconds": speech_seconds,
+        }
+
+    async def segment_vectors(self, session_id: str, participant_id: str | None = None) -> list[bytes]:
+        """The session's segment vectors in seq order (float32 bytes)."""
+        return list((await self._seq_hash(session_id, participant_id, "vectors")).values())
+
+    async def segment_audio(self, session_id: str, participant_id: str | None = None) -> dict[int, bytes]:
+        """Stored PCM by seq (empty unless the store was run with store_audio)."""
+        return await self._seq_hash(session_id, participant_id, "audio")
+
+    async def _seq_hash(self, session_id: str, participant_id: str | None, which: str) -> dict[int, bytes]:
+        _check_pattern("session_id", session_id, ID_PATTERN)
+        participant = await self._participant_of(session_id, participant_id)
+        if participant is None:
+            return {}
+        raw = await self.client.hgetall(getattr(self.keys(participant, session_id), which))
+        return {seq: raw[key] for seq, key in sorted((int(key), key) for key in raw)}
+
+    # -- score streams --------------------------------------------------
+
+    async def read_updates(
+        self,
+        session_id: str | None = None,
+        participant_id: str | None = None,
+        after_offset: str = "",
+        block_ms: int = 0,
+        count: int = 100,
+    ) -> UpdateBatch:
+        """Score updates after `after_offset`, oldest first, for Subscribe.
+
+        Target: session_id (that session's stream) or participant_id alone
+        (all of the participant's sessions). With both, participant_id is
+        taken as the session's owner and saves a lookup.
+        after_offset: "" from the beginning, "$" only updates newer than
+        now, otherwise an offset from an earlier update or next_offset.
+        block_ms: wait up to this long for the first update when none is
+        there yet; 0 returns at once. (Redis's "block forever" is not offered:
+        loop instead, so the caller can notice cancellation.)
+        Raises SessionNotFoundError for a session nobody owns and ValueError
+        for a malformed offset or target.
+        """
+        if not isinstance(block_ms, int) or block_ms < 0:
+            raise ValueError(f"block_ms must be an int >= 0, not {block_ms!r}")
+        if not isinstance(count, int) or not 1 <= count <= MAX_READ_COUNT:
+            raise ValueError(f"count must be an int in 1..{MAX_READ_COUNT}, not {count!r}")
+        after = parse_offset(after_offset)
+        stream = await self._stream_key(session_id, participant_id)
+
+        info = await self._stream_info(stream)
+        if after == "$":
+            after = info.get("last-generated-id", "0-0")
+        trimmed = _offset_key(after) < _offset_key(info.get("max-deleted-entry-id", "0-0"))
+
+        reply = await self.client.xread({stream: after}, count=count, block=block_ms or None)
+        updates = [_decode_entry(entry_id, fields) for entry_id, fields in _stream_entries(reply)]
+        next_offset = updates[-1]["offset"] if updates else after
+        return UpdateBatch(updates, next_offset, trimmed)
+
+    async def _stream_key(self, session_id: str | None, participant_id: str | None) -> str:
+        if session_id is None:
+            if participant_id is None:
+                raise ValueError("read_updates needs a session_id or a participant_id")
+            _check_pattern("participant_id", participant_id, ID_PATTERN)
+            return f"{participant_prefix(participant_id)}{self.model_version}:updates"
+        _check_pattern("session_id", session_id, ID_PATTERN)
+        participant = await self._participant_of(session_id, participant_id)
+        if participant is None:
+            raise SessionNotFoundError(f"no session {session_id!r}")
+        return self.keys(participant, session_id).updates
+
+    async def _stream_info(self, stream: str) -> dict[str, str]:
+        try:
+            info = await self.client.xinfo_stream(stream)
+        except ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return {}
+            raise
+        return {name: _text(value) for name, value in info.items() if isinstance(value, (bytes, str))}
+
+    # -- privacy ----------------------------------------------------------
+
+    async def forget_participant(self, participant_id: str) -> int:
+        """Delete every key of a participant, all model versions; returns how many.
+
+        Scans every master (in a cluster the hash tag keeps them on one slot,
+        but a slot can be mid-migration between two masters), then deletes
+        the owner keys of the sessions found, if they still name this
+        participant.
+        """
+        _check_pattern("participant_id", participant_id, ID_PATTERN)
+        prefix = participant_prefix(participant_id)
+        found = await self._scan(prefix + "*")
+        session_ids = {_session_id_of(key[len(prefix):]) for key in found} - {None}
+
+        deleted = 0
+        for batch in _batches(sorted(found), 500):
+            deleted += await self._delete_same_slot(batch)
+        for session_id in sorted(session_ids):
+            deleted += int(await _forget_owner(self.client, [owner_key(session_id)], [participant_id]))
+        return deleted
+
+    async def _scan(self, pattern: str) -> set[str]:
+        keys: set[str] = set()  # SCAN may return a key more than once
+        if not self.is_cluster:
+            async for key in self.client.scan_iter(match=pattern, count=1000):
+                keys.add(_text(key))
+            return keys
+        for node in self.client.get_primaries():
+            cursor = 0
+            while True:
+                cursors, batch = await self.client.scan(cursor, match=pattern, count=1000, target_nodes=node)
+                keys.update(_text(key) for key in batch)
+                cursor = cursors[node.name]
+                if cursor == 0:
+                    break
+        return keys
+
+    async def _delete_same_slot(self, keys: list[str]) -> int:
+        by_slot: dict[int, list[str]] = {}
+        for key in keys:
+            by_slot.setdefault(key_slot(key.encode()), []).append(key)
+        deleted = 0
+        for slot_keys in by_slot.values():
+            deleted += int(await self.client.delete(*slot_keys))
+        return deleted
+
+
+# -- helpers --------------------------------------------------------------
+
+
+def parse_offset(offset: str) -> str:
+    """Validate a Subscribe offset; returns "$" or a full stream id "ms-seq"."""
+    if not isinstance(offset, str):
+        raise ValueError(f"offset must be a string, not {type(offset).__name__}")
+    if offset == "":
+        return "0-0"
+    if offset in ("$", "0"):
+        return "0-0" if offset == "0" else "$"
+    match = OFFSET_PATTERN.fullmatch(offset)
+    if not match or any(int(part) > MAX_STREAM_ID_PART for part in match.groups()):
+        raise ValueError(f"malformed offset {offset!r}: expected '', '$' or an offset from a score update")
+    return offset
+
+
+def _offset_key(offset: str) -> tuple[int, int]:
+    ms, _, seq = offset.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _check_pattern(name: str, value: Any, pattern: re.Pattern) -> None:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ValueError(f"{name} must match {pattern.pattern}, got {value!r}")
+
+
+def _check_seq(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
+        raise ValueError(f"{name} must be an int in 0..{MAX_SEQ}, got {value!r}")
+
+
+def _bytes(name: str, value: Any) -> bytes:
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise ValueError(f"{name} must be bytes, not {type(value).__name__}")
+    value = bytes(value)
+    if not value:
+        raise ValueError(f"{name} is empty")
+    return value
+
+
+def _finite(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _optional_int(value: bytes | None) -> int | None:
+    return int(value) if value not in (None, False, b"") else None
+
+
+def _latest(latest: bytes | None, offset: bytes | None) -> dict[str, Any] | None:
+    if not latest:
+        return None
+    return {**json.loads(latest), "offset": _text(offset)}
+
+
+def _stream_entries(reply: Any) -> Iterable[tuple[Any, Mapping]]:
+    """Entries of a one-stream XREAD reply, in RESP2 (list) or RESP3 (dict) shape."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return next(iter(reply.values()))[0] if reply else []
+    return reply[0][1]
+
+
+def _decode_entry(entry_id: bytes | str, fields: Mapping) -> dict[str, Any]:
+    payload = fields.get(b"score", fields.get("score"))
+    return {**json.loads(payload), "offset": _text(entry_id)}
+
+
+def _session_id_of(key_rest: str) -> str | None:
+    """Session id from a participant key without its prefix ("V:s:S[:suffix]")."""
+    parts = key_rest.split(":")
+    if len(parts) >= 3 and parts[1] == "s":
+        return parts[2]
+    return None
+
+
+def _batches(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
