@@ -1,0 +1,66 @@
+"""Shared pytest fixtures."""
+
+import os
+
+import pytest
+
+# ---------------------------------------------------------------------------
+# Redis fixtures (server/redis_process.py). Real servers, never mocks.
+#   REDIS_URL          use that server instead of starting one. Its current
+#                      database is FLUSHED before every test that asks for
+#                      redis_url: point it at a disposable server only.
+#   REDIS_CLUSTER_URL  same for the cluster fixtures (all masters flushed).
+# Imports are local so that a checkout without the server extra can still
+# collect the tests that need no Redis.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A Redis-protocol server for the whole run: endpoint with `.url` (and `.process`)."""
+    from moodstream.server.redis_process import redis_url_or_start
+
+    with redis_url_or_start() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """URL of the session's server, its database emptied for this test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A Redis Cluster of 3 masters (or $REDIS_CLUSTER_URL): endpoint with `.url`."""
+    from moodstream.server.redis_process import RedisClusterProcesses, RedisEndpoint
+
+    url = os.environ.get("REDIS_CLUSTER_URL", "").strip()
+    if url:
+        yield RedisEndpoint(url=url)
+        return
+    with RedisClusterProcesses(masters=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster):
+    """URL of a cluster node, every master emptied for this test."""
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster.from_url(redis_cluster.url)
+    try:
+        client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    finally:
+        client.close()
+    return redis_cluster.url
+
+
+# --- end of Redis fixtures --------------------------------------------------
