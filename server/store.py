@@ -168,7 +168,8 @@ class SessionSnapshot(NamedTuple):
 class UpdateBatch:
     updates: list[dict[str, Any]]  # score dicts, each with its "offset"
     next_offset: str  # pass as after_offset to continue exactly after this batch
-    trimmed: bool  # entries after after_offset were already trimmed (stream cap): missed
+    trimmed: bool  # the stream cap removed updates newer than after_offset: the reader missed
+    #                them (see _missed_removed_entries for the one boundary case)
 
 
 @dataclass(frozen=True)
@@ -623,7 +624,7 @@ class SessionStore:
         info = await self._stream_info(stream)
         if after == "$":
             after = info.get("last-generated-id", "0-0")
-        trimmed = _offset_key(after) < _offset_key(info.get("max-deleted-entry-id", "0-0"))
+        trimmed = _missed_removed_entries(after, info)
 
         reply = await self.client.xread({stream: after}, count=count, block=block_ms or None)
         updates = [_decode_entry(entry_id, fields) for entry_id, fields in _stream_entries(reply)]
@@ -649,7 +650,11 @@ class SessionStore:
             if "no such key" in str(exc).lower():
                 return {}
             raise
-        return {name: _text(value) for name, value in info.items() if isinstance(value, (bytes, str))}
+        return {
+            name: _text(value) if isinstance(value, (bytes, str)) else value
+            for name, value in info.items()
+            if isinstance(value, (bytes, str, int))
+        }
 
     # -- privacy ----------------------------------------------------------
 
@@ -714,6 +719,26 @@ def parse_offset(offset: str) -> str:
     if not match or any(int(part) > MAX_STREAM_ID_PART for part in match.groups()):
         raise ValueError(f"malformed offset {offset!r}: expected '', '$' or an offset from a score update")
     return offset
+
+
+def _missed_removed_entries(after: str, info: Mapping[str, Any]) -> bool:
+    """Whether entries newer than `after` may have been removed from the stream.
+
+    Trimming (the MAXLEN cap) removes the oldest entries, so a reader is
+    behind it when its offset lies before the first entry still there and
+    some entries were removed. At the exact boundary (the reader's last seen
+    entry was the last one trimmed) this says True though nothing was
+    missed: Redis keeps no record of the last trimmed id. XDEL'd entries are
+    covered by max-deleted-entry-id.
+    """
+    if not info:
+        return False
+    position = _offset_key(after)
+    if position < _offset_key(info.get("max-deleted-entry-id", "0-0")):
+        return True
+    some_removed = int(info.get("entries-added", 0)) > int(info.get("length", 0))
+    first_kept = info.get("recorded-first-entry-id", "0-0")
+    return some_removed and position < _offset_key(first_kept)
 
 
 def _offset_key(offset: str) -> tuple[int, int]:
