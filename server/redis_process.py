@@ -168,9 +168,11 @@ class RedisProcess:
         port: fixed port; None picks a free one (and keeps it for restarts).
         appendonly: append-only-file persistence.
         appendfsync: "always" (fsync before every reply: an acknowledged
-            write survives SIGKILL and power loss), "everysec" (up to ~1 s of
-            writes lost on power loss; a SIGKILL of the server alone loses
-            nothing the kernel already has), or "no".
+            write survives SIGKILL and power loss), "everysec" (about the
+            last second of acknowledged writes can be lost when the machine
+            dies; a SIGKILL of the server alone usually loses none, because
+            each write reaches the kernel before the reply, unless a slow
+            disk made Redis postpone it), or "no".
         cluster: start with cluster-enabled yes (see RedisClusterProcesses
             for joining nodes into a cluster).
         extra_config: more `name value` config lines.
@@ -277,7 +279,7 @@ class RedisProcess:
         lines = {
             "bind": HOST,
             "port": str(self._port),
-            "dir": str(self.data_dir),
+            "dir": _config_string(str(self.data_dir)),
             "daemonize": "no",
             "logfile": '""',
             # Snapshots would add background forks and files nobody asked for.
@@ -392,6 +394,12 @@ class RedisProcess:
     def __repr__(self) -> str:
         state = f"running on {HOST}:{self._port}" if self.is_running() else "stopped"
         return f"<RedisProcess {state} dir={self.data_dir}>"
+
+
+def _config_string(value: str) -> str:
+    """A config-file string that survives spaces and quotes in paths."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 class _AddressInUse(Exception):
