@@ -1,0 +1,237 @@
+"""Assemble and run a scoring server: model + encoder worker + Redis store + gRPC.
+
+    server = ScoringServer(ServerConfig(checkpoint="ckpt", redis_url=url, port=0))
+    await server.start()          # server.port is the bound port
+    ...
+    await server.stop()
+
+Serves moodstream.v1.Screening, grpc.health.v1.Health (SERVING once the
+model is loaded and Redis answers) and server reflection, so grpcurl can list
+and call everything without the .proto.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from moodstream import SCREENING_NOTICE
+from moodstream.server.auth import TokenAuthenticator
+from moodstream.server.encoder import BatchingEncoder
+from moodstream.server.service import ScreeningService, ServiceSettings
+from moodstream.server.store import DEFAULT_TTL_SECONDS, SessionStore, connect
+from moodstream.v1 import moodstream_pb2, moodstream_pb2_grpc
+
+log = logging.getLogger("moodstream.server")
+
+SERVICE_NAME = moodstream_pb2.DESCRIPTOR.services_by_name["Screening"].full_name
+# A 10 s chunk is 320 kB; anything much larger is refused by gRPC itself.
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+@dataclass
+class ServerConfig:
+    checkpoint: str | Path
+    redis_url: str
+    host: str = "127.0.0.1"
+    port: int = 50051
+    redis_cluster: bool = False
+    tokens_file: str | Path | None = None
+    allow_unauthenticated: bool = False
+    tls_cert: str | Path | None = None
+    tls_key: str | Path | None = None
+    tls_client_ca: str | Path | None = None   # set: clients must present a certificate (mutual TLS)
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    precision: str = "auto"
+    device: str = "auto"
+    ttl_seconds: int = DEFAULT_TTL_SECONDS
+    store_audio: bool = False
+    settings: ServiceSettings = field(default_factory=ServiceSettings)
+
+
+def pick_device(requested: str):
+    import torch
+
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available")
+    return device
+
+
+def server_credentials(config: ServerConfig):
+    if not config.tls_cert and not config.tls_key:
+        if config.tls_client_ca:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+        root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+class ScoringServer:
+    def __init__(self, config: ServerConfig, model=None) -> None:
+        self.config = config
+        self.model = model
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._redis = None
+        self.encoder: BatchingEncoder | None = None
+        self.health = HealthServicer()
+        self.model_version: str | None = None
+
+    def _authenticator(self) -> TokenAuthenticator:
+        config = self.config
+        if config.tokens_file:
+            return TokenAuthenticator.from_file(config.tokens_file)
+        if config.allow_unauthenticated:
+            log.warning("authentication is DISABLED: anyone who reaches this port can stream and read scores")
+            return TokenAuthenticator.disabled()
+        raise ValueError("no --tokens file given: create one with `moodstream token create`, "
+                         "or pass --allow-unauthenticated for a local test")
+
+    async def start(self) -> int:
+        config = self.config
+        authenticator = self._authenticator()
+        credentials = server_credentials(config)
+        if self.model is None:
+            from moodstream.model import ScreeningModel
+
+            model = ScreeningModel.from_pretrained(config.checkpoint)
+            self.model = model.to(pick_device(config.device)).eval()
+        model = self.model
+        self.model_version = model.model_version
+        scorer = model.incremental_scorer(self.model_version)
+        self._redis = connect(config.redis_url, cluster=config.redis_cluster)
+        try:
+            await self._redis.ping()
+        except Exception as error:
+            await self._redis.aclose()
+            raise ValueError(f"cannot reach Redis at {config.redis_url}: {error}") from error
+        store = SessionStore(self._redis, model_version=self.model_version, ttl_seconds=config.ttl_seconds,
+                             store_audio=config.store_audio)
+        self.encoder = BatchingEncoder(model, config.max_batch, config.max_wait_ms, config.precision)
+        await self.encoder.start()
+        service = ScreeningService(store=store, encoder=self.encoder, scorer=scorer, model_config=model.config,
+                                   model_version=self.model_version, authenticator=authenticator,
+                                   settings=config.settings)
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ])
+        moodstream_pb2_grpc.add_ScreeningServicer_to_server(service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server)
+        address = f"{config.host}:{config.port}"
+        port = (server.add_secure_port(address, credentials) if credentials
+                else server.add_insecure_port(address))
+        if port == 0:
+            raise ValueError(f"cannot listen on {address} (in use or not permitted)")
+        await server.start()
+        self._server, self.port = server, port
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on %s:%d (model %s, precision %s, device %s, %s). %s", SERVICE_NAME, config.host,
+                 port, self.model_version, self.encoder.precision, model.device,
+                 "TLS" if credentials else "plaintext", SCREENING_NOTICE)
+        return port
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self._server is not None:
+            await self.health.enter_graceful_shutdown()
+            await self._server.stop(grace)
+            self._server = None
+        if self.encoder is not None:
+            await self.encoder.stop()
+            self.encoder = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve_forever(config: ServerConfig, on_started=None) -> None:
+    """Run until SIGINT/SIGTERM, then drain streams for a few seconds."""
+    server = ScoringServer(config)
+    await server.start()
+    if on_started is not None:
+        on_started(server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop(grace=5.0)
+
+
+class BackgroundServer:
+    """A ScoringServer on its own event loop in a thread (for the demo, tests and embedding).
+
+        with BackgroundServer(config) as server:
+            channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    """
+
+    def __init__(self, config: ServerConfig, model=None) -> None:
+        import threading
+
+        self.server = ScoringServer(config, model)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="scoring-server", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def model_version(self) -> str:
+        return self.server.model_version
+
+    def start(self, timeout: float = 120.0) -> "BackgroundServer":
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout)
+        return self
+
+    async def _shutdown(self, grace: float) -> None:
+        await self.server.stop(grace)
+        # Handlers of calls cut off by the stop must finish before the loop closes.
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+    def stop(self, grace: float = 1.0) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._shutdown(grace), self._loop).result(grace + 30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        if not self._loop.is_closed():
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    def __enter__(self) -> "BackgroundServer":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
