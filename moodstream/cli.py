@@ -17,7 +17,7 @@ from moodstream import SCREENING_NOTICE, __version__
 SUBCOMMAND_MODULES = (
     "moodstream.agent.cli",
     "moodstream.server.cli",
-    "moodstream.server.demo",
+    "moodstream.demo",
     "moodstream.trainer.cli",
 )
 

@@ -74,9 +74,8 @@ def main() -> int:
     ASSETS.mkdir(parents=True, exist_ok=True)
     soundfile.write(ASSETS / "sample-interview.ogg", audio, RATE, format="OGG", subtype="VORBIS")
     with open(ASSETS / "sample-interview.prompts.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["start_seconds", "end_seconds"])
-        writer.writerows(prompts)
+        handle.write("# start_seconds,end_seconds of each interviewer prompt the kiosk played\n")
+        csv.writer(handle).writerows(prompts)
     print(f"wrote {audio.size / RATE:.1f} s, {len(prompts)} prompts to {ASSETS}")
     return 0
 
