@@ -1,0 +1,350 @@
+"""Audio sources: everything becomes 16 kHz mono int16 blocks on one session clock.
+
+A source is an iterable of 1-D ``numpy.int16`` arrays at :data:`SAMPLE_RATE`.
+Blocks are contiguous: the session clock of a sample is the number of samples
+yielded before it divided by the sample rate.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+import soundfile
+import soxr
+
+SAMPLE_RATE = 16000
+
+
+class SourceError(ValueError):
+    """The audio input cannot be used (unreadable, malformed, wrong option)."""
+
+
+class MicrophoneUnavailable(SourceError):
+    """No microphone can be opened; the message starts with "no microphone:"."""
+
+
+def float_to_int16(samples: np.ndarray) -> np.ndarray:
+    scaled = np.rint(np.asarray(samples, dtype=np.float64) * 32768.0)
+    return np.clip(scaled, -32768, 32767).astype(np.int16)
+
+
+def _pick_channel(frames: np.ndarray, channel: int | None) -> np.ndarray:
+    """(n, channels) -> (n,): the selected channel, or the mean of all of them."""
+    if frames.ndim == 1:
+        return frames
+    if channel is not None:
+        return frames[:, channel]
+    if frames.dtype == np.int16:
+        # Averaging in int32 avoids wrap-around; rounding keeps it unbiased.
+        return np.rint(frames.astype(np.int32).mean(axis=1)).astype(np.int16)
+    return frames.mean(axis=1, dtype=np.float32)
+
+
+def _check_channel(channel: int | None, channels: int, what: str) -> None:
+    if channel is None:
+        return
+    if not 0 <= channel < channels:
+        raise SourceError(
+            f"--channel {channel} does not exist: {what} has {channels} channel(s), "
+            f"numbered 0..{channels - 1}"
+        )
+
+
+class _Pacer:
+    """Holds a producer back to `speed` times real time (0 = no pacing)."""
+
+    def __init__(self, speed: float, stop: threading.Event | None):
+        if speed < 0:
+            raise SourceError(f"--speed must be >= 0 (0 = as fast as possible), got {speed}")
+        self.speed = speed
+        self.stop = stop or threading.Event()
+        self.started = None
+
+    def wait_until(self, audio_seconds: float) -> None:
+        if self.speed == 0:
+            return
+        if self.started is None:
+            self.started = time.monotonic()
+        delay = self.started + audio_seconds / self.speed - time.monotonic()
+        if delay > 0:
+            self.stop.wait(delay)
+
+
+class FileSource:
+    """Any file libsndfile reads (wav, flac, ogg/vorbis, aiff, ...).
+
+    Multichannel files give one channel (`channel`, 0-based) or their downmix.
+    Other sample rates are resampled to 16 kHz with soxr (streaming, so long
+    files are never loaded whole).
+    """
+
+    replayable = True  # the same file gives the same blocks again (used to resume a session)
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        channel: int | None = None,
+        speed: float = 0.0,
+        block_seconds: float = 1.0,
+        stop: threading.Event | None = None,
+    ):
+        self.path = Path(path)
+        self.channel = channel
+        self.block_seconds = block_seconds
+        self._pacer = _Pacer(speed, stop)
+        self._stop = self._pacer.stop
+        if not self.path.exists():
+            raise SourceError(f"audio file not found: {self.path}")
+        if self.path.is_dir():
+            raise SourceError(f"audio file is a directory: {self.path}")
+        try:
+            info = soundfile.info(str(self.path))
+        except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
+            raise SourceError(f"cannot read audio file {self.path}: {_reason(error)}") from None
+        if info.samplerate <= 0 or info.channels <= 0:
+            raise SourceError(f"cannot read audio file {self.path}: no audio in it")
+        _check_channel(channel, info.channels, str(self.path))
+        self.input_rate = int(info.samplerate)
+        self.input_channels = int(info.channels)
+        self.duration_seconds = float(info.duration)
+
+    def describe(self) -> dict:
+        stat = self.path.stat()
+        return {
+            "kind": "file",
+            "path": str(self.path.resolve()),
+            "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "channel": self.channel,
+        }
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        native = self.input_rate == SAMPLE_RATE
+        frames_per_block = max(1, int(self.block_seconds * self.input_rate))
+        resampler = None if native else soxr.ResampleStream(
+            self.input_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ"
+        )
+        produced = 0
+        try:
+            with soundfile.SoundFile(str(self.path)) as audio:
+                while not self._stop.is_set():
+                    # Native-rate files are read as int16 so their samples pass through bit-exact.
+                    frames = audio.read(
+                        frames_per_block, dtype="int16" if native else "float32", always_2d=True
+                    )
+                    last = len(frames) < frames_per_block
+                    mono = _pick_channel(frames, self.channel)
+                    if resampler is not None:
+                        mono = float_to_int16(resampler.resample_chunk(mono, last=last))
+                    if len(mono):
+                        produced += len(mono)
+                        self._pacer.wait_until(produced / SAMPLE_RATE)
+                        yield mono
+                    if last:
+                        return
+        except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
+            raise SourceError(f"cannot read audio file {self.path}: {_reason(error)}") from None
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).strip()
+    # libsndfile prefixes its messages with the path; the caller already says which file.
+    if "Error opening" in text and ":" in text:
+        text = text.rsplit(":", 1)[-1].strip()
+    elif text.startswith("Error :"):
+        text = text[len("Error :"):].strip()
+    return text or type(error).__name__
+
+
+class PcmStreamSource:
+    """Raw signed 16-bit little-endian PCM, mono, from a byte stream (stdin for `-`)."""
+
+    replayable = False
+
+    def __init__(
+        self,
+        stream: BinaryIO | None = None,
+        *,
+        input_rate: int = SAMPLE_RATE,
+        block_seconds: float = 0.1,
+        stop: threading.Event | None = None,
+        name: str = "stdin",
+    ):
+        if input_rate < 1000 or input_rate > 384000:
+            raise SourceError(f"--input-rate must be between 1000 and 384000 Hz, got {input_rate}")
+        self.stream = stream if stream is not None else sys.stdin.buffer
+        self.input_rate = int(input_rate)
+        self.block_bytes = 2 * max(1, int(block_seconds * input_rate))
+        self.name = name
+        self._stop = stop or threading.Event()
+
+    def describe(self) -> dict:
+        return {"kind": "pcm-stream", "name": self.name, "input_rate": self.input_rate}
+
+    def _read(self, size: int) -> bytes:
+        # read1 returns what is available, so a live pipe is not held back to full blocks.
+        read = getattr(self.stream, "read1", None) or self.stream.read
+        return read(size)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        resampler = None if self.input_rate == SAMPLE_RATE else soxr.ResampleStream(
+            self.input_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ"
+        )
+        carry = b""
+        total_bytes = 0
+        while not self._stop.is_set():
+            data = self._read(self.block_bytes)
+            if not data:
+                break
+            total_bytes += len(data)
+            data = carry + data
+            usable = len(data) - len(data) % 2
+            carry = data[usable:]
+            if not usable:
+                continue
+            samples = np.frombuffer(data[:usable], dtype="<i2").astype(np.int16)
+            if resampler is not None:
+                samples = float_to_int16(
+                    resampler.resample_chunk(samples.astype(np.float32) / 32768.0)
+                )
+            if len(samples):
+                yield samples
+        if carry:
+            raise SourceError(
+                f"{self.name} ended after an odd number of bytes ({total_bytes}): raw PCM s16le "
+                "needs 2 bytes per sample, so the input is truncated or not 16-bit PCM"
+            )
+        if resampler is not None:
+            tail = float_to_int16(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+            if len(tail):
+                yield tail
+
+
+class MicrophoneSource:
+    """The default (or given) input device via PyAudio, from the optional `mic` extra.
+
+    The device is opened in the constructor, so a machine without a microphone
+    fails before anything else starts.
+    """
+
+    replayable = False
+
+    def __init__(
+        self,
+        *,
+        device_index: int | None = None,
+        block_seconds: float = 0.1,
+        stop: threading.Event | None = None,
+    ):
+        try:
+            import pyaudio
+        except ImportError:
+            raise MicrophoneUnavailable(
+                "no microphone: PyAudio is not installed (install the extra: pip install 'moodstream[mic]')"
+            ) from None
+        self._stop = stop or threading.Event()
+        self._pyaudio = pyaudio
+        self._audio = pyaudio.PyAudio()
+        try:
+            try:
+                device = (
+                    self._audio.get_device_info_by_index(device_index)
+                    if device_index is not None
+                    else self._audio.get_default_input_device_info()
+                )
+            except (IOError, OSError, ValueError):
+                raise MicrophoneUnavailable(
+                    "no microphone: this machine has no audio input device"
+                    if device_index is None
+                    else f"no microphone: input device {device_index} does not exist"
+                ) from None
+            if int(device.get("maxInputChannels", 0)) < 1:
+                raise MicrophoneUnavailable(
+                    f"no microphone: device {device.get('name')!r} has no input channels"
+                )
+            self.device_name = str(device.get("name"))
+            self._device_index = int(device["index"])
+            self.input_rate = SAMPLE_RATE
+            self._stream = self._open(SAMPLE_RATE, block_seconds)
+            if self._stream is None:
+                # Some devices only run at their native rate; capture there and resample.
+                self.input_rate = int(device.get("defaultSampleRate") or 48000)
+                self._stream = self._open(self.input_rate, block_seconds)
+            if self._stream is None:
+                raise MicrophoneUnavailable(
+                    f"no microphone: cannot open {self.device_name!r} for 16-bit mono capture"
+                )
+        except BaseException:
+            self._audio.terminate()
+            raise
+        self._frames_per_block = max(1, int(block_seconds * self.input_rate))
+
+    def _open(self, rate: int, block_seconds: float):
+        try:
+            return self._audio.open(
+                format=self._pyaudio.paInt16,
+                channels=1,
+                rate=rate,
+                input=True,
+                input_device_index=self._device_index,
+                frames_per_buffer=max(1, int(block_seconds * rate)),
+            )
+        except (IOError, OSError, ValueError):
+            return None
+
+    def describe(self) -> dict:
+        return {"kind": "microphone", "device": self.device_name, "input_rate": self.input_rate}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        resampler = None if self.input_rate == SAMPLE_RATE else soxr.ResampleStream(
+            self.input_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ"
+        )
+        try:
+            while not self._stop.is_set():
+                # Overflow means we fell behind; losing a few ms of capture beats stopping.
+                data = self._stream.read(self._frames_per_block, exception_on_overflow=False)
+                samples = np.frombuffer(data, dtype="<i2").astype(np.int16)
+                if resampler is not None:
+                    samples = float_to_int16(
+                        resampler.resample_chunk(samples.astype(np.float32) / 32768.0)
+                    )
+                if len(samples):
+                    yield samples
+        finally:
+            self._stream.stop_stream()
+            self._stream.close()
+            self._audio.terminate()
+
+
+def open_source(
+    spec: str | None,
+    *,
+    mic: bool = False,
+    channel: int | None = None,
+    input_rate: int = SAMPLE_RATE,
+    speed: float = 0.0,
+    stop: threading.Event | None = None,
+):
+    """The source for a CLI-style spec: a file path, "-" for raw PCM on stdin, or `mic=True`."""
+    if mic:
+        if spec is not None:
+            raise SourceError("give either an audio FILE, '-' for stdin, or --mic, not several")
+        if channel is not None:
+            raise SourceError("--channel applies to multichannel files, not to --mic")
+        return MicrophoneSource(stop=stop)
+    if spec is None:
+        raise SourceError("no audio input: give an audio FILE, '-' for raw PCM on stdin, or --mic")
+    if spec == "-":
+        if channel is not None:
+            raise SourceError("--channel applies to multichannel files; stdin is read as mono PCM")
+        return PcmStreamSource(input_rate=input_rate, stop=stop)
+    return FileSource(spec, channel=channel, speed=speed, stop=stop)
