@@ -1,0 +1,228 @@
+"""Delivery over real gRPC sockets against a tiny in-test implementation of the Stream contract.
+
+The real scoring server is exercised end to end elsewhere; this small one can
+drop connections and refuse on cue, so resend-until-acked and the error
+handling are tested deterministically.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import soundfile
+
+from moodstream.agent import (AgentError, CaptureSettings, DeliveryGaveUp, FileSource, Outbox, PromptGate,
+                              RetryPolicy, ServerRefused, ServerTarget, capture_chunks, run_agent)
+from moodstream.v1 import moodstream_pb2 as pb
+from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
+from test_agent_signals import RATE, quiet, speech_like
+
+TOKEN = "test-token"
+FAST_RETRY = RetryPolicy(initial_delay_seconds=0.05, max_delay_seconds=0.2, max_total_seconds=10.0)
+
+
+class TinyScreening(pb_grpc.ScreeningServicer):
+    """Applies chunks in seq order, idempotently; its "score" is the mean level of the audio so far."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.applied: dict[str, list[bytes]] = {}
+        self.headers: list[pb.SessionHeader] = []
+        self.ended: dict[str, int] = {}
+        self.drop_connection_after_acks: int | None = None  # simulate a transport failure once
+
+    def Stream(self, requests, context):
+        if dict(context.invocation_metadata()).get("authorization") != f"Bearer {TOKEN}":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked token")
+        header = next(requests).header
+        with self.lock:
+            self.headers.append(header)
+            applied = self.applied.setdefault(header.session_id, [])
+        acks = 0
+        for request in requests:
+            if request.WhichOneof("message") == "end":
+                if request.end.last_seq != len(applied) - 1:
+                    context.abort(grpc.StatusCode.FAILED_PRECONDITION, "End does not match the applied chunks")
+                self.ended[header.session_id] = request.end.last_seq
+                return
+            chunk = request.chunk
+            if chunk.seq > len(applied):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"gap before seq {chunk.seq}")
+            duplicate = chunk.seq < len(applied)
+            if not duplicate:
+                applied.append(chunk.pcm)
+            yield pb.StreamResponse(ack=pb.Ack(seq=chunk.seq, duplicate=duplicate))
+            if not duplicate:
+                yield pb.StreamResponse(score=pb.ScoreUpdate(
+                    session_id=header.session_id, participant_id=header.participant_id, segments=len(applied),
+                    probability=level(applied), seq=chunk.seq, model_version="tiny-test"))
+            acks += 1
+            if self.drop_connection_after_acks is not None and acks >= self.drop_connection_after_acks:
+                self.drop_connection_after_acks = None
+                context.abort(grpc.StatusCode.UNAVAILABLE, "server restarting")
+
+
+def level(chunks: list[bytes]) -> float:
+    samples = np.concatenate([np.frombuffer(c, dtype="<i2") for c in chunks]).astype(np.float64)
+    return float(np.abs(samples).mean() / 32768.0)
+
+
+@pytest.fixture
+def screening():
+    service = TinyScreening()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_ScreeningServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    service.address = f"127.0.0.1:{port}"
+    yield service
+    server.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    """35 s: two answers separated by silence, one interviewer prompt in between."""
+    audio = np.concatenate([quiet(1.0, seed=1), speech_like(10.0, seed=2), quiet(3.0, seed=3),
+                            speech_like(3.0, pitch_hz=210, seed=4), quiet(1.0, seed=5),
+                            speech_like(12.0, seed=6), quiet(5.0, seed=7)])
+    path = tmp_path_factory.mktemp("recording") / "interview.flac"
+    soundfile.write(path, audio, RATE, format="FLAC")
+    return path
+
+
+PROMPT = (14.0, 17.0)
+
+
+def gate() -> PromptGate:
+    prompts = PromptGate(echo_tail_seconds=0.3)
+    prompts.add_interval(*PROMPT)
+    return prompts
+
+
+def expected_chunks(path) -> list[bytes]:
+    return [c.pcm for c in capture_chunks(FileSource(path), CaptureSettings(), gate()).chunks]
+
+
+def test_a_file_is_delivered_acked_and_scored(screening, recording, tmp_path):
+    events = []
+    result = run_agent(FileSource(recording), server=ServerTarget(screening.address, token=TOKEN),
+                       participant_id="p1", device_id="kiosk-7", outbox=tmp_path, gate=gate(),
+                       on_event=events.append)
+    expected = expected_chunks(recording)
+    assert len(expected) == 3  # ~22.7 s kept: three 7 s chunks and a 1.7 s tail, too short to send
+    assert screening.applied[result.session_id] == expected
+    assert screening.ended[result.session_id] == 2
+    header = screening.headers[0]
+    assert (header.participant_id, header.device_id, header.sample_rate, header.encoding,
+            header.resume_from_seq) == ("p1", "kiosk-7", RATE, pb.AUDIO_ENCODING_PCM_S16LE, 0)
+    assert result.completed and result.last_seq == 2
+    assert result.final_score.probability == pytest.approx(level(expected))
+    assert result.final_score.segments == 3
+    with Outbox(tmp_path) as outbox:
+        assert outbox.pending_count() == 0
+        assert outbox.session(result.session_id).completed
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "session" and kinds[-1] == "done"
+    assert kinds.count("chunk") == kinds.count("ack") == kinds.count("score") == 3
+    (tail,) = [e.data for e in events if e.kind == "dropped"]
+    assert tail["drop"] == "last_partial" and 1.0 < tail["speech_seconds"] < 3.0
+
+
+def test_a_dropped_connection_is_retried_and_only_unacked_chunks_are_resent(screening, recording, tmp_path):
+    screening.drop_connection_after_acks = 1
+    events = []
+    result = run_agent(FileSource(recording), server=ServerTarget(screening.address, token=TOKEN),
+                       participant_id="p1", outbox=tmp_path, gate=gate(), retry=FAST_RETRY, on_event=events.append)
+    assert screening.applied[result.session_id] == expected_chunks(recording)  # each exactly once, in order
+    assert len(screening.headers) == 2
+    assert screening.headers[1].resume_from_seq == 1  # chunk 0 was acked before the failure
+    retries = [e for e in events if e.kind == "retry"]
+    assert len(retries) == 1 and "UNAVAILABLE: server restarting" in retries[0].data["reason"]
+    assert result.completed and result.delivery.reconnects == 1
+
+
+def test_a_refused_token_stops_at_once_and_keeps_the_chunks(screening, recording, tmp_path):
+    with pytest.raises(ServerRefused, match="server refused the stream: UNAUTHENTICATED: unknown or revoked token"):
+        run_agent(FileSource(recording), server=ServerTarget(screening.address, token="wrong"),
+                  participant_id="p1", outbox=tmp_path, gate=gate(), retry=FAST_RETRY)
+    assert screening.applied == {}
+
+
+def test_an_unreachable_server_is_given_up_on_and_a_rerun_delivers_the_outbox(screening, recording, tmp_path):
+    unreachable = ServerTarget("127.0.0.1:1", token=TOKEN)
+    budget = RetryPolicy(initial_delay_seconds=0.05, max_delay_seconds=0.2, max_total_seconds=1.0)
+    with pytest.raises(DeliveryGaveUp, match=r"gave up reaching 127.0.0.1:1 .* chunk\(s\) of session (\S+) stay in "
+                                             r"the outbox .* --session") as failure:
+        run_agent(FileSource(recording), server=unreachable, participant_id="p1", outbox=tmp_path, gate=gate(),
+                  retry=budget)
+    session_id = failure.value.result.session_id
+    with Outbox(tmp_path) as outbox:
+        assert outbox.pending_count(session_id) >= 1
+
+    result = run_agent(FileSource(recording), server=ServerTarget(screening.address, token=TOKEN),
+                       participant_id="p1", session_id=session_id, outbox=tmp_path, gate=gate())
+    assert screening.applied[session_id] == expected_chunks(recording)
+    assert result.completed
+
+
+@pytest.mark.parametrize("policy", ["refuse", "drop-oldest"])
+def test_a_full_outbox_is_reported_never_silent(recording, tmp_path, policy):
+    events = []
+    one_chunk = 7 * RATE * 2 + 512
+    with pytest.raises(AgentError):
+        run_agent(FileSource(recording), server=ServerTarget("127.0.0.1:1"), participant_id="p1", outbox=tmp_path,
+                  outbox_max_bytes=2 * one_chunk, outbox_policy=policy, gate=gate(),
+                  retry=RetryPolicy(initial_delay_seconds=0.05, max_total_seconds=0.5), on_event=events.append)
+    if policy == "refuse":
+        errors = [e.data["message"] for e in events if e.kind == "error" and e.data.get("stage") == "capture"]
+        assert errors and "outbox full" in errors[0] and "policy 'refuse'" in errors[0]
+    else:
+        dropped = [e.data for e in events if e.kind == "dropped"]
+        evicted = [d for d in dropped if d["drop"] == "outbox_evicted"]
+        assert evicted and all("drop-oldest" in d["reason"] for d in evicted)
+        with Outbox(tmp_path) as outbox:  # and each drop is on record in the outbox itself
+            assert [d.reason for d in outbox.drops()] == [d["reason"] for d in dropped]
+
+
+def test_an_agent_killed_mid_capture_resumes_its_session_from_the_outbox(screening, recording, tmp_path):
+    """Capture in a child process that cannot reach the server, SIGKILL it after two chunks are
+    stored, then rerun the same session: the server ends up with exactly the chunks of one clean run."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{PROMPT[0]} {PROMPT[1]}\n")
+    common = ["--participant", "p1", "--session", "resumed-1", "--outbox", str(tmp_path / "box"),
+              "--prompt-intervals", str(prompts), "--json"]
+    child = subprocess.Popen(
+        [sys.executable, "-P", "-m", "moodstream.cli", "agent", "--server", "127.0.0.1:1", "--speed", "8",
+         str(recording), *common], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    chunks_seen = 0
+    try:
+        for line in child.stdout:
+            chunks_seen += json.loads(line)["event"] == "chunk"
+            if chunks_seen == 2:
+                os.kill(child.pid, signal.SIGKILL)
+                break
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    assert chunks_seen == 2
+    with Outbox(tmp_path / "box") as outbox:
+        assert not outbox.session("resumed-1").source_done
+        assert outbox.session("resumed-1").chunks_produced == 2
+
+    rerun = subprocess.run(
+        [sys.executable, "-P", "-m", "moodstream.cli", "agent", "--server", screening.address, "--token", TOKEN,
+         str(recording), *common], capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    events = [json.loads(line) for line in rerun.stdout.splitlines()]
+    assert events[0]["event"] == "session" and events[0]["resumed"] is True
+    assert [e["seq"] for e in events if e["event"] == "chunk"] == [2]  # only the chunk not stored before
+    assert events[-1]["event"] == "done" and events[-1]["completed"] is True
+    assert screening.applied["resumed-1"] == expected_chunks(recording)
+    assert "screening aid, not a diagnosis" in rerun.stderr
