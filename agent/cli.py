@@ -95,7 +95,7 @@ class StatusLine:
         self._drawn = False
 
     def _line(self) -> str:
-        score = "p=–"
+        score = "p=n/a"
         if self.score is not None:
             score = f"p={self.score['probability']:.3f} after {self.score['segments']} segment(s)"
         state = f" · reconnecting ({self.retrying})" if self.retrying else ""
@@ -160,6 +160,8 @@ class StatusLine:
             self._draw()
         elif kind == "error":
             self.say(f"agent: error: {data['message']}")
+        elif kind == "warning":
+            self.say(f"agent: warning: {data['message']}")
         elif kind == "done":
             self._draw()
 
@@ -182,6 +184,8 @@ def run(args) -> int:
         return EXIT_USAGE
 
     token = args.token if args.token is not None else os.environ.get("MOODSTREAM_TOKEN") or None
+    if args.tls_ca and not os.access(args.tls_ca, os.R_OK):
+        return usage_error(f"cannot read the TLS CA file {args.tls_ca}")
     target = ServerTarget(args.server, token=token, tls_ca=args.tls_ca)
     retry = RetryPolicy(max_total_seconds=args.max_retry_seconds)
     outbox_max_bytes = int(args.outbox_max_mb * 1024 * 1024)

@@ -193,9 +193,9 @@ class SessionDelivery:
                 return self.stats
             if self.capture_done.is_set() and session.next_seq == 0:
                 return self.stats  # no chunk was ever made: nothing to send, nothing to end
-            connection = None
+            connection = self._new_connection()
             try:
-                connection = self._connect_once()
+                self._connect_once(connection)
                 if connection.end_sent and self.outbox.pending_count(self.session_id) == 0:
                     self.outbox.mark_completed(self.session_id)
                     return self.stats
@@ -208,9 +208,9 @@ class SessionDelivery:
                     raise ServerRefused(code, error.details() or "") from None
                 if self.abort.is_set():
                     raise DeliveryAborted(self._left_behind("delivery stopped")) from None
-                if connection is not None and connection.empty_session:
+                if connection.empty_session:
                     return self.stats
-                if connection is not None and connection.stalled:
+                if connection.stalled:
                     reason = f"no answer from the server for {self.retry.ack_timeout_seconds:g} s"
                 else:
                     reason = f"{code.name}: {error.details() or 'transport failure'}"
@@ -218,7 +218,7 @@ class SessionDelivery:
                 reason = str(failure)
             except AgentError:
                 raise
-            if connection is not None and connection.progressed:
+            if connection.progressed:  # the server was reachable and working: a new outage starts now
                 attempt, outage_started = 0, None
             now = time.monotonic()
             if outage_started is None:
@@ -245,10 +245,13 @@ class SessionDelivery:
 
     # -- one connection -------------------------------------------------------------
 
-    def _connect_once(self) -> _Connection:
+    def _new_connection(self) -> _Connection:
         lowest = self.outbox.lowest_pending_seq(self.session_id)
         session = self.outbox.session(self.session_id)
-        connection = _Connection(start_seq=lowest if lowest is not None else session.next_seq)
+        return _Connection(start_seq=lowest if lowest is not None else session.next_seq)
+
+    def _connect_once(self, connection: _Connection) -> None:
+        """One Stream call; returns when the server closes it, raises grpc.RpcError on failure."""
         channel = self.target.channel()
         watchdog = threading.Thread(target=self._watch, args=(connection,), daemon=True,
                                     name="moodstream-agent-watchdog")
@@ -260,7 +263,6 @@ class SessionDelivery:
             for response in call:
                 connection.last_response = time.monotonic()
                 self._handle(response, connection)
-            return connection
         finally:
             connection.closed.set()
             if connection.call is not None:

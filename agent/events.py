@@ -18,6 +18,7 @@ ACK = "ack"             # the server stored a chunk durably; it left the outbox
 SCORE = "score"         # the server's updated session score
 RETRY = "retry"         # the connection failed; the agent waits, then reconnects
 ERROR = "error"         # something failed; the message says what and what happens next
+WARNING = "warning"     # needs attention, but this session goes on (e.g. other sessions left undelivered)
 DONE = "done"           # the session is fully delivered (or the agent gave up)
 
 

@@ -320,7 +320,7 @@ def run_agent(
                  resume=resume_note, pending=box.pending_count(session_id))
         for other in box.unfinished_sessions():
             if other.session_id != session_id and box.pending_count(other.session_id):
-                hub.emit(ev.ERROR, stage="outbox",
+                hub.emit(ev.WARNING, stage="outbox",
                          message=(f"the outbox also holds {box.pending_count(other.session_id)} undelivered "
                                   f"chunk(s) of session {other.session_id}; run the agent with --flush "
                                   f"to deliver them"))
@@ -339,6 +339,9 @@ def run_agent(
         run.delivery = SessionDelivery(box, session_id, target, hub=hub, capture_done=run.capture_done,
                                        abort=run.abort, retry=retry, model_version=model_version)
         if capture is not None:
+            if capture.skip_below_seq and hasattr(source, "unpaced_until_seconds"):
+                # Re-reading what an earlier run already stored need not wait for real time.
+                source.unpaced_until_seconds = session.clock_seconds
             capture.start()
         try:
             result.delivery = run.delivery.stats

@@ -63,14 +63,17 @@ class _Pacer:
             raise SourceError(f"--speed must be >= 0 (0 = as fast as possible), got {speed}")
         self.speed = speed
         self.stop = stop or threading.Event()
+        self.unpaced_until_seconds = 0.0
+        self.origin_seconds = 0.0
         self.started = None
 
     def wait_until(self, audio_seconds: float) -> None:
-        if self.speed == 0:
+        if self.speed == 0 or audio_seconds <= self.unpaced_until_seconds:
             return
         if self.started is None:
             self.started = time.monotonic()
-        delay = self.started + audio_seconds / self.speed - time.monotonic()
+            self.origin_seconds = max(self.unpaced_until_seconds, 0.0)
+        delay = self.started + (audio_seconds - self.origin_seconds) / self.speed - time.monotonic()
         if delay > 0:
             self.stop.wait(delay)
 
@@ -113,6 +116,15 @@ class FileSource:
         self.input_rate = int(info.samplerate)
         self.input_channels = int(info.channels)
         self.duration_seconds = float(info.duration)
+
+    @property
+    def unpaced_until_seconds(self) -> float:
+        """Audio before this point is read as fast as possible whatever the speed (resuming)."""
+        return self._pacer.unpaced_until_seconds
+
+    @unpaced_until_seconds.setter
+    def unpaced_until_seconds(self, seconds: float) -> None:
+        self._pacer.unpaced_until_seconds = float(seconds)
 
     def describe(self) -> dict:
         stat = self.path.stat()

@@ -36,7 +36,8 @@ class TinyScreening(pb_grpc.ScreeningServicer):
         self.applied: dict[str, list[bytes]] = {}
         self.headers: list[pb.SessionHeader] = []
         self.ended: dict[str, int] = {}
-        self.drop_connection_after_acks: int | None = None  # simulate a transport failure once
+        self.drop_connection_after_acks: int | None = None  # simulate transport failures ...
+        self.drops_left = 1                                   # ... this many times
 
     def Stream(self, requests, context):
         if dict(context.invocation_metadata()).get("authorization") != f"Bearer {TOKEN}":
@@ -64,8 +65,9 @@ class TinyScreening(pb_grpc.ScreeningServicer):
                     session_id=header.session_id, participant_id=header.participant_id, segments=len(applied),
                     probability=level(applied), seq=chunk.seq, model_version="tiny-test"))
             acks += 1
-            if self.drop_connection_after_acks is not None and acks >= self.drop_connection_after_acks:
-                self.drop_connection_after_acks = None
+            if self.drop_connection_after_acks is not None and acks >= self.drop_connection_after_acks \
+                    and self.drops_left > 0:
+                self.drops_left -= 1
                 context.abort(grpc.StatusCode.UNAVAILABLE, "server restarting")
 
 
@@ -146,6 +148,16 @@ def test_a_dropped_connection_is_retried_and_only_unacked_chunks_are_resent(scre
     retries = [e for e in events if e.kind == "retry"]
     assert len(retries) == 1 and "UNAVAILABLE: server restarting" in retries[0].data["reason"]
     assert result.completed and result.delivery.reconnects == 1
+
+
+def test_the_retry_budget_counts_each_outage_not_the_whole_session(screening, recording, tmp_path):
+    """Three separate failures, each after progress: none of them alone exhausts the budget."""
+    screening.drop_connection_after_acks, screening.drops_left = 1, 3
+    budget = RetryPolicy(initial_delay_seconds=0.2, max_delay_seconds=0.2, max_total_seconds=0.25)
+    result = run_agent(FileSource(recording), server=ServerTarget(screening.address, token=TOKEN),
+                       participant_id="p1", outbox=tmp_path, gate=gate(), retry=budget)
+    assert result.completed and result.delivery.reconnects == 3
+    assert screening.applied[result.session_id] == expected_chunks(recording)
 
 
 def test_a_refused_token_stops_at_once_and_keeps_the_chunks(screening, recording, tmp_path):
