@@ -6,6 +6,7 @@ handling are tested deterministically.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,7 +168,7 @@ def test_a_refused_token_stops_at_once_and_keeps_the_chunks(screening, recording
     assert screening.applied == {}
 
 
-def test_an_unreachable_server_is_given_up_on_and_a_rerun_delivers_the_outbox(screening, recording, tmp_path):
+def test_an_unreachable_server_is_given_up_on_and_flush_delivers_the_outbox_later(screening, recording, tmp_path):
     unreachable = ServerTarget("127.0.0.1:1", token=TOKEN)
     budget = RetryPolicy(initial_delay_seconds=0.05, max_delay_seconds=0.2, max_total_seconds=1.0)
     with pytest.raises(DeliveryGaveUp, match=r"gave up reaching 127.0.0.1:1 .* chunk\(s\) of session (\S+) stay in "
@@ -178,10 +179,39 @@ def test_an_unreachable_server_is_given_up_on_and_a_rerun_delivers_the_outbox(sc
     with Outbox(tmp_path) as outbox:
         assert outbox.pending_count(session_id) >= 1
 
-    result = run_agent(FileSource(recording), server=ServerTarget(screening.address, token=TOKEN),
-                       participant_id="p1", session_id=session_id, outbox=tmp_path, gate=gate())
-    assert screening.applied[session_id] == expected_chunks(recording)
-    assert result.completed
+    # After a crash or reboot: `--flush` delivers whatever the outbox holds, no audio needed.
+    flush = subprocess.run(
+        [sys.executable, "-P", "-m", "moodstream.cli", "agent", "--server", screening.address, "--flush",
+         "--outbox", str(tmp_path), "--json"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "MOODSTREAM_TOKEN": TOKEN})
+    assert flush.returncode == 0, flush.stderr
+    done = [json.loads(line) for line in flush.stdout.splitlines() if json.loads(line)["event"] == "done"]
+    assert [(d["session_id"], d["completed"]) for d in done] == [(session_id, True)]
+    applied = screening.applied[session_id]
+    # All of the recording, unless giving up stopped the capture before its end (a slow machine).
+    assert applied and applied == expected_chunks(recording)[:len(applied)]
+    with Outbox(tmp_path) as outbox:
+        assert outbox.pending_count() == 0
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_tls_with_a_private_ca(recording, tmp_path):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    service = TinyScreening()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_ScreeningServicer_to_server(service, server)
+    credentials = grpc.ssl_server_credentials([((tmp_path / "key.pem").read_bytes(), (tmp_path / "cert.pem").read_bytes())])
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        result = run_agent(FileSource(recording), server=ServerTarget(f"127.0.0.1:{port}", token=TOKEN,
+                                                                      tls_ca=tmp_path / "cert.pem"),
+                           participant_id="p1", outbox=tmp_path / "box", gate=gate())
+        assert result.completed and service.applied[result.session_id] == expected_chunks(recording)
+    finally:
+        server.stop(grace=None)
 
 
 @pytest.mark.parametrize("policy", ["refuse", "drop-oldest"])
