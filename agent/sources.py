@@ -6,6 +6,7 @@ yielded before it divided by the sample rate.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -238,6 +239,24 @@ class PcmStreamSource:
                 yield tail
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """PortAudio's ALSA/JACK probing prints screens of C-level warnings on headless Linux;
+    they would bury the one line that says what is wrong."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class MicrophoneSource:
     """The default (or given) input device via PyAudio, from the optional `mic` extra.
 
@@ -262,14 +281,16 @@ class MicrophoneSource:
             ) from None
         self._stop = stop or threading.Event()
         self._pyaudio = pyaudio
-        self._audio = pyaudio.PyAudio()
+        with _native_stderr_silenced():
+            self._audio = pyaudio.PyAudio()
         try:
             try:
-                device = (
-                    self._audio.get_device_info_by_index(device_index)
-                    if device_index is not None
-                    else self._audio.get_default_input_device_info()
-                )
+                with _native_stderr_silenced():
+                    device = (
+                        self._audio.get_device_info_by_index(device_index)
+                        if device_index is not None
+                        else self._audio.get_default_input_device_info()
+                    )
             except (IOError, OSError, ValueError):
                 raise MicrophoneUnavailable(
                     "no microphone: this machine has no audio input device"
@@ -299,14 +320,15 @@ class MicrophoneSource:
 
     def _open(self, rate: int, block_seconds: float):
         try:
-            return self._audio.open(
-                format=self._pyaudio.paInt16,
-                channels=1,
-                rate=rate,
-                input=True,
-                input_device_index=self._device_index,
-                frames_per_buffer=max(1, int(block_seconds * rate)),
-            )
+            with _native_stderr_silenced():
+                return self._audio.open(
+                    format=self._pyaudio.paInt16,
+                    channels=1,
+                    rate=rate,
+                    input=True,
+                    input_device_index=self._device_index,
+                    frames_per_buffer=max(1, int(block_seconds * rate)),
+                )
         except (IOError, OSError, ValueError):
             return None
 
@@ -358,5 +380,7 @@ def open_source(
     if spec == "-":
         if channel is not None:
             raise SourceError("--channel applies to multichannel files; stdin is read as mono PCM")
+        if sys.stdin is None or sys.stdin.isatty():
+            raise SourceError("'-' reads raw PCM s16le from stdin, but stdin is a terminal: pipe audio into it")
         return PcmStreamSource(input_rate=input_rate, stop=stop)
     return FileSource(spec, channel=channel, speed=speed, stop=stop)
