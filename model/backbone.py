@@ -5,6 +5,11 @@ Any transformers audio encoder that takes raw waveforms and returns
 feature encoder is always frozen; the transformer layers follow the
 fine-tuning strategy. Frame features are the sum of the outputs of all
 transformer layers (hidden_states[1:], not the CNN/embedding output).
+
+A Whisper encoder (log-mel input) is supported too, in its own clearly
+separated branch (`whisper_*` below): the waveform becomes Whisper's 80-bin
+log-mel spectrogram padded to 30 s, as the encoder was pretrained, and the
+frames of the real audio are kept (20 ms each, like wav2vec 2.0).
 """
 from __future__ import annotations
 
@@ -38,7 +43,10 @@ def build_backbone_module(backbone: str, backbone_config: dict[str, Any] | None,
             hf_config = transformers.AutoConfig.for_model(model_type, **values)
         except (ValueError, KeyError) as error:
             raise ValueError(f"invalid model config: backbone_config is not a transformers config: {error}") from error
-        module = transformers.AutoModel.from_config(hf_config)
+        if model_type == "whisper":
+            module = whisper_encoder_from_config(hf_config)
+        else:
+            module = transformers.AutoModel.from_config(hf_config)
         return module, portable_config(hf_config)
 
     local = Path(backbone).expanduser()
@@ -67,6 +75,8 @@ def build_backbone_module(backbone: str, backbone_config: dict[str, Any] | None,
                     "download it on a connected machine (e.g. `hf download "
                     f"{backbone}`) and copy the cache, or pass the folder it is in")
         raise BackboneUnavailableError(f"cannot load backbone: {hint}.") from error
+    if getattr(module.config, "model_type", None) == "whisper" and hasattr(module, "get_encoder"):
+        module = module.get_encoder()  # only the audio encoder of an encoder-decoder Whisper model
     return module, portable_config(module.config)
 
 
@@ -86,7 +96,10 @@ class Backbone(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.normalize_waveform = normalize_waveform
-        if not hasattr(encoder, "feature_extractor") or not hasattr(encoder, "encoder"):
+        self.is_whisper = is_whisper_encoder(encoder)
+        if self.is_whisper:
+            self.register_buffer("whisper_mel_filters", whisper_mel_filters(encoder.config), persistent=False)
+        elif not hasattr(encoder, "feature_extractor") or not hasattr(encoder, "encoder"):
             raise ValueError(
                 f"unsupported backbone {type(encoder).__name__}: need a raw-waveform encoder with a CNN "
                 "feature extractor and transformer layers (wav2vec2, hubert, wavlm, data2vec-audio)")
@@ -100,11 +113,15 @@ class Backbone(nn.Module):
 
     @property
     def transformer_layers(self) -> nn.ModuleList:
+        if self.is_whisper:
+            return self.encoder.layers
         return self.encoder.encoder.layers
 
     @property
     def feature_encoder(self) -> nn.Module:
         """The CNN that turns samples into 20 ms frames; never trained."""
+        if self.is_whisper:
+            return nn.ModuleList([self.encoder.conv1, self.encoder.conv2])
         return self.encoder.feature_extractor
 
     def apply_fine_tuning_strategy(self) -> None:
@@ -118,19 +135,24 @@ class Backbone(nn.Module):
             for layer in layers[len(layers) - last_n:]:
                 for parameter in layer.parameters():
                     parameter.requires_grad = True
-            final_norm = getattr(self.encoder.encoder, "layer_norm", None)
-            if final_norm is not None and getattr(self.encoder.config, "do_stable_layer_norm", False):
+            final_norm = getattr(self.encoder if self.is_whisper else self.encoder.encoder, "layer_norm", None)
+            if final_norm is not None and (self.is_whisper
+                                           or getattr(self.encoder.config, "do_stable_layer_norm", False)):
                 # In pre-norm models the last layer's output passes this norm.
                 for parameter in final_norm.parameters():
                     parameter.requires_grad = True
         for parameter in self.feature_encoder.parameters():
             parameter.requires_grad = False
+        if self.is_whisper:  # Whisper's sinusoidal positions are fixed, as in pretraining
+            self.encoder.embed_positions.weight.requires_grad = False
         # The masked-span embedding is only for self-supervised pretraining.
         masked_spec_embed = getattr(self.encoder, "masked_spec_embed", None)
         if masked_spec_embed is not None:
             masked_spec_embed.requires_grad = False
 
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
+        if self.is_whisper:
+            return whisper_frame_lengths(sample_lengths, self.encoder.config)
         return self.encoder._get_feat_extract_output_lengths(sample_lengths).to(torch.long)
 
     def forward(self, waveforms: torch.Tensor, sample_lengths: torch.Tensor):
@@ -144,6 +166,8 @@ class Backbone(nn.Module):
         sample_mask = torch.arange(total, device=waveforms.device)[None, :] < sample_lengths[:, None]
         if self.normalize_waveform:
             waveforms = normalize_per_segment(waveforms, sample_mask, sample_lengths)
+        if self.is_whisper:
+            return self.whisper_forward(waveforms * sample_mask.to(waveforms.dtype), sample_lengths)
         frame_lengths = self.frame_lengths(sample_lengths)
         frame_count = int(frame_lengths.max())
         cnn_features = None
@@ -174,6 +198,31 @@ class Backbone(nn.Module):
         features = torch.stack(layer_outputs, dim=0).sum(dim=0)
         return features, frame_mask
 
+    # ------------------------------------------------------------------ Whisper
+    def whisper_forward(self, waveforms: torch.Tensor, sample_lengths: torch.Tensor):
+        """Whisper branch: 30 s log-mel -> conv front end -> every layer; sum of the layer outputs.
+
+        Each row is padded to 30 s on its own (Whisper's pretraining input), so a
+        segment's features do not depend on what it is batched with. The last
+        layer's output is taken after the encoder's final layer norm (the
+        encoder's output), the earlier ones as they leave their layer.
+        """
+        encoder = self.encoder
+        mel = whisper_log_mel(waveforms, self.whisper_mel_filters, encoder.config)
+        hidden = nn.functional.gelu(encoder.conv1(mel))
+        hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+        hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+        total = None
+        for index, layer in enumerate(encoder.layers):
+            output = layer(hidden, None)
+            hidden = output[0] if isinstance(output, tuple) else output
+            contribution = encoder.layer_norm(hidden) if index == len(encoder.layers) - 1 else hidden
+            total = contribution if total is None else total + contribution
+        frame_lengths = self.frame_lengths(sample_lengths)
+        frame_count = int(frame_lengths.max())
+        frame_mask = torch.arange(frame_count, device=waveforms.device)[None, :] < frame_lengths[:, None]
+        return total[:, :frame_count], frame_mask
+
 
 def normalize_per_segment(waveforms: torch.Tensor, sample_mask: torch.Tensor,
                           sample_lengths: torch.Tensor) -> torch.Tensor:
@@ -184,3 +233,55 @@ def normalize_per_segment(waveforms: torch.Tensor, sample_mask: torch.Tensor,
     centred = (waveforms - mean) * mask
     variance = (centred ** 2).sum(dim=1, keepdim=True) / count
     return centred / torch.sqrt(variance + 1e-7)
+
+
+# ---------------------------------------------------------------------- Whisper
+def is_whisper_encoder(encoder: nn.Module) -> bool:
+    return getattr(getattr(encoder, "config", None), "model_type", None) == "whisper" and hasattr(encoder, "conv1")
+
+
+def whisper_encoder_from_config(hf_config) -> nn.Module:
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    return WhisperEncoder(hf_config)
+
+
+WHISPER_N_FFT = 400
+WHISPER_HOP = 160
+
+
+def whisper_input_samples(config) -> int:
+    """Samples Whisper's input is padded to (30 s at 16 kHz for every released model)."""
+    return int(config.max_source_positions) * 2 * WHISPER_HOP
+
+
+def whisper_mel_filters(config) -> torch.Tensor:
+    from transformers.audio_utils import mel_filter_bank
+
+    filters = mel_filter_bank(num_frequency_bins=1 + WHISPER_N_FFT // 2, num_mel_filters=int(config.num_mel_bins),
+                              min_frequency=0.0, max_frequency=8000.0, sampling_rate=16000,
+                              norm="slaney", mel_scale="slaney")
+    return torch.from_numpy(filters).to(torch.float32)  # [201, mels]
+
+
+def whisper_log_mel(waveforms: torch.Tensor, mel_filters: torch.Tensor, config) -> torch.Tensor:
+    """[B, T] 16 kHz waveforms -> [B, mels, 3000] log-mel, as WhisperFeatureExtractor computes it."""
+    total = whisper_input_samples(config)
+    if waveforms.shape[1] > total:
+        raise ValueError(f"a Whisper backbone takes at most {total / 16000:.0f} s per segment")
+    padded = nn.functional.pad(waveforms.to(torch.float32), (0, total - waveforms.shape[1]))
+    window = torch.hann_window(WHISPER_N_FFT, device=padded.device)
+    stft = torch.stft(padded, WHISPER_N_FFT, WHISPER_HOP, window=window, return_complex=True)
+    power = (stft[..., :-1].abs() ** 2).contiguous()
+    mel = mel_filters.to(padded.device).T @ power
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    peak = log_spec.amax(dim=(1, 2), keepdim=True)
+    log_spec = torch.maximum(log_spec, peak - 8.0)
+    return (log_spec + 4.0) / 4.0
+
+
+def whisper_frame_lengths(sample_lengths: torch.Tensor, config) -> torch.Tensor:
+    """Encoder frames (20 ms) that hold real audio: ceil(ceil(n / 160) / 2), at most 1500."""
+    mel_frames = torch.div(sample_lengths + WHISPER_HOP - 1, WHISPER_HOP, rounding_mode="floor")
+    frames = torch.div(mel_frames + 1, 2, rounding_mode="floor")
+    return frames.clamp(min=1, max=int(config.max_source_positions)).to(torch.long)
