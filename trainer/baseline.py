@@ -1,0 +1,125 @@
+"""The paper's baseline: openSMILE functionals per segment + logistic regression, on the model's own splits.
+
+Evaluation-only (the `eval` extra: `pip install 'moodstream[eval]'`); the
+agent and server never import it. The feature set defaults to IS09_emotion
+(384 functionals, what the paper used; the `opensmile` package ships it as
+FeatureSet.IS09). A session's score is the mean of its segments'
+probabilities. Thresholds are chosen on validation exactly as for the model.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from moodstream.trainer.config import TrainConfig
+from moodstream.trainer.evaluate import Predictions, cross_validation_markdown, write_evaluation
+from moodstream.trainer.metrics import choose_threshold
+from moodstream.trainer.segments import SegmentStore
+
+# names accepted on the command line -> opensmile.FeatureSet member
+FEATURE_SETS = {
+    "is09_emotion": "IS09", "is09": "IS09", "is10_paraling": "IS10", "is10": "IS10",
+    "egemapsv02": "eGeMAPSv02", "egemaps": "eGeMAPSv02", "gemapsv01b": "GeMAPSv01b",
+    "compare_2016": "ComParE_2016", "emobase": "emobase",
+}
+
+
+def opensmile_extractor(feature_set: str):
+    try:
+        import opensmile
+    except ModuleNotFoundError as error:
+        raise ValueError("the openSMILE baseline needs the `opensmile` package: pip install 'moodstream[eval]'") \
+            from error
+    member = FEATURE_SETS.get(feature_set.lower())
+    if member is None or not hasattr(opensmile.FeatureSet, member):
+        raise ValueError(f"unknown openSMILE feature set {feature_set!r}; use one of "
+                         f"{', '.join(sorted(set(FEATURE_SETS)))}")
+    return opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, member),
+                           feature_level=opensmile.FeatureLevel.Functionals)
+
+
+def segment_features(store: SegmentStore, feature_set: str, progress: bool = True) -> np.ndarray:
+    """[segments, D] functionals, cached beside the segments (keyed by the segment cache and the set)."""
+    path = store.folder / f"opensmile-{feature_set.lower()}.npz"
+    cached: dict[int, np.ndarray] = {}
+    if path.is_file():
+        saved = np.load(path)
+        cached = {int(o): row for o, row in zip(saved["offsets"], saved["features"])}
+    missing = [i for i in range(len(store)) if int(store.offsets[i]) not in cached]
+    if missing:
+        from tqdm import tqdm
+
+        smile = opensmile_extractor(feature_set)
+        for index in tqdm(missing, desc=f"openSMILE {feature_set}", disable=not progress):
+            row = smile.process_signal(store.waveform(index), store.params.sample_rate).to_numpy()[0]
+            cached[int(store.offsets[index])] = np.asarray(row, dtype=np.float64)
+        offsets = np.asarray(sorted(cached), dtype=np.int64)
+        np.savez(path, offsets=offsets, features=np.stack([cached[int(o)] for o in offsets]))
+    return np.stack([cached[int(o)] for o in store.offsets])
+
+
+def run_baseline(config: TrainConfig, feature_set: str = "IS09_emotion", output: str | Path | None = None) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from moodstream.trainer.train import prepare_data, summarize_folds
+
+    started = time.monotonic()
+    dataset, store, splits = prepare_data(config)
+    features = segment_features(store, feature_set, progress=config.run.progress)
+    features = np.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)
+    sessions = store.by_id()
+    output = Path(output) if output else config.output_dir.with_name(
+        f"{config.output_dir.name}-baseline-{feature_set.lower()}")
+    output.mkdir(parents=True, exist_ok=True)
+
+    def rows(ids):
+        return np.asarray([i for s in ids for i in sessions[s].segments], dtype=np.int64)
+
+    results = {}
+    for split in splits:
+        train_rows = rows(split.train)
+        labels = np.asarray([store.label(int(i)) for i in range(len(store))])
+        classifier = make_pipeline(StandardScaler(), LogisticRegression(
+            C=1.0, max_iter=5000, class_weight="balanced" if config.stage1.imbalance != "none" else None))
+        classifier.fit(features[train_rows], labels[train_rows])
+
+        def predict(ids) -> Predictions:
+            seg = rows(ids)
+            probabilities = classifier.predict_proba(features[seg])[:, 1]
+            owner = [store.session_of(int(i)).session_id for i in seg]
+            by_session = {s: float(np.mean([p for p, o in zip(probabilities, owner) if o == s])) for s in ids}
+            return Predictions(list(ids), np.asarray([sessions[s].session.label for s in ids]),
+                               np.asarray([by_session[s] for s in ids]), owner, labels[seg], probabilities,
+                               segment_vectors=None)
+
+        validation = predict(split.validation)
+        threshold = choose_threshold(validation.session_labels, validation.session_probabilities)
+        segment_threshold = choose_threshold(validation.segment_labels, validation.segment_probabilities)
+        predictions = {"validation": validation}
+        if split.test:
+            predictions["test"] = predict(split.test)
+        folder = output if len(splits) == 1 else output / split.name
+        results[split.name] = write_evaluation(
+            folder, predictions, threshold, segment_threshold,
+            title=f"openSMILE {feature_set} + logistic regression ({split.name})",
+            extra={"features": f"openSMILE {feature_set}, {features.shape[1]} functionals per segment"}, tsne=False)
+    if len(splits) == 1:
+        result = results[splits[0].name]
+    else:
+        result = summarize_folds(results)
+        (output / "report.md").write_text(cross_validation_markdown(
+            f"openSMILE {feature_set} + logistic regression: cross-validation", result, dataset.summary_markdown()))
+    result["feature_set"] = feature_set
+    result["feature_dimensions"] = int(features.shape[1])
+    result["seconds"] = time.monotonic() - started
+    (output / "result.json").write_text(json.dumps(result, indent=2, default=float))
+    return result
+
+
+def run_baseline_from_config(path: str, overrides: list[str], feature_set: str, output: str | None) -> dict:
+    return run_baseline(TrainConfig.load(path, overrides), feature_set, output)

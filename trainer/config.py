@@ -1,0 +1,229 @@
+"""The training recipe: one TOML file, any value overridable with `--set section.key=value`.
+
+    [data]     where the recordings are and how they become segments
+    [model]    any ModelConfig field (model/config.py), plus `preset` and `pretrained`
+    [stage1]   backbone + segment head on segment labels
+    [stage2]   session head on sequences of frozen segment vectors
+    [run]      output folder, seed, device, resume, progress bars
+
+Defaults are the paper's (DESIGN.md §1). `TrainConfig.to_toml()` writes the
+fully resolved recipe next to every run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moodstream.model.config import ModelConfig
+
+DATA_FORMATS = ("daic-woz", "e-daic", "manifest", "ravdess-standin", "synthetic")
+IMBALANCE = ("weighted-loss", "balanced-sampling", "none")
+MONITORS = ("loss", "auc", "f1")
+
+
+@dataclass
+class DataSection:
+    format: str = "daic-woz"
+    path: str = ""
+    cache_dir: str = "~/.cache/moodstream/segments"
+    segment_seconds: float = 7.0
+    min_last_segment_seconds: float = 2.0
+    trim_silence: bool = True
+    validation: str = "dev"          # DAIC-WOZ / E-DAIC: 'dev' (or 'none')
+    folds: int = 0                   # > 0: participant-disjoint cross-validation with this many folds
+    label_from: str = "binary"       # 'binary' (PHQ8_Binary) or 'score' (PHQ8_Score >= score_threshold)
+    score_threshold: float = 10.0
+    exclude: list[str] = field(default_factory=list)
+    time_offsets: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StageSection:
+    epochs: int = 200
+    batch_size: int = 32
+    lr_backbone: float = 1e-5
+    lr_head: float = 6e-3
+    weight_decay: float = 1e-3
+    patience: int = 10
+    monitor: str = "loss"
+    imbalance: str = "weighted-loss"
+    gradient_accumulation: int = 1
+    max_grad_norm: float = 0.0       # 0 = no clipping
+    cache_frozen_features: bool = True   # stage 1 with a frozen backbone computes its features once
+    feature_cache_max_gb: float = 4.0
+
+
+@dataclass
+class RunSection:
+    output: str = "runs/train"
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    resume: bool = True
+    progress: bool = True
+    threads: int = 0                 # torch CPU threads; 0 = torch's default
+    tsne: bool = True
+
+
+@dataclass
+class TrainConfig:
+    data: DataSection = field(default_factory=DataSection)
+    model: dict[str, Any] = field(default_factory=dict)
+    stage1: StageSection = field(default_factory=StageSection)
+    stage2: StageSection = field(default_factory=lambda: StageSection(lr_backbone=0.0))
+    run: RunSection = field(default_factory=RunSection)
+    base_dir: str = "."              # folder relative paths in the file are resolved against
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], base_dir: str | Path = ".") -> "TrainConfig":
+        sections = {"data": DataSection, "stage1": StageSection, "stage2": StageSection, "run": RunSection}
+        unknown = sorted(set(values) - set(sections) - {"model"})
+        if unknown:
+            raise ValueError(f"unknown config section(s) {unknown}; use data, model, stage1, stage2, run")
+        config = cls(base_dir=str(base_dir))
+        for name, section_type in sections.items():
+            given = values.get(name, {})
+            if not isinstance(given, dict):
+                raise ValueError(f"config section [{name}] must be a table")
+            known = {f.name for f in dataclasses.fields(section_type)}
+            bad = sorted(set(given) - known)
+            if bad:
+                raise ValueError(f"unknown key(s) {bad} in [{name}]; known: {', '.join(sorted(known))}")
+            current = getattr(config, name)
+            setattr(config, name, dataclasses.replace(current, **given))
+        model = values.get("model", {})
+        if not isinstance(model, dict):
+            raise ValueError("config section [model] must be a table")
+        config.model = dict(model)
+        config.validate()
+        return config
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ValueError(f"no config file at {path}")
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{path} is not valid TOML: {error}") from error
+        apply_overrides(values, overrides or [])
+        return cls.from_dict(values, base_dir=path.parent)
+
+    def validate(self) -> None:
+        if self.data.format not in DATA_FORMATS:
+            raise ValueError(f"data.format must be one of {', '.join(DATA_FORMATS)}, got {self.data.format!r}")
+        if self.data.label_from not in ("binary", "score"):
+            raise ValueError("data.label_from must be 'binary' or 'score'")
+        if self.data.folds < 0 or self.data.folds == 1 or self.data.folds == 2:
+            raise ValueError("data.folds must be 0 (use the data's splits) or at least 3")
+        for name in ("stage1", "stage2"):
+            stage: StageSection = getattr(self, name)
+            if stage.imbalance not in IMBALANCE:
+                raise ValueError(f"{name}.imbalance must be one of {', '.join(IMBALANCE)}")
+            if stage.monitor not in MONITORS:
+                raise ValueError(f"{name}.monitor must be one of {', '.join(MONITORS)}")
+            if stage.epochs < 1 or stage.batch_size < 1 or stage.patience < 1:
+                raise ValueError(f"{name}.epochs, batch_size and patience must be >= 1")
+            if stage.gradient_accumulation < 1 or stage.batch_size % stage.gradient_accumulation:
+                raise ValueError(f"{name}.batch_size must be a multiple of {name}.gradient_accumulation")
+        self.model_config()  # validates the [model] table
+
+    # ------------------------------------------------------------------ derived
+    def resolve(self, path: str) -> Path:
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else (Path(self.base_dir) / candidate)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.resolve(self.run.output)
+
+    @property
+    def pretrained(self) -> bool:
+        return bool(self.model.get("pretrained", False))
+
+    def model_config(self) -> ModelConfig:
+        values = dict(self.model)
+        preset = values.pop("preset", "base")
+        values.pop("pretrained", None)
+        values["segment_seconds"] = self.data.segment_seconds
+        values.setdefault("max_segment_seconds", max(10.0, self.data.segment_seconds))
+        values.setdefault("min_segment_seconds", min(1.0, self.data.min_last_segment_seconds))
+        backbone = values.get("backbone")
+        if isinstance(backbone, str) and (backbone.startswith(".") or "/" in backbone) and \
+                self.resolve(backbone).exists():
+            values["backbone"] = str(self.resolve(backbone))
+        try:
+            if preset == "tiny":
+                return ModelConfig.tiny(**values)
+            if preset == "base":
+                return ModelConfig(**values)
+        except TypeError as error:
+            raise ValueError(f"invalid [model] table: {error}") from error
+        raise ValueError(f"model.preset must be 'base' or 'tiny', got {preset!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "data": dataclasses.asdict(self.data), "model": dict(self.model),
+            "stage1": dataclasses.asdict(self.stage1), "stage2": dataclasses.asdict(self.stage2),
+            "run": dataclasses.asdict(self.run),
+        }
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
+
+
+def parse_value(text: str) -> Any:
+    """A TOML value (`3`, `1e-5`, `true`, `"x"`, `[1, 2]`); anything else is taken as a bare string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> None:
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set takes section.key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) < 2:
+            raise ValueError(f"--set key {key!r} needs a section, e.g. stage1.lr_head=1e-3")
+        target = values
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"--set {key}: {part} is not a table")
+        target[parts[-1]] = parse_value(text.strip())
+
+
+def dump_toml(values: dict[str, Any]) -> str:
+    """Minimal TOML writer for the config's shapes (tables of scalars, lists and inline tables)."""
+    def scalar(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return repr(value) if isinstance(value, float) else str(value)
+        if isinstance(value, str):
+            return json.dumps(value)
+        if isinstance(value, (list, tuple)):
+            return "[" + ", ".join(scalar(v) for v in value) + "]"
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{json.dumps(str(k))} = {scalar(v)}" for k, v in value.items()) + "}"
+        if value is None:
+            return '""'
+        raise ValueError(f"cannot write {type(value).__name__} to TOML")
+
+    lines = []
+    for section, table in values.items():
+        lines.append(f"[{section}]")
+        for key, value in table.items():
+            if value is None:
+                continue
+            lines.append(f"{key} = {scalar(value)}")
+        lines.append("")
+    return "\n".join(lines)

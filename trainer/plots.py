@@ -1,0 +1,78 @@
+"""PNG plots for reports: confusion matrix, ROC curves, t-SNE of segment vectors (matplotlib, Agg)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_matrix_png(metrics: dict, path: Path, title: str) -> None:
+    plt = _pyplot()
+    matrix = np.array([[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]])
+    figure, axis = plt.subplots(figsize=(3.6, 3.2), dpi=110)
+    axis.imshow(matrix, cmap="Blues")
+    for (row, col), value in np.ndenumerate(matrix):
+        axis.text(col, row, str(value), ha="center", va="center",
+                  color="white" if value > matrix.max() / 2 else "black", fontsize=12)
+    axis.set_xticks([0, 1], ["not depressed", "depressed"])
+    axis.set_yticks([0, 1], ["not depressed", "depressed"])
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def roc_png(curves: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str) -> None:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(4, 4), dpi=110)
+    for name, labels, probabilities in curves:
+        if len(set(np.asarray(labels).tolist())) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(labels, probabilities)
+        axis.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(labels, probabilities):.3f})")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    axis.set_xlabel("false positive rate")
+    axis.set_ylabel("true positive rate")
+    axis.set_title(title, fontsize=9)
+    axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def tsne_png(vectors: np.ndarray, labels: np.ndarray, path: Path, title: str, seed: int = 0,
+             max_points: int = 2000) -> None:
+    from sklearn.manifold import TSNE
+
+    plt = _pyplot()
+    vectors = np.asarray(vectors, dtype=np.float32)
+    labels = np.asarray(labels)
+    if len(vectors) > max_points:
+        keep = np.random.default_rng(seed).choice(len(vectors), max_points, replace=False)
+        vectors, labels = vectors[keep], labels[keep]
+    perplexity = float(min(30, max(2, (len(vectors) - 1) // 3)))
+    points = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(vectors)
+    figure, axis = plt.subplots(figsize=(4.5, 4), dpi=110)
+    for value, name, color in ((0, "not depressed", "tab:blue"), (1, "depressed", "tab:red")):
+        chosen = labels == value
+        axis.scatter(points[chosen, 0], points[chosen, 1], s=8, alpha=0.7, label=name, color=color)
+    axis.set_title(title, fontsize=9)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

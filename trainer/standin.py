@@ -1,0 +1,48 @@
+"""The stand-in task on RAVDESS (acted emotion, NOT depression; DESIGN.md §5).
+
+Per actor, a "low-mood" session (the actor's 8 sad clips, label 1) and a
+"calm" session (the 8 calm clips, label 0): the same 4 normal + 4 strong
+intensity structure, so both sessions are about as long and a model cannot
+score length instead of voice. Folds are actor-disjoint: 6 folds of 3 actors
+(1-3, 4-6, ..., 16-18). The data is read in place and never copied.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from moodstream.trainer.data import AudioSpan, Dataset, Session
+
+STANDIN_NOTE = ("Stand-in task: RAVDESS acted speech, sad vs calm sessions per actor. This is acted emotion, "
+                "not depression; numbers on it say nothing about clinical screening.")
+
+
+def read_ravdess_standin(root: str | Path, actors_per_fold: int = 3) -> Dataset:
+    root = Path(root).expanduser()
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        raise ValueError(f"no RAVDESS manifest.csv at {root}")
+    with open(manifest, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    dataset = Dataset("ravdess-standin (sad vs calm sessions per actor)", [], notes=[STANDIN_NOTE])
+    by_session: dict[tuple[int, str], list[dict]] = {}
+    for row in rows:
+        if row["emotion"] in ("sad", "calm"):
+            by_session.setdefault((int(row["actor"]), row["emotion"]), []).append(row)
+    for (actor, emotion), clips in sorted(by_session.items()):
+        clips.sort(key=lambda r: (r["intensity"], r["statement"], int(r["repetition"])))
+        session = Session(
+            session_id=f"actor{actor:02d}-{'low' if emotion == 'sad' else 'calm'}",
+            speaker_id=f"actor{actor:02d}", label=1 if emotion == "sad" else 0,
+            spans=[AudioSpan(str(root / r["path"])) for r in clips],
+            fold=str((actor - 1) // actors_per_fold + 1))
+        missing = [s.path for s in session.spans if not Path(s.path).is_file()]
+        if missing:
+            dataset.skipped[session.session_id] = f"{len(missing)} clips missing (e.g. {missing[0]})"
+            continue
+        if len(clips) != 8:
+            session.warnings.append(f"{len(clips)} clips instead of 8")
+        dataset.sessions.append(session)
+    if not dataset.sessions:
+        raise ValueError(f"no sad/calm clips listed in {manifest}")
+    return dataset
