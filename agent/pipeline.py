@@ -352,6 +352,12 @@ def run_agent(
             hub.emit(ev.ERROR, message=str(error), stage="delivery")
             error.result = result
             raise
+        except BaseException:
+            run.abort.set()
+            raise
+        finally:
+            if capture is not None and run.abort.is_set():
+                capture.join(timeout=5.0)  # let it stop before the outbox closes under it
         if capture is not None:
             capture.join()
         final = box.session(session_id)
