@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "moodstream.server.cli",
     "moodstream.demo",
     "moodstream.trainer.cli",
+    "moodstream.dashboard.cli",
 )
 
 

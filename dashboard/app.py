@@ -1,0 +1,215 @@
+"""The dashboard's web app (Starlette): three pages, a JSON API and server-sent events.
+
+    /                  live and recent sessions, and the state of every followed participant
+    /s/{ref}           one session: its score per segment over time
+    /p/{ref}           one participant: the scores of their sessions across days
+    /api/...           the same data as JSON
+    .../events         server-sent events: a snapshot, then every change as it happens
+
+URLs carry only opaque refs (keyed hashes of the ids), so access logs and
+browser histories hold no participant or session id. Every page loads its
+scripts and styles from this app (Content-Security-Policy 'self'); nothing
+comes from a CDN.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from moodstream import SCREENING_NOTICE, __version__
+from moodstream.dashboard.feed import FeedConfig, ScoreFeed
+
+HERE = Path(__file__).resolve().parent
+STATIC = HERE / "static"
+TEMPLATES = HERE / "templates"
+KEEPALIVE_SECONDS = 15.0
+
+SECURITY_HEADERS = [
+    (b"content-security-policy",
+     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+     b"object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+class SecurityHeaders:
+    """Adds the security headers to every HTTP response (pure ASGI: streaming stays streaming)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
+                if not scope["path"].startswith("/static/"):
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def asset_versions() -> dict[str, str]:
+    """Content hashes for cache-busting query strings on the static files."""
+    versions = {}
+    for path in STATIC.rglob("*"):
+        if path.is_file():
+            versions[path.relative_to(STATIC).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return versions
+
+
+def sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def create_app(config: FeedConfig, feed: ScoreFeed | None = None) -> Starlette:
+    """The ASGI app; it starts and stops its ScoreFeed with the server's lifespan."""
+    feed = feed or ScoreFeed(config)
+    templates = Jinja2Templates(directory=str(TEMPLATES))
+    versions = asset_versions()
+
+    def asset(request: Request, name: str) -> str:
+        root = request.scope.get("root_path", "")
+        return f"{root}/static/{name}?v={versions.get(name, __version__)}"
+
+    templates.env.globals["notice"] = SCREENING_NOTICE
+
+    def page(request: Request, template: str, *, view: str, title: str, events: str, ref: str = "",
+             status: int = 200, **extra) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        context = {"view": view, "title": title, "events_url": f"{root}{events}" if events else "", "ref": ref,
+                   "root": root, "asset": lambda name: asset(request, name), "server": config.server, **extra}
+        return templates.TemplateResponse(request, template, context, status_code=status)
+
+    # ------------------------------------------------------------ pages
+    async def overview_page(request: Request) -> Response:
+        return page(request, "overview.html", view="overview", title="Sessions", events="/events")
+
+    async def session_page(request: Request) -> Response:
+        ref = request.path_params["ref"]
+        detail = feed.session_detail(ref)
+        if detail is None:
+            return page(request, "missing.html", view="missing", title="Unknown session", events="",
+                        status=404, what="session")
+        return page(request, "session.html", view="session", title="Session", events=f"/s/{ref}/events", ref=ref)
+
+    async def participant_page(request: Request) -> Response:
+        ref = request.path_params["ref"]
+        if feed.participant_detail(ref) is None:
+            return page(request, "missing.html", view="missing", title="Unknown participant", events="",
+                        status=404, what="participant")
+        return page(request, "participant.html", view="participant", title="Participant",
+                    events=f"/p/{ref}/events", ref=ref)
+
+    # ------------------------------------------------------------ JSON
+    def not_found(what: str) -> JSONResponse:
+        return JSONResponse({"error": f"no such {what} on this dashboard", "notice": SCREENING_NOTICE},
+                            status_code=404)
+
+    async def overview_json(request: Request) -> Response:
+        return JSONResponse(feed.overview())
+
+    async def session_json(request: Request) -> Response:
+        detail = feed.session_detail(request.path_params["ref"])
+        return JSONResponse(detail) if detail is not None else not_found("session")
+
+    async def participant_json(request: Request) -> Response:
+        detail = feed.participant_detail(request.path_params["ref"])
+        return JSONResponse(detail) if detail is not None else not_found("participant")
+
+    async def health(request: Request) -> Response:
+        connection = feed.connection()
+        return JSONResponse({"status": "ok", "server": connection["server"]["state"],
+                             "participants": {p["ref"]: p["state"] for p in connection["participants"]}})
+
+    # ------------------------------------------------------------ events
+    def event_stream(snapshot, wanted) -> StreamingResponse:
+        """Snapshot first, then the feed's events that `wanted` accepts; taken atomically on this loop."""
+        listener = feed.listen()
+        first = snapshot()
+
+        async def body():
+            try:
+                yield sse("snapshot", first)
+                while True:
+                    event = await listener.next(KEEPALIVE_SECONDS)
+                    if event is None:
+                        yield ": keepalive\n\n"
+                    elif event["type"] == "close":
+                        return
+                    elif event["type"] == "resync":
+                        current = snapshot()
+                        if current is None:
+                            return
+                        yield sse("snapshot", current)
+                    elif event["type"] == "connection":
+                        yield sse("connection", {"connection": event["connection"], "settings": feed.settings()})
+                    elif wanted(event):
+                        yield sse("score", {"session": event["session"], "point": event["point"],
+                                            "settings": feed.settings()})
+            finally:
+                feed.unlisten(listener)
+
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def overview_events(request: Request) -> Response:
+        return event_stream(feed.overview, lambda event: True)
+
+    async def session_events(request: Request) -> Response:
+        ref = request.path_params["ref"]
+        if feed.session_detail(ref) is None:
+            return not_found("session")
+        return event_stream(lambda: feed.session_detail(ref), lambda event: event["session_ref"] == ref)
+
+    async def participant_events(request: Request) -> Response:
+        ref = request.path_params["ref"]
+        state = feed.participants_by_ref.get(ref)
+        if state is None:
+            return not_found("participant")
+        return event_stream(lambda: feed.participant_detail(ref),
+                            lambda event: event["participant_id"] == state.participant_id)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        await feed.start()
+        try:
+            yield
+        finally:
+            await feed.stop()
+
+    routes = [
+        Route("/", overview_page),
+        Route("/s/{ref:str}", session_page),
+        Route("/p/{ref:str}", participant_page),
+        Route("/events", overview_events),
+        Route("/s/{ref:str}/events", session_events),
+        Route("/p/{ref:str}/events", participant_events),
+        Route("/api/overview", overview_json),
+        Route("/api/s/{ref:str}", session_json),
+        Route("/api/p/{ref:str}", participant_json),
+        Route("/healthz", health),
+        Mount("/static", app=StaticFiles(directory=str(STATIC)), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.feed = feed
+    app.add_middleware(SecurityHeaders)
+    return app

@@ -1,0 +1,82 @@
+"""`moodstream dashboard`: the clinician dashboard (web), fed through the public gRPC API.
+
+Only argparse here; the web stack is imported by the handler, so building the
+`moodstream` parser stays light (and never imports torch).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from moodstream import SCREENING_NOTICE
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "dashboard", help="serve the clinician dashboard (live score streams in a browser)",
+        description="Serve a web dashboard of live and recent sessions, each session's score over time and "
+                    "each participant's history. It reads scores from a scoring server with Subscribe, using "
+                    "a read-scoped token, so it works against any replica and needs no Redis access. "
+                    + SCREENING_NOTICE,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--server", required=True, metavar="HOST:PORT", help="scoring server (any replica)")
+    parser.add_argument("--token", default=argparse.SUPPRESS,
+                        help="read-scoped bearer token (default: env MOODSTREAM_TOKEN; --token-file keeps it out "
+                             "of the process list)")
+    parser.add_argument("--token-file", help="file holding the token (first line)")
+    parser.add_argument("--participant", action="append", default=[], metavar="ID",
+                        help="participant to follow (repeat for more)")
+    parser.add_argument("--participants-file", metavar="FILE",
+                        help="file with one participant id per line (# comments allowed)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address the web page listens on; it has no login of its own, so expose it only "
+                             "behind an authenticating reverse proxy")
+    parser.add_argument("--port", type=int, default=8080, help="web port (0 = any free port)")
+    parser.add_argument("--tls", action="store_true", help="connect to the server with TLS (system CAs)")
+    parser.add_argument("--tls-ca", metavar="FILE", help="connect with TLS, trusting this CA bundle (PEM)")
+    parser.add_argument("--live-seconds", type=float, default=120.0,
+                        help="a session scored within this many seconds is shown as live")
+    parser.add_argument("--gap-seconds", type=float, default=60.0,
+                        help="a longer pause between two scores is drawn as a gap (agent offline or no speech)")
+    parser.add_argument("--no-access-log", action="store_true", help="do not log each HTTP request")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.set_defaults(handler=run)
+
+
+def read_token(args) -> str:
+    if args.token_file:
+        try:
+            lines = open(args.token_file, encoding="utf-8").read().splitlines()
+        except FileNotFoundError:
+            raise ValueError(f"token file {args.token_file} does not exist") from None
+        return lines[0].strip() if lines else ""
+    return getattr(args, "token", None) or os.environ.get("MOODSTREAM_TOKEN", "")
+
+
+def run(args) -> int:
+    try:
+        from moodstream.dashboard.feed import FeedConfig, participants_from
+        from moodstream.dashboard.server import WebConfig, serve
+    except ModuleNotFoundError as error:
+        print(f"moodstream dashboard: {error.name} is not installed; install the dashboard extra "
+              "(pip install 'moodstream[dashboard]')", file=sys.stderr)
+        return 2
+    import logging
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not (0 <= args.port <= 65535):
+        raise ValueError(f"--port {args.port} is not a port number")
+    config = FeedConfig(server=args.server, token=read_token(args),
+                        participants=participants_from(args.participant, args.participants_file),
+                        tls=args.tls, tls_ca=args.tls_ca, live_seconds=args.live_seconds,
+                        gap_seconds=args.gap_seconds)
+    web = WebConfig(host=args.host, port=args.port, access_log=not args.no_access_log, log_level=args.log_level)
+
+    def started(url: str, feed) -> None:
+        print(f"moodstream dashboard: {url} (following {len(config.participants)} participant(s) on "
+              f"{config.server}). {SCREENING_NOTICE}", file=sys.stderr, flush=True)
+
+    serve(config, web, on_started=started)
+    return 0

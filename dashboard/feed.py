@@ -1,0 +1,507 @@
+"""The dashboard's view of the score streams, fed only through the public gRPC API.
+
+One `Subscribe(participant_id, after_offset)` call per followed participant
+replays that participant's history and then stays open for live updates; a
+dropped call resumes from the last offset it saw, so nothing is missed or
+shown twice. A health check every few seconds gives the server's connection
+state (and restarts subscriptions that a dead connection left hanging).
+
+Everything here runs on one asyncio loop (the web server's); listeners get
+events synchronously in the order the feed applied them.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from moodstream import SCREENING_NOTICE
+from moodstream.v1 import moodstream_pb2 as pb
+from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
+
+log = logging.getLogger("moodstream.dashboard")
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Screening"].full_name
+
+# Participant subscription states.
+CONNECTING = "connecting"
+FOLLOWING = "following"
+RECONNECTING = "reconnecting"
+TOKEN_REJECTED = "token rejected"
+NOT_PERMITTED = "not permitted"
+FAILED = "error"
+
+# Server connection states.
+SERVER_CONNECTED = "connected"
+SERVER_CONNECTING = "connecting"
+SERVER_UNREACHABLE = "unreachable"
+SERVER_NOT_SERVING = "not serving"
+
+
+def check_participant_id(value: str) -> str:
+    if not ID_PATTERN.fullmatch(value):
+        raise ValueError(f"participant id {value[:80]!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ . -")
+    return value
+
+
+def read_participants_file(path: str | Path) -> list[str]:
+    """One participant id per line; blank lines and `#` comments are ignored."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise ValueError(f"participants file {path} does not exist") from None
+    participants = []
+    for number, line in enumerate(lines, 1):
+        value = line.split("#", 1)[0].strip()
+        if value:
+            try:
+                participants.append(check_participant_id(value))
+            except ValueError as error:
+                raise ValueError(f"{path}:{number}: {error}") from None
+    return participants
+
+
+@dataclass
+class FeedConfig:
+    server: str                        # HOST:PORT of any scoring server replica
+    token: str                         # read-scoped bearer token
+    participants: list[str]            # whom to follow (the API has no way to list them)
+    tls: bool = False                  # TLS with the system's root certificates
+    tls_ca: str | Path | None = None   # TLS with this CA bundle (PEM)
+    live_seconds: float = 120.0        # a session with an update this recent counts as live
+    gap_seconds: float = 60.0          # a longer pause between scores is drawn as a gap
+    health_interval: float = 5.0
+    ref_key: bytes | None = None       # key of the opaque URL ids (default: derived from the token)
+
+    def __post_init__(self) -> None:
+        if not self.server or ":" not in self.server:
+            raise ValueError(f"--server must be HOST:PORT, not {self.server!r}")
+        if not self.token or not self.token.strip():
+            raise ValueError("a read token is needed: pass --token, --token-file or set MOODSTREAM_TOKEN")
+        self.token = self.token.strip()
+        if not self.participants:
+            raise ValueError("name the participants to follow with --participant or --participants-file "
+                             "(the server has no call that lists participants)")
+        seen = []
+        for participant in self.participants:
+            check_participant_id(participant)
+            if participant not in seen:
+                seen.append(participant)
+        self.participants = seen
+        if self.tls_ca is not None and not Path(self.tls_ca).is_file():
+            raise ValueError(f"--tls-ca {self.tls_ca} is not a file")
+        if self.live_seconds <= 0 or self.gap_seconds <= 0:
+            raise ValueError("--live-seconds and --gap-seconds must be > 0")
+
+
+@dataclass
+class Point:
+    seq: int
+    segments: int
+    probability: float
+    above_threshold: bool
+    threshold: float
+    model_version: str
+    time_unix: float
+    speech_seconds: float
+
+    def to_dict(self) -> dict:
+        return {"seq": self.seq, "segments": self.segments, "probability": self.probability,
+                "above_threshold": self.above_threshold, "threshold": self.threshold,
+                "model_version": self.model_version, "time_unix": self.time_unix,
+                "speech_seconds": self.speech_seconds}
+
+
+@dataclass
+class Session:
+    session_id: str
+    participant_id: str
+    ref: str
+    participant_ref: str
+    device_id: str = ""
+    points: list[Point] = field(default_factory=list)
+
+    @property
+    def latest(self) -> Point:
+        return self.points[-1]
+
+    def summary(self, now: float, live_seconds: float) -> dict:
+        latest = self.latest
+        versions = list(dict.fromkeys(p.model_version for p in self.points))
+        return {
+            "ref": self.ref, "session_id": self.session_id, "participant_id": self.participant_id,
+            "participant_ref": self.participant_ref, "device_id": self.device_id,
+            "segments": latest.segments, "probability": latest.probability,
+            "above_threshold": latest.above_threshold, "threshold": latest.threshold,
+            "model_version": latest.model_version, "model_versions": versions,
+            "speech_seconds": latest.speech_seconds, "started_unix": self.points[0].time_unix,
+            "last_update_unix": latest.time_unix,
+            "state": "live" if now - latest.time_unix <= live_seconds else "idle",
+        }
+
+
+@dataclass
+class ParticipantState:
+    participant_id: str
+    ref: str
+    state: str = CONNECTING
+    message: str = ""
+    offset: str = ""          # last offset applied: where a resumed Subscribe starts
+    since: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict:
+        return {"participant_id": self.participant_id, "ref": self.ref, "state": self.state,
+                "message": self.message, "since": self.since}
+
+
+class Listener:
+    """A bounded event queue for one open event stream; a slow reader gets a resync instead."""
+
+    def __init__(self, limit: int = 2000) -> None:
+        self.events: deque = deque()
+        self.limit = limit
+        self.resync = False
+        self.closed = False
+        self.ready = asyncio.Event()
+
+    def push(self, event: dict) -> None:
+        if len(self.events) >= self.limit:
+            self.events.clear()
+            self.resync = True
+        else:
+            self.events.append(event)
+        self.ready.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.ready.set()
+
+    async def next(self, timeout: float) -> dict | None:
+        """The next event, {"type": "resync"} after an overflow, {"type": "close"} once closed, or None
+        after `timeout` seconds without one."""
+        if self.closed:
+            return {"type": "close"}
+        if not self.events and not self.resync:
+            self.ready.clear()
+            try:
+                await asyncio.wait_for(self.ready.wait(), timeout)
+            except TimeoutError:
+                return None
+        if self.closed:
+            return {"type": "close"}
+        if self.resync:
+            self.resync = False
+            self.events.clear()
+            return {"type": "resync"}
+        return self.events.popleft()
+
+
+def make_ref_key(token: str) -> bytes:
+    return hashlib.sha256(b"moodstream-dashboard-ref\0" + token.encode()).digest()
+
+
+def opaque_ref(key: bytes, kind: str, identifier: str) -> str:
+    """A stable id for URLs that reveals nothing about `identifier` without the key."""
+    return hmac.new(key, f"{kind}\0{identifier}".encode(), hashlib.sha256).hexdigest()[:20]
+
+
+def channel_for(config: FeedConfig) -> grpc.aio.Channel:
+    options = [("grpc.enable_retries", 0), ("grpc.max_reconnect_backoff_ms", 5000)]
+    if config.tls or config.tls_ca:
+        root = Path(config.tls_ca).read_bytes() if config.tls_ca else None
+        return grpc.aio.secure_channel(config.server, grpc.ssl_channel_credentials(root_certificates=root),
+                                       options=options)
+    return grpc.aio.insecure_channel(config.server, options=options)
+
+
+class ScoreFeed:
+    """Follows the configured participants and keeps every session they have in memory."""
+
+    def __init__(self, config: FeedConfig) -> None:
+        self.config = config
+        self.key = config.ref_key or make_ref_key(config.token)
+        self.sessions: dict[str, Session] = {}
+        self.sessions_by_ref: dict[str, Session] = {}
+        self.participants = {p: ParticipantState(p, self.ref("participant", p)) for p in config.participants}
+        self.participants_by_ref = {state.ref: state for state in self.participants.values()}
+        self.server_state = SERVER_CONNECTING
+        self.server_message = ""
+        self.server_since = time.time()
+        self.expected: dict[str, tuple[str, str]] = {}  # ref -> (session id, participant id), no score yet
+        self.listeners: set[Listener] = set()
+        self._channel: grpc.aio.Channel | None = None
+        self._calls: dict[str, grpc.aio.UnaryStreamCall] = {}
+        self._stale: set[str] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._closing = False
+        self._logged: dict[str, str] = {}
+
+    # ------------------------------------------------------------ ids
+    def ref(self, kind: str, identifier: str) -> str:
+        return opaque_ref(self.key, kind, identifier)
+
+    def session_ref(self, session_id: str) -> str:
+        return self.ref("session", session_id)
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._closing = False
+        self._channel = channel_for(self.config)
+        self._stub = pb_grpc.ScreeningStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._tasks = [asyncio.create_task(self._follow(p), name=f"follow-{p}") for p in self.participants]
+        self._tasks.append(asyncio.create_task(self._watch_health(), name="server-health"))
+
+    async def stop(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.config.token}"),)
+
+    # ------------------------------------------------------------ listeners
+    def listen(self) -> Listener:
+        listener = Listener()
+        self.listeners.add(listener)
+        return listener
+
+    def unlisten(self, listener: Listener) -> None:
+        self.listeners.discard(listener)
+
+    def close_listeners(self) -> None:
+        """End every open event stream (the web server is shutting down)."""
+        for listener in list(self.listeners):
+            listener.close()
+
+    def _publish(self, event: dict) -> None:
+        for listener in list(self.listeners):
+            listener.push(event)
+
+    # ------------------------------------------------------------ views
+    def connection(self) -> dict:
+        token_problem = next((p.message for p in self.participants.values() if p.state == TOKEN_REJECTED), "")
+        return {
+            "server": {"target": self.config.server, "state": self.server_state, "message": self.server_message,
+                       "since": self.server_since, "tls": bool(self.config.tls or self.config.tls_ca)},
+            "token_error": token_problem,
+            "participants": [p.to_dict() for p in self.participants.values()],
+        }
+
+    def settings(self) -> dict:
+        return {"live_seconds": self.config.live_seconds, "gap_seconds": self.config.gap_seconds,
+                "notice": SCREENING_NOTICE, "now": time.time()}
+
+    def summaries(self, participant_id: str | None = None) -> list[dict]:
+        now = time.time()
+        chosen = [s for s in self.sessions.values() if participant_id in (None, s.participant_id)]
+        chosen.sort(key=lambda s: s.latest.time_unix, reverse=True)
+        return [s.summary(now, self.config.live_seconds) for s in chosen]
+
+    def overview(self) -> dict:
+        return {"view": "overview", "settings": self.settings(), "connection": self.connection(),
+                "sessions": self.summaries()}
+
+    def expect_session(self, session_id: str, participant_id: str) -> str:
+        """Give a session that has no score yet a page (it waits for the first one); returns its ref."""
+        if participant_id not in self.participants:
+            raise ValueError(f"participant {participant_id!r} is not followed by this dashboard")
+        ref = self.session_ref(session_id)
+        self.expected[ref] = (session_id, participant_id)
+        return ref
+
+    def session_detail(self, ref: str) -> dict | None:
+        session = self.sessions_by_ref.get(ref)
+        if session is None:
+            if ref not in self.expected:
+                return None
+            session_id, participant_id = self.expected[ref]
+            waiting = {"ref": ref, "session_id": session_id, "participant_id": participant_id,
+                       "participant_ref": self.participants[participant_id].ref, "waiting": True}
+            return {"view": "session", "settings": self.settings(), "connection": self.connection(),
+                    "session": waiting, "points": []}
+        return {"view": "session", "settings": self.settings(), "connection": self.connection(),
+                "session": session.summary(time.time(), self.config.live_seconds),
+                "points": [p.to_dict() for p in session.points]}
+
+    def participant_detail(self, ref: str) -> dict | None:
+        state = self.participants_by_ref.get(ref)
+        if state is None:
+            return None
+        visible = state.state not in (TOKEN_REJECTED, NOT_PERMITTED)
+        return {"view": "participant", "settings": self.settings(), "connection": self.connection(),
+                "participant": state.to_dict(),
+                "sessions": self.summaries(state.participant_id) if visible else []}
+
+    # ------------------------------------------------------------ applying updates
+    def apply(self, update: pb.ScoreUpdate) -> bool:
+        """Add one ScoreUpdate; False if it was already known (a resumed stream's overlap)."""
+        participant = self.participants.get(update.participant_id)
+        if participant is None:
+            return False
+        session = self.sessions.get(update.session_id)
+        if session is None:
+            session = Session(update.session_id, update.participant_id, self.session_ref(update.session_id),
+                              participant.ref, update.device_id)
+            self.sessions[update.session_id] = session
+            self.sessions_by_ref[session.ref] = session
+        if session.points and update.seq <= session.latest.seq:
+            return False
+        point = Point(seq=update.seq, segments=update.segments, probability=update.probability,
+                      above_threshold=update.above_threshold, threshold=update.threshold,
+                      model_version=update.model_version, time_unix=update.time_unix,
+                      speech_seconds=update.speech_seconds)
+        session.points.append(point)
+        if update.device_id:
+            session.device_id = update.device_id
+        if update.offset:
+            participant.offset = update.offset
+        self._publish({"type": "score", "participant_id": session.participant_id, "session_ref": session.ref,
+                       "session": session.summary(time.time(), self.config.live_seconds),
+                       "point": point.to_dict()})
+        return True
+
+    def _set_participant(self, participant_id: str, state: str, message: str = "") -> None:
+        current = self.participants[participant_id]
+        if (current.state, current.message) == (state, message):
+            return
+        current.state, current.message, current.since = state, message, time.time()
+        if state in (TOKEN_REJECTED, NOT_PERMITTED, FAILED, RECONNECTING) and message:
+            if self._logged.get(participant_id) != message:
+                self._logged[participant_id] = message
+                log.warning("participant %s: %s: %s", participant_id, state, message)
+        elif self._logged.pop(participant_id, None) is not None:
+            log.info("participant %s: %s again", participant_id, state)
+        self._publish({"type": "connection", "connection": self.connection()})
+
+    def _set_server(self, state: str, message: str = "") -> None:
+        if (self.server_state, self.server_message) == (state, message):
+            return
+        if state != self.server_state:
+            log.info("scoring server %s: %s%s", self.config.server, state, f" ({message})" if message else "")
+        self.server_state, self.server_message, self.server_since = state, message, time.time()
+        self._publish({"type": "connection", "connection": self.connection()})
+
+    # ------------------------------------------------------------ background tasks
+    async def _follow(self, participant_id: str) -> None:
+        backoff = 0.5
+        while not self._closing:
+            state = self.participants[participant_id]
+            request = pb.SubscribeRequest(participant_id=participant_id, after_offset=state.offset)
+            call = self._stub.Subscribe(request, metadata=self.metadata)
+            self._calls[participant_id] = call
+            confirm = asyncio.create_task(self._confirm(participant_id, call), name=f"confirm-{participant_id}")
+            retry_in = backoff
+            try:
+                while True:
+                    update = await call.read()
+                    if update is grpc.aio.EOF:
+                        break
+                    self._set_participant(participant_id, FOLLOWING)
+                    self.apply(update)
+                    backoff = 0.5
+                # The server ended the stream (it is shutting down): resume from the offset right away.
+                retry_in = 0.2
+                self._set_participant(participant_id, RECONNECTING, "the server closed the stream")
+            except asyncio.CancelledError:
+                call.cancel()
+                if self._closing or participant_id not in self._stale:
+                    raise
+                self._set_participant(participant_id, RECONNECTING, "the connection to the server went silent")
+                retry_in = 0.2
+            except grpc.aio.AioRpcError as error:
+                retry_in, backoff = self._classify(participant_id, error, backoff)
+            finally:
+                confirm.cancel()
+                self._calls.pop(participant_id, None)
+                self._stale.discard(participant_id)
+            if self._closing:
+                return
+            await asyncio.sleep(retry_in)
+
+    async def _confirm(self, participant_id: str, call) -> None:
+        """Mark a quiet subscription as following once it has stayed open on a reachable server.
+
+        The server sends nothing (not even headers) until there is an update, but it refuses a bad
+        token or a participant outside the token's read scope at once; so a call still open a
+        second later, on a server whose health check answers, has been accepted.
+        """
+        while not call.done():
+            await asyncio.sleep(1.0)
+            if not call.done() and self.server_state == SERVER_CONNECTED:
+                self._set_participant(participant_id, FOLLOWING)
+                return
+
+    def _classify(self, participant_id: str, error: grpc.aio.AioRpcError, backoff: float) -> tuple[float, float]:
+        """Set the participant's state for a failed Subscribe; returns (retry in seconds, next backoff)."""
+        code, details = error.code(), error.details() or ""
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            self._set_participant(participant_id, TOKEN_REJECTED,
+                                  f"the server rejected the dashboard's token ({details}); start the dashboard "
+                                  "with a valid read token")
+            return 30.0, backoff
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            self._set_participant(participant_id, NOT_PERMITTED,
+                                  f"this dashboard's token may not read participant {participant_id}")
+            return 60.0, backoff
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            self._set_participant(participant_id, FAILED, f"the server refused the subscription: {details}")
+            return 60.0, backoff
+        if code == grpc.StatusCode.CANCELLED and participant_id in self._stale:
+            self._set_participant(participant_id, RECONNECTING, "the connection to the server went silent")
+            return 0.2, backoff
+        message = f"{code.name}: {details}" if details else code.name
+        self._set_participant(participant_id, RECONNECTING, message)
+        return backoff, min(backoff * 2, 5.0)
+
+    async def _watch_health(self) -> None:
+        failures = 0
+        while not self._closing:
+            try:
+                reply = await self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME),
+                                                 timeout=max(1.0, self.config.health_interval))
+            except grpc.aio.AioRpcError as error:
+                failures += 1
+                details = error.details() or error.code().name
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._set_server(SERVER_UNREACHABLE, f"cannot reach {self.config.server}: {details}")
+                else:
+                    self._set_server(SERVER_UNREACHABLE, f"{error.code().name}: {details}")
+                if failures >= 2:
+                    # A dead connection can leave a quiet stream hanging: restart it (it resumes by offset).
+                    for participant_id, call in list(self._calls.items()):
+                        if participant_id not in self._stale:
+                            self._stale.add(participant_id)
+                            call.cancel()
+            else:
+                failures = 0
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    self._set_server(SERVER_CONNECTED)
+                else:
+                    self._set_server(SERVER_NOT_SERVING, "the server is starting up or shutting down")
+            await asyncio.sleep(self.config.health_interval)
+
+
+def participants_from(values: Iterable[str] | None, participants_file: str | Path | None) -> list[str]:
+    participants = [check_participant_id(v) for v in values or ()]
+    if participants_file:
+        participants.extend(read_participants_file(participants_file))
+    return participants

@@ -1,0 +1,136 @@
+"""Serving the dashboard with uvicorn: in the foreground (the CLI) or on a thread (demo, tests)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+
+import uvicorn
+
+from moodstream.dashboard.app import create_app
+from moodstream.dashboard.feed import FeedConfig, ScoreFeed
+
+log = logging.getLogger("moodstream.dashboard")
+
+
+@dataclass
+class WebConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080           # 0 = any free port
+    access_log: bool = True
+    log_level: str = "info"
+
+
+def bind(web: WebConfig) -> socket.socket:
+    family = socket.AF_INET6 if ":" in web.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((web.host, web.port))
+    except OSError as error:
+        sock.close()
+        raise ValueError(f"cannot listen on {web.host}:{web.port} ({error.strerror or error}); "
+                         "choose another --port") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{port}/"
+
+
+class DashboardServer(uvicorn.Server):
+    """uvicorn, ending the open event streams first on shutdown (they would never end by themselves)."""
+
+    def __init__(self, config: uvicorn.Config, feed: ScoreFeed) -> None:
+        super().__init__(config)
+        self.feed = feed
+
+    async def shutdown(self, sockets=None) -> None:
+        self.feed.close_listeners()
+        await super().shutdown(sockets)
+
+
+def uvicorn_server(app, web: WebConfig) -> DashboardServer:
+    config = uvicorn.Config(app, log_level=web.log_level, access_log=web.access_log, lifespan="on",
+                            timeout_graceful_shutdown=2, log_config=None, proxy_headers=False)
+    return DashboardServer(config, app.state.feed)
+
+
+def serve(feed_config: FeedConfig, web: WebConfig, on_started=None) -> None:
+    """Run until SIGINT/SIGTERM (uvicorn handles both)."""
+    sock = bind(web)
+    app = create_app(feed_config)
+    server = uvicorn_server(app, web)
+    if on_started is not None:
+        on_started(url_of(sock), app.state.feed)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+class BackgroundDashboard:
+    """The dashboard on its own thread and event loop.
+
+        with BackgroundDashboard(FeedConfig(...), WebConfig(port=0)) as dashboard:
+            print(dashboard.url, dashboard.session_url("s1"))
+    """
+
+    def __init__(self, feed_config: FeedConfig, web: WebConfig | None = None) -> None:
+        self.web = web or WebConfig(port=0, access_log=False, log_level="warning")
+        self.feed = ScoreFeed(feed_config)
+        self.app = create_app(feed_config, self.feed)
+        self._server = uvicorn_server(self.app, self.web)
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+
+    def session_url(self, session_id: str) -> str:
+        return f"{self.url}s/{self.feed.session_ref(session_id)}"
+
+    def participant_url(self, participant_id: str) -> str:
+        return f"{self.url}p/{self.feed.ref('participant', participant_id)}"
+
+    def start(self, timeout: float = 30.0) -> "BackgroundDashboard":
+        self._sock = bind(self.web)
+        self.url = url_of(self._sock)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(self._server.serve(sockets=[self._sock]))
+            except BaseException as error:  # reported by start()
+                errors.append(error)
+
+        self._thread = threading.Thread(target=run, name="dashboard", daemon=True)
+        self._thread.start()
+        started = threading.Event()
+        while not started.wait(0.02):
+            if self._server.started:
+                break
+            if not self._thread.is_alive():
+                raise RuntimeError(f"the dashboard did not start: {errors[0] if errors else 'unknown error'}")
+            timeout -= 0.02
+            if timeout <= 0:
+                raise TimeoutError("the dashboard did not start in time")
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._server.should_exit = True
+            self._thread.join(timeout)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> "BackgroundDashboard":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,331 @@
+"""The clinician dashboard's routes and event stream, against a real scoring server, Redis and uvicorn."""
+import json
+import re
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from moodstream import SCREENING_NOTICE
+from moodstream.dashboard.feed import FeedConfig, read_participants_file
+from moodstream.dashboard.server import BackgroundDashboard
+from moodstream.server.app import BackgroundServer, ServerConfig
+from moodstream.v1 import moodstream_pb2 as pb
+from server_harness import chunk, end, header, make_chunks, running_server, stream, stub_for, tiny_model, write_tokens
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=3)
+
+
+@pytest.fixture
+def tokens(tmp_path):
+    return write_tokens(tmp_path)
+
+
+@pytest.fixture
+def server(model, redis_url, tokens):
+    with running_server(model, redis_url, tokens) as running:
+        yield running
+
+
+def dashboard_for(port: int, token: str, participants, **options) -> BackgroundDashboard:
+    config = FeedConfig(server=f"127.0.0.1:{port}", token=token, participants=list(participants),
+                        health_interval=0.3, **options)
+    return BackgroundDashboard(config)
+
+
+def stream_session(port, tokens, session, participant, count, seed=0, first_seq=0, finish=True):
+    chunks = make_chunks(count, seed=seed)
+    requests = [header(session, participant)] + [chunk(first_seq + i, c) for i, c in enumerate(chunks)]
+    if finish:
+        requests.append(end(first_seq + count - 1))
+    with stub_for(port) as stub:
+        return stream(stub, requests, tokens.metadata("agent"))
+
+
+def wait_for(predicate, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def get_json(url):
+    response = httpx.get(url, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def overview(dashboard):
+    return get_json(dashboard.url + "api/overview")
+
+
+def participant_state(dashboard, participant):
+    return next(p for p in overview(dashboard)["connection"]["participants"] if p["participant_id"] == participant)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class SseReader:
+    """Reads server-sent events from a real HTTP stream on a thread."""
+
+    def __init__(self, url):
+        self.events = []
+        self.error = None
+        self._stop = threading.Event()
+        self._client = httpx.Client(timeout=httpx.Timeout(10.0, read=30.0))
+        self._thread = threading.Thread(target=self._run, args=(url,), daemon=True)
+        self._thread.start()
+
+    def _run(self, url):
+        try:
+            with self._client.stream("GET", url) as response:
+                self.status = response.status_code
+                self.content_type = response.headers.get("content-type", "")
+                kind, data = None, []
+                for line in response.iter_lines():
+                    if self._stop.is_set():
+                        return
+                    if line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("data: "):
+                        data.append(line[6:])
+                    elif line == "" and kind:
+                        self.events.append((kind, json.loads("\n".join(data))))
+                        kind, data = None, []
+        except Exception as error:  # surfaced by the test
+            if not self._stop.is_set():
+                self.error = error
+
+    def of(self, kind):
+        return [data for k, data in self.events if k == kind]
+
+    def close(self):
+        self._stop.set()
+        self._client.close()
+        self._thread.join(0.2)  # a blocked read ends when the dashboard stops
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+def test_config_refuses_what_cannot_work(tmp_path):
+    with pytest.raises(ValueError, match="name the participants"):
+        FeedConfig(server="127.0.0.1:1", token="t", participants=[])
+    with pytest.raises(ValueError, match="read token"):
+        FeedConfig(server="127.0.0.1:1", token=" ", participants=["p1"])
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        FeedConfig(server="localhost", token="t", participants=["p1"])
+    with pytest.raises(ValueError, match="participant id"):
+        FeedConfig(server="127.0.0.1:1", token="t", participants=["bad id!"])
+    listed = tmp_path / "participants.txt"
+    listed.write_text("# study A\np1\n\np2  # second\np1\n")
+    assert read_participants_file(listed) == ["p1", "p2", "p1"]
+    assert FeedConfig(server="h:1", token="t", participants=read_participants_file(listed)).participants == ["p1", "p2"]
+    listed.write_text("p1\nnot valid\n")
+    with pytest.raises(ValueError, match=r"participants.txt:2"):
+        read_participants_file(listed)
+
+
+def test_cli_explains_a_missing_participant_list(capsys, monkeypatch):
+    from moodstream.cli import main
+
+    monkeypatch.delenv("MOODSTREAM_TOKEN", raising=False)
+    assert main(["dashboard", "--server", "127.0.0.1:1", "--token", "x"]) == 2
+    assert "name the participants to follow" in capsys.readouterr().err
+    assert main(["dashboard", "--server", "127.0.0.1:1", "--participant", "p1"]) == 2
+    assert "read token" in capsys.readouterr().err
+
+
+def test_cli_help_never_prints_the_token(capsys, monkeypatch):
+    from moodstream.cli import main
+
+    monkeypatch.setenv("MOODSTREAM_TOKEN", "secret-token-value")
+    with pytest.raises(SystemExit):
+        main(["dashboard", "--help"])
+    assert "secret-token-value" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- routes
+
+
+def test_pages_and_api_show_a_streamed_session_with_its_model_version(server, tokens):
+    stream_session(server.port, tokens, "sess-a", "p1", 3, seed=1)
+    with dashboard_for(server.port, tokens.by_name["reader-p1"], ["p1"]) as dashboard:
+        data = wait_for(lambda: (o := overview(dashboard))["sessions"] and o, what="the session")
+        [summary] = data["sessions"]
+        assert summary["session_id"] == "sess-a" and summary["participant_id"] == "p1"
+        assert summary["segments"] == 3 and summary["device_id"] == "test-device"
+        assert summary["model_version"] == server.model_version
+        assert summary["speech_seconds"] == pytest.approx(21.0)
+        assert summary["state"] == "live"
+        with stub_for(server.port) as stub:
+            latest = stub.GetScore(pb.GetScoreRequest(session_id="sess-a"), metadata=tokens.metadata("admin"))
+        assert summary["probability"] == pytest.approx(latest.probability)
+        assert summary["above_threshold"] == latest.above_threshold
+        assert data["settings"]["notice"] == SCREENING_NOTICE
+        assert data["connection"]["server"]["state"] == "connected"
+
+        # URLs hold opaque refs only, never the ids themselves
+        assert re.fullmatch(r"[0-9a-f]{20}", summary["ref"]) and re.fullmatch(r"[0-9a-f]{20}",
+                                                                              summary["participant_ref"])
+        assert dashboard.session_url("sess-a").endswith("/s/" + summary["ref"])
+
+        detail = get_json(f"{dashboard.url}api/s/{summary['ref']}")
+        assert [p["segments"] for p in detail["points"]] == [1, 2, 3]
+        assert all(p["model_version"] == server.model_version for p in detail["points"])
+        assert detail["points"][-1]["probability"] == pytest.approx(latest.probability)
+        history = get_json(f"{dashboard.url}api/p/{summary['participant_ref']}")
+        assert [s["session_id"] for s in history["sessions"]] == ["sess-a"]
+
+        for path in ("", f"s/{summary['ref']}", f"p/{summary['participant_ref']}"):
+            page = httpx.get(dashboard.url + path, timeout=10)
+            assert page.status_code == 200, path
+            assert "Screening aid, not a diagnosis." in page.text and SCREENING_NOTICE in page.text
+            assert "sess-a" not in page.text  # ids reach the page only through the API / event stream
+            csp = page.headers["content-security-policy"]
+            assert "default-src 'self'" in csp and "script-src 'self'" in csp
+            assert page.headers["cache-control"] == "no-store"
+            # every script and stylesheet is served by the dashboard itself
+            assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+            assert assets and not [a for a in assets if re.match(r"(https?:)?//", a)]
+            for asset in assets:
+                if asset.startswith("/static/"):
+                    assert httpx.get(dashboard.url + asset.lstrip("/"), timeout=10).status_code == 200, asset
+        assert httpx.get(dashboard.url + "healthz", timeout=10).json()["server"] == "connected"
+
+
+def test_unknown_refs_are_404_pages_that_still_carry_the_notice(server, tokens):
+    with dashboard_for(server.port, tokens.by_name["reader-p1"], ["p1"]) as dashboard:
+        for path in ("s/0123456789abcdef0123", "p/0123456789abcdef0123", "s/sess-a"):
+            page = httpx.get(dashboard.url + path, timeout=10)
+            assert page.status_code == 404
+            assert "not a diagnosis" in page.text
+        api = httpx.get(dashboard.url + "api/s/nope", timeout=10)
+        assert api.status_code == 404 and "not a diagnosis" in api.json()["notice"]
+        assert httpx.get(dashboard.url + "s/nope/events", timeout=10).status_code == 404
+
+
+def test_only_participants_the_token_may_read_are_shown(server, tokens):
+    stream_session(server.port, tokens, "mine", "p1", 1, seed=2)
+    stream_session(server.port, tokens, "theirs", "p2", 1, seed=3)
+    with dashboard_for(server.port, tokens.by_name["reader-p1"], ["p1", "p2"]) as dashboard:
+        wait_for(lambda: participant_state(dashboard, "p2")["state"] == "not permitted", what="p2 refused")
+        wait_for(lambda: overview(dashboard)["sessions"], what="p1's session")
+        data = overview(dashboard)
+        assert [s["session_id"] for s in data["sessions"]] == ["mine"]
+        p2 = participant_state(dashboard, "p2")
+        assert "may not read participant p2" in p2["message"]
+        assert get_json(f"{dashboard.url}api/p/{p2['ref']}")["sessions"] == []
+        assert participant_state(dashboard, "p1")["state"] == "following"
+
+
+def test_a_bad_token_is_reported_plainly(server, tokens):
+    with dashboard_for(server.port, "not-a-real-token", ["p1"]) as dashboard:
+        state = wait_for(lambda: (p := participant_state(dashboard, "p1"))["state"] == "token rejected" and p,
+                         what="the token to be rejected")
+        assert "rejected the dashboard's token" in state["message"]
+        assert "rejected the dashboard's token" in overview(dashboard)["connection"]["token_error"]
+        assert overview(dashboard)["sessions"] == []
+        assert httpx.get(dashboard.url, timeout=10).status_code == 200
+
+
+# ---------------------------------------------------------------------------- event stream
+
+
+def test_event_stream_sends_a_snapshot_then_each_score_live_in_order(server, tokens):
+    stream_session(server.port, tokens, "earlier", "p1", 1, seed=4)
+    with dashboard_for(server.port, tokens.by_name["reader-p1"], ["p1"]) as dashboard:
+        wait_for(lambda: overview(dashboard)["sessions"], what="history")
+        reader = SseReader(dashboard.url + "events")
+        try:
+            wait_for(lambda: reader.of("snapshot"), what="the snapshot")
+            assert reader.content_type.startswith("text/event-stream")
+            [snapshot] = reader.of("snapshot")
+            assert [s["session_id"] for s in snapshot["sessions"]] == ["earlier"]
+            assert snapshot["settings"]["notice"] == SCREENING_NOTICE
+            stream_session(server.port, tokens, "live-one", "p1", 3, seed=5)
+            wait_for(lambda: len(reader.of("score")) >= 3, what="three live scores")
+            scores = reader.of("score")
+            assert [s["point"]["segments"] for s in scores] == [1, 2, 3]
+            assert {s["session"]["session_id"] for s in scores} == {"live-one"}
+            assert all(s["point"]["model_version"] == server.model_version for s in scores)
+            assert scores[-1]["session"]["segments"] == 3 and scores[-1]["session"]["state"] == "live"
+        finally:
+            reader.close()
+        assert reader.error is None, reader.error
+
+
+def test_session_event_stream_carries_only_that_session(server, tokens):
+    stream_session(server.port, tokens, "watched", "p1", 1, seed=6, finish=False)
+    with dashboard_for(server.port, tokens.by_name["reader-p1"], ["p1"]) as dashboard:
+        wait_for(lambda: overview(dashboard)["sessions"], what="history")
+        reader = SseReader(dashboard.session_url("watched") + "/events")
+        try:
+            wait_for(lambda: reader.of("snapshot"), what="the snapshot")
+            assert [p["seq"] for p in reader.of("snapshot")[0]["points"]] == [0]
+            stream_session(server.port, tokens, "other", "p1", 2, seed=7)
+            stream_session(server.port, tokens, "watched", "p1", 2, seed=8, first_seq=1)
+            wait_for(lambda: len(reader.of("score")) >= 2, what="the watched session's scores")
+            time.sleep(0.3)
+            assert [(s["session"]["session_id"], s["point"]["seq"]) for s in reader.of("score")] == [
+                ("watched", 1), ("watched", 2)]
+        finally:
+            reader.close()
+
+
+def test_unreachable_server_is_a_connection_state_and_the_feed_resumes_without_duplicates(model, redis_url, tokens):
+    port = free_port()
+    with dashboard_for(port, tokens.by_name["reader-p1"], ["p1"]) as dashboard:
+        wait_for(lambda: overview(dashboard)["connection"]["server"]["state"] == "unreachable",
+                 what="the server to show as unreachable")
+        assert participant_state(dashboard, "p1")["state"] == "reconnecting"
+        assert httpx.get(dashboard.url, timeout=10).status_code == 200  # the page still works
+        config = dict(checkpoint="", redis_url=redis_url, host="127.0.0.1", port=port, tokens_file=tokens.path,
+                      precision="fp32")
+        with BackgroundServer(ServerConfig(**config), model) as first:
+            wait_for(lambda: overview(dashboard)["connection"]["server"]["state"] == "connected",
+                     timeout=30, what="the server to show as connected")
+            stream_session(first.port, tokens, "across", "p1", 2, seed=9, finish=False)
+            wait_for(lambda: (s := overview(dashboard)["sessions"]) and s[0]["segments"] == 2, what="2 segments")
+        wait_for(lambda: overview(dashboard)["connection"]["server"]["state"] == "unreachable",
+                 what="the stopped server to show as unreachable")
+        with BackgroundServer(ServerConfig(**config), model) as second:
+            stream_session(second.port, tokens, "across", "p1", 2, seed=10, first_seq=2)
+            wait_for(lambda: (s := overview(dashboard)["sessions"]) and s[0]["segments"] == 4, timeout=30,
+                     what="4 segments after the restart")
+            ref = overview(dashboard)["sessions"][0]["ref"]
+            assert [p["seq"] for p in get_json(f"{dashboard.url}api/s/{ref}")["points"]] == [0, 1, 2, 3]
+            assert participant_state(dashboard, "p1")["state"] == "following"
+
+
+def test_an_expected_session_has_a_page_that_fills_in_when_its_first_score_arrives(server, tokens):
+    dashboard = dashboard_for(server.port, tokens.by_name["reader-p1"], ["p1"])
+    ref = dashboard.feed.expect_session("upcoming", "p1")
+    with pytest.raises(ValueError, match="not followed"):
+        dashboard.feed.expect_session("elsewhere", "p2")
+    with dashboard:
+        assert dashboard.session_url("upcoming").endswith("/s/" + ref)
+        assert httpx.get(dashboard.session_url("upcoming"), timeout=10).status_code == 200
+        waiting = get_json(f"{dashboard.url}api/s/{ref}")
+        assert waiting["session"]["waiting"] is True and waiting["points"] == []
+        reader = SseReader(dashboard.session_url("upcoming") + "/events")
+        try:
+            wait_for(lambda: reader.of("snapshot"), what="the snapshot")
+            stream_session(server.port, tokens, "upcoming", "p1", 2, seed=12)
+            wait_for(lambda: len(reader.of("score")) >= 2, what="the first scores")
+            assert [s["point"]["segments"] for s in reader.of("score")] == [1, 2]
+            assert "waiting" not in get_json(f"{dashboard.url}api/s/{ref}")["session"]
+        finally:
+            reader.close()
