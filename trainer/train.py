@@ -179,6 +179,8 @@ def run_loop(name: str, stage: StageSection, modules: nn.Module, optimizer: torc
         modules.load_state_dict(saved["weights"])
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["torch_rng"])
+        np.random.set_state(saved["numpy_rng"])  # wav2vec2's time masking draws from numpy
+        random.setstate(saved["python_rng"])
         state = LoopState(**saved["loop"])
         best_weights = saved["best_weights"]
         if not state.done:
@@ -203,7 +205,8 @@ def run_loop(name: str, stage: StageSection, modules: nn.Module, optimizer: torc
         if state.bad_epochs >= stage.patience or state.epoch >= stage.epochs:
             state.done = True
         atomic_torch_save({"weights": modules.state_dict(), "optimizer": optimizer.state_dict(),
-                           "torch_rng": torch.get_rng_state(), "loop": state.__dict__, "best_weights": best_weights},
+                           "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                           "python_rng": random.getstate(), "loop": state.__dict__, "best_weights": best_weights},
                           resume_path)
         if on_epoch_end is not None:
             on_epoch_end(name, epoch, row)
@@ -224,6 +227,7 @@ class SplitTrainer:
         self.device = pick_device(config.run.device)
         self.sessions = store.by_id()
         self.feature_cache: list[torch.Tensor] | None = None
+        run_dir.mkdir(parents=True, exist_ok=True)
         self.log = CsvLog(run_dir / "log.csv")
 
     # ..................................................................... segments
@@ -263,8 +267,8 @@ class SplitTrainer:
         self.feature_cache = cache
 
     def segment_vectors(self, indices) -> torch.Tensor:
-        if self.feature_cache is not None:
-            items = [self.feature_cache[int(i)] for i in indices]
+        items = None if self.feature_cache is None else [self.feature_cache[int(i)] for i in indices]
+        if items is not None and all(item is not None for item in items):
             width = max(item.shape[0] for item in items)
             features = torch.zeros(len(items), width, items[0].shape[1], device=self.device)
             mask = torch.zeros(len(items), width, dtype=torch.bool, device=self.device)
@@ -281,7 +285,7 @@ class SplitTrainer:
         train_labels, val_labels = self.segment_labels(train_idx), self.segment_labels(val_idx)
         frozen = model.config.fine_tuning == "frozen"
         if frozen and config.cache_frozen_features:
-            self.build_feature_cache(np.concatenate([train_idx, val_idx]))
+            self.build_feature_cache(self.segment_indices(self.split.train + self.split.validation + self.split.test))
         weight = torch.tensor(pos_weight_for(train_labels, config), device=self.device)
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
         backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
