@@ -134,3 +134,36 @@ class BackgroundDashboard:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def start_for_demo(address: str, token: str, participant_id: str, session_id: str, port: int,
+                   say) -> BackgroundDashboard:
+    """The dashboard of `moodstream demo --dashboard`: follows the demo participant, opens on its session."""
+    config = FeedConfig(server=address, token=token, participants=[participant_id])
+    dashboard = BackgroundDashboard(config, WebConfig(port=port, access_log=False, log_level="warning"))
+    dashboard.feed.expect_session(session_id, participant_id)  # its page works before the first score
+    dashboard.start()
+    say(f"dashboard: open {dashboard.session_url(session_id)} (all sessions: {dashboard.url})")
+    return dashboard
+
+
+def hold(dashboard: BackgroundDashboard, say) -> None:
+    """Keep the dashboard up until Ctrl-C or SIGTERM, then stop it."""
+    import signal
+    import time
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    # Explicit handlers: a demo started in the background of a script has SIGINT ignored.
+    previous = {signum: signal.signal(signum, terminate) for signum in (signal.SIGINT, signal.SIGTERM)}
+    say(f"dashboard: still serving {dashboard.url} - press Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        dashboard.stop()

@@ -42,6 +42,10 @@ def add_parser(subparsers) -> None:
                         help="checkpoint folder (default: the bundled demo checkpoint, else an untrained toy model)")
     parser.add_argument("--participant", default="demo-participant", help="participant id to stream as")
     parser.add_argument("--session", default=None, help="session id (default: a new one)")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="also serve the clinician dashboard on the demo session, print its URL and keep it "
+                             "up after the stream until Ctrl-C")
+    parser.add_argument("--dashboard-port", type=int, default=8080, help="web port of --dashboard (0 = any free)")
     parser.set_defaults(handler=run_demo)
 
 
@@ -154,6 +158,13 @@ def run_demo(args) -> int:
                 subscriber = threading.Thread(target=subscribe, daemon=True,
                                               args=(address, reader_token, args.participant, printer, stop, errors))
                 subscriber.start()
+                session_id = args.session or new_session_id()
+                dashboard = None
+                if args.dashboard:
+                    from moodstream.dashboard.server import start_for_demo
+
+                    dashboard = start_for_demo(address, reader_token, args.participant, session_id,
+                                               args.dashboard_port, say)
                 sent_at: dict[int, float] = {}
 
                 def on_event(event) -> None:
@@ -168,7 +179,7 @@ def run_demo(args) -> int:
                     f"{args.participant} (interviewer prompts gated out)" if prompts else
                     f"agent: streaming {args.audio.name} at {args.speed:g}x real time")
                 result = run_agent(FileSource(args.audio, speed=args.speed), server=ServerTarget(address, agent_token),
-                                   participant_id=args.participant, session_id=args.session or new_session_id(),
+                                   participant_id=args.participant, session_id=session_id,
                                    device_id="demo-kiosk", outbox=workdir / "outbox", settings=settings, gate=gate,
                                    on_event=on_event)
                 last_seq = result.last_seq
@@ -177,6 +188,10 @@ def run_demo(args) -> int:
                     time.sleep(0.05)
                 stop.set()
                 subscriber.join(5)
+                if dashboard is not None:
+                    from moodstream.dashboard.server import hold
+
+                    hold(dashboard, say)
         for error in errors:
             say(error)
     latencies = sorted(printer.received[seq] - sent_at[seq] for seq in printer.received if seq in sent_at)

@@ -4,6 +4,7 @@ import re
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -155,6 +156,21 @@ def test_cli_help_never_prints_the_token(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["dashboard", "--help"])
     assert "secret-token-value" not in capsys.readouterr().out
+
+
+def test_vendored_chart_library_is_the_version_the_lock_file_pins_and_nothing_is_remote():
+    import moodstream.dashboard
+
+    folder = Path(moodstream.dashboard.__file__).resolve().parent
+    pinned = json.loads((folder / "package.json").read_text())["dependencies"]["uplot"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pinned), "pin an exact version"
+    locked = json.loads((folder / "package-lock.json").read_text())["packages"]["node_modules/uplot"]
+    assert locked["version"] == pinned and locked["integrity"].startswith("sha512-")
+    assert f"(v{pinned})" in (folder / "static" / "vendor" / "uPlot.iife.min.js").read_text()[:200]
+    own = [*folder.glob("templates/*.html"), *folder.glob("static/*.js"), *folder.glob("static/*.css")]
+    assert len(own) >= 6
+    for path in own:
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", path.read_text()), path
 
 
 # ---------------------------------------------------------------------------- routes

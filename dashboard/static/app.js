@@ -49,6 +49,8 @@
   }
 
   const byId = (id) => document.getElementById(id);
+  // A table cell that names its column, so that narrow screens can show rows as labelled cards.
+  const cell = (label, props, ...children) => el("td", Object.assign({ "data-label": label }, props), ...children);
   const sessionHref = (ref) => root + "/s/" + encodeURIComponent(ref);
   const participantHref = (ref) => root + "/p/" + encodeURIComponent(ref);
 
@@ -118,16 +120,16 @@
     for (const s of rows) {
       const state = rowState(s);
       tbody.append(el("tr", { "data-ref": s.ref, class: "session-row " + state.cls },
-        el("td", {}, el("a", { href: participantHref(s.participant_ref), text: s.participant_id })),
-        el("td", {}, el("a", { href: sessionHref(s.ref), class: "session-link", text: s.session_id })),
-        el("td", { class: "opt", text: s.device_id || "–" }),
-        el("td", { class: "num segments", text: s.segments }),
-        el("td", { class: "num opt", text: minutes(s.speech_seconds) }),
-        el("td", { class: "num probability", text: fmtProb(s.probability) }),
-        el("td", {}, labelBadge(s.above_threshold)),
-        el("td", { class: "opt" }, modelCell(s.model_version)),
-        el("td", { title: dateTime(s.last_update_unix), text: ago(s.last_update_unix) }),
-        el("td", {}, el("span", { class: "state " + state.cls, text: state.text }))));
+        cell("Participant", {}, el("a", { href: participantHref(s.participant_ref), text: s.participant_id })),
+        cell("Session", {}, el("a", { href: sessionHref(s.ref), class: "session-link", text: s.session_id })),
+        cell("Device", { class: "opt", text: s.device_id || "–" }),
+        cell("Segments", { class: "num segments", text: s.segments }),
+        cell("Speech (min)", { class: "num opt", text: minutes(s.speech_seconds) }),
+        cell("Latest probability", { class: "num probability", text: fmtProb(s.probability) }),
+        cell("Label", {}, labelBadge(s.above_threshold)),
+        cell("Model", {}, modelCell(s.model_version)),
+        cell("Last update", { title: dateTime(s.last_update_unix), text: ago(s.last_update_unix) }),
+        cell("State", {}, el("span", { class: "state " + state.cls, text: state.text }))));
     }
     const list = byId("participants");
     list.replaceChildren();
@@ -161,9 +163,9 @@
   function timeRange(u, min, max) {
     if (min === null || max === null) return [min, max];
     const least = u.series[1].label === "session score" ? 86400 : 60;
-    const span = Math.max(max - min, least);
-    const mid = (min + max) / 2;
-    return [mid - span * 0.53, mid + span * 0.53];
+    if (max - min < least) return [min - least * 0.03, min + least * 1.03]; // grows to the right
+    const margin = (max - min) * 0.03;
+    return [min - margin, max + margin];
   }
 
   function makeChart(node, seriesLabel, pointsOnly, gapsOf) {
@@ -200,6 +202,7 @@
 
   // ------------------------------------------------------------ session view
   const session = { summary: null, points: [], gaps: [], chart: null };
+  const SEGMENT_ROWS = 50;
 
   function sessionChartData(points, gapSeconds) {
     const xs = [], ys = [], th = [], gaps = [];
@@ -254,14 +257,17 @@
     node.dataset.gaps = String(built.gaps.length);
     const tbody = byId("points").tBodies[0];
     tbody.replaceChildren();
-    for (const p of session.points.slice().reverse()) {
+    const shown = session.points.slice(-SEGMENT_ROWS).reverse();
+    byId("points-note").textContent = session.points.length > SEGMENT_ROWS
+      ? "The latest " + SEGMENT_ROWS + " of " + session.points.length + " segments; the chart shows all of them." : "";
+    for (const p of shown) {
       tbody.append(el("tr", {},
-        el("td", { class: "num", text: p.segments }),
-        el("td", { title: dateTime(p.time_unix), text: clock(p.time_unix) }),
-        el("td", { class: "num", text: fmtProb(p.probability) }),
-        el("td", {}, labelBadge(p.above_threshold)),
-        el("td", { class: "num opt", text: minutes(p.speech_seconds) }),
-        el("td", { class: "opt" }, modelCell(p.model_version))));
+        cell("Segment", { class: "num", text: p.segments }),
+        cell("Time", { title: dateTime(p.time_unix), text: clock(p.time_unix) }),
+        cell("Probability", { class: "num", text: fmtProb(p.probability) }),
+        cell("Label", {}, labelBadge(p.above_threshold)),
+        cell("Speech (min)", { class: "num opt", text: minutes(p.speech_seconds) }),
+        cell("Model", {}, modelCell(p.model_version))));
     }
   }
 
@@ -291,15 +297,15 @@
     for (const s of rows.slice().reverse()) {
       const state = rowState(s);
       tbody.append(el("tr", { "data-ref": s.ref },
-        el("td", { title: dateTime(s.started_unix), text: day(s.started_unix) }),
-        el("td", {}, el("a", { href: sessionHref(s.ref), text: s.session_id })),
-        el("td", { class: "opt", text: s.device_id || "–" }),
-        el("td", { class: "num", text: s.segments }),
-        el("td", { class: "num opt", text: minutes(s.speech_seconds) }),
-        el("td", { class: "num", text: fmtProb(s.probability) }),
-        el("td", {}, labelBadge(s.above_threshold)),
-        el("td", { class: "opt" }, modelCell(s.model_version)),
-        el("td", {}, el("span", { class: "state " + state.cls, text: state.text }))));
+        cell("Day", { title: dateTime(s.started_unix), text: day(s.started_unix) }),
+        cell("Session", {}, el("a", { href: sessionHref(s.ref), text: s.session_id })),
+        cell("Device", { class: "opt", text: s.device_id || "–" }),
+        cell("Segments", { class: "num", text: s.segments }),
+        cell("Speech (min)", { class: "num opt", text: minutes(s.speech_seconds) }),
+        cell("Probability", { class: "num", text: fmtProb(s.probability) }),
+        cell("Label", {}, labelBadge(s.above_threshold)),
+        cell("Model", {}, modelCell(s.model_version)),
+        cell("State", {}, el("span", { class: "state " + state.cls, text: state.text }))));
     }
   }
 
