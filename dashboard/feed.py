@@ -396,7 +396,8 @@ class ScoreFeed:
         if (self.server_state, self.server_message) == (state, message):
             return
         if state != self.server_state:
-            log.info("scoring server %s: %s%s", self.config.server, state, f" ({message})" if message else "")
+            log.log(logging.INFO if state == SERVER_CONNECTED else logging.WARNING, "scoring server %s: %s%s",
+                    self.config.server, state, f" ({message})" if message else "")
         self.server_state, self.server_message, self.server_since = state, message, time.time()
         self._publish({"type": "connection", "connection": self.connection()})
 

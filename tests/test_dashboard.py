@@ -149,6 +149,16 @@ def test_cli_explains_a_missing_participant_list(capsys, monkeypatch):
     assert "read token" in capsys.readouterr().err
 
 
+def test_the_dashboard_never_imports_torch_and_its_cli_module_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, moodstream.dashboard.cli as c; light = not {'starlette', 'uvicorn', 'grpc'} & set(sys.modules); "
+            "import moodstream.dashboard.server, moodstream.dashboard.app; print(light, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["True", "False"], result.stderr
+
+
 def test_cli_help_never_prints_the_token(capsys, monkeypatch):
     from moodstream.cli import main
 
