@@ -62,7 +62,7 @@ VARIANTS = ["m1", "m3", "f1", "f2", "m5", "f4"]
 
 # Per-style espeak-ng settings: (low, high) ranges drawn per session.
 STYLES = {
-    "slowed": {"speed": (85, 115), "pitch": (10, 30), "range": "x-low", "gap": (25, 45), "amplitude": (70, 95)},
+    "slowed": {"speed": (90, 120), "pitch": (10, 30), "range": "x-low", "gap": (12, 25), "amplitude": (70, 95)},
     "lively": {"speed": (165, 205), "pitch": (50, 80), "range": "x-high", "gap": (0, 6), "amplitude": (100, 140)},
 }
 
@@ -106,8 +106,13 @@ def synthesize(text: str, voice: str, style: str, rng: np.random.Generator, path
 
 
 def synthesize_session(style: str, voice: str, sentences: list[str], rng: np.random.Generator, path: Path,
-                       binary: str | None = None, pause_seconds: tuple[float, float] = (0.2, 0.6)) -> float:
-    """One session: the sentences in `style`, joined with short pauses and faint noise -> 16 kHz WAV; returns seconds."""
+                       binary: str | None = None, pause_seconds: tuple[float, float] = (0.2, 0.6),
+                       seconds: float | None = None) -> float:
+    """One session: the sentences in `style`, joined with short pauses and faint noise -> 16 kHz WAV.
+
+    With `seconds`, sentences are read until the session is that long and it is cut there, so both
+    styles give sessions of the same length (the session head must not score length). Returns seconds.
+    """
     import soundfile
     import soxr
 
@@ -115,6 +120,8 @@ def synthesize_session(style: str, voice: str, sentences: list[str], rng: np.ran
     pieces = []
     with tempfile.TemporaryDirectory() as scratch:
         for index, sentence in enumerate(sentences):
+            if seconds is not None and sum(len(p) for p in pieces) >= seconds * 16000:
+                break
             wav = Path(scratch) / f"{index}.wav"
             synthesize(sentence, voice, style, rng, wav, binary)
             audio, rate = soundfile.read(wav, dtype="float32", always_2d=True)
@@ -122,12 +129,14 @@ def synthesize_session(style: str, voice: str, sentences: list[str], rng: np.ran
             pieces.append(audio)
             pieces.append(np.zeros(int(16000 * rng.uniform(*pause_seconds)), dtype=np.float32))
     wave = np.concatenate(pieces)
+    if seconds is not None:
+        wave = wave[: int(seconds * 16000)]
     wave = wave + rng.normal(0, 0.002, wave.shape).astype(np.float32)
     soundfile.write(path, np.clip(wave, -1, 1), 16000, subtype="PCM_16")
     return len(wave) / 16000
 
 
-def generate_corpus(folder: Path, seed: int = 0, sentences_per_session: int = 10) -> Path:
+def generate_corpus(folder: Path, seed: int = 0, session_seconds: float = 35.0) -> Path:
     """Write the WAVs and manifest.csv (speaker-disjoint train/validation/test) into `folder`."""
     binary = require_espeak()
     folder.mkdir(parents=True, exist_ok=True)
@@ -139,9 +148,9 @@ def generate_corpus(folder: Path, seed: int = 0, sentences_per_session: int = 10
     rows = []
     for number, (speaker, split) in enumerate(zip(speakers, splits)):
         for style, label in (("slowed", 1), ("lively", 0)):
-            chosen = [SENTENCES[i] for i in rng.choice(len(SENTENCES), sentences_per_session, replace=False)]
+            chosen = [SENTENCES[i] for i in rng.permutation(len(SENTENCES))]
             name = f"spk{number:02d}-{style}.wav"
-            synthesize_session(style, speaker, chosen, rng, folder / name, binary)
+            synthesize_session(style, speaker, chosen, rng, folder / name, binary, seconds=session_seconds)
             rows.append({"participant_id": f"spk{number:02d}-{style}", "speaker_id": f"spk{number:02d}",
                          "label": label, "audio_path": name, "split": split})
     with open(folder / "manifest.csv", "w", newline="") as handle:
@@ -174,7 +183,7 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
                  "trim_silence": False},
         "model": demo_model_settings() | {"notes": {"recipe": "moodstream demo-checkpoint", "seed": seed,
                                                     "what_it_learned": DEMO_NOTE}},
-        "stage1": {"lr_backbone": 1e-3, "epochs": 60},
+        "stage1": {"lr_backbone": 1e-3, "epochs": 30},
         "stage2": {"lr_head": 3e-3, "epochs": 100},
         "run": {"output": str(work / "run"), "seed": seed, "progress": False, "tsne": False},
     })
@@ -189,7 +198,7 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
         "Regenerate from scratch with `moodstream demo-checkpoint` (needs espeak-ng; installs nothing itself).\n\n"
         f"* model_version: {model.model_version}\n"
         f"* parameters: {model.parameter_counts()['total']:,}\n"
-        f"* corpus: 30 synthetic speakers x 2 sessions (slowed / lively), speaker-disjoint 20/5/5 "
+        f"* corpus: 30 synthetic speakers x 2 sessions of 35 s (slowed / lively), speaker-disjoint 20/5/5 "
         "train/validation/test\n"
         f"* decision threshold (chosen on validation): {model.config.decision_threshold:.3f}\n"
         f"* held-out test sessions: F1 {test['session']['f1']:.3f}, AUC {test['session']['auc']:.3f}; "
