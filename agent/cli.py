@@ -28,7 +28,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("input", nargs="?", metavar="FILE",
                         help="audio file (wav, flac, ogg, ...), or '-' for raw PCM s16le mono on stdin")
     parser.add_argument("--mic", action="store_true", help="capture from the default microphone (extra 'mic')")
-    parser.add_argument("--server", required=True, metavar="HOST:PORT", help="moodstream server address")
+    parser.add_argument("--server", required=True, action="append", metavar="HOST:PORT",
+                        help="moodstream server address; repeat the option or separate addresses by commas to "
+                             "name replicas (sharing one Redis) to fail over to: a failed or broken connection "
+                             "moves on to the next one, round-robin, and the session resumes there")
     parser.add_argument("--participant", metavar="ID", help="participant id (required unless --flush)")
     parser.add_argument("--session", metavar="ID",
                         help="session id (default: a new one); give an interrupted session's id to resume it")
@@ -156,7 +159,8 @@ class StatusLine:
             self.say(f"agent: DROPPED: {data.get('reason')} (session {data.get('dropped_session_id', event.session_id)}, "
                      f"{data.get('speech_seconds')} s of speech from {data.get('start_seconds')} s)")
         elif kind == "retry":
-            self.retrying = f"attempt {data['attempt']} in {data['delay_seconds']} s: {data['reason']}"
+            self.retrying = (f"attempt {data['attempt']} to {data.get('server', '?')} in {data['delay_seconds']} s: "
+                             f"{data['reason']}")
             self._draw()
         elif kind == "error":
             self.say(f"agent: error: {data['message']}")
@@ -172,7 +176,7 @@ def run(args) -> int:
 
     from moodstream import SCREENING_NOTICE
 
-    from .client import AgentError, RetryPolicy, ServerTarget
+    from .client import AgentError, RetryPolicy, ServerTarget, split_addresses
     from .pipeline import CaptureSettings, deliver_outbox, run_agent
     from .sources import SourceError, open_source
     from .vad import PromptGate, load_prompt_intervals
@@ -186,7 +190,11 @@ def run(args) -> int:
     token = args.token if args.token is not None else os.environ.get("MOODSTREAM_TOKEN") or None
     if args.tls_ca and not os.access(args.tls_ca, os.R_OK):
         return usage_error(f"cannot read the TLS CA file {args.tls_ca}")
-    target = ServerTarget(args.server, token=token, tls_ca=args.tls_ca)
+    try:
+        addresses = split_addresses(*args.server)
+    except ValueError as error:
+        return usage_error(str(error))
+    target = ServerTarget(",".join(addresses), token=token, tls_ca=args.tls_ca)
     retry = RetryPolicy(max_total_seconds=args.max_retry_seconds)
     outbox_max_bytes = int(args.outbox_max_mb * 1024 * 1024)
 

@@ -6,6 +6,11 @@ them, then `End(last_seq)` once capture is done. A chunk leaves the outbox only
 when the server's `Ack` for its seq arrives. Transport failures reconnect with
 exponential backoff and jitter (bounded in total time) and resend everything
 still unacknowledged; the server is idempotent by (session, seq).
+
+Failover: a target may name several servers (replicas sharing one Redis, in
+the order to try them). Each failed or broken connection moves on to the next
+one, round-robin; since servers keep no session state, whichever replica
+answers resumes the session from Redis.
 """
 from __future__ import annotations
 
@@ -62,27 +67,46 @@ class DeliveryAborted(AgentError):
     """Delivery was stopped on request; unacknowledged chunks stay in the outbox."""
 
 
+def split_addresses(*values: str) -> tuple[str, ...]:
+    """HOST:PORT addresses from values that may each hold several, comma-separated (order kept)."""
+    addresses: list[str] = []
+    for value in values:
+        for address in value.split(","):
+            address = address.strip()
+            if address and address not in addresses:
+                addresses.append(address)
+    if not addresses:
+        raise ValueError("no server address given")
+    return tuple(addresses)
+
+
 @dataclass(frozen=True)
 class ServerTarget:
-    address: str                  # HOST:PORT
+    address: str                  # HOST:PORT, or several comma-separated (replicas to fail over to, in order)
     token: str | None = None      # sent as `authorization: Bearer <token>`
     tls_ca: str | Path | None = None  # PEM file of the CA to trust; enables TLS
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return split_addresses(self.address)
 
     def metadata(self) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.token}")] if self.token else []
 
-    def channel(self) -> grpc.Channel:
+    def channel(self, address: str | None = None) -> grpc.Channel:
+        """A channel to `address` (one of :attr:`addresses`; default the first)."""
+        address = address or self.addresses[0]
         options = [
             ("grpc.max_send_message_length", 16 * 1024 * 1024),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         ]
         if self.tls_ca is None:
-            return grpc.insecure_channel(self.address, options=options)
+            return grpc.insecure_channel(address, options=options)
         try:
             roots = Path(self.tls_ca).read_bytes()
         except OSError as error:
             raise AgentError(f"cannot read the TLS CA file {self.tls_ca}: {error.strerror or error}") from None
-        return grpc.secure_channel(self.address, grpc.ssl_channel_credentials(root_certificates=roots), options)
+        return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots), options)
 
 
 @dataclass(frozen=True)
@@ -162,6 +186,8 @@ class SessionDelivery:
         self.participant_id = session.participant_id
         self.device_id = session.device_id
         self.target = target
+        self.addresses = target.addresses
+        self._address_index = 0
         self.hub = hub
         self.capture_done = capture_done
         self.abort = abort or threading.Event()
@@ -171,6 +197,11 @@ class SessionDelivery:
         self.stats = DeliveryStats()
         self._rng = rng or random.Random()
         self._wakeup = threading.Condition()
+
+    @property
+    def address(self) -> str:
+        """The server the next (or current) connection goes to."""
+        return self.addresses[self._address_index]
 
     def wake(self) -> None:
         with self._wakeup:
@@ -226,13 +257,16 @@ class SessionDelivery:
             delay = self.retry.delay(attempt, self._rng)
             if now - outage_started + delay > self.retry.max_total_seconds:
                 raise DeliveryGaveUp(self._left_behind(
-                    f"gave up reaching {self.target.address} after "
+                    f"gave up reaching {', '.join(self.addresses)} after "
                     f"{now - outage_started:.0f} s ({reason})"
                 ))
             attempt += 1
             self.stats.reconnects += 1
+            failed = self.address
+            self._address_index = (self._address_index + 1) % len(self.addresses)
             self.hub.emit(ev.RETRY, reason=reason, attempt=attempt, delay_seconds=round(delay, 2),
-                          pending=self.outbox.pending_count(self.session_id))
+                          pending=self.outbox.pending_count(self.session_id), failed_server=failed,
+                          server=self.address)
             self.abort.wait(delay)
 
     def _left_behind(self, why: str) -> str:
@@ -252,7 +286,7 @@ class SessionDelivery:
 
     def _connect_once(self, connection: _Connection) -> None:
         """One Stream call; returns when the server closes it, raises grpc.RpcError on failure."""
-        channel = self.target.channel()
+        channel = self.target.channel(self.address)
         watchdog = threading.Thread(target=self._watch, args=(connection,), daemon=True,
                                     name="moodstream-agent-watchdog")
         try:

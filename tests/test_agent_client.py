@@ -268,3 +268,64 @@ def test_an_agent_killed_mid_capture_resumes_its_session_from_the_outbox(screeni
     assert events[-1]["event"] == "done" and events[-1]["completed"] is True
     assert screening.applied["resumed-1"] == expected_chunks(recording)
     assert "screening aid, not a diagnosis" in rerun.stderr
+
+
+def twin_servers(first: TinyScreening, second: TinyScreening) -> None:
+    """Two replicas of one service: separate processes' worth of connections, one shared store."""
+    second.lock, second.applied, second.ended = first.lock, first.applied, first.ended
+
+
+@pytest.fixture
+def replica(screening):
+    service = TinyScreening()
+    twin_servers(screening, service)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_ScreeningServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    service.address = f"127.0.0.1:{port}"
+    yield service
+    server.stop(grace=None)
+
+
+def test_a_broken_connection_fails_over_to_the_next_server(screening, replica, recording, tmp_path):
+    screening.drop_connection_after_acks = 1
+    events = []
+    result = run_agent(FileSource(recording), server=ServerTarget(f"{screening.address},{replica.address}", TOKEN),
+                       participant_id="p1", outbox=tmp_path, gate=gate(), retry=FAST_RETRY, on_event=events.append)
+    assert screening.applied[result.session_id] == expected_chunks(recording)  # each exactly once, in order
+    assert [h.resume_from_seq for h in screening.headers] == [0]
+    assert [h.resume_from_seq for h in replica.headers] == [1]  # the replica resumed after the acked chunk
+    (retry,) = [e.data for e in events if e.kind == "retry"]
+    assert (retry["failed_server"], retry["server"]) == (screening.address, replica.address)
+    assert result.completed and result.delivery.reconnects == 1
+
+
+def test_failover_goes_round_robin_past_an_unreachable_server(screening, replica, recording, tmp_path):
+    """`--server` repeated and comma-separated: the dead first address is skipped, then the next
+    failure wraps around through the dead one again to the other live replica."""
+    replica.drop_connection_after_acks = 1
+    agent = subprocess.run(
+        [sys.executable, "-P", "-m", "moodstream.cli", "agent", "--server", "127.0.0.1:1",
+         "--server", f"{replica.address}, {screening.address}", "--token", TOKEN, "--participant", "p1",
+         "--session", "rr-1", "--outbox", str(tmp_path / "box"), "--json", str(recording)],
+        capture_output=True, text=True, timeout=120)
+    assert agent.returncode == 0, agent.stderr
+    events = [json.loads(line) for line in agent.stdout.splitlines()]
+    hops = [(e["failed_server"], e["server"]) for e in events if e["event"] == "retry"]
+    assert hops == [("127.0.0.1:1", replica.address), (replica.address, screening.address)]
+    assert events[0]["server"] == f"127.0.0.1:1,{replica.address},{screening.address}"
+    assert len(replica.headers) == len(screening.headers) == 1
+    ungated = [c.pcm for c in capture_chunks(FileSource(recording), CaptureSettings()).chunks]
+    assert screening.applied["rr-1"] == ungated  # each exactly once, in order, across three connections
+    assert events[-1]["event"] == "done" and events[-1]["completed"] is True
+
+
+def test_the_agent_help_explains_failover():
+    shown = subprocess.run([sys.executable, "-P", "-m", "moodstream.cli", "agent", "--help"], capture_output=True,
+                           text=True, timeout=60)
+    assert shown.returncode == 0
+    assert "fail over" in " ".join(shown.stdout.split())
+    empty = subprocess.run([sys.executable, "-P", "-m", "moodstream.cli", "agent", "--server", " , ",
+                            "--participant", "p1", "x.wav"], capture_output=True, text=True, timeout=60)
+    assert empty.returncode == 2 and "no server address given" in empty.stderr
