@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from moodstream import SCREENING_NOTICE
 from moodstream.server.auth import TokenAuthenticator
 from moodstream.server.encoder import BatchingEncoder
+from moodstream.server.interceptors import MalformedRequestInterceptor
 from moodstream.server.service import ScreeningService, ServiceSettings
 from moodstream.server.store import DEFAULT_TTL_SECONDS, SessionStore, connect
 from moodstream.v1 import moodstream_pb2, moodstream_pb2_grpc
@@ -127,7 +128,7 @@ class ScoringServer:
         service = ScreeningService(store=store, encoder=self.encoder, scorer=scorer, model_config=model.config,
                                    model_version=self.model_version, authenticator=authenticator,
                                    settings=config.settings)
-        server = grpc.aio.server(options=[
+        server = grpc.aio.server(interceptors=[MalformedRequestInterceptor(SERVICE_NAME)], options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ])

@@ -25,8 +25,8 @@ from moodstream import SCREENING_NOTICE
 from moodstream.model import ScorerState, StateError
 from moodstream.server import metrics
 from moodstream.server.auth import AuthError, Principal, TokenAuthenticator
-from moodstream.server.store import (ApplyStatus, SessionNotFoundError, SessionOwnershipError, SessionStore,
-                                     parse_offset)
+from moodstream.server.store import (MAX_SEQ, ApplyStatus, SessionNotFoundError, SessionOwnershipError,
+                                     SessionStore, parse_offset)
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 
@@ -58,6 +58,23 @@ def _check_id(name: str, value: str, pattern: re.Pattern = ID_PATTERN) -> None:
     if not pattern.fullmatch(value):
         raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"{name} {value[:80]!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ . -")
+
+
+def decode_pcm(seq: int, pcm: bytes, min_seconds: float, max_seconds: float) -> np.ndarray:
+    """A chunk's PCM s16le bytes as float32 samples in [-1, 1); INVALID_ARGUMENT if unusable."""
+    if not pcm:
+        raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, f"chunk {seq} has no audio")
+    if len(pcm) % BYTES_PER_SAMPLE:
+        raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"chunk {seq} has {len(pcm)} bytes: PCM s16le needs an even byte count")
+    seconds = len(pcm) / BYTES_PER_SAMPLE / SAMPLE_RATE
+    if seconds < min_seconds:
+        raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"chunk {seq} holds {seconds:.2f} s of audio; the minimum is {min_seconds} s")
+    if seconds > max_seconds:
+        raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"chunk {seq} holds {seconds:.2f} s of audio; the maximum is {max_seconds} s")
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
 
 
 def score_message(update: dict) -> pb.ScoreUpdate:
@@ -163,29 +180,20 @@ class SessionStream:
             raise StreamAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"{len(self.pending)} chunks are already waiting for seq {self.applied + 1}; "
                               "send the missing chunk first")
-        pcm = chunk.pcm
-        if not pcm:
-            raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, f"chunk {seq} has no audio")
-        if len(pcm) % BYTES_PER_SAMPLE:
-            raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"chunk {seq} has {len(pcm)} bytes: PCM s16le needs an even byte count")
-        seconds = len(pcm) / BYTES_PER_SAMPLE / SAMPLE_RATE
-        if seconds < config.min_segment_seconds:
-            raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"chunk {seq} holds {seconds:.2f} s of audio; the minimum is "
-                              f"{config.min_segment_seconds} s")
-        if seconds > config.max_segment_seconds:
-            raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"chunk {seq} holds {seconds:.2f} s of audio; the maximum is "
-                              f"{config.max_segment_seconds} s")
+        samples = decode_pcm(seq, chunk.pcm, config.min_segment_seconds, config.max_segment_seconds)
         if not math.isfinite(chunk.start_seconds) or chunk.start_seconds < 0:
             raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, f"chunk {seq} has an invalid start time")
-        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
         future = self.service.encoder.submit(samples)
         self.pending[seq] = (chunk, future, time.perf_counter())
         self.wake.set()
 
     def receive_end(self, end: pb.End) -> None:
+        max_seq_ahead = self.service.settings.max_seq_ahead
+        if end.last_seq > self.applied + max_seq_ahead:
+            # Checked first: the gap scan below must stay bounded whatever last_seq says.
+            raise StreamAbort(grpc.StatusCode.OUT_OF_RANGE,
+                              f"End(last_seq={end.last_seq}) is too far ahead of the last applied seq "
+                              f"{self.applied} (at most {max_seq_ahead})")
         if end.last_seq < self.applied:
             # The agent knows of fewer chunks than were applied: it lost its outbox or mixed sessions.
             raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
@@ -365,6 +373,10 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                               f"sample_rate must be {SAMPLE_RATE} Hz, got {header.sample_rate}; resample on the agent")
         if header.encoding != pb.AUDIO_ENCODING_PCM_S16LE:
             raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, "encoding must be AUDIO_ENCODING_PCM_S16LE")
+        if header.resume_from_seq > MAX_SEQ:
+            # A uint64 this large is a client bug (often -1 sent as unsigned); no session gets that far.
+            raise StreamAbort(grpc.StatusCode.OUT_OF_RANGE,
+                              f"resume_from_seq {header.resume_from_seq} is out of range (at most {MAX_SEQ})")
         if header.model_version and header.model_version != self.model_version:
             raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
                               f"this server runs model {self.model_version}, not {header.model_version}")

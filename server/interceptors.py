@@ -1,0 +1,93 @@
+"""Turn request messages that do not parse into INVALID_ARGUMENT.
+
+gRPC deserialises a request before (unary) or while (streaming) the handler
+runs; a message that is not valid protobuf, or whose string fields are not
+valid UTF-8, would otherwise end the call with UNKNOWN ("Unexpected
+DecodeError"). This interceptor wraps the Screening service's deserialisers so
+such a message ends the call with INVALID_ARGUMENT and a one-line reason, and
+never reaches the service's logic.
+"""
+from __future__ import annotations
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from moodstream.server.service import StreamAbort
+
+
+class _Undecodable:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _message(undecodable: _Undecodable) -> str:
+    return f"request message is not valid protobuf for this method: {undecodable.reason}"
+
+
+def _tolerant(deserializer):
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except DecodeError as error:
+            return _Undecodable(str(error))
+
+    return deserialize
+
+
+async def _checked(requests):
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            # The Stream handler turns a StreamAbort raised by its request iterator into this status.
+            raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, _message(request))
+        yield request
+
+
+def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    deserializer = _tolerant(handler.request_deserializer)
+    serializer = handler.response_serializer
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def unary_unary(request, context):
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(request))
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, serializer)
+    if handler.unary_stream is not None:
+        inner = handler.unary_stream
+
+        async def unary_stream(request, context):
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(request))
+            async for response in inner(request, context):
+                yield response
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, serializer)
+    if handler.stream_stream is not None:
+        inner = handler.stream_stream
+
+        async def stream_stream(requests, context):
+            async for response in inner(_checked(requests), context):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, deserializer, serializer)
+    return handler  # no client-streaming unary-response methods in moodstream.v1
+
+
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """Applies to the methods of one service (its full name, e.g. moodstream.v1.Screening)."""
+
+    def __init__(self, service_name: str) -> None:
+        self.prefix = f"/{service_name}/"
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith(self.prefix):
+            return handler
+        return _wrap(handler)
