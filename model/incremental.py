@@ -10,6 +10,7 @@ to float tolerance.
 """
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -26,32 +27,88 @@ _VARIANT_CODES = {"self-attention": 0, "last-step": 1}
 _HEADER = struct.Struct("<4sHBB III")  # magic, format, variant, version length, n, hidden, attention
 
 
-@dataclass
+class _RowBuffer:
+    """Append-only rows with spare capacity, shared by successive states of one session.
+
+    A state sees the first `n` rows. Appending to the state that owns the buffer's
+    end writes in place (amortised O(d)); appending to an older state (a retried or
+    forked step) copies its rows first, so no state ever sees another's rows change.
+    """
+
+    __slots__ = ("data", "used")
+
+    def __init__(self, data: np.ndarray, used: int) -> None:
+        self.data = data
+        self.used = used
+
+    @classmethod
+    def of(cls, rows: np.ndarray) -> "_RowBuffer":
+        rows = np.asarray(rows, dtype=np.float32)
+        data = np.empty((max(2 * rows.shape[0], 16), rows.shape[1]), dtype=np.float32)
+        data[: rows.shape[0]] = rows
+        return cls(data, rows.shape[0])
+
+    def appended(self, n: int, row: np.ndarray) -> "_RowBuffer":
+        buffer = self
+        if self.used != n or n == self.data.shape[0]:
+            data = np.empty((max(2 * (n + 1), 16), self.data.shape[1]), dtype=np.float32)
+            data[:n] = self.data[:n]
+            buffer = _RowBuffer(data, n)
+        buffer.data[n] = row
+        buffer.used = n + 1
+        return buffer
+
+
+@dataclass(eq=False)
 class ScorerState:
-    """Everything needed to add the next segment of one session. float32 throughout."""
+    """Everything needed to add the next segment of one session. float32 numpy arrays throughout."""
 
     model_version: str
     variant: str
-    h: torch.Tensor                 # [hidden]
-    c: torch.Tensor                 # [hidden]
-    queries: torch.Tensor           # [n, attention]
-    keys: torch.Tensor              # [n, attention]
-    values: torch.Tensor            # [n, attention]
-    row_max: torch.Tensor           # [n]   running max m_i of row i's scores
-    row_denominator: torch.Tensor   # [n]   l_i = sum_j exp(s_ij - m_i)
-    row_numerator: torch.Tensor     # [n, attention] acc_i = sum_j exp(s_ij - m_i) v_j
-    segments: int = 0
+    h: np.ndarray                   # [hidden]
+    c: np.ndarray                   # [hidden]
+    row_max: np.ndarray             # [n]   running max m_i of row i's scores
+    row_denominator: np.ndarray     # [n]   l_i = sum_j exp(s_ij - m_i)
+    row_numerator: np.ndarray       # [n, attention] acc_i = sum_j exp(s_ij - m_i) v_j
+    segments: int
+    _queries: _RowBuffer
+    _keys: _RowBuffer
+    _values: _RowBuffer
+
+    @classmethod
+    def create(cls, model_version: str, variant: str, h, c, queries, keys, values,
+               row_max, row_denominator, row_numerator) -> "ScorerState":
+        def f32(array) -> np.ndarray:
+            if torch.is_tensor(array):
+                array = array.detach().cpu().numpy()
+            return np.ascontiguousarray(array, dtype=np.float32)
+
+        queries, keys, values = f32(queries), f32(keys), f32(values)
+        return cls(model_version, variant, f32(h), f32(c), f32(row_max), f32(row_denominator),
+                   f32(row_numerator), queries.shape[0], _RowBuffer.of(queries), _RowBuffer.of(keys),
+                   _RowBuffer.of(values))
+
+    @property
+    def queries(self) -> np.ndarray:   # [n, attention]
+        return self._queries.data[: self.segments]
+
+    @property
+    def keys(self) -> np.ndarray:      # [n, attention]
+        return self._keys.data[: self.segments]
+
+    @property
+    def values(self) -> np.ndarray:    # [n, attention]
+        return self._values.data[: self.segments]
 
     def to_bytes(self) -> bytes:
         version = self.model_version.encode("utf-8")
         if len(version) > 255:
             raise StateError("model_version is too long to serialise (max 255 bytes)")
         header = _HEADER.pack(STATE_MAGIC, STATE_FORMAT_VERSION, _VARIANT_CODES[self.variant], len(version),
-                              self.segments, self.h.numel(), self.queries.shape[1])
+                              self.segments, self.h.size, self.queries.shape[1])
         arrays = [self.h, self.c, self.queries, self.keys, self.values,
                   self.row_max, self.row_denominator, self.row_numerator]
-        body = b"".join(np.ascontiguousarray(a.detach().cpu().numpy(), dtype="<f4").tobytes() for a in arrays)
-        payload = header + version + body
+        payload = b"".join([header, version, *(np.ascontiguousarray(a, dtype="<f4").tobytes() for a in arrays)])
         return payload + struct.pack("<I", zlib.crc32(payload))
 
     @classmethod
@@ -70,7 +127,10 @@ class ScorerState:
         if variant_code not in variants:
             raise StateError(f"unknown session-head variant code {variant_code}")
         offset = _HEADER.size
-        model_version = payload[offset:offset + version_len].decode("utf-8")
+        try:
+            model_version = payload[offset:offset + version_len].decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise StateError("scorer state has a malformed model version") from error
         offset += version_len
         if expected_model_version is not None and model_version != expected_model_version:
             raise StateError(f"scorer state belongs to model {model_version!r}, not {expected_model_version!r}")
@@ -81,18 +141,38 @@ class ScorerState:
         arrays = []
         for shape in shapes:
             count = int(np.prod(shape))
-            arrays.append(torch.from_numpy(
-                np.frombuffer(payload, dtype="<f4", count=count, offset=offset).astype(np.float32).reshape(shape)))
+            arrays.append(np.frombuffer(payload, dtype="<f4", count=count, offset=offset).reshape(shape))
             offset += 4 * count
-        return cls(model_version, variants[variant_code], *arrays, segments=n)
+        h, c, queries, keys, values, row_max, row_denominator, row_numerator = arrays
+        return cls.create(model_version, variants[variant_code], h, c, queries, keys, values,
+                          row_max, row_denominator, row_numerator)
 
 
 class IncrementalScorer:
-    """Steps one session's score forward one segment vector at a time."""
+    """Steps one session's score forward one segment vector at a time.
+
+    The step runs in numpy on a float32 copy of the head's weights taken here
+    (a step is a few hundred tiny operations, where torch's per-call overhead
+    would dominate); build a new scorer after changing the head's weights.
+    """
 
     def __init__(self, head: SessionHead, model_version: str = "") -> None:
         self.head = head
         self.model_version = model_version
+
+        def weights(tensor: torch.Tensor) -> np.ndarray:
+            return tensor.detach().to("cpu", torch.float32).numpy().copy()
+
+        lstm = head.lstm
+        self._w_input = weights(lstm.weight_ih_l0).T.copy()          # [in, 4h], gates i, f, g, o
+        self._w_hidden = weights(lstm.weight_hh_l0).T.copy()         # [h, 4h]
+        self._gate_bias = weights(lstm.bias_ih_l0) + weights(lstm.bias_hh_l0)
+        self._w_qkv = np.concatenate([weights(layer.weight).T for layer in (head.query, head.key, head.value)],
+                                     axis=1)                          # [h, 3a]
+        self._b_qkv = np.concatenate([weights(layer.bias) for layer in (head.query, head.key, head.value)])
+        self._w_out = weights(head.classifier.weight)[0]
+        self._b_out = float(head.classifier.bias.detach()[0])
+        self._scale = np.float32(head.scale)
 
     @property
     def vector_size(self) -> int:
@@ -101,65 +181,78 @@ class IncrementalScorer:
     def init_state(self) -> ScorerState:
         hidden = self.head.lstm.hidden_size
         attention = self.head.query.out_features
-        empty = torch.zeros(0, attention)
-        return ScorerState(
-            model_version=self.model_version,
-            variant=self.head.variant,
-            h=torch.zeros(hidden), c=torch.zeros(hidden),
-            queries=empty, keys=empty.clone(), values=empty.clone(),
-            row_max=torch.zeros(0), row_denominator=torch.zeros(0), row_numerator=empty.clone(),
-        )
+        empty = np.zeros((0, attention), dtype=np.float32)
+        return ScorerState.create(self.model_version, self.head.variant, np.zeros(hidden), np.zeros(hidden),
+                                  empty, empty, empty, np.zeros(0), np.zeros(0), empty)
 
-    def check_vector(self, vector) -> torch.Tensor:
-        tensor = torch.as_tensor(np.asarray(vector, dtype=np.float32) if not torch.is_tensor(vector) else vector)
-        tensor = tensor.detach().to(torch.float32).cpu()
-        if tensor.ndim != 1 or tensor.shape[0] != self.vector_size:
-            raise ValueError(f"segment vector must have shape ({self.vector_size},), got {tuple(tensor.shape)}")
-        if not torch.isfinite(tensor).all():
+    def check_vector(self, vector) -> np.ndarray:
+        if torch.is_tensor(vector):
+            vector = vector.detach().cpu().numpy()
+        array = np.asarray(vector)
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise ValueError(f"segment vector must be numeric, got dtype {array.dtype}")
+        array = array.astype(np.float32, copy=False)
+        if array.ndim != 1 or array.shape[0] != self.vector_size:
+            raise ValueError(f"segment vector must have shape ({self.vector_size},), got {tuple(array.shape)}")
+        if not np.isfinite(array).all():
             raise ValueError("segment vector contains NaN or infinite values")
-        return tensor
+        return array
 
-    @torch.no_grad()
     def step(self, state: ScorerState, vector) -> tuple[ScorerState, float]:
-        """Add one segment vector; returns the new state and the session probability."""
+        """Add one segment vector; returns the new state and the session probability. `state` stays valid."""
         if state.variant != self.head.variant:
             raise StateError(f"state is for a {state.variant!r} head, this scorer has {self.head.variant!r}")
         if state.model_version != self.model_version:
             raise StateError(f"state belongs to model {state.model_version!r}, not {self.model_version!r}")
         x = self.check_vector(vector)
-        head = self.head
-        output, (h, c) = head.lstm(x[None, None, :], (state.h[None, None, :], state.c[None, None, :]))
-        out = output[0, 0]
-        h, c = h[0, 0], c[0, 0]
-        if head.variant == "last-step":
-            logit = head.classifier(out)[0]
-            new_state = ScorerState(self.model_version, state.variant, h, c, state.queries, state.keys,
-                                    state.values, state.row_max, state.row_denominator, state.row_numerator,
-                                    segments=state.segments + 1)
-            return new_state, float(torch.sigmoid(logit))
+        gates = x @ self._w_input + state.h @ self._w_hidden + self._gate_bias
+        size = state.h.shape[0]
+        i, f, g, o = (gates[j * size:(j + 1) * size] for j in range(4))
+        c = _sigmoid(f) * state.c + _sigmoid(i) * np.tanh(g)
+        h = (_sigmoid(o) * np.tanh(c)).astype(np.float32)
+        c = c.astype(np.float32)
+        n = state.segments
+        if self.head.variant == "last-step":
+            logit = float(h @ self._w_out) + self._b_out
+            new_state = ScorerState(self.model_version, state.variant, h, c, state.row_max, state.row_denominator,
+                                    state.row_numerator, n + 1, state._queries, state._keys, state._values)
+            return new_state, _probability(logit)
 
-        q, k, v = head.query(out), head.key(out), head.value(out)
+        projected = h @ self._w_qkv + self._b_qkv
+        width = projected.shape[0] // 3
+        q, k, v = projected[:width], projected[width:2 * width], projected[2 * width:]
         # Existing rows gain one key: rescale each row's running sums to the new max.
-        old_scores = (state.queries @ k) * head.scale
-        new_max = torch.maximum(state.row_max, old_scores)
-        keep = torch.exp(state.row_max - new_max)
-        add = torch.exp(old_scores - new_max)
-        denominators = state.row_denominator * keep + add
-        numerators = state.row_numerator * keep[:, None] + add[:, None] * v[None, :]
+        old_scores = (state.queries @ k) * self._scale
+        new_max = np.maximum(state.row_max, old_scores)
+        keep = np.exp(state.row_max - new_max)
+        add = np.exp(old_scores - new_max)
+        queries = state._queries.appended(n, q)
+        keys = state._keys.appended(n, k)
+        values = state._values.appended(n, v)
         # The new row attends to every key, itself included.
-        keys = torch.cat([state.keys, k[None]])
-        values = torch.cat([state.values, v[None]])
-        row_scores = (keys @ q) * head.scale
+        row_scores = (keys.data[: n + 1] @ q) * self._scale
         row_max = row_scores.max()
-        weights = torch.exp(row_scores - row_max)
-        new_row_numerator = weights @ values
+        weights = np.exp(row_scores - row_max)
 
-        row_max_all = torch.cat([new_max, row_max[None]])
-        denominators = torch.cat([denominators, weights.sum()[None]])
-        numerators = torch.cat([numerators, new_row_numerator[None]])
-        summed = (numerators / denominators[:, None]).sum(dim=0)
-        logit = head.classifier(summed)[0]
-        new_state = ScorerState(self.model_version, state.variant, h, c,
-                                torch.cat([state.queries, q[None]]), keys, values,
-                                row_max_all, denominators, numerators, segments=state.segments + 1)
-        return new_state, float(torch.sigmoid(logit))
+        row_max_all = np.empty(n + 1, dtype=np.float32)
+        row_max_all[:n], row_max_all[n] = new_max, row_max
+        denominators = np.empty(n + 1, dtype=np.float32)
+        denominators[:n] = state.row_denominator * keep + add
+        denominators[n] = weights.sum()
+        numerators = np.empty((n + 1, v.shape[0]), dtype=np.float32)
+        np.multiply(state.row_numerator, keep[:, None], out=numerators[:n])
+        numerators[:n] += add[:, None] * v
+        numerators[n] = weights @ values.data[: n + 1]
+        summed = (1.0 / denominators) @ numerators
+        logit = float(summed @ self._w_out) + self._b_out
+        new_state = ScorerState(self.model_version, state.variant, h, c, row_max_all, denominators, numerators,
+                                n + 1, queries, keys, values)
+        return new_state, _probability(logit)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _probability(logit: float) -> float:
+    return 0.5 * (1.0 + math.tanh(0.5 * logit))

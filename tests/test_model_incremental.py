@@ -47,7 +47,7 @@ def test_incremental_logit_matches_away_from_saturation():
         outputs, _ = head.lstm(vectors[None])
         q, k, v = head.query(outputs[0]), head.key(outputs[0]), head.value(outputs[0])
         batch_rows = torch.softmax(q @ k.T * head.scale, dim=-1) @ v
-    incremental_rows = state.row_numerator / state.row_denominator[:, None]
+    incremental_rows = torch.from_numpy(state.row_numerator / state.row_denominator[:, None])
     assert torch.allclose(incremental_rows, batch_rows, atol=1e-5)
 
 
