@@ -6,7 +6,6 @@ handling are tested deterministically.
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from moodstream.agent import (AgentError, CaptureSettings, DeliveryGaveUp, FileS
                               RetryPolicy, ServerRefused, ServerTarget, capture_chunks, run_agent)
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
+from certs import CertificateAuthority
 from test_agent_signals import RATE, quiet, speech_like
 
 TOKEN = "test-token"
@@ -194,20 +194,17 @@ def test_an_unreachable_server_is_given_up_on_and_flush_delivers_the_outbox_late
         assert outbox.pending_count() == 0
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_tls_with_a_private_ca(recording, tmp_path):
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    ca = CertificateAuthority.create(tmp_path / "pki", "private-ca")
     service = TinyScreening()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     pb_grpc.add_ScreeningServicer_to_server(service, server)
-    credentials = grpc.ssl_server_credentials([((tmp_path / "key.pem").read_bytes(), (tmp_path / "cert.pem").read_bytes())])
+    credentials = grpc.ssl_server_credentials([ca.issue(tmp_path / "pki", "server", server=True).read()])
     port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
     try:
         result = run_agent(FileSource(recording), server=ServerTarget(f"127.0.0.1:{port}", token=TOKEN,
-                                                                      tls_ca=tmp_path / "cert.pem"),
+                                                                      tls_ca=ca.cert),
                            participant_id="p1", outbox=tmp_path / "box", gate=gate())
         assert result.completed and service.applied[result.session_id] == expected_chunks(recording)
     finally:
