@@ -108,3 +108,23 @@ def test_wrong_vector_width_and_non_finite_vectors_are_refused():
         scorer.step(state, torch.randn(5))
     with pytest.raises(ValueError, match="NaN or infinite"):
         scorer.step(state, torch.tensor([0.0, float("nan"), 0.0, 0.0]))
+
+
+def test_stepping_an_older_state_again_leaves_every_state_intact():
+    # The server may retry a step from the same state (a Redis conflict): states share row buffers.
+    torch.manual_seed(8)
+    head = SessionHead(input_size=6, hidden_size=5, attention_size=4).eval()
+    scorer = IncrementalScorer(head)
+    vectors = torch.randn(40, 6)
+    state = scorer.init_state()
+    for vector in vectors[:20]:
+        state, _ = scorer.step(state, vector)
+    first, p_first = scorer.step(state, vectors[20])
+    first_bytes = first.to_bytes()
+    second, p_second = scorer.step(state, vectors[21])   # a different next segment from the same state
+    assert first.to_bytes() == first_bytes
+    assert abs(p_second - batch_probability(head, torch.cat([vectors[:20], vectors[21:22]]))) <= 1e-5
+    for vector in vectors[22:]:
+        first, p_first = scorer.step(first, vector)
+    assert abs(p_first - batch_probability(head, torch.cat([vectors[:21], vectors[22:]]))) <= 1e-5
+    assert second.segments == 21 and state.segments == 20
