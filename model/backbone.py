@@ -14,6 +14,7 @@ frames of the real audio are kept (20 ms each, like wav2vec 2.0).
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -184,9 +185,13 @@ class Backbone(nn.Module):
         if self.training:
             hidden = self.encoder._mask_hidden_states(hidden, attention_mask=frame_mask)
         layer_outputs: list[torch.Tensor] = []
+        caller = threading.get_ident()
 
         def record(_module, _inputs, output):
-            layer_outputs.append(output[0] if isinstance(output, tuple) else output)
+            # Hooks live on the shared layers: keep only this call's outputs when another thread
+            # runs the same model at the same time (two servers or encoders sharing one model).
+            if threading.get_ident() == caller:
+                layer_outputs.append(output[0] if isinstance(output, tuple) else output)
 
         hooks = [layer.register_forward_hook(record) for layer in self.transformer_layers]
         try:

@@ -143,3 +143,27 @@ def test_invalid_configs_are_refused_with_the_reason():
         ModelConfig.tiny(fine_tuning="some")
     with pytest.raises(ValueError, match="unknown keys"):
         ModelConfig.from_dict({"poolin": "mean"})
+
+
+def test_threads_sharing_one_model_each_get_their_own_segment_vectors(tiny_model):
+    """Two servers (or encoders) in one process may share a model: concurrent forward passes must
+    not pick up each other's layer outputs."""
+    import threading
+
+    waves = {name: [speechlike(3.0, seed) for seed in seeds] for name, seeds in (("a", (5, 6)), ("b", (7, 8)))}
+    expected = {name: tiny_model.encode_segments(w, sample_rate=16000) for name, w in waves.items()}
+    start, wrong = threading.Barrier(2), []
+
+    def encode(name):
+        start.wait(30)
+        for _ in range(30):
+            if not torch.allclose(tiny_model.encode_segments(waves[name], sample_rate=16000), expected[name],
+                                  atol=1e-5):
+                wrong.append(name)
+
+    threads = [threading.Thread(target=encode, args=(name,)) for name in waves]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert wrong == []
