@@ -10,6 +10,7 @@ binary offline); their files are checked for what they must contain.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import fnmatch
@@ -94,12 +95,6 @@ def container_port(spec: dict, name: str) -> int:
     return ports[name]
 
 
-def subcommand_parser(name: str):
-    parser = build_parser()
-    action = next(a for a in parser._actions if a.dest == "command")
-    return action.choices[name]
-
-
 def parse_cli(argv: list[str], where: str):
     """Parse a moodstream command line exactly as the CLI would, failing on any unknown or abbreviated flag."""
     argv = [str(arg) for arg in argv]
@@ -109,7 +104,13 @@ def parse_cli(argv: list[str], where: str):
             args = build_parser().parse_args(argv)
         except SystemExit:
             pytest.fail(f"{where}: `moodstream {shlex.join(argv)}` is refused by the CLI: {stderr.getvalue().strip()}")
-    known = set(subcommand_parser(argv[0])._option_string_actions)
+    parser = build_parser()
+    for word in argv:  # descend into `server`, `token create`, ...
+        choices = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+        if word not in choices:
+            break
+        parser = choices[word]
+    known = set(parser._option_string_actions)
     for arg in argv:
         flag = arg.split("=", 1)[0]
         if flag.startswith("--"):
@@ -439,7 +440,8 @@ def compose_schema() -> dict:
 def test_compose_file_validates_against_the_compose_spec(name):
     schema = compose_schema()
     validator = jsonschema.validators.validator_for(schema)(schema)
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(load_yaml(DEPLOY / name))]
+    document = load_yaml(DEPLOY / name)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
     assert not errors, "\n".join(errors)
 
 
@@ -713,6 +715,48 @@ def test_server_image_command_healthcheck_user_and_ports_agree():
     for image in (SERVER_IMAGE, AGENT_IMAGE):
         user = image.one("USER").split(":")[0]
         assert user.isdigit() and int(user) >= 1000, f"{image.path.name} must run as a non-root uid"
+
+
+IMAGE_ENTRYPOINTS = (("moodstream-server:", ["moodstream"]), ("moodstream-agent:", ["moodstream", "agent"]))
+
+
+def documented_command_lines() -> list[tuple[str, list[str]]]:
+    """`moodstream ...` command lines in deploy/: README code blocks, and comments of the other files."""
+    parser = build_parser()
+    subcommands = set(next(a for a in parser._actions if a.dest == "command").choices)
+    found = []
+    for path in sorted(DEPLOY.rglob("*")):
+        if not path.is_file() or path.suffix not in (".md", ".yaml", ".Dockerfile", ".py"):
+            continue
+        lines, in_code = [], False
+        for line in path.read_text().splitlines():
+            if path.suffix == ".md":
+                if line.startswith("```"):
+                    in_code = not in_code
+                    continue
+                if in_code:
+                    lines.append(line)
+            elif line.lstrip().startswith("#"):
+                lines.append(line.lstrip().lstrip("#"))
+        joined = "\n".join(lines).replace("\\\n", " ")
+        for line in joined.splitlines():
+            for segment in re.split(r"&&|\|\||;|\|", line.split(" # ")[0]):
+                words = segment.split()
+                # docker run ... IMAGE ARGS: the images' entrypoints are `moodstream` and `moodstream agent`
+                for image, entrypoint in IMAGE_ENTRYPOINTS:
+                    tagged = [word for word in words if word.startswith(image)]
+                    if words[:2] == ["docker", "run"] and tagged and words.index(tagged[0]) + 1 < len(words):
+                        words = [*entrypoint, *words[words.index(tagged[0]) + 1:]]
+                if len(words) > 1 and words[0] == "moodstream" and words[1] in subcommands:
+                    found.append((f"{path.relative_to(ROOT)}: {segment.strip()}", shlex.split(" ".join(words[1:]))))
+    return found
+
+
+def test_every_documented_moodstream_command_line_parses():
+    commands = documented_command_lines()
+    assert len(commands) >= 5, commands
+    for where, argv in commands:
+        parse_cli(argv, where)
 
 
 # ---------------------------------------------------------------- the health check script
