@@ -22,6 +22,7 @@ import shlex
 import socket
 import sys
 import tomllib
+import warnings
 from concurrent import futures
 from importlib import metadata
 from pathlib import Path
@@ -55,7 +56,7 @@ import grpc_health_check  # noqa: E402  (deploy/grpc_health_check.py, copied int
 import pyproject_requirements  # noqa: E402  (deploy/pyproject_requirements.py, run by both images)
 
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- reading deploy files
 
 
 def load_yaml(path: Path):
@@ -574,6 +575,66 @@ def check_envoy_config(config: dict) -> tuple[int, set[tuple[str, int]]]:
                 address = endpoint["endpoint"]["address"]["socket_address"]
                 endpoints.add((address["address"], address["port_value"]))
     return listener["address"]["socket_address"]["port_value"], endpoints
+
+
+def envoy_bootstrap(config: dict):
+    """Parse an Envoy bootstrap with Envoy's own API definitions (envoy-data-plane): unknown fields, wrong
+    enum values, unknown typed_config types and deprecated fields are errors."""
+    with warnings.catch_warnings():  # the generated classes trip pydantic's own deprecation notices
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
+
+    def type_urls(value):
+        if isinstance(value, dict):
+            if "@type" in value:
+                yield value["@type"]
+            for item in value.values():
+                yield from type_urls(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from type_urls(item)
+
+    for url in set(type_urls(config)):  # each typed_config's message must be registered before parsing
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            importlib.import_module("envoy_data_plane." + url.split("/", 1)[1].rsplit(".", 1)[0])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r".* is deprecated$", category=DeprecationWarning)
+        return Bootstrap.from_dict(config)
+
+
+def envoy_configs() -> dict[str, dict]:
+    return {"deploy/envoy.yaml": load_yaml(DEPLOY / "envoy.yaml"),
+            "deploy/k8s/envoy.yaml": yaml.safe_load(k8s_object("ConfigMap", "moodstream-envoy")["data"]["envoy.yaml"])}
+
+
+@pytest.mark.parametrize("name", ["deploy/envoy.yaml", "deploy/k8s/envoy.yaml"])
+def test_envoy_config_parses_with_envoys_own_api_definitions(name):
+    bootstrap = envoy_bootstrap(envoy_configs()[name])
+    (cluster,) = bootstrap.static_resources.clusters
+    assert cluster.health_checks[0].grpc_health_check.service_name == SCREENING_SERVICE
+    assert cluster.connect_timeout.total_seconds() > 0
+
+
+def test_envoys_api_definitions_reject_a_broken_config():
+    config = envoy_configs()["deploy/envoy.yaml"]
+    misspelt = copy.deepcopy(config)
+    misspelt["static_resources"]["clusters"][0]["lb_polcy"] = misspelt["static_resources"]["clusters"][0]["lb_policy"]
+    with pytest.raises(KeyError, match="lb_polcy"):
+        envoy_bootstrap(misspelt)
+    bad_enum = copy.deepcopy(config)
+    bad_enum["static_resources"]["clusters"][0]["lb_policy"] = "ROUND_ROBBIN"
+    with pytest.raises(ValueError, match="ROUND_ROBBIN"):
+        envoy_bootstrap(bad_enum)
+    deprecated = copy.deepcopy(config)
+    deprecated["static_resources"]["clusters"][0]["dns_refresh_rate"] = "5s"
+    with pytest.raises(DeprecationWarning, match="dns_refresh_rate is deprecated"):
+        envoy_bootstrap(deprecated)
+    nested = copy.deepcopy(config)
+    manager = nested["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    manager["codec_typ"] = manager.pop("codec_type")
+    with pytest.raises(KeyError, match="codec_typ"):
+        envoy_bootstrap(nested)
 
 
 def test_compose_envoy_balances_every_server_replica():
