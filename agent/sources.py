@@ -109,6 +109,10 @@ class FileSource:
             raise SourceError(f"audio file is a directory: {self.path}")
         try:
             info = soundfile.info(str(self.path))
+        except TypeError:
+            # soundfile's answer for a headerless format (.raw): it cannot know the rate or layout.
+            raise SourceError(f"cannot read audio file {self.path}: it has no header giving its sample rate "
+                              "and sample format; pipe raw PCM s16le into '-' with --input-rate instead") from None
         except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
             raise SourceError(f"cannot read audio file {self.path}: {_reason(error)}") from None
         if info.samplerate <= 0 or info.channels <= 0:

@@ -25,6 +25,7 @@ STATE_MAGIC = b"MSSS"
 STATE_FORMAT_VERSION = 1
 _VARIANT_CODES = {"self-attention": 0, "last-step": 1}
 _HEADER = struct.Struct("<4sHBB III")  # magic, format, variant, version length, n, hidden, attention
+_MAX_WIDTH = 1 << 16  # far above any session head; larger widths in a state are corruption, not a model
 
 
 class _RowBuffer:
@@ -126,6 +127,9 @@ class ScorerState:
         variants = {code: name for name, code in _VARIANT_CODES.items()}
         if variant_code not in variants:
             raise StateError(f"unknown session-head variant code {variant_code}")
+        if not (0 < hidden <= _MAX_WIDTH and 0 < attention <= _MAX_WIDTH):
+            # Checked before anything is allocated: a state of 0 segments is short whatever its widths say.
+            raise StateError(f"scorer state has implausible widths (hidden {hidden}, attention {attention})")
         offset = _HEADER.size
         try:
             model_version = payload[offset:offset + version_len].decode("utf-8")
@@ -143,6 +147,8 @@ class ScorerState:
             count = int(np.prod(shape))
             arrays.append(np.frombuffer(payload, dtype="<f4", count=count, offset=offset).reshape(shape))
             offset += 4 * count
+        if not all(np.isfinite(array).all() for array in arrays):
+            raise StateError("scorer state holds NaN or infinite values")
         h, c, queries, keys, values, row_max, row_denominator, row_numerator = arrays
         return cls.create(model_version, variants[variant_code], h, c, queries, keys, values,
                           row_max, row_denominator, row_numerator)
@@ -198,12 +204,21 @@ class IncrementalScorer:
             raise ValueError("segment vector contains NaN or infinite values")
         return array
 
-    def step(self, state: ScorerState, vector) -> tuple[ScorerState, float]:
-        """Add one segment vector; returns the new state and the session probability. `state` stays valid."""
+    def check_state(self, state: ScorerState) -> None:
+        """StateError unless `state` can be stepped by this scorer (variant, model, widths)."""
         if state.variant != self.head.variant:
             raise StateError(f"state is for a {state.variant!r} head, this scorer has {self.head.variant!r}")
         if state.model_version != self.model_version:
             raise StateError(f"state belongs to model {state.model_version!r}, not {self.model_version!r}")
+        hidden, attention = self._w_hidden.shape[0], self._w_qkv.shape[1] // 3
+        widths = (state.h.shape[0], state.c.shape[0], state._queries.data.shape[1], state._keys.data.shape[1],
+                  state._values.data.shape[1], state.row_numerator.shape[1])
+        if widths != (hidden, hidden, attention, attention, attention, attention):
+            raise StateError(f"state widths {widths} do not fit this scorer (hidden {hidden}, attention {attention})")
+
+    def step(self, state: ScorerState, vector) -> tuple[ScorerState, float]:
+        """Add one segment vector; returns the new state and the session probability. `state` stays valid."""
+        self.check_state(state)
         x = self.check_vector(vector)
         gates = x @ self._w_input + state.h @ self._w_hidden + self._gate_bias
         size = state.h.shape[0]

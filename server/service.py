@@ -146,6 +146,7 @@ class SessionStream:
         else:
             try:
                 self.state = ScorerState.from_bytes(snapshot.state, expected_model_version=scorer.model_version)
+                scorer.check_state(self.state)
             except StateError as error:
                 raise StreamAbort(grpc.StatusCode.DATA_LOSS,
                                   f"stored scorer state of session {self.session_id} is unusable: {error}") from error
