@@ -221,6 +221,10 @@ def run(args) -> int:
         else:
             raise KeyboardInterrupt
 
+    def interrupted() -> bool:
+        # Only a second Ctrl-C aborts on request; `abort` is also set when delivery gives up.
+        return len(interrupts) >= 2
+
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, on_interrupt)
 
@@ -234,7 +238,7 @@ def run(args) -> int:
         except (AgentError, ValueError) as error:
             status.finish()
             err.write(f"moodstream agent: {error}\n")
-            return EXIT_INTERRUPTED if abort.is_set() else EXIT_FAILED
+            return EXIT_INTERRUPTED if interrupted() else EXIT_FAILED
         status.finish()
         return EXIT_OK
 
@@ -285,7 +289,7 @@ def run(args) -> int:
         status.finish()
         # The error event already went to stderr/stdout; the last line says how it ended.
         err.write(f"moodstream agent: failed: {error}\n")
-        return EXIT_INTERRUPTED if abort.is_set() else EXIT_FAILED
+        return EXIT_INTERRUPTED if interrupted() else EXIT_FAILED
     except ValueError as error:
         status.finish()
         return usage_error(str(error))
