@@ -1,4 +1,4 @@
-"""`moodstream server` and `moodstream token` (heavy imports happen inside the handlers)."""
+"""`moodstream server`, `moodstream token` and `moodstream forget` (heavy imports happen inside the handlers)."""
 from __future__ import annotations
 
 import argparse
@@ -70,6 +70,22 @@ def add_parser(subparsers) -> None:
     create.add_argument("--read", default="", help="comma-separated participants whose scores it may read (* = all)")
     create.set_defaults(handler=run_token_create)
 
+    forget = subparsers.add_parser(
+        "forget", help="delete everything stored about one participant (right to erasure)",
+        description="Delete every key the scoring servers keep in Redis about PARTICIPANT, for every model "
+                    "version: session records and scorer states, segment vectors, stored audio (only kept "
+                    "with `moodstream server --store-audio`), per-session and per-participant score streams, "
+                    "and the keys that tie the participant's session ids to them. Scores already delivered "
+                    "to subscribers, and server logs, are outside Redis and not touched. Asks for "
+                    "confirmation unless --yes; prints how many keys were deleted. Cannot be undone.")
+    forget.add_argument("participant", metavar="PARTICIPANT", help="the participant id, as the agent sent it")
+    forget.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+                        help="Redis URL of the session store (env REDIS_URL; default %(default)s)")
+    forget.add_argument("--redis-cluster", action="store_true",
+                        help="the URL is a Redis Cluster node: every master is searched")
+    forget.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    forget.set_defaults(handler=run_forget)
+
 
 def _split(values: str) -> list[str]:
     return [value.strip() for value in values.split(",") if value.strip()]
@@ -112,3 +128,67 @@ def run_server(args) -> int:
 
     asyncio.run(serve_forever(config, on_started=announce))
     return 0
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def run_forget(args) -> int:
+    import asyncio
+    import re
+
+    participant = args.participant
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", participant):
+        raise ValueError(f"{participant!r} is not a participant id (1-64 characters from A-Z a-z 0-9 _ . -)")
+    where = redact_url(args.redis)
+    if not args.yes:
+        sys.stderr.write(f"Delete everything stored about participant {participant!r} in {where}? "
+                         "This cannot be undone. Type 'yes' to confirm: ")
+        sys.stderr.flush()
+        answer = sys.stdin.readline() if sys.stdin is not None else ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("moodstream forget: not confirmed; nothing was deleted", file=sys.stderr)
+            return 1
+    deleted = asyncio.run(_forget(args.redis, args.redis_cluster, participant, where))
+    print(f"deleted {deleted} key(s) of participant {participant!r} from {where}")
+    return 0
+
+
+async def _forget(url: str, cluster: bool, participant: str, where: str) -> int:
+    import redis.exceptions
+
+    from moodstream.server.store import SessionStore, connect
+
+    failures = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
+    try:
+        client = connect(url, cluster=cluster)
+    except (*failures, ValueError) as error:
+        raise ValueError(f"cannot use Redis URL {where}: {error}") from None
+    try:
+        try:
+            await client.ping()
+            clustered = not cluster and (await client.info("cluster")).get("cluster_enabled") in (1, "1")
+        except failures as error:
+            raise ValueError(f"cannot reach Redis at {where}: {error}") from None
+        if clustered:
+            # A plain client would search one node only and report 0 keys for data held elsewhere.
+            raise ValueError(f"{where} is a Redis Cluster node: add --redis-cluster")
+        # forget_participant covers every model version; the store's own version is not used by it.
+        store = SessionStore(client, model_version="forget")
+        try:
+            return await store.forget_participant(participant)
+        except failures as error:
+            raise ValueError(f"Redis at {where} failed while deleting ({error}); run the command again") from None
+    finally:
+        await client.aclose()
