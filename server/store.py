@@ -45,6 +45,7 @@ just the Redis process) dies.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import json
@@ -627,6 +628,11 @@ class SessionStore:
         trimmed = _missed_removed_entries(after, info)
 
         reply = await self.client.xread({stream: after}, count=count, block=block_ms or None)
+        task = asyncio.current_task()
+        if block_ms and task is not None and task.cancelling():
+            # A task cancelled during a blocking XREAD can get an empty reply instead of its
+            # CancelledError (redis-py drops it); re-raise it, or a Subscribe loop never ends.
+            raise asyncio.CancelledError()
         updates = [_decode_entry(entry_id, fields) for entry_id, fields in _stream_entries(reply)]
         next_offset = updates[-1]["offset"] if updates else after
         return UpdateBatch(updates, next_offset, trimmed)

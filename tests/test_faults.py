@@ -342,3 +342,42 @@ def pb_stub(channel):
     from moodstream.v1 import moodstream_pb2_grpc
 
     return moodstream_pb2_grpc.ScreeningStub(channel)
+
+
+def test_cancelled_subscribers_leave_no_handler_behind(model, redis_url, tokens):
+    """A dashboard that reconnects often: each Subscribe it cancels must end on the server too.
+    (A cancellation arriving during the handler's blocking Redis read used to be lost, leaving the
+    handler polling Redis forever.)"""
+    import redis as redis_sync
+
+    chunks = make_chunks(3, seed=71, seconds=2.0)
+    client = redis_sync.Redis.from_url(redis_url)
+
+    def xread_calls() -> int:
+        return int(client.info("commandstats").get("cmdstat_xread", {}).get("calls", 0))
+
+    def subscribers() -> float:
+        return REGISTRY.get_sample_value("moodstream_subscribers_active") or 0.0
+
+    try:
+        with running_server(model, redis_url, tokens) as server, stub_for(server.port) as stub:
+            assert windowed_stream(stub, "followed", "p1", dict(enumerate(chunks)), tokens.metadata("agent"),
+                                   last_seq=2).error is None
+            before = subscribers()
+            for _ in range(8):
+                call = stub.Subscribe(pb.SubscribeRequest(session_id="followed"),
+                                      metadata=tokens.metadata("reader-p1"), timeout=30)
+                assert [u.seq for _, u in zip(range(3), call)] == [0, 1, 2]
+                call.cancel()
+                time.sleep(0.2)
+            deadline = time.monotonic() + 5
+            while subscribers() > before and time.monotonic() < deadline:
+                time.sleep(0.1)
+            left_open = subscribers() - before
+            polled = xread_calls()
+            time.sleep(2.5)  # a live handler polls Redis every subscribe_block_ms (1 s)
+            polls_since = xread_calls() - polled
+    finally:
+        client.close()
+    assert left_open == 0
+    assert polls_since == 0
