@@ -310,8 +310,8 @@ def flush(url: str) -> None:
 ids = st.one_of(st.from_regex(ID, fullmatch=True), st.text(max_size=70),
                 st.sampled_from(["", "a" * 65, "p1}:x", "s*", "s?", "sé", "s\x00", "s:1", "{s}"]))
 # Positions: small ones, and the edges of uint64 and of the store's exact range (2**53).
-positions = st.one_of(st.integers(0, 6), st.integers(0, 6), st.sampled_from([2**64 - 1, 2**63, 2**53, 2**53 - 1, 10**12]),
-                      st.integers(0, 2**64 - 1))
+positions = st.one_of(st.integers(0, 6), st.integers(0, 6),
+                      st.sampled_from([2**64 - 1, 2**63, 2**53, 2**53 - 1, 10**12]), st.integers(0, 2**64 - 1))
 valid_headers = st.fixed_dictionaries({
     "session_id": st.sampled_from(["s1", "session-2", "S.3_x"]),
     "participant_id": st.sampled_from(PERMITTED),

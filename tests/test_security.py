@@ -18,7 +18,8 @@ from moodstream.server.app import ServerConfig, server_credentials
 from moodstream.server.auth import create_token, load_tokens
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
-from server_harness import Tokens, chunk, end, header, make_chunks, redis_keys, running_server, stream, stub_for, tiny_model
+from server_harness import (Tokens, chunk, end, header, make_chunks, redis_keys, running_server, stream, stub_for,
+                            tiny_model)
 
 GOOD = make_chunks(1, seed=5)[0]
 Code = grpc.StatusCode
