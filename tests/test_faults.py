@@ -62,7 +62,7 @@ class AgentProcess:
     """`moodstream agent --json` as a child process; its events are read on a thread."""
 
     def __init__(self, servers: list[str], token: str, participant: str, session: str, path, outbox, log_path,
-                 *extra: str, speed: float = 8.0) -> None:
+                 *extra: str, speed: float = 12.0) -> None:
         command = [sys.executable, "-P", "-m", "moodstream.cli", "agent", "--token", token,
                    "--participant", participant, "--session", session, "--outbox", str(outbox),
                    "--speed", str(speed), "--json", "--max-retry-seconds", "30", *extra]
@@ -149,6 +149,9 @@ def test_a_server_sigkilled_mid_session_fails_over_to_a_replica(checkpoint, mode
             server.close()
     hops = [(e["failed_server"], e["server"]) for e in agent.of_kind("retry")]
     assert hops and hops[0] == (first.address, second.address)
+    failed_over = next(i for i, e in enumerate(agent.events) if e["event"] == "retry")
+    applied_by_second = [e["seq"] for e in agent.events[failed_over:] if e["event"] == "ack" and not e["duplicate"]]
+    assert applied_by_second and max(applied_by_second) == len(chunks) - 1  # the replica finished the session
     done = agent.of_kind("done")[-1]
     assert done["completed"] and done["final_segments"] == len(chunks)
     assert sorted({e["seq"] for e in agent.of_kind("ack")}) == list(range(len(chunks)))
@@ -175,7 +178,12 @@ def test_redis_sigkilled_and_restarted_mid_session_loses_no_acked_chunk(model, t
         agent.wait_for(acked(2))
         acked_before = max(e["seq"] for e in agent.of_kind("ack"))
         store_process.kill()      # SIGKILL: only what was fsynced to the AOF survives
-        time.sleep(1.5)           # the agent keeps sending; the server holds its chunks and retries
+        # The agent keeps sending; keep Redis down until the server has met the outage (its next
+        # apply fails and is retried), and a little longer.
+        deadline = time.monotonic() + 20
+        while redis_errors() == errors_before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
         store_process.start()     # same port, AOF replayed
         client = redis.Redis.from_url(store_process.url)
         try:
@@ -185,6 +193,7 @@ def test_redis_sigkilled_and_restarted_mid_session_loses_no_acked_chunk(model, t
             client.close()
         assert agent.finish() == 0, (tmp_path / "agent.log").read_text()
         stored = stored_session(store_process.url, "p2", "redis-crash", model.model_version)
+    assert acked_before < len(chunks) - 1          # the crash came mid-session
     assert applied_after_restart >= acked_before  # every chunk acked before the crash is still there
     assert redis_errors() > errors_before         # the server did see Redis go away ...
     done = agent.of_kind("done")[-1]

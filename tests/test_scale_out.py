@@ -100,11 +100,11 @@ def load_soak():
 def test_a_bounded_soak_leaks_no_memory_streams_or_redis_keys(checkpoint, model, tmp_path):
     """200 sessions of 2-3 chunks (a third of them also subscribed to), 4 at a time, against a server
     process with a 3 s session TTL: every session completes with the offline score, the server's RSS
-    after the last session is within 40 MB of its RSS after the first 60, no call is left open, and
+    after the last session is within 60 MB of its RSS after the first 60, no call is left open, and
     once the TTL has passed Redis holds as many keys as before."""
     soak = load_soak()
     report = soak.soak(checkpoint=checkpoint, workdir=tmp_path, sessions=200, warmup_sessions=60, concurrency=4,
-                       ttl_seconds=3, rss_growth_mb=40.0)
+                       ttl_seconds=3, rss_growth_mb=60.0)
     summary = {k: v for k, v in report.items() if k not in ("outcomes", "pool")}
     assert report["checks"] == {"every_session_completed": True, "rss_flat": True, "no_open_streams": True,
                                 "redis_keys_back_to_baseline": True}, summary
