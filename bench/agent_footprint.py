@@ -5,8 +5,9 @@
 Builds an hour-long recording from the bundled interview, runs the real
 `moodstream agent` process against a real server (tiny model) and Redis on
 127.0.0.1, and reports the agent process's CPU seconds and peak RSS. The
-baseline in the same run is the bare interpreter start (`python -c pass`
-with the agent's imports), so the ratio shows what the work itself costs.
+baseline in the same run is the bare interpreter start with the agent's
+imports, so the ratio shows what the work itself costs. Peak RSS is the
+agent process's own high-water mark (VmHWM), polled while it runs.
 """
 import argparse
 import json
@@ -20,19 +21,9 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def peak_rss_mb(pid: int) -> float | None:
-    """VmHWM of a running process: its own peak, unlike RUSAGE_CHILDREN, which also counts
-    the pages a fork shares with this (torch-sized) parent before exec."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
+from common import ROOT, machine, markdown_table, peak_rss_mb  # noqa: E402
 
 
 def child_usage(command: list[str]) -> dict:
@@ -53,20 +44,16 @@ def child_usage(command: list[str]) -> dict:
             "peak_rss_mb": peak, "wall_seconds": wall}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=60.0, help="length of the recording to stream")
-    args = parser.parse_args()
-
+def run(minutes: float = 60.0, log=print) -> dict:
+    from moodstream.model import ModelConfig, ScreeningModel
     from moodstream.server.app import BackgroundServer, ServerConfig
     from moodstream.server.redis_process import RedisProcess
-    from moodstream.model import ModelConfig, ScreeningModel
 
     sample, rate = soundfile.read(ROOT / "moodstream" / "assets" / "sample-interview.ogg", dtype="int16")
-    repeats = int(np.ceil(args.minutes * 60 * rate / sample.size))
+    repeats = int(np.ceil(minutes * 60 * rate / sample.size))
     with tempfile.TemporaryDirectory() as tmp:
-        audio = Path(tmp) / "hour.flac"
-        soundfile.write(audio, np.tile(sample, repeats)[: int(args.minutes * 60 * rate)], rate)
+        audio = Path(tmp) / "long-interview.flac"
+        soundfile.write(audio, np.tile(sample, repeats)[: int(minutes * 60 * rate)], rate)
         baseline = child_usage([sys.executable, "-c", "import moodstream.agent.cli, moodstream.agent.pipeline"])
         with RedisProcess().start() as redis_server:
             config = ServerConfig(checkpoint="", redis_url=redis_server.url, port=0, allow_unauthenticated=True,
@@ -75,17 +62,39 @@ def main() -> None:
                 agent = child_usage([sys.executable, "-m", "moodstream.cli", "agent", "--server",
                                      f"127.0.0.1:{server.port}", "--participant", "bench", "--outbox",
                                      str(Path(tmp) / "outbox"), "--speed", "0", str(audio)])
-    hours = args.minutes / 60
-    report = {
-        "audio_minutes": args.minutes,
-        "agent_cpu_seconds": round(agent["cpu_seconds"], 2),
-        "agent_cpu_seconds_per_audio_hour": round(agent["cpu_seconds"] / hours, 2),
-        "share_of_one_core_live": round(agent["cpu_seconds"] / (hours * 3600), 5),
-        "agent_peak_rss_mb": round(agent["peak_rss_mb"], 1),
-        "baseline_import_cpu_seconds": round(baseline["cpu_seconds"], 2),
-        "agent_cpu_ratio_to_import_baseline": round(agent["cpu_seconds"] / baseline["cpu_seconds"], 2),
+    hours = minutes / 60
+    result = {
+        "audio_minutes": minutes,
+        "audio_format": f"FLAC {rate} Hz mono (the bundled interview, repeated)",
+        "agent_cpu_seconds": agent["cpu_seconds"],
+        "agent_cpu_seconds_per_audio_hour": agent["cpu_seconds"] / hours,
+        "share_of_one_core_live": agent["cpu_seconds"] / (hours * 3600),
+        "agent_peak_rss_mb": agent["peak_rss_mb"],
+        "baseline_import_cpu_seconds": baseline["cpu_seconds"],
+        "baseline_import_peak_rss_mb": baseline["peak_rss_mb"],
+        "agent_cpu_ratio_to_import_baseline": agent["cpu_seconds"] / baseline["cpu_seconds"],
     }
-    print(json.dumps(report, indent=2))
+    log(f"agent: {result['agent_cpu_seconds_per_audio_hour']:.2f} CPU s per audio hour "
+        f"({100 * result['share_of_one_core_live']:.3f}% of one core), peak RSS {result['agent_peak_rss_mb']:.0f} MB")
+    return result
+
+
+def table(result: dict) -> str:
+    return markdown_table(
+        ["what", "agent (whole run)", "baseline: interpreter + agent imports"],
+        [["CPU seconds", result["agent_cpu_seconds"], result["baseline_import_cpu_seconds"]],
+         ["CPU seconds per hour of audio", result["agent_cpu_seconds_per_audio_hour"], None],
+         ["share of one core, live audio", f"{100 * result['share_of_one_core_live']:.3f} %", None],
+         ["peak RSS MB", result["agent_peak_rss_mb"], result["baseline_import_peak_rss_mb"]]])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=60.0, help="length of the recording to stream")
+    args = parser.parse_args()
+    result = {"machine": machine(), **run(args.minutes, log=lambda line: print(line, file=sys.stderr))}
+    print(json.dumps(result, indent=2))
+    print(table(result))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -22,10 +24,12 @@ from moodstream.server import metrics
 
 log = logging.getLogger("moodstream.server.encoder")
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 # CPUs whose torch kernels run bf16 natively; elsewhere bf16 autocast is
 # emulated and many times slower than fp32.
 _BF16_CPU_CAPABILITIES = ("AVX512", "AVX512_BF16", "AMX", "AVX512_AMX")
+# A faster precision must keep the segment vectors this close to fp32's.
+MIN_COSINE = 0.999
 
 
 @dataclass
@@ -35,44 +39,105 @@ class _Request:
     enqueued: float
 
 
+class _Bf16FeatureEncoder(torch.nn.Module):
+    """The frozen CNN under bf16 autocast, handing fp32 frames to the (int8) transformer."""
+
+    def __init__(self, feature_encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = feature_encoder
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.inner(waveforms).float()
+
+
+def cpu_has_fast_bf16() -> bool:
+    return torch.backends.cpu.get_cpu_capability() in _BF16_CPU_CAPABILITIES
+
+
+def int8_model(model):
+    """A copy of the model whose backbone Linear layers run int8 (dynamic quantisation, CPU only).
+
+    The frozen CNN front end, which no Linear layer touches, runs in bf16 where the
+    CPU does bf16 natively. Segment and session heads stay fp32.
+    """
+    if model.device.type != "cpu":
+        raise ValueError("int8 runs on the CPU only; use bf16 or fp16 on a GPU")
+    if model.backbone.is_whisper:
+        raise ValueError("int8 is implemented for wav2vec2-family backbones only")
+    quantized = copy.deepcopy(model).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        quantized.backbone.encoder.encoder = torch.ao.quantization.quantize_dynamic(
+            quantized.backbone.encoder.encoder, {torch.nn.Linear}, dtype=torch.qint8)
+        quantized.backbone.encoder.feature_projection = torch.ao.quantization.quantize_dynamic(
+            quantized.backbone.encoder.feature_projection, {torch.nn.Linear}, dtype=torch.qint8)
+    if cpu_has_fast_bf16():
+        quantized.backbone.encoder.feature_extractor = _Bf16FeatureEncoder(
+            quantized.backbone.encoder.feature_extractor)
+    return quantized
+
+
+def encode_function(model, precision: str):
+    """waveforms -> segment vectors (float32 numpy) for one precision."""
+    if precision == "int8":
+        quantized = int8_model(model)
+        return lambda batch: quantized.encode_segments(batch).numpy()
+
+    def encode(batch):
+        with autocast_context(model.device, precision):
+            return model.encode_segments(batch).numpy()
+    return encode
+
+
 def choose_precision(model, requested: str = "auto") -> str:
-    """fp32 unless a faster precision keeps the segment vectors (cosine >= 0.999)."""
+    """fp32 unless a faster precision keeps the segment vectors (cosine >= MIN_COSINE)."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
     device = model.device
     if requested != "auto":
         if requested == "fp16" and device.type != "cuda":
-            raise ValueError("fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+            raise ValueError("fp16 needs a CUDA device; use fp32, bf16 or int8 on the CPU")
+        if requested == "int8" and device.type != "cpu":
+            raise ValueError("int8 runs on the CPU only; use bf16 or fp16 on a GPU")
         return requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability not in _BF16_CPU_CAPABILITIES:
-        log.info("precision fp32: CPU capability %s has no fast bf16", capability)
+    candidates = ["fp32"]
+    if cpu_has_fast_bf16():
+        candidates.append("bf16")
+    if not model.backbone.is_whisper and torch.backends.quantized.engine in ("x86", "fbgemm", "onednn"):
+        candidates.append("int8")
+    if len(candidates) == 1:
+        log.info("precision fp32: CPU capability %s has neither fast bf16 nor int8 kernels",
+                 torch.backends.cpu.get_cpu_capability())
         return "fp32"
-    # A start-up probe: capabilities alone do not say whether bf16 pays off.
+    # A start-up probe: capabilities alone do not say what pays off on this machine.
     rng = np.random.default_rng(0)
     probe = [(0.1 * rng.standard_normal(int(model.config.sample_rate * model.config.segment_seconds)))
              .astype(np.float32)]
-    timings = {}
-    outputs = {}
-    for precision in ("fp32", "bf16"):
+    timings, cosines = {}, {}
+    reference = None
+    for precision in candidates:
+        encode = encode_function(model, precision)
         best = float("inf")
         for _ in range(2):
             start = time.perf_counter()
-            with autocast_context(device, precision):
-                outputs[precision] = model.encode_segments(probe)
+            output = torch.from_numpy(encode(probe))
             best = min(best, time.perf_counter() - start)
         timings[precision] = best
-    cosine = float(torch.nn.functional.cosine_similarity(outputs["fp32"], outputs["bf16"]).min())
-    chosen = "bf16" if timings["bf16"] < 0.8 * timings["fp32"] and cosine >= 0.999 else "fp32"
-    log.info("precision %s: probe fp32 %.0f ms, bf16 %.0f ms, cosine %.5f (CPU %s)", chosen,
-             timings["fp32"] * 1000, timings["bf16"] * 1000, cosine, capability)
+        reference = output if reference is None else reference
+        cosines[precision] = float(torch.nn.functional.cosine_similarity(reference, output).min())
+    accurate = [p for p in candidates[1:] if cosines[p] >= MIN_COSINE and timings[p] < 0.8 * timings["fp32"]]
+    chosen = min(accurate, key=timings.get, default="fp32")
+    log.info("precision %s: probe %s (CPU %s)", chosen,
+             ", ".join(f"{p} {timings[p] * 1000:.0f} ms cos {cosines[p]:.5f}" for p in candidates),
+             torch.backends.cpu.get_cpu_capability())
     return chosen
 
 
 def autocast_context(device: torch.device, precision: str):
-    if precision == "fp32":
+    if precision in ("fp32", "int8"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
@@ -88,6 +153,7 @@ class BatchingEncoder:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.precision = choose_precision(model, precision)
+        self._encode = encode_function(model, self.precision)
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
         self._worker: asyncio.Task | None = None
@@ -119,8 +185,7 @@ class BatchingEncoder:
         return await self.submit(samples)
 
     def _forward(self, batch: list[np.ndarray]) -> np.ndarray:
-        with autocast_context(self.model.device, self.precision):
-            return self.model.encode_segments(batch).numpy()
+        return self._encode(batch)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

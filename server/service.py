@@ -178,6 +178,10 @@ class SessionStream:
                               f"chunk seq {seq} is too far ahead of the last applied seq {self.applied} "
                               f"(at most {settings.max_seq_ahead}); send chunks in order")
         if len(self.pending) >= settings.max_pending_chunks:
+            if self.applied + 1 in self.pending:  # nothing is missing: the client outran the encoder
+                raise StreamAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"{len(self.pending)} chunks are unacknowledged; wait for acks before sending "
+                                  f"more (at most {settings.max_pending_chunks} in flight)")
             raise StreamAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"{len(self.pending)} chunks are already waiting for seq {self.applied + 1}; "
                               "send the missing chunk first")

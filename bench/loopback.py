@@ -1,0 +1,270 @@
+"""End to end on loopback: simulated agents -> gRPC -> scoring server -> real Redis.
+
+    python bench/loopback.py [--size tiny|base] [--agents 20] [--chunks 4]
+
+Runs a real `moodstream server` process (random weights of the chosen size,
+its own precision choice) and a real Redis process (AOF on, fsync every
+second, as deploy/ runs it) on 127.0.0.1. N simulated agents, each one gRPC
+stream, send 7 s speech-like chunks at a given pace and time each chunk from
+its send to the score update that carries it.
+
+1. Real time: N agents at real-time pace (one chunk per 7 s each).
+   Chunk->score latency p50/p95/p99 against the baseline measured in the same
+   run: the single-chunk encode time of the same model in one process.
+2. Ceiling: the same agents at an accelerated pace, doubling until the server
+   no longer keeps up (a chunk lost, or p95 latency above the chunk interval,
+   i.e. a growing queue). N x pace is the number of live real-time agents
+   that level stands for.
+Also reported: server CPU (share of one core) and peak RSS, and Redis
+round trips per applied chunk (commands clients sent, seen with MONITOR at
+real-time pace; the apply script's own calls are not round trips).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from common import cpu_seconds, machine, markdown_table, peak_rss_mb, percentile, rss_mb  # noqa: E402
+from encoder import CHUNK_SECONDS, build_model, speech_like_chunks  # noqa: E402
+
+
+def pcm_chunks(count: int) -> list[bytes]:
+    return [(np.clip(w, -1, 1) * 32767).astype("<i2").tobytes() for w in speech_like_chunks(count, seed=1)]
+
+
+class Server:
+    """`moodstream server` as a child process, on a free port, ready when gRPC health says SERVING."""
+
+    def __init__(self, checkpoint: Path, redis_url: str, max_batch: int, max_wait_ms: float) -> None:
+        from moodstream.server.redis_process import free_port
+
+        self.port = free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="moodstream-bench-server-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moodstream.cli", "server", "--checkpoint", str(checkpoint), "--redis", redis_url,
+             "--port", str(self.port), "--allow-unauthenticated", "--max-batch", str(max_batch),
+             "--max-wait-ms", str(max_wait_ms), "--log-level", "warning"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise SystemExit(f"server exited: {Path(self.log.name).read_text()[-2000:]}")
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        raise SystemExit("server did not become ready")
+
+    def precision(self) -> str | None:
+        for line in Path(self.log.name).read_text().splitlines():
+            if "precision" in line:
+                return line
+        return None
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        os.unlink(self.log.name)
+
+
+async def one_agent(stub, pb, chunks: list[bytes], interval: float, latencies: list[float], lost: list[int]) -> None:
+    session = f"bench-{uuid.uuid4().hex[:12]}"
+    sent_at: dict[int, float] = {}
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def requests():
+        yield pb.StreamRequest(header=pb.SessionHeader(
+            session_id=session, participant_id="bench", device_id="bench", sample_rate=16000,
+            encoding=pb.AUDIO_ENCODING_PCM_S16LE))
+        started = time.perf_counter()
+        for seq, pcm in enumerate(chunks):
+            delay = started + seq * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent_at[seq] = time.perf_counter()
+            yield pb.StreamRequest(chunk=pb.Chunk(seq=seq, start_seconds=seq * CHUNK_SECONDS, pcm=pcm))
+        yield pb.StreamRequest(end=pb.End(last_seq=len(chunks) - 1))
+        await queue.get()  # keep the request side open until the server finishes
+
+    scored = set()
+    call = stub.Stream(requests(), timeout=600)
+    try:
+        async for response in call:
+            if response.WhichOneof("message") == "score":
+                seq = response.score.segments - 1
+                latencies.append(time.perf_counter() - sent_at[seq])
+                scored.add(seq)
+    finally:
+        queue.put_nowait(None)
+    lost.extend(seq for seq in range(len(chunks)) if seq not in scored)
+
+
+async def stream_level(port: int, agents: int, chunks: list[bytes], speed: float) -> dict:
+    import grpc
+
+    from moodstream.v1 import moodstream_pb2 as pb
+    from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
+
+    interval = CHUNK_SECONDS / speed
+    latencies: list[float] = []
+    lost: list[int] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.ScreeningStub(channel)
+        started = time.perf_counter()
+        # Agents start spread over one chunk interval, as real sessions do.
+        tasks = []
+        for index in range(agents):
+            tasks.append(asyncio.create_task(one_agent(stub, pb, chunks, interval, latencies, lost)))
+            await asyncio.sleep(interval / agents)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        wall = time.perf_counter() - started
+    errors = [repr(r) for r in results if isinstance(r, BaseException)]
+    return {"agents": agents, "speed": speed, "chunk_interval_s": interval, "chunks_sent": agents * len(chunks),
+            "chunks_scored": len(latencies), "lost": len(lost) + (agents * len(chunks) - len(latencies) - len(lost)),
+            "errors": errors[:3], "wall_s": wall,
+            "p50_ms": percentile(latencies, 50) * 1000, "p95_ms": percentile(latencies, 95) * 1000,
+            "p99_ms": percentile(latencies, 99) * 1000}
+
+
+class RedisRoundTrips:
+    """Counts the commands clients send to Redis (MONITOR; a Lua script's own calls are not round trips)."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.by_command: dict[str, int] = {}
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._listen, daemon=True)
+        self.thread.start()
+        self.ready.wait(5)
+
+    def _listen(self) -> None:
+        with self.client.monitor() as monitor:
+            self.ready.set()
+            for entry in monitor.listen():
+                if entry.get("client_type") == "lua":
+                    continue
+                name = entry["command"].split(" ", 1)[0].upper()
+                if name == "MONITOR":
+                    continue
+                self.by_command[name] = self.by_command.get(name, 0) + 1
+
+    def close(self) -> dict[str, int]:
+        counts = dict(self.by_command)
+        self.client.close()
+        return counts
+
+
+def run(size: str = "tiny", agents: int = 20, chunks_per_agent: int = 4, max_speed: float = 256.0,
+        max_batch: int = 8, max_wait_ms: float = 5.0, log=print) -> dict:
+    from moodstream.server.redis_process import RedisProcess
+
+    model = build_model(size)
+    chunks = pcm_chunks(chunks_per_agent)
+    # Baseline: one chunk through the same model in one process, no network, no Redis.
+    wave = np.frombuffer(chunks[0], dtype="<i2")
+    model.encode_segments([wave])
+    single = min(_timed(lambda: model.encode_segments([wave])) for _ in range(5))
+    levels = []
+    with tempfile.TemporaryDirectory() as tmp, \
+            RedisProcess(appendonly=True, appendfsync="everysec").start() as redis_server:
+        checkpoint = model.save_pretrained(Path(tmp) / "checkpoint")
+        del model
+        server = Server(checkpoint, redis_server.url, max_batch, max_wait_ms)
+        try:
+            speed = 1.0
+            while speed <= max_speed:
+                # Round trips are counted at real-time pace only: MONITOR itself costs Redis time.
+                round_trips = RedisRoundTrips(redis_server.url) if speed == 1.0 else None
+                cpu_before = cpu_seconds(server.process.pid)
+                level = asyncio.run(stream_level(server.port, agents, chunks, speed))
+                level["server_cpu_share_of_one_core"] = (cpu_seconds(server.process.pid) - cpu_before) / level["wall_s"]
+                if round_trips is not None:
+                    counts = round_trips.close()
+                    level["redis_round_trips"] = counts
+                    level["redis_round_trips_per_chunk"] = sum(counts.values()) / max(level["chunks_scored"], 1)
+                level["server_rss_mb"] = rss_mb(server.process.pid)
+                level["held"] = level["lost"] == 0 and not level["errors"] and \
+                    level["p95_ms"] / 1000 < level["chunk_interval_s"]
+                level["realtime_agents_equivalent"] = agents * speed
+                levels.append(level)
+                log(f"loopback {size} {agents} agents x{speed:g}: p50 {level['p50_ms']:.0f} ms, "
+                    f"p95 {level['p95_ms']:.0f} ms, lost {level['lost']}, held {level['held']}")
+                if not level["held"]:
+                    break
+                speed *= 2
+            server_peak = peak_rss_mb(server.process.pid)
+        finally:
+            server.close()
+    held = [level for level in levels if level["held"]]
+    return {"size": size, "agents": agents, "chunks_per_agent": chunks_per_agent,
+            "single_chunk_encode_ms": single * 1000, "server_peak_rss_mb": server_peak,
+            "real_time": levels[0],
+            "p95_over_single_encode": levels[0]["p95_ms"] / (single * 1000),
+            "ceiling_realtime_agents": max((level["realtime_agents_equivalent"] for level in held), default=0),
+            "levels": levels}
+
+
+def _timed(run) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
+def table(result: dict) -> str:
+    rows = [[f"{level['agents']} × {level['speed']:g}", level["realtime_agents_equivalent"], level["chunks_scored"],
+             level["lost"], level["p50_ms"], level["p95_ms"], level["p99_ms"],
+             f"{level['p95_ms'] / result['single_chunk_encode_ms']:.1f}×",
+             level["server_cpu_share_of_one_core"], level.get("redis_round_trips_per_chunk"),
+             "yes" if level["held"] else "no"] for level in result["levels"]]
+    return markdown_table(["agents × pace", "real-time agents", "chunks scored", "lost", "p50 ms", "p95 ms",
+                           "p99 ms", "p95 / one encode", "server CPU (cores)", "Redis round trips/chunk", "kept up"],
+                          rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=("tiny", "base"), default="tiny")
+    parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--chunks", type=int, default=4, help="chunks each agent sends per level")
+    parser.add_argument("--max-speed", type=float, default=256.0, help="stop doubling the pace here")
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    args = parser.parse_args()
+    result = {"machine": machine(), **run(args.size, args.agents, args.chunks, args.max_speed, args.max_batch,
+                                          args.max_wait_ms, log=lambda line: print(line, file=sys.stderr))}
+    print(json.dumps(result, indent=2))
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()
