@@ -9,6 +9,8 @@ import argparse
 import os
 import sys
 
+from moodstream.help_format import HelpFormatter
+
 SHORT_NOTICE = "screening aid, not a diagnosis"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -23,7 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "store them in a durable outbox and stream them to a moodstream server until "
             "acknowledged. Scores are a screening aid, not a diagnosis."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("input", nargs="?", metavar="FILE",
                         help="audio file (wav, flac, ogg, ...), or '-' for raw PCM s16le mono on stdin")

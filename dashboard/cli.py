@@ -11,6 +11,8 @@ import sys
 
 from moodstream import SCREENING_NOTICE
 
+from moodstream.help_format import HelpFormatter
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -19,7 +21,7 @@ def add_parser(subparsers) -> None:
                     "each participant's history. It reads scores from a scoring server with Subscribe, using "
                     "a read-scoped token, so it works against any replica and needs no Redis access. "
                     + SCREENING_NOTICE,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--server", required=True, metavar="HOST:PORT", help="scoring server (any replica)")
     parser.add_argument("--token", default=argparse.SUPPRESS,
                         help="read-scoped bearer token (default: env MOODSTREAM_TOKEN; --token-file keeps it out "

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from moodstream import SCREENING_NOTICE
+from moodstream.help_format import HelpFormatter
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SAMPLE_AUDIO = ASSETS / "sample-interview.ogg"
@@ -30,7 +31,7 @@ def add_parser(subparsers) -> None:
         description="Run the whole pipeline locally: an embedded Redis server, the scoring server, a "
                     "subscriber printing every score update, and the agent streaming a recording. "
                     + SCREENING_NOTICE,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--speed", type=float, default=4.0,
                         help="stream the recording at this multiple of real time (1 = live pace, 0 = as fast "
                              "as possible)")

@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+from moodstream.help_format import HelpFormatter
+
 
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per log line, for log shippers."""
@@ -32,7 +34,7 @@ def add_parser(subparsers) -> None:
         description="Run the moodstream scoring server: it encodes each chunk, updates the session score "
                     "incrementally and keeps all session state in Redis, so replicas are interchangeable. "
                     "Scores are a screening aid, not a diagnosis.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     server.add_argument("--checkpoint", required=True, help="checkpoint folder (config.json + safetensors)")
     server.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
                         help="Redis URL (env REDIS_URL)")

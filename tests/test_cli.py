@@ -1,4 +1,5 @@
 """The moodstream command: --help on every subcommand, one-sentence errors."""
+import re
 import subprocess
 import sys
 
@@ -18,7 +19,12 @@ def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
-    assert "usage: moodstream " + command in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "usage: moodstream " + command in out
+    # A default is shown once, and only when there is one to show.
+    flat = " ".join(out.split())
+    assert "(default: None)" not in flat
+    assert not re.search(r"\(default: [^)]*\) \(default:", flat)
 
 
 def test_model_init_and_info_round_trip(tmp_path, capsys):
