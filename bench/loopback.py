@@ -10,7 +10,11 @@ its send to the score update that carries it.
 
 1. Real time: N agents at real-time pace (one chunk per 7 s each).
    Chunk->score latency p50/p95/p99 against the baseline measured in the same
-   run: the single-chunk encode time of the same model in one process.
+   run: one chunk alone through the server's encoder path (BatchingEncoder,
+   its worker thread and precision) in this process, without gRPC or Redis.
+   The naive fp32 encode on the main thread is reported too: for the tiny
+   model, torch's OpenMP threads make a forward pass from a worker thread
+   take ~4 ms longer than from the main thread (3 % for the base size).
 2. Ceiling: the same agents at an accelerated pace, doubling until the server
    no longer keeps up (a chunk lost, or p95 latency above the chunk interval,
    i.e. a growing queue). N x pace is the number of live real-time agents
@@ -25,6 +29,8 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,15 +53,15 @@ def pcm_chunks(count: int) -> list[bytes]:
 class Server:
     """`moodstream server` as a child process, on a free port, ready when gRPC health says SERVING."""
 
-    def __init__(self, checkpoint: Path, redis_url: str, max_batch: int, max_wait_ms: float) -> None:
+    def __init__(self, checkpoint: Path, redis_url: str, max_batch: int | None, max_wait_ms: float) -> None:
         from moodstream.server.redis_process import free_port
 
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="moodstream-bench-server-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moodstream.cli", "server", "--checkpoint", str(checkpoint), "--redis", redis_url,
-             "--port", str(self.port), "--allow-unauthenticated", "--max-batch", str(max_batch),
-             "--max-wait-ms", str(max_wait_ms), "--log-level", "warning"],
+             "--port", str(self.port), "--allow-unauthenticated", "--max-wait-ms", str(max_wait_ms),
+             "--log-level", "info", *(["--max-batch", str(max_batch)] if max_batch else [])],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_ready()
 
@@ -79,10 +85,9 @@ class Server:
         raise SystemExit("server did not become ready")
 
     def precision(self) -> str | None:
-        for line in Path(self.log.name).read_text().splitlines():
-            if "precision" in line:
-                return line
-        return None
+        """The encoder precision the server chose, from its start-up log line."""
+        match = re.search(r"serving .* precision (\w+)", Path(self.log.name).read_text())
+        return match.group(1) if match else None
 
     def close(self) -> None:
         self.process.terminate()
@@ -185,21 +190,24 @@ class RedisRoundTrips:
 
 
 def run(size: str = "tiny", agents: int = 20, chunks_per_agent: int = 4, max_speed: float = 256.0,
-        max_batch: int = 8, max_wait_ms: float = 5.0, log=print) -> dict:
+        max_batch: int | None = None, max_wait_ms: float = 5.0, log=print) -> dict:
     from moodstream.server.redis_process import RedisProcess
 
     model = build_model(size)
     chunks = pcm_chunks(chunks_per_agent)
-    # Baseline: one chunk through the same model in one process, no network, no Redis.
-    wave = np.frombuffer(chunks[0], dtype="<i2")
+    # Baselines: one chunk through the same model in this process, no network, no Redis: through the
+    # server's own encoder path (its worker thread and precision), and naive fp32 on the main thread.
+    wave = np.frombuffer(chunks[0], dtype="<i2").astype(np.float32) / 32768.0
+    single = single_chunk_server_path(model, wave)
     model.encode_segments([wave])
-    single = min(_timed(lambda: model.encode_segments([wave])) for _ in range(5))
+    naive = statistics.median(_timed(lambda: model.encode_segments([wave])) for _ in range(9))
     levels = []
     with tempfile.TemporaryDirectory() as tmp, \
             RedisProcess(appendonly=True, appendfsync="everysec").start() as redis_server:
         checkpoint = model.save_pretrained(Path(tmp) / "checkpoint")
         del model
         server = Server(checkpoint, redis_server.url, max_batch, max_wait_ms)
+        precision = server.precision()
         try:
             speed = 1.0
             while speed <= max_speed:
@@ -226,12 +234,34 @@ def run(size: str = "tiny", agents: int = 20, chunks_per_agent: int = 4, max_spe
         finally:
             server.close()
     held = [level for level in levels if level["held"]]
-    return {"size": size, "agents": agents, "chunks_per_agent": chunks_per_agent,
-            "single_chunk_encode_ms": single * 1000, "server_peak_rss_mb": server_peak,
+    return {"size": size, "precision": precision, "agents": agents, "chunks_per_agent": chunks_per_agent,
+            "single_chunk_encode_ms": single * 1000, "naive_main_thread_fp32_encode_ms": naive * 1000,
+            "server_peak_rss_mb": server_peak,
             "real_time": levels[0],
             "p95_over_single_encode": levels[0]["p95_ms"] / (single * 1000),
             "ceiling_realtime_agents": max((level["realtime_agents_equivalent"] for level in held), default=0),
             "levels": levels}
+
+
+def single_chunk_server_path(model, wave: np.ndarray, repeats: int = 9) -> float:
+    """Median seconds for one chunk alone through the server's BatchingEncoder (auto precision)."""
+    from moodstream.server.encoder import BatchingEncoder
+
+    async def main() -> float:
+        encoder = BatchingEncoder(model, precision="auto")
+        await encoder.start()
+        try:
+            await encoder.encode(wave)
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                await encoder.encode(wave)
+                times.append(time.perf_counter() - started)
+            return statistics.median(times)
+        finally:
+            await encoder.stop()
+
+    return asyncio.run(main())
 
 
 def _timed(run) -> float:
@@ -257,7 +287,7 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--chunks", type=int, default=4, help="chunks each agent sends per level")
     parser.add_argument("--max-speed", type=float, default=256.0, help="stop doubling the pace here")
-    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, default=None, help="default: the server's own")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     args = parser.parse_args()
     result = {"machine": machine(), **run(args.size, args.agents, args.chunks, args.max_speed, args.max_batch,

@@ -49,7 +49,7 @@ class ServerConfig:
     tls_cert: str | Path | None = None
     tls_key: str | Path | None = None
     tls_client_ca: str | Path | None = None   # set: clients must present a certificate (mutual TLS)
-    max_batch: int = 8
+    max_batch: int | None = None     # None: 8 on a GPU, 1 on a CPU (see BatchingEncoder)
     max_wait_ms: float = 5.0
     precision: str = "auto"
     device: str = "auto"

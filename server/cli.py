@@ -47,7 +47,9 @@ def add_parser(subparsers) -> None:
     server.add_argument("--tls-cert", help="server certificate (PEM); enables TLS")
     server.add_argument("--tls-key", help="server private key (PEM)")
     server.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must chain to (mutual TLS)")
-    server.add_argument("--max-batch", type=int, default=8, help="most chunks per encoder forward pass")
+    server.add_argument("--max-batch", type=int, default=None,
+                        help="most chunks per encoder forward pass (default: 8 on a GPU; 1 on a CPU, where "
+                             "bench/encoder.py measures batching as slower per chunk)")
     server.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a chunk waits for a batch")
     server.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="auto",
                         help="encoder precision: auto times fp32, bf16 (GPU or bf16-capable CPU) and int8 (CPU: "

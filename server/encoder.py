@@ -56,7 +56,7 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def int8_model(model):
-    """A copy of the model whose backbone Linear layers run int8 (dynamic quantisation, CPU only).
+    """A copy of the model whose backbone Linear layers run int8 (dynamic quantisation, per-channel weights, CPU only).
 
     The frozen CNN front end, which no Linear layer touches, runs in bf16 where the
     CPU does bf16 natively. Segment and session heads stay fp32.
@@ -68,10 +68,12 @@ def int8_model(model):
     quantized = copy.deepcopy(model).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
-        quantized.backbone.encoder.encoder = torch.ao.quantization.quantize_dynamic(
-            quantized.backbone.encoder.encoder, {torch.nn.Linear}, dtype=torch.qint8)
-        quantized.backbone.encoder.feature_projection = torch.ao.quantization.quantize_dynamic(
-            quantized.backbone.encoder.feature_projection, {torch.nn.Linear}, dtype=torch.qint8)
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        # Per-channel weight scales: per-tensor ones measured about twice the probability error.
+        for name in ("encoder", "feature_projection"):
+            setattr(quantized.backbone.encoder, name, quantize_dynamic(
+                getattr(quantized.backbone.encoder, name), {torch.nn.Linear: per_channel_dynamic_qconfig}))
     if cpu_has_fast_bf16():
         quantized.backbone.encoder.feature_extractor = _Bf16FeatureEncoder(
             quantized.backbone.encoder.feature_extractor)
@@ -143,8 +145,16 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def default_max_batch(device: torch.device) -> int:
+    """Batches fill a GPU; on a CPU the forward pass is memory-bound and a batch is slower per chunk."""
+    return 8 if device.type == "cuda" else 1
+
+
 class BatchingEncoder:
-    def __init__(self, model, max_batch: int = 8, max_wait_ms: float = 5.0, precision: str = "fp32") -> None:
+    def __init__(self, model, max_batch: int | None = None, max_wait_ms: float = 5.0,
+                 precision: str = "fp32") -> None:
+        if max_batch is None:
+            max_batch = default_max_batch(model.device)
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if max_wait_ms < 0:

@@ -70,3 +70,12 @@ def test_concurrent_chunks_share_forward_passes_and_get_their_own_vectors(model)
     vectors = np.stack(asyncio.run(main()))
     assert max(sizes) == 4 and sum(sizes) == 12 and len(sizes) < 12
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+
+def test_a_cpu_encoder_does_not_batch_by_default(model):
+    # bench/encoder.py: on a CPU every batch size above 1 was slower per chunk.
+    encoder = BatchingEncoder(model, precision="fp32")
+    try:
+        assert encoder.max_batch == 1
+    finally:
+        encoder._executor.shutdown()
