@@ -30,12 +30,15 @@ def child_usage(command: list[str]) -> dict:
     """Run a command as the only child since the last call; return its CPU and peak RSS."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = 0.0
-    while process.poll() is None:
-        peak = max(peak, peak_rss_mb(process.pid) or 0.0)
-        time.sleep(0.05)
-    stderr = process.stderr.read()
+    # stderr goes to a file: a pipe nobody reads while the agent runs would fill and stall it.
+    with tempfile.TemporaryFile(mode="w+") as log:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        peak = 0.0
+        while process.poll() is None:
+            peak = max(peak, peak_rss_mb(process.pid) or 0.0)
+            time.sleep(0.05)
+        log.seek(0)
+        stderr = log.read()
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if process.returncode != 0:

@@ -124,16 +124,23 @@ def main() -> None:
                 "base", agents=4, chunks_per_agent=3, max_speed=16, log=log)))
     if "agent" in wanted:
         steps.append(("agent", lambda log: agent_footprint.run(10.0 if args.quick else 60.0, log=log)))
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> str:
+        # After every benchmark, so an interrupted run keeps what it measured.
+        results["wall_minutes"] = (time.perf_counter() - started) / 60
+        results["goals"] = goals(results)
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        report = markdown(results)
+        (args.out / "results.md").write_text(report + "\n")
+        return report
+
     with tqdm(steps, desc="benchmarks", unit="bench") as progress:
         for key, step in progress:
             progress.set_postfix_str(key)
             results[key] = step(progress.write)
-    results["wall_minutes"] = (time.perf_counter() - started) / 60
-    results["goals"] = goals(results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    report = markdown(results)
-    (args.out / "results.md").write_text(report + "\n")
+            save()
+    report = save()
     print(report)
     print(f"\nwritten: {args.out / 'results.json'}, {args.out / 'results.md'}", file=sys.stderr)
 
