@@ -73,24 +73,22 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_mb(pid: int | str = "self") -> float | None:
+def _status_mb(pid: int | str, field: str) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def peak_rss_mb(pid: int | str = "self") -> float | None:
+    return _status_mb(pid, "VmHWM")
 
 
 def rss_mb(pid: int | str = "self") -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    return _status_mb(pid, "VmRSS")
 
 
 def cpu_seconds(pid: int | str = "self") -> float:

@@ -48,10 +48,10 @@ def build_model(size: str):
     return model
 
 
-def speech_like_chunks(count: int, seed: int = 0) -> list[np.ndarray]:
+def speech_like_chunks(count: int, seed: int = 0, seconds: float = CHUNK_SECONDS) -> list[np.ndarray]:
     """Voiced harmonics with a syllable-rate envelope: what VAD keeps, as far as the encoder's cost goes."""
     rng = np.random.default_rng(seed)
-    t = np.arange(int(CHUNK_SECONDS * SAMPLE_RATE)) / SAMPLE_RATE
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     chunks = []
     for _ in range(count):
         pitch = rng.uniform(90, 220)

@@ -46,8 +46,10 @@ from common import cpu_seconds, machine, markdown_table, peak_rss_mb, percentile
 from encoder import CHUNK_SECONDS, build_model, speech_like_chunks  # noqa: E402
 
 
-def pcm_chunks(count: int) -> list[bytes]:
-    return [(np.clip(w, -1, 1) * 32767).astype("<i2").tobytes() for w in speech_like_chunks(count, seed=1)]
+def pcm_chunks(count: int, seconds: float = CHUNK_SECONDS, seed: int = 1) -> list[bytes]:
+    """Speech-like chunks as the wire carries them: PCM s16le."""
+    return [(np.clip(w, -1, 1) * 32767).astype("<i2").tobytes()
+            for w in speech_like_chunks(count, seed=seed, seconds=seconds)]
 
 
 class Server:

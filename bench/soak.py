@@ -34,28 +34,20 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import rss_mb as _rss_mb  # noqa: E402
+from loopback import pcm_chunks  # noqa: E402
+
 RATE = 16000
 PARTICIPANTS = [f"p{i}" for i in range(1, 10)]
 
 
-def speech_like_chunks(count: int, seconds: float, seed: int) -> list[bytes]:
-    rng = np.random.default_rng(seed)
-    chunks = []
-    t = np.arange(int(seconds * RATE)) / RATE
-    for _ in range(count):
-        pitch = rng.uniform(90, 220)
-        voiced = sum(np.sin(2 * np.pi * pitch * k * t + rng.uniform(0, 6)) / k for k in range(1, 6))
-        envelope = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(3, 6) * t))
-        wave = 0.2 * voiced * envelope + 0.01 * rng.standard_normal(t.size)
-        chunks.append((np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes())
-    return chunks
-
-
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    rss = _rss_mb(pid)
+    if rss is None:
+        raise RuntimeError(f"no VmRSS for process {pid}")
+    return rss
 
 
 def metric(metrics_port: int, name: str) -> float | None:
@@ -177,7 +169,7 @@ def soak(*, checkpoint: Path, workdir: Path, sessions: int | None = None, minute
     tokens = workdir / "tokens.json"
     metadata = [("authorization", f"Bearer {create_token(tokens, 'soak-agent', PARTICIPANTS, [])}")]
     read_metadata = [("authorization", f"Bearer {create_token(tokens, 'soak-reader', [], PARTICIPANTS)}")]
-    pool = speech_like_chunks(pool_size, chunk_seconds, seed)
+    pool = pcm_chunks(pool_size, chunk_seconds, seed)
     rng = random.Random(seed)
     outcomes: list[SessionOutcome] = []
     rss_samples: list[tuple[float, int, float]] = []  # (seconds, sessions done, RSS MB)

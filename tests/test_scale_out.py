@@ -11,29 +11,12 @@ import pytest
 from moodstream.model import ScreeningModel
 from moodstream.v1 import moodstream_pb2 as pb
 from process_harness import offline_vectors, stored_session, windowed_stream
-from server_harness import make_chunks, offline_score, running_server, stub_for, tiny_model, write_tokens
-from test_faults import agent_chunks, assert_matches_offline
+from server_harness import make_chunks, offline_score, running_server, stub_for
+from test_faults import agent_chunks, assert_matches_offline, checkpoint, model, tokens  # noqa: F401 (fixtures)
 from test_pipeline_e2e import interview_file
 
 TOLERANCE = 1e-5
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("checkpoint") / "tiny"
-    tiny_model(seed=12).save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint):
-    return ScreeningModel.from_pretrained(checkpoint)
-
-
-@pytest.fixture
-def tokens(tmp_path):
-    return write_tokens(tmp_path)
 
 
 def test_the_agent_streams_a_session_through_a_redis_cluster(model, redis_cluster_url, tokens, tmp_path):
