@@ -94,6 +94,11 @@ def encode_function(model, precision: str):
 
 def choose_precision(model, requested: str = "auto") -> str:
     """fp32 unless a faster precision keeps the segment vectors (cosine >= MIN_COSINE)."""
+    return choose_encoder(model, requested)[0]
+
+
+def choose_encoder(model, requested: str = "auto"):
+    """(precision, encode function): the probe's winner is built once and kept."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
     device = model.device
@@ -102,9 +107,10 @@ def choose_precision(model, requested: str = "auto") -> str:
             raise ValueError("fp16 needs a CUDA device; use fp32, bf16 or int8 on the CPU")
         if requested == "int8" and device.type != "cpu":
             raise ValueError("int8 runs on the CPU only; use bf16 or fp16 on a GPU")
-        return requested
+        return requested, encode_function(model, requested)
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return precision, encode_function(model, precision)
     candidates = ["fp32"]
     if cpu_has_fast_bf16():
         candidates.append("bf16")
@@ -113,15 +119,15 @@ def choose_precision(model, requested: str = "auto") -> str:
     if len(candidates) == 1:
         log.info("precision fp32: CPU capability %s has neither fast bf16 nor int8 kernels",
                  torch.backends.cpu.get_cpu_capability())
-        return "fp32"
+        return "fp32", encode_function(model, "fp32")
     # A start-up probe: capabilities alone do not say what pays off on this machine.
     rng = np.random.default_rng(0)
     probe = [(0.1 * rng.standard_normal(int(model.config.sample_rate * model.config.segment_seconds)))
              .astype(np.float32)]
-    timings, cosines = {}, {}
+    timings, cosines, encoders = {}, {}, {}
     reference = None
     for precision in candidates:
-        encode = encode_function(model, precision)
+        encode = encoders[precision] = encode_function(model, precision)
         best = float("inf")
         for _ in range(2):
             start = time.perf_counter()
@@ -135,7 +141,7 @@ def choose_precision(model, requested: str = "auto") -> str:
     log.info("precision %s: probe %s (CPU %s)", chosen,
              ", ".join(f"{p} {timings[p] * 1000:.0f} ms cos {cosines[p]:.5f}" for p in candidates),
              torch.backends.cpu.get_cpu_capability())
-    return chosen
+    return chosen, encoders[chosen]
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -162,8 +168,7 @@ class BatchingEncoder:
         self.model = model
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
-        self.precision = choose_precision(model, precision)
-        self._encode = encode_function(model, self.precision)
+        self.precision, self._encode = choose_encoder(model, precision)
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
         self._worker: asyncio.Task | None = None
