@@ -122,6 +122,8 @@ def create_token(path: str | Path, name: str, stream: list[str], read: list[str]
         load_tokens(path)  # refuse to extend a broken file
         document = json.loads(path.read_text())
     token = secrets.token_urlsafe(32)
+    while token.startswith("-"):  # a token must pass as a command-line value (`--token TOKEN`)
+        token = secrets.token_urlsafe(32)
     document["tokens"].append({"name": name, "sha256": hash_token(token), "stream": stream, "read": read})
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:

@@ -175,6 +175,13 @@ def test_the_hash_in_the_tokens_file_is_not_a_token(server, tokens):
 
 # -- the tokens file -------------------------------------------------------------------------------
 
+def test_tokens_never_start_with_a_dash(tmp_path):
+    # `--token -abc...` would be read as an option: one urlsafe token in 64 starts with '-'.
+    tokens = [create_token(tmp_path / "tokens.json", f"device-{i}", ["p1"], []) for i in range(400)]
+    assert not [token for token in tokens if token.startswith("-")]
+    assert len(set(tokens)) == 400
+
+
 def test_token_create_stores_only_the_hash(tmp_path, capsys):
     path = tmp_path / "tokens.json"
     assert moodstream_main(["token", "create", "--tokens", str(path), "--name", "kiosk-3", "--stream", "p1,p2"]) == 0
