@@ -280,9 +280,11 @@ class SessionDelivery:
     # -- one connection -------------------------------------------------------------
 
     def _new_connection(self) -> _Connection:
+        # next_seq first: a chunk the capture thread stores between the two reads is then
+        # found by the second (the other order skipped it: the server was sent seq 1 first).
+        next_seq = self.outbox.session(self.session_id).next_seq
         lowest = self.outbox.lowest_pending_seq(self.session_id)
-        session = self.outbox.session(self.session_id)
-        return _Connection(start_seq=lowest if lowest is not None else session.next_seq)
+        return _Connection(start_seq=lowest if lowest is not None else next_seq)
 
     def _connect_once(self, connection: _Connection) -> None:
         """One Stream call; returns when the server closes it, raises grpc.RpcError on failure."""

@@ -326,3 +326,27 @@ def test_the_agent_help_explains_failover():
     empty = subprocess.run([sys.executable, "-P", "-m", "moodstream.cli", "agent", "--server", " , ",
                             "--participant", "p1", "x.wav"], capture_output=True, text=True, timeout=60)
     assert empty.returncode == 2 and "no server address given" in empty.stderr
+
+
+def test_a_chunk_stored_while_a_connection_opens_is_still_sent_first(tmp_path):
+    """The capture thread may store chunk 0 between the delivery's two outbox reads."""
+    from moodstream.agent.client import SessionDelivery, ServerTarget
+    from moodstream.agent.events import EventHub
+    from test_agent_outbox import make_chunk, open_with_session
+
+    with open_with_session(tmp_path) as outbox:
+        delivery = SessionDelivery(outbox, "s1", ServerTarget("127.0.0.1:1"), hub=EventHub("s1", None),
+                                   capture_done=threading.Event())
+        reads = {"lowest": outbox.lowest_pending_seq, "session": outbox.session}
+
+        def capture_lands_between(read):
+            def wrapped(*args, **kwargs):
+                result = reads[read](*args, **kwargs)
+                if reads["session"]("s1").next_seq == 0:
+                    outbox.put("s1", make_chunk(0))  # the capture thread, right after the first read
+                return result
+            return wrapped
+
+        for read, attribute in (("lowest", "lowest_pending_seq"), ("session", "session")):
+            setattr(outbox, attribute, capture_lands_between(read))
+        assert delivery._new_connection().start_seq == 0
