@@ -24,7 +24,6 @@ the server runs, and a full pipe would block the server on its next log line.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -124,28 +123,20 @@ def _ping(host: str, port: int, timeout: float) -> str:
     return reply.decode("utf-8", "replace").strip()
 
 
-_PR_SET_PDEATHSIG = 1
+def _parent_death_prefix() -> list[str]:
+    """A command prefix that makes Linux SIGTERM the server when its parent dies.
 
-
-def _parent_death_hook():
-    """A preexec_fn that makes Linux SIGTERM the server when its parent dies.
-
-    Keeps a crashed test run from leaving servers behind. libc is loaded
-    here, in the parent: dlopen in a forked child of a threaded process can
-    deadlock. PR_SET_PDEATHSIG fires when the *thread* that forked exits, so
-    the hook is used only for servers started from the main thread.
+    Keeps a crashed test run from leaving servers behind. util-linux's setpriv
+    sets PR_SET_PDEATHSIG and execs the server, so no Python runs between fork
+    and exec (a preexec_fn there can crash or deadlock a threaded parent, which
+    a process with gRPC and torch threads always is). PR_SET_PDEATHSIG fires
+    when the *thread* that forked exits, so it is used only for servers started
+    from the main thread; without setpriv there is no such guard.
     """
-    if not os.uname().sysname == "Linux" or threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return hook
+    if os.uname().sysname != "Linux" or threading.current_thread() is not threading.main_thread():
+        return []
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 def _stop_process(process: subprocess.Popen, timeout: float) -> None:
@@ -306,12 +297,11 @@ class RedisProcess:
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                [str(self.binary), str(config)],
+                [*_parent_death_prefix(), str(self.binary), str(config)],
                 cwd=self.data_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_parent_death_hook(),
             )
         self._finalizer.detach()
         self._finalizer = weakref.finalize(

@@ -138,3 +138,37 @@ def test_server_log_goes_to_a_file_not_a_pipe():
         assert server.log_path.exists()
         assert "Ready to accept connections" in server.log_tail()
         assert os.path.dirname(server.log_path) == str(server.data_dir)
+
+
+@pytest.mark.skipif(not redis_process.shutil.which("setpriv"), reason="util-linux setpriv is not installed")
+def test_the_server_dies_with_a_parent_that_is_sigkilled():
+    import signal
+    import subprocess
+    import time
+
+    script = ("import sys, time\n"
+              "from moodstream.server.redis_process import RedisProcess\n"
+              "server = RedisProcess().start()\n"
+              "print(server.pid, flush=True)\n"
+              "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(parent.stdout.readline())
+        os.kill(server_pid, 0)  # running
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                break
+            with open(f"/proc/{server_pid}/stat") as stat_file:  # reaped by init once it exits
+                if stat_file.read().split(")")[1].split()[0] == "Z":
+                    break
+            time.sleep(0.05)
+        else:
+            os.kill(server_pid, signal.SIGKILL)
+            pytest.fail("the server outlived its SIGKILLed parent")
+    finally:
+        parent.kill()
