@@ -100,7 +100,7 @@ class Server:
         os.unlink(self.log.name)
 
 
-async def one_agent(stub, pb, chunks: list[bytes], interval: float, latencies: list[float], lost: list[int]) -> None:
+async def one_agent(stub, pb, chunks: list[bytes], interval: float, latencies: list[float]) -> None:
     session = f"bench-{uuid.uuid4().hex[:12]}"
     sent_at: dict[int, float] = {}
     queue: asyncio.Queue = asyncio.Queue()
@@ -119,17 +119,14 @@ async def one_agent(stub, pb, chunks: list[bytes], interval: float, latencies: l
         yield pb.StreamRequest(end=pb.End(last_seq=len(chunks) - 1))
         await queue.get()  # keep the request side open until the server finishes
 
-    scored = set()
     call = stub.Stream(requests(), timeout=600)
     try:
         async for response in call:
             if response.WhichOneof("message") == "score":
                 seq = response.score.segments - 1
                 latencies.append(time.perf_counter() - sent_at[seq])
-                scored.add(seq)
     finally:
         queue.put_nowait(None)
-    lost.extend(seq for seq in range(len(chunks)) if seq not in scored)
 
 
 async def stream_level(port: int, agents: int, chunks: list[bytes], speed: float) -> dict:
@@ -140,20 +137,19 @@ async def stream_level(port: int, agents: int, chunks: list[bytes], speed: float
 
     interval = CHUNK_SECONDS / speed
     latencies: list[float] = []
-    lost: list[int] = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.ScreeningStub(channel)
         started = time.perf_counter()
         # Agents start spread over one chunk interval, as real sessions do.
         tasks = []
         for index in range(agents):
-            tasks.append(asyncio.create_task(one_agent(stub, pb, chunks, interval, latencies, lost)))
+            tasks.append(asyncio.create_task(one_agent(stub, pb, chunks, interval, latencies)))
             await asyncio.sleep(interval / agents)
         results = await asyncio.gather(*tasks, return_exceptions=True)
         wall = time.perf_counter() - started
     errors = [repr(r) for r in results if isinstance(r, BaseException)]
     return {"agents": agents, "speed": speed, "chunk_interval_s": interval, "chunks_sent": agents * len(chunks),
-            "chunks_scored": len(latencies), "lost": len(lost) + (agents * len(chunks) - len(latencies) - len(lost)),
+            "chunks_scored": len(latencies), "lost": agents * len(chunks) - len(latencies),
             "errors": errors[:3], "wall_s": wall,
             "p50_ms": percentile(latencies, 50) * 1000, "p95_ms": percentile(latencies, 95) * 1000,
             "p99_ms": percentile(latencies, 99) * 1000}

@@ -21,7 +21,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import agent_footprint  # noqa: E402
@@ -105,7 +104,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
                         help="folder for results.json and results.md")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     wanted = set(args.only or ("encoder", "scorer", "loopback", "agent"))
     started = time.perf_counter()
     results: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -77,16 +77,22 @@ def level(chunks: list[bytes]) -> float:
     return float(np.abs(samples).mean() / 32768.0)
 
 
-@pytest.fixture
-def screening():
-    service = TinyScreening()
+def serve(service: "TinyScreening"):
+    """Run a TinyScreening on a free local port; yields it with .address set."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     pb_grpc.add_ScreeningServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     service.address = f"127.0.0.1:{port}"
-    yield service
-    server.stop(grace=None)
+    try:
+        yield service
+    finally:
+        server.stop(grace=None)
+
+
+@pytest.fixture
+def screening():
+    yield from serve(TinyScreening())
 
 
 @pytest.fixture(scope="module")
@@ -276,13 +282,7 @@ def twin_servers(first: TinyScreening, second: TinyScreening) -> None:
 def replica(screening):
     service = TinyScreening()
     twin_servers(screening, service)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_ScreeningServicer_to_server(service, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    service.address = f"127.0.0.1:{port}"
-    yield service
-    server.stop(grace=None)
+    yield from serve(service)
 
 
 def test_a_broken_connection_fails_over_to_the_next_server(screening, replica, recording, tmp_path):
