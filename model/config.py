@@ -47,6 +47,11 @@ class ModelConfig:
     max_segment_seconds: float = 10.0
     decision_threshold: float = 0.5
 
+    # The speech path the model was trained on: the agent's CaptureSettings (VAD,
+    # chunk length, last-chunk minimum) as a dict. Servers hand it to agents
+    # (GetModelInfo); None for checkpoints that predate it.
+    speech: dict[str, Any] | None = None
+
     # Free-form provenance (training data, recipe, date); hashed into model_version.
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -73,6 +78,7 @@ class ModelConfig:
         require(0 < self.min_segment_seconds <= self.segment_seconds <= self.max_segment_seconds,
                 "need 0 < min_segment_seconds <= segment_seconds <= max_segment_seconds")
         require(0.0 < self.decision_threshold < 1.0, "decision_threshold must be in (0, 1)")
+        require(self.speech is None or isinstance(self.speech, dict), "speech must be a table of speech settings")
 
     @property
     def segment_vector_size(self) -> int:

@@ -447,3 +447,14 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             await context.abort(error.code, str(error))
         finally:
             metrics.SUBSCRIBERS_ACTIVE.dec()
+
+    # ------------------------------------------------------------ model info
+    async def GetModelInfo(self, request, context):
+        await self._principal(context)  # any valid token: agents need this before they stream
+        config = self.model_config
+        info = pb.ModelInfo(model_version=self.model_version, threshold=config.decision_threshold,
+                            sample_rate=SAMPLE_RATE, min_chunk_seconds=config.min_segment_seconds,
+                            max_chunk_seconds=config.max_segment_seconds, notice=SCREENING_NOTICE)
+        if config.speech is not None:
+            info.speech.CopyFrom(pb.SpeechSettings(**config.speech))
+        return info

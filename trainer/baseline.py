@@ -107,7 +107,8 @@ def run_baseline(config: TrainConfig, feature_set: str = "IS09_emotion", output:
         results[split.name] = write_evaluation(
             folder, predictions, threshold, segment_threshold,
             title=f"openSMILE {feature_set} + logistic regression ({split.name})",
-            extra={"features": f"openSMILE {feature_set}, {features.shape[1]} functionals per segment"}, tsne=False)
+            extra={"features": f"openSMILE {feature_set}, {features.shape[1]} functionals per segment"}, tsne=False,
+            positive_class=dataset.positive_class)
     if len(splits) == 1:
         result = results[splits[0].name]
     else:

@@ -24,7 +24,8 @@ def read_ravdess_standin(root: str | Path, actors_per_fold: int = 3) -> Dataset:
         raise ValueError(f"no RAVDESS manifest.csv at {root}")
     with open(manifest, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    dataset = Dataset("ravdess-standin (sad vs calm sessions per actor)", [], notes=[STANDIN_NOTE])
+    dataset = Dataset("ravdess-standin (sad vs calm sessions per actor)", [], notes=[STANDIN_NOTE],
+                      positive_class="low-mood (sad) session")
     by_session: dict[tuple[int, str], list[dict]] = {}
     for row in rows:
         if row["emotion"] in ("sad", "calm"):

@@ -65,10 +65,8 @@ def load_dataset(config: TrainConfig) -> Dataset:
     return dataset
 
 
-def segment_params(config: TrainConfig, sample_rate: int) -> SegmentParams:
-    return SegmentParams(sample_rate=sample_rate, segment_seconds=config.data.segment_seconds,
-                         min_last_segment_seconds=config.data.min_last_segment_seconds,
-                         trim_silence=config.data.trim_silence)
+def segment_params(config: TrainConfig) -> SegmentParams:
+    return SegmentParams(speech=config.speech)
 
 
 def prepare_data(config: TrainConfig) -> tuple[Dataset, SegmentStore, list[Split]]:
@@ -76,8 +74,7 @@ def prepare_data(config: TrainConfig) -> tuple[Dataset, SegmentStore, list[Split
     if not dataset.sessions:
         raise ValueError(f"no usable sessions in {config.data.path} ({len(dataset.skipped)} skipped: "
                          f"{'; '.join(f'{k}: {v}' for k, v in list(dataset.skipped.items())[:3])})")
-    model_config = config.model_config()
-    store = build_segments(dataset, segment_params(config, model_config.sample_rate),
+    store = build_segments(dataset, segment_params(config),
                            config.resolve(config.data.cache_dir), progress=config.run.progress)
     for session_id, reason in store.failed.items():
         dataset.skipped[session_id] = reason
@@ -483,9 +480,9 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> dic
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     output = config.output_dir
+    dataset, store, splits = prepare_data(config)  # before any folder is made: bad data leaves nothing behind
     output.mkdir(parents=True, exist_ok=True)
     (output / "config.toml").write_text(config.to_toml())
-    dataset, store, splits = prepare_data(config)
     (output / "data_summary.md").write_text(dataset.summary_markdown())
     (output / "data_summary.json").write_text(json.dumps(dataset.summary(), indent=2))
     results = {}
