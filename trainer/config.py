@@ -35,6 +35,9 @@ class DataSection:
     path: str = ""
     cache_dir: str = "~/.cache/moodstream/segments"
     test_path: str = ""              # a separate test set (folder or manifest): scored and reported only
+    train_actors: list[int] = field(default_factory=list)       # ravdess-standin: one model on these actors
+    validation_actors: list[int] = field(default_factory=list)  # ... validated on these
+    test_actors: list[int] = field(default_factory=list)        # ... and reported on these
     validation: str = "dev"          # DAIC-WOZ / E-DAIC: 'dev' (or 'none')
     folds: int = 0                   # > 0: participant-disjoint cross-validation with this many folds
     label_from: str = "binary"       # 'binary' (PHQ8_Binary) or 'score' (PHQ8_Score >= score_threshold)
@@ -133,6 +136,21 @@ class TrainConfig:
             raise ValueError("data.label_from must be 'binary' or 'score'")
         if self.data.folds < 0 or self.data.folds == 1 or self.data.folds == 2:
             raise ValueError("data.folds must be 0 (use the data's splits) or at least 3")
+        actors = (self.data.train_actors, self.data.validation_actors, self.data.test_actors)
+        if any(actors):
+            if self.data.format != "ravdess-standin":
+                raise ValueError("data.train_actors / validation_actors / test_actors apply to "
+                                 "data.format = 'ravdess-standin' only")
+            if not (self.data.train_actors and self.data.validation_actors):
+                raise ValueError("choosing actors needs both data.train_actors and data.validation_actors")
+            if self.data.folds:
+                raise ValueError("choose actors or cross-validate (data.folds), not both")
+            chosen = [a for group in actors for a in group]
+            if len(chosen) != len(set(chosen)):
+                raise ValueError("an actor is listed in two of data.train_actors, validation_actors, test_actors")
+        if self.data.test_path and self.data.folds:
+            raise ValueError("data.test_path is scored by the model trained on the train/validation split; "
+                             "it cannot be combined with cross-validation (data.folds)")
         for name in ("stage1", "stage2"):
             stage: StageSection = getattr(self, name)
             if stage.imbalance not in IMBALANCE:
@@ -214,6 +232,10 @@ def checked_value(key: str, value: Any, hint: Any) -> Any:
         return float(value)
     if hint is str:
         return value if isinstance(value, str) else refuse("a string")
+    if origin is list and typing.get_args(hint) == (int,):
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            refuse("a list of integers, e.g. [1, 2, 3]")
+        return list(value)
     if origin is list:
         if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
                                                   for v in value):

@@ -14,6 +14,7 @@ stopped when started again with the same output folder.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -51,9 +52,11 @@ def load_dataset(config: TrainConfig) -> Dataset:
     if data.format == "manifest":
         dataset = read_manifest(path)
     elif data.format == "ravdess-standin":
-        from moodstream.trainer.standin import read_ravdess_standin
+        from moodstream.trainer.standin import choose_actors, read_ravdess_standin
 
         dataset = read_ravdess_standin(path)
+        if data.train_actors:
+            dataset = choose_actors(dataset, data.train_actors, data.validation_actors, data.test_actors)
     else:
         raise ValueError(f"unsupported data.format {data.format!r}")
     excluded = {str(x) for x in data.exclude}
@@ -69,8 +72,35 @@ def segment_params(config: TrainConfig) -> SegmentParams:
     return SegmentParams(speech=config.speech)
 
 
+def load_test_set(config: TrainConfig) -> Dataset:
+    """data.test_path: every session of another folder or manifest, as the test side (reported only)."""
+    from moodstream.trainer.evaluate import detect_format
+
+    path = config.resolve(config.data.test_path)
+    data = dataclasses.replace(config.data, path=str(path), format=detect_format(path), test_path="", exclude=[],
+                               train_actors=[], validation_actors=[], test_actors=[])
+    test_set = load_dataset(dataclasses.replace(config, data=data))
+    for session in test_set.sessions:
+        session.session_id, session.split, session.fold = f"test-set/{session.session_id}", "test", None
+    return test_set
+
+
+def with_test_set(dataset: Dataset, test_set: Dataset, path: str) -> Dataset:
+    own_tests = [s for s in dataset.sessions if s.split == "test"]
+    if own_tests:
+        dataset.notes.append(f"{len(own_tests)} test sessions of the training data left out: data.test_path "
+                             "is the test set")
+    dataset.sessions = [s for s in dataset.sessions if s.split != "test"] + test_set.sessions
+    dataset.skipped.update({f"test-set/{k}": v for k, v in test_set.skipped.items()})
+    dataset.notes.append(f"test set (data.test_path): {len(test_set.sessions)} sessions of {test_set.name} "
+                         f"from {path}, reported only")
+    return dataset
+
+
 def prepare_data(config: TrainConfig) -> tuple[Dataset, SegmentStore, list[Split]]:
     dataset = load_dataset(config)
+    if config.data.test_path:
+        dataset = with_test_set(dataset, load_test_set(config), config.data.test_path)
     if not dataset.sessions:
         raise ValueError(f"no usable sessions in {config.data.path} ({len(dataset.skipped)} skipped: "
                          f"{'; '.join(f'{k}: {v}' for k, v in list(dataset.skipped.items())[:3])})")
