@@ -257,10 +257,14 @@ def run_agent(
     device_id = check_id(device_id if device_id is not None else default_device_id(), "device id",
                          allow_empty=True)
     target = server if isinstance(server, ServerTarget) else ServerTarget(server)
-    settings, speech_warnings = resolve_speech_settings(target, settings, setting_overrides)
     own_outbox = not isinstance(outbox, Outbox)
     box = _open_outbox(outbox, outbox_max_bytes, outbox_policy)
     try:
+        earlier = box.session(session_id)
+        if settings is None and earlier is not None and earlier.settings.get("capture"):
+            # A resumed session keeps the settings it started with, whatever the server says now.
+            settings = CaptureSettings.from_dict(earlier.settings["capture"])
+        settings, speech_warnings = resolve_speech_settings(target, settings, setting_overrides)
         if gate is None:
             gate = make_gate(settings, prompt_intervals)
         source_description = source.describe() if hasattr(source, "describe") else {"kind": type(source).__name__}

@@ -257,19 +257,23 @@ def replay_sessions(model, checkpoint, items, batch_probabilities: dict[str, lis
     import soundfile
     from tqdm import tqdm
 
-    from moodstream.agent import FileSource, run_agent
+    from moodstream.agent import FileSource, ServerTarget, run_agent
     from moodstream.agent import events as agent_events
     from moodstream.agent.sources import SAMPLE_RATE
     from moodstream.server.app import BackgroundServer, ServerConfig
+    from moodstream.server.auth import create_token
     from moodstream.server.redis_process import RedisProcess
     from moodstream.trainer.segments import session_audio
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="moodstream-replay-") as work_dir:
         work = Path(work_dir)
+        tokens = work / "tokens.json"
+        token = create_token(tokens, "evaluate-replay", ["*"], [])
         with RedisProcess(data_dir=work / "redis").start() as redis_server, \
                 BackgroundServer(ServerConfig(checkpoint=checkpoint, redis_url=redis_server.url, port=0,
-                                              allow_unauthenticated=True, precision="fp32"), model=model) as server:
+                                              tokens_file=tokens, precision="fp32"), model=model) as server:
+            target = ServerTarget(f"127.0.0.1:{server.port}", token=token)
             for number, item in enumerate(tqdm(items, desc="replaying", unit="session", disable=not progress)):
                 session = item.session
                 recording = work / f"session-{number}.wav"
@@ -281,7 +285,7 @@ def replay_sessions(model, checkpoint, items, batch_probabilities: dict[str, lis
                         live[int(event.data["segments"])] = float(event.data["probability"])
 
                 participant = re.sub(r"[^A-Za-z0-9_.-]", "-", session.session_id)[:64]
-                run_agent(FileSource(recording), server=f"127.0.0.1:{server.port}", participant_id=participant,
+                run_agent(FileSource(recording), server=target, participant_id=participant,
                           session_id=f"replay-{uuid.uuid4().hex[:12]}", device_id="evaluate-replay",
                           outbox=work / "outbox", model_version=server.model_version, on_event=collect)
                 recording.unlink()
