@@ -55,21 +55,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(GetModelInfo) and uses them; an option given here replaces that one setting, and a setting "
         "that differs from the model's is reported as a warning.")
     speech.add_argument("--vad-aggressiveness", type=int, choices=(0, 1, 2, 3),
-                        help="webrtcvad aggressiveness (3 drops the most non-speech; agent default 2)")
-    speech.add_argument("--frame-ms", type=int, choices=(10, 20, 30), help="VAD frame length (agent default 30)")
+                        help="webrtcvad aggressiveness (3 drops the most non-speech; default: the model's, else 2)")
+    speech.add_argument("--frame-ms", type=int, choices=(10, 20, 30),
+                        help="VAD frame length (default: the model's, else 30)")
     speech.add_argument("--hangover-ms", type=int, metavar="MS",
-                        help="keep this much audio after speech stops (agent default 300)")
+                        help="keep this much audio after speech stops (default: the model's, else 300)")
     speech.add_argument("--onset-ms", type=int, metavar="MS",
-                        help="speech must last this long to start being kept (agent default 60)")
+                        help="speech must last this long to start being kept (default: the model's, else 60)")
     speech.add_argument("--prompt-intervals", metavar="FILE",
                         help="interviewer prompts played by this device: 'START END' seconds per line; "
                              "their audio is dropped")
     speech.add_argument("--echo-tail-ms", type=int, metavar="MS",
-                        help="also drop this much audio after each prompt (room echo; agent default 300)")
+                        help="also drop this much audio after each prompt (room echo; default: the model's, else 300)")
     speech.add_argument("--chunk-seconds", type=float, metavar="S",
-                        help="speech per chunk, 4-9 s (agent default 7)")
+                        help="speech per chunk, 4-9 s (default: the model's, else 7)")
     speech.add_argument("--min-last-chunk-seconds", type=float, metavar="S",
-                        help="a shorter last chunk is reported as dropped instead of sent (agent default 3)")
+                        help="a shorter last chunk is reported as dropped instead of sent "
+                             "(default: the model's, else 3)")
 
     delivery = parser.add_argument_group("delivery")
     delivery.add_argument("--outbox", metavar="DIR",

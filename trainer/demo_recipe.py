@@ -179,8 +179,7 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
         shutil.rmtree(work)  # from scratch, every time
     manifest = generate_corpus(work / "audio", seed=seed)
     config = TrainConfig.from_dict({
-        "data": {"format": "manifest", "path": str(manifest), "cache_dir": str(work / "cache"),
-                 "trim_silence": False},
+        "data": {"format": "manifest", "path": str(manifest), "cache_dir": str(work / "cache")},
         "model": demo_model_settings() | {"notes": {"recipe": "moodstream demo-checkpoint", "seed": seed,
                                                     "what_it_learned": DEMO_NOTE}},
         "stage1": {"lr_backbone": 1e-3, "epochs": 30},

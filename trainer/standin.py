@@ -55,7 +55,8 @@ def choose_actors(dataset: Dataset, train: list[int], validation: list[int], tes
     known = {int(s.speaker_id.removeprefix("actor")) for s in dataset.sessions}
     missing = sorted(set(side) - known)
     if missing:
-        raise ValueError(f"actor(s) {missing} have no sessions in the stand-in data (actors: {min(known)}-{max(known)})")
+        raise ValueError(f"actor(s) {missing} have no sessions in the stand-in data "
+                         f"(actors: {min(known)}-{max(known)})")
     kept = []
     for session in dataset.sessions:
         actor = int(session.speaker_id.removeprefix("actor"))

@@ -245,9 +245,10 @@ def run_loop(name: str, stage: StageSection, modules: nn.Module, optimizer: torc
 # --------------------------------------------------------------------------- one split
 class SplitTrainer:
     def __init__(self, config: TrainConfig, store: SegmentStore, split: Split, run_dir: Path,
-                 on_epoch_end: EpochCallback | None = None) -> None:
+                 on_epoch_end: EpochCallback | None = None, positive_class: str = "depressed") -> None:
         self.config = config
         self.store = store
+        self.positive_class = positive_class
         self.split = split
         self.run_dir = run_dir
         self.on_epoch_end = on_epoch_end
@@ -498,7 +499,7 @@ class SplitTrainer:
                                   extra={"seconds": time.monotonic() - started,
                                          "stage1_epochs": self.stage1_state.epoch,
                                          "stage2_epochs": self.stage2_state.epoch},
-                                  tsne=config.run.tsne, seed=config.run.seed)
+                                  tsne=config.run.tsne, seed=config.run.seed, positive_class=self.positive_class)
         result["checkpoint"] = str(checkpoint)
         (self.run_dir / "result.json").write_text(json.dumps(result, indent=2, default=float))
         return result
@@ -526,7 +527,8 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> dic
         if not config.run.resume:
             for stale in ("stage1.pt", "stage2.pt", "log.csv"):
                 (run_dir / stale).unlink(missing_ok=True)
-        results[split.name] = SplitTrainer(config, store, split, run_dir, on_epoch_end).run()
+        results[split.name] = SplitTrainer(config, store, split, run_dir, on_epoch_end,
+                                              positive_class=dataset.positive_class).run()
     if len(splits) == 1:
         return results[splits[0].name]
     summary = summarize_folds(results)
