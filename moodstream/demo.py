@@ -165,7 +165,7 @@ def run_demo(args) -> int:
                     from moodstream.dashboard.server import start_for_demo
 
                     dashboard = start_for_demo(address, reader_token, args.participant, session_id,
-                                               args.dashboard_port, say)
+                                               args.dashboard_port, say, checkpoint)
                 sent_at: dict[int, float] = {}
 
                 def on_event(event) -> None:
