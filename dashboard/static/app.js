@@ -229,17 +229,19 @@
         boxes.push([Math.round((x - half) * 10) / 10, Math.round((x + half) * 10) / 10, String(text)]);
       });
       node.dataset.xLabels = JSON.stringify(boxes);
+      node.dataset.xRange = JSON.stringify([u.scales.x.min, u.scales.x.max]);
     };
   }
 
   // The decision threshold as a dashed line across the plot, with its value written on it;
   // unlike a series it shows for a single point too.
-  function drawThreshold(thresholdOf) {
+  function drawThreshold(thresholdOf, node) {
     return (u) => {
       const threshold = thresholdOf();
       if (threshold === null || threshold === undefined) return;
       const ctx = u.ctx, ratio = window.devicePixelRatio || 1;
       const y = u.valToPos(threshold, "y", true);
+      node.dataset.thresholdRow = String(Math.round(y)); // canvas pixel row of the line, for tests
       ctx.save();
       ctx.strokeStyle = "#b91c1c";
       ctx.lineWidth = 1.5 * ratio;
@@ -270,8 +272,16 @@
     };
   }
 
+  // The x range is set here, not left to uPlot, which spans years around a lone time point.
+  function setChartData(chart, data, range) {
+    const xs = data[0];
+    const [min, max] = range(xs.length ? Math.min(...xs) : null, xs.length ? Math.max(...xs) : null);
+    chart.setData(data, false);
+    chart.setScale("x", { min: min, max: max });
+  }
+
   // Speech time: at least two minutes shown, never before the session's start.
-  function speechRange(u, min, max) {
+  function speechRange(min, max) {
     if (min === null || max === null) return [0, 120];
     if (max - min < 120) {
       const lo = Math.max(0, (min + max) / 2 - 60);
@@ -282,7 +292,7 @@
   }
 
   // Days: at least a day shown, centred on a lone point.
-  function dayRange(u, min, max) {
+  function dayRange(min, max) {
     if (min === null || max === null) { const t = now(); return [t - 43200, t + 43200]; }
     if (max - min < 86400) { const mid = (min + max) / 2; return [mid - 43200, mid + 43200]; }
     const margin = (max - min) * 0.05;
@@ -295,6 +305,7 @@
   }
 
   function makeChart(node, options) {
+    const initial = options.range(null, null);
     const narrow = () => chartWidth(node) < 480;
     const probability = {
       label: options.seriesLabel, stroke: "#1d4ed8", width: 2, spanGaps: false,
@@ -315,13 +326,13 @@
       width: chartWidth(node), height: 260,
       legend: { show: false },
       cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: options.time, range: options.range }, y: { range: [0, 1] } },
+      scales: { x: { time: options.time, auto: false, min: initial[0], max: initial[1] }, y: { range: [0, 1] } },
       series: series,
       axes: [xAxis, { stroke: "#374151", font: AXIS_FONT, label: "probability", labelFont: AXIS_FONT, size: 44,
         values: (u, vals) => vals.map((v) => v.toFixed(1)) }],
       hooks: {
         drawClear: options.bandsOf ? [shadeBands(options.bandsOf)] : [],
-        draw: [drawThreshold(options.thresholdOf), recordXLabels(node)],
+        draw: [drawThreshold(options.thresholdOf, node), recordXLabels(node)],
       },
     };
     const chart = new uPlot(opts, series.map(() => []), node);
@@ -408,8 +419,8 @@
     }
     const points = session.points;
     session.bands = sessionBands(points);
-    session.chart.setData([points.map((p) => p.start_seconds), points.map((p) => p.probability),
-      points.map((p) => (p.late ? p.probability : null))]);
+    setChartData(session.chart, [points.map((p) => p.start_seconds), points.map((p) => p.probability),
+      points.map((p) => (p.late ? p.probability : null))], speechRange);
     const threshold = points.length ? points[points.length - 1].threshold : null;
     node.dataset.points = String(points.length);
     node.dataset.gaps = String(session.bands.filter((b) => b.kind === "gap").length);
@@ -455,7 +466,8 @@
     byId("participant-id").textContent = info.participant_id;
     const stateNode = byId("participant-state");
     stateNode.replaceChildren(el("span", { class: "state " + (sub.state === "following" ? "ok" : "warn"),
-      text: "subscription: " + sub.state }), sub.message ? el("span", {}, " – ", withDetails(sub.message, sub.details)) : null);
+      text: "subscription: " + sub.state }));
+    if (sub.message) stateNode.append(" – ", withDetails(sub.message, sub.details));
     const rows = [...participant.sessions.values()].sort((a, b) => a.started_unix - b.started_unix);
     participant.threshold = rows.length ? rows[rows.length - 1].threshold : null;
     const node = byId("history-chart");
@@ -465,7 +477,7 @@
         pointsOnly: true, late: false, xValues: dayLabels, bandsOf: null, thresholdOf: () => participant.threshold,
       });
     }
-    participant.chart.setData([rows.map((s) => s.started_unix), rows.map((s) => s.probability)]);
+    setChartData(participant.chart, [rows.map((s) => s.started_unix), rows.map((s) => s.probability)], dayRange);
     node.dataset.points = String(rows.length);
     node.setAttribute("aria-label", "Chart of each session's latest score by day: " + rows.length + " sessions" +
       (participant.threshold === null ? "." : ", decision threshold " + fmtThreshold(participant.threshold) + "."));
