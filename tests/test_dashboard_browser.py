@@ -110,7 +110,7 @@ def set_viewport(driver, size):
     driver.set_window_size(*size)
     inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
     driver.set_window_size(2 * size[0] - inner[0], 2 * size[1] - inner[1])
-    assert driver.execute_script("return window.innerWidth") == size[0]
+    assert driver.execute_script("return [window.innerWidth, window.innerHeight]") == list(size)
 
 
 def assert_fits(driver, where):
@@ -176,6 +176,7 @@ def test_a_session_through_an_outage_to_its_end_reads_true_at_desktop_and_phone_
                         late_seconds=LATE_SECONDS, health_interval=0.5, models=[description])
     dashboard = BackgroundDashboard(config).start()
     try:
+        set_viewport(browser, DESKTOP)
         browser.get(dashboard.url)
         assert "p1" not in browser.title
         wait_until(browser, lambda d: "following" in by_id(d, "participants").text, "the participant to be followed")
