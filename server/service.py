@@ -371,7 +371,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
     async def _mark_interrupted(self, session: SessionStream) -> None:
         """Best effort (the stream is gone either way): readers then see the session as interrupted."""
         try:
-            await asyncio.shield(self.store.mark_interrupted(session.session_id, session.participant_id))
+            await self.store.mark_interrupted(session.session_id, session.participant_id)
         except (redis.exceptions.RedisError, asyncio.CancelledError) as error:
             log.info("session %s: could not mark it interrupted (%s)", session.session_id, error)
 
