@@ -101,6 +101,12 @@ def by_id(driver, element_id):
     return driver.find_element("id", element_id)
 
 
+def row_states(driver) -> list[str]:
+    """The overview's session states, top to bottom (read in one go: rows are redrawn on every event)."""
+    return driver.execute_script("return [...document.querySelectorAll('tr.session-row')]"
+                                 ".map((row) => row.dataset.state)")
+
+
 def chart_points(driver, chart="chart") -> int:
     return int(by_id(driver, chart).get_attribute("data-points"))
 
@@ -188,9 +194,13 @@ def test_a_session_through_an_outage_to_its_end_reads_true_at_desktop_and_phone_
         first.append(record(1))
         with stub_for(port) as stub:
             stream(stub, first, agent)
-        row = wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.session-row"), "the session row")[0]
-        wait_until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "tr.session-row").get_attribute("data-state")
-                   == "interrupted", "the session to show as interrupted")
+        # An earlier session with the longest ids the API allows, finished: listed after the interrupted one.
+        long_id = "session-" + "x" * 56
+        with stub_for(port) as stub:
+            stream(stub, [header(long_id, "p1", device_id="d" * 64),
+                          pb.StreamRequest(chunk=pb.Chunk(seq=0, pcm=pcm[0])), end(0)], agent)
+        wait_until(browser, lambda d: row_states(d) == ["interrupted", "finished"],
+                   "the interrupted session first, then the finished one")
         row = browser.find_element(By.CSS_SELECTOR, "tr.session-row")
         assert row.find_element(By.CSS_SELECTOR, "td").text.startswith("interrupted")  # status comes first
         assert "ward-visit" in row.text and "threshold 0.50" in row.text
@@ -267,14 +277,25 @@ def test_a_session_through_an_outage_to_its_end_reads_true_at_desktop_and_phone_
         assert 200 <= browser.find_element(By.CSS_SELECTOR, "#chart canvas").rect["width"] <= PHONE[0]
         shot(browser, "session-390")
         browser.get(dashboard.url)
-        wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.session-row[data-state=finished]"),
-                   "the finished session on the overview")
+        wait_until(browser, lambda d: row_states(d) == ["finished", "finished"], "both sessions finished")
         assert_fits(browser, "overview at 390")
         shot(browser, "overview-390")
 
-        # One session in the history: a day around the point, the threshold drawn, labels apart.
-        browser.find_element(By.CSS_SELECTOR, "#participants a").click()
-        wait_until(browser, lambda d: chart_points(d, "history-chart") == 1, "the participant's history")
+        # A one-point session: two minutes of speech time around it, the threshold drawn, labels apart.
+        next(link for link in browser.find_elements(By.CSS_SELECTOR, "a.session-link")
+             if link.get_attribute("textContent") == long_id).click()
+        wait_until(browser, lambda d: chart_points(d) == 1 and by_id(d, "chart").get_attribute("data-x-range"),
+                   "the one-point chart")
+        low, high = json.loads(by_id(browser, "chart").get_attribute("data-x-range"))
+        assert (low, high) == (0, 120)
+        assert_axis_labels_apart(browser)
+        assert_threshold_drawn(browser)
+        assert_fits(browser, "one-point session at 390")
+        shot(browser, "one-point-390")
+
+        # Two sessions minutes apart in the history: a day around them, the threshold drawn, labels apart.
+        by_id(browser, "participant-link").click()
+        wait_until(browser, lambda d: chart_points(d, "history-chart") == 2, "the participant's history")
         for size, name in ((PHONE, "390"), (DESKTOP, "1280")):
             set_viewport(browser, size)
             time.sleep(0.4)  # the chart follows the resize after 100 ms
