@@ -49,8 +49,6 @@ def _config_document(model: "ScreeningModel") -> dict:
     # model.config holds the backbone's resolved transformers config, so the
     # backbone is rebuilt from it, never from the hub.
     config = model.config.to_dict()
-    if config.get("speech") is None:
-        config.pop("speech", None)  # checkpoints from before speech settings were recorded keep their version
     return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "model": config}
 
 
