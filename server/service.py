@@ -77,6 +77,14 @@ def decode_pcm(seq: int, pcm: bytes, min_seconds: float, max_seconds: float) -> 
     return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
 
 
+def stream_refused(header: pb.SessionHeader) -> StreamAbort:
+    # One answer for a participant outside the token's scope and for a session id that another
+    # participant holds, so the refusal never says whose session an id is.
+    return StreamAbort(grpc.StatusCode.PERMISSION_DENIED,
+                       f"this token may not stream session {header.session_id!r} "
+                       f"for participant {header.participant_id!r}")
+
+
 def score_message(update: dict) -> pb.ScoreUpdate:
     return pb.ScoreUpdate(
         session_id=update["session_id"], participant_id=update["participant_id"],
@@ -116,7 +124,11 @@ class SessionStream:
         self.participant_id = header.participant_id
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.pending: dict[int, tuple[pb.Chunk, asyncio.Future, float]] = {}
+        # Copies of a seq received while its first copy was still pending: each gets its own
+        # duplicate ack once the first is applied, so every chunk received gets exactly one ack.
+        self.queued_copies: dict[int, int] = {}
         self.wake = asyncio.Event()
+        self.drained = asyncio.Event()  # set by the applier whenever pending shrinks
         self.applied = -1
         self.state: ScorerState | None = None
         self.speech_seconds = 0.0
@@ -131,7 +143,7 @@ class SessionStream:
             record = await with_redis_retry(lambda: store.claim_session(
                 self.session_id, self.participant_id, self.header.device_id), service.settings)
         except SessionOwnershipError as error:
-            raise StreamAbort(grpc.StatusCode.PERMISSION_DENIED, str(error)) from error
+            raise stream_refused(self.header) from error
         self.ended = record.ended
         await self.reload()
 
@@ -165,8 +177,8 @@ class SessionStream:
             self.ack(seq, duplicate=True)
             return
         if seq in self.pending:
-            metrics.CHUNKS.labels("duplicate").inc()
-            return  # already queued: its ack follows when it is applied
+            self.queued_copies[seq] = self.queued_copies.get(seq, 0) + 1
+            return  # acked as a duplicate right after its first copy is applied
         if self.ended:
             raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
                               f"session {self.session_id} has ended; start a new session for new speech")
@@ -178,10 +190,8 @@ class SessionStream:
                               f"chunk seq {seq} is too far ahead of the last applied seq {self.applied} "
                               f"(at most {settings.max_seq_ahead}); send chunks in order")
         if len(self.pending) >= settings.max_pending_chunks:
-            if self.applied + 1 in self.pending:  # nothing is missing: the client outran the encoder
-                raise StreamAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  f"{len(self.pending)} chunks are unacknowledged; wait for acks before sending "
-                                  f"more (at most {settings.max_pending_chunks} in flight)")
+            # read_requests waits for room while nothing is missing, so a full buffer here means
+            # every buffered chunk waits for a seq that has not come: a true abuse bound.
             raise StreamAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"{len(self.pending)} chunks are already waiting for seq {self.applied + 1}; "
                               "send the missing chunk first")
@@ -214,8 +224,20 @@ class SessionStream:
         self.last_seq = end.last_seq
         self.wake.set()
 
+    async def wait_for_room(self) -> None:
+        """Backpressure: stop reading while the buffer is full and its chunks can be applied.
+
+        Not reading lets HTTP/2 flow control slow the sender, so a client flushing a backlog is
+        paced to the encoder instead of refused.
+        """
+        limit = self.service.settings.max_pending_chunks
+        while len(self.pending) >= limit and self.applied + 1 in self.pending:
+            self.drained.clear()
+            await self.drained.wait()
+
     async def read_requests(self, requests) -> None:
         async for request in requests:
+            await self.wait_for_room()
             kind = request.WhichOneof("message")
             if kind == "chunk":
                 self.receive_chunk(request.chunk)
@@ -234,6 +256,15 @@ class SessionStream:
             return self.applied >= self.last_seq
         return self.input_closed and (self.applied + 1) not in self.pending
 
+    def unapplied_error(self) -> StreamAbort:
+        """The input closed while chunks still wait for a seq that never came."""
+        waiting = sorted(self.pending)
+        missing = [seq for seq in range(self.applied + 1, waiting[-1]) if seq not in self.pending]
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        return StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"the stream closed with chunk(s) {waiting[:10]} not applied: seq(s) {shown} never "
+                           f"arrived; resend from seq {self.applied + 1}")
+
     async def apply_in_order(self) -> None:
         while not self.finished():
             next_seq = self.applied + 1
@@ -246,6 +277,8 @@ class SessionStream:
             chunk, future, arrived = self.pending[next_seq]
             vector = await future
             await self.apply(next_seq, chunk, vector, arrived)
+        if self.pending:
+            raise self.unapplied_error()
         if self.last_seq is not None and not self.ended:
             await with_redis_retry(lambda: self.service.store.end_session(self.session_id, self.participant_id),
                                    self.service.settings)
@@ -269,11 +302,12 @@ class SessionStream:
             audio=chunk.pcm if service.store.store_audio else None), service.settings)
         status = result.status
         if status is ApplyStatus.APPLIED:
-            del self.pending[seq]
+            self.settle(seq)
             self.applied, self.state, self.speech_seconds = seq, new_state, speech_seconds
             metrics.CHUNKS.labels("applied").inc()
             metrics.CHUNK_TO_SCORE_SECONDS.observe(time.perf_counter() - arrived)
             self.ack(seq, duplicate=False)
+            self.ack_queued_copies(seq)
             self.outbox.put_nowait(pb.StreamResponse(score=score_message(result.score)))
             return
         if status is ApplyStatus.ENDED:
@@ -290,9 +324,19 @@ class SessionStream:
         if self.applied < before:
             raise StreamAbort(grpc.StatusCode.ABORTED, f"session {self.session_id} went back in the store; reconnect")
         for done in sorted(s for s in self.pending if s <= self.applied):
-            del self.pending[done]
+            self.settle(done)
             metrics.CHUNKS.labels("duplicate").inc()
             self.ack(done, duplicate=True)
+            self.ack_queued_copies(done)
+
+    def settle(self, seq: int) -> None:
+        del self.pending[seq]
+        self.drained.set()
+
+    def ack_queued_copies(self, seq: int) -> None:
+        for _ in range(self.queued_copies.pop(seq, 0)):
+            metrics.CHUNKS.labels("duplicate").inc()
+            self.ack(seq, duplicate=True)
 
 
 class ScreeningService(pb_grpc.ScreeningServicer):
@@ -386,8 +430,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
                               f"this server runs model {self.model_version}, not {header.model_version}")
         if not principal.may_stream(header.participant_id):
-            raise StreamAbort(grpc.StatusCode.PERMISSION_DENIED,
-                              f"this token may not stream for participant {header.participant_id!r}")
+            raise stream_refused(header)
         session = SessionStream(self, header, principal)
         await session.open()
         return session
