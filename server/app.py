@@ -23,7 +23,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection as grpc_reflection
 
 from moodstream import SCREENING_NOTICE
-from moodstream.server.auth import TokenAuthenticator
+from moodstream.server.auth import RELOAD_SECONDS, TokenAuthenticator
 from moodstream.server.encoder import BatchingEncoder
 from moodstream.server import reflection
 from moodstream.server.interceptors import MalformedRequestInterceptor, SingleRequestInterceptor
@@ -120,6 +120,8 @@ class ScoringServer:
         self.encoder: BatchingEncoder | None = None
         self.health = HealthServicer()
         self.model_version: str | None = None
+        self.authenticator: TokenAuthenticator | None = None
+        self._token_watch: asyncio.Task | None = None
 
     def _authenticator(self) -> TokenAuthenticator:
         config = self.config
@@ -133,7 +135,7 @@ class ScoringServer:
 
     async def start(self) -> int:
         config = self.config
-        authenticator = self._authenticator()
+        authenticator = self.authenticator = self._authenticator()
         credentials = server_credentials(config)
         if self.model is None:
             from moodstream.model import ScreeningModel
@@ -174,6 +176,8 @@ class ScoringServer:
             raise ValueError(f"cannot listen on {address} (in use or not permitted)")
         await server.start()
         self._server, self.port = server, port
+        if authenticator.path is not None:
+            self._token_watch = asyncio.create_task(self._watch_tokens(), name="tokens-file-watch")
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s:%d (model %s, precision %s, device %s, %s). %s", SERVICE_NAME, config.host,
@@ -181,7 +185,18 @@ class ScoringServer:
                  "TLS" if credentials else "plaintext", SCREENING_NOTICE)
         return port
 
+    async def _watch_tokens(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_SECONDS)
+            try:
+                self.authenticator.reload_if_changed()
+            except Exception:  # never let a watch failure end the watch: the next look may succeed
+                log.exception("checking the tokens file failed")
+
     async def stop(self, grace: float = 2.0) -> None:
+        if self._token_watch is not None:
+            self._token_watch.cancel()
+            self._token_watch = None
         if self._server is not None:
             await self.health.enter_graceful_shutdown()
             await self._server.stop(grace)

@@ -65,16 +65,36 @@ def add_parser(subparsers) -> None:
     server.set_defaults(handler=run_server)
 
     token = subparsers.add_parser(
-        "token", help="create access tokens", description="Manage the server's tokens file (hashes only).")
+        "token", help="create, list and revoke access tokens",
+        description="Manage the server's tokens file (it keeps only SHA-256 hashes). Running servers reload "
+                    "the file within 2 s of a change, without a restart: a new token works and a revoked one "
+                    "is refused, and calls still open with a revoked token end UNAUTHENTICATED.",
+        formatter_class=HelpFormatter)
     actions = token.add_subparsers(dest="token_command", required=True)
     create = actions.add_parser(
         "create", help="add a token and print it once",
-        description="Add a token to the tokens file and print it (only its SHA-256 is stored).")
+        description="Add a token to the tokens file and print it (only its SHA-256 is stored).",
+        formatter_class=HelpFormatter)
     create.add_argument("--tokens", required=True, help="tokens file to create or extend")
-    create.add_argument("--name", required=True, help="who or what holds the token (e.g. kiosk-3)")
+    create.add_argument("--name", required=True, help="who or what holds the token (e.g. kiosk-3); unique per file")
     create.add_argument("--stream", default="", help="comma-separated participants it may stream for (* = all)")
     create.add_argument("--read", default="", help="comma-separated participants whose scores it may read (* = all)")
     create.set_defaults(handler=run_token_create)
+    listing = actions.add_parser(
+        "list", help="show each token's name and scope",
+        description="Show the name and scope of every token in the file (the tokens themselves are not stored).",
+        formatter_class=HelpFormatter)
+    listing.add_argument("--tokens", required=True, help="tokens file")
+    listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    listing.set_defaults(handler=run_token_list)
+    revoke = actions.add_parser(
+        "revoke", help="remove a token; running servers refuse it within 2 s",
+        description="Remove the token NAME from the tokens file. Servers reading the file refuse it within "
+                    "2 s and end its open calls with UNAUTHENTICATED; no restart is needed.",
+        formatter_class=HelpFormatter)
+    revoke.add_argument("name", metavar="NAME", help="the token's --name")
+    revoke.add_argument("--tokens", required=True, help="tokens file")
+    revoke.set_defaults(handler=run_token_revoke)
 
     forget = subparsers.add_parser(
         "forget", help="delete everything stored about one participant (right to erasure)",
@@ -105,6 +125,30 @@ def run_token_create(args) -> int:
         raise ValueError("give --stream and/or --read: a token with no scope could do nothing")
     print(create_token(args.tokens, args.name, stream, read))
     print(f"added token {args.name!r} to {args.tokens}; it is shown only now", file=sys.stderr)
+    return 0
+
+
+def run_token_list(args) -> int:
+    from moodstream.server.auth import list_tokens
+
+    principals = list_tokens(args.tokens)
+    rows = [{"name": p.name, "stream": sorted(p.stream), "read": sorted(p.read)} for p in principals]
+    if args.json:
+        print(json.dumps({"tokens": rows}, indent=2))
+        return 0
+    width = max([len("NAME"), *(len(row["name"]) for row in rows)])
+    print(f"{'NAME':<{width}}  STREAM FOR  /  READ")
+    for row in rows:
+        print(f"{row['name']:<{width}}  {','.join(row['stream']) or '-'}  /  {','.join(row['read']) or '-'}")
+    return 0
+
+
+def run_token_revoke(args) -> int:
+    from moodstream.server.auth import revoke_token
+
+    removed = revoke_token(args.tokens, args.name)
+    print(f"revoked token {args.name!r}" + (f" ({removed} entries)" if removed > 1 else "")
+          + f" in {args.tokens}; servers reading it refuse it within 2 s", file=sys.stderr)
     return 0
 
 
@@ -152,11 +196,12 @@ def redact_url(url: str) -> str:
 
 def run_forget(args) -> int:
     import asyncio
-    import re
+
+    from moodstream.ids import ID_RULE, is_id
 
     participant = args.participant
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", participant):
-        raise ValueError(f"{participant!r} is not a participant id (1-64 characters from A-Z a-z 0-9 _ . -)")
+    if not is_id(participant):
+        raise ValueError(f"{participant!r} is not a participant id ({ID_RULE})")
     where = redact_url(args.redis)
     if not args.yes:
         sys.stderr.write(f"Delete everything stored about participant {participant!r} in {where}? "

@@ -22,6 +22,7 @@ import numpy as np
 import redis.exceptions
 
 from moodstream import SCREENING_NOTICE
+from moodstream.ids import DEVICE_PATTERN, ID_PATTERN, ID_RULE
 from moodstream.model import ScorerState, StateError
 from moodstream.server import metrics
 from moodstream.server.auth import AuthError, Principal, TokenAuthenticator
@@ -32,8 +33,6 @@ from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 
 log = logging.getLogger("moodstream.server")
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-DEVICE_PATTERN = re.compile(r"[A-Za-z0-9_.-]{0,64}")
 SAMPLE_RATE = 16000
 BYTES_PER_SAMPLE = 2
 
@@ -52,12 +51,13 @@ class ServiceSettings:
     max_pending_chunks: int = 32     # chunks buffered per stream waiting for a gap or the encoder
     redis_retry_seconds: float = 30.0  # ride out a Redis restart this long before UNAVAILABLE
     subscribe_block_ms: int = 1000
+    token_check_seconds: float = 1.0   # an open call notices a revoked token within this long
 
 
 def _check_id(name: str, value: str, pattern: re.Pattern = ID_PATTERN) -> None:
     if not pattern.fullmatch(value):
         raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"{name} {value[:80]!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ . -")
+                          f"{name} {value[:80]!r} is invalid: use {ID_RULE}")
 
 
 def decode_pcm(seq: int, pcm: bytes, min_seconds: float, max_seconds: float) -> np.ndarray:
@@ -356,6 +356,12 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         except AuthError as error:
             await context.abort(error.code, str(error))
 
+    def _check_still_valid(self, principal: Principal) -> None:
+        if not self.authenticator.is_current(principal):
+            raise StreamAbort(grpc.StatusCode.UNAUTHENTICATED,
+                              f"token {principal.name!r} was revoked or its scope changed; "
+                              "reconnect with a valid token")
+
     async def _readable_participant(self, principal: Principal, session_id: str, context) -> str:
         owner = await with_redis_retry(lambda: self.store.session_owner(session_id), self.settings)
         if owner is None or not principal.may_read(owner):
@@ -375,13 +381,23 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             tasks = [asyncio.create_task(session.read_requests(request_iterator), name="stream-reader"),
                      asyncio.create_task(session.apply_in_order(), name="stream-applier")]
             reader, applier = tasks
+            getter = None
             while True:
-                getter = asyncio.create_task(session.outbox.get())
-                done, _ = await asyncio.wait({getter, applier, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter is None:
+                    getter = asyncio.create_task(session.outbox.get())
+                    tasks.append(getter)
+                done, _ = await asyncio.wait({getter, applier, reader}, timeout=self.settings.token_check_seconds,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                self._check_still_valid(principal)
                 if getter in done:
+                    tasks.remove(getter)
                     yield getter.result()
+                    getter = None
                     continue
-                getter.cancel()
+                if not done:
+                    continue
+                getter.cancel()  # awaited with the other tasks at the end
+                getter = None
                 for task in (reader, applier):
                     if task in done and task.exception() is not None:
                         raise task.exception()
@@ -476,6 +492,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                                                self.settings)
                 offset = batch.next_offset
             while True:
+                self._check_still_valid(principal)
                 current = offset
                 batch = await with_redis_retry(lambda: self.store.read_updates(
                     after_offset=current, block_ms=self.settings.subscribe_block_ms, **source), self.settings)

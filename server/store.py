@@ -61,6 +61,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, ResponseError
 
+from moodstream.ids import DEVICE_PATTERN, ID_PATTERN
+
 __all__ = [
     "ApplyResult",
     "ApplyStatus",
@@ -81,8 +83,6 @@ MAX_READ_COUNT = 10_000
 MAX_SEQ = 2**53 - 1
 MAX_STREAM_ID_PART = 2**64 - 1
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-DEVICE_PATTERN = re.compile(r"[A-Za-z0-9_.-]{0,64}")
 MODEL_VERSION_PATTERN = re.compile(r"[A-Za-z0-9_.+-]{1,128}")
 OFFSET_PATTERN = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
