@@ -11,7 +11,7 @@ import sys
 
 from moodstream import SCREENING_NOTICE
 
-from moodstream.help_format import HelpFormatter
+from moodstream.help_format import HelpFormatter, port_number
 
 
 def add_parser(subparsers) -> None:
@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address the web page listens on; it has no login of its own, so expose it only "
                              "behind an authenticating reverse proxy")
-    parser.add_argument("--port", type=int, default=8080, help="web port (0 = any free port)")
+    parser.add_argument("--port", type=port_number, default=8080, help="web port (0 = any free port)")
     parser.add_argument("--tls", action="store_true", help="connect to the server with TLS (system CAs)")
     parser.add_argument("--tls-ca", metavar="FILE", help="connect with TLS, trusting this CA bundle (PEM)")
     parser.add_argument("--live-seconds", type=float, default=120.0,
@@ -42,7 +42,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--gap-seconds", type=float, default=60.0,
                         help="a longer pause between two scores is drawn as a gap (agent offline or no speech)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log each HTTP request")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="least severe log messages to print (stderr)")
     parser.set_defaults(handler=run)
 
 

@@ -91,7 +91,10 @@ def pick_device(requested: str):
 
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"--device {requested!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA device is available")
     return device
@@ -170,8 +173,11 @@ class ScoringServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, grpc_reflection.SERVICE_NAME),
             server)
         address = f"{config.host}:{config.port}"
-        port = (server.add_secure_port(address, credentials) if credentials
-                else server.add_insecure_port(address))
+        try:
+            port = (server.add_secure_port(address, credentials) if credentials
+                    else server.add_insecure_port(address))
+        except RuntimeError:  # grpc's "Failed to bind": the reason went to its log
+            port = 0
         if port == 0:
             raise ValueError(f"cannot listen on {address} (in use or not permitted)")
         await server.start()

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import re
 import sys
 
-from moodstream.help_format import HelpFormatter
+from moodstream.help_format import HelpFormatter, port_number
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -40,7 +42,7 @@ def add_parser(subparsers) -> None:
                         help="Redis URL (env REDIS_URL)")
     server.add_argument("--redis-cluster", action="store_true", help="the URL is a Redis Cluster node")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
-    server.add_argument("--port", type=int, default=50051, help="port to listen on (0 = any free port)")
+    server.add_argument("--port", type=port_number, default=50051, help="port to listen on (0 = any free port)")
     server.add_argument("--tokens", help="tokens file (see `moodstream token create`)")
     server.add_argument("--allow-unauthenticated", action="store_true",
                         help="accept calls without a token (local testing only)")
@@ -59,8 +61,10 @@ def add_parser(subparsers) -> None:
     server.add_argument("--ttl-days", type=float, default=30.0, help="keep session data this long (0 = forever)")
     server.add_argument("--store-audio", action="store_true",
                         help="also keep each chunk's raw audio in Redis (off by default: privacy)")
-    server.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics here (0 = off)")
-    server.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    server.add_argument("--metrics-port", type=port_number, default=0,
+                        help="serve Prometheus metrics on this port of --host (0 = off)")
+    server.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="least severe log messages to print (stderr)")
     server.add_argument("--json-logs", action="store_true", help="structured JSON log lines")
     server.set_defaults(handler=run_server)
 
@@ -158,12 +162,20 @@ def run_server(args) -> int:
     configure_logging(args.log_level, args.json_logs)
     from moodstream.server.app import ServerConfig, serve_forever
 
+    if args.ttl_days < 0:
+        raise ValueError("--ttl-days must be >= 0")
+    check_device(args.device)
+    if args.port:  # before the model loads: a clash is found in a second, not after a minute
+        check_port_free("--port", args.host, args.port)
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port, addr=args.host)
-    if args.ttl_days < 0:
-        raise ValueError("--ttl-days must be >= 0")
+        check_port_free("--metrics-port", args.host, args.metrics_port)
+        try:
+            start_http_server(args.metrics_port, addr=args.host)
+        except OSError as error:
+            raise ValueError(f"--metrics-port {args.metrics_port}: cannot listen on {args.host}: "
+                             f"{error.strerror or error}") from None
     config = ServerConfig(
         checkpoint=args.checkpoint, redis_url=args.redis, redis_cluster=args.redis_cluster, host=args.host,
         port=args.port, tokens_file=args.tokens, allow_unauthenticated=args.allow_unauthenticated,
@@ -178,6 +190,29 @@ def run_server(args) -> int:
 
     asyncio.run(serve_forever(config, on_started=announce))
     return 0
+
+
+def check_port_free(option: str, host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise ValueError(f"--host {host!r} cannot be resolved: {error.strerror}") from None
+    family, kind, _, _, address = infos[0]
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server sets it
+        try:
+            probe.bind(address)
+        except OSError as error:
+            reason = "the port is already in use" if error.errno == errno.EADDRINUSE else error.strerror
+            raise ValueError(f"{option} {port}: cannot listen on {host}: {reason}") from None
+
+
+def check_device(device: str) -> None:
+    if device == "auto" or re.fullmatch(r"cpu|cuda(:[0-9]+)?", device):
+        return
+    raise ValueError(f"--device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
 
 
 def redact_url(url: str) -> str:

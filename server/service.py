@@ -11,6 +11,9 @@ open stream, so any replica can take a session over after a reconnect.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 import logging
 import math
 import re
@@ -26,8 +29,8 @@ from moodstream.ids import DEVICE_PATTERN, ID_PATTERN, ID_RULE
 from moodstream.model import ScorerState, StateError
 from moodstream.server import metrics
 from moodstream.server.auth import AuthError, Principal, TokenAuthenticator
-from moodstream.server.store import (MAX_SEQ, ApplyStatus, SessionNotFoundError, SessionOwnershipError,
-                                     SessionStore, parse_offset)
+from moodstream.server.store import (MAX_PAGE_SIZE, MAX_SEQ, ApplyStatus, SessionCursor, SessionNotFoundError,
+                                     SessionOwnershipError, SessionStore, SessionSummary, parse_offset)
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 
@@ -93,6 +96,59 @@ def score_message(update: dict) -> pb.ScoreUpdate:
         model_version=update["model_version"], time_unix=float(update["time_unix"]), seq=int(update["seq"]),
         offset=update.get("offset") or "", device_id=update.get("device_id", ""),
         speech_seconds=float(update.get("speech_seconds", 0.0)), notice=SCREENING_NOTICE)
+
+
+DEFAULT_PAGE_SIZE = 100
+SESSION_STATES = {pb.SESSION_STATE_UNSPECIFIED: None, pb.SESSION_STATE_LIVE: "live", pb.SESSION_STATE_ENDED: "ended"}
+
+
+def summary_message(summary: SessionSummary) -> pb.SessionSummary:
+    message = pb.SessionSummary(
+        session_id=summary.session_id, participant_id=summary.participant_id, device_id=summary.device_id,
+        model_version=summary.model_version,
+        state=pb.SESSION_STATE_LIVE if summary.ended_unix is None else pb.SESSION_STATE_ENDED,
+        started_unix=summary.started_unix, last_update_unix=summary.last_update_unix,
+        ended_unix=summary.ended_unix or 0.0, segments=summary.segments, speech_seconds=summary.speech_seconds)
+    if summary.latest is not None:
+        message.latest.CopyFrom(score_message(summary.latest))
+    return message
+
+
+def _query_fingerprint(request: pb.ListSessionsRequest) -> str:
+    query = [request.participant_id, request.state, request.active_after_unix, request.active_before_unix]
+    return hashlib.sha256(json.dumps(query).encode()).hexdigest()[:16]
+
+
+def encode_page_token(cursor: SessionCursor | None, request: pb.ListSessionsRequest) -> str:
+    if cursor is None:
+        return ""
+    payload = json.dumps([_query_fingerprint(request), *cursor], separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str, request: pb.ListSessionsRequest) -> SessionCursor | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        fingerprint, participant, started, session = json.loads(raw)
+        cursor = SessionCursor(participant, float(started), session)
+        valid = ID_PATTERN.fullmatch(participant) and ID_PATTERN.fullmatch(session) and math.isfinite(started)
+    except (ValueError, TypeError):
+        valid = False
+    if not valid:
+        raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "page_token is malformed: pass the next_page_token of the previous page as it was")
+    if fingerprint != _query_fingerprint(request):
+        raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "page_token belongs to a query with other filters: keep the filters while paging")
+    return cursor
+
+
+def _time_bound(name: str, value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, f"{name} must be a Unix time >= 0 (0 = unbounded)")
+    return value
 
 
 async def with_redis_retry(operation, settings: ServiceSettings):
@@ -507,3 +563,36 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             await context.abort(error.code, str(error))
         finally:
             metrics.SUBSCRIBERS_ACTIVE.dec()
+
+    # ------------------------------------------------------------ the session directory
+    async def ListSessions(self, request, context):
+        principal = await self._principal(context)
+        try:
+            if request.participant_id:
+                _check_id("participant_id", request.participant_id)
+                if not principal.may_read(request.participant_id):
+                    raise StreamAbort(grpc.StatusCode.PERMISSION_DENIED,
+                                      f"this token may not read participant {request.participant_id!r}")
+                participants = [request.participant_id]
+            elif principal.may_read("*"):
+                participants = None  # the whole directory
+            elif principal.read:
+                participants = sorted(principal.read)
+            else:
+                raise StreamAbort(grpc.StatusCode.PERMISSION_DENIED, "this token may not read any participant")
+            if request.state not in SESSION_STATES:
+                raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown session state {request.state}")
+            after = _time_bound("active_after_unix", request.active_after_unix)
+            before = _time_bound("active_before_unix", request.active_before_unix)
+            if after and before and before < after:
+                raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                                  "active_before_unix is earlier than active_after_unix: the window is empty")
+            cursor = decode_page_token(request.page_token, request)
+            page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            summaries, next_cursor = await with_redis_retry(lambda: self.store.list_sessions(
+                participants, state=SESSION_STATES[request.state], active_after=after, active_before=before,
+                page_size=page_size, cursor=cursor), self.settings)
+            return pb.ListSessionsResponse(sessions=[summary_message(summary) for summary in summaries],
+                                           next_page_token=encode_page_token(next_cursor, request))
+        except StreamAbort as error:
+            await context.abort(error.code, str(error))
