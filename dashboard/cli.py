@@ -28,7 +28,9 @@ def add_parser(subparsers) -> None:
                              "of the process list)")
     parser.add_argument("--token-file", help="file holding the token (first line)")
     parser.add_argument("--participant", action="append", default=[], metavar="ID",
-                        help="participant to follow (repeat for more)")
+                        help="participant to follow (repeat for more); without --participant and "
+                             "--participants-file, the dashboard follows every participant with a live session "
+                             "that the token may read, as the server's session directory lists them")
     parser.add_argument("--participants-file", metavar="FILE",
                         help="file with one participant id per line (# comments allowed)")
     parser.add_argument("--host", default="127.0.0.1",
@@ -78,8 +80,10 @@ def run(args) -> int:
     web = WebConfig(host=args.host, port=args.port, access_log=not args.no_access_log, log_level=args.log_level)
 
     def started(url: str, feed) -> None:
-        print(f"moodstream dashboard: {url} (following {len(config.participants)} participant(s) on "
-              f"{config.server}). {SCREENING_NOTICE}", file=sys.stderr, flush=True)
+        following = (f"following {len(config.participants)} participant(s)" if config.participants
+                     else "following whoever has a live session")
+        print(f"moodstream dashboard: {url} ({following} on {config.server}). {SCREENING_NOTICE}",
+              file=sys.stderr, flush=True)
 
     serve(config, web, on_started=started)
     return 0

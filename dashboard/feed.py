@@ -3,7 +3,9 @@
 One `Subscribe(participant_id, after_offset)` call per followed participant
 replays that participant's history and then stays open for live updates; a
 dropped call resumes from the last offset it saw, so nothing is missed or
-shown twice. A health check every few seconds gives the server's connection
+shown twice. Without a list of participants, the feed asks the session
+directory (ListSessions) every few seconds for the live sessions the token
+may read, and follows each participant found there. A health check every few seconds gives the server's connection
 state (and restarts subscriptions that a dead connection left hanging).
 
 Everything here runs on one asyncio loop (the web server's); listeners get
@@ -77,12 +79,13 @@ def read_participants_file(path: str | Path) -> list[str]:
 class FeedConfig:
     server: str                        # HOST:PORT of any scoring server replica
     token: str                         # read-scoped bearer token
-    participants: list[str]            # whom to follow (the API has no way to list them)
+    participants: list[str]            # whom to follow ([] = whoever has a live session the token may read)
     tls: bool = False                  # TLS with the system's root certificates
     tls_ca: str | Path | None = None   # TLS with this CA bundle (PEM)
     live_seconds: float = 120.0        # a session with an update this recent counts as live
     gap_seconds: float = 60.0          # a longer pause between scores is drawn as a gap
     health_interval: float = 5.0
+    discover_interval: float = 5.0     # how often the session directory is asked for new live sessions
     ref_key: bytes | None = None       # key of the opaque URL ids (default: derived from the token)
 
     def __post_init__(self) -> None:
@@ -91,9 +94,6 @@ class FeedConfig:
         if not self.token or not self.token.strip():
             raise ValueError("a read token is needed: pass --token, --token-file or set MOODSTREAM_TOKEN")
         self.token = self.token.strip()
-        if not self.participants:
-            raise ValueError("name the participants to follow with --participant or --participants-file "
-                             "(the server has no call that lists participants)")
         seen = []
         for participant in self.participants:
             check_participant_id(participant)
@@ -247,6 +247,8 @@ class ScoreFeed:
         self._tasks: list[asyncio.Task] = []
         self._closing = False
         self._logged: dict[str, str] = {}
+        self.discovering = not config.participants
+        self.directory_state = ""   # "" while fine; otherwise why the session directory cannot be read
 
     # ------------------------------------------------------------ ids
     def ref(self, kind: str, identifier: str) -> str:
@@ -263,6 +265,8 @@ class ScoreFeed:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._tasks = [asyncio.create_task(self._follow(p), name=f"follow-{p}") for p in self.participants]
         self._tasks.append(asyncio.create_task(self._watch_health(), name="server-health"))
+        if self.discovering:
+            self._tasks.append(asyncio.create_task(self._discover(), name="session-directory"))
 
     async def stop(self) -> None:
         self._closing = True
@@ -298,12 +302,14 @@ class ScoreFeed:
 
     # ------------------------------------------------------------ views
     def connection(self) -> dict:
-        token_problem = next((p.message for p in self.participants.values() if p.state == TOKEN_REJECTED), "")
+        token_problem = next((p.message for p in self.participants.values() if p.state == TOKEN_REJECTED),
+                             self.directory_state)
         return {
             "server": {"target": self.config.server, "state": self.server_state, "message": self.server_message,
                        "since": self.server_since, "tls": bool(self.config.tls or self.config.tls_ca)},
             "token_error": token_problem,
             "participants": [p.to_dict() for p in self.participants.values()],
+            "discovering": self.discovering,
         }
 
     def settings(self) -> dict:
@@ -473,6 +479,55 @@ class ScoreFeed:
         self._set_participant(participant_id, RECONNECTING, message)
         return backoff, min(backoff * 2, 5.0)
 
+    def follow(self, participant_id: str) -> bool:
+        """Start following a participant found in the session directory; False if already followed."""
+        if participant_id in self.participants or not ID_PATTERN.fullmatch(participant_id):
+            return False
+        state = ParticipantState(participant_id, self.ref("participant", participant_id))
+        self.participants[participant_id] = state
+        self.participants_by_ref[state.ref] = state
+        self._tasks.append(asyncio.create_task(self._follow(participant_id), name=f"follow-{participant_id}"))
+        log.info("following participant %s (a live session in the session directory)", participant_id)
+        self._publish({"type": "connection", "connection": self.connection()})
+        return True
+
+    async def live_participants(self) -> set[str]:
+        """Participants with a session the directory lists as live and active within live_seconds."""
+        found, token = set(), ""
+        while True:
+            request = pb.ListSessionsRequest(state=pb.SESSION_STATE_LIVE, page_size=1000, page_token=token,
+                                             active_after_unix=time.time() - self.config.live_seconds)
+            page = await self._stub.ListSessions(request, metadata=self.metadata, timeout=10)
+            found.update(session.participant_id for session in page.sessions)
+            token = page.next_page_token
+            if not token:
+                return found
+
+    async def _discover(self) -> None:
+        while not self._closing:
+            try:
+                for participant_id in sorted(await self.live_participants()):
+                    self.follow(participant_id)
+                problem = ""
+            except grpc.aio.AioRpcError as error:
+                code, details = error.code(), error.details() or error.code().name
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    problem = (f"the server rejected the dashboard's token ({details}); start the dashboard "
+                               "with a valid read token")
+                elif code == grpc.StatusCode.UNIMPLEMENTED:
+                    problem = ("this server has no session directory (ListSessions); name the participants "
+                               "to follow with --participant")
+                elif code == grpc.StatusCode.PERMISSION_DENIED:
+                    problem = f"this dashboard's token may not read any participant ({details})"
+                else:
+                    problem = ""  # unreachable or restarting: the health check reports it; try again
+            if problem != self.directory_state:
+                if problem:
+                    log.warning("session directory: %s", problem)
+                self.directory_state = problem
+                self._publish({"type": "connection", "connection": self.connection()})
+            await asyncio.sleep(self.config.discover_interval)
+
     async def _watch_health(self) -> None:
         failures = 0
         while not self._closing:
@@ -504,5 +559,9 @@ class ScoreFeed:
 def participants_from(values: Iterable[str] | None, participants_file: str | Path | None) -> list[str]:
     participants = [check_participant_id(v) for v in values or ()]
     if participants_file:
-        participants.extend(read_participants_file(participants_file))
+        listed = read_participants_file(participants_file)
+        if not listed:
+            raise ValueError(f"participants file {participants_file} names no participant; leave it out to "
+                             "follow whoever has a live session")
+        participants.extend(listed)
     return participants
