@@ -124,7 +124,8 @@ def test_forget_asks_first_and_deletes_nothing_unless_confirmed(model, tokens, r
         assert redis_keys(redis_url) == keys
     monkeypatch.setattr("sys.stdin", io.StringIO("yes\n"))
     code, out, err = forget(capsys, "p1", "--redis", redis_url)
-    assert code == 0 and "deleted 10 key(s)" in out  # 2 sessions x (record, vectors, stream), stream, directory, 2 owners
+    # 2 sessions x (record, vectors, stream), participant stream, session directory, 2 owners
+    assert code == 0 and "deleted 10 key(s)" in out
     assert not [key for key in redis_keys(redis_url) if "p1" in key]
 
 
