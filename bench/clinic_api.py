@@ -146,7 +146,7 @@ def _timed(call) -> float:
 
 
 def listing(stub, pb, tokens: dict) -> dict:
-    reader, admin = [("authorization", f"Bearer {tokens[name]}") for name in ("reader-p007", "admin")]
+    reader, admin = [[("authorization", f"Bearer {tokens[name]}")] for name in ("reader-p007", "admin")]
     get_score = timed_best(lambda: stub.GetScore(pb.GetScoreRequest(session_id="p007-s000"), metadata=admin))
     one = timed_best(lambda: stub.ListSessions(pb.ListSessionsRequest(page_size=100), metadata=reader))
     everyone = timed_best(lambda: stub.ListSessions(pb.ListSessionsRequest(page_size=100), metadata=admin))
@@ -253,7 +253,8 @@ def report(results: dict) -> str:
     b, z, ls, r = (results[k] for k in ("backlog", "zero_message_calls", "list_sessions", "revocation"))
     rows = [
         [f"backlog of {b['chunks']} chunks sent at once", f"{b['acked']} acked in {b['seconds']:.2f} s",
-         f"stop-and-wait: {b['stop_and_wait_seconds']:.2f} s", f"{b['speedup_vs_stop_and_wait']:.2f}x faster"],
+         f"stop-and-wait: {b['stop_and_wait_seconds']:.2f} s",
+         f"{1 / b['speedup_vs_stop_and_wait']:.2f}x the stop-and-wait time"],
         [f"{z['calls']} calls without a request message", f"{z['ended']} ended in {z['seconds']:.2f} s "
          f"({', '.join(f'{k} {v}' for k, v in z['codes'].items())})",
          f"server RSS {z['server_rss_mb_before']:.0f} MB before", f"{z['server_rss_mb_after']:.0f} MB after"],

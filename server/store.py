@@ -499,13 +499,15 @@ class SessionStore:
 
     async def _settle_claim(self, keys: SessionKeys, participant_id: str) -> None:
         """A session with a segment: its owner key lives as long as its data, and it is in the directory."""
-        await self._refresh_owner_ttl(keys.owner)
         directory = directory_key(self.model_version)
-        await self.client.zadd(directory, {participant_id: 0})
-        if self.ttl_seconds:
-            await self.client.expire(directory, self.ttl_seconds)
-        else:
-            await self.client.persist(directory)
+        pipeline = self.client.pipeline(transaction=False)  # one round trip (a cluster: one per node)
+        pipeline.zadd(directory, {participant_id: 0})
+        for key in (keys.owner, directory):
+            if self.ttl_seconds:
+                pipeline.expire(key, self.ttl_seconds)
+            else:
+                pipeline.persist(key)
+        await pipeline.execute()
 
     async def _refresh_owner_ttl(self, owner: str) -> None:
         if self.ttl_seconds:
