@@ -305,7 +305,7 @@ redis.call('HSET', KEYS[1], 'applied', ARGV[1], 'state', ARGV[4], 'latest', ARGV
            'latest_offset', offset, 'segments', ARGV[10], 'speech_seconds', ARGV[11],
            'device', ARGV[12])
 local identity = redis.call('HMGET', KEYS[1], 'started_at', 'session')
-redis.call('ZADD', KEYS[6], 'NX', identity[1], identity[2])
+redis.call('ZADD', KEYS[6], identity[1], identity[2])
 refresh_ttl(tonumber(ARGV[6]), 1, 6)
 return {'applied', seq, offset, participant_offset}
 """
@@ -821,44 +821,46 @@ class SessionStore:
         while True:
             entries = await self.client.zrevrangebyscore(index, newest, "-inf", start=offset, num=DIRECTORY_BATCH,
                                                          withscores=True)
-            offset += len(entries)
             candidates = []
             for member, started in entries:
                 session_id = _text(member)
                 if cursor is not None and (started, session_id) >= (cursor.started_unix, cursor.session_id):
                     continue  # at or before the cursor in this order (ties on start: session id descending)
                 candidates.append((session_id, started))
-            summaries = await self._summaries(participant, index, candidates)
+            summaries, pruned = await self._summaries(participant, index, candidates)
             for summary in summaries:
                 yield summary
             if len(entries) < DIRECTORY_BATCH:
                 return
+            offset += len(entries) - pruned  # pruned entries left the set: the rest moved up
 
-    async def _summaries(self, participant: str, index: str, candidates) -> list[SessionSummary]:
-        fields = ("device", "started_at", "ended_at", "segments", "speech_seconds", "latest", "latest_offset")
+    async def _summaries(self, participant: str, index: str, candidates) -> tuple[list[SessionSummary], int]:
+        """Summaries of (session id, start) candidates, and how many stale entries were pruned."""
+        fields = ("device", "ended_at", "segments", "speech_seconds", "latest", "latest_offset")
         if not candidates:
-            return []
+            return [], 0
         pipeline = self.client.pipeline(transaction=False)  # one round trip per batch, on one slot
         for session_id, _ in candidates:
             pipeline.hmget(self.keys(participant, session_id).session, fields)
         replies = await pipeline.execute()
         summaries, gone = [], []
-        for (session_id, _), reply in zip(candidates, replies):
-            device, started_at, ended_at, segments, speech, latest, offset = reply
-            if started_at is None:
+        for (session_id, started), reply in zip(candidates, replies):
+            device, ended_at, segments, speech, latest, offset = reply
+            if device is None:  # every record has a device field (maybe empty): the record is gone
                 gone.append(session_id)
                 continue
             score = _latest(latest, offset)
             summaries.append(SessionSummary(
                 session_id=session_id, participant_id=participant, device_id=_text(device or b""),
-                model_version=self.model_version, started_unix=float(started_at),
+                model_version=self.model_version, started_unix=started,
                 ended_unix=float(ended_at) if ended_at else None, segments=int(segments or 0),
                 speech_seconds=float(speech or 0.0),
-                last_update_unix=float(score["time_unix"]) if score else float(started_at), latest=score))
+                last_update_unix=float(score["time_unix"]) if score else started, latest=score))
+        pruned = 0
         if gone:
             records = [self.keys(participant, session_id).session for session_id in gone]
-            await _prune_index(self.client, [index, *records], gone)
-        return summaries
+            pruned = int(await _prune_index(self.client, [index, *records], gone))
+        return summaries, pruned
 
     # -- privacy ----------------------------------------------------------
 

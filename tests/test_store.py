@@ -508,3 +508,42 @@ def test_the_apply_script_runs_on_the_master_that_owns_the_slot(redis_cluster_ur
             assert counted == 5  # session hash, vectors, session stream, participant stream, session directory
 
     run(scenario())
+
+
+# -- the session directory ------------------------------------------------------------
+
+
+def test_the_directory_pages_through_batches_and_drops_expired_sessions(backend):
+    """More sessions than one directory batch, some gone: every live one listed once, in order."""
+    url, cluster = backend
+
+    async def scenario():
+        clock = iter(range(10**6))
+        async with open_store(url, cluster=cluster) as store:
+            store._clock = lambda: 1000.0 + next(clock)  # distinct, increasing start times
+            sessions = {"pa": [f"a{i:03d}" for i in range(450)], "pb": [f"b{i:03d}" for i in range(5)]}
+            for participant, ids in sessions.items():
+                for session in ids:
+                    await store.claim_session(session, participant)
+                    await apply(store, session, participant, 0)
+            gone = {f"a{i:03d}" for i in range(0, 450, 3)}  # a third expired (their records deleted)
+            for session in gone:
+                await store.client.delete(store.keys("pa", session).session)
+
+            def expected(participant):
+                return [(participant, s) for s in reversed(sessions[participant]) if s not in gone]
+
+            for page_size in (1000, 7):  # the first pass meets the stale entries mid-batch
+                listed, cursor = [], None
+                while True:
+                    page, cursor = await store.list_sessions(None, page_size=page_size, cursor=cursor)
+                    listed += [(s.participant_id, s.session_id) for s in page]
+                    if cursor is None:
+                        break
+                assert listed == expected("pa") + expected("pb"), page_size
+            # the expired ones were pruned from the directory as it was read
+            assert await store.client.zcard(store.keys("pa", "a001").index) == 450 - len(gone)
+            only_b, cursor = await store.list_sessions(["pb"], page_size=2)
+            assert [s.session_id for s in only_b] == ["b004", "b003"] and cursor is not None
+
+    run(scenario())
