@@ -83,6 +83,24 @@ def test_a_connection_is_cut_after_its_age_and_grace(model, redis_url, tokens, p
         assert time.monotonic() - started < 15
 
 
+def test_an_idle_connection_is_closed(model, redis_url, tokens, pool):
+    limits = ConnectionLimits(max_idle_seconds=1.0)
+    with running_server(model, redis_url, tokens, limits=limits) as running, \
+            grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        states = []
+        channel.subscribe(states.append)
+        raw = client(channel, pool, tokens)
+        with pytest.raises(grpc.RpcError):
+            raw.unary("GetScore", raw.request("GetScore", session_id="any"), timeout=10)  # NOT_FOUND: connected
+        assert grpc.ChannelConnectivity.READY in states
+        connected = states.index(grpc.ChannelConnectivity.READY)
+        deadline = time.monotonic() + 10
+        while grpc.ChannelConnectivity.IDLE not in states[connected:]:  # the server closed it (GOAWAY)
+            assert time.monotonic() < deadline, states
+            time.sleep(0.1)
+        channel.unsubscribe(states.append)
+
+
 def test_concurrent_calls_per_connection_are_bounded(model, redis_url, tokens, pool):
     limits = ConnectionLimits(max_concurrent_streams=4)
     with running_server(model, redis_url, tokens, limits=limits) as running, \
