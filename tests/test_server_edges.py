@@ -9,7 +9,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from moodstream.server.app import ConnectionLimits
 from moodstream.server.service import ServiceSettings
 from raw_client import RawClient, acks, compile_proto
-from server_harness import make_chunks, redis_keys, running_server, tiny_model, write_tokens
+from server_harness import make_chunks, running_server, tiny_model, write_tokens
 
 GOOD = make_chunks(1, seed=3)[0]
 Code = grpc.StatusCode
