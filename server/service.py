@@ -29,8 +29,9 @@ from moodstream.ids import DEVICE_PATTERN, ID_PATTERN, ID_RULE
 from moodstream.model import ScorerState, StateError
 from moodstream.server import metrics
 from moodstream.server.auth import AuthError, Principal, TokenAuthenticator
-from moodstream.server.store import (MAX_PAGE_SIZE, MAX_SEQ, ApplyStatus, SessionCursor, SessionNotFoundError,
-                                     SessionOwnershipError, SessionStore, SessionSummary, parse_offset)
+from moodstream.server.store import (ENDED, INTERRUPTED, MAX_PAGE_SIZE, MAX_SEQ, OPEN, ApplyStatus, SessionCursor,
+                                     SessionNotFoundError, SessionOwnershipError, SessionStore, SessionSummary,
+                                     parse_offset)
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 
@@ -95,27 +96,31 @@ def score_message(update: dict) -> pb.ScoreUpdate:
         above_threshold=bool(update["above_threshold"]), threshold=float(update["threshold"]),
         model_version=update["model_version"], time_unix=float(update["time_unix"]), seq=int(update["seq"]),
         offset=update.get("offset") or "", device_id=update.get("device_id", ""),
-        speech_seconds=float(update.get("speech_seconds", 0.0)), notice=SCREENING_NOTICE)
+        speech_seconds=float(update.get("speech_seconds", 0.0)), notice=SCREENING_NOTICE,
+        start_seconds=float(update.get("start_seconds", 0.0)))
 
 
 DEFAULT_PAGE_SIZE = 100
-SESSION_STATES = {pb.SESSION_STATE_UNSPECIFIED: None, pb.SESSION_STATE_LIVE: "live", pb.SESSION_STATE_ENDED: "ended"}
+SESSION_STATE_MESSAGES = {OPEN: pb.SESSION_STATE_OPEN, ENDED: pb.SESSION_STATE_ENDED,
+                          INTERRUPTED: pb.SESSION_STATE_INTERRUPTED}
+SESSION_STATE_NAMES = {number: name for name, number in SESSION_STATE_MESSAGES.items()}
 
 
 def summary_message(summary: SessionSummary) -> pb.SessionSummary:
     message = pb.SessionSummary(
         session_id=summary.session_id, participant_id=summary.participant_id, device_id=summary.device_id,
         model_version=summary.model_version,
-        state=pb.SESSION_STATE_LIVE if summary.ended_unix is None else pb.SESSION_STATE_ENDED,
-        started_unix=summary.started_unix, last_update_unix=summary.last_update_unix,
-        ended_unix=summary.ended_unix or 0.0, segments=summary.segments, speech_seconds=summary.speech_seconds)
+        state=SESSION_STATE_MESSAGES[summary.state.name], state_since_unix=summary.state.since or 0.0,
+        started_unix=summary.started_unix, last_update_unix=summary.last_update_unix, segments=summary.segments,
+        speech_seconds=summary.speech_seconds)
     if summary.latest is not None:
         message.latest.CopyFrom(score_message(summary.latest))
     return message
 
 
 def _query_fingerprint(request: pb.ListSessionsRequest) -> str:
-    query = [request.participant_id, request.state, request.active_after_unix, request.active_before_unix]
+    query = [request.participant_id, sorted(set(request.states)), request.active_after_unix,
+             request.active_before_unix]
     return hashlib.sha256(json.dumps(query).encode()).hexdigest()[:16]
 
 
@@ -201,6 +206,9 @@ class SessionStream:
         except SessionOwnershipError as error:
             raise stream_refused(self.header) from error
         self.ended = record.ended
+        if not self.ended:
+            await with_redis_retry(lambda: store.clear_interrupted(self.session_id, self.participant_id),
+                                   service.settings)
         await self.reload()
 
     async def reload(self) -> None:
@@ -350,7 +358,7 @@ class SessionStream:
             "above_threshold": probability >= config.decision_threshold,
             "threshold": config.decision_threshold, "model_version": service.model_version,
             "time_unix": time.time(), "seq": seq, "device_id": self.header.device_id,
-            "speech_seconds": speech_seconds,
+            "speech_seconds": speech_seconds, "start_seconds": chunk.start_seconds,
         }
         result = await with_redis_retry(lambda: service.store.apply_segment(
             self.session_id, self.participant_id, seq, vector.astype("<f4").tobytes(), new_state.to_bytes(),
@@ -432,6 +440,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         principal = await self._principal(context)
         metrics.STREAMS_ACTIVE.inc()
         tasks: list[asyncio.Task] = []
+        session = None
         try:
             session = await self._open_stream(principal, request_iterator)
             tasks = [asyncio.create_task(session.read_requests(request_iterator), name="stream-reader"),
@@ -476,6 +485,15 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                     await task
                 except BaseException:
                     pass
+            if session is not None and not session.ended:
+                await self._mark_interrupted(session)
+
+    async def _mark_interrupted(self, session: SessionStream) -> None:
+        """Best effort (the stream is gone either way): readers then see the session as interrupted."""
+        try:
+            await self.store.mark_interrupted(session.session_id, session.participant_id)
+        except (redis.exceptions.RedisError, asyncio.CancelledError) as error:
+            log.info("session %s: could not mark it interrupted (%s)", session.session_id, error)
 
     async def _open_stream(self, principal: Principal, request_iterator) -> SessionStream:
         try:
@@ -517,7 +535,12 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                                             self.settings)
             if latest is None:
                 raise StreamAbort(grpc.StatusCode.NOT_FOUND, f"session {request.session_id!r} has no score yet")
-            return score_message(latest)
+            state = await with_redis_retry(lambda: self.store.session_state(request.session_id, participant),
+                                           self.settings)
+            reply = score_message(latest)
+            reply.session_state = SESSION_STATE_MESSAGES[state.name]
+            reply.session_state_since_unix = state.since or 0.0
+            return reply
         except StreamAbort as error:
             await context.abort(error.code, str(error))
 
@@ -580,8 +603,11 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                 participants = sorted(principal.read)
             else:
                 raise StreamAbort(grpc.StatusCode.PERMISSION_DENIED, "this token may not read any participant")
-            if request.state not in SESSION_STATES:
-                raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown session state {request.state}")
+            unknown = sorted(set(request.states) - set(SESSION_STATE_NAMES))
+            if unknown:
+                raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"states has unknown or unspecified session state(s) {unknown}: use OPEN, "
+                                  "ENDED or INTERRUPTED, or leave states empty for every state")
             after = _time_bound("active_after_unix", request.active_after_unix)
             before = _time_bound("active_before_unix", request.active_before_unix)
             if after and before and before < after:
@@ -590,7 +616,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             cursor = decode_page_token(request.page_token, request)
             page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             summaries, next_cursor = await with_redis_retry(lambda: self.store.list_sessions(
-                participants, state=SESSION_STATES[request.state], active_after=after, active_before=before,
+                participants, states={SESSION_STATE_NAMES[number] for number in request.states}, active_after=after, active_before=before,
                 page_size=page_size, cursor=cursor), self.settings)
             return pb.ListSessionsResponse(sessions=[summary_message(summary) for summary in summaries],
                                            next_page_token=encode_page_token(next_cursor, request))

@@ -16,7 +16,8 @@ P = participant id, S = session id, V = model version (ids are
                                       ended), applied (last applied seq),
                                       state (scorer state bytes), segments,
                                       speech_seconds, latest (score JSON),
-                                      latest_offset
+                                      latest_offset, interrupted_at (while
+                                      its last stream broke off without End)
     ms:{p:P}:V:s:S:vectors    hash    seq -> segment vector (float32 bytes)
     ms:{p:P}:V:s:S:audio      hash    seq -> PCM s16le (only with store_audio)
     ms:{p:P}:V:s:S:updates    stream  one entry per applied segment: score=JSON
@@ -112,6 +113,7 @@ SCORE_FIELDS = (
     "seq",
     "device_id",
     "speech_seconds",
+    "start_seconds",
 )
 REQUIRED_SCORE_FIELDS = ("probability", "above_threshold", "threshold", "speech_seconds")
 
@@ -173,6 +175,27 @@ class SessionRecord:
         return self.ended_at is not None
 
 
+OPEN, ENDED, INTERRUPTED = "open", "ended", "interrupted"
+SESSION_STATES = (OPEN, ENDED, INTERRUPTED)
+
+
+class SessionState(NamedTuple):
+    ended_at: float | None        # End received (server time)
+    interrupted_at: float | None  # the last stream closed without End (cleared when a stream resumes)
+
+    @property
+    def name(self) -> str:
+        """OPEN, ENDED or INTERRUPTED (an ended session is ended, whatever else it was)."""
+        if self.ended_at is not None:
+            return ENDED
+        return INTERRUPTED if self.interrupted_at is not None else OPEN
+
+    @property
+    def since(self) -> float | None:
+        """Server time the session entered its state (None while open)."""
+        return self.ended_at if self.ended_at is not None else self.interrupted_at
+
+
 @dataclass(frozen=True)
 class SessionSummary:
     """One entry of the session directory (mirrors SessionSummary of moodstream.v1)."""
@@ -183,7 +206,7 @@ class SessionSummary:
     model_version: str
     started_unix: float
     last_update_unix: float  # time of the latest score
-    ended_unix: float | None
+    state: SessionState
     segments: int
     speech_seconds: float
     latest: dict[str, Any] | None
@@ -346,6 +369,7 @@ END_SCRIPT = (
 -- KEYS: the five session keys; ARGV: 1 now, 2 ttl. Returns 1 if the session exists.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSETNX', KEYS[1], 'ended_at', ARGV[1])
+redis.call('HDEL', KEYS[1], 'interrupted_at')
 refresh_ttl(tonumber(ARGV[2]), 1, 5)
 return 1
 """
@@ -359,6 +383,13 @@ for i = 2, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 0 then removed = removed + redis.call('ZREM', KEYS[1], ARGV[i - 1]) end
 end
 return removed
+"""
+
+INTERRUPT_SCRIPT = """#!lua
+-- KEYS: 1 session hash; ARGV: 1 now. Marks an open session interrupted; returns 1 if it did.
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'ended_at') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'interrupted_at', ARGV[1])
+return 1
 """
 
 # Deletes an owner key only if it still names this participant.
@@ -392,6 +423,7 @@ _claim = _Script(CLAIM_SCRIPT)
 _end = _Script(END_SCRIPT)
 _forget_owner = _Script(FORGET_OWNER_SCRIPT)
 _prune_index = _Script(PRUNE_INDEX_SCRIPT)
+_interrupt = _Script(INTERRUPT_SCRIPT)
 
 
 def connect(url: str, *, cluster: bool = False, **options: Any) -> AnyRedis:
@@ -508,6 +540,24 @@ class SessionStore:
             else:
                 pipeline.persist(key)
         await pipeline.execute()
+
+    async def session_state(self, session_id: str, participant_id: str | None = None) -> SessionState:
+        """When the session ended or was interrupted (Nones while it is open or unknown)."""
+        _check_pattern("session_id", session_id, ID_PATTERN)
+        participant = await self._participant_of(session_id, participant_id)
+        if participant is None:
+            return SessionState(None, None)
+        ended, interrupted = await self.client.hmget(self.keys(participant, session_id).session,
+                                                     ["ended_at", "interrupted_at"])
+        return SessionState(float(ended) if ended else None, float(interrupted) if interrupted else None)
+
+    async def mark_interrupted(self, session_id: str, participant_id: str) -> bool:
+        """Record that the session's stream closed without End; a later stream clears it."""
+        keys = self.keys(participant_id, session_id)
+        return bool(await _interrupt(self.client, [keys.session], [repr(self._clock())]))
+
+    async def clear_interrupted(self, session_id: str, participant_id: str) -> None:
+        await self.client.hdel(self.keys(participant_id, session_id).session, "interrupted_at")
 
     async def _refresh_owner_ttl(self, owner: str) -> None:
         if self.ttl_seconds:
@@ -643,8 +693,9 @@ class SessionStore:
         speech_seconds = _finite("speech_seconds", score["speech_seconds"])
         if not 0.0 <= probability <= 1.0 or not 0.0 <= threshold <= 1.0:
             raise ValueError(f"probability ({probability}) and threshold ({threshold}) must lie in [0, 1]")
-        if speech_seconds < 0:
-            raise ValueError(f"speech_seconds must be >= 0, not {speech_seconds}")
+        start_seconds = _finite("start_seconds", score.get("start_seconds", 0.0))
+        if speech_seconds < 0 or start_seconds < 0:
+            raise ValueError(f"speech_seconds ({speech_seconds}) and start_seconds ({start_seconds}) must be >= 0")
         above = score["above_threshold"]
         if not isinstance(above, bool) or above != (probability >= threshold):
             raise ValueError(
@@ -662,6 +713,7 @@ class SessionStore:
             "time_unix": time_unix,
             "device_id": device_id,
             "speech_seconds": speech_seconds,
+            "start_seconds": start_seconds,
         }
 
     async def segment_vectors(self, session_id: str, participant_id: str | None = None) -> list[bytes]:
@@ -756,7 +808,7 @@ class SessionStore:
         self,
         participants: list[str] | None,
         *,
-        state: str | None = None,
+        states: Iterable[str] | None = None,
         active_after: float = 0.0,
         active_before: float = 0.0,
         page_size: int = 100,
@@ -766,21 +818,21 @@ class SessionStore:
 
         participants: whose sessions (None = every participant in the
         directory). Order: participant id, then newest start first.
-        state: "live", "ended" or None for both. active_after / active_before
-        (Unix seconds, 0 = unbounded): sessions whose latest score is at or
-        after active_after and that started at or before active_before.
+        states: only sessions in these states (OPEN, ENDED, INTERRUPTED;
+        None or empty = every state). active_after / active_before (Unix
+        seconds, 0 = unbounded): sessions whose latest score is at or after
+        active_after and that started at or before active_before.
         """
-        if state not in (None, "live", "ended"):
-            raise ValueError(f"state must be 'live', 'ended' or None, not {state!r}")
+        wanted = set(states or SESSION_STATES)
+        if not wanted <= set(SESSION_STATES):
+            raise ValueError(f"states must be among {SESSION_STATES}, not {sorted(wanted)!r}")
         if not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be an int in 1..{MAX_PAGE_SIZE}, not {page_size!r}")
         found: list[SessionSummary] = []
         async for participant in self._directory_from(participants, cursor.participant_id if cursor else None):
             after_cursor = cursor if cursor and cursor.participant_id == participant else None
             async for summary in self._participant_sessions(participant, after_cursor, active_before):
-                if state == "live" and summary.ended_unix is not None:
-                    continue
-                if state == "ended" and summary.ended_unix is None:
+                if summary.state.name not in wanted:
                     continue
                 if active_after and summary.last_update_unix < active_after:
                     continue
@@ -836,7 +888,7 @@ class SessionStore:
 
     async def _summaries(self, participant: str, index: str, candidates) -> tuple[list[SessionSummary], int]:
         """Summaries of (session id, start) candidates, and how many stale entries were pruned."""
-        fields = ("device", "ended_at", "segments", "speech_seconds", "latest", "latest_offset")
+        fields = ("device", "ended_at", "interrupted_at", "segments", "speech_seconds", "latest", "latest_offset")
         if not candidates:
             return [], 0
         pipeline = self.client.pipeline(transaction=False)  # one round trip per batch, on one slot
@@ -845,7 +897,7 @@ class SessionStore:
         replies = await pipeline.execute()
         summaries, gone = [], []
         for (session_id, started), reply in zip(candidates, replies):
-            device, ended_at, segments, speech, latest, offset = reply
+            device, ended_at, interrupted_at, segments, speech, latest, offset = reply
             if device is None:  # every record has a device field (maybe empty): the record is gone
                 gone.append(session_id)
                 continue
@@ -853,7 +905,9 @@ class SessionStore:
             summaries.append(SessionSummary(
                 session_id=session_id, participant_id=participant, device_id=_text(device or b""),
                 model_version=self.model_version, started_unix=started,
-                ended_unix=float(ended_at) if ended_at else None, segments=int(segments or 0),
+                state=SessionState(float(ended_at) if ended_at else None,
+                                   float(interrupted_at) if interrupted_at else None),
+                segments=int(segments or 0),
                 speech_seconds=float(speech or 0.0),
                 last_update_unix=float(score["time_unix"]) if score else started, latest=score))
         pruned = 0

@@ -73,7 +73,7 @@ def sessions(server, channel, pool, tokens):
     admin = raw(channel, pool, tokens, "admin")
     started = time.time()
     record(admin, "p1-monday", "p1", 2, end=True)
-    record(admin, "p1-tuesday", "p1", 1, end=False)  # still live: no End
+    record(admin, "p1-tuesday", "p1", 1, end=False)  # still live: closed without End, so interrupted
     record(admin, "p2-monday", "p2", 1, end=True)
     with pytest.raises(grpc.RpcError):  # refused after its header: claimed, never applied
         list(admin.bidi("Stream", [admin.header("p3-refused", "p3"), admin.chunk(0, b"\0\0")]))
@@ -90,11 +90,13 @@ def test_summaries_carry_the_state_and_latest_score(server, channel, pool, token
     admin = raw(channel, pool, tokens, "admin")
     page = admin.unary("ListSessions", admin.request("ListSessions", participant_id="p1"))
     tuesday, monday = page.sessions
-    live, ended = (admin.pool.FindEnumTypeByName("moodstream.v1.SessionState").values_by_name[name].number
-                   for name in ("SESSION_STATE_LIVE", "SESSION_STATE_ENDED"))
+    interrupted, ended = (admin.pool.FindEnumTypeByName("moodstream.v1.SessionState").values_by_name[name].number
+                          for name in ("SESSION_STATE_INTERRUPTED", "SESSION_STATE_ENDED"))
     assert (monday.state, monday.segments, monday.latest.seq, monday.device_id) == (ended, 2, 1, "raw-client")
-    assert (tuesday.state, tuesday.segments, tuesday.ended_unix) == (live, 1, 0.0)
-    assert sessions <= monday.started_unix <= monday.last_update_unix <= monday.ended_unix <= time.time()
+    assert (tuesday.state, tuesday.segments) == (interrupted, 1)
+    assert sessions <= monday.started_unix <= monday.last_update_unix <= monday.state_since_unix <= time.time()
+    assert tuesday.last_update_unix <= tuesday.state_since_unix <= time.time()
+    assert monday.latest.session_state == tuesday.latest.session_state == 0  # the summary's state says it
     assert monday.latest.notice and 0.0 <= monday.latest.probability <= 1.0
     assert monday.last_update_unix == monday.latest.time_unix
 
@@ -103,8 +105,12 @@ def test_filters_by_participant_state_and_time(server, channel, pool, tokens, se
     admin = raw(channel, pool, tokens, "admin")
     states = admin.pool.FindEnumTypeByName("moodstream.v1.SessionState").values_by_name
     assert listing(admin, participant_id="p2") == [("p2", "p2-monday")]
-    assert listing(admin, state=states["SESSION_STATE_LIVE"].number) == [("p1", "p1-tuesday")]
-    assert listing(admin, state=states["SESSION_STATE_ENDED"].number) == [("p1", "p1-monday"), ("p2", "p2-monday")]
+    state = {name.removeprefix("SESSION_STATE_").lower(): value.number for name, value in states.items()}
+    live = [state["open"], state["interrupted"]]
+    assert listing(admin, states=live) == [("p1", "p1-tuesday")]
+    assert listing(admin, states=[state["open"]]) == []
+    assert listing(admin, states=[state["ended"]]) == [("p1", "p1-monday"), ("p2", "p2-monday")]
+    assert len(listing(admin, states=[*live, state["ended"]])) == len(listing(admin)) == 3
     assert listing(admin, active_after_unix=time.time() + 60) == []
     assert listing(admin, active_before_unix=sessions - 60) == []
     assert len(listing(admin, active_after_unix=sessions, active_before_unix=time.time())) == 3
@@ -124,7 +130,8 @@ def test_pages_cover_every_session_once(server, channel, pool, tokens, sessions)
     ("reader-p1", {"participant_id": "p2"}, Code.PERMISSION_DENIED, "may not read participant 'p2'"),
     ("agent", {}, Code.PERMISSION_DENIED, "may not read any participant"),
     ("admin", {"participant_id": "p 1"}, Code.INVALID_ARGUMENT, "participant_id 'p 1' is invalid"),
-    ("admin", {"state": 9}, Code.INVALID_ARGUMENT, "unknown session state"),
+    ("admin", {"states": [9]}, Code.INVALID_ARGUMENT, "unknown or unspecified session state(s) [9]"),
+    ("admin", {"states": [2, 0]}, Code.INVALID_ARGUMENT, "unknown or unspecified session state(s) [0]"),
     ("admin", {"active_after_unix": float("nan")}, Code.INVALID_ARGUMENT, "active_after_unix"),
     ("admin", {"active_after_unix": 200.0, "active_before_unix": 100.0}, Code.INVALID_ARGUMENT, "window is empty"),
     ("admin", {"page_token": "not a token"}, Code.INVALID_ARGUMENT, "page_token is malformed"),

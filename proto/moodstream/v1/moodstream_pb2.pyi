@@ -15,13 +15,15 @@ class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 class SessionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SESSION_STATE_UNSPECIFIED: _ClassVar[SessionState]
-    SESSION_STATE_LIVE: _ClassVar[SessionState]
+    SESSION_STATE_OPEN: _ClassVar[SessionState]
     SESSION_STATE_ENDED: _ClassVar[SessionState]
+    SESSION_STATE_INTERRUPTED: _ClassVar[SessionState]
 AUDIO_ENCODING_UNSPECIFIED: AudioEncoding
 AUDIO_ENCODING_PCM_S16LE: AudioEncoding
 SESSION_STATE_UNSPECIFIED: SessionState
-SESSION_STATE_LIVE: SessionState
+SESSION_STATE_OPEN: SessionState
 SESSION_STATE_ENDED: SessionState
+SESSION_STATE_INTERRUPTED: SessionState
 
 class SessionHeader(_message.Message):
     __slots__ = ("session_id", "participant_id", "device_id", "sample_rate", "encoding", "model_version", "resume_from_seq")
@@ -88,7 +90,7 @@ class Ack(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class ScoreUpdate(_message.Message):
-    __slots__ = ("session_id", "participant_id", "segments", "probability", "above_threshold", "threshold", "model_version", "time_unix", "seq", "offset", "device_id", "speech_seconds", "notice")
+    __slots__ = ("session_id", "participant_id", "segments", "probability", "above_threshold", "threshold", "model_version", "time_unix", "seq", "offset", "device_id", "speech_seconds", "notice", "start_seconds", "session_state", "session_state_since_unix")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +104,9 @@ class ScoreUpdate(_message.Message):
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SPEECH_SECONDS_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
+    START_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_STATE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_STATE_SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     participant_id: str
     segments: int
@@ -115,7 +120,10 @@ class ScoreUpdate(_message.Message):
     device_id: str
     speech_seconds: float
     notice: str
-    def __init__(self, session_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., segments: _Optional[int] = ..., probability: _Optional[float] = ..., above_threshold: _Optional[bool] = ..., threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., time_unix: _Optional[float] = ..., seq: _Optional[int] = ..., offset: _Optional[str] = ..., device_id: _Optional[str] = ..., speech_seconds: _Optional[float] = ..., notice: _Optional[str] = ...) -> None: ...
+    start_seconds: float
+    session_state: SessionState
+    session_state_since_unix: float
+    def __init__(self, session_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., segments: _Optional[int] = ..., probability: _Optional[float] = ..., above_threshold: _Optional[bool] = ..., threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., time_unix: _Optional[float] = ..., seq: _Optional[int] = ..., offset: _Optional[str] = ..., device_id: _Optional[str] = ..., speech_seconds: _Optional[float] = ..., notice: _Optional[str] = ..., start_seconds: _Optional[float] = ..., session_state: _Optional[_Union[SessionState, str]] = ..., session_state_since_unix: _Optional[float] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "seq")
@@ -154,23 +162,23 @@ class GetScoreRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class ListSessionsRequest(_message.Message):
-    __slots__ = ("participant_id", "state", "active_after_unix", "active_before_unix", "page_size", "page_token")
+    __slots__ = ("participant_id", "states", "active_after_unix", "active_before_unix", "page_size", "page_token")
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_BEFORE_UNIX_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     participant_id: str
-    state: SessionState
+    states: _containers.RepeatedScalarFieldContainer[SessionState]
     active_after_unix: float
     active_before_unix: float
     page_size: int
     page_token: str
-    def __init__(self, participant_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., active_after_unix: _Optional[float] = ..., active_before_unix: _Optional[float] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, participant_id: _Optional[str] = ..., states: _Optional[_Iterable[_Union[SessionState, str]]] = ..., active_after_unix: _Optional[float] = ..., active_before_unix: _Optional[float] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class SessionSummary(_message.Message):
-    __slots__ = ("session_id", "participant_id", "device_id", "model_version", "state", "started_unix", "last_update_unix", "ended_unix", "segments", "speech_seconds", "latest")
+    __slots__ = ("session_id", "participant_id", "device_id", "model_version", "state", "started_unix", "last_update_unix", "state_since_unix", "segments", "speech_seconds", "latest")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -178,7 +186,7 @@ class SessionSummary(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     STARTED_UNIX_FIELD_NUMBER: _ClassVar[int]
     LAST_UPDATE_UNIX_FIELD_NUMBER: _ClassVar[int]
-    ENDED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    STATE_SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     SPEECH_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LATEST_FIELD_NUMBER: _ClassVar[int]
@@ -189,11 +197,11 @@ class SessionSummary(_message.Message):
     state: SessionState
     started_unix: float
     last_update_unix: float
-    ended_unix: float
+    state_since_unix: float
     segments: int
     speech_seconds: float
     latest: ScoreUpdate
-    def __init__(self, session_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., device_id: _Optional[str] = ..., model_version: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., started_unix: _Optional[float] = ..., last_update_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., segments: _Optional[int] = ..., speech_seconds: _Optional[float] = ..., latest: _Optional[_Union[ScoreUpdate, _Mapping]] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., device_id: _Optional[str] = ..., model_version: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., started_unix: _Optional[float] = ..., last_update_unix: _Optional[float] = ..., state_since_unix: _Optional[float] = ..., segments: _Optional[int] = ..., speech_seconds: _Optional[float] = ..., latest: _Optional[_Union[ScoreUpdate, _Mapping]] = ...) -> None: ...
 
 class ListSessionsResponse(_message.Message):
     __slots__ = ("sessions", "next_page_token")
