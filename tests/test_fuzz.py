@@ -446,8 +446,12 @@ def check_stream(server, sequence, clean: bool) -> None:
     assert set(stored) <= sent_valid and acked <= set(stored), (stored, sent_valid, acked)
     assert updates == len(stored)
     assert not [key for key in keys if key.endswith(":audio")]
-    owner = f"ms:session:{{{header['session_id']}}}:owner"
-    assert all(key.startswith(f"ms:{{p:{header['participant_id']}}}:") or key == owner for key in keys), keys
+    owner, directory = f"ms:session:{{{header['session_id']}}}:owner", f"ms:{{directory}}:{model_version}"
+    assert all(key.startswith(f"ms:{{p:{header['participant_id']}}}:") or key in (owner, directory)
+               for key in keys), keys
+    if code == Code.OK:  # every chunk received got exactly one ack
+        chunks_sent = sum(1 for m in sequence if m[0] == "chunk")
+        assert sum(1 for r in responses if r.WhichOneof("message") == "ack") == chunks_sent
     if clean:
         chunk_count = sum(1 for m in sequence if m[0] == "chunk")
         assert code == Code.OK, error.details()
