@@ -145,13 +145,30 @@ class SessionStream:
             self.state = scorer.init_state()
         else:
             try:
-                self.state = ScorerState.from_bytes(snapshot.state, expected_model_version=scorer.model_version)
-                scorer.check_state(self.state)
+                if ScorerState.is_head(snapshot.state):
+                    # Rebuilding the softmax sums is O(n^2 d): hundreds of ms for a session of hours.
+                    self.state = await asyncio.to_thread(scorer.restore, snapshot.state, snapshot.rows)
+                else:
+                    self.state = ScorerState.from_bytes(snapshot.state, expected_model_version=scorer.model_version)
+                    scorer.check_state(self.state)
             except StateError as error:
                 raise StreamAbort(grpc.StatusCode.DATA_LOSS,
                                   f"stored scorer state of session {self.session_id} is unusable: {error}") from error
+            if not ScorerState.is_head(snapshot.state):
+                await self.migrate_state(snapshot)
         latest = snapshot.latest or {}
         self.speech_seconds = float(latest.get("speech_seconds", 0.0))
+
+    async def migrate_state(self, snapshot) -> None:
+        """Store a whole state of the older format as head + rows, so each next segment writes O(d)."""
+        store = self.service.store
+        replaced = await with_redis_retry(lambda: store.replace_state(
+            self.session_id, self.participant_id, snapshot.applied_seq, snapshot.state,
+            self.state.head_bytes(), self.state.row_bytes()), self.service.settings)
+        if replaced:
+            log.info("session %s: scorer state moved to the head + rows format", self.session_id)
+        else:  # a segment was applied meanwhile, by a writer that migrated it already
+            await self.reload()
 
     # ------------------------------------------------------------ input side
     def ack(self, seq: int, duplicate: bool) -> None:
@@ -264,9 +281,10 @@ class SessionStream:
             "speech_seconds": speech_seconds,
         }
         result = await with_redis_retry(lambda: service.store.apply_segment(
-            self.session_id, self.participant_id, seq, vector.astype("<f4").tobytes(), new_state.to_bytes(),
+            self.session_id, self.participant_id, seq, vector.astype("<f4").tobytes(), new_state.head_bytes(),
             score, expected_prev_seq=None if self.applied < 0 else self.applied,
-            audio=chunk.pcm if service.store.store_audio else None), service.settings)
+            audio=chunk.pcm if service.store.store_audio else None,
+            state_rows=new_state.row_bytes(self.state.rows)), service.settings)
         status = result.status
         if status is ApplyStatus.APPLIED:
             del self.pending[seq]

@@ -58,9 +58,9 @@ def test_forget_deletes_every_key_of_the_participant_after_real_sessions(model, 
     mine = [key for key in keys if key.startswith("ms:{p:p1}:") or key in (
         "ms:session:{p1-morning}:owner", "ms:session:{p1-evening}:owner")]
     others = sorted(set(keys) - set(mine))
-    # what a streamed session leaves: session hash, vectors, audio (store_audio), session stream; the
-    # participant stream; an owner key per session
-    assert len(mine) == 2 * 4 + 1 + 2, mine
+    # what a streamed session leaves: session hash, vectors, scorer rows, audio (store_audio), session
+    # stream; the participant stream; an owner key per session
+    assert len(mine) == 2 * 5 + 1 + 2, mine
     assert any(key.endswith(":audio") for key in mine)
     assert others and all("p2" in key for key in others), others
     before = snapshot(redis_url, others)
@@ -112,7 +112,7 @@ def test_forget_asks_first_and_deletes_nothing_unless_confirmed(model, tokens, r
         assert redis_keys(redis_url) == keys
     monkeypatch.setattr("sys.stdin", io.StringIO("yes\n"))
     code, out, err = forget(capsys, "p1", "--redis", redis_url)
-    assert code == 0 and "deleted 9 key(s)" in out  # 2 sessions x (record, vectors, stream), stream, 2 owners
+    assert code == 0 and "deleted 11 key(s)" in out  # 2 sessions x (record, vectors, rows, stream), stream, 2 owners
     assert not [key for key in redis_keys(redis_url) if "p1" in key]
 
 
