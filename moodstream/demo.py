@@ -153,7 +153,7 @@ def run_demo(args) -> int:
             with BackgroundServer(config) as server:
                 address = f"127.0.0.1:{server.port}"
                 say(f"server: {address}, model {server.model_version}, "
-                    f"precision {server.server.encoder.precision}")
+                    f"precision {server.server.encoder.precision}, max batch {server.server.encoder.max_batch}")
                 printer = ScorePrinter(args.json)
                 stop, errors = threading.Event(), []
                 subscriber = threading.Thread(target=subscribe, daemon=True,
