@@ -74,6 +74,12 @@ def variants(model, want_compile: bool) -> dict:
     else:
         found["int8 dynamic"] = (tensor_output(encode_function(model, "int8")),
                                  "Linear layers" + (", bf16 CNN" if cpu_has_fast_bf16() else ""))
+    from moodstream.server.onnx_encoder import ONNX_PATHS, onnxruntime_available
+
+    if model.device.type == "cpu" and onnxruntime_available():
+        notes = {"ort-fp32": "ONNX Runtime, basic graph optimisations", "ort-int8": "ONNX Runtime, int8 MatMul weights"}
+        for path in ONNX_PATHS:
+            found[path] = (tensor_output(encode_function(model, path)), notes[path])
     if want_compile:
         compiled = copy.deepcopy(model)
         compiled.backbone = torch.compile(compiled.backbone, dynamic=True)

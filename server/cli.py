@@ -51,14 +51,16 @@ def add_parser(subparsers) -> None:
                         help="most chunks per encoder forward pass (default: measured at start-up with the "
                              "precision, from 1, 2, 4 on a CPU and 1, 4, 8, 16 on a GPU)")
     server.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a chunk waits for a batch")
-    server.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="auto",
-                        help="encoder precision: auto times fp32, bf16 (GPU or bf16-capable CPU), fp16 (GPU "
-                             "without bf16) and int8 (CPU: int8 Linear layers, bf16 front end) at each batch size "
-                             "and keeps the fastest within the accuracy bound (docs/performance.md)")
+    server.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8", "ort-fp32", "ort-int8"),
+                        default="auto",
+                        help="encoder path: auto times fp32, bf16 (GPU or bf16-capable CPU), fp16 (GPU without "
+                             "bf16), int8 (CPU: int8 Linear layers, bf16 front end) and, where ONNX Runtime is "
+                             "installed, ort-fp32 and ort-int8 (CPU) at each batch size and keeps the fastest "
+                             "within the accuracy bound (docs/performance.md)")
     server.add_argument("--tuning-cache", default=None,
                         help="file that keeps the measured precision and batch limit per model and machine, so a "
-                             "restart skips the measuring; '' measures at every start "
-                             "(default: ~/.cache/moodstream/encoder-tuning.json, or under $XDG_CACHE_HOME)")
+                             "restart skips the measuring; '' measures at every start (default: "
+                             "encoder-tuning.json in $MOODSTREAM_CACHE_DIR, else ~/.cache/moodstream)")
     server.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     server.add_argument("--ttl-days", type=float, default=30.0, help="keep session data this long (0 = forever)")
     server.add_argument("--store-audio", action="store_true",

@@ -26,10 +26,12 @@ import numpy as np
 import torch
 
 from moodstream.server import metrics
+from moodstream.server.onnx_encoder import ONNX_PATHS, onnx_encode_function, onnxruntime_available
 
 log = logging.getLogger("moodstream.server.encoder")
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+# torch paths, then ONNX Runtime's (CPU; moodstream.server.onnx_encoder), which auto weighs where installed.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "ort-fp32", "ort-int8")
 # CPUs whose torch kernels run bf16 natively; elsewhere bf16 autocast is
 # emulated and many times slower than fp32.
 _BF16_CPU_CAPABILITIES = ("AVX512", "AVX512_BF16", "AMX", "AVX512_AMX")
@@ -93,6 +95,8 @@ def int8_model(model):
 
 def encode_function(model, precision: str):
     """waveforms -> segment vectors (float32 numpy) for one precision."""
+    if precision in ONNX_PATHS:
+        return onnx_encode_function(model, precision, default_cache_dir() / "onnx")
     if precision == "int8":
         quantized = int8_model(model)
         return lambda batch: quantized.encode_segments(batch).numpy()
@@ -110,6 +114,11 @@ def check_request(model, precision: str) -> None:
         raise ValueError("fp16 needs a CUDA device; use fp32, bf16 or int8 on the CPU")
     if precision == "int8" and model.device.type != "cpu":
         raise ValueError("int8 runs on the CPU only; use bf16 or fp16 on a GPU")
+    if precision in ONNX_PATHS:
+        if model.device.type != "cpu":
+            raise ValueError(f"{precision} runs on the CPU only; use bf16 or fp16 on a GPU")
+        if not onnxruntime_available():
+            raise ValueError(f"{precision} needs ONNX Runtime: pip install 'moodstream[onnx]'")
 
 
 def candidate_precisions(model) -> list[str]:
@@ -121,6 +130,8 @@ def candidate_precisions(model) -> list[str]:
         candidates.append("bf16")
     if not model.backbone.is_whisper and torch.backends.quantized.engine in ("x86", "fbgemm", "onednn"):
         candidates.append("int8")
+    if not model.backbone.is_whisper and onnxruntime_available():
+        candidates.extend(ONNX_PATHS)
     return candidates
 
 
@@ -278,9 +289,16 @@ class TuningCache:
             log.warning("could not write the encoder tuning cache %s: %s", self.path, error)
 
 
-def default_tuning_cache() -> Path:
+def default_cache_dir() -> Path:
+    """$MOODSTREAM_CACHE_DIR, else moodstream/ under $XDG_CACHE_HOME or ~/.cache: tunings and exported graphs."""
+    if os.environ.get("MOODSTREAM_CACHE_DIR"):
+        return Path(os.environ["MOODSTREAM_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "moodstream" / "encoder-tuning.json"
+    return Path(base) / "moodstream"
+
+
+def default_tuning_cache() -> Path:
+    return default_cache_dir() / "encoder-tuning.json"
 
 
 def choose_precision(model, requested: str = "auto") -> str:

@@ -17,6 +17,8 @@ from moodstream.server.encoder import (PRECISIONS, BatchingEncoder, TuningCache,
                                        accuracy, candidate_precisions, choose_encoder, choose_precision,
                                        encode_function, speech_like_waves, tune, within_bound)
 
+from moodstream.server.onnx_encoder import ONNX_PATHS, onnxruntime_available
+
 DEMO_CHECKPOINT = "moodstream/assets/demo-checkpoint"
 
 
@@ -43,7 +45,7 @@ def test_each_precision_is_a_working_encoder_and_its_error_is_reported(model, tr
     subject = model if which == "random tiny" else trained
     batch = waves(6, seed=3)
     reference = encode_function(subject, "fp32")(batch)
-    for precision in ("bf16", "int8"):
+    for precision in ("bf16", "int8", *(ONNX_PATHS if onnxruntime_available() else ())):
         vectors = encode_function(subject, precision)(batch)
         assert vectors.dtype == np.float32 and vectors.shape == reference.shape
         assert np.isfinite(vectors).all()
