@@ -61,17 +61,18 @@ def export_onnx(model, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = EqualLengthEncoder(copy.deepcopy(model).to("cpu").float().eval()).eval()
     config = model.config
-    example = torch.zeros(2, int(config.sample_rate * config.segment_seconds))
-    example[:, ::97] = 0.1  # not silence: normalisation divides by the standard deviation
     batch = torch.export.Dim("batch", min=1, max=1024)
     samples = torch.export.Dim("samples", min=int(config.sample_rate * config.min_segment_seconds),
                                max=int(config.sample_rate * config.max_segment_seconds))
     spare = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Outside inference mode, even when called from it: the exporter traces with autograd's machinery.
     with warnings.catch_warnings(), torch.inference_mode(False):
         warnings.simplefilter("ignore")  # the exporter's notes on optional packages (torchvision) and opsets
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        module = EqualLengthEncoder(copy.deepcopy(model).to("cpu").float().eval()).eval()
+        example = torch.zeros(2, int(config.sample_rate * config.segment_seconds))
+        example[:, ::97] = 0.1  # not silence: normalisation divides by the standard deviation
         torch.onnx.export(module, (example,), spare, dynamo=True, input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], dynamic_shapes={INPUT_NAME: {0: batch, 1: samples}},
                           external_data=False, verbose=False)
