@@ -105,8 +105,9 @@ def markdown(results: dict) -> str:
                 extra = f" — {results[key]['size']} size, naive = fp32 eager, one chunk per pass"
             if key.startswith("loopback"):
                 r = results[key]
-                extra = (f" — server precision {r['precision']}, Redis appendfsync {r['redis_appendfsync']}; one encode through the server's encoder "
-                         f"path {r['single_chunk_encode_ms']:.1f} ms (naive fp32, main thread: "
+                extra = (f" — server precision {r['precision']}, Redis appendfsync {r['redis_appendfsync']}; "
+                         f"one encode through the server's encoder path {r['single_chunk_encode_ms']:.1f} ms "
+                         f"(naive fp32, main thread: "
                          f"{r['naive_main_thread_fp32_encode_ms']:.1f} ms); kept up to "
                          f"{r['ceiling_realtime_agents']:g} real-time agents; server peak RSS "
                          f"{r['server_peak_rss_mb']:.0f} MB")

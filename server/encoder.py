@@ -198,9 +198,12 @@ class Tuning:
                    tuple(Measurement(**m) for m in data.get("measurements", ())), cached=True)
 
     def summary(self) -> str:
-        measured = ", ".join(f"{m.precision}x{m.batch} {m.chunks_per_second:.2f}/s"
-                             + ("" if m.accurate else f" (off: cos {m.min_cosine:.4f}, |dp| {m.abs_diff_probability:.1e})")
-                             for m in self.measurements)
+        def shown(m: Measurement) -> str:
+            if m.accurate:
+                return f"{m.precision}x{m.batch} {m.chunks_per_second:.2f}/s"
+            return f"{m.precision} outside the bound (cos {m.min_cosine:.4f}, |dp| {m.abs_diff_probability:.1e})"
+
+        measured = ", ".join(shown(m) for m in self.measurements)
         source = "cached" if self.cached else "measured"
         return f"precision {self.precision}, max batch {self.max_batch} ({source}: {measured or 'nothing to weigh'})"
 
