@@ -43,6 +43,8 @@ MAX_PROBABILITY_ERROR = 1e-3
 # faster on another (bench/encoder.py), so it is measured, not assumed.
 CPU_BATCH_SIZES = (1, 2, 4)
 GPU_BATCH_SIZES = (1, 4, 8, 16)
+# Measurements closer than this are a tie: the smaller batch (lower latency), then fp32, wins it.
+CLOSE_CALL = 0.05
 
 
 @dataclass
@@ -213,33 +215,38 @@ def tune(model, precisions: list[str], batch_sizes: tuple[int, ...], encoders: d
     """Time every (precision, batch) in `precisions` x `batch_sizes`; keep the fastest within the bound.
 
     `encoders` may bring ready encode functions (precision -> function); the rest are built here.
-    The first precision is the reference and always qualifies. Returns the choice and the encoders built.
+    The first precision is the reference and always qualifies. The combinations take turns round by
+    round (load swings on a shared machine then hit them alike), each keeping its best round; one
+    within CLOSE_CALL of the fastest with a smaller batch (lower latency) or the reference precision
+    wins the tie. Returns the choice and the encoders built.
     Call it from the thread that will serve: OpenMP thread pools belong to the calling thread.
     """
     encoders = dict(encoders or {})
     probe = speech_like_waves(max(batch_sizes), seed=0, seconds=model.config.segment_seconds,
                               sample_rate=model.config.sample_rate)
     reference = None
-    measurements = []
+    quality = {}
     for precision in precisions:
         encode = encoders[precision] = encoders.get(precision) or encode_function(model, precision)
         vectors = encode(probe)  # also the warm-up of the largest batch
         if reference is None:
-            reference, cosine, probability_error = vectors, 1.0, 0.0
+            reference, quality[precision] = vectors, (1.0, 0.0)
         else:
-            cosine, probability_error = accuracy(model, reference, vectors)
-        if not within_bound(cosine, probability_error):
-            measurements.append(Measurement(precision, max(batch_sizes), 0.0, cosine, probability_error))
-            continue
-        for batch in batch_sizes:
-            best = float("inf")
-            for _ in range(rounds):
-                started = time.perf_counter()
-                encode(probe[:batch])
-                best = min(best, time.perf_counter() - started)
-            measurements.append(Measurement(precision, batch, batch / best, cosine, probability_error))
-    best = max((m for m in measurements if m.accurate), key=lambda m: m.chunks_per_second)
-    return Tuning(best.precision, best.batch, tuple(measurements)), encoders
+            quality[precision] = accuracy(model, reference, vectors)
+    timed = [(p, b) for p in precisions if within_bound(*quality[p]) for b in batch_sizes]
+    best = {combination: float("inf") for combination in timed}
+    for _ in range(rounds):
+        for precision, batch in timed:
+            started = time.perf_counter()
+            encoders[precision](probe[:batch])
+            best[precision, batch] = min(best[precision, batch], time.perf_counter() - started)
+    measurements = [Measurement(p, max(batch_sizes), 0.0, *quality[p]) for p in precisions
+                    if not within_bound(*quality[p])]
+    measurements += [Measurement(p, b, b / best[p, b], *quality[p]) for p, b in timed]
+    fastest = max(m.chunks_per_second for m in measurements if m.accurate)
+    close = [m for m in measurements if m.accurate and m.chunks_per_second >= (1 - CLOSE_CALL) * fastest]
+    chosen = min(close, key=lambda m: (m.batch, m.precision != precisions[0], -m.chunks_per_second))
+    return Tuning(chosen.precision, chosen.batch, tuple(measurements)), encoders
 
 
 def cpu_name() -> str:
