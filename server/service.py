@@ -174,6 +174,11 @@ async def with_redis_retry(operation, settings: ServiceSettings):
             delay = min(delay * 2, 1.0)
 
 
+async def _messages(*requests: pb.StreamRequest):
+    for request in requests:
+        yield request
+
+
 class SessionStream:
     """One open agent stream: ordering, batching hand-off, atomic apply, acks."""
 
@@ -524,6 +529,39 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         session = SessionStream(self, header, principal)
         await session.open()
         return session
+
+    # ------------------------------------------------------------ PutChunk
+    async def PutChunk(self, request, context):
+        """Stream's semantics for one chunk or End per call (clients that cannot stream)."""
+        principal = await self._principal(context)
+        try:
+            kind = request.WhichOneof("message")
+            if kind is None:
+                raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, "PutChunkRequest holds neither a chunk nor End")
+            if not request.HasField("header"):
+                raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, "PutChunkRequest needs its session header")
+            requests = _messages(pb.StreamRequest(header=request.header),
+                                 pb.StreamRequest(**{kind: getattr(request, kind)}))
+            session = await self._open_stream(principal, requests)
+            await session.read_requests(requests)
+            waiting = sorted(seq for seq in session.pending if seq > session.applied + 1)
+            if waiting:
+                raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"chunk {waiting[0]} waits for seq {session.applied + 1}, which has not been "
+                                  f"applied: send seq {session.applied + 1} first, then this chunk again")
+            await session.apply_in_order()
+            reply = pb.PutChunkResponse(ended=kind == "end" and session.ended)
+            while not session.outbox.empty():
+                response = session.outbox.get_nowait()
+                if response.WhichOneof("message") == "ack":
+                    reply.ack.CopyFrom(response.ack)
+                elif response.WhichOneof("message") == "score":
+                    reply.score.CopyFrom(response.score)
+            return reply
+        except StreamAbort as error:
+            metrics.CHUNKS.labels("rejected").inc()
+            log.info("PutChunk refused: %s %s", error.code.name, error)
+            await context.abort(error.code, str(error))
 
     # ------------------------------------------------------------ reads
     async def GetScore(self, request, context):

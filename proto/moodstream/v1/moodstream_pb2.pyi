@@ -210,3 +210,23 @@ class ListSessionsResponse(_message.Message):
     sessions: _containers.RepeatedCompositeFieldContainer[SessionSummary]
     next_page_token: str
     def __init__(self, sessions: _Optional[_Iterable[_Union[SessionSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class PutChunkRequest(_message.Message):
+    __slots__ = ("header", "chunk", "end")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    header: SessionHeader
+    chunk: Chunk
+    end: End
+    def __init__(self, header: _Optional[_Union[SessionHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., end: _Optional[_Union[End, _Mapping]] = ...) -> None: ...
+
+class PutChunkResponse(_message.Message):
+    __slots__ = ("ack", "score", "ended")
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    ack: Ack
+    score: ScoreUpdate
+    ended: bool
+    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., score: _Optional[_Union[ScoreUpdate, _Mapping]] = ..., ended: _Optional[bool] = ...) -> None: ...
