@@ -84,6 +84,8 @@ class ServerConfig:
     store_audio: bool = False
     settings: ServiceSettings = field(default_factory=ServiceSettings)
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    grpc_web_port: int | None = None  # set (0 = any free port): also serve gRPC-web for browsers on this port
+    grpc_web_origins: tuple[str, ...] = ("*",)  # origins whose pages may call it (CORS)
 
 
 def pick_device(requested: str):
@@ -125,6 +127,8 @@ class ScoringServer:
         self.model_version: str | None = None
         self.authenticator: TokenAuthenticator | None = None
         self._token_watch: asyncio.Task | None = None
+        self.grpc_web = None
+        self.grpc_web_port: int | None = None
 
     def _authenticator(self) -> TokenAuthenticator:
         config = self.config
@@ -182,6 +186,12 @@ class ScoringServer:
             raise ValueError(f"cannot listen on {address} (in use or not permitted)")
         await server.start()
         self._server, self.port = server, port
+        if config.grpc_web_port is not None:
+            try:
+                await self._start_grpc_web(service)
+            except BaseException:
+                await self.stop(grace=0)
+                raise
         if authenticator.path is not None:
             self._token_watch = asyncio.create_task(self._watch_tokens(), name="tokens-file-watch")
         for name in ("", SERVICE_NAME):
@@ -190,6 +200,17 @@ class ScoringServer:
                  port, self.model_version, self.encoder.precision, model.device,
                  "TLS" if credentials else "plaintext", SCREENING_NOTICE)
         return port
+
+    async def _start_grpc_web(self, service: ScreeningService) -> None:
+        from moodstream.server.grpc_web import GrpcWebServer, grpc_web_app
+
+        config = self.config
+        app = grpc_web_app(service, list(config.grpc_web_origins), MAX_MESSAGE_BYTES)
+        self.grpc_web = GrpcWebServer(app, config.host, config.grpc_web_port, config.tls_cert, config.tls_key,
+                                      config.tls_client_ca)
+        self.grpc_web_port = await self.grpc_web.start()
+        log.info("serving gRPC-web on %s:%d (%s) for pages from %s", config.host, self.grpc_web_port,
+                 "TLS" if config.tls_cert else "plaintext", ", ".join(config.grpc_web_origins))
 
     async def _watch_tokens(self) -> None:
         while True:
@@ -203,6 +224,9 @@ class ScoringServer:
         if self._token_watch is not None:
             self._token_watch.cancel()
             self._token_watch = None
+        if self.grpc_web is not None:
+            await self.grpc_web.stop()
+            self.grpc_web = None
         if self._server is not None:
             await self.health.enter_graceful_shutdown()
             await self._server.stop(grace)

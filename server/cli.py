@@ -63,6 +63,13 @@ def add_parser(subparsers) -> None:
                         help="also keep each chunk's raw audio in Redis (off by default: privacy)")
     server.add_argument("--metrics-port", type=port_number, default=0,
                         help="serve Prometheus metrics on this port of --host (0 = off)")
+    server.add_argument("--grpc-web-port", type=port_number, default=None,
+                        help="also serve gRPC-web on this port of --host, with the same TLS files, so that "
+                             "browsers can call PutChunk, GetScore and ListSessions (off by default; 0 = any "
+                             "free port)")
+    server.add_argument("--grpc-web-origin", action="append", default=None, metavar="ORIGIN",
+                        help="an origin (scheme://host[:port]) whose pages may call the gRPC-web port, e.g. the "
+                             "dashboard's; repeat for several (default: any origin; calls still need a token)")
     server.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                         help="least severe log messages to print (stderr)")
     server.add_argument("--json-logs", action="store_true", help="structured JSON log lines")
@@ -167,6 +174,8 @@ def run_server(args) -> int:
     check_device(args.device)
     if args.port:  # before the model loads: a clash is found in a second, not after a minute
         check_port_free("--port", args.host, args.port)
+    if args.grpc_web_port:
+        check_port_free("--grpc-web-port", args.host, args.grpc_web_port)
     if args.metrics_port:
         from prometheus_client import start_http_server
 
@@ -181,12 +190,15 @@ def run_server(args) -> int:
         port=args.port, tokens_file=args.tokens, allow_unauthenticated=args.allow_unauthenticated,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, precision=args.precision, device=args.device,
-        ttl_seconds=int(args.ttl_days * 86400), store_audio=args.store_audio)
+        ttl_seconds=int(args.ttl_days * 86400), store_audio=args.store_audio, grpc_web_port=args.grpc_web_port,
+        grpc_web_origins=tuple(args.grpc_web_origin or ("*",)))
 
     def announce(server) -> None:
         # One machine-readable line, so scripts can start the server on port 0.
-        print(json.dumps({"listening": f"{args.host}:{server.port}", "model_version": server.model_version}),
-              flush=True)
+        announced = {"listening": f"{args.host}:{server.port}", "model_version": server.model_version}
+        if server.grpc_web_port is not None:
+            announced["grpc_web"] = f"{args.host}:{server.grpc_web_port}"
+        print(json.dumps(announced), flush=True)
 
     asyncio.run(serve_forever(config, on_started=announce))
     return 0
