@@ -517,7 +517,7 @@ def test_fuzz_read_requests_get_a_proper_status(fuzz_server, method, session, pa
 
 
 @examples(200, shrink=False)
-@given(method=st.sampled_from(["Stream", "GetScore", "Subscribe"]),
+@given(method=st.sampled_from(["Stream", "GetScore", "Subscribe", "PutChunk"]),
        payloads=st.lists(st.binary(max_size=200), min_size=1, max_size=3))
 def test_fuzz_raw_bytes_get_a_proper_status(fuzz_server, method, payloads):
     flush(fuzz_server.redis_url)
@@ -527,7 +527,7 @@ def test_fuzz_raw_bytes_get_a_proper_status(fuzz_server, method, payloads):
     try:
         if method == "Stream":
             list(channel.stream_stream(path)(iter(payloads), metadata=metadata, timeout=30))
-        elif method == "GetScore":
+        elif method in ("GetScore", "PutChunk"):
             channel.unary_unary(path)(payloads[0], metadata=metadata, timeout=10)
         else:
             list(channel.unary_stream(path)(payloads[0], metadata=metadata, timeout=0.3))
