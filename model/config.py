@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from moodstream.model_description import check_description
+
 FINE_TUNING_STRATEGIES = ("frozen", "last-n", "all")
 POOLINGS = ("attention", "mean", "max")
 SESSION_HEADS = ("self-attention", "last-step")
@@ -50,6 +52,12 @@ class ModelConfig:
     # Free-form provenance (training data, recipe, date); hashed into model_version.
     notes: dict[str, Any] = field(default_factory=dict)
 
+    # What the probability means, shown beside every score (moodstream.model_description). Written
+    # into config.json only when set, so checkpoints saved before these fields keep their model_version.
+    training_data: str = ""       # e.g. "interviews of 189 adults (DAIC-WOZ)"
+    positive_class: str = ""      # what a high probability stands for, e.g. "PHQ-8 >= 10"
+    demo_model: bool = False      # a demonstration model whose scores mean nothing clinically
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -73,13 +81,23 @@ class ModelConfig:
         require(0 < self.min_segment_seconds <= self.segment_seconds <= self.max_segment_seconds,
                 "need 0 < min_segment_seconds <= segment_seconds <= max_segment_seconds")
         require(0.0 < self.decision_threshold < 1.0, "decision_threshold must be in (0, 1)")
+        for name in ("training_data", "positive_class"):
+            try:
+                check_description(name, getattr(self, name))
+            except ValueError as error:
+                require(False, str(error))
+        require(isinstance(self.demo_model, bool), "demo_model must be true or false")
 
     @property
     def segment_vector_size(self) -> int:
         return self.conv_channels
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        for name, default in _WRITTEN_WHEN_SET.items():
+            if values[name] == default:
+                del values[name]
+        return values
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2)
@@ -108,6 +126,10 @@ class ModelConfig:
         )
         values.update(overrides)
         return cls(**values)
+
+
+# Fields added after checkpoint format 1 was fixed, and their defaults.
+_WRITTEN_WHEN_SET = {"training_data": "", "positive_class": "", "demo_model": False}
 
 
 def tiny_wav2vec2_config() -> dict[str, Any]:

@@ -165,34 +165,39 @@ def run_demo(args) -> int:
                     from moodstream.dashboard.server import start_for_demo
 
                     dashboard = start_for_demo(address, reader_token, args.participant, session_id,
-                                               args.dashboard_port, say)
-                sent_at: dict[int, float] = {}
+                                               args.dashboard_port, say, checkpoint)
+                try:
+                    sent_at: dict[int, float] = {}
 
-                def on_event(event) -> None:
-                    if event.kind == "sent":
-                        sent_at.setdefault(event.data["seq"], event.time_unix)
-                    elif event.kind in ("dropped", "error", "retry"):
-                        say(f"agent {event.kind}: {event.data.get('message') or event.data}")
+                    def on_event(event) -> None:
+                        if event.kind == "sent":
+                            sent_at.setdefault(event.data["seq"], event.time_unix)
+                        elif event.kind in ("dropped", "error", "retry"):
+                            say(f"agent {event.kind}: {event.data.get('message') or event.data}")
 
-                settings = CaptureSettings()
-                gate = make_gate(settings, load_prompt_intervals(prompts) if prompts else ())
-                say(f"agent: streaming {args.audio.name} at {args.speed:g}x real time as participant "
-                    f"{args.participant} (interviewer prompts gated out)" if prompts else
-                    f"agent: streaming {args.audio.name} at {args.speed:g}x real time")
-                result = run_agent(FileSource(args.audio, speed=args.speed), server=ServerTarget(address, agent_token),
-                                   participant_id=args.participant, session_id=session_id,
-                                   device_id="demo-kiosk", outbox=workdir / "outbox", settings=settings, gate=gate,
-                                   on_event=on_event)
-                last_seq = result.last_seq
-                deadline = time.time() + 30
-                while (last_seq is not None and last_seq not in printer.received) and time.time() < deadline:
-                    time.sleep(0.05)
-                stop.set()
-                subscriber.join(5)
-                if dashboard is not None:
-                    from moodstream.dashboard.server import hold
+                    settings = CaptureSettings()
+                    gate = make_gate(settings, load_prompt_intervals(prompts) if prompts else ())
+                    say(f"agent: streaming {args.audio.name} at {args.speed:g}x real time as participant "
+                        f"{args.participant} (interviewer prompts gated out)" if prompts else
+                        f"agent: streaming {args.audio.name} at {args.speed:g}x real time")
+                    result = run_agent(FileSource(args.audio, speed=args.speed),
+                                       server=ServerTarget(address, agent_token),
+                                       participant_id=args.participant, session_id=session_id,
+                                       device_id="demo-kiosk", outbox=workdir / "outbox", settings=settings, gate=gate,
+                                       on_event=on_event)
+                    last_seq = result.last_seq
+                    deadline = time.time() + 30
+                    while (last_seq is not None and last_seq not in printer.received) and time.time() < deadline:
+                        time.sleep(0.05)
+                    stop.set()
+                    subscriber.join(5)
+                    if dashboard is not None:
+                        from moodstream.dashboard.server import hold
 
-                    hold(dashboard, say)
+                        hold(dashboard, say)
+                finally:
+                    if dashboard is not None:  # before the server stops, so it never sees it go
+                        dashboard.stop()
         for error in errors:
             say(error)
     latencies = sorted(printer.received[seq] - sent_at[seq] for seq in printer.received if seq in sent_at)

@@ -122,8 +122,7 @@ class SseReader:
 
 
 def test_config_refuses_what_cannot_work(tmp_path):
-    with pytest.raises(ValueError, match="name the participants"):
-        FeedConfig(server="127.0.0.1:1", token="t", participants=[])
+    assert FeedConfig(server="127.0.0.1:1", token="t", participants=[]).participants == []  # the directory's
     with pytest.raises(ValueError, match="read token"):
         FeedConfig(server="127.0.0.1:1", token=" ", participants=["p1"])
     with pytest.raises(ValueError, match="HOST:PORT"):
@@ -139,12 +138,14 @@ def test_config_refuses_what_cannot_work(tmp_path):
         read_participants_file(listed)
 
 
-def test_cli_explains_a_missing_participant_list(capsys, monkeypatch):
+def test_cli_explains_an_empty_participants_file_and_a_missing_token(capsys, monkeypatch, tmp_path):
     from moodstream.cli import main
 
     monkeypatch.delenv("MOODSTREAM_TOKEN", raising=False)
-    assert main(["dashboard", "--server", "127.0.0.1:1", "--token", "x"]) == 2
-    assert "name the participants to follow" in capsys.readouterr().err
+    empty = tmp_path / "nobody.txt"
+    empty.write_text("# nobody yet\n")
+    assert main(["dashboard", "--server", "127.0.0.1:1", "--token", "x", "--participants-file", str(empty)]) == 2
+    assert "names no participant; leave it out to follow whoever has a recent session" in capsys.readouterr().err
     assert main(["dashboard", "--server", "127.0.0.1:1", "--participant", "p1"]) == 2
     assert "read token" in capsys.readouterr().err
 
@@ -195,7 +196,7 @@ def test_pages_and_api_show_a_streamed_session_with_its_model_version(server, to
         assert summary["segments"] == 3 and summary["device_id"] == "test-device"
         assert summary["model_version"] == server.model_version
         assert summary["speech_seconds"] == pytest.approx(21.0)
-        assert summary["state"] == "live"
+        assert summary["state"] == "streaming"
         with stub_for(server.port) as stub:
             latest = stub.GetScore(pb.GetScoreRequest(session_id="sess-a"), metadata=tokens.metadata("admin"))
         assert summary["probability"] == pytest.approx(latest.probability)
@@ -257,6 +258,58 @@ def test_only_participants_the_token_may_read_are_shown(server, tokens):
         assert participant_state(dashboard, "p1")["state"] == "following"
 
 
+def rows(dashboard) -> dict[str, str]:
+    """session id -> state of the overview's rows."""
+    return {s["session_id"]: s["state"] for s in overview(dashboard)["sessions"]}
+
+
+def test_without_a_participant_list_the_overview_lists_the_directorys_sessions_with_their_states(server, tokens):
+    stream_session(server.port, tokens, "p1-live", "p1", 1, seed=4, finish=False)
+    stream_session(server.port, tokens, "p2-live", "p2", 1, seed=5, finish=False)
+    stream_session(server.port, tokens, "p3-done", "p3", 1, seed=6)
+    with dashboard_for(server.port, tokens.by_name["admin"], [], discover_interval=0.3) as dashboard:
+        # the states come from the directory: closed without End, or ended
+        expected = {"p1-live": "interrupted", "p2-live": "interrupted", "p3-done": "finished"}
+        wait_for(lambda: rows(dashboard) == expected, what=f"the overview to be {expected}")
+        data = overview(dashboard)
+        assert data["connection"]["discovering"] is True
+        assert sorted(p["participant_id"] for p in data["connection"]["participants"]) == ["p1", "p2", "p3"]
+        # a session that starts later shows up without a restart
+        stream_session(server.port, tokens, "p4-new", "p4", 1, seed=7, finish=False)
+        wait_for(lambda: "p4-new" in rows(dashboard), what="p4-new")
+    # a scoped token discovers only what it may read
+    with dashboard_for(server.port, tokens.by_name["reader-p1"], [], discover_interval=0.3) as dashboard:
+        wait_for(lambda: rows(dashboard), what="p1's session")
+        time.sleep(1.0)  # a few more discovery rounds
+        data = overview(dashboard)
+        assert [s["session_id"] for s in data["sessions"]] == ["p1-live"]
+        assert [p["participant_id"] for p in data["connection"]["participants"]] == ["p1"]
+
+
+def test_the_directory_overview_leaves_out_sessions_older_than_the_recent_window(server, tokens):
+    stream_session(server.port, tokens, "p7-old", "p7", 1, seed=8)
+    time.sleep(2.5)
+    with dashboard_for(server.port, tokens.by_name["admin"], [], discover_interval=0.2,
+                       recent_seconds=2.0) as dashboard:
+        time.sleep(1.0)  # a few discovery rounds
+        assert rows(dashboard) == {}
+        stream_session(server.port, tokens, "p7-fresh", "p7", 1, seed=9, finish=False)
+        wait_for(lambda: "p7-fresh" in rows(dashboard), what="p7-fresh")
+        assert "p7-old" not in rows(dashboard)
+        # the participant's page still has the whole history
+        participant = next(p for p in overview(dashboard)["connection"]["participants"] if p["participant_id"] == "p7")
+        wait_for(lambda: len(get_json(f"{dashboard.url}api/p/{participant['ref']}")["sessions"]) == 2,
+                 what="p7's two sessions")
+        # once its latest score is older than the window, the session leaves the overview
+        wait_for(lambda: "p7-fresh" not in rows(dashboard), what="p7-fresh to leave the overview")
+
+
+def test_discovery_reports_a_rejected_token(server, tokens):
+    with dashboard_for(server.port, "not-a-token", [], discover_interval=0.3) as dashboard:
+        wait_for(lambda: overview(dashboard)["connection"]["token_error"], what="the token problem")
+        assert "rejected the dashboard's token" in overview(dashboard)["connection"]["token_error"]
+
+
 def test_a_bad_token_is_reported_plainly(server, tokens):
     with dashboard_for(server.port, "not-a-real-token", ["p1"]) as dashboard:
         state = wait_for(lambda: (p := participant_state(dashboard, "p1"))["state"] == "token rejected" and p,
@@ -287,7 +340,7 @@ def test_event_stream_sends_a_snapshot_then_each_score_live_in_order(server, tok
             assert [s["point"]["segments"] for s in scores] == [1, 2, 3]
             assert {s["session"]["session_id"] for s in scores} == {"live-one"}
             assert all(s["point"]["model_version"] == server.model_version for s in scores)
-            assert scores[-1]["session"]["segments"] == 3 and scores[-1]["session"]["state"] == "live"
+            assert scores[-1]["session"]["segments"] == 3 and scores[-1]["session"]["state"] == "streaming"
         finally:
             reader.close()
         assert reader.error is None, reader.error
@@ -355,3 +408,58 @@ def test_an_expected_session_has_a_page_that_fills_in_when_its_first_score_arriv
             assert "waiting" not in get_json(f"{dashboard.url}api/s/{ref}")["session"]
         finally:
             reader.close()
+
+
+# ---------------------------------------------------------------------------- states, speech time, meaning
+
+
+def test_sessions_read_interrupted_then_finished_with_late_scores_and_gaps_by_cause(server, tokens):
+    from moodstream.dashboard.feed import CAUSE_DELAYED, CAUSE_NO_SPEECH
+
+    pcm = make_chunks(3, seed=13, seconds=1.0)
+
+    def at(seq, start):
+        return pb.StreamRequest(chunk=pb.Chunk(seq=seq, start_seconds=start, pcm=pcm[seq]))
+
+    with dashboard_for(server.port, tokens.by_name["reader-p1"], ["p1"], late_seconds=1.0, gap_seconds=3.0,
+                       idle_seconds=30.0) as dashboard:
+        with stub_for(server.port) as stub:
+            stream(stub, [header("timeline", "p1"), at(0, 0.0)], tokens.metadata("agent"))
+            session = wait_for(lambda: (s := overview(dashboard)["sessions"]) and s[0]["state"] == "interrupted"
+                               and s[0], what="the session to read interrupted (no End)")
+            time.sleep(2.5)  # chunk 1 was recorded 1 s in, but reaches the server 2.5 s later
+            stream(stub, [header("timeline", "p1"), at(1, 1.0), at(2, 10.0), end(2)], tokens.metadata("agent"))
+        wait_for(lambda: overview(dashboard)["sessions"][0]["state"] == "finished", what="finished after End")
+        points = get_json(f"{dashboard.url}api/s/{session['ref']}")["points"]
+        assert [p["start_seconds"] for p in points] == [0.0, 1.0, 10.0]
+        assert [p["late"] for p in points] == [False, True, False]
+        assert points[1]["late_cause"] == CAUSE_DELAYED and points[1]["delay_seconds"] > 1.0
+        assert [p["gap_before"] for p in points] == ["", "", CAUSE_NO_SPEECH]  # 8 s without speech after 1-2 s
+        summary = overview(dashboard)["sessions"][0]
+        assert summary["late_points"] == 1 and summary["state_since"] >= points[-1]["time_unix"]
+        # no description of this model was given: the page says so instead of guessing
+        assert not summary["model"]["described"] and "--checkpoint" in summary["model"]["meaning"]
+        assert summary["model"]["threshold"] == summary["threshold"]
+
+
+def test_an_open_session_without_scores_turns_idle_and_raw_errors_stay_apart_from_the_message(server, tokens):
+    hang_up = threading.Event()
+
+    def agent():
+        yield header("quiet", "p1")
+        yield chunk(0, make_chunks(1, seed=14)[0])
+        hang_up.wait(30)  # the stream stays open, with nothing more to say
+
+    with stub_for(server.port) as stub:
+        call = stub.Stream(agent(), metadata=tokens.metadata("agent"), timeout=60)
+        next(r for r in call if r.WhichOneof("message") == "score")
+        try:
+            with dashboard_for(server.port, tokens.by_name["reader-p1"], ["p1", "p2"], idle_seconds=1.0) as dashboard:
+                wait_for(lambda: (s := overview(dashboard)["sessions"]) and s[0]["state"] == "idle",
+                         what="idle without scores")
+                p2 = wait_for(lambda: (p := participant_state(dashboard, "p2"))["state"] == "not permitted" and p,
+                              what="p2 refused")
+                assert p2["details"].startswith("PERMISSION_DENIED") and "PERMISSION_DENIED" not in p2["message"]
+        finally:
+            hang_up.set()
+            list(call)

@@ -10,10 +10,22 @@ import time
 import httpx
 import pytest
 
+from moodstream.dashboard.feed import FeedConfig
+from moodstream.dashboard.server import BackgroundDashboard
+from moodstream.model_description import ModelDescription
+
 pytestmark = pytest.mark.slow
 
 
-def test_demo_dashboard_opens_on_the_demo_session_and_stops_on_sigterm(tmp_path):
+def wait_for(value, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not (result := value()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+    return result
+
+
+def test_demo_dashboard_opens_on_the_demo_session_lets_a_second_viewer_join_and_stops_cleanly_on_ctrl_c(tmp_path):
     command = [sys.executable, "-P", "-m", "moodstream.cli", "demo", "--speed", "0", "--dashboard",
                "--dashboard-port", "0", "--session", "demo-dash"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -39,13 +51,30 @@ def test_demo_dashboard_opens_on_the_demo_session_and_stops_on_sigterm(tmp_path)
         assert printed and len(detail["points"]) == int(printed[-1])
         assert detail["session"]["session_id"] == "demo-dash"
         assert re.search(r"model ([A-Za-z0-9_.+-]+)", output).group(1) == detail["session"]["model_version"]
+        assert detail["session"]["model"]["demo_model"] and "synthetic" in detail["session"]["model"]["flag"]
+        assert "0.50" in output and detail["session"]["threshold"] == pytest.approx(0.5, abs=0.005)
+
+        # A second viewer joins with the read-only token and the command the demo printed.
+        joined = re.search(r"a second viewer can run: MOODSTREAM_TOKEN=(\S+) moodstream dashboard --server (\S+) "
+                           r"--participant (\S+) --checkpoint (\S+) --port 0", output)
+        assert joined, output
+        token, server, participant, checkpoint = joined.groups()
+        assert f"read-only token for this demo (it can read {participant} and nothing else): {token}" in output
+        config = FeedConfig(server=server, token=token, participants=[participant],
+                            models=[ModelDescription.from_checkpoint(checkpoint)])
+        with BackgroundDashboard(config) as second:
+            sessions = wait_for(lambda: httpx.get(f"{second.url}api/overview", timeout=10).json()["sessions"])
+            assert sessions[0]["session_id"] == "demo-dash" and sessions[0]["model"]["described"]
+            assert sessions[0]["segments"] == len(detail["points"])
     finally:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGINT)  # Ctrl-C
         try:
             code = process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
             raise
         reader.join(5)
-    assert code == 0, "".join(lines)
-    assert "summary:" in "".join(lines)
+    output = "".join(lines)
+    assert code == 0, output
+    assert "summary:" in output
+    assert "Traceback" not in output and "Event loop is closed" not in output, output

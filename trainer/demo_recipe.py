@@ -28,6 +28,12 @@ import numpy as np
 DEMO_NOTE = ("Demo model trained on synthetic espeak-ng speech: slowed, low, flat delivery (label 1) vs lively "
              "delivery (label 0), a proxy for psychomotor slowing. It is not a depression model and its scores "
              "mean nothing clinically.")
+# What the demo model's probability means (shown beside its scores).
+DEMO_DESCRIPTION = {
+    "training_data": "synthetic espeak-ng speech of 30 synthetic speakers",
+    "positive_class": "slowed, low, flat delivery (a stand-in for psychomotor slowing, not depression)",
+    "demo_model": True,
+}
 
 SENTENCES = [
     "I got up early this morning and made some coffee.",
@@ -181,8 +187,8 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
     config = TrainConfig.from_dict({
         "data": {"format": "manifest", "path": str(manifest), "cache_dir": str(work / "cache"),
                  "trim_silence": False},
-        "model": demo_model_settings() | {"notes": {"recipe": "moodstream demo-checkpoint", "seed": seed,
-                                                    "what_it_learned": DEMO_NOTE}},
+        "model": demo_model_settings() | DEMO_DESCRIPTION | {
+            "notes": {"recipe": "moodstream demo-checkpoint", "seed": seed, "what_it_learned": DEMO_NOTE}},
         "stage1": {"lr_backbone": 1e-3, "epochs": 30},
         "stage2": {"lr_head": 3e-3, "epochs": 100},
         "run": {"output": str(work / "run"), "seed": seed, "progress": False, "tsne": False},
