@@ -236,6 +236,22 @@
     };
   }
 
+  // A tick label centred near the plot's edge would be drawn past the canvas (cut off at phone
+  // width); such labels are left out, the tick itself stays.
+  function labelsInsideCanvas(format) {
+    return (u, splits, ...rest) => {
+      const labels = format(u, splits, ...rest);
+      const plotLeft = u.over.offsetLeft;
+      measurer.font = AXIS_FONT;
+      return labels.map((text, i) => {
+        if (text === null || text === undefined) return text;
+        const x = plotLeft + u.valToPos(splits[i], "x");
+        const half = measurer.measureText(String(text)).width / 2;
+        return x - half >= 0 && x + half <= u.width ? text : null;
+      });
+    };
+  }
+
   // The decision threshold as a dashed line across the plot, with its value written on it;
   // unlike a series it shows for a single point too.
   function drawThreshold(thresholdOf, node) {
@@ -324,7 +340,7 @@
         points: { show: true, size: 11, width: 2.5, stroke: "#b45309", fill: "#ffffff", space: 0 } });
     }
     const xAxis = { stroke: "#374151", font: AXIS_FONT, label: options.xLabel, labelFont: AXIS_FONT, labelSize: 18,
-      space: () => (narrow() ? options.narrowSpace : options.space), values: options.xValues };
+      space: () => (narrow() ? options.narrowSpace : options.space), values: labelsInsideCanvas(options.xValues) };
     const opts = {
       width: chartWidth(node), height: 260,
       legend: { show: false },
