@@ -128,3 +128,21 @@ def test_stepping_an_older_state_again_leaves_every_state_intact():
         first, p_first = scorer.step(first, vector)
     assert abs(p_first - batch_probability(head, torch.cat([vectors[:21], vectors[22:]]))) <= 1e-5
     assert second.segments == 21 and state.segments == 20
+
+
+@pytest.mark.parametrize("scale,bias", [(0.3, -0.4), (2.5, 0.7)])
+def test_a_calibrated_checkpoint_scores_the_same_in_batch_and_incrementally(scale, bias, tmp_path):
+    torch.manual_seed(3)
+    model = ScreeningModel(ModelConfig.tiny(calibration_scale=scale, calibration_bias=bias))
+    reloaded = ScreeningModel.from_pretrained(model.save_pretrained(tmp_path / "calibrated"))
+    assert (reloaded.config.calibration_scale, reloaded.config.calibration_bias) == (scale, bias)
+    vectors = torch.randn(25, model.config.segment_vector_size)
+    scorer = reloaded.incremental_scorer()
+    state = scorer.init_state()
+    for n in range(1, 26):
+        state, probability = scorer.step(state, vectors[n - 1])
+        with torch.no_grad():
+            raw_logit = float(model.session_head(vectors[None, :n])[0])
+        expected = 1.0 / (1.0 + torch.exp(torch.tensor(-(scale * raw_logit + bias), dtype=torch.float64)))
+        assert abs(probability - reloaded.score(vectors[:n])) <= 1e-6
+        assert abs(probability - float(expected)) <= 1e-6  # the calibration is applied, not ignored
