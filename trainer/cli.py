@@ -54,8 +54,8 @@ def add_parser(subparsers) -> None:
                     "Needs the `eval` extra (pip install 'moodstream[eval]').")
     baseline.add_argument("config", help="TOML recipe (its [data] and [run] sections are used)")
     baseline.add_argument("--feature-set", default="IS09_emotion",
-                          help="openSMILE feature set: IS09_emotion, eGeMAPSv02, ComParE_2016, ... "
-                               "(default: %(default)s)")
+                          help="openSMILE feature set: IS09_emotion, eGeMAPSv02, ComParE_2016, ...; or "
+                               "linear-probe: mean + std of the recipe's frozen encoder's summed layers")
     baseline.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     baseline.add_argument("--output", default=None, help="default: <run.output>-baseline-<feature set>")
     baseline.set_defaults(handler=run_baseline)

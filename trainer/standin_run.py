@@ -39,6 +39,8 @@ def _row_configs(data: str, output: Path, whisper: Path) -> dict[str, dict]:
 
 
 BASELINES = {
+    "whisper-linear-probe": ("linear-probe", "baseline: linear probe on the same frozen pretrained Whisper tiny.en "
+                             "(summed layers, mean + std, 768) + logistic regression"),
     "opensmile-is09": ("IS09_emotion", "baseline: openSMILE IS09_emotion (384) + logistic regression"),
     "opensmile-egemaps": ("eGeMAPSv02", "baseline: openSMILE eGeMAPSv02 (88) + logistic regression"),
 }
@@ -89,7 +91,9 @@ def run_standin_evaluation(data: str, output: str, whisper: str | None = None, o
         if name not in wanted:
             continue
         row_started = time.monotonic()
-        config = TrainConfig.from_dict(configs["tiny-wav2vec2-scratch"]["config"] | {"run": {"progress": False,
+        # The linear probe reads the pretrained encoder of the frozen-Whisper row.
+        source = "whisper-pretrained-frozen" if feature_set == "linear-probe" else "tiny-wav2vec2-scratch"
+        config = TrainConfig.from_dict(configs[source]["config"] | {"run": {"progress": False,
                                        "output": str(output_path / name)}})
         summary = run_baseline(config, feature_set, output_path / name)
         rows[name] = {"label": label, "summary": summary, "seconds": time.monotonic() - row_started}
