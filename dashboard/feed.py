@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from moodstream import SCREENING_NOTICE
+from moodstream import SCREENING_NOTICE, evidence_sufficient
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 
@@ -116,10 +116,12 @@ class Point:
     model_version: str
     time_unix: float
     speech_seconds: float
+    evidence_sufficient: bool = True
 
     def to_dict(self) -> dict:
         return {"seq": self.seq, "segments": self.segments, "probability": self.probability,
-                "above_threshold": self.above_threshold, "threshold": self.threshold,
+                "above_threshold": self.above_threshold, "evidence_sufficient": self.evidence_sufficient,
+                "threshold": self.threshold,
                 "model_version": self.model_version, "time_unix": self.time_unix,
                 "speech_seconds": self.speech_seconds}
 
@@ -144,7 +146,8 @@ class Session:
             "ref": self.ref, "session_id": self.session_id, "participant_id": self.participant_id,
             "participant_ref": self.participant_ref, "device_id": self.device_id,
             "segments": latest.segments, "probability": latest.probability,
-            "above_threshold": latest.above_threshold, "threshold": latest.threshold,
+            "above_threshold": latest.above_threshold, "evidence_sufficient": latest.evidence_sufficient,
+            "threshold": latest.threshold,
             "model_version": latest.model_version, "model_versions": versions,
             "speech_seconds": latest.speech_seconds, "started_unix": self.points[0].time_unix,
             "last_update_unix": latest.time_unix,
@@ -368,7 +371,7 @@ class ScoreFeed:
         point = Point(seq=update.seq, segments=update.segments, probability=update.probability,
                       above_threshold=update.above_threshold, threshold=update.threshold,
                       model_version=update.model_version, time_unix=update.time_unix,
-                      speech_seconds=update.speech_seconds)
+                      speech_seconds=update.speech_seconds, evidence_sufficient=evidence_sufficient(update))
         session.points.append(point)
         if update.device_id:
             session.device_id = update.device_id

@@ -94,6 +94,10 @@ class ModelConfig:
                 "calibration_scale must be a positive finite number and calibration_bias finite")
         require(self.min_evidence_segments >= 1, "min_evidence_segments must be >= 1")
 
+    def evidence_sufficient(self, segments: int) -> bool:
+        """Whether `segments` of speech are enough for a label (the evidence rule)."""
+        return segments >= self.min_evidence_segments
+
     @property
     def segment_vector_size(self) -> int:
         return self.conv_channels

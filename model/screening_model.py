@@ -139,10 +139,6 @@ class ScreeningModel(nn.Module):
     def session_probability(self, logit: torch.Tensor) -> float:
         return float(torch.sigmoid(self.calibrated_logit(logit.float())))
 
-    def evidence_sufficient(self, segments: int) -> bool:
-        """Whether `segments` of speech are enough for a label (the checkpoint's evidence rule)."""
-        return segments >= self.config.min_evidence_segments
-
     def incremental_scorer(self, model_version: str | None = None) -> IncrementalScorer:
         # The scorer runs on the CPU (its per-step work is tiny) on its own copy,
         # so the model can stay on an accelerator.

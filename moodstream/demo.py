@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from moodstream import SCREENING_NOTICE
+from moodstream import COLLECTING_SPEECH, SCREENING_NOTICE, evidence_sufficient
 from moodstream.help_format import HelpFormatter
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -68,14 +68,17 @@ class ScorePrinter:
                 "session_id": update.session_id, "participant_id": update.participant_id,
                 "segments": update.segments, "seq": update.seq, "probability": round(update.probability, 6),
                 "above_threshold": update.above_threshold, "threshold": update.threshold,
+                "evidence_sufficient": evidence_sufficient(update),
                 "speech_seconds": round(update.speech_seconds, 3), "model_version": update.model_version,
                 "time_unix": round(update.time_unix, 3), "offset": update.offset, "notice": update.notice}),
                 flush=True)
         else:
-            label = "ABOVE" if update.above_threshold else "below"
+            if evidence_sufficient(update):
+                label = f"{'ABOVE' if update.above_threshold else 'below'} threshold {update.threshold:.2f}"
+            else:
+                label = COLLECTING_SPEECH
             print(f"  segment {update.segments:3d} | {update.speech_seconds:6.1f} s speech | "
-                  f"p = {update.probability:.3f} ({label} threshold {update.threshold:.2f}) | "
-                  f"model {update.model_version}", flush=True)
+                  f"p = {update.probability:.3f} ({label}) | model {update.model_version}", flush=True)
 
 
 def subscribe(address: str, token: str, participant_id: str, printer: ScorePrinter, stop: threading.Event,

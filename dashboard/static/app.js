@@ -54,7 +54,9 @@
   const sessionHref = (ref) => root + "/s/" + encodeURIComponent(ref);
   const participantHref = (ref) => root + "/p/" + encodeURIComponent(ref);
 
-  function labelBadge(above) {
+  // A score below the checkpoint's evidence rule carries no label; its probability is still shown.
+  function labelBadge(above, evidence) {
+    if (evidence === false) return el("span", { class: "badge collecting", text: "collecting speech" });
     return el("span", { class: "badge " + (above ? "above" : "below"), text: labelOf(above) });
   }
 
@@ -126,7 +128,7 @@
         cell("Segments", { class: "num segments", text: s.segments }),
         cell("Speech (min)", { class: "num opt", text: minutes(s.speech_seconds) }),
         cell("Latest probability", { class: "num probability", text: fmtProb(s.probability) }),
-        cell("Label", {}, labelBadge(s.above_threshold)),
+        cell("Label", {}, labelBadge(s.above_threshold, s.evidence_sufficient)),
         cell("Model", {}, modelCell(s.model_version)),
         cell("Last update", { title: dateTime(s.last_update_unix), text: ago(s.last_update_unix) }),
         cell("State", {}, el("span", { class: "state " + state.cls, text: state.text }))));
@@ -237,7 +239,7 @@
     stateNode.textContent = state.text;
     stateNode.className = "state " + state.cls;
     byId("tile-probability").textContent = fmtProb(s.probability);
-    byId("tile-label").replaceChildren(labelBadge(s.above_threshold));
+    byId("tile-label").replaceChildren(labelBadge(s.above_threshold, s.evidence_sufficient));
     byId("tile-segments").textContent = s.segments;
     byId("tile-speech").textContent = minutes(s.speech_seconds) + " min";
     const updated = byId("tile-updated");
@@ -265,7 +267,7 @@
         cell("Segment", { class: "num", text: p.segments }),
         cell("Time", { title: dateTime(p.time_unix), text: clock(p.time_unix) }),
         cell("Probability", { class: "num", text: fmtProb(p.probability) }),
-        cell("Label", {}, labelBadge(p.above_threshold)),
+        cell("Label", {}, labelBadge(p.above_threshold, p.evidence_sufficient)),
         cell("Speech (min)", { class: "num opt", text: minutes(p.speech_seconds) }),
         cell("Model", {}, modelCell(p.model_version))));
     }
@@ -303,7 +305,7 @@
         cell("Segments", { class: "num", text: s.segments }),
         cell("Speech (min)", { class: "num opt", text: minutes(s.speech_seconds) }),
         cell("Probability", { class: "num", text: fmtProb(s.probability) }),
-        cell("Label", {}, labelBadge(s.above_threshold)),
+        cell("Label", {}, labelBadge(s.above_threshold, s.evidence_sufficient)),
         cell("Model", {}, modelCell(s.model_version)),
         cell("State", {}, el("span", { class: "state " + state.cls, text: state.text }))));
     }
