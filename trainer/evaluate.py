@@ -70,6 +70,7 @@ def write_evaluation(folder: Path, predictions: dict[str, Predictions], threshol
             "session_ids": list(p.session_ids),
             "session_labels": [int(x) for x in p.session_labels],
             "session_probabilities": [float(x) for x in p.session_probabilities],
+            "segment_session_ids": list(p.segment_session_ids),
             "segment_labels": [int(x) for x in p.segment_labels],
             "segment_probabilities": [float(x) for x in p.segment_probabilities],
         }}
