@@ -146,3 +146,20 @@ def test_bad_vectors_get_clear_value_errors(model):
         model.score(torch.zeros(3, width + 1))
     with pytest.raises(ValueError, match="NaN or infinite"):
         model.score(torch.full((2, width), float("inf")))
+
+
+def test_checkpoints_written_before_calibration_and_the_evidence_rule_keep_their_model_version(tmp_path):
+    import json
+
+    from moodstream.model import ModelConfig, ScreeningModel
+
+    torch.manual_seed(0)
+    folder = ScreeningModel(ModelConfig.tiny()).save_pretrained(tmp_path / "plain")
+    document = json.loads((folder / "config.json").read_text())
+    # an uncalibrated paper-recipe checkpoint's config.json has exactly the fields it always had
+    for name in ("feature_normalization", "calibration_scale", "calibration_bias", "min_evidence_segments"):
+        assert name not in document["model"]
+    assert ScreeningModel.from_pretrained(folder).model_version == document["model_version"]
+    calibrated = ScreeningModel(ModelConfig.tiny(calibration_scale=0.5, min_evidence_segments=2))
+    document = json.loads((calibrated.save_pretrained(tmp_path / "calibrated") / "config.json").read_text())
+    assert document["model"]["calibration_scale"] == 0.5 and document["model"]["min_evidence_segments"] == 2
