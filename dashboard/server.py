@@ -136,12 +136,14 @@ class BackgroundDashboard:
         self.stop()
 
 
-def start_for_demo(address: str, token: str, participant_id: str, session_id: str, port: int,
-                   say) -> BackgroundDashboard:
-    """The dashboard of `moodstream demo --dashboard`: follows the demo participant, opens on its session."""
-    config = FeedConfig(server=address, token=token, participants=[participant_id])
+def start_for_demo(address: str, token: str, sessions: dict[str, str], port: int, say) -> BackgroundDashboard:
+    """The dashboard of `moodstream demo --dashboard`: follows the demo participants ({participant: session}),
+    opens on the first one's session."""
+    config = FeedConfig(server=address, token=token, participants=list(sessions))
     dashboard = BackgroundDashboard(config, WebConfig(port=port, access_log=False, log_level="warning"))
-    dashboard.feed.expect_session(session_id, participant_id)  # its page works before the first score
+    for participant_id, session_id in sessions.items():
+        dashboard.feed.expect_session(session_id, participant_id)  # its page works before the first score
+    session_id = next(iter(sessions.values()))
     dashboard.start()
     say(f"dashboard: open {dashboard.session_url(session_id)} (all sessions: {dashboard.url})")
     return dashboard

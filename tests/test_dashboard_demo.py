@@ -35,7 +35,7 @@ def test_demo_dashboard_opens_on_the_demo_session_and_stops_on_sigterm(tmp_path)
         assert page.status_code == 200 and "not a diagnosis" in page.text
         root = session_url.group(1).split("/s/")[0]
         detail = httpx.get(f"{root}/api/s/{session_url.group(2)}", timeout=10).json()
-        printed = re.findall(r"segment +(\d+) \|", output)
+        printed = re.findall(r"slowed-delivery segment +(\d+) \|", output)
         assert printed and len(detail["points"]) == int(printed[-1])
         assert detail["session"]["session_id"] == "demo-dash"
         assert re.search(r"model ([A-Za-z0-9_.+-]+)", output).group(1) == detail["session"]["model_version"]

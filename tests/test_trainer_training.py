@@ -152,11 +152,11 @@ def test_recipes_resolve_by_corpus_size_and_explicit_values_win():
     small = TrainConfig.from_dict(base).with_recipe(sessions=36)
     assert small.run.recipe == "small-data"
     assert small.stage1.lr_head == 2e-3  # set in the file: the recipe leaves it alone
-    assert small.stage2.lr_head == 1e-3 and small.stage2.prefix_training
+    assert small.stage2.lr_head == 6e-3 and small.stage2.prefix_training
     assert small.model_config().feature_normalization == "standardize"
     large = TrainConfig.from_dict(base).with_recipe(sessions=189)
     assert large.run.recipe == "paper"
-    assert (large.stage2.lr_head, large.stage2.prefix_training) == (6e-3, False)
+    assert (large.stage1.lr_head, large.stage2.prefix_training) == (2e-3, False)
     assert large.model_config().feature_normalization == "none"
     forced = TrainConfig.from_dict(base | {"run": {"recipe": "paper"}}).with_recipe(sessions=10)
     assert forced.run.recipe == "paper" and forced.stage1.lr_head == 2e-3
@@ -170,7 +170,7 @@ def test_small_data_checkpoint_carries_statistics_calibration_and_evidence(manif
     config = model.config
     assert config.feature_normalization == "standardize"
     assert float(model.segment_head.feature_std.min()) > 0 and float(model.segment_head.feature_mean.abs().max()) > 0
-    assert config.notes["recipe"] == "small-data"
+    assert config.notes["training_recipe"] == "small-data"
     calibration = config.notes["calibration"]
     if calibration["method"] == "platt":
         assert (config.calibration_scale, config.calibration_bias) == (calibration["scale"], calibration["bias"])

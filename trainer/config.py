@@ -36,7 +36,7 @@ SMALL_CORPUS_SESSIONS = 100
 SMALL_DATA_RECIPE: dict[str, dict[str, Any]] = {
     "model": {"feature_normalization": "standardize"},
     "stage1": {"lr_head": 1e-3},
-    "stage2": {"lr_head": 1e-3, "prefix_training": True},
+    "stage2": {"prefix_training": True},
 }
 
 

@@ -171,6 +171,7 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
     """Synthesise the corpus, train the demo model on it, copy the checkpoint and a TRAINING.md to `output`."""
     from moodstream.model import ScreeningModel
     from moodstream.trainer.config import TrainConfig
+    from moodstream.trainer.prefixes import prefix_markdown
     from moodstream.trainer.train import train
 
     require_espeak()
@@ -202,7 +203,13 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
         "train/validation/test\n"
         f"* decision threshold (chosen on validation): {model.config.decision_threshold:.3f}\n"
         f"* held-out test sessions: F1 {test['session']['f1']:.3f}, AUC {test['session']['auc']:.3f}; "
-        f"segments: AUC {test['segment']['auc']:.3f}\n")
+        f"segments: AUC {test['segment']['auc']:.3f}\n"
+        f"* training recipe: {model.config.notes.get('training_recipe')}; calibration (fitted on validation prefixes): "
+        f"{json.dumps(model.config.notes.get('calibration'))}\n"
+        f"* evidence rule (chosen on validation): no label before {model.config.min_evidence_segments} "
+        f"segment(s), about {model.config.min_evidence_segments * model.config.segment_seconds:.0f} s of speech\n\n"
+        "Held-out test sessions, scored after k segments (what a live subscriber sees):\n\n"
+        f"{prefix_markdown(test['prefix'], test['prefix_uncalibrated'])}\n")
     (target / "training_result.json").write_text(json.dumps(
         {k: result[k] for k in ("threshold", "segment_threshold")} |
         {"test": {"session": test["session"], "segment": test["segment"]}}, indent=2, default=float))

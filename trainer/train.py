@@ -501,7 +501,7 @@ class SplitTrainer:
             "threshold_chosen_on": "validation",
             "stage1_best_epoch": self.stage1_state.best_epoch,
             "stage2_best_epoch": self.stage2_state.best_epoch,
-            "recipe": config.run.recipe,
+            "training_recipe": config.run.recipe,
             "calibration": calibration,
         }
         notes.update(model_config.notes or {})
@@ -534,7 +534,7 @@ class SplitTrainer:
                                   extra={"seconds": time.monotonic() - started,
                                          "stage1_epochs": self.stage1_state.epoch,
                                          "stage2_epochs": self.stage2_state.epoch,
-                                         "recipe": config.run.recipe,
+                                         "training_recipe": config.run.recipe,
                                          "min_evidence_segments": self.model.config.min_evidence_segments,
                                          "calibration": json.dumps(calibration)},
                                   tsne=config.run.tsne, seed=config.run.seed)
