@@ -184,3 +184,26 @@ def test_small_data_checkpoint_carries_statistics_calibration_and_evidence(manif
     report = (tmp_path / "small" / "report.md").read_text()
     assert "at every point of a session" in report and (tmp_path / "small" / "test_prefix.png").is_file()
     assert 'recipe = "small-data"' in (tmp_path / "small" / "config.toml").read_text()
+
+
+def test_frozen_features_are_kept_on_disk_for_the_next_fold(manifest, tmp_path):
+    config = recipe(manifest, tmp_path / "frozen", epochs1=2, epochs2=2)
+    config.model["fine_tuning"] = "frozen"
+    from moodstream.trainer.train import SplitTrainer, prepare_data, seed_everything
+
+    _, store, splits = prepare_data(config)
+    every = lambda t: t.segment_indices(splits[0].train + splits[0].validation + splits[0].test)  # noqa: E731
+    caches = []
+    for attempt in range(2):
+        trainer = SplitTrainer(config, store, splits[0], tmp_path / f"frozen-{attempt}")
+        seed_everything(0)
+        trainer.model = ScreeningModel(config.model_config())
+        trainer.build_feature_cache(every(trainer))
+        caches.append(trainer.feature_cache)
+        assert len(list(store.folder.glob("frames-*.pt"))) == 1
+    assert all(torch.equal(a, b) for a, b in zip(*caches))
+    # another encoder (other weights) gets its own features
+    seed_everything(1)
+    trainer.model = ScreeningModel(config.model_config())
+    trainer.build_feature_cache(every(trainer))
+    assert len(list(store.folder.glob("frames-*.pt"))) == 2

@@ -130,6 +130,17 @@ def epoch_order(labels: np.ndarray, stage: StageSection, seed: int, stage_name: 
     return rng.permutation(len(labels))
 
 
+def backbone_digest(model: ScreeningModel) -> str:
+    """A short hash of what makes the frozen backbone's features: its weights and the waveform normalisation."""
+    import hashlib
+
+    digest = hashlib.sha256(f"normalize={model.config.normalize_waveform}".encode())
+    for name, tensor in sorted(model.backbone.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def is_better(monitor: str, value: float, best: float | None) -> bool:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return best is None
@@ -254,6 +265,14 @@ class SplitTrainer:
             return
         from tqdm import tqdm
 
+        # Every fold (and every run on the same frozen encoder) sees the same features: keep them on disk,
+        # keyed by the encoder's weights and the segments.
+        saved_path = self.store.folder / f"frames-{backbone_digest(model)}.pt"
+        if saved_path.is_file():
+            saved = torch.load(saved_path, map_location="cpu", weights_only=True)
+            if torch.equal(saved["offsets"], torch.as_tensor(self.store.offsets)):
+                self.feature_cache = list(saved["frames"])
+                return
         cache: list[torch.Tensor | None] = [None] * len(self.store)
         model.backbone.eval()
         order = sorted(set(int(i) for i in indices))
@@ -266,6 +285,8 @@ class SplitTrainer:
                 for row, index in enumerate(rows):
                     cache[index] = features[row, : int(mask[row].sum())].to("cpu", torch.float16).clone()
         self.feature_cache = cache
+        if all(item is not None for item in cache):
+            atomic_torch_save({"offsets": torch.as_tensor(self.store.offsets), "frames": cache}, saved_path)
 
     @torch.inference_mode()
     def training_frames(self, indices: np.ndarray) -> torch.Tensor:
