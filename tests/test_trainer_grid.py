@@ -68,8 +68,9 @@ def test_linear_probe_baseline_reads_the_recipes_frozen_encoder(tmp_path):
     assert result["feature_dimensions"] == 64
     assert result["test"]["session"]["n"] == 4
     assert "linear probe" in (tmp_path / "out-baseline-linear-probe" / "report.md").read_text()
-    cached = list((tmp_path / "cache").rglob("probe-*.npz"))
+    cached = list((tmp_path / "cache").rglob("frames-*.pt"))
     assert len(cached) == 1  # a second run reads the features back
     assert main(["baseline", str(config), "--feature-set", "linear-probe"]) == 0
     again = json.loads((tmp_path / "out-baseline-linear-probe" / "result.json").read_text())
     assert again["test"]["predictions"] == result["test"]["predictions"]
+    assert len(list((tmp_path / "cache").rglob("frames-*.pt"))) == 1

@@ -71,43 +71,23 @@ def segment_features(store: SegmentStore, feature_set: str, progress: bool = Tru
     return np.stack([cached[int(o)] for o in store.offsets])
 
 
-def encoder_identity(config: TrainConfig) -> str:
-    """A short hash naming the frozen encoder (its [model] table and pretrained flag) for the feature cache."""
-    import hashlib
-
-    model = config.model_config()
-    key = json.dumps({"backbone": model.backbone, "backbone_config": model.backbone_config,
-                      "normalize_waveform": model.normalize_waveform, "pretrained": config.pretrained},
-                     sort_keys=True, default=str)
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
 def probe_features(store: SegmentStore, config: TrainConfig) -> np.ndarray:
-    """[segments, 2H]: mean and std over frames of the frozen encoder's summed layers, cached beside the segments."""
+    """[segments, 2H]: mean and std over frames of the frozen encoder's summed layers.
+
+    The frame features come from (and go to) the trainer's on-disk cache of frozen features, so the
+    probe and a model trained on the same frozen encoder compute them once between them.
+    """
     import torch
 
     from moodstream.model import ScreeningModel
-    from moodstream.trainer.train import pick_device
-
-    path = store.folder / f"probe-{encoder_identity(config)}.npz"
-    if path.is_file():
-        saved = np.load(path)
-        if np.array_equal(saved["offsets"], store.offsets):
-            return saved["features"]
-    from tqdm import tqdm
+    from moodstream.trainer.train import frozen_frame_features, pick_device, seed_everything
 
     device = pick_device(config.run.device)
+    seed_everything(config.run.seed)  # a randomly initialised encoder is the one training with this seed starts from
     model = ScreeningModel(config.model_config(), load_pretrained_backbone=config.pretrained).to(device).eval()
-    rows = []
-    with torch.inference_mode():
-        for index in tqdm(range(len(store)), desc="linear probe: encoder features", disable=not config.run.progress):
-            batch, lengths = model.prepare_waveforms([store.waveform(index)], store.params.sample_rate)
-            frames, mask = model.backbone(batch.to(device), lengths.to(device))
-            frames = frames[0, : int(mask[0].sum())].double()
-            rows.append(torch.cat([frames.mean(0), frames.std(0, correction=0)]).cpu().numpy())
-    features = np.stack(rows)
-    np.savez(path, offsets=np.asarray(store.offsets), features=features)
-    return features
+    frames = frozen_frame_features(model, store, range(len(store)), device, config.stage1.batch_size,
+                                   "linear probe: encoder features", config.run.progress)
+    return np.stack([torch.cat([f.double().mean(0), f.double().std(0, correction=0)]).numpy() for f in frames])
 
 
 def run_baseline(config: TrainConfig, feature_set: str = "IS09_emotion", output: str | Path | None = None) -> dict:

@@ -130,6 +130,35 @@ def epoch_order(labels: np.ndarray, stage: StageSection, seed: int, stage_name: 
     return rng.permutation(len(labels))
 
 
+def frozen_frame_features(model: ScreeningModel, store: SegmentStore, indices, device: torch.device, step: int,
+                          description: str, progress: bool) -> list[torch.Tensor | None]:
+    """Frame features [frames, H] (fp16, CPU) of the segments `indices` through the model's frozen backbone.
+
+    Every fold (and every run or baseline on the same frozen encoder) sees the same features, so they are
+    kept on disk beside the segments, keyed by the encoder's weights, once every segment has them.
+    """
+    from tqdm import tqdm
+
+    saved_path = store.folder / f"frames-{backbone_digest(model)}.pt"
+    if saved_path.is_file():
+        saved = torch.load(saved_path, map_location="cpu", weights_only=True)
+        if torch.equal(saved["offsets"], torch.as_tensor(store.offsets)):
+            return list(saved["frames"])
+    cache: list[torch.Tensor | None] = [None] * len(store)
+    model.backbone.eval()
+    order = sorted(set(int(i) for i in indices))
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(order), step), desc=description, disable=not progress):
+            rows = order[start:start + step]
+            batch, lengths = model.prepare_waveforms([store.waveform(i) for i in rows], model.config.sample_rate)
+            features, mask = model.backbone(batch.to(device), lengths.to(device))
+            for row, index in enumerate(rows):
+                cache[index] = features[row, : int(mask[row].sum())].to("cpu", torch.float16).clone()
+    if all(item is not None for item in cache):
+        atomic_torch_save({"offsets": torch.as_tensor(store.offsets), "frames": cache}, saved_path)
+    return cache
+
+
 def backbone_digest(model: ScreeningModel) -> str:
     """A short hash of what makes the frozen backbone's features: its weights and the waveform normalisation."""
     import hashlib
@@ -263,30 +292,9 @@ class SplitTrainer:
             print(f"{self.split.name}: frozen-feature cache would take {gigabytes:.1f} GB "
                   f"(> stage1.feature_cache_max_gb): computing features every step instead")
             return
-        from tqdm import tqdm
-
-        # Every fold (and every run on the same frozen encoder) sees the same features: keep them on disk,
-        # keyed by the encoder's weights and the segments.
-        saved_path = self.store.folder / f"frames-{backbone_digest(model)}.pt"
-        if saved_path.is_file():
-            saved = torch.load(saved_path, map_location="cpu", weights_only=True)
-            if torch.equal(saved["offsets"], torch.as_tensor(self.store.offsets)):
-                self.feature_cache = list(saved["frames"])
-                return
-        cache: list[torch.Tensor | None] = [None] * len(self.store)
-        model.backbone.eval()
-        order = sorted(set(int(i) for i in indices))
         step = max(1, self.config.stage1.batch_size // self.config.stage1.gradient_accumulation)
-        with torch.inference_mode():
-            for start in tqdm(range(0, len(order), step), desc=f"{self.split.name} backbone features",
-                              disable=not self.config.run.progress):
-                rows = order[start:start + step]
-                features, mask = model.backbone(*self.waveforms(rows))
-                for row, index in enumerate(rows):
-                    cache[index] = features[row, : int(mask[row].sum())].to("cpu", torch.float16).clone()
-        self.feature_cache = cache
-        if all(item is not None for item in cache):
-            atomic_torch_save({"offsets": torch.as_tensor(self.store.offsets), "frames": cache}, saved_path)
+        self.feature_cache = frozen_frame_features(model, self.store, indices, self.device, step,
+                                                   f"{self.split.name} backbone features", self.config.run.progress)
 
     @torch.inference_mode()
     def training_frames(self, indices: np.ndarray) -> torch.Tensor:
