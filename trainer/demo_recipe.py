@@ -167,8 +167,12 @@ def default_output() -> Path:
 
 
 def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "runs/demo-checkpoint",
-                          seed: int = 0) -> Path:
-    """Synthesise the corpus, train the demo model on it, copy the checkpoint and a TRAINING.md to `output`."""
+                          seed: int = 0, resume: bool = False) -> Path:
+    """Synthesise the corpus, train the demo model on it, copy the checkpoint and a TRAINING.md to `output`.
+
+    With `resume`, an interrupted build in `work` continues (its corpus is kept, training resumes from its
+    last finished epoch); otherwise `work` starts from scratch.
+    """
     from moodstream.model import ScreeningModel
     from moodstream.trainer.config import TrainConfig
     from moodstream.trainer.prefixes import prefix_markdown
@@ -176,15 +180,18 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
 
     require_espeak()
     work = Path(work).expanduser().resolve()
-    if work.exists():
-        shutil.rmtree(work)  # from scratch, every time
-    manifest = generate_corpus(work / "audio", seed=seed)
+    manifest = work / "audio" / "manifest.csv"
+    if not (resume and manifest.is_file()):
+        if work.exists():
+            shutil.rmtree(work)  # from scratch
+        manifest = generate_corpus(work / "audio", seed=seed)
     config = TrainConfig.from_dict({
         "data": {"format": "manifest", "path": str(manifest), "cache_dir": str(work / "cache"),
                  "trim_silence": False},
         "model": demo_model_settings() | {"notes": {"recipe": "moodstream demo-checkpoint", "seed": seed,
                                                     "what_it_learned": DEMO_NOTE}},
-        "stage1": {"lr_backbone": 1e-3, "epochs": 30},
+        # 16 epochs: validation loss is below 0.01 by epoch 14 on this corpus.
+        "stage1": {"lr_backbone": 1e-3, "epochs": 16},
         "stage2": {"lr_head": 3e-3, "epochs": 100},
         "run": {"output": str(work / "run"), "seed": seed, "progress": False, "tsne": False},
     })
