@@ -162,7 +162,11 @@ def create_app(config: FeedConfig, feed: ScoreFeed | None = None) -> Starlette:
                         yield sse("snapshot", current)
                     elif event["type"] == "connection":
                         yield sse("connection", {"connection": event["connection"], "settings": feed.settings()})
-                    elif wanted(event):
+                    elif not wanted(event):
+                        continue
+                    elif event["type"] == "session":
+                        yield sse("session", {"session": event["session"], "settings": feed.settings()})
+                    else:
                         yield sse("score", {"session": event["session"], "point": event["point"],
                                             "settings": feed.settings()})
             finally:

@@ -37,10 +37,17 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--port", type=int, default=8080, help="web port (0 = any free port)")
     parser.add_argument("--tls", action="store_true", help="connect to the server with TLS (system CAs)")
     parser.add_argument("--tls-ca", metavar="FILE", help="connect with TLS, trusting this CA bundle (PEM)")
-    parser.add_argument("--live-seconds", type=float, default=120.0,
-                        help="a session scored within this many seconds is shown as live")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="FOLDER",
+                        help="the scoring server's checkpoint folder (repeat for more models): the dashboard "
+                             "reads from its config.json what the probability estimates and shows it beside "
+                             "every score (only config.json is read)")
+    parser.add_argument("--idle-seconds", type=float, default=60.0,
+                        help="an open session without a new score for this long is shown as idle")
     parser.add_argument("--gap-seconds", type=float, default=60.0,
-                        help="a longer pause between two scores is drawn as a gap (agent offline or no speech)")
+                        help="more speech time than this between two chunks is drawn as a gap (no speech kept)")
+    parser.add_argument("--late-seconds", type=float, default=30.0,
+                        help="a score that reached the server this much later than its speech allows is marked "
+                             "late (it waited out an outage)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log each HTTP request")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(handler=run)
@@ -70,10 +77,13 @@ def run(args) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not (0 <= args.port <= 65535):
         raise ValueError(f"--port {args.port} is not a port number")
+    from moodstream.model_description import ModelDescription
+
     config = FeedConfig(server=args.server, token=read_token(args),
                         participants=participants_from(args.participant, args.participants_file),
-                        tls=args.tls, tls_ca=args.tls_ca, live_seconds=args.live_seconds,
-                        gap_seconds=args.gap_seconds)
+                        tls=args.tls, tls_ca=args.tls_ca, idle_seconds=args.idle_seconds,
+                        gap_seconds=args.gap_seconds, late_seconds=args.late_seconds,
+                        models=[ModelDescription.from_checkpoint(folder) for folder in args.checkpoint])
     web = WebConfig(host=args.host, port=args.port, access_log=not args.no_access_log, log_level=args.log_level)
 
     def started(url: str, feed) -> None:

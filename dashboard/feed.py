@@ -4,7 +4,13 @@ One `Subscribe(participant_id, after_offset)` call per followed participant
 replays that participant's history and then stays open for live updates; a
 dropped call resumes from the last offset it saw, so nothing is missed or
 shown twice. A health check every few seconds gives the server's connection
-state (and restarts subscriptions that a dead connection left hanging).
+state (and restarts subscriptions that a dead connection left hanging), and
+GetScore on each quiet session tells whether it finished (End received) or
+was interrupted (its stream closed without End).
+
+Time on a session's chart is speech time: each score sits at its chunk's
+start on the session clock, so scores that waited out an outage land where
+their speech was recorded, marked late.
 
 Everything here runs on one asyncio loop (the web server's); listeners get
 events synchronously in the order the feed applied them.
@@ -15,6 +21,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import re
 import time
 from collections import deque
@@ -26,6 +33,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from moodstream import SCREENING_NOTICE, evidence_sufficient
+from moodstream.model_description import ModelDescription
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 
@@ -47,6 +55,17 @@ SERVER_CONNECTED = "connected"
 SERVER_CONNECTING = "connecting"
 SERVER_UNREACHABLE = "unreachable"
 SERVER_NOT_SERVING = "not serving"
+
+# Session states, as a clinician reads them.
+STREAMING = "streaming"      # scores are arriving
+IDLE = "idle"                # open, but no score for idle_seconds
+FINISHED = "finished"        # the agent sent End: no more speech will come
+INTERRUPTED = "interrupted"  # the agent's stream closed without End; it may still resume
+
+# Why a score was late or the chart has a gap, where the dashboard knows it.
+CAUSE_SERVER_DOWN = "scoring server unreachable"
+CAUSE_DELAYED = "delivered late (agent offline or catching up)"
+CAUSE_NO_SPEECH = "no speech kept"
 
 
 def check_participant_id(value: str) -> str:
@@ -80,10 +99,12 @@ class FeedConfig:
     participants: list[str]            # whom to follow (the API has no way to list them)
     tls: bool = False                  # TLS with the system's root certificates
     tls_ca: str | Path | None = None   # TLS with this CA bundle (PEM)
-    live_seconds: float = 120.0        # a session with an update this recent counts as live
-    gap_seconds: float = 60.0          # a longer pause between scores is drawn as a gap
+    idle_seconds: float = 60.0         # an open session without a score for this long is idle
+    gap_seconds: float = 60.0          # more speech time than this between two chunks is drawn as a gap
+    late_seconds: float = 30.0         # a score this much later than its speech allows is marked late
     health_interval: float = 5.0
     ref_key: bytes | None = None       # key of the opaque URL ids (default: derived from the token)
+    models: list[ModelDescription] = field(default_factory=list)  # what each model's probability means
 
     def __post_init__(self) -> None:
         if not self.server or ":" not in self.server:
@@ -102,8 +123,8 @@ class FeedConfig:
         self.participants = seen
         if self.tls_ca is not None and not Path(self.tls_ca).is_file():
             raise ValueError(f"--tls-ca {self.tls_ca} is not a file")
-        if self.live_seconds <= 0 or self.gap_seconds <= 0:
-            raise ValueError("--live-seconds and --gap-seconds must be > 0")
+        if min(self.idle_seconds, self.gap_seconds, self.late_seconds) <= 0:
+            raise ValueError("--idle-seconds, --gap-seconds and --late-seconds must be > 0")
 
 
 @dataclass
@@ -114,16 +135,22 @@ class Point:
     above_threshold: bool
     threshold: float
     model_version: str
-    time_unix: float
+    time_unix: float            # when the server scored it
     speech_seconds: float
-    evidence_sufficient: bool = True
+    start_seconds: float        # when its speech was recorded, on the session clock
+    delay_seconds: float = 0.0  # how much later it was scored than its speech allows
+    late_cause: str = ""        # set when delay_seconds passed the late threshold
+    gap_before: str = ""        # cause of a gap in speech time before this point
+    evidence_sufficient: bool = True  # False: below the checkpoint's evidence rule, no label
 
     def to_dict(self) -> dict:
         return {"seq": self.seq, "segments": self.segments, "probability": self.probability,
                 "above_threshold": self.above_threshold, "evidence_sufficient": self.evidence_sufficient,
                 "threshold": self.threshold,
                 "model_version": self.model_version, "time_unix": self.time_unix,
-                "speech_seconds": self.speech_seconds}
+                "speech_seconds": self.speech_seconds, "start_seconds": self.start_seconds,
+                "delay_seconds": round(self.delay_seconds, 3), "late": bool(self.late_cause),
+                "late_cause": self.late_cause, "gap_before": self.gap_before}
 
 
 @dataclass
@@ -134,14 +161,30 @@ class Session:
     participant_ref: str
     device_id: str = ""
     points: list[Point] = field(default_factory=list)
+    # Earliest "scored at minus recorded at" so far: the session's on-time pace.
+    prompt_offset: float | None = None
+    ended_unix: float | None = None
+    interrupted_unix: float | None = None
+    next_state_check: float = 0.0
 
     @property
     def latest(self) -> Point:
         return self.points[-1]
 
-    def summary(self, now: float, live_seconds: float) -> dict:
+    def state(self, now: float, idle_seconds: float) -> tuple[str, float]:
+        """(state, since when) of the session as far as the dashboard knows."""
+        if self.ended_unix is not None:
+            return FINISHED, self.ended_unix
+        if self.interrupted_unix is not None and self.interrupted_unix >= self.latest.time_unix:
+            return INTERRUPTED, self.interrupted_unix
+        if now - self.latest.time_unix > idle_seconds:
+            return IDLE, self.latest.time_unix
+        return STREAMING, self.points[0].time_unix
+
+    def summary(self, now: float, idle_seconds: float) -> dict:
         latest = self.latest
         versions = list(dict.fromkeys(p.model_version for p in self.points))
+        state, since = self.state(now, idle_seconds)
         return {
             "ref": self.ref, "session_id": self.session_id, "participant_id": self.participant_id,
             "participant_ref": self.participant_ref, "device_id": self.device_id,
@@ -150,8 +193,8 @@ class Session:
             "threshold": latest.threshold,
             "model_version": latest.model_version, "model_versions": versions,
             "speech_seconds": latest.speech_seconds, "started_unix": self.points[0].time_unix,
-            "last_update_unix": latest.time_unix,
-            "state": "live" if now - latest.time_unix <= live_seconds else "idle",
+            "last_update_unix": latest.time_unix, "late_points": sum(1 for p in self.points if p.late_cause),
+            "state": state, "state_since": since,
         }
 
 
@@ -160,13 +203,14 @@ class ParticipantState:
     participant_id: str
     ref: str
     state: str = CONNECTING
-    message: str = ""
+    message: str = ""         # plain words for the page
+    details: str = ""         # the server's own error text, shown only on request
     offset: str = ""          # last offset applied: where a resumed Subscribe starts
     since: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict:
         return {"participant_id": self.participant_id, "ref": self.ref, "state": self.state,
-                "message": self.message, "since": self.since}
+                "message": self.message, "details": self.details, "since": self.since}
 
 
 class Listener:
@@ -241,7 +285,11 @@ class ScoreFeed:
         self.participants_by_ref = {state.ref: state for state in self.participants.values()}
         self.server_state = SERVER_CONNECTING
         self.server_message = ""
+        self.server_details = ""
         self.server_since = time.time()
+        self.outages: list[list[float]] = []  # [from, to] spans the server was unreachable (to = inf: still)
+        self.models = {m.model_version: m for m in config.models}
+        self._published_states: dict[str, str] = {}
         self.expected: dict[str, tuple[str, str]] = {}  # ref -> (session id, participant id), no score yet
         self.listeners: set[Listener] = set()
         self._channel: grpc.aio.Channel | None = None
@@ -266,6 +314,7 @@ class ScoreFeed:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._tasks = [asyncio.create_task(self._follow(p), name=f"follow-{p}") for p in self.participants]
         self._tasks.append(asyncio.create_task(self._watch_health(), name="server-health"))
+        self._tasks.append(asyncio.create_task(self._watch_sessions(), name="session-states"))
 
     async def stop(self) -> None:
         self._closing = True
@@ -304,24 +353,45 @@ class ScoreFeed:
         token_problem = next((p.message for p in self.participants.values() if p.state == TOKEN_REJECTED), "")
         return {
             "server": {"target": self.config.server, "state": self.server_state, "message": self.server_message,
-                       "since": self.server_since, "tls": bool(self.config.tls or self.config.tls_ca)},
+                       "details": self.server_details, "since": self.server_since,
+                       "tls": bool(self.config.tls or self.config.tls_ca)},
             "token_error": token_problem,
             "participants": [p.to_dict() for p in self.participants.values()],
         }
 
     def settings(self) -> dict:
-        return {"live_seconds": self.config.live_seconds, "gap_seconds": self.config.gap_seconds,
-                "notice": SCREENING_NOTICE, "now": time.time()}
+        return {"idle_seconds": self.config.idle_seconds, "gap_seconds": self.config.gap_seconds,
+                "late_seconds": self.config.late_seconds, "notice": SCREENING_NOTICE, "now": time.time()}
+
+    def model(self, model_version: str, threshold: float) -> dict:
+        """What the probability of `model_version` means (the threshold comes with every score)."""
+        description = self.models.get(model_version)
+        if description is None:
+            return {"model_version": model_version, "threshold": threshold, "described": False, "flag": "",
+                    "demo_model": False,
+                    "meaning": f"This dashboard was not told what model {model_version}'s probability estimates; "
+                               "start it with --checkpoint pointing at that model's folder to show it here."}
+        return description.to_dict() | {"threshold": threshold}
+
+    def summary(self, session: Session) -> dict:
+        summary = session.summary(time.time(), self.config.idle_seconds)
+        return summary | {"model": self.model(summary["model_version"], summary["threshold"])}
 
     def summaries(self, participant_id: str | None = None) -> list[dict]:
-        now = time.time()
         chosen = [s for s in self.sessions.values() if participant_id in (None, s.participant_id)]
         chosen.sort(key=lambda s: s.latest.time_unix, reverse=True)
-        return [s.summary(now, self.config.live_seconds) for s in chosen]
+        return [self.summary(s) for s in chosen]
+
+    def overview_sessions(self) -> list[dict]:
+        """The overview's rows: today every session of the followed participants, newest first.
+
+        The one place a session directory (a ListSessions call) would take over as the source.
+        """
+        return self.summaries()
 
     def overview(self) -> dict:
         return {"view": "overview", "settings": self.settings(), "connection": self.connection(),
-                "sessions": self.summaries()}
+                "sessions": self.overview_sessions()}
 
     def expect_session(self, session_id: str, participant_id: str) -> str:
         """Give a session that has no score yet a page (it waits for the first one); returns its ref."""
@@ -342,8 +412,7 @@ class ScoreFeed:
             return {"view": "session", "settings": self.settings(), "connection": self.connection(),
                     "session": waiting, "points": []}
         return {"view": "session", "settings": self.settings(), "connection": self.connection(),
-                "session": session.summary(time.time(), self.config.live_seconds),
-                "points": [p.to_dict() for p in session.points]}
+                "session": self.summary(session), "points": [p.to_dict() for p in session.points]}
 
     def participant_detail(self, ref: str) -> dict | None:
         state = self.participants_by_ref.get(ref)
@@ -371,37 +440,71 @@ class ScoreFeed:
         point = Point(seq=update.seq, segments=update.segments, probability=update.probability,
                       above_threshold=update.above_threshold, threshold=update.threshold,
                       model_version=update.model_version, time_unix=update.time_unix,
-                      speech_seconds=update.speech_seconds, evidence_sufficient=evidence_sufficient(update))
+                      speech_seconds=update.speech_seconds, start_seconds=update.start_seconds,
+                      evidence_sufficient=evidence_sufficient(update))
+        self._place(session, point)
         session.points.append(point)
+        session.next_state_check = 0.0
         if update.device_id:
             session.device_id = update.device_id
         if update.offset:
             participant.offset = update.offset
+        summary = self.summary(session)
+        self._published_states[session.ref] = summary["state"]
         self._publish({"type": "score", "participant_id": session.participant_id, "session_ref": session.ref,
-                       "session": session.summary(time.time(), self.config.live_seconds),
-                       "point": point.to_dict()})
+                       "session": summary, "point": point.to_dict()})
         return True
 
-    def _set_participant(self, participant_id: str, state: str, message: str = "") -> None:
+    def _place(self, session: Session, point: Point) -> None:
+        """Mark a late score and a gap in speech before it, each with its cause where known.
+
+        A score is late when it was scored more than late_seconds after the session's
+        best pace so far ("scored at" minus "recorded at"): a stream faster than real
+        time (a file) never looks late, a backlog sent after an outage does.
+        """
+        offset = point.time_unix - point.start_seconds
+        best = offset if session.prompt_offset is None else min(session.prompt_offset, offset)
+        session.prompt_offset = best
+        point.delay_seconds = offset - best
+        if point.delay_seconds > self.config.late_seconds:
+            recorded = point.time_unix - point.delay_seconds
+            down = any(start < point.time_unix and end > recorded for start, end in self.outages)
+            point.late_cause = CAUSE_SERVER_DOWN if down else CAUSE_DELAYED
+        if session.points:
+            previous = session.points[-1]
+            chunk = previous.speech_seconds - (session.points[-2].speech_seconds if len(session.points) > 1 else 0)
+            if point.start_seconds - (previous.start_seconds + chunk) > self.config.gap_seconds:
+                point.gap_before = CAUSE_NO_SPEECH
+
+    def _set_participant(self, participant_id: str, state: str, message: str = "", details: str = "") -> None:
         current = self.participants[participant_id]
-        if (current.state, current.message) == (state, message):
+        if (current.state, current.message, current.details) == (state, message, details):
             return
-        current.state, current.message, current.since = state, message, time.time()
+        current.state, current.message, current.details, current.since = state, message, details, time.time()
         if state in (TOKEN_REJECTED, NOT_PERMITTED, FAILED, RECONNECTING) and message:
-            if self._logged.get(participant_id) != message:
-                self._logged[participant_id] = message
-                log.warning("participant %s: %s: %s", participant_id, state, message)
+            logged = f"{message} ({details})" if details else message
+            if self._logged.get(participant_id) != logged:
+                self._logged[participant_id] = logged
+                log.warning("participant %s: %s: %s", participant_id, state, logged)
         elif self._logged.pop(participant_id, None) is not None:
             log.info("participant %s: %s again", participant_id, state)
         self._publish({"type": "connection", "connection": self.connection()})
 
-    def _set_server(self, state: str, message: str = "") -> None:
-        if (self.server_state, self.server_message) == (state, message):
+    def _set_server(self, state: str, message: str = "", details: str = "") -> None:
+        if (self.server_state, self.server_message, self.server_details) == (state, message, details):
             return
+        now = time.time()
         if state != self.server_state:
             log.log(logging.INFO if state == SERVER_CONNECTED else logging.WARNING, "scoring server %s: %s%s",
-                    self.config.server, state, f" ({message})" if message else "")
-        self.server_state, self.server_message, self.server_since = state, message, time.time()
+                    self.config.server, state, f" ({details or message})" if details or message else "")
+            if state == SERVER_CONNECTED:
+                if self.outages and self.outages[-1][1] == math.inf:
+                    self.outages[-1][1] = now
+            elif not self.outages or self.outages[-1][1] != math.inf:
+                # Down since the last time it answered (the dashboard checks every health_interval).
+                self.outages.append([now - self.config.health_interval, math.inf])
+            self.server_since = now
+        self.server_state, self.server_message, self.server_details = state, message, details
         self._publish({"type": "connection", "connection": self.connection()})
 
     # ------------------------------------------------------------ background tasks
@@ -456,24 +559,26 @@ class ScoreFeed:
 
     def _classify(self, participant_id: str, error: grpc.aio.AioRpcError, backoff: float) -> tuple[float, float]:
         """Set the participant's state for a failed Subscribe; returns (retry in seconds, next backoff)."""
-        code, details = error.code(), error.details() or ""
+        code = error.code()
+        details = f"{code.name}: {error.details()}" if error.details() else code.name
         if code == grpc.StatusCode.UNAUTHENTICATED:
             self._set_participant(participant_id, TOKEN_REJECTED,
-                                  f"the server rejected the dashboard's token ({details}); start the dashboard "
-                                  "with a valid read token")
+                                  "the server rejected the dashboard's token; start the dashboard with a valid "
+                                  "read token", details)
             return 30.0, backoff
         if code == grpc.StatusCode.PERMISSION_DENIED:
             self._set_participant(participant_id, NOT_PERMITTED,
-                                  f"this dashboard's token may not read participant {participant_id}")
+                                  f"this dashboard's token may not read participant {participant_id}", details)
             return 60.0, backoff
         if code == grpc.StatusCode.INVALID_ARGUMENT:
-            self._set_participant(participant_id, FAILED, f"the server refused the subscription: {details}")
+            self._set_participant(participant_id, FAILED, "the server refused the subscription", details)
             return 60.0, backoff
         if code == grpc.StatusCode.CANCELLED and participant_id in self._stale:
             self._set_participant(participant_id, RECONNECTING, "the connection to the server went silent")
             return 0.2, backoff
-        message = f"{code.name}: {details}" if details else code.name
-        self._set_participant(participant_id, RECONNECTING, message)
+        plain = ("the scoring server cannot be reached" if code == grpc.StatusCode.UNAVAILABLE
+                 else "the subscription broke off")
+        self._set_participant(participant_id, RECONNECTING, plain + "; retrying", details)
         return backoff, min(backoff * 2, 5.0)
 
     async def _watch_health(self) -> None:
@@ -484,11 +589,13 @@ class ScoreFeed:
                                                  timeout=max(1.0, self.config.health_interval))
             except grpc.aio.AioRpcError as error:
                 failures += 1
-                details = error.details() or error.code().name
+                details = f"{error.code().name}: {error.details()}" if error.details() else error.code().name
                 if error.code() == grpc.StatusCode.UNAVAILABLE:
-                    self._set_server(SERVER_UNREACHABLE, f"cannot reach {self.config.server}: {details}")
+                    self._set_server(SERVER_UNREACHABLE, f"the scoring server {self.config.server} cannot be "
+                                     "reached", details)
                 else:
-                    self._set_server(SERVER_UNREACHABLE, f"{error.code().name}: {details}")
+                    self._set_server(SERVER_UNREACHABLE, f"the scoring server {self.config.server} does not "
+                                     "answer its health check", details)
                 if failures >= 2:
                     # A dead connection can leave a quiet stream hanging: restart it (it resumes by offset).
                     for participant_id, call in list(self._calls.items()):
@@ -502,6 +609,38 @@ class ScoreFeed:
                 else:
                     self._set_server(SERVER_NOT_SERVING, "the server is starting up or shutting down")
             await asyncio.sleep(self.config.health_interval)
+
+    async def _watch_sessions(self) -> None:
+        """Keep each session's state current: finished or interrupted (GetScore), idle (no score)."""
+        while not self._closing:
+            await asyncio.sleep(self.config.health_interval)
+            if self.server_state != SERVER_CONNECTED:
+                continue
+            now = time.time()
+            for session in list(self.sessions.values()):
+                if session.ended_unix is None and session.next_state_check <= now \
+                        and now - session.latest.time_unix >= self.config.health_interval:
+                    await self._check_state(session, now)
+                state = self.summary(session)
+                if self._published_states.get(session.ref) != state["state"]:
+                    self._published_states[session.ref] = state["state"]
+                    self._publish({"type": "session", "participant_id": session.participant_id,
+                                   "session_ref": session.ref, "session": state})
+
+    async def _check_state(self, session: Session, now: float) -> None:
+        # Quiet sessions are asked often at first, then less and less (old history: every 5 min).
+        age = now - session.latest.time_unix
+        session.next_state_check = now + min(300.0, max(self.config.health_interval, age / 10))
+        try:
+            reply = await self._stub.GetScore(pb.GetScoreRequest(session_id=session.session_id),
+                                              metadata=self.metadata, timeout=max(1.0, self.config.health_interval))
+        except grpc.aio.AioRpcError as error:
+            log.debug("session state of %s unknown: %s", session.session_id, error.code().name)
+            return
+        session.ended_unix = (reply.session_state_since_unix
+                              if reply.session_state == pb.SESSION_STATE_ENDED else None)
+        session.interrupted_unix = (reply.session_state_since_unix
+                                    if reply.session_state == pb.SESSION_STATE_INTERRUPTED else None)
 
 
 def participants_from(values: Iterable[str] | None, participants_file: str | Path | None) -> list[str]:

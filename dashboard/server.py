@@ -6,11 +6,13 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
 from moodstream.dashboard.app import create_app
 from moodstream.dashboard.feed import FeedConfig, ScoreFeed
+from moodstream.model_description import ModelDescription
 
 log = logging.getLogger("moodstream.dashboard")
 
@@ -103,8 +105,13 @@ class BackgroundDashboard:
         errors: list[BaseException] = []
 
         def run() -> None:
+            # grpc.aio serves every event loop of a process from one poller, which can still hand this
+            # loop a cancelled call's last event after it stopped. A closed loop would print "Event loop
+            # is closed" tracebacks on Ctrl-C, so the stopped loop stays open (idle) until the process ends.
+            loop = asyncio.new_event_loop()
             try:
-                asyncio.run(self._server.serve(sockets=[self._sock]))
+                loop.run_until_complete(self._server.serve(sockets=[self._sock]))
+                loop.run_until_complete(loop.shutdown_asyncgens())
             except BaseException as error:  # reported by start()
                 errors.append(error)
 
@@ -136,16 +143,26 @@ class BackgroundDashboard:
         self.stop()
 
 
-def start_for_demo(address: str, token: str, sessions: dict[str, str], port: int, say) -> BackgroundDashboard:
+def start_for_demo(address: str, token: str, sessions: dict[str, str], port: int, say,
+                   checkpoint: Path) -> BackgroundDashboard:
     """The dashboard of `moodstream demo --dashboard`: follows the demo participants ({participant: session}),
-    opens on the first one's session."""
-    config = FeedConfig(server=address, token=token, participants=list(sessions))
+    opens on the first one's session.
+
+    It prints the read-only token and the command for a second dashboard, so another viewer can join.
+    """
+    config = FeedConfig(server=address, token=token, participants=list(sessions),
+                        models=[ModelDescription.from_checkpoint(checkpoint)])
     dashboard = BackgroundDashboard(config, WebConfig(port=port, access_log=False, log_level="warning"))
     for participant_id, session_id in sessions.items():
         dashboard.feed.expect_session(session_id, participant_id)  # its page works before the first score
     session_id = next(iter(sessions.values()))
     dashboard.start()
     say(f"dashboard: open {dashboard.session_url(session_id)} (all sessions: {dashboard.url})")
+    participants = ", ".join(sessions)
+    say(f"dashboard: read-only token for this demo (it can read {participants} and nothing else): {token}")
+    options = " ".join(f"--participant {participant_id}" for participant_id in sessions)
+    say(f"dashboard: a second viewer can run: MOODSTREAM_TOKEN={token} moodstream dashboard --server {address} "
+        f"{options} --checkpoint {checkpoint} --port 0")
     return dashboard
 
 

@@ -11,7 +11,6 @@ never mixes segment vectors or scorer states of two different models.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -46,19 +45,10 @@ def split_state_dict(model: "ScreeningModel") -> tuple[dict[str, torch.Tensor], 
     return encoder, scorer
 
 
-# ModelConfig fields added after checkpoint format 1 was fixed: left out of config.json at their
-# defaults, so checkpoints written before them keep loading with the same model_version.
-_OMITTED_AT_DEFAULT = ("feature_normalization", "calibration_scale", "calibration_bias", "min_evidence_segments")
-
-
 def _config_document(model: "ScreeningModel") -> dict:
     # model.config holds the backbone's resolved transformers config, so the
     # backbone is rebuilt from it, never from the hub.
     config = model.config.to_dict()
-    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-    for name in _OMITTED_AT_DEFAULT:
-        if config[name] == defaults[name]:
-            del config[name]
     return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "model": config}
 
 

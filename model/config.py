@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from moodstream.model_description import check_description
+
 FINE_TUNING_STRATEGIES = ("frozen", "last-n", "all")
 FEATURE_NORMALIZATIONS = ("none", "standardize")
 POOLINGS = ("attention", "mean", "max")
@@ -64,6 +66,12 @@ class ModelConfig:
     # Free-form provenance (training data, recipe, date); hashed into model_version.
     notes: dict[str, Any] = field(default_factory=dict)
 
+    # What the probability means, shown beside every score (moodstream.model_description). Written
+    # into config.json only when set, so checkpoints saved before these fields keep their model_version.
+    training_data: str = ""       # e.g. "interviews of 189 adults (DAIC-WOZ)"
+    positive_class: str = ""      # what a high probability stands for, e.g. "PHQ-8 >= 10"
+    demo_model: bool = False      # a demonstration model whose scores mean nothing clinically
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -93,6 +101,12 @@ class ModelConfig:
                 and math.isfinite(self.calibration_bias),
                 "calibration_scale must be a positive finite number and calibration_bias finite")
         require(self.min_evidence_segments >= 1, "min_evidence_segments must be >= 1")
+        for name in ("training_data", "positive_class"):
+            try:
+                check_description(name, getattr(self, name))
+            except ValueError as error:
+                require(False, str(error))
+        require(isinstance(self.demo_model, bool), "demo_model must be true or false")
 
     def evidence_sufficient(self, segments: int) -> bool:
         """Whether `segments` of speech are enough for a label (the evidence rule)."""
@@ -103,7 +117,11 @@ class ModelConfig:
         return self.conv_channels
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        for name, default in _WRITTEN_WHEN_SET.items():
+            if values[name] == default:
+                del values[name]
+        return values
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2)
@@ -132,6 +150,12 @@ class ModelConfig:
         )
         values.update(overrides)
         return cls(**values)
+
+
+# Fields added after checkpoint format 1 was fixed, and their defaults.
+_WRITTEN_WHEN_SET = {"training_data": "", "positive_class": "", "demo_model": False,
+                     "feature_normalization": "none", "calibration_scale": 1.0, "calibration_bias": 0.0,
+                     "min_evidence_segments": 1}
 
 
 def tiny_wav2vec2_config() -> dict[str, Any]:

@@ -223,48 +223,53 @@ def run_demo(args) -> int:
                 if args.dashboard:
                     from moodstream.dashboard.server import start_for_demo
 
-                    dashboard = start_for_demo(address, reader_token, sessions, args.dashboard_port, say)
-                sent_at: dict[tuple[str, int], float] = {}
-                settings = CaptureSettings()
-                results: dict[str, object] = {}
+                    dashboard = start_for_demo(address, reader_token, sessions, args.dashboard_port, say,
+                                               checkpoint)
+                try:
+                    sent_at: dict[tuple[str, int], float] = {}
+                    settings = CaptureSettings()
+                    results: dict[str, object] = {}
 
-                def stream(participant: str) -> None:
-                    audio, prompts = recordings[participant]
+                    def stream(participant: str) -> None:
+                        audio, prompts = recordings[participant]
 
-                    def on_event(event) -> None:
-                        if event.kind == "sent":
-                            sent_at.setdefault((participant, event.data["seq"]), event.time_unix)
-                        elif event.kind in ("dropped", "error", "retry"):
-                            say(f"agent {participant} {event.kind}: {event.data.get('message') or event.data}")
+                        def on_event(event) -> None:
+                            if event.kind == "sent":
+                                sent_at.setdefault((participant, event.data["seq"]), event.time_unix)
+                            elif event.kind in ("dropped", "error", "retry"):
+                                say(f"agent {participant} {event.kind}: {event.data.get('message') or event.data}")
 
-                    gate = make_gate(settings, load_prompt_intervals(prompts) if prompts else ())
-                    say(f"agent: streaming {audio.name} at {args.speed:g}x real time as participant {participant}"
-                        + (" (interviewer prompts gated out)" if prompts else ""))
-                    try:
-                        results[participant] = run_agent(
-                            FileSource(audio, speed=args.speed), server=ServerTarget(address, agent_token),
-                            participant_id=participant, session_id=sessions[participant],
-                            device_id="demo-kiosk", outbox=workdir / f"outbox-{participant}", settings=settings,
-                            gate=gate, on_event=on_event)
-                    except Exception as error:  # reported below; the other participant carries on
-                        errors.append(f"agent {participant}: {error}")
+                        gate = make_gate(settings, load_prompt_intervals(prompts) if prompts else ())
+                        say(f"agent: streaming {audio.name} at {args.speed:g}x real time as participant "
+                            f"{participant}" + (" (interviewer prompts gated out)" if prompts else ""))
+                        try:
+                            results[participant] = run_agent(
+                                FileSource(audio, speed=args.speed), server=ServerTarget(address, agent_token),
+                                participant_id=participant, session_id=sessions[participant],
+                                device_id="demo-kiosk", outbox=workdir / f"outbox-{participant}",
+                                settings=settings, gate=gate, on_event=on_event)
+                        except Exception as error:  # reported below; the other participant carries on
+                            errors.append(f"agent {participant}: {error}")
 
-                agents = [threading.Thread(target=stream, args=(p,)) for p in participants]
-                for agent in agents:
-                    agent.start()
-                for agent in agents:
-                    agent.join()
-                expected = {(p, r.last_seq) for p, r in results.items() if r.last_seq is not None}
-                deadline = time.time() + 30
-                while time.time() < deadline and not expected <= printer.received_keys():
-                    time.sleep(0.05)
-                stop.set()
-                for subscriber in subscribers:
-                    subscriber.join(5)
-                if dashboard is not None:
-                    from moodstream.dashboard.server import hold
+                    agents = [threading.Thread(target=stream, args=(p,), daemon=True) for p in participants]
+                    for agent in agents:
+                        agent.start()
+                    for agent in agents:
+                        agent.join()
+                    expected = {(p, r.last_seq) for p, r in results.items() if r.last_seq is not None}
+                    deadline = time.time() + 30
+                    while time.time() < deadline and not expected <= printer.received_keys():
+                        time.sleep(0.05)
+                    stop.set()
+                    for subscriber in subscribers:
+                        subscriber.join(5)
+                    if dashboard is not None:
+                        from moodstream.dashboard.server import hold
 
-                    hold(dashboard, say)
+                        hold(dashboard, say)
+                finally:
+                    if dashboard is not None:  # before the server stops, so it never sees it go
+                        dashboard.stop()
         for error in errors:
             say(error)
     curves = printer.curves()

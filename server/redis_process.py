@@ -302,6 +302,9 @@ class RedisProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # Its own process group: a Ctrl-C in the terminal reaches only the parent, which stops
+                # the server after everything that uses it (it would otherwise die first, mid-write).
+                process_group=0,
             )
         self._finalizer.detach()
         self._finalizer = weakref.finalize(

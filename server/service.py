@@ -85,6 +85,7 @@ def score_message(update: dict) -> pb.ScoreUpdate:
         model_version=update["model_version"], time_unix=float(update["time_unix"]), seq=int(update["seq"]),
         offset=update.get("offset") or "", device_id=update.get("device_id", ""),
         speech_seconds=float(update.get("speech_seconds", 0.0)), notice=SCREENING_NOTICE,
+        start_seconds=float(update.get("start_seconds", 0.0)),
         evidence_sufficient=bool(update.get("evidence_sufficient", True)))
 
 
@@ -134,6 +135,9 @@ class SessionStream:
         except SessionOwnershipError as error:
             raise StreamAbort(grpc.StatusCode.PERMISSION_DENIED, str(error)) from error
         self.ended = record.ended
+        if not self.ended:
+            await with_redis_retry(lambda: store.clear_interrupted(self.session_id, self.participant_id),
+                                   service.settings)
         await self.reload()
 
     async def reload(self) -> None:
@@ -263,7 +267,7 @@ class SessionStream:
             "above_threshold": evidence and probability >= config.decision_threshold,
             "threshold": config.decision_threshold, "model_version": service.model_version,
             "time_unix": time.time(), "seq": seq, "device_id": self.header.device_id,
-            "speech_seconds": speech_seconds,
+            "speech_seconds": speech_seconds, "start_seconds": chunk.start_seconds,
         }
         result = await with_redis_retry(lambda: service.store.apply_segment(
             self.session_id, self.participant_id, seq, vector.astype("<f4").tobytes(), new_state.to_bytes(),
@@ -328,6 +332,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         principal = await self._principal(context)
         metrics.STREAMS_ACTIVE.inc()
         tasks: list[asyncio.Task] = []
+        session = None
         try:
             session = await self._open_stream(principal, request_iterator)
             tasks = [asyncio.create_task(session.read_requests(request_iterator), name="stream-reader"),
@@ -362,6 +367,15 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                     await task
                 except BaseException:
                     pass
+            if session is not None and not session.ended:
+                await self._mark_interrupted(session)
+
+    async def _mark_interrupted(self, session: SessionStream) -> None:
+        """Best effort (the stream is gone either way): readers then see the session as interrupted."""
+        try:
+            await self.store.mark_interrupted(session.session_id, session.participant_id)
+        except (redis.exceptions.RedisError, asyncio.CancelledError) as error:
+            log.info("session %s: could not mark it interrupted (%s)", session.session_id, error)
 
     async def _open_stream(self, principal: Principal, request_iterator) -> SessionStream:
         try:
@@ -404,7 +418,17 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                                             self.settings)
             if latest is None:
                 raise StreamAbort(grpc.StatusCode.NOT_FOUND, f"session {request.session_id!r} has no score yet")
-            return score_message(latest)
+            state = await with_redis_retry(lambda: self.store.session_state(request.session_id, participant),
+                                           self.settings)
+            reply = score_message(latest)
+            if state.ended_at is not None:
+                reply.session_state, reply.session_state_since_unix = pb.SESSION_STATE_ENDED, state.ended_at
+            elif state.interrupted_at is not None:
+                reply.session_state = pb.SESSION_STATE_INTERRUPTED
+                reply.session_state_since_unix = state.interrupted_at
+            else:
+                reply.session_state = pb.SESSION_STATE_OPEN
+            return reply
         except StreamAbort as error:
             await context.abort(error.code, str(error))
 

@@ -16,7 +16,8 @@ P = participant id, S = session id, V = model version (ids are
                                       ended), applied (last applied seq),
                                       state (scorer state bytes), segments,
                                       speech_seconds, latest (score JSON),
-                                      latest_offset
+                                      latest_offset, interrupted_at (while
+                                      its last stream broke off without End)
     ms:{p:P}:V:s:S:vectors    hash    seq -> segment vector (float32 bytes)
     ms:{p:P}:V:s:S:audio      hash    seq -> PCM s16le (only with store_audio)
     ms:{p:P}:V:s:S:updates    stream  one entry per applied segment: score=JSON
@@ -98,6 +99,7 @@ SCORE_FIELDS = (
     "seq",
     "device_id",
     "speech_seconds",
+    "start_seconds",
     "evidence_sufficient",
 )
 REQUIRED_SCORE_FIELDS = ("probability", "above_threshold", "threshold", "speech_seconds")
@@ -158,6 +160,11 @@ class SessionRecord:
     @property
     def ended(self) -> bool:
         return self.ended_at is not None
+
+
+class SessionState(NamedTuple):
+    ended_at: float | None        # End received (server time)
+    interrupted_at: float | None  # the last stream closed without End (cleared when a stream resumes)
 
 
 class SessionSnapshot(NamedTuple):
@@ -292,10 +299,18 @@ END_SCRIPT = (
 -- KEYS: the five session keys; ARGV: 1 now, 2 ttl. Returns 1 if the session exists.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSETNX', KEYS[1], 'ended_at', ARGV[1])
+redis.call('HDEL', KEYS[1], 'interrupted_at')
 refresh_ttl(tonumber(ARGV[2]), 1, 5)
 return 1
 """
 )
+
+INTERRUPT_SCRIPT = """#!lua
+-- KEYS: 1 session hash; ARGV: 1 now. Marks an open session interrupted; returns 1 if it did.
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'ended_at') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'interrupted_at', ARGV[1])
+return 1
+"""
 
 # Deletes an owner key only if it still names this participant.
 FORGET_OWNER_SCRIPT = """#!lua
@@ -327,6 +342,7 @@ _apply = _Script(APPLY_SCRIPT)
 _claim = _Script(CLAIM_SCRIPT)
 _end = _Script(END_SCRIPT)
 _forget_owner = _Script(FORGET_OWNER_SCRIPT)
+_interrupt = _Script(INTERRUPT_SCRIPT)
 
 
 def connect(url: str, *, cluster: bool = False, **options: Any) -> AnyRedis:
@@ -423,6 +439,24 @@ class SessionStore:
             ended_at=float(ended_at) if ended_at else None,
             latest=_latest(latest, latest_offset),
         )
+
+    async def session_state(self, session_id: str, participant_id: str | None = None) -> SessionState:
+        """When the session ended or was interrupted (Nones while it is open or unknown)."""
+        _check_pattern("session_id", session_id, ID_PATTERN)
+        participant = await self._participant_of(session_id, participant_id)
+        if participant is None:
+            return SessionState(None, None)
+        ended, interrupted = await self.client.hmget(self.keys(participant, session_id).session,
+                                                     ["ended_at", "interrupted_at"])
+        return SessionState(float(ended) if ended else None, float(interrupted) if interrupted else None)
+
+    async def mark_interrupted(self, session_id: str, participant_id: str) -> bool:
+        """Record that the session's stream closed without End; a later stream clears it."""
+        keys = self.keys(participant_id, session_id)
+        return bool(await _interrupt(self.client, [keys.session], [repr(self._clock())]))
+
+    async def clear_interrupted(self, session_id: str, participant_id: str) -> None:
+        await self.client.hdel(self.keys(participant_id, session_id).session, "interrupted_at")
 
     async def _refresh_owner_ttl(self, owner: str) -> None:
         if self.ttl_seconds:
@@ -556,8 +590,9 @@ class SessionStore:
         speech_seconds = _finite("speech_seconds", score["speech_seconds"])
         if not 0.0 <= probability <= 1.0 or not 0.0 <= threshold <= 1.0:
             raise ValueError(f"probability ({probability}) and threshold ({threshold}) must lie in [0, 1]")
-        if speech_seconds < 0:
-            raise ValueError(f"speech_seconds must be >= 0, not {speech_seconds}")
+        start_seconds = _finite("start_seconds", score.get("start_seconds", 0.0))
+        if speech_seconds < 0 or start_seconds < 0:
+            raise ValueError(f"speech_seconds ({speech_seconds}) and start_seconds ({start_seconds}) must be >= 0")
         above = score["above_threshold"]
         evidence = score.get("evidence_sufficient", True)
         if not isinstance(evidence, bool):
@@ -579,6 +614,7 @@ class SessionStore:
             "time_unix": time_unix,
             "device_id": device_id,
             "speech_seconds": speech_seconds,
+            "start_seconds": start_seconds,
         }
 
     async def segment_vectors(self, session_id: str, participant_id: str | None = None) -> list[bytes]:

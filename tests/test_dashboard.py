@@ -195,7 +195,7 @@ def test_pages_and_api_show_a_streamed_session_with_its_model_version(server, to
         assert summary["segments"] == 3 and summary["device_id"] == "test-device"
         assert summary["model_version"] == server.model_version
         assert summary["speech_seconds"] == pytest.approx(21.0)
-        assert summary["state"] == "live"
+        assert summary["state"] == "streaming"
         with stub_for(server.port) as stub:
             latest = stub.GetScore(pb.GetScoreRequest(session_id="sess-a"), metadata=tokens.metadata("admin"))
         assert summary["probability"] == pytest.approx(latest.probability)
@@ -288,7 +288,7 @@ def test_event_stream_sends_a_snapshot_then_each_score_live_in_order(server, tok
             assert [s["point"]["segments"] for s in scores] == [1, 2, 3]
             assert {s["session"]["session_id"] for s in scores} == {"live-one"}
             assert all(s["point"]["model_version"] == server.model_version for s in scores)
-            assert scores[-1]["session"]["segments"] == 3 and scores[-1]["session"]["state"] == "live"
+            assert scores[-1]["session"]["segments"] == 3 and scores[-1]["session"]["state"] == "streaming"
         finally:
             reader.close()
         assert reader.error is None, reader.error
@@ -356,3 +356,58 @@ def test_an_expected_session_has_a_page_that_fills_in_when_its_first_score_arriv
             assert "waiting" not in get_json(f"{dashboard.url}api/s/{ref}")["session"]
         finally:
             reader.close()
+
+
+# ---------------------------------------------------------------------------- states, speech time, meaning
+
+
+def test_sessions_read_interrupted_then_finished_with_late_scores_and_gaps_by_cause(server, tokens):
+    from moodstream.dashboard.feed import CAUSE_DELAYED, CAUSE_NO_SPEECH
+
+    pcm = make_chunks(3, seed=13, seconds=1.0)
+
+    def at(seq, start):
+        return pb.StreamRequest(chunk=pb.Chunk(seq=seq, start_seconds=start, pcm=pcm[seq]))
+
+    with dashboard_for(server.port, tokens.by_name["reader-p1"], ["p1"], late_seconds=1.0, gap_seconds=3.0,
+                       idle_seconds=30.0) as dashboard:
+        with stub_for(server.port) as stub:
+            stream(stub, [header("timeline", "p1"), at(0, 0.0)], tokens.metadata("agent"))
+            session = wait_for(lambda: (s := overview(dashboard)["sessions"]) and s[0]["state"] == "interrupted"
+                               and s[0], what="the session to read interrupted (no End)")
+            time.sleep(2.5)  # chunk 1 was recorded 1 s in, but reaches the server 2.5 s later
+            stream(stub, [header("timeline", "p1"), at(1, 1.0), at(2, 10.0), end(2)], tokens.metadata("agent"))
+        wait_for(lambda: overview(dashboard)["sessions"][0]["state"] == "finished", what="finished after End")
+        points = get_json(f"{dashboard.url}api/s/{session['ref']}")["points"]
+        assert [p["start_seconds"] for p in points] == [0.0, 1.0, 10.0]
+        assert [p["late"] for p in points] == [False, True, False]
+        assert points[1]["late_cause"] == CAUSE_DELAYED and points[1]["delay_seconds"] > 1.0
+        assert [p["gap_before"] for p in points] == ["", "", CAUSE_NO_SPEECH]  # 8 s without speech after 1-2 s
+        summary = overview(dashboard)["sessions"][0]
+        assert summary["late_points"] == 1 and summary["state_since"] >= points[-1]["time_unix"]
+        # no description of this model was given: the page says so instead of guessing
+        assert not summary["model"]["described"] and "--checkpoint" in summary["model"]["meaning"]
+        assert summary["model"]["threshold"] == summary["threshold"]
+
+
+def test_an_open_session_without_scores_turns_idle_and_raw_errors_stay_apart_from_the_message(server, tokens):
+    hang_up = threading.Event()
+
+    def agent():
+        yield header("quiet", "p1")
+        yield chunk(0, make_chunks(1, seed=14)[0])
+        hang_up.wait(30)  # the stream stays open, with nothing more to say
+
+    with stub_for(server.port) as stub:
+        call = stub.Stream(agent(), metadata=tokens.metadata("agent"), timeout=60)
+        next(r for r in call if r.WhichOneof("message") == "score")
+        try:
+            with dashboard_for(server.port, tokens.by_name["reader-p1"], ["p1", "p2"], idle_seconds=1.0) as dashboard:
+                wait_for(lambda: (s := overview(dashboard)["sessions"]) and s[0]["state"] == "idle",
+                         what="idle without scores")
+                p2 = wait_for(lambda: (p := participant_state(dashboard, "p2"))["state"] == "not permitted" and p,
+                              what="p2 refused")
+                assert p2["details"].startswith("PERMISSION_DENIED") and "PERMISSION_DENIED" not in p2["message"]
+        finally:
+            hang_up.set()
+            list(call)

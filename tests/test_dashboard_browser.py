@@ -3,10 +3,11 @@
 Needs Debian's `chromium` and `chromium-driver` (./run test installs them when it runs as root) and
 Selenium. Screenshots are kept under artifacts/ (git-ignored).
 """
+import json
 import os
 import shutil
+import socket
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -14,7 +15,10 @@ import pytest
 
 from moodstream.dashboard.feed import FeedConfig
 from moodstream.dashboard.server import BackgroundDashboard
-from server_harness import chunk, end, header, make_chunks, running_server, stream, stub_for, tiny_model, write_tokens
+from moodstream.model_description import ModelDescription
+from moodstream.server.app import BackgroundServer, ServerConfig
+from moodstream.v1 import moodstream_pb2 as pb
+from server_harness import end, header, make_chunks, stream, stub_for, tiny_model, write_tokens
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and os.path.exists(p)), None)
@@ -23,7 +27,8 @@ CHROMEDRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromed
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--hide-scrollbars", "--lang=en-US"]
-GAP_SECONDS = 2.0
+DESKTOP, PHONE = (1280, 900), (390, 844)
+LATE_SECONDS = 3.0
 
 try:
     import selenium  # noqa: F401
@@ -37,6 +42,33 @@ pytestmark = [
                               "(./run test installs them when it runs as root with apt-get)"),
 ]
 
+# Every visible element that sticks out of the viewport, and every table wider than its box.
+OVERFLOW_SCRIPT = """
+const width = document.documentElement.clientWidth, out = [];
+for (const node of document.querySelectorAll('body *')) {
+  const r = node.getBoundingClientRect(), style = getComputedStyle(node);
+  if (!r.width || !r.height || style.visibility === 'hidden' || node.closest('[hidden]')) continue;
+  if (r.left < -1 || r.right > width + 1) out.push(node.tagName + '#' + node.id + '.' + node.className + ' ' +
+                                                  Math.round(r.left) + '..' + Math.round(r.right));
+}
+for (const box of document.querySelectorAll('.scroll')) {
+  if (box.scrollWidth > box.clientWidth + 1) out.push('scrolls sideways: ' + box.firstElementChild.id +
+                                                      ' ' + box.scrollWidth + ' > ' + box.clientWidth);
+}
+return {width: width, scrollWidth: document.documentElement.scrollWidth, out: out};
+"""
+
+# Share of the threshold's canvas row that is drawn red (the dashed line, with its label).
+THRESHOLD_SCRIPT = """
+const node = document.getElementById(arguments[0]), canvas = node.querySelector('canvas');
+const row = Number(node.dataset.thresholdRow);
+if (!canvas || !Number.isFinite(row)) return 0;
+const data = canvas.getContext('2d').getImageData(0, row, canvas.width, 1).data;
+let red = 0;
+for (let i = 0; i < data.length; i += 4) if (data[i] > 140 && data[i + 1] < 90 && data[i + 2] < 90) red++;
+return red / canvas.width;
+"""
+
 
 @pytest.fixture
 def browser():
@@ -47,7 +79,7 @@ def browser():
     profile = tempfile.mkdtemp(prefix="moodstream-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}", "--window-size=1200,1000"]:
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}", f"--window-size={DESKTOP[0]},{DESKTOP[1]}"]:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -65,103 +97,236 @@ def wait_until(driver, condition, what, timeout=20.0):
     return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d), message=what)
 
 
-def chart_points(driver) -> int:
-    return int(driver.find_element("id", "chart").get_attribute("data-points"))
+def by_id(driver, element_id):
+    return driver.find_element("id", element_id)
 
 
-def no_horizontal_overflow(driver) -> bool:
-    return driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+def row_states(driver) -> list[str]:
+    """The overview's session states, top to bottom (read in one go: rows are redrawn on every event)."""
+    return driver.execute_script("return [...document.querySelectorAll('tr.session-row')]"
+                                 ".map((row) => row.dataset.state)")
 
 
-def test_a_live_session_appears_and_its_chart_grows_in_the_browser(browser, redis_url, tmp_path):
-    from selenium.webdriver.common.by import By
+def chart_points(driver, chart="chart") -> int:
+    return int(by_id(driver, chart).get_attribute("data-points"))
 
+
+def set_viewport(driver, size):
+    """Resize so the page itself (not the window) is `size` wide and high."""
+    driver.set_window_size(*size)
+    inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+    driver.set_window_size(2 * size[0] - inner[0], 2 * size[1] - inner[1])
+    assert driver.execute_script("return [window.innerWidth, window.innerHeight]") == list(size)
+
+
+def assert_fits(driver, where):
+    """No element wider than the viewport, nothing scrolling sideways."""
+    layout = driver.execute_script(OVERFLOW_SCRIPT)
+    assert layout["scrollWidth"] <= layout["width"], (where, layout)
+    assert not layout["out"], (where, layout["out"][:8])
+
+
+def assert_axis_labels_apart(driver, chart="chart"):
+    """The x-axis labels drawn on the canvas: at least two, none overlapping, all inside the chart."""
+    node = by_id(driver, chart)
+    boxes = json.loads(node.get_attribute("data-x-labels"))
+    assert len(boxes) >= 2, boxes
+    left, right = node.rect["x"], node.rect["x"] + node.rect["width"]
+    for (a_left, a_right, a), (b_left, b_right, b) in zip(boxes, boxes[1:]):
+        assert a_right + 2 <= b_left, f"x labels {a!r} and {b!r} overlap: {boxes}"
+    assert boxes[0][0] >= left - 1 and boxes[-1][1] <= right + 1, (boxes, left, right)
+    return boxes
+
+
+def assert_threshold_drawn(driver, chart="chart"):
+    assert driver.execute_script(THRESHOLD_SCRIPT, chart) > 0.3, "no dashed threshold line across the chart"
+
+
+def shot(driver, name):
     ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"dashboard-{name}.png"))
+
+
+def severe_console(driver):
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_session_through_an_outage_to_its_end_reads_true_at_desktop_and_phone_width(browser, redis_url, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
     tokens = write_tokens(tmp_path)
-    pcm = make_chunks(5, seed=11)
-    release = [threading.Event() for _ in range(3)]
-    streamed, errors = [], []
+    model = tiny_model(seed=2)
+    port = free_port()
+    server_config = ServerConfig(checkpoint="", redis_url=redis_url, host="127.0.0.1", port=port,
+                                 tokens_file=tokens.path, precision="fp32")
+    pcm = make_chunks(6, seed=11, seconds=1.0)
+    agent = tokens.metadata("agent")
+    clock_start = time.time()
 
-    def requests():
-        yield header("clinic-visit-1", "p1", device_id="kiosk-3")
-        yield chunk(0, pcm[0])
-        yield chunk(1, pcm[1])
-        release[0].wait(30)                 # the test has seen two points in the browser
-        yield chunk(2, pcm[2])
-        release[1].wait(30)                 # ... and the third arrive live
-        time.sleep(GAP_SECONDS + 1.0)        # the agent goes quiet: a gap in the chart
-        yield chunk(3, pcm[3])
-        yield chunk(4, pcm[4])
-        yield end(4)
+    def record(seq):
+        """A chunk as the agent cuts it: its start is when its speech was recorded, on the session clock."""
+        return pb.StreamRequest(chunk=pb.Chunk(seq=seq, start_seconds=time.time() - clock_start, pcm=pcm[seq]))
 
-    def agent(port):
-        try:
-            with stub_for(port) as stub:
-                streamed.extend(stream(stub, requests(), tokens.metadata("agent")))
-        except Exception as error:  # surfaced below
-            errors.append(error)
+    server = BackgroundServer(server_config, model).start()
+    description = ModelDescription(model_version=server.model_version, threshold=0.5,
+                                   training_data="the test suite's synthetic tones",
+                                   positive_class="the test's positive class", demo_model=True)
+    config = FeedConfig(server=f"127.0.0.1:{port}", token=tokens.by_name["reader-p1"], participants=["p1"],
+                        late_seconds=LATE_SECONDS, health_interval=0.5, models=[description])
+    dashboard = BackgroundDashboard(config).start()
+    try:
+        set_viewport(browser, DESKTOP)
+        browser.get(dashboard.url)
+        assert "p1" not in browser.title
+        wait_until(browser, lambda d: "following" in by_id(d, "participants").text, "the participant to be followed")
+        assert "not a diagnosis" in browser.find_element(By.CLASS_NAME, "notice").text
 
-    with running_server(tiny_model(seed=2), redis_url, tokens) as server:
-        config = FeedConfig(server=f"127.0.0.1:{server.port}", token=tokens.by_name["reader-p1"],
-                            participants=["p1"], gap_seconds=GAP_SECONDS, health_interval=0.5)
-        with BackgroundDashboard(config) as dashboard:
-            browser.get(dashboard.url)
-            wait_until(browser, lambda d: "following" in d.find_element(By.ID, "participants").text,
-                       "the participant to be followed")
-            assert "not a diagnosis" in browser.find_element(By.CLASS_NAME, "notice").text
-            thread = threading.Thread(target=agent, args=(server.port,), daemon=True)
-            thread.start()
+        # Two chunks at live pace, then the stream closes without End: the session is interrupted.
+        first = [header("ward-visit", "p1", device_id="kiosk-3"), record(0)]
+        time.sleep(1.0)
+        first.append(record(1))
+        with stub_for(port) as stub:
+            stream(stub, first, agent)
+        # An earlier session with the longest ids the API allows, finished: listed after the interrupted one.
+        long_id = "session-" + "x" * 56
+        with stub_for(port) as stub:
+            stream(stub, [header(long_id, "p1", device_id="d" * 64),
+                          pb.StreamRequest(chunk=pb.Chunk(seq=0, pcm=pcm[0])), end(0)], agent)
+        wait_until(browser, lambda d: row_states(d) == ["interrupted", "finished"],
+                   "the interrupted session first, then the finished one")
+        row = browser.find_element(By.CSS_SELECTOR, "tr.session-row")
+        assert row.find_element(By.CSS_SELECTOR, "td").text.startswith("interrupted")  # status comes first
+        assert "ward-visit" in row.text and "threshold 0.50" in row.text
+        assert browser.find_element(By.CSS_SELECTOR, "#sessions th").text == "State"
+        assert "Demo model, trained on the test suite's synthetic tones" in by_id(browser, "model-notes").text
+        assert_fits(browser, "overview at 1280")
+        shot(browser, "overview-1280")
 
-            # the session shows up on the list, live
-            row = wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.session-row"),
-                             "the session row")[0]
-            wait_until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "tr.session-row .segments").text == "2",
-                       "two segments on the list")
-            row = browser.find_element(By.CSS_SELECTOR, "tr.session-row")
-            assert "clinic-visit-1" in row.text and "kiosk-3" in row.text and "live" in row.text
-            assert "threshold" in row.text
-            browser.save_screenshot(str(ARTIFACTS / "dashboard-overview.png"))
+        # The session: threshold value in the tile, the legend and on the chart; what the probability means.
+        row.find_element(By.CSS_SELECTOR, "a.session-link").click()
+        wait_until(browser, lambda d: chart_points(d) == 2, "two points on the chart")
+        assert "/s/" in browser.current_url and "ward-visit" not in browser.current_url
+        assert "ward-visit" not in browser.title and "p1" not in browser.title
+        assert by_id(browser, "tile-threshold").text == "0.50"
+        assert by_id(browser, "legend-threshold").text == "0.50"
+        assert "below threshold 0.50" in by_id(browser, "tile-label").text or \
+            "above threshold 0.50" in by_id(browser, "tile-label").text
+        notes = by_id(browser, "model-notes").text
+        assert "the test's positive class" in notes and "Decision threshold: 0.50" in notes
+        chart = by_id(browser, "chart")
+        assert chart.get_attribute("role") == "img" and "threshold 0.50" in chart.get_attribute("aria-label")
+        assert chart.find_element(By.XPATH, "ancestor::figure").find_element(By.TAG_NAME, "figcaption").text
+        assert_threshold_drawn(browser)
 
-            # the session view: its chart gains points while the agent streams
-            row.find_element(By.CSS_SELECTOR, "a.session-link").click()
-            wait_until(browser, lambda d: chart_points(d) == 2, "two points on the chart")
-            assert "/s/" in browser.current_url and "clinic-visit-1" not in browser.current_url
-            assert "p1" not in browser.current_url.split("/s/")[1]
-            assert browser.find_elements(By.CSS_SELECTOR, "#chart canvas")
-            release[0].set()
-            wait_until(browser, lambda d: chart_points(d) == 3, "a third point, live")
-            release[1].set()
-            wait_until(browser, lambda d: chart_points(d) == 5, "five points", timeout=30)
-            chart = browser.find_element(By.ID, "chart")
-            assert chart.get_attribute("data-gaps") == "1"
-            assert browser.find_element(By.ID, "tile-segments").text == "5"
-            assert browser.find_element(By.ID, "tile-speech").text == f"{35 / 60:.1f} min"
-            assert browser.find_element(By.ID, "tile-model").text == server.model_version
-            assert "decision threshold" in chart.text  # the legend names the threshold series
-            assert len(browser.find_elements(By.CSS_SELECTOR, "#points tbody tr")) == 5
-            browser.save_screenshot(str(ARTIFACTS / "dashboard-session.png"))
+        # The scoring server goes down; the agent keeps recording and holds its chunks.
+        server.stop()
+        held = []
+        for seq in (2, 3, 4):
+            time.sleep(1.0)
+            held.append(record(seq))
+        banner = wait_until(browser, lambda d: (b := by_id(d, "server-banner")).is_displayed() and b,
+                            "the outage banner")
+        assert "Data as of" in banner.text and "UNAVAILABLE" not in banner.text  # raw text stays hidden
+        assert by_id(browser, "server-pill").text == "server: unreachable"
+        toggle = banner.find_element(By.TAG_NAME, "details")
+        assert toggle.get_attribute("open") is None
+        toggle.find_element(By.TAG_NAME, "summary").click()
+        assert "UNAVAILABLE" in toggle.text
+        shot(browser, "outage-1280")
+        time.sleep(max(0.0, LATE_SECONDS + 3.0 - (time.time() - clock_start - held[-1].chunk.start_seconds)))
 
-            # phone width: no sideways scrolling, the notice and the chart fit the screen
-            browser.set_window_size(390, 844)
-            browser.refresh()
-            wait_until(browser, lambda d: chart_points(d) == 5, "the chart after reload")
-            wait_until(browser, no_horizontal_overflow, "no horizontal overflow at phone width", timeout=5)
-            width = browser.execute_script("return window.innerWidth")
-            assert width <= 400
-            assert browser.find_element(By.CLASS_NAME, "notice").is_displayed()
-            canvas = browser.find_element(By.CSS_SELECTOR, "#chart canvas")
-            assert 200 <= canvas.rect["width"] <= width
-            browser.save_screenshot(str(ARTIFACTS / "dashboard-phone.png"))
+        # It comes back: the held chunks are scored late, then the session goes on live and ends.
+        server = BackgroundServer(server_config, model).start()
+        with stub_for(port) as stub:
+            stream(stub, [header("ward-visit", "p1", device_id="kiosk-3"), *held], agent)
+            stream(stub, [header("ward-visit", "p1", device_id="kiosk-3"), record(5), end(5)], agent)
+        wait_until(browser, lambda d: chart_points(d) == 6, "six points after the outage", timeout=30)
+        wait_until(browser, lambda d: not by_id(d, "server-banner").is_displayed(), "the banner to go")
+        chart = by_id(browser, "chart")
+        placed = json.loads(chart.get_attribute("data-x"))
+        recorded = [first[1].chunk.start_seconds, first[2].chunk.start_seconds,
+                    *[r.chunk.start_seconds for r in held]]
+        assert placed[:5] == pytest.approx(recorded) and placed == sorted(placed)  # by speech time
+        assert chart.get_attribute("data-late") == "3"
+        rows = browser.find_elements(By.CSS_SELECTOR, "#points tbody tr")
+        assert sum("late" in (r.get_attribute("class") or "") for r in rows) == 3
+        assert "late by" in rows[-3].text and "scoring server unreachable" in rows[-3].text
+        bands = by_id(browser, "bands").text
+        assert "3 scores scored late (scoring server unreachable" in bands, bands
+        wait_until(browser, lambda d: by_id(d, "session-state").find_element(By.CSS_SELECTOR, ".state")
+                   .get_attribute("data-state") == "finished", "the session to show as finished")
+        assert by_id(browser, "session-state").text.startswith("finished")
+        assert_fits(browser, "session at 1280")
+        assert_axis_labels_apart(browser)
+        shot(browser, "session-1280")
 
-            # the participant's history across days
-            browser.find_element(By.ID, "participant-link").click()
-            wait_until(browser, lambda d: d.find_element(By.ID, "history-chart").get_attribute("data-points") == "1",
-                       "the participant's session history")
-            assert "clinic-visit-1" in browser.find_element(By.ID, "history").text
-            assert no_horizontal_overflow(browser)
+        # Phone width: nothing cut off, axis labels apart.
+        set_viewport(browser, PHONE)
+        browser.refresh()
+        wait_until(browser, lambda d: chart_points(d) == 6, "the chart after reload")
+        assert_fits(browser, "session at 390")
+        assert_axis_labels_apart(browser)
+        assert_threshold_drawn(browser)
+        assert 200 <= browser.find_element(By.CSS_SELECTOR, "#chart canvas").rect["width"] <= PHONE[0]
+        shot(browser, "session-390")
+        browser.get(dashboard.url)
+        wait_until(browser, lambda d: row_states(d) == ["finished", "finished"], "both sessions finished")
+        assert_fits(browser, "overview at 390")
+        shot(browser, "overview-390")
 
-            console = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
-            assert not console, console  # no script errors, no blocked (non-local) resources
-        thread.join(30)
-    assert not errors, errors
-    assert [r.ack.seq for r in streamed if r.WhichOneof("message") == "ack"] == [0, 1, 2, 3, 4]
+        # A one-point session: two minutes of speech time around it, the threshold drawn, labels apart.
+        next(link for link in browser.find_elements(By.CSS_SELECTOR, "a.session-link")
+             if link.get_attribute("textContent") == long_id).click()
+        wait_until(browser, lambda d: chart_points(d) == 1 and by_id(d, "chart").get_attribute("data-x-range"),
+                   "the one-point chart")
+        low, high = json.loads(by_id(browser, "chart").get_attribute("data-x-range"))
+        assert (low, high) == (0, 120)
+        assert_axis_labels_apart(browser)
+        assert_threshold_drawn(browser)
+        assert_fits(browser, "one-point session at 390")
+        shot(browser, "one-point-390")
+
+        # Two sessions minutes apart in the history: a day around them, the threshold drawn, labels apart.
+        by_id(browser, "participant-link").click()
+        wait_until(browser, lambda d: chart_points(d, "history-chart") == 2, "the participant's history")
+        for size, name in ((PHONE, "390"), (DESKTOP, "1280")):
+            set_viewport(browser, size)
+            time.sleep(0.4)  # the chart follows the resize after 100 ms
+            low, high = json.loads(by_id(browser, "history-chart").get_attribute("data-x-range"))
+            assert high - low == pytest.approx(86400)
+            assert_axis_labels_apart(browser, "history-chart")
+            assert_threshold_drawn(browser, "history-chart")
+            assert_fits(browser, f"participant at {name}")
+            shot(browser, f"participant-{name}")
+        assert "ward-visit" in by_id(browser, "history").text and "p1" not in browser.title
+
+        # Keyboard: the skip link comes first and leads to the content; every table is captioned and reachable.
+        body = browser.find_element(By.TAG_NAME, "body")
+        body.send_keys(Keys.TAB)
+        skip = browser.switch_to.active_element
+        assert skip.get_attribute("class") == "skip" and skip.is_displayed()
+        skip.send_keys(Keys.ENTER)
+        assert browser.switch_to.active_element.get_attribute("id") == "main"
+        for table in browser.find_elements(By.CSS_SELECTOR, "table"):
+            assert table.find_element(By.TAG_NAME, "caption").text
+            region = table.find_element(By.XPATH, "..")
+            assert region.get_attribute("tabindex") == "0" and region.get_attribute("role") == "region"
+        assert not severe_console(browser)
+
+        # The page loses the dashboard itself: its own state, and a banner saying how old the data is.
+        dashboard.stop()
+        lost = wait_until(browser, lambda d: (b := by_id(d, "page-banner")).is_displayed() and b,
+                          "the lost-connection banner")
+        assert "Data as of" in lost.text and "lost its connection to the dashboard" in lost.text
+        assert by_id(browser, "server-pill").text == "server: unknown"
+        assert by_id(browser, "live-pill").text == "this page: reconnecting"
+    finally:
+        dashboard.stop()
+        server.stop()

@@ -10,10 +10,24 @@ import time
 import httpx
 import pytest
 
+from moodstream.dashboard.feed import FeedConfig
+from moodstream.dashboard.server import BackgroundDashboard
+from moodstream.demo import DEMO_CHECKPOINT
+from moodstream.model import ScreeningModel
+from moodstream.model_description import ModelDescription
+
 pytestmark = pytest.mark.slow
 
 
-def test_demo_dashboard_opens_on_the_demo_session_and_stops_on_sigterm(tmp_path):
+def wait_for(value, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not (result := value()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+    return result
+
+
+def test_demo_dashboard_opens_on_the_demo_session_lets_a_second_viewer_join_and_stops_cleanly_on_ctrl_c(tmp_path):
     command = [sys.executable, "-P", "-m", "moodstream.cli", "demo", "--speed", "0", "--dashboard",
                "--dashboard-port", "0", "--session", "demo-dash"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -39,13 +53,34 @@ def test_demo_dashboard_opens_on_the_demo_session_and_stops_on_sigterm(tmp_path)
         assert printed and len(detail["points"]) == int(printed[-1])
         assert detail["session"]["session_id"] == "demo-dash"
         assert re.search(r"model ([A-Za-z0-9_.+-]+)", output).group(1) == detail["session"]["model_version"]
+        assert detail["session"]["model"]["demo_model"] and "synthetic" in detail["session"]["model"]["flag"]
+        threshold = ScreeningModel.from_pretrained(DEMO_CHECKPOINT).config.decision_threshold
+        assert f"{threshold:.2f}" in output and detail["session"]["threshold"] == pytest.approx(threshold, abs=1e-6)
+
+        # A second viewer joins with the read-only token and the command the demo printed.
+        joined = re.search(r"a second viewer can run: MOODSTREAM_TOKEN=(\S+) moodstream dashboard --server (\S+) "
+                           r"((?:--participant \S+ )+)--checkpoint (\S+) --port 0", output)
+        assert joined, output
+        token, server, options, checkpoint = joined.groups()
+        participants = options.split()[1::2]
+        assert participants == ["slowed-delivery", "lively-delivery"]
+        assert (f"read-only token for this demo (it can read {', '.join(participants)} and nothing else): {token}"
+                in output)
+        config = FeedConfig(server=server, token=token, participants=participants,
+                            models=[ModelDescription.from_checkpoint(checkpoint)])
+        with BackgroundDashboard(config) as second:
+            [first] = wait_for(lambda: [s for s in httpx.get(f"{second.url}api/overview", timeout=10).json()["sessions"]
+                                        if s["session_id"] == "demo-dash"])
+            assert first["model"]["described"] and first["segments"] == len(detail["points"])
     finally:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGINT)  # Ctrl-C
         try:
             code = process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
             raise
         reader.join(5)
-    assert code == 0, "".join(lines)
-    assert "summary:" in "".join(lines)
+    output = "".join(lines)
+    assert code == 0, output
+    assert "summary:" in output
+    assert "Traceback" not in output and "Event loop is closed" not in output, output

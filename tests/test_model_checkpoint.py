@@ -148,6 +148,45 @@ def test_bad_vectors_get_clear_value_errors(model):
         model.score(torch.full((2, width), float("inf")))
 
 
+def test_a_checkpoint_says_what_its_probability_means_and_older_ones_keep_their_version(model, tmp_path):
+    from moodstream.model.checkpoint import compute_model_version
+    from moodstream.model_description import ModelDescription
+
+    plain = model.save_pretrained(tmp_path / "plain")
+    document = json.loads((plain / "config.json").read_text())
+    assert "training_data" not in document["model"]  # written only when set: older checkpoints hash the same
+    undescribed = ModelDescription.from_checkpoint(plain)
+    assert not undescribed.described and undescribed.flag() == ""
+    assert "does not say what it was trained on" in undescribed.meaning()
+
+    described = ScreeningModel(model.config.replace(training_data="read speech of 40 adults",
+                                                    positive_class="PHQ-8 of 10 or more", demo_model=True))
+    described.load_state_dict(model.state_dict())
+    assert compute_model_version(described) != model.model_version  # the description is part of the model
+    folder = described.save_pretrained(tmp_path / "described")
+    description = ModelDescription.from_checkpoint(folder)
+    assert description.model_version == ScreeningModel.from_pretrained(folder).model_version
+    assert description.threshold == model.config.decision_threshold
+    assert "PHQ-8 of 10 or more" in description.meaning() and "read speech of 40 adults" in description.meaning()
+    assert description.flag().startswith("Demo model, trained on read speech of 40 adults")
+
+
+@pytest.mark.parametrize("change", [{"training_data": "two\nlines"}, {"positive_class": "x" * 301},
+                                    {"demo_model": "yes"}])
+def test_a_bad_description_is_refused(change):
+    with pytest.raises(ValueError, match="invalid model config"):
+        ModelConfig.tiny(**change)
+
+
+def test_the_bundled_demo_checkpoint_is_flagged_as_a_demo_on_synthetic_speech():
+    from moodstream.demo import DEMO_CHECKPOINT
+    from moodstream.model_description import ModelDescription
+
+    description = ModelDescription.from_checkpoint(DEMO_CHECKPOINT)
+    assert description.demo_model and "synthetic" in description.flag()
+    assert description.model_version == ScreeningModel.from_pretrained(DEMO_CHECKPOINT).model_version
+
+
 def test_checkpoints_written_before_calibration_and_the_evidence_rule_keep_their_model_version(tmp_path):
     import json
 

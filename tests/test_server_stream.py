@@ -175,6 +175,47 @@ def test_stored_vectors_are_the_encoder_output_and_no_audio_is_stored(model, ser
     assert all("{p:p1}" in key or key.startswith("ms:session:") for key in keys)
 
 
+def test_scores_carry_their_speech_time_and_get_score_tells_open_interrupted_and_ended(server, tokens):
+    pcm = make_chunks(3, seed=5)
+    agent, reader = tokens.metadata("agent"), tokens.metadata("reader-p1")
+    with stub_for(server.port) as stub:
+        def state():
+            return stub.GetScore(pb.GetScoreRequest(session_id="states"), metadata=reader)
+
+        # a stream that closes without End leaves the session interrupted
+        responses = stream(stub, [header("states", "p1"), chunk(0, pcm[0])], agent)
+        assert [s.start_seconds for s in scores_of(responses)] == [0.0]
+        interrupted = state()
+        assert interrupted.session_state == pb.SESSION_STATE_INTERRUPTED
+        assert interrupted.session_state_since_unix >= interrupted.time_unix
+
+        # a resumed stream opens it again, and End finishes it
+        hang_up = threading.Event()
+
+        def live():
+            yield header("states", "p1")
+            yield chunk(1, pcm[1])
+            hang_up.wait(30)
+
+        call = stub.Stream(live(), metadata=agent, timeout=60)
+        first = next(r for r in call if r.WhichOneof("message") == "score")
+        assert first.score.start_seconds == 7.0
+        assert state().session_state == pb.SESSION_STATE_OPEN
+        hang_up.set()
+        list(call)
+
+        responses = stream(stub, [header("states", "p1"), chunk(2, pcm[2]), end(2)], agent)
+        assert [s.start_seconds for s in scores_of(responses)] == [14.0]
+        ended = state()
+        assert ended.session_state == pb.SESSION_STATE_ENDED and ended.segments == 3
+        assert ended.session_state_since_unix >= ended.time_unix
+        updates = stub.Subscribe(pb.SubscribeRequest(session_id="states"), metadata=reader, timeout=10)
+        replayed = [next(updates) for _ in range(3)]
+        updates.cancel()
+        assert [u.start_seconds for u in replayed] == [0.0, 7.0, 14.0]
+        assert {u.session_state for u in replayed} == {pb.SESSION_STATE_UNSPECIFIED}
+
+
 def test_no_label_before_the_checkpoints_minimum_speech(redis_url, tokens):
     torch = pytest.importorskip("torch")
     from moodstream.model import ModelConfig, ScreeningModel

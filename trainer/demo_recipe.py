@@ -28,6 +28,12 @@ import numpy as np
 DEMO_NOTE = ("Demo model trained on synthetic espeak-ng speech: slowed, low, flat delivery (label 1) vs lively "
              "delivery (label 0), a proxy for psychomotor slowing. It is not a depression model and its scores "
              "mean nothing clinically.")
+# What the demo model's probability means (shown beside its scores).
+DEMO_DESCRIPTION = {
+    "training_data": "synthetic espeak-ng speech of 30 synthetic speakers",
+    "positive_class": "slowed, low, flat delivery (a stand-in for psychomotor slowing, not depression)",
+    "demo_model": True,
+}
 
 SENTENCES = [
     "I got up early this morning and made some coffee.",
@@ -188,8 +194,8 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
     config = TrainConfig.from_dict({
         "data": {"format": "manifest", "path": str(manifest), "cache_dir": str(work / "cache"),
                  "trim_silence": False},
-        "model": demo_model_settings() | {"notes": {"recipe": "moodstream demo-checkpoint", "seed": seed,
-                                                    "what_it_learned": DEMO_NOTE}},
+        "model": demo_model_settings() | DEMO_DESCRIPTION | {
+            "notes": {"recipe": "moodstream demo-checkpoint", "seed": seed, "what_it_learned": DEMO_NOTE}},
         # 16 epochs: validation loss is below 0.01 by epoch 14 on this corpus.
         "stage1": {"lr_backbone": 1e-3, "epochs": 16},
         "stage2": {"lr_head": 3e-3, "epochs": 100},
@@ -198,6 +204,8 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
     result = train(config)
     target = Path(output).expanduser() if output else default_output()
     model = ScreeningModel.from_pretrained(result["checkpoint"])
+    # A build resumed from a run that predates the description still ships it.
+    model.config = model.config.replace(**DEMO_DESCRIPTION)
     model.save_pretrained(target)
     test = result["test"]
     (target / "TRAINING.md").write_text(

@@ -10,8 +10,19 @@ class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     AUDIO_ENCODING_UNSPECIFIED: _ClassVar[AudioEncoding]
     AUDIO_ENCODING_PCM_S16LE: _ClassVar[AudioEncoding]
+
+class SessionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SESSION_STATE_UNSPECIFIED: _ClassVar[SessionState]
+    SESSION_STATE_OPEN: _ClassVar[SessionState]
+    SESSION_STATE_ENDED: _ClassVar[SessionState]
+    SESSION_STATE_INTERRUPTED: _ClassVar[SessionState]
 AUDIO_ENCODING_UNSPECIFIED: AudioEncoding
 AUDIO_ENCODING_PCM_S16LE: AudioEncoding
+SESSION_STATE_UNSPECIFIED: SessionState
+SESSION_STATE_OPEN: SessionState
+SESSION_STATE_ENDED: SessionState
+SESSION_STATE_INTERRUPTED: SessionState
 
 class SessionHeader(_message.Message):
     __slots__ = ("session_id", "participant_id", "device_id", "sample_rate", "encoding", "model_version", "resume_from_seq")
@@ -78,7 +89,7 @@ class Ack(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class ScoreUpdate(_message.Message):
-    __slots__ = ("session_id", "participant_id", "segments", "probability", "above_threshold", "threshold", "model_version", "time_unix", "seq", "offset", "device_id", "speech_seconds", "notice", "evidence_sufficient")
+    __slots__ = ("session_id", "participant_id", "segments", "probability", "above_threshold", "threshold", "model_version", "time_unix", "seq", "offset", "device_id", "speech_seconds", "notice", "start_seconds", "session_state", "session_state_since_unix", "evidence_sufficient")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +103,9 @@ class ScoreUpdate(_message.Message):
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SPEECH_SECONDS_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
+    START_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_STATE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_STATE_SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_SUFFICIENT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     participant_id: str
@@ -106,8 +120,11 @@ class ScoreUpdate(_message.Message):
     device_id: str
     speech_seconds: float
     notice: str
+    start_seconds: float
+    session_state: SessionState
+    session_state_since_unix: float
     evidence_sufficient: bool
-    def __init__(self, session_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., segments: _Optional[int] = ..., probability: _Optional[float] = ..., above_threshold: _Optional[bool] = ..., threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., time_unix: _Optional[float] = ..., seq: _Optional[int] = ..., offset: _Optional[str] = ..., device_id: _Optional[str] = ..., speech_seconds: _Optional[float] = ..., notice: _Optional[str] = ..., evidence_sufficient: _Optional[bool] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., segments: _Optional[int] = ..., probability: _Optional[float] = ..., above_threshold: _Optional[bool] = ..., threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., time_unix: _Optional[float] = ..., seq: _Optional[int] = ..., offset: _Optional[str] = ..., device_id: _Optional[str] = ..., speech_seconds: _Optional[float] = ..., notice: _Optional[str] = ..., start_seconds: _Optional[float] = ..., session_state: _Optional[_Union[SessionState, str]] = ..., session_state_since_unix: _Optional[float] = ..., evidence_sufficient: _Optional[bool] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "seq")
