@@ -146,6 +146,8 @@ def run_baseline(config: TrainConfig, feature_set: str = "IS09_emotion", output:
         results[split.name] = write_evaluation(
             folder, predictions, threshold, segment_threshold,
             title=f"{title} ({split.name})", extra={"features": described}, tsne=False)
+        if len(splits) > 1:  # every fold's predictions, as training writes them (the stand-in's bootstrap reads them)
+            (folder / "result.json").write_text(json.dumps(results[split.name], indent=2, default=float))
     if len(splits) == 1:
         result = results[splits[0].name]
     else:
