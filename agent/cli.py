@@ -22,6 +22,7 @@ def score_label(evidence_sufficient: bool, above_threshold: bool) -> str:
     return "above threshold" if above_threshold else "below threshold"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+MIB = 1024 * 1024
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -188,6 +189,7 @@ def run(args) -> int:
     from moodstream import SCREENING_NOTICE
 
     from .client import AgentError, RetryPolicy, ServerTarget, split_addresses
+    from .outbox import ROW_OVERHEAD_BYTES
     from .pipeline import CaptureSettings, deliver_outbox, run_agent
     from .sources import SourceError, open_source
     from .vad import PromptGate, load_prompt_intervals
@@ -206,8 +208,13 @@ def run(args) -> int:
     except ValueError as error:
         return usage_error(str(error))
     target = ServerTarget(",".join(addresses), token=token, tls_ca=args.tls_ca)
+    if not args.max_retry_seconds >= 0:
+        return usage_error(f"--max-retry-seconds must be >= 0, got {args.max_retry_seconds:g}")
     retry = RetryPolicy(max_total_seconds=args.max_retry_seconds)
-    outbox_max_bytes = int(args.outbox_max_mb * 1024 * 1024)
+    outbox_max_bytes = int(args.outbox_max_mb * MIB)
+    if not outbox_max_bytes > ROW_OVERHEAD_BYTES:
+        return usage_error(f"--outbox-max-mb must be more than {ROW_OVERHEAD_BYTES / MIB:.6f} MB "
+                           f"(room for one chunk's bookkeeping), got {args.outbox_max_mb:g}")
 
     status = StatusLine(err)
 

@@ -254,12 +254,13 @@ class SessionDelivery:
             now = time.monotonic()
             if outage_started is None:
                 outage_started = now
-            delay = self.retry.delay(attempt, self._rng)
-            if now - outage_started + delay > self.retry.max_total_seconds:
+            waited = now - outage_started
+            if waited >= self.retry.max_total_seconds:
                 raise DeliveryGaveUp(self._left_behind(
-                    f"gave up reaching {', '.join(self.addresses)} after "
-                    f"{now - outage_started:.0f} s ({reason})"
+                    f"gave up reaching {', '.join(self.addresses)} after {waited:.1f} s ({reason})"
                 ))
+            # The last wait is cut to what the budget has left, so the agent tries for as long as it was told.
+            delay = min(self.retry.delay(attempt, self._rng), self.retry.max_total_seconds - waited)
             attempt += 1
             self.stats.reconnects += 1
             failed = self.address

@@ -11,7 +11,7 @@ import sys
 
 from moodstream import SCREENING_NOTICE
 
-from moodstream.help_format import HelpFormatter
+from moodstream.help_format import HelpFormatter, port_number
 
 
 def add_parser(subparsers) -> None:
@@ -28,13 +28,16 @@ def add_parser(subparsers) -> None:
                              "of the process list)")
     parser.add_argument("--token-file", help="file holding the token (first line)")
     parser.add_argument("--participant", action="append", default=[], metavar="ID",
-                        help="participant to follow (repeat for more)")
+                        help="participant to follow (repeat for more); without --participant and "
+                             "--participants-file, the dashboard asks the server's session directory every 5 s "
+                             "and shows every session the token may read that had a score in the last "
+                             "--recent-seconds")
     parser.add_argument("--participants-file", metavar="FILE",
                         help="file with one participant id per line (# comments allowed)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address the web page listens on; it has no login of its own, so expose it only "
                              "behind an authenticating reverse proxy")
-    parser.add_argument("--port", type=int, default=8080, help="web port (0 = any free port)")
+    parser.add_argument("--port", type=port_number, default=8080, help="web port (0 = any free port)")
     parser.add_argument("--tls", action="store_true", help="connect to the server with TLS (system CAs)")
     parser.add_argument("--tls-ca", metavar="FILE", help="connect with TLS, trusting this CA bundle (PEM)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="FOLDER",
@@ -43,13 +46,17 @@ def add_parser(subparsers) -> None:
                              "every score (only config.json is read)")
     parser.add_argument("--idle-seconds", type=float, default=60.0,
                         help="an open session without a new score for this long is shown as idle")
+    parser.add_argument("--recent-seconds", type=float, default=3600.0,
+                        help="without --participant: the overview lists the sessions (streaming, idle, "
+                             "interrupted or finished) whose latest score is at most this old")
     parser.add_argument("--gap-seconds", type=float, default=60.0,
                         help="more speech time than this between two chunks is drawn as a gap (no speech kept)")
     parser.add_argument("--late-seconds", type=float, default=30.0,
                         help="a score that reached the server this much later than its speech allows is marked "
                              "late (it waited out an outage)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log each HTTP request")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="least severe log messages to print (stderr)")
     parser.set_defaults(handler=run)
 
 
@@ -83,12 +90,15 @@ def run(args) -> int:
                         participants=participants_from(args.participant, args.participants_file),
                         tls=args.tls, tls_ca=args.tls_ca, idle_seconds=args.idle_seconds,
                         gap_seconds=args.gap_seconds, late_seconds=args.late_seconds,
+                        recent_seconds=args.recent_seconds,
                         models=[ModelDescription.from_checkpoint(folder) for folder in args.checkpoint])
     web = WebConfig(host=args.host, port=args.port, access_log=not args.no_access_log, log_level=args.log_level)
 
     def started(url: str, feed) -> None:
-        print(f"moodstream dashboard: {url} (following {len(config.participants)} participant(s) on "
-              f"{config.server}). {SCREENING_NOTICE}", file=sys.stderr, flush=True)
+        following = (f"following {len(config.participants)} participant(s)" if config.participants
+                     else "following the session directory's recent sessions")
+        print(f"moodstream dashboard: {url} ({following} on {config.server}). {SCREENING_NOTICE}",
+              file=sys.stderr, flush=True)
 
     serve(config, web, on_started=started)
     return 0

@@ -8,6 +8,11 @@ state (and restarts subscriptions that a dead connection left hanging), and
 GetScore on each quiet session tells whether it finished (End received) or
 was interrupted (its stream closed without End).
 
+Without a list of participants, the feed asks the session directory
+(ListSessions) every few seconds for the sessions the token may read that had
+a score within the recent window, follows each participant found there, and
+the overview shows exactly those sessions.
+
 Time on a session's chart is speech time: each score sits at its chunk's
 start on the session clock, so scores that waited out an outage land where
 their speech was recorded, marked late.
@@ -96,13 +101,15 @@ def read_participants_file(path: str | Path) -> list[str]:
 class FeedConfig:
     server: str                        # HOST:PORT of any scoring server replica
     token: str                         # read-scoped bearer token
-    participants: list[str]            # whom to follow (the API has no way to list them)
+    participants: list[str]            # whom to follow ([] = whoever the session directory lists)
     tls: bool = False                  # TLS with the system's root certificates
     tls_ca: str | Path | None = None   # TLS with this CA bundle (PEM)
     idle_seconds: float = 60.0         # an open session without a score for this long is idle
     gap_seconds: float = 60.0          # more speech time than this between two chunks is drawn as a gap
     late_seconds: float = 30.0         # a score this much later than its speech allows is marked late
     health_interval: float = 5.0
+    discover_interval: float = 5.0     # how often the session directory is asked (without participants)
+    recent_seconds: float = 3600.0     # without participants: the overview lists sessions with a score this recent
     ref_key: bytes | None = None       # key of the opaque URL ids (default: derived from the token)
     models: list[ModelDescription] = field(default_factory=list)  # what each model's probability means
 
@@ -112,9 +119,6 @@ class FeedConfig:
         if not self.token or not self.token.strip():
             raise ValueError("a read token is needed: pass --token, --token-file or set MOODSTREAM_TOKEN")
         self.token = self.token.strip()
-        if not self.participants:
-            raise ValueError("name the participants to follow with --participant or --participants-file "
-                             "(the server has no call that lists participants)")
         seen = []
         for participant in self.participants:
             check_participant_id(participant)
@@ -123,8 +127,10 @@ class FeedConfig:
         self.participants = seen
         if self.tls_ca is not None and not Path(self.tls_ca).is_file():
             raise ValueError(f"--tls-ca {self.tls_ca} is not a file")
-        if min(self.idle_seconds, self.gap_seconds, self.late_seconds) <= 0:
-            raise ValueError("--idle-seconds, --gap-seconds and --late-seconds must be > 0")
+        if min(self.idle_seconds, self.gap_seconds, self.late_seconds, self.recent_seconds) <= 0:
+            raise ValueError("--idle-seconds, --gap-seconds, --late-seconds and --recent-seconds must be > 0")
+        if self.discover_interval <= 0:
+            raise ValueError(f"discover_interval must be > 0, not {self.discover_interval}")
 
 
 @dataclass
@@ -298,6 +304,9 @@ class ScoreFeed:
         self._tasks: list[asyncio.Task] = []
         self._closing = False
         self._logged: dict[str, str] = {}
+        self.discovering = not config.participants
+        self.directory_state = ""   # "" while fine; otherwise why the session directory cannot be read
+        self.listed: dict[str, pb.SessionSummary] = {}  # the directory's latest answer, by session id
 
     # ------------------------------------------------------------ ids
     def ref(self, kind: str, identifier: str) -> str:
@@ -314,6 +323,8 @@ class ScoreFeed:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._tasks = [asyncio.create_task(self._follow(p), name=f"follow-{p}") for p in self.participants]
         self._tasks.append(asyncio.create_task(self._watch_health(), name="server-health"))
+        if self.discovering:
+            self._tasks.append(asyncio.create_task(self._discover(), name="session-directory"))
         self._tasks.append(asyncio.create_task(self._watch_sessions(), name="session-states"))
 
     async def stop(self) -> None:
@@ -350,13 +361,15 @@ class ScoreFeed:
 
     # ------------------------------------------------------------ views
     def connection(self) -> dict:
-        token_problem = next((p.message for p in self.participants.values() if p.state == TOKEN_REJECTED), "")
+        token_problem = next((p.message for p in self.participants.values() if p.state == TOKEN_REJECTED),
+                             self.directory_state)
         return {
             "server": {"target": self.config.server, "state": self.server_state, "message": self.server_message,
                        "details": self.server_details, "since": self.server_since,
                        "tls": bool(self.config.tls or self.config.tls_ca)},
             "token_error": token_problem,
             "participants": [p.to_dict() for p in self.participants.values()],
+            "discovering": self.discovering,
         }
 
     def settings(self) -> dict:
@@ -375,7 +388,11 @@ class ScoreFeed:
 
     def summary(self, session: Session) -> dict:
         summary = session.summary(time.time(), self.config.idle_seconds)
-        return summary | {"model": self.model(summary["model_version"], summary["threshold"])}
+        return summary | {"model": self.model(summary["model_version"], summary["threshold"]),
+                          "on_overview": self.on_overview(session)}
+
+    def on_overview(self, session: Session) -> bool:
+        return not self.discovering or session.session_id in self.listed
 
     def summaries(self, participant_id: str | None = None) -> list[dict]:
         chosen = [s for s in self.sessions.values() if participant_id in (None, s.participant_id)]
@@ -383,11 +400,11 @@ class ScoreFeed:
         return [self.summary(s) for s in chosen]
 
     def overview_sessions(self) -> list[dict]:
-        """The overview's rows: today every session of the followed participants, newest first.
-
-        The one place a session directory (a ListSessions call) would take over as the source.
+        """The overview's rows, newest first: every session of the participants named at start, or,
+        without names, the sessions of the session directory's latest answer (those with a score in
+        the last recent_seconds) once their scores have arrived.
         """
-        return self.summaries()
+        return [row for row in self.summaries() if row["on_overview"]]
 
     def overview(self) -> dict:
         return {"view": "overview", "settings": self.settings(), "connection": self.connection(),
@@ -581,6 +598,72 @@ class ScoreFeed:
         self._set_participant(participant_id, RECONNECTING, plain + "; retrying", details)
         return backoff, min(backoff * 2, 5.0)
 
+    def follow(self, participant_id: str) -> bool:
+        """Start following a participant found in the session directory; False if already followed."""
+        if participant_id in self.participants or not ID_PATTERN.fullmatch(participant_id):
+            return False
+        state = ParticipantState(participant_id, self.ref("participant", participant_id))
+        self.participants[participant_id] = state
+        self.participants_by_ref[state.ref] = state
+        self._tasks.append(asyncio.create_task(self._follow(participant_id), name=f"follow-{participant_id}"))
+        log.info("following participant %s (a recent session in the session directory)", participant_id)
+        self._publish({"type": "connection", "connection": self.connection()})
+        return True
+
+    async def recent_sessions(self) -> dict[str, pb.SessionSummary]:
+        """Every session the directory lists with a score in the last recent_seconds, by session id."""
+        found, token = {}, ""
+        while True:
+            request = pb.ListSessionsRequest(page_size=1000, page_token=token,
+                                             active_after_unix=time.time() - self.config.recent_seconds)
+            page = await self._stub.ListSessions(request, metadata=self.metadata, timeout=10)
+            found.update((session.session_id, session) for session in page.sessions)
+            token = page.next_page_token
+            if not token:
+                return found
+
+    def take_directory(self, listed: dict[str, pb.SessionSummary]) -> None:
+        """Adopt a directory answer: follow its participants, take its states, and publish each row
+        that joined or left the overview."""
+        for participant_id in sorted({entry.participant_id for entry in listed.values()}):
+            self.follow(participant_id)
+        moved = set(listed) ^ set(self.listed)
+        self.listed = listed
+        for session_id, entry in listed.items():
+            session = self.sessions.get(session_id)
+            if session is None:
+                continue  # its scores are still on their way (Subscribe replays them)
+            session.ended_unix = entry.state_since_unix if entry.state == pb.SESSION_STATE_ENDED else None
+            session.interrupted_unix = (entry.state_since_unix if entry.state == pb.SESSION_STATE_INTERRUPTED
+                                        else None)
+        for session_id in sorted(moved):
+            if session_id in self.sessions:
+                self._publish_session(self.sessions[session_id], always=True)
+
+    async def _discover(self) -> None:
+        while not self._closing:
+            try:
+                self.take_directory(await self.recent_sessions())
+                problem = ""
+            except grpc.aio.AioRpcError as error:
+                code, details = error.code(), error.details() or error.code().name
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    problem = (f"the server rejected the dashboard's token ({details}); start the dashboard "
+                               "with a valid read token")
+                elif code == grpc.StatusCode.UNIMPLEMENTED:
+                    problem = ("this server has no session directory (ListSessions); name the participants "
+                               "to follow with --participant")
+                elif code == grpc.StatusCode.PERMISSION_DENIED:
+                    problem = f"this dashboard's token may not read any participant ({details})"
+                else:
+                    problem = ""  # unreachable or restarting: the health check reports it; try again
+            if problem != self.directory_state:
+                if problem:
+                    log.warning("session directory: %s", problem)
+                self.directory_state = problem
+                self._publish({"type": "connection", "connection": self.connection()})
+            await asyncio.sleep(self.config.discover_interval)
+
     async def _watch_health(self) -> None:
         failures = 0
         while not self._closing:
@@ -621,11 +704,15 @@ class ScoreFeed:
                 if session.ended_unix is None and session.next_state_check <= now \
                         and now - session.latest.time_unix >= self.config.health_interval:
                     await self._check_state(session, now)
-                state = self.summary(session)
-                if self._published_states.get(session.ref) != state["state"]:
-                    self._published_states[session.ref] = state["state"]
-                    self._publish({"type": "session", "participant_id": session.participant_id,
-                                   "session_ref": session.ref, "session": state})
+                self._publish_session(session)
+
+    def _publish_session(self, session: Session, always: bool = False) -> None:
+        """Tell the pages a session's new summary: when its state changed, or always."""
+        summary = self.summary(session)
+        if always or self._published_states.get(session.ref) != summary["state"]:
+            self._published_states[session.ref] = summary["state"]
+            self._publish({"type": "session", "participant_id": session.participant_id,
+                           "session_ref": session.ref, "session": summary})
 
     async def _check_state(self, session: Session, now: float) -> None:
         # Quiet sessions are asked often at first, then less and less (old history: every 5 min).
@@ -646,5 +733,9 @@ class ScoreFeed:
 def participants_from(values: Iterable[str] | None, participants_file: str | Path | None) -> list[str]:
     participants = [check_participant_id(v) for v in values or ()]
     if participants_file:
-        participants.extend(read_participants_file(participants_file))
+        listed = read_participants_file(participants_file)
+        if not listed:
+            raise ValueError(f"participants file {participants_file} names no participant; leave it out to "
+                             "follow whoever has a recent session")
+        participants.extend(listed)
     return participants

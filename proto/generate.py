@@ -13,6 +13,7 @@ from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
 PACKAGE_DIR = PROTO_ROOT / "moodstream" / "v1"
+DESCRIPTOR_SET_SUFFIX = ".descriptor.binpb"
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -29,11 +30,15 @@ def generate(out_dir: Path) -> list[Path]:
             f"--python_out={out_dir}",
             f"--pyi_out={out_dir}",
             f"--grpc_python_out={out_dir}",
+            # With comments, for the server's reflection service: the _pb2 modules drop them.
+            f"--descriptor_set_out={out_dir / 'moodstream' / 'v1' / (proto.stem + DESCRIPTOR_SET_SUFFIX)}",
+            "--include_source_info",
             str(proto.relative_to(PROTO_ROOT)),
         ]
         if protoc.main(args) != 0:
             raise SystemExit(f"protoc failed on {proto}")
-    return sorted((out_dir / "moodstream" / "v1").glob("*_pb2*.py*"))
+    folder = out_dir / "moodstream" / "v1"
+    return sorted([*folder.glob("*_pb2*.py*"), *folder.glob(f"*{DESCRIPTOR_SET_SUFFIX}")])
 
 
 def main(argv=None) -> int:

@@ -20,12 +20,13 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection as grpc_reflection
 
 from moodstream import SCREENING_NOTICE
-from moodstream.server.auth import TokenAuthenticator
+from moodstream.server.auth import RELOAD_SECONDS, TokenAuthenticator
 from moodstream.server.encoder import BatchingEncoder
-from moodstream.server.interceptors import MalformedRequestInterceptor
+from moodstream.server import reflection
+from moodstream.server.interceptors import MalformedRequestInterceptor, SingleRequestInterceptor
 from moodstream.server.service import ScreeningService, ServiceSettings
 from moodstream.server.store import DEFAULT_TTL_SECONDS, SessionStore, connect
 from moodstream.v1 import moodstream_pb2, moodstream_pb2_grpc
@@ -35,6 +36,32 @@ log = logging.getLogger("moodstream.server")
 SERVICE_NAME = moodstream_pb2.DESCRIPTOR.services_by_name["Screening"].full_name
 # A 10 s chunk is 320 kB; anything much larger is refused by gRPC itself.
 MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+@dataclass
+class ConnectionLimits:
+    """HTTP/2 connection bounds, so no client can hold server resources indefinitely."""
+
+    max_concurrent_streams: int = 256    # open calls per connection; more wait in the client
+    keepalive_seconds: float = 30.0      # ping an idle transport this often...
+    keepalive_timeout_seconds: float = 10.0  # ...and drop it when the ping goes unanswered this long
+    max_idle_seconds: float = 300.0      # close a connection with no call open this long
+    max_age_seconds: float = 3600.0      # then ask every client to reconnect (GOAWAY)...
+    max_age_grace_seconds: float = 300.0  # ...and cut its calls that are still open this much later
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        milliseconds = lambda seconds: int(seconds * 1000)  # noqa: E731
+        return [
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.keepalive_time_ms", milliseconds(self.keepalive_seconds)),
+            ("grpc.keepalive_timeout_ms", milliseconds(self.keepalive_timeout_seconds)),
+            ("grpc.max_connection_idle_ms", milliseconds(self.max_idle_seconds)),
+            ("grpc.max_connection_age_ms", milliseconds(self.max_age_seconds)),
+            ("grpc.max_connection_age_grace_ms", milliseconds(self.max_age_grace_seconds)),
+            # Clients may keep their connections alive with pings of their own, but not flood them.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ]
 
 
 @dataclass
@@ -56,6 +83,9 @@ class ServerConfig:
     ttl_seconds: int = DEFAULT_TTL_SECONDS
     store_audio: bool = False
     settings: ServiceSettings = field(default_factory=ServiceSettings)
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    grpc_web_port: int | None = None  # set (0 = any free port): also serve gRPC-web for browsers on this port
+    grpc_web_origins: tuple[str, ...] = ("*",)  # origins whose pages may call it (CORS)
 
 
 def pick_device(requested: str):
@@ -63,7 +93,10 @@ def pick_device(requested: str):
 
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"--device {requested!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA device is available")
     return device
@@ -92,6 +125,10 @@ class ScoringServer:
         self.encoder: BatchingEncoder | None = None
         self.health = HealthServicer()
         self.model_version: str | None = None
+        self.authenticator: TokenAuthenticator | None = None
+        self._token_watch: asyncio.Task | None = None
+        self.grpc_web = None
+        self.grpc_web_port: int | None = None
 
     def _authenticator(self) -> TokenAuthenticator:
         config = self.config
@@ -105,7 +142,7 @@ class ScoringServer:
 
     async def start(self) -> int:
         config = self.config
-        authenticator = self._authenticator()
+        authenticator = self.authenticator = self._authenticator()
         credentials = server_credentials(config)
         if self.model is None:
             from moodstream.model import ScreeningModel
@@ -128,22 +165,35 @@ class ScoringServer:
         service = ScreeningService(store=store, encoder=self.encoder, scorer=scorer, model_config=model.config,
                                    model_version=self.model_version, authenticator=authenticator,
                                    settings=config.settings)
-        server = grpc.aio.server(interceptors=[MalformedRequestInterceptor(SERVICE_NAME)], options=[
+        interceptors = [SingleRequestInterceptor(), MalformedRequestInterceptor(SERVICE_NAME)]
+        server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            *config.limits.grpc_options(),
         ])
         moodstream_pb2_grpc.add_ScreeningServicer_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        reflection.enable(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, grpc_reflection.SERVICE_NAME),
             server)
         address = f"{config.host}:{config.port}"
-        port = (server.add_secure_port(address, credentials) if credentials
-                else server.add_insecure_port(address))
+        try:
+            port = (server.add_secure_port(address, credentials) if credentials
+                    else server.add_insecure_port(address))
+        except RuntimeError:  # grpc's "Failed to bind": the reason went to its log
+            port = 0
         if port == 0:
             raise ValueError(f"cannot listen on {address} (in use or not permitted)")
         await server.start()
         self._server, self.port = server, port
+        if config.grpc_web_port is not None:
+            try:
+                await self._start_grpc_web(service)
+            except BaseException:
+                await self.stop(grace=0)
+                raise
+        if authenticator.path is not None:
+            self._token_watch = asyncio.create_task(self._watch_tokens(), name="tokens-file-watch")
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s:%d (model %s, precision %s, device %s, %s). %s", SERVICE_NAME, config.host,
@@ -151,7 +201,32 @@ class ScoringServer:
                  "TLS" if credentials else "plaintext", SCREENING_NOTICE)
         return port
 
+    async def _start_grpc_web(self, service: ScreeningService) -> None:
+        from moodstream.server.grpc_web import GrpcWebServer, grpc_web_app
+
+        config = self.config
+        app = grpc_web_app(service, list(config.grpc_web_origins), MAX_MESSAGE_BYTES)
+        self.grpc_web = GrpcWebServer(app, config.host, config.grpc_web_port, config.tls_cert, config.tls_key,
+                                      config.tls_client_ca)
+        self.grpc_web_port = await self.grpc_web.start()
+        log.info("serving gRPC-web on %s:%d (%s) for pages from %s", config.host, self.grpc_web_port,
+                 "TLS" if config.tls_cert else "plaintext", ", ".join(config.grpc_web_origins))
+
+    async def _watch_tokens(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_SECONDS)
+            try:
+                self.authenticator.reload_if_changed()
+            except Exception:  # never let a watch failure end the watch: the next look may succeed
+                log.exception("checking the tokens file failed")
+
     async def stop(self, grace: float = 2.0) -> None:
+        if self._token_watch is not None:
+            self._token_watch.cancel()
+            self._token_watch = None
+        if self.grpc_web is not None:
+            await self.grpc_web.stop()
+            self.grpc_web = None
         if self._server is not None:
             await self.health.enter_graceful_shutdown()
             await self._server.stop(grace)

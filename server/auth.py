@@ -11,12 +11,20 @@ A tokens file is JSON:
 `stream` lists the participants whose speech the token may send, `read`
 those whose scores it may read; "*" means every participant. Only hashes are
 kept, so a leaked file does not leak tokens. `moodstream token create` adds
-entries and prints the token once.
+entries and prints the token once; `moodstream token revoke` removes them.
+
+A running server reloads the file when it changes (checked every
+RELOAD_SECONDS), so a token created or revoked takes effect on every replica
+that reads the file without a restart; calls still open with a revoked (or
+re-scoped) token are ended UNAUTHENTICATED by the service.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -25,7 +33,12 @@ from pathlib import Path
 
 import grpc
 
+from moodstream.ids import ID_RULE, is_id
+
+log = logging.getLogger("moodstream.server")
+
 WILDCARD = "*"
+RELOAD_SECONDS = 1.0  # how often a server looks for a changed tokens file
 
 
 class AuthError(Exception):
@@ -43,6 +56,7 @@ class Principal:
     name: str
     stream: frozenset[str] = field(default_factory=frozenset)
     read: frozenset[str] = field(default_factory=frozenset)
+    digest: str = ""  # sha256 of the token; "" when authentication is off
 
     def may_stream(self, participant_id: str) -> bool:
         return WILDCARD in self.stream or participant_id in self.stream
@@ -57,9 +71,12 @@ ANONYMOUS_ADMIN = Principal("anonymous (authentication disabled)", frozenset({WI
 class TokenAuthenticator:
     """Maps `authorization: Bearer <token>` metadata to a Principal."""
 
-    def __init__(self, principals_by_hash: dict[str, Principal] | None, enabled: bool = True) -> None:
+    def __init__(self, principals_by_hash: dict[str, Principal] | None, enabled: bool = True,
+                 path: Path | None = None) -> None:
         self.enabled = enabled
         self.principals_by_hash = principals_by_hash or {}
+        self.path = path
+        self._signature = _file_signature(path) if path else None
 
     @classmethod
     def disabled(cls) -> "TokenAuthenticator":
@@ -67,7 +84,40 @@ class TokenAuthenticator:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TokenAuthenticator":
-        return cls(load_tokens(path))
+        path = Path(path)
+        signature = _file_signature(path)
+        authenticator = cls(load_tokens(path), path=path)
+        authenticator._signature = signature
+        return authenticator
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the tokens file if it changed since it was read; True when the tokens changed.
+
+        A file that cannot be read or parsed keeps the tokens read before
+        (and is logged), so a half-edited file never locks everyone out.
+        """
+        if self.path is None:
+            return False
+        signature = _file_signature(self.path)
+        if signature == self._signature:
+            return False
+        try:
+            principals = load_tokens(self.path)
+        except ValueError as error:
+            log.error("tokens file changed but is unusable; keeping the %d tokens read before: %s",
+                      len(self.principals_by_hash), error)
+            self._signature = signature
+            return False
+        self._signature = signature
+        changed = principals != self.principals_by_hash
+        self.principals_by_hash = principals
+        if changed:
+            log.info("tokens file %s reloaded: %d token(s)", self.path, len(principals))
+        return changed
+
+    def is_current(self, principal: Principal) -> bool:
+        """False once the principal's token was revoked or its scope changed."""
+        return not self.enabled or self.principals_by_hash.get(principal.digest) == principal
 
     def authenticate(self, metadata) -> Principal:
         if not self.enabled:
@@ -108,27 +158,87 @@ def load_tokens(path: str | Path) -> dict[str, Principal]:
                 raise ValueError("sha256 must be 64 lowercase hex digits")
             principals[digest] = Principal(str(entry.get("name", f"token-{index}")),
                                            frozenset(map(str, entry.get("stream", []))),
-                                           frozenset(map(str, entry.get("read", []))))
+                                           frozenset(map(str, entry.get("read", []))), digest)
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"tokens file {path}: entry {index} is invalid ({error})") from error
     return principals
 
 
-def create_token(path: str | Path, name: str, stream: list[str], read: list[str]) -> str:
-    """Append a new token's hash to the tokens file (created if missing); return the token itself."""
-    path = Path(path)
-    document = {"tokens": []}
-    if path.exists():
-        load_tokens(path)  # refuse to extend a broken file
-        document = json.loads(path.read_text())
-    token = secrets.token_urlsafe(32)
-    while token.startswith("-"):  # a token must pass as a command-line value (`--token TOKEN`)
-        token = secrets.token_urlsafe(32)
-    document["tokens"].append({"name": name, "sha256": hash_token(token), "stream": stream, "read": read})
+def _file_signature(path: Path) -> tuple | None:
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_ino, status.st_mtime_ns, status.st_size
+
+
+def check_scope(option: str, participants: list[str]) -> None:
+    for participant in participants:
+        if participant != WILDCARD and not is_id(participant):
+            raise ValueError(f"{option} {participant[:80]!r} is not a participant id ({ID_RULE}) or {WILDCARD}")
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Serialises changes to one tokens file (two admins adding tokens at once lose neither)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _read_document(path: Path) -> dict:
+    if not path.exists():
+        return {"tokens": []}
+    load_tokens(path)  # refuse to change a broken file
+    return json.loads(path.read_text())
+
+
+def _write_document(path: Path, document: dict) -> None:
+    # Write then rename: a server reloading the file never reads half of it.
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
         json.dump(document, handle, indent=2)
         temporary = handle.name
     os.chmod(temporary, 0o600)
     os.replace(temporary, path)
+
+
+def create_token(path: str | Path, name: str, stream: list[str], read: list[str]) -> str:
+    """Append a new token's hash to the tokens file (created if missing); return the token itself."""
+    path = Path(path)
+    if not name.strip():
+        raise ValueError("--name must not be empty")
+    check_scope("--stream", stream)
+    check_scope("--read", read)
+    with _locked(path):
+        document = _read_document(path)
+        if any(entry.get("name") == name for entry in document["tokens"]):
+            raise ValueError(f"a token named {name!r} is already in {path}: pick another --name, or revoke "
+                             f"it first with `moodstream token revoke --tokens {path} {name}`")
+        token = secrets.token_urlsafe(32)
+        while token.startswith("-"):  # a token must pass as a command-line value (`--token TOKEN`)
+            token = secrets.token_urlsafe(32)
+        document["tokens"].append({"name": name, "sha256": hash_token(token), "stream": stream, "read": read})
+        _write_document(path, document)
     return token
+
+
+def revoke_token(path: str | Path, name: str) -> int:
+    """Remove the token(s) named `name` from the tokens file; returns how many were removed."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"tokens file {path} does not exist")
+    with _locked(path):
+        document = _read_document(path)
+        kept = [entry for entry in document["tokens"] if entry.get("name") != name]
+        removed = len(document["tokens"]) - len(kept)
+        if not removed:
+            names = ", ".join(sorted(str(entry.get("name")) for entry in document["tokens"])) or "none"
+            raise ValueError(f"no token named {name!r} in {path} (tokens: {names})")
+        _write_document(path, {**document, "tokens": kept})
+    return removed
+
+
+def list_tokens(path: str | Path) -> list[Principal]:
+    """The tokens in the file (names and scopes; the file holds no token itself)."""
+    return sorted(load_tokens(path).values(), key=lambda principal: principal.name)

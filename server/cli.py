@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import re
 import sys
 
-from moodstream.help_format import HelpFormatter
+from moodstream.help_format import HelpFormatter, port_number
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -40,7 +42,7 @@ def add_parser(subparsers) -> None:
                         help="Redis URL (env REDIS_URL)")
     server.add_argument("--redis-cluster", action="store_true", help="the URL is a Redis Cluster node")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
-    server.add_argument("--port", type=int, default=50051, help="port to listen on (0 = any free port)")
+    server.add_argument("--port", type=port_number, default=50051, help="port to listen on (0 = any free port)")
     server.add_argument("--tokens", help="tokens file (see `moodstream token create`)")
     server.add_argument("--allow-unauthenticated", action="store_true",
                         help="accept calls without a token (local testing only)")
@@ -59,22 +61,51 @@ def add_parser(subparsers) -> None:
     server.add_argument("--ttl-days", type=float, default=30.0, help="keep session data this long (0 = forever)")
     server.add_argument("--store-audio", action="store_true",
                         help="also keep each chunk's raw audio in Redis (off by default: privacy)")
-    server.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics here (0 = off)")
-    server.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    server.add_argument("--metrics-port", type=port_number, default=0,
+                        help="serve Prometheus metrics on this port of --host (0 = off)")
+    server.add_argument("--grpc-web-port", type=port_number, default=None,
+                        help="also serve gRPC-web on this port of --host, with the same TLS files, so that "
+                             "browsers can call PutChunk, GetScore and ListSessions (off by default; 0 = any "
+                             "free port)")
+    server.add_argument("--grpc-web-origin", action="append", default=None, metavar="ORIGIN",
+                        help="an origin (scheme://host[:port]) whose pages may call the gRPC-web port, e.g. the "
+                             "dashboard's; repeat for several (default: any origin; calls still need a token)")
+    server.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="least severe log messages to print (stderr)")
     server.add_argument("--json-logs", action="store_true", help="structured JSON log lines")
     server.set_defaults(handler=run_server)
 
     token = subparsers.add_parser(
-        "token", help="create access tokens", description="Manage the server's tokens file (hashes only).")
+        "token", help="create, list and revoke access tokens",
+        description="Manage the server's tokens file (it keeps only SHA-256 hashes). Running servers reload "
+                    "the file within 2 s of a change, without a restart: a new token works and a revoked one "
+                    "is refused, and calls still open with a revoked token end UNAUTHENTICATED.",
+        formatter_class=HelpFormatter)
     actions = token.add_subparsers(dest="token_command", required=True)
     create = actions.add_parser(
         "create", help="add a token and print it once",
-        description="Add a token to the tokens file and print it (only its SHA-256 is stored).")
+        description="Add a token to the tokens file and print it (only its SHA-256 is stored).",
+        formatter_class=HelpFormatter)
     create.add_argument("--tokens", required=True, help="tokens file to create or extend")
-    create.add_argument("--name", required=True, help="who or what holds the token (e.g. kiosk-3)")
+    create.add_argument("--name", required=True, help="who or what holds the token (e.g. kiosk-3); unique per file")
     create.add_argument("--stream", default="", help="comma-separated participants it may stream for (* = all)")
     create.add_argument("--read", default="", help="comma-separated participants whose scores it may read (* = all)")
     create.set_defaults(handler=run_token_create)
+    listing = actions.add_parser(
+        "list", help="show each token's name and scope",
+        description="Show the name and scope of every token in the file (the tokens themselves are not stored).",
+        formatter_class=HelpFormatter)
+    listing.add_argument("--tokens", required=True, help="tokens file")
+    listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    listing.set_defaults(handler=run_token_list)
+    revoke = actions.add_parser(
+        "revoke", help="remove a token; running servers refuse it within 2 s",
+        description="Remove the token NAME from the tokens file. Servers reading the file refuse it within "
+                    "2 s and end its open calls with UNAUTHENTICATED; no restart is needed.",
+        formatter_class=HelpFormatter)
+    revoke.add_argument("name", metavar="NAME", help="the token's --name")
+    revoke.add_argument("--tokens", required=True, help="tokens file")
+    revoke.set_defaults(handler=run_token_revoke)
 
     forget = subparsers.add_parser(
         "forget", help="delete everything stored about one participant (right to erasure)",
@@ -108,32 +139,92 @@ def run_token_create(args) -> int:
     return 0
 
 
+def run_token_list(args) -> int:
+    from moodstream.server.auth import list_tokens
+
+    principals = list_tokens(args.tokens)
+    rows = [{"name": p.name, "stream": sorted(p.stream), "read": sorted(p.read)} for p in principals]
+    if args.json:
+        print(json.dumps({"tokens": rows}, indent=2))
+        return 0
+    width = max([len("NAME"), *(len(row["name"]) for row in rows)])
+    print(f"{'NAME':<{width}}  STREAM FOR  /  READ")
+    for row in rows:
+        print(f"{row['name']:<{width}}  {','.join(row['stream']) or '-'}  /  {','.join(row['read']) or '-'}")
+    return 0
+
+
+def run_token_revoke(args) -> int:
+    from moodstream.server.auth import revoke_token
+
+    removed = revoke_token(args.tokens, args.name)
+    print(f"revoked token {args.name!r}" + (f" ({removed} entries)" if removed > 1 else "")
+          + f" in {args.tokens}; servers reading it refuse it within 2 s", file=sys.stderr)
+    return 0
+
+
 def run_server(args) -> int:
     import asyncio
 
     configure_logging(args.log_level, args.json_logs)
     from moodstream.server.app import ServerConfig, serve_forever
 
+    if args.ttl_days < 0:
+        raise ValueError("--ttl-days must be >= 0")
+    check_device(args.device)
+    if args.port:  # before the model loads: a clash is found in a second, not after a minute
+        check_port_free("--port", args.host, args.port)
+    if args.grpc_web_port:
+        check_port_free("--grpc-web-port", args.host, args.grpc_web_port)
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port, addr=args.host)
-    if args.ttl_days < 0:
-        raise ValueError("--ttl-days must be >= 0")
+        check_port_free("--metrics-port", args.host, args.metrics_port)
+        try:
+            start_http_server(args.metrics_port, addr=args.host)
+        except OSError as error:
+            raise ValueError(f"--metrics-port {args.metrics_port}: cannot listen on {args.host}: "
+                             f"{error.strerror or error}") from None
     config = ServerConfig(
         checkpoint=args.checkpoint, redis_url=args.redis, redis_cluster=args.redis_cluster, host=args.host,
         port=args.port, tokens_file=args.tokens, allow_unauthenticated=args.allow_unauthenticated,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, precision=args.precision, device=args.device,
-        ttl_seconds=int(args.ttl_days * 86400), store_audio=args.store_audio)
+        ttl_seconds=int(args.ttl_days * 86400), store_audio=args.store_audio, grpc_web_port=args.grpc_web_port,
+        grpc_web_origins=tuple(args.grpc_web_origin or ("*",)))
 
     def announce(server) -> None:
         # One machine-readable line, so scripts can start the server on port 0.
-        print(json.dumps({"listening": f"{args.host}:{server.port}", "model_version": server.model_version}),
-              flush=True)
+        announced = {"listening": f"{args.host}:{server.port}", "model_version": server.model_version}
+        if server.grpc_web_port is not None:
+            announced["grpc_web"] = f"{args.host}:{server.grpc_web_port}"
+        print(json.dumps(announced), flush=True)
 
     asyncio.run(serve_forever(config, on_started=announce))
     return 0
+
+
+def check_port_free(option: str, host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise ValueError(f"--host {host!r} cannot be resolved: {error.strerror}") from None
+    family, kind, _, _, address = infos[0]
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server sets it
+        try:
+            probe.bind(address)
+        except OSError as error:
+            reason = "the port is already in use" if error.errno == errno.EADDRINUSE else error.strerror
+            raise ValueError(f"{option} {port}: cannot listen on {host}: {reason}") from None
+
+
+def check_device(device: str) -> None:
+    if device == "auto" or re.fullmatch(r"cpu|cuda(:[0-9]+)?", device):
+        return
+    raise ValueError(f"--device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
 
 
 def redact_url(url: str) -> str:
@@ -152,11 +243,12 @@ def redact_url(url: str) -> str:
 
 def run_forget(args) -> int:
     import asyncio
-    import re
+
+    from moodstream.ids import ID_RULE, is_id
 
     participant = args.participant
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", participant):
-        raise ValueError(f"{participant!r} is not a participant id (1-64 characters from A-Z a-z 0-9 _ . -)")
+    if not is_id(participant):
+        raise ValueError(f"{participant!r} is not a participant id ({ID_RULE})")
     where = redact_url(args.redis)
     if not args.yes:
         sys.stderr.write(f"Delete everything stored about participant {participant!r} in {where}? "

@@ -47,7 +47,7 @@ async def _checked(requests):
         yield request
 
 
-def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def refusing_malformed_requests(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     deserializer = _tolerant(handler.request_deserializer)
     serializer = handler.response_serializer
     if handler.unary_unary is not None:
@@ -90,4 +90,49 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(self.prefix):
             return handler
-        return _wrap(handler)
+        return refusing_malformed_requests(handler)
+
+
+async def _the_one_request(requests, context):
+    """The single request message of a unary-request call, or the call ends INVALID_ARGUMENT."""
+    async for request in requests:
+        return request
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                        "the call was closed without a request message: send exactly one")
+
+
+def _exactly_one_request(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    deserializer, serializer = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def stream_unary(requests, context):
+            return await inner(await _the_one_request(requests, context), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, deserializer, serializer)
+    if handler.unary_stream is not None:
+        inner = handler.unary_stream
+
+        async def stream_stream(requests, context):
+            request = await _the_one_request(requests, context)
+            async for response in inner(request, context):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, deserializer, serializer)
+    return handler
+
+
+class SingleRequestInterceptor(grpc.aio.ServerInterceptor):
+    """Ends a unary-request call that half-closes without a message at once, with INVALID_ARGUMENT.
+
+    grpc.aio leaves such a call open, without a status, until the client's
+    deadline (or forever without one); this takes the request from a
+    request stream instead, so the empty case can be answered. Every
+    service, health and reflection included.
+    """
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        return _exactly_one_request(handler)

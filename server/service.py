@@ -11,6 +11,9 @@ open stream, so any replica can take a session over after a reconnect.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 import logging
 import math
 import re
@@ -22,18 +25,18 @@ import numpy as np
 import redis.exceptions
 
 from moodstream import SCREENING_NOTICE
+from moodstream.ids import DEVICE_PATTERN, ID_PATTERN, ID_RULE
 from moodstream.model import ScorerState, StateError
 from moodstream.server import metrics
 from moodstream.server.auth import AuthError, Principal, TokenAuthenticator
-from moodstream.server.store import (MAX_SEQ, ApplyStatus, SessionNotFoundError, SessionOwnershipError,
-                                     SessionStore, parse_offset)
+from moodstream.server.store import (ENDED, INTERRUPTED, MAX_PAGE_SIZE, MAX_SEQ, OPEN, ApplyStatus, SessionCursor,
+                                     SessionNotFoundError, SessionOwnershipError, SessionStore, SessionSummary,
+                                     parse_offset)
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 
 log = logging.getLogger("moodstream.server")
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-DEVICE_PATTERN = re.compile(r"[A-Za-z0-9_.-]{0,64}")
 SAMPLE_RATE = 16000
 BYTES_PER_SAMPLE = 2
 
@@ -52,12 +55,13 @@ class ServiceSettings:
     max_pending_chunks: int = 32     # chunks buffered per stream waiting for a gap or the encoder
     redis_retry_seconds: float = 30.0  # ride out a Redis restart this long before UNAVAILABLE
     subscribe_block_ms: int = 1000
+    token_check_seconds: float = 1.0   # an open call notices a revoked token within this long
 
 
 def _check_id(name: str, value: str, pattern: re.Pattern = ID_PATTERN) -> None:
     if not pattern.fullmatch(value):
         raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"{name} {value[:80]!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ . -")
+                          f"{name} {value[:80]!r} is invalid: use {ID_RULE}")
 
 
 def decode_pcm(seq: int, pcm: bytes, min_seconds: float, max_seconds: float) -> np.ndarray:
@@ -77,6 +81,14 @@ def decode_pcm(seq: int, pcm: bytes, min_seconds: float, max_seconds: float) -> 
     return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
 
 
+def stream_refused(header: pb.SessionHeader) -> StreamAbort:
+    # One answer for a participant outside the token's scope and for a session id that another
+    # participant holds, so the refusal never says whose session an id is.
+    return StreamAbort(grpc.StatusCode.PERMISSION_DENIED,
+                       f"this token may not stream session {header.session_id!r} "
+                       f"for participant {header.participant_id!r}")
+
+
 def score_message(update: dict) -> pb.ScoreUpdate:
     return pb.ScoreUpdate(
         session_id=update["session_id"], participant_id=update["participant_id"],
@@ -87,6 +99,62 @@ def score_message(update: dict) -> pb.ScoreUpdate:
         speech_seconds=float(update.get("speech_seconds", 0.0)), notice=SCREENING_NOTICE,
         start_seconds=float(update.get("start_seconds", 0.0)),
         evidence_sufficient=bool(update.get("evidence_sufficient", True)))
+
+
+DEFAULT_PAGE_SIZE = 100
+SESSION_STATE_MESSAGES = {OPEN: pb.SESSION_STATE_OPEN, ENDED: pb.SESSION_STATE_ENDED,
+                          INTERRUPTED: pb.SESSION_STATE_INTERRUPTED}
+SESSION_STATE_NAMES = {number: name for name, number in SESSION_STATE_MESSAGES.items()}
+
+
+def summary_message(summary: SessionSummary) -> pb.SessionSummary:
+    message = pb.SessionSummary(
+        session_id=summary.session_id, participant_id=summary.participant_id, device_id=summary.device_id,
+        model_version=summary.model_version,
+        state=SESSION_STATE_MESSAGES[summary.state.name], state_since_unix=summary.state.since or 0.0,
+        started_unix=summary.started_unix, last_update_unix=summary.last_update_unix, segments=summary.segments,
+        speech_seconds=summary.speech_seconds)
+    if summary.latest is not None:
+        message.latest.CopyFrom(score_message(summary.latest))
+    return message
+
+
+def _query_fingerprint(request: pb.ListSessionsRequest) -> str:
+    query = [request.participant_id, sorted(set(request.states)), request.active_after_unix,
+             request.active_before_unix]
+    return hashlib.sha256(json.dumps(query).encode()).hexdigest()[:16]
+
+
+def encode_page_token(cursor: SessionCursor | None, request: pb.ListSessionsRequest) -> str:
+    if cursor is None:
+        return ""
+    payload = json.dumps([_query_fingerprint(request), *cursor], separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str, request: pb.ListSessionsRequest) -> SessionCursor | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        fingerprint, participant, started, session = json.loads(raw)
+        cursor = SessionCursor(participant, float(started), session)
+        valid = ID_PATTERN.fullmatch(participant) and ID_PATTERN.fullmatch(session) and math.isfinite(started)
+    except (ValueError, TypeError):
+        valid = False
+    if not valid:
+        raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "page_token is malformed: pass the next_page_token of the previous page as it was")
+    if fingerprint != _query_fingerprint(request):
+        raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "page_token belongs to a query with other filters: keep the filters while paging")
+    return cursor
+
+
+def _time_bound(name: str, value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, f"{name} must be a Unix time >= 0 (0 = unbounded)")
+    return value
 
 
 async def with_redis_retry(operation, settings: ServiceSettings):
@@ -107,6 +175,11 @@ async def with_redis_retry(operation, settings: ServiceSettings):
             delay = min(delay * 2, 1.0)
 
 
+async def _messages(*requests: pb.StreamRequest):
+    for request in requests:
+        yield request
+
+
 class SessionStream:
     """One open agent stream: ordering, batching hand-off, atomic apply, acks."""
 
@@ -118,7 +191,11 @@ class SessionStream:
         self.participant_id = header.participant_id
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.pending: dict[int, tuple[pb.Chunk, asyncio.Future, float]] = {}
+        # Copies of a seq received while its first copy was still pending: each gets its own
+        # duplicate ack once the first is applied, so every chunk received gets exactly one ack.
+        self.queued_copies: dict[int, int] = {}
         self.wake = asyncio.Event()
+        self.drained = asyncio.Event()  # set by the applier whenever pending shrinks
         self.applied = -1
         self.state: ScorerState | None = None
         self.speech_seconds = 0.0
@@ -133,7 +210,7 @@ class SessionStream:
             record = await with_redis_retry(lambda: store.claim_session(
                 self.session_id, self.participant_id, self.header.device_id), service.settings)
         except SessionOwnershipError as error:
-            raise StreamAbort(grpc.StatusCode.PERMISSION_DENIED, str(error)) from error
+            raise stream_refused(self.header) from error
         self.ended = record.ended
         if not self.ended:
             await with_redis_retry(lambda: store.clear_interrupted(self.session_id, self.participant_id),
@@ -170,8 +247,8 @@ class SessionStream:
             self.ack(seq, duplicate=True)
             return
         if seq in self.pending:
-            metrics.CHUNKS.labels("duplicate").inc()
-            return  # already queued: its ack follows when it is applied
+            self.queued_copies[seq] = self.queued_copies.get(seq, 0) + 1
+            return  # acked as a duplicate right after its first copy is applied
         if self.ended:
             raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
                               f"session {self.session_id} has ended; start a new session for new speech")
@@ -183,10 +260,8 @@ class SessionStream:
                               f"chunk seq {seq} is too far ahead of the last applied seq {self.applied} "
                               f"(at most {settings.max_seq_ahead}); send chunks in order")
         if len(self.pending) >= settings.max_pending_chunks:
-            if self.applied + 1 in self.pending:  # nothing is missing: the client outran the encoder
-                raise StreamAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  f"{len(self.pending)} chunks are unacknowledged; wait for acks before sending "
-                                  f"more (at most {settings.max_pending_chunks} in flight)")
+            # read_requests waits for room while nothing is missing, so a full buffer here means
+            # every buffered chunk waits for a seq that has not come: a true abuse bound.
             raise StreamAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"{len(self.pending)} chunks are already waiting for seq {self.applied + 1}; "
                               "send the missing chunk first")
@@ -219,8 +294,20 @@ class SessionStream:
         self.last_seq = end.last_seq
         self.wake.set()
 
+    async def wait_for_room(self) -> None:
+        """Backpressure: stop reading while the buffer is full and its chunks can be applied.
+
+        Not reading lets HTTP/2 flow control slow the sender, so a client flushing a backlog is
+        paced to the encoder instead of refused.
+        """
+        limit = self.service.settings.max_pending_chunks
+        while len(self.pending) >= limit and self.applied + 1 in self.pending:
+            self.drained.clear()
+            await self.drained.wait()
+
     async def read_requests(self, requests) -> None:
         async for request in requests:
+            await self.wait_for_room()
             kind = request.WhichOneof("message")
             if kind == "chunk":
                 self.receive_chunk(request.chunk)
@@ -239,6 +326,15 @@ class SessionStream:
             return self.applied >= self.last_seq
         return self.input_closed and (self.applied + 1) not in self.pending
 
+    def unapplied_error(self) -> StreamAbort:
+        """The input closed while chunks still wait for a seq that never came."""
+        waiting = sorted(self.pending)
+        missing = [seq for seq in range(self.applied + 1, waiting[-1]) if seq not in self.pending]
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        return StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"the stream closed with chunk(s) {waiting[:10]} not applied: seq(s) {shown} never "
+                           f"arrived; resend from seq {self.applied + 1}")
+
     async def apply_in_order(self) -> None:
         while not self.finished():
             next_seq = self.applied + 1
@@ -251,6 +347,8 @@ class SessionStream:
             chunk, future, arrived = self.pending[next_seq]
             vector = await future
             await self.apply(next_seq, chunk, vector, arrived)
+        if self.pending:
+            raise self.unapplied_error()
         if self.last_seq is not None and not self.ended:
             await with_redis_retry(lambda: self.service.store.end_session(self.session_id, self.participant_id),
                                    self.service.settings)
@@ -275,11 +373,12 @@ class SessionStream:
             audio=chunk.pcm if service.store.store_audio else None), service.settings)
         status = result.status
         if status is ApplyStatus.APPLIED:
-            del self.pending[seq]
+            self.settle(seq)
             self.applied, self.state, self.speech_seconds = seq, new_state, speech_seconds
             metrics.CHUNKS.labels("applied").inc()
             metrics.CHUNK_TO_SCORE_SECONDS.observe(time.perf_counter() - arrived)
             self.ack(seq, duplicate=False)
+            self.ack_queued_copies(seq)
             self.outbox.put_nowait(pb.StreamResponse(score=score_message(result.score)))
             return
         if status is ApplyStatus.ENDED:
@@ -296,9 +395,19 @@ class SessionStream:
         if self.applied < before:
             raise StreamAbort(grpc.StatusCode.ABORTED, f"session {self.session_id} went back in the store; reconnect")
         for done in sorted(s for s in self.pending if s <= self.applied):
-            del self.pending[done]
+            self.settle(done)
             metrics.CHUNKS.labels("duplicate").inc()
             self.ack(done, duplicate=True)
+            self.ack_queued_copies(done)
+
+    def settle(self, seq: int) -> None:
+        del self.pending[seq]
+        self.drained.set()
+
+    def ack_queued_copies(self, seq: int) -> None:
+        for _ in range(self.queued_copies.pop(seq, 0)):
+            metrics.CHUNKS.labels("duplicate").inc()
+            self.ack(seq, duplicate=True)
 
 
 class ScreeningService(pb_grpc.ScreeningServicer):
@@ -317,6 +426,12 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             return self.authenticator.authenticate(context.invocation_metadata())
         except AuthError as error:
             await context.abort(error.code, str(error))
+
+    def _check_still_valid(self, principal: Principal) -> None:
+        if not self.authenticator.is_current(principal):
+            raise StreamAbort(grpc.StatusCode.UNAUTHENTICATED,
+                              f"token {principal.name!r} was revoked or its scope changed; "
+                              "reconnect with a valid token")
 
     async def _readable_participant(self, principal: Principal, session_id: str, context) -> str:
         owner = await with_redis_retry(lambda: self.store.session_owner(session_id), self.settings)
@@ -338,13 +453,23 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             tasks = [asyncio.create_task(session.read_requests(request_iterator), name="stream-reader"),
                      asyncio.create_task(session.apply_in_order(), name="stream-applier")]
             reader, applier = tasks
+            getter = None
             while True:
-                getter = asyncio.create_task(session.outbox.get())
-                done, _ = await asyncio.wait({getter, applier, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter is None:
+                    getter = asyncio.create_task(session.outbox.get())
+                    tasks.append(getter)
+                done, _ = await asyncio.wait({getter, applier, reader}, timeout=self.settings.token_check_seconds,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                self._check_still_valid(principal)
                 if getter in done:
+                    tasks.remove(getter)
                     yield getter.result()
+                    getter = None
                     continue
-                getter.cancel()
+                if not done:
+                    continue
+                getter.cancel()  # awaited with the other tasks at the end
+                getter = None
                 for task in (reader, applier):
                     if task in done and task.exception() is not None:
                         raise task.exception()
@@ -402,11 +527,43 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
                               f"this server runs model {self.model_version}, not {header.model_version}")
         if not principal.may_stream(header.participant_id):
-            raise StreamAbort(grpc.StatusCode.PERMISSION_DENIED,
-                              f"this token may not stream for participant {header.participant_id!r}")
+            raise stream_refused(header)
         session = SessionStream(self, header, principal)
         await session.open()
         return session
+
+    # ------------------------------------------------------------ PutChunk
+    async def PutChunk(self, request, context):
+        """Stream's semantics for one chunk or End per call (clients that cannot stream)."""
+        principal = await self._principal(context)
+        try:
+            kind = request.WhichOneof("message")
+            if kind is None:
+                raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, "PutChunkRequest holds neither a chunk nor End")
+            if not request.HasField("header"):
+                raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, "PutChunkRequest needs its session header")
+            requests = _messages(pb.StreamRequest(header=request.header),
+                                 pb.StreamRequest(**{kind: getattr(request, kind)}))
+            session = await self._open_stream(principal, requests)
+            await session.read_requests(requests)
+            waiting = sorted(seq for seq in session.pending if seq > session.applied + 1)
+            if waiting:
+                raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"chunk {waiting[0]} waits for seq {session.applied + 1}, which has not been "
+                                  f"applied: send seq {session.applied + 1} first, then this chunk again")
+            await session.apply_in_order()
+            reply = pb.PutChunkResponse(ended=kind == "end" and session.ended)
+            while not session.outbox.empty():
+                response = session.outbox.get_nowait()
+                if response.WhichOneof("message") == "ack":
+                    reply.ack.CopyFrom(response.ack)
+                elif response.WhichOneof("message") == "score":
+                    reply.score.CopyFrom(response.score)
+            return reply
+        except StreamAbort as error:
+            metrics.CHUNKS.labels("rejected").inc()
+            log.info("PutChunk refused: %s %s", error.code.name, error)
+            await context.abort(error.code, str(error))
 
     # ------------------------------------------------------------ reads
     async def GetScore(self, request, context):
@@ -421,13 +578,8 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             state = await with_redis_retry(lambda: self.store.session_state(request.session_id, participant),
                                            self.settings)
             reply = score_message(latest)
-            if state.ended_at is not None:
-                reply.session_state, reply.session_state_since_unix = pb.SESSION_STATE_ENDED, state.ended_at
-            elif state.interrupted_at is not None:
-                reply.session_state = pb.SESSION_STATE_INTERRUPTED
-                reply.session_state_since_unix = state.interrupted_at
-            else:
-                reply.session_state = pb.SESSION_STATE_OPEN
+            reply.session_state = SESSION_STATE_MESSAGES[state.name]
+            reply.session_state_since_unix = state.since or 0.0
             return reply
         except StreamAbort as error:
             await context.abort(error.code, str(error))
@@ -459,6 +611,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                                                self.settings)
                 offset = batch.next_offset
             while True:
+                self._check_still_valid(principal)
                 current = offset
                 batch = await with_redis_retry(lambda: self.store.read_updates(
                     after_offset=current, block_ms=self.settings.subscribe_block_ms, **source), self.settings)
@@ -473,3 +626,39 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             await context.abort(error.code, str(error))
         finally:
             metrics.SUBSCRIBERS_ACTIVE.dec()
+
+    # ------------------------------------------------------------ the session directory
+    async def ListSessions(self, request, context):
+        principal = await self._principal(context)
+        try:
+            if request.participant_id:
+                _check_id("participant_id", request.participant_id)
+                if not principal.may_read(request.participant_id):
+                    raise StreamAbort(grpc.StatusCode.PERMISSION_DENIED,
+                                      f"this token may not read participant {request.participant_id!r}")
+                participants = [request.participant_id]
+            elif principal.may_read("*"):
+                participants = None  # the whole directory
+            elif principal.read:
+                participants = sorted(principal.read)
+            else:
+                raise StreamAbort(grpc.StatusCode.PERMISSION_DENIED, "this token may not read any participant")
+            unknown = sorted(set(request.states) - set(SESSION_STATE_NAMES))
+            if unknown:
+                raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"states has unknown or unspecified session state(s) {unknown}: use OPEN, "
+                                  "ENDED or INTERRUPTED, or leave states empty for every state")
+            after = _time_bound("active_after_unix", request.active_after_unix)
+            before = _time_bound("active_before_unix", request.active_before_unix)
+            if after and before and before < after:
+                raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                                  "active_before_unix is earlier than active_after_unix: the window is empty")
+            cursor = decode_page_token(request.page_token, request)
+            page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            summaries, next_cursor = await with_redis_retry(lambda: self.store.list_sessions(
+                participants, states={SESSION_STATE_NAMES[number] for number in request.states}, active_after=after, active_before=before,
+                page_size=page_size, cursor=cursor), self.settings)
+            return pb.ListSessionsResponse(sessions=[summary_message(summary) for summary in summaries],
+                                           next_page_token=encode_page_token(next_cursor, request))
+        except StreamAbort as error:
+            await context.abort(error.code, str(error))

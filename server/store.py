@@ -22,6 +22,11 @@ P = participant id, S = session id, V = model version (ids are
     ms:{p:P}:V:s:S:audio      hash    seq -> PCM s16le (only with store_audio)
     ms:{p:P}:V:s:S:updates    stream  one entry per applied segment: score=JSON
     ms:{p:P}:V:updates        stream  the same entries for all of P's sessions
+    ms:{p:P}:V:sessions       zset    P's session directory: session id ->
+                                      started_at; the apply script adds a
+                                      session with its first segment
+    ms:{directory}:V          zset    participants with an applied segment
+                                      (score 0, read in lexical order)
     ms:session:{S}:owner      string  P; set once (SET NX), so a session id
                                       can never be taken over by another
                                       participant
@@ -30,10 +35,14 @@ The hash tag ``{p:P}`` puts a participant's sessions and its score stream on
 one cluster slot, which is what lets one script update the session and the
 participant stream atomically. The owner key is tagged by session instead,
 because it must be found from a session id alone; it is only touched on
-claim, end and forget, never inside the apply script. The model version in
+claim, the first segment, end and forget, never inside the apply script.
+The participant directory holds every participant on one slot; it is
+touched with a session's first segment and its end. The model version in
 every key keeps a new model from ever mixing with an old model's vectors or
 state. Every key of a session gets a TTL (default 30 days, refreshed on every
-write; 0 = keep forever).
+write; 0 = keep forever). Until a session's first segment is applied its
+keys (the claim: session record and owner key) live only
+CLAIM_TTL_SECONDS, so refused or abandoned input leaves nothing for long.
 
 The score JSON mirrors the ``ScoreUpdate`` message of moodstream.v1 minus
 ``offset`` (the stream entry id, added on read) and ``notice``.
@@ -62,13 +71,17 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, ResponseError
 
+from moodstream.ids import DEVICE_PATTERN, ID_PATTERN
+
 __all__ = [
     "ApplyResult",
     "ApplyStatus",
     "SessionKeys",
     "SessionNotFoundError",
     "SessionOwnershipError",
+    "SessionCursor",
     "SessionRecord",
+    "SessionSummary",
     "SessionSnapshot",
     "SessionStore",
     "UpdateBatch",
@@ -76,14 +89,15 @@ __all__ = [
 ]
 
 DEFAULT_TTL_SECONDS = 30 * 24 * 3600
+CLAIM_TTL_SECONDS = 600
 DEFAULT_STREAM_MAXLEN = 10_000
 MAX_READ_COUNT = 10_000
+MAX_PAGE_SIZE = 1000
+DIRECTORY_BATCH = 200
 # Lua numbers are doubles: seqs above 2**53 would silently lose precision.
 MAX_SEQ = 2**53 - 1
 MAX_STREAM_ID_PART = 2**64 - 1
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-DEVICE_PATTERN = re.compile(r"[A-Za-z0-9_.-]{0,64}")
 MODEL_VERSION_PATTERN = re.compile(r"[A-Za-z0-9_.+-]{1,128}")
 OFFSET_PATTERN = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
@@ -162,9 +176,49 @@ class SessionRecord:
         return self.ended_at is not None
 
 
+OPEN, ENDED, INTERRUPTED = "open", "ended", "interrupted"
+SESSION_STATES = (OPEN, ENDED, INTERRUPTED)
+
+
 class SessionState(NamedTuple):
     ended_at: float | None        # End received (server time)
     interrupted_at: float | None  # the last stream closed without End (cleared when a stream resumes)
+
+    @property
+    def name(self) -> str:
+        """OPEN, ENDED or INTERRUPTED (an ended session is ended, whatever else it was)."""
+        if self.ended_at is not None:
+            return ENDED
+        return INTERRUPTED if self.interrupted_at is not None else OPEN
+
+    @property
+    def since(self) -> float | None:
+        """Server time the session entered its state (None while open)."""
+        return self.ended_at if self.ended_at is not None else self.interrupted_at
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """One entry of the session directory (mirrors SessionSummary of moodstream.v1)."""
+
+    session_id: str
+    participant_id: str
+    device_id: str
+    model_version: str
+    started_unix: float
+    last_update_unix: float  # time of the latest score
+    state: SessionState
+    segments: int
+    speech_seconds: float
+    latest: dict[str, Any] | None
+
+
+class SessionCursor(NamedTuple):
+    """Where a directory page ended: the last session listed."""
+
+    participant_id: str
+    started_unix: float
+    session_id: str
 
 
 class SessionSnapshot(NamedTuple):
@@ -191,6 +245,7 @@ class SessionKeys:
     updates: str
     participant_updates: str
     owner: str
+    index: str  # the participant's session directory (shared by their sessions)
 
     @classmethod
     def build(cls, participant_id: str, session_id: str, model_version: str) -> SessionKeys:
@@ -203,6 +258,7 @@ class SessionKeys:
             updates=f"{session}:updates",
             participant_updates=f"{base}:updates",
             owner=owner_key(session_id),
+            index=f"{base}:sessions",
         )
 
     def script_keys(self) -> list[str]:
@@ -221,6 +277,13 @@ def owner_key(session_id: str) -> str:
     return f"ms:session:{{{session_id}}}:owner"
 
 
+def directory_key(model_version: str) -> str:
+    return f"{DIRECTORY_PREFIX}{model_version}"
+
+
+DIRECTORY_PREFIX = "ms:{directory}:"
+
+
 # -- Lua ----------------------------------------------------------------
 # The "#!lua" line declares the script a write script: under maxmemory it is
 # refused before it runs, instead of failing halfway through its writes.
@@ -237,7 +300,8 @@ APPLY_SCRIPT = (
     "#!lua\n"
     + _TTL_LUA
     + """
--- KEYS: 1 session hash, 2 vectors hash, 3 session stream, 4 participant stream, 5 audio hash
+-- KEYS: 1 session hash, 2 vectors hash, 3 session stream, 4 participant stream, 5 audio hash,
+--       6 the participant's session directory
 -- ARGV: 1 seq, 2 expected previous seq (-1 = none), 3 vector, 4 state, 5 score JSON,
 --       6 ttl seconds (0 = none), 7 stream maxlen, 8 store audio ('1'/'0'), 9 audio,
 --       10 segments, 11 speech_seconds, 12 device id
@@ -264,7 +328,9 @@ end
 redis.call('HSET', KEYS[1], 'applied', ARGV[1], 'state', ARGV[4], 'latest', ARGV[5],
            'latest_offset', offset, 'segments', ARGV[10], 'speech_seconds', ARGV[11],
            'device', ARGV[12])
-refresh_ttl(tonumber(ARGV[6]), 1, 5)
+local identity = redis.call('HMGET', KEYS[1], 'started_at', 'session')
+redis.call('ZADD', KEYS[6], identity[1], identity[2])
+refresh_ttl(tonumber(ARGV[6]), 1, 6)
 return {'applied', seq, offset, participant_offset}
 """
 )
@@ -274,7 +340,8 @@ CLAIM_SCRIPT = (
     + _TTL_LUA
     + """
 -- KEYS: the five session keys, as in the apply script
--- ARGV: 1 participant, 2 session, 3 model version, 4 device, 5 now, 6 ttl
+-- ARGV: 1 participant, 2 session, 3 model version, 4 device, 5 now, 6 ttl, 7 claim ttl
+-- (the keys' expiry until a first segment is applied)
 -- Returns {created (0/1), applied, segments, speech_seconds, started_at, ended_at,
 --          latest, latest_offset} (missing fields as false).
 local created = 0
@@ -284,7 +351,11 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   created = 1
 end
 redis.call('HSET', KEYS[1], 'device', ARGV[4])
-refresh_ttl(tonumber(ARGV[6]), 1, 5)
+if redis.call('HEXISTS', KEYS[1], 'applied') == 1 then
+  refresh_ttl(tonumber(ARGV[6]), 1, 5)
+else
+  refresh_ttl(tonumber(ARGV[7]), 1, 5)
+end
 local fields = redis.call('HMGET', KEYS[1], 'applied', 'segments', 'speech_seconds',
                           'started_at', 'ended_at', 'latest', 'latest_offset')
 table.insert(fields, 1, created)
@@ -304,6 +375,16 @@ refresh_ttl(tonumber(ARGV[2]), 1, 5)
 return 1
 """
 )
+
+# Drops directory entries whose session record is gone (expired or deleted).
+# KEYS: 1 the participant's session directory, 2.. session hashes; ARGV: their session ids.
+PRUNE_INDEX_SCRIPT = """#!lua
+local removed = 0
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then removed = removed + redis.call('ZREM', KEYS[1], ARGV[i - 1]) end
+end
+return removed
+"""
 
 INTERRUPT_SCRIPT = """#!lua
 -- KEYS: 1 session hash; ARGV: 1 now. Marks an open session interrupted; returns 1 if it did.
@@ -342,6 +423,7 @@ _apply = _Script(APPLY_SCRIPT)
 _claim = _Script(CLAIM_SCRIPT)
 _end = _Script(END_SCRIPT)
 _forget_owner = _Script(FORGET_OWNER_SCRIPT)
+_prune_index = _Script(PRUNE_INDEX_SCRIPT)
 _interrupt = _Script(INTERRUPT_SCRIPT)
 
 
@@ -369,6 +451,8 @@ class SessionStore:
             0 keeps data until forget_participant().
         stream_maxlen: approximate cap (MAXLEN ~) of every score stream.
         store_audio: keep each segment's PCM too (off by default: privacy).
+        claim_ttl_seconds: expiry of a claimed session's keys until its first
+            segment is applied (at most ttl_seconds, unless that is 0).
     """
 
     def __init__(
@@ -379,6 +463,7 @@ class SessionStore:
         ttl_seconds: int = DEFAULT_TTL_SECONDS,
         stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
         store_audio: bool = False,
+        claim_ttl_seconds: int = CLAIM_TTL_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         _check_pattern("model_version", model_version, MODEL_VERSION_PATTERN)
@@ -391,6 +476,9 @@ class SessionStore:
         self.ttl_seconds = ttl_seconds
         self.stream_maxlen = stream_maxlen
         self.store_audio = store_audio
+        if not isinstance(claim_ttl_seconds, int) or claim_ttl_seconds < 1:
+            raise ValueError(f"claim_ttl_seconds must be an int >= 1, not {claim_ttl_seconds!r}")
+        self.claim_ttl_seconds = min(claim_ttl_seconds, ttl_seconds) if ttl_seconds else claim_ttl_seconds
         self._clock = clock
 
     @property
@@ -413,19 +501,21 @@ class SessionStore:
         """Start or resume a session; raises SessionOwnershipError if another participant owns it."""
         keys = self.keys(participant_id, session_id)
         _check_pattern("device_id", device_id, DEVICE_PATTERN)
-        expiry = {"ex": self.ttl_seconds} if self.ttl_seconds else {}
-        previous = await self.client.set(keys.owner, participant_id, nx=True, get=True, **expiry)
-        if previous is not None:
-            if previous.decode() != participant_id:
-                raise SessionOwnershipError(f"session {session_id!r} belongs to another participant")
-            await self._refresh_owner_ttl(keys.owner)
+        previous = await self.client.set(keys.owner, participant_id, nx=True, get=True, ex=self.claim_ttl_seconds)
+        if previous is not None and previous.decode() != participant_id:
+            raise SessionOwnershipError(f"session {session_id!r} belongs to another participant")
         now = self._clock()
         reply = await _claim(
             self.client,
             keys.script_keys(),
-            [participant_id, session_id, self.model_version, device_id, repr(now), self.ttl_seconds],
+            [participant_id, session_id, self.model_version, device_id, repr(now), self.ttl_seconds,
+             self.claim_ttl_seconds],
         )
         created, applied, segments, speech, started_at, ended_at, latest, latest_offset = reply
+        if _optional_int(applied) is not None:
+            await self._settle_claim(keys, participant_id)
+        elif previous is not None:
+            await self.client.expire(keys.owner, self.claim_ttl_seconds)
         return SessionRecord(
             session_id=session_id,
             participant_id=participant_id,
@@ -439,6 +529,18 @@ class SessionStore:
             ended_at=float(ended_at) if ended_at else None,
             latest=_latest(latest, latest_offset),
         )
+
+    async def _settle_claim(self, keys: SessionKeys, participant_id: str) -> None:
+        """A session with a segment: its owner key lives as long as its data, and it is in the directory."""
+        directory = directory_key(self.model_version)
+        pipeline = self.client.pipeline(transaction=False)  # one round trip (a cluster: one per node)
+        pipeline.zadd(directory, {participant_id: 0})
+        for key in (keys.owner, directory):
+            if self.ttl_seconds:
+                pipeline.expire(key, self.ttl_seconds)
+            else:
+                pipeline.persist(key)
+        await pipeline.execute()
 
     async def session_state(self, session_id: str, participant_id: str | None = None) -> SessionState:
         """When the session ended or was interrupted (Nones while it is open or unknown)."""
@@ -501,7 +603,7 @@ class SessionStore:
         keys = self.keys(participant, session_id)
         found = await _end(self.client, keys.script_keys(), [repr(self._clock()), self.ttl_seconds])
         if found:
-            await self._refresh_owner_ttl(keys.owner)
+            await self._settle_claim(keys, participant)
         return bool(found)
 
     # -- the hot path ---------------------------------------------------
@@ -542,7 +644,7 @@ class SessionStore:
 
         reply = await _apply(
             self.client,
-            keys.script_keys(),
+            [*keys.script_keys(), keys.index],
             [
                 seq,
                 previous,
@@ -564,6 +666,8 @@ class SessionStore:
         if status is not ApplyStatus.APPLIED:
             return ApplyResult(status, applied_seq)
         offset, participant_offset = _text(offset), _text(participant_offset)
+        if seq == 0:
+            await self._settle_claim(keys, participant_id)
         return ApplyResult(status, applied_seq, offset, participant_offset, {**update, "offset": offset})
 
     def _score_update(self, score: Mapping[str, Any], session_id: str, participant_id: str, seq: int) -> dict:
@@ -703,6 +807,120 @@ class SessionStore:
             if isinstance(value, (bytes, str, int))
         }
 
+    # -- the session directory ---------------------------------------------
+
+    async def list_sessions(
+        self,
+        participants: list[str] | None,
+        *,
+        states: Iterable[str] | None = None,
+        active_after: float = 0.0,
+        active_before: float = 0.0,
+        page_size: int = 100,
+        cursor: SessionCursor | None = None,
+    ) -> tuple[list[SessionSummary], SessionCursor | None]:
+        """One page of sessions and the cursor of the next page (None on the last).
+
+        participants: whose sessions (None = every participant in the
+        directory). Order: participant id, then newest start first.
+        states: only sessions in these states (OPEN, ENDED, INTERRUPTED;
+        None or empty = every state). active_after / active_before (Unix
+        seconds, 0 = unbounded): sessions whose latest score is at or after
+        active_after and that started at or before active_before.
+        """
+        wanted = set(states or SESSION_STATES)
+        if not wanted <= set(SESSION_STATES):
+            raise ValueError(f"states must be among {SESSION_STATES}, not {sorted(wanted)!r}")
+        if not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be an int in 1..{MAX_PAGE_SIZE}, not {page_size!r}")
+        found: list[SessionSummary] = []
+        async for participant in self._directory_from(participants, cursor.participant_id if cursor else None):
+            after_cursor = cursor if cursor and cursor.participant_id == participant else None
+            async for summary in self._participant_sessions(participant, after_cursor, active_before):
+                if summary.state.name not in wanted:
+                    continue
+                if active_after and summary.last_update_unix < active_after:
+                    continue
+                if len(found) == page_size:
+                    last = found[-1]
+                    return found, SessionCursor(last.participant_id, last.started_unix, last.session_id)
+                found.append(summary)
+        return found, None
+
+    async def _directory_from(self, participants: list[str] | None, first: str | None):
+        """Participant ids in lexical order, from `first` (inclusive) on."""
+        if participants is not None:
+            for participant in sorted(set(participants)):
+                _check_pattern("participant_id", participant, ID_PATTERN)
+                if first is None or participant >= first:
+                    yield participant
+            return
+        start = f"[{first}" if first else "-"
+        directory = directory_key(self.model_version)
+        while True:
+            batch = [_text(member) for member in
+                     await self.client.zrangebylex(directory, start, "+", start=0, num=DIRECTORY_BATCH)]
+            for participant in batch:
+                yield participant
+            if len(batch) < DIRECTORY_BATCH:
+                return
+            start = f"({batch[-1]}"
+
+    async def _participant_sessions(self, participant: str, cursor: SessionCursor | None, active_before: float):
+        """A participant's sessions, newest start first, strictly after `cursor`."""
+        index = f"{participant_prefix(participant)}{self.model_version}:sessions"
+        newest = "+inf"
+        if active_before:
+            newest = repr(active_before)
+        if cursor is not None:
+            newest = repr(min(cursor.started_unix, active_before or math.inf))
+        offset = 0
+        while True:
+            entries = await self.client.zrevrangebyscore(index, newest, "-inf", start=offset, num=DIRECTORY_BATCH,
+                                                         withscores=True)
+            candidates = []
+            for member, started in entries:
+                session_id = _text(member)
+                if cursor is not None and (started, session_id) >= (cursor.started_unix, cursor.session_id):
+                    continue  # at or before the cursor in this order (ties on start: session id descending)
+                candidates.append((session_id, started))
+            summaries, pruned = await self._summaries(participant, index, candidates)
+            for summary in summaries:
+                yield summary
+            if len(entries) < DIRECTORY_BATCH:
+                return
+            offset += len(entries) - pruned  # pruned entries left the set: the rest moved up
+
+    async def _summaries(self, participant: str, index: str, candidates) -> tuple[list[SessionSummary], int]:
+        """Summaries of (session id, start) candidates, and how many stale entries were pruned."""
+        fields = ("device", "ended_at", "interrupted_at", "segments", "speech_seconds", "latest", "latest_offset")
+        if not candidates:
+            return [], 0
+        pipeline = self.client.pipeline(transaction=False)  # one round trip per batch, on one slot
+        for session_id, _ in candidates:
+            pipeline.hmget(self.keys(participant, session_id).session, fields)
+        replies = await pipeline.execute()
+        summaries, gone = [], []
+        for (session_id, started), reply in zip(candidates, replies):
+            device, ended_at, interrupted_at, segments, speech, latest, offset = reply
+            if device is None:  # every record has a device field (maybe empty): the record is gone
+                gone.append(session_id)
+                continue
+            score = _latest(latest, offset)
+            summaries.append(SessionSummary(
+                session_id=session_id, participant_id=participant, device_id=_text(device or b""),
+                model_version=self.model_version, started_unix=started,
+                state=SessionState(float(ended_at) if ended_at else None,
+                                   float(interrupted_at) if interrupted_at else None),
+                segments=int(segments or 0),
+                speech_seconds=float(speech or 0.0),
+                last_update_unix=float(score["time_unix"]) if score else started, latest=score))
+        pruned = 0
+        if gone:
+            records = [self.keys(participant, session_id).session for session_id in gone]
+            pruned = int(await _prune_index(self.client, [index, *records], gone))
+        return summaries, pruned
+
     # -- privacy ----------------------------------------------------------
 
     async def forget_participant(self, participant_id: str) -> int:
@@ -723,6 +941,8 @@ class SessionStore:
             deleted += await self._delete_same_slot(batch)
         for session_id in sorted(session_ids):
             deleted += int(await _forget_owner(self.client, [owner_key(session_id)], [participant_id]))
+        for directory in sorted(await self._scan(DIRECTORY_PREFIX + "*")):
+            await self.client.zrem(directory, participant_id)
         return deleted
 
     async def _scan(self, pattern: str) -> set[str]:

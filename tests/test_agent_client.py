@@ -350,3 +350,17 @@ def test_a_chunk_stored_while_a_connection_opens_is_still_sent_first(tmp_path):
         for read, attribute in (("lowest", "lowest_pending_seq"), ("session", "session")):
             setattr(outbox, attribute, capture_lands_between(read))
         assert delivery._new_connection().start_seq == 0
+
+
+def test_giving_up_takes_the_whole_budget_and_reports_the_time_it_waited(recording, tmp_path):
+    import re
+    import time
+
+    budget = RetryPolicy(initial_delay_seconds=0.4, max_delay_seconds=5.0, max_total_seconds=1.5)
+    started = time.monotonic()
+    with pytest.raises(DeliveryGaveUp) as failure:
+        run_agent(FileSource(recording), server=ServerTarget("127.0.0.1:1", token=TOKEN), participant_id="p1",
+                  outbox=tmp_path, gate=gate(), retry=budget)
+    elapsed = time.monotonic() - started
+    reported = float(re.search(r"gave up reaching 127.0.0.1:1 after ([0-9.]+) s", str(failure.value)).group(1))
+    assert budget.max_total_seconds <= reported <= elapsed + 0.05

@@ -122,8 +122,7 @@ class SseReader:
 
 
 def test_config_refuses_what_cannot_work(tmp_path):
-    with pytest.raises(ValueError, match="name the participants"):
-        FeedConfig(server="127.0.0.1:1", token="t", participants=[])
+    assert FeedConfig(server="127.0.0.1:1", token="t", participants=[]).participants == []  # the directory's
     with pytest.raises(ValueError, match="read token"):
         FeedConfig(server="127.0.0.1:1", token=" ", participants=["p1"])
     with pytest.raises(ValueError, match="HOST:PORT"):
@@ -139,12 +138,14 @@ def test_config_refuses_what_cannot_work(tmp_path):
         read_participants_file(listed)
 
 
-def test_cli_explains_a_missing_participant_list(capsys, monkeypatch):
+def test_cli_explains_an_empty_participants_file_and_a_missing_token(capsys, monkeypatch, tmp_path):
     from moodstream.cli import main
 
     monkeypatch.delenv("MOODSTREAM_TOKEN", raising=False)
-    assert main(["dashboard", "--server", "127.0.0.1:1", "--token", "x"]) == 2
-    assert "name the participants to follow" in capsys.readouterr().err
+    empty = tmp_path / "nobody.txt"
+    empty.write_text("# nobody yet\n")
+    assert main(["dashboard", "--server", "127.0.0.1:1", "--token", "x", "--participants-file", str(empty)]) == 2
+    assert "names no participant; leave it out to follow whoever has a recent session" in capsys.readouterr().err
     assert main(["dashboard", "--server", "127.0.0.1:1", "--participant", "p1"]) == 2
     assert "read token" in capsys.readouterr().err
 
@@ -256,6 +257,58 @@ def test_only_participants_the_token_may_read_are_shown(server, tokens):
         assert "may not read participant p2" in p2["message"]
         assert get_json(f"{dashboard.url}api/p/{p2['ref']}")["sessions"] == []
         assert participant_state(dashboard, "p1")["state"] == "following"
+
+
+def rows(dashboard) -> dict[str, str]:
+    """session id -> state of the overview's rows."""
+    return {s["session_id"]: s["state"] for s in overview(dashboard)["sessions"]}
+
+
+def test_without_a_participant_list_the_overview_lists_the_directorys_sessions_with_their_states(server, tokens):
+    stream_session(server.port, tokens, "p1-live", "p1", 1, seed=4, finish=False)
+    stream_session(server.port, tokens, "p2-live", "p2", 1, seed=5, finish=False)
+    stream_session(server.port, tokens, "p3-done", "p3", 1, seed=6)
+    with dashboard_for(server.port, tokens.by_name["admin"], [], discover_interval=0.3) as dashboard:
+        # the states come from the directory: closed without End, or ended
+        expected = {"p1-live": "interrupted", "p2-live": "interrupted", "p3-done": "finished"}
+        wait_for(lambda: rows(dashboard) == expected, what=f"the overview to be {expected}")
+        data = overview(dashboard)
+        assert data["connection"]["discovering"] is True
+        assert sorted(p["participant_id"] for p in data["connection"]["participants"]) == ["p1", "p2", "p3"]
+        # a session that starts later shows up without a restart
+        stream_session(server.port, tokens, "p4-new", "p4", 1, seed=7, finish=False)
+        wait_for(lambda: "p4-new" in rows(dashboard), what="p4-new")
+    # a scoped token discovers only what it may read
+    with dashboard_for(server.port, tokens.by_name["reader-p1"], [], discover_interval=0.3) as dashboard:
+        wait_for(lambda: rows(dashboard), what="p1's session")
+        time.sleep(1.0)  # a few more discovery rounds
+        data = overview(dashboard)
+        assert [s["session_id"] for s in data["sessions"]] == ["p1-live"]
+        assert [p["participant_id"] for p in data["connection"]["participants"]] == ["p1"]
+
+
+def test_the_directory_overview_leaves_out_sessions_older_than_the_recent_window(server, tokens):
+    stream_session(server.port, tokens, "p7-old", "p7", 1, seed=8)
+    time.sleep(2.5)
+    with dashboard_for(server.port, tokens.by_name["admin"], [], discover_interval=0.2,
+                       recent_seconds=2.0) as dashboard:
+        time.sleep(1.0)  # a few discovery rounds
+        assert rows(dashboard) == {}
+        stream_session(server.port, tokens, "p7-fresh", "p7", 1, seed=9, finish=False)
+        wait_for(lambda: "p7-fresh" in rows(dashboard), what="p7-fresh")
+        assert "p7-old" not in rows(dashboard)
+        # the participant's page still has the whole history
+        participant = next(p for p in overview(dashboard)["connection"]["participants"] if p["participant_id"] == "p7")
+        wait_for(lambda: len(get_json(f"{dashboard.url}api/p/{participant['ref']}")["sessions"]) == 2,
+                 what="p7's two sessions")
+        # once its latest score is older than the window, the session leaves the overview
+        wait_for(lambda: "p7-fresh" not in rows(dashboard), what="p7-fresh to leave the overview")
+
+
+def test_discovery_reports_a_rejected_token(server, tokens):
+    with dashboard_for(server.port, "not-a-token", [], discover_interval=0.3) as dashboard:
+        wait_for(lambda: overview(dashboard)["connection"]["token_error"], what="the token problem")
+        assert "rejected the dashboard's token" in overview(dashboard)["connection"]["token_error"]
 
 
 def test_a_bad_token_is_reported_plainly(server, tokens):

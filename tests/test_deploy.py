@@ -616,6 +616,23 @@ def test_envoy_config_parses_with_envoys_own_api_definitions(name):
     assert cluster.connect_timeout.total_seconds() > 0
 
 
+@pytest.mark.parametrize("name", ["deploy/envoy.yaml", "deploy/k8s/envoy.yaml"])
+def test_envoy_turns_browsers_grpc_web_into_grpc_with_cors(name):
+    envoy_bootstrap(envoy_configs()[name])  # Envoy's own definitions accept the filters and the policy
+    manager = envoy_configs()[name]["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]
+    assert manager["codec_type"] == "AUTO", "browsers may send gRPC-web over HTTP/1.1"
+    assert [f["name"] for f in manager["http_filters"]] == [
+        "envoy.filters.http.grpc_web", "envoy.filters.http.cors", "envoy.filters.http.router"]
+    (host,) = manager["route_config"]["virtual_hosts"]
+    policy = host["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert policy["@type"].endswith("cors.v3.CorsPolicy")
+    allowed = {header.strip() for header in policy["allow_headers"].split(",")}
+    assert {"authorization", "content-type", "x-grpc-web"} <= allowed
+    assert "grpc-status" in policy["expose_headers"] and "POST" in policy["allow_methods"]
+    assert all("grpc" not in route["match"] for route in host["routes"]), "a CORS preflight is not gRPC"
+
+
 def test_envoys_api_definitions_reject_a_broken_config():
     config = envoy_configs()["deploy/envoy.yaml"]
     misspelt = copy.deepcopy(config)

@@ -446,8 +446,12 @@ def check_stream(server, sequence, clean: bool) -> None:
     assert set(stored) <= sent_valid and acked <= set(stored), (stored, sent_valid, acked)
     assert updates == len(stored)
     assert not [key for key in keys if key.endswith(":audio")]
-    owner = f"ms:session:{{{header['session_id']}}}:owner"
-    assert all(key.startswith(f"ms:{{p:{header['participant_id']}}}:") or key == owner for key in keys), keys
+    owner, directory = f"ms:session:{{{header['session_id']}}}:owner", f"ms:{{directory}}:{model_version}"
+    assert all(key.startswith(f"ms:{{p:{header['participant_id']}}}:") or key in (owner, directory)
+               for key in keys), keys
+    if code == Code.OK:  # every chunk received got exactly one ack
+        chunks_sent = sum(1 for m in sequence if m[0] == "chunk")
+        assert sum(1 for r in responses if r.WhichOneof("message") == "ack") == chunks_sent
     if clean:
         chunk_count = sum(1 for m in sequence if m[0] == "chunk")
         assert code == Code.OK, error.details()
@@ -513,7 +517,7 @@ def test_fuzz_read_requests_get_a_proper_status(fuzz_server, method, session, pa
 
 
 @examples(200, shrink=False)
-@given(method=st.sampled_from(["Stream", "GetScore", "Subscribe"]),
+@given(method=st.sampled_from(["Stream", "GetScore", "Subscribe", "PutChunk"]),
        payloads=st.lists(st.binary(max_size=200), min_size=1, max_size=3))
 def test_fuzz_raw_bytes_get_a_proper_status(fuzz_server, method, payloads):
     flush(fuzz_server.redis_url)
@@ -523,7 +527,7 @@ def test_fuzz_raw_bytes_get_a_proper_status(fuzz_server, method, payloads):
     try:
         if method == "Stream":
             list(channel.stream_stream(path)(iter(payloads), metadata=metadata, timeout=30))
-        elif method == "GetScore":
+        elif method in ("GetScore", "PutChunk"):
             channel.unary_unary(path)(payloads[0], metadata=metadata, timeout=10)
         else:
             list(channel.unary_stream(path)(payloads[0], metadata=metadata, timeout=0.3))

@@ -6,6 +6,7 @@ import grpc
 import pytest
 import redis
 
+from moodstream.server.store import directory_key
 from moodstream.cli import main as moodstream_main
 from moodstream.v1 import moodstream_pb2 as pb
 from server_harness import (chunk, end, header, make_chunks, redis_keys, running_server, stream, stub_for,
@@ -29,6 +30,14 @@ def snapshot(url: str, keys: list[str]) -> dict[str, bytes]:
     client = redis.Redis.from_url(url)
     try:
         return {key: client.dump(key) for key in keys}
+    finally:
+        client.close()
+
+
+def directory_members(url: str, key: str) -> list[str]:
+    client = redis.Redis.from_url(url)
+    try:
+        return [member.decode() for member in client.zrange(key, 0, -1)]
     finally:
         client.close()
 
@@ -57,12 +66,14 @@ def test_forget_deletes_every_key_of_the_participant_after_real_sessions(model, 
     keys = redis_keys(redis_url)
     mine = [key for key in keys if key.startswith("ms:{p:p1}:") or key in (
         "ms:session:{p1-morning}:owner", "ms:session:{p1-evening}:owner")]
-    others = sorted(set(keys) - set(mine))
+    directory = directory_key(model_version)  # shared: lists every participant with a session
+    others = sorted(set(keys) - set(mine) - {directory})
     # what a streamed session leaves: session hash, vectors, audio (store_audio), session stream; the
-    # participant stream; an owner key per session
-    assert len(mine) == 2 * 4 + 1 + 2, mine
+    # participant stream and session directory; an owner key per session
+    assert len(mine) == 2 * 4 + 2 + 2, mine
     assert any(key.endswith(":audio") for key in mine)
     assert others and all("p2" in key for key in others), others
+    assert directory_members(redis_url, directory) == ["p1", "p2"]
     before = snapshot(redis_url, others)
 
     code, out, err = forget(capsys, "p1", "--redis", redis_url, "--yes")
@@ -71,7 +82,8 @@ def test_forget_deletes_every_key_of_the_participant_after_real_sessions(model, 
 
     remaining = redis_keys(redis_url)
     assert not [key for key in remaining if "p1" in key], remaining
-    assert remaining == others
+    assert remaining == sorted([*others, directory])
+    assert directory_members(redis_url, directory) == ["p2"]
     assert snapshot(redis_url, others) == before  # untouched, byte for byte
 
     # The server agrees: p1's sessions are gone, p2's score is still there.
@@ -112,7 +124,8 @@ def test_forget_asks_first_and_deletes_nothing_unless_confirmed(model, tokens, r
         assert redis_keys(redis_url) == keys
     monkeypatch.setattr("sys.stdin", io.StringIO("yes\n"))
     code, out, err = forget(capsys, "p1", "--redis", redis_url)
-    assert code == 0 and "deleted 9 key(s)" in out  # 2 sessions x (record, vectors, stream), stream, 2 owners
+    # 2 sessions x (record, vectors, stream), participant stream, session directory, 2 owners
+    assert code == 0 and "deleted 10 key(s)" in out
     assert not [key for key in redis_keys(redis_url) if "p1" in key]
 
 
@@ -159,7 +172,7 @@ def test_forget_on_a_redis_cluster(redis_cluster_url, capsys):
     asyncio.run(write())
     before = asyncio.run(all_keys())
     mine = [key for key in before if key.startswith("ms:{p:c7}:") or key.startswith("ms:session:{c7-")]
-    assert len(mine) == 2 * 4 + 1 + 2
+    assert len(mine) == 2 * 4 + 2 + 2  # 2 sessions x 4, participant stream and session directory, 2 owners
 
     code, _, err = forget(capsys, "c7", "--redis", redis_cluster_url, "--yes")
     assert code == 2 and "is a Redis Cluster node: add --redis-cluster" in err  # never a silent partial search

@@ -131,7 +131,7 @@ def test_unauthenticated_calls_are_refused(server, token, code, fragment, redis_
 def test_a_token_cannot_stream_or_read_another_participant(server, tokens, redis_url):
     with stub_for(server.port) as stub:
         expect(stub, [header("s", "p2"), chunk(0, GOOD)], tokens.metadata("agent-p1"), Code.PERMISSION_DENIED,
-               "may not stream for participant 'p2'")
+               "may not stream session 's' for participant 'p2'")
         assert redis_keys(redis_url) == []
         stream(stub, [header("s2", "p2"), chunk(0, GOOD), end(0)], tokens.metadata("agent"))
         reader = tokens.metadata("reader-p1")
@@ -155,7 +155,7 @@ def test_a_session_id_cannot_be_taken_over_by_another_participant(server, tokens
     with stub_for(server.port) as stub:
         stream(stub, [header("shared", "p1"), chunk(0, GOOD), end(0)], tokens.metadata("agent"))
         expect(stub, [header("shared", "p2"), chunk(0, GOOD)], tokens.metadata("agent"), Code.PERMISSION_DENIED,
-               "belongs to another participant")
+               "may not stream session 'shared' for participant 'p2'")
 
 
 def test_new_speech_for_an_ended_session_is_refused(server, tokens):

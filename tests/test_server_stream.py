@@ -172,7 +172,7 @@ def test_stored_vectors_are_the_encoder_output_and_no_audio_is_stored(model, ser
                tokens.metadata("agent"))
     keys = redis_keys(redis_url)
     assert not any(key.endswith(":audio") for key in keys)
-    assert all("{p:p1}" in key or key.startswith("ms:session:") for key in keys)
+    assert all("{p:p1}" in key or key.startswith(("ms:session:", "ms:{directory}:")) for key in keys)
 
 
 def test_scores_carry_their_speech_time_and_get_score_tells_open_interrupted_and_ended(server, tokens):

@@ -11,6 +11,7 @@ from redis.cluster import RedisCluster
 from moodstream.server.redis_process import RedisProcess
 from moodstream.server.store import (
     ApplyStatus,
+    directory_key,
     SessionKeys,
     SessionNotFoundError,
     SessionOwnershipError,
@@ -381,11 +382,12 @@ def test_every_key_of_a_session_gets_the_ttl(redis_url):
             keys = store.keys("part-ttl", "sess-ttl")
             existing = [key for key in keys.all() if await store.client.exists(key)]
             assert existing == keys.all(), "audio is stored, so every key of the session exists"
-            for key in existing:
+            directories = [keys.index, directory_key(store.model_version)]
+            for key in existing + directories:
                 assert 990 < await store.client.ttl(key) <= 1000, key
-            # Every key that exists for this participant is one of the session's keys.
+            # Every key that exists is one of the session's keys or a directory that lists it.
             found = {key.decode() async for key in store.client.scan_iter(match="ms:*")}
-            assert found == set(keys.all())
+            assert found == set(keys.all()) | set(directories)
 
         async with open_store(redis_url, ttl_seconds=0) as forever:
             await forever.claim_session("sess-ttl", "part-ttl")
@@ -431,12 +433,15 @@ def test_forget_deletes_every_key_of_a_participant_and_nothing_else(backend):
             everything = all_keys(url, cluster)
             owners = {b"ms:session:{g1}:owner", b"ms:session:{g2}:owner"}
             mine = {key for key in everything if b"{p:gone}" in key} | owners
-            # model 1: 2 sessions x (hash, vectors, audio, stream) + participant stream;
-            # model 2: hash, vectors, stream + participant stream; 2 owner keys.
-            assert len(mine) == 2 * 4 + 1 + 4 + 2
+            # model 1: 2 sessions x (hash, vectors, audio, stream) + participant stream + session directory;
+            # model 2: hash, vectors, stream + participant stream + session directory; 2 owner keys.
+            assert len(mine) == 2 * 4 + 2 + 3 + 2 + 2
 
             assert await store.forget_participant("gone") == len(mine)
-            assert all_keys(url, cluster) == everything - mine
+            # the participant directory of model 2 listed only "gone", so it went with the last member
+            emptied = directory_key("test-model-2").encode()
+            assert all_keys(url, cluster) == everything - mine - {emptied}
+            assert await store.client.zrange(directory_key(VERSION), 0, -1) == [b"stays"]
 
             assert await store.session_owner("g1") is None
             assert (await apply(store, "g2", "gone", 3)).status is ApplyStatus.UNCLAIMED
@@ -485,7 +490,7 @@ def test_one_session_and_its_participant_stream_share_one_cluster_slot(redis_clu
     for participant in ("alice", "bob", "carol", "dave", "erin"):
         keys = SessionKeys.build(participant, f"session-of-{participant}", VERSION)
         # Ask the server, not our own CRC: the server decides where keys go.
-        script_slots = {client.cluster_keyslot(key) for key in keys.script_keys()}
+        script_slots = {client.cluster_keyslot(key) for key in [*keys.script_keys(), keys.index]}
         assert len(script_slots) == 1, keys
         slots |= script_slots
         owners.add(client.get_node_from_key(keys.session).name)
@@ -503,6 +508,45 @@ def test_the_apply_script_runs_on_the_master_that_owns_the_slot(redis_cluster_ur
             slot = redis.crc.key_slot(keys.session.encode())
             node = store.client.get_node_from_key(keys.session)
             counted = await store.client.execute_command("CLUSTER COUNTKEYSINSLOT", slot, target_nodes=node)
-            assert counted == 4  # session hash, vectors, session stream, participant stream
+            assert counted == 5  # session hash, vectors, session stream, participant stream, session directory
+
+    run(scenario())
+
+
+# -- the session directory ------------------------------------------------------------
+
+
+def test_the_directory_pages_through_batches_and_drops_expired_sessions(backend):
+    """More sessions than one directory batch, some gone: every live one listed once, in order."""
+    url, cluster = backend
+
+    async def scenario():
+        clock = iter(range(10**6))
+        async with open_store(url, cluster=cluster) as store:
+            store._clock = lambda: 1000.0 + next(clock)  # distinct, increasing start times
+            sessions = {"pa": [f"a{i:03d}" for i in range(450)], "pb": [f"b{i:03d}" for i in range(5)]}
+            for participant, ids in sessions.items():
+                for session in ids:
+                    await store.claim_session(session, participant)
+                    await apply(store, session, participant, 0)
+            gone = {f"a{i:03d}" for i in range(0, 450, 3)}  # a third expired (their records deleted)
+            for session in gone:
+                await store.client.delete(store.keys("pa", session).session)
+
+            def expected(participant):
+                return [(participant, s) for s in reversed(sessions[participant]) if s not in gone]
+
+            for page_size in (1000, 7):  # the first pass meets the stale entries mid-batch
+                listed, cursor = [], None
+                while True:
+                    page, cursor = await store.list_sessions(None, page_size=page_size, cursor=cursor)
+                    listed += [(s.participant_id, s.session_id) for s in page]
+                    if cursor is None:
+                        break
+                assert listed == expected("pa") + expected("pb"), page_size
+            # the expired ones were pruned from the directory as it was read
+            assert await store.client.zcard(store.keys("pa", "a001").index) == 450 - len(gone)
+            only_b, cursor = await store.list_sessions(["pb"], page_size=2)
+            assert [s.session_id for s in only_b] == ["b004", "b003"] and cursor is not None
 
     run(scenario())

@@ -182,7 +182,10 @@
       (ORDER[a.state] ?? 9) - (ORDER[b.state] ?? 9) || b.last_update_unix - a.last_update_unix);
     tbody.replaceChildren();
     if (!rows.length) {
-      tbody.append(el("tr", { class: "empty" }, el("td", { colspan: "8", text: "No sessions yet for the participants followed." })));
+      const none = connection && connection.discovering
+        ? "No recent sessions that this dashboard's token may read."
+        : "No sessions yet for the participants followed.";
+      tbody.append(el("tr", { class: "empty" }, el("td", { colspan: "8", text: none })));
     }
     for (const s of rows) {
       tbody.append(el("tr", { "data-ref": s.ref, "data-state": s.state, class: "session-row" },
@@ -540,8 +543,11 @@
   function onSession(message) {
     takeSettings(message.settings);
     const s = message.session;
-    if (view === "overview") overview.sessions.set(s.ref, s);
-    else if (view === "session") session.summary = s;
+    if (view === "overview") {
+      // Without named participants the overview shows only the session directory's recent sessions.
+      if (s.on_overview === false) overview.sessions.delete(s.ref);
+      else overview.sessions.set(s.ref, s);
+    } else if (view === "session") session.summary = s;
     else if (view === "participant") participant.sessions.set(s.ref, s);
     render();
   }

@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -161,3 +162,73 @@ class GetScoreRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class ListSessionsRequest(_message.Message):
+    __slots__ = ("participant_id", "states", "active_after_unix", "active_before_unix", "page_size", "page_token")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_BEFORE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    states: _containers.RepeatedScalarFieldContainer[SessionState]
+    active_after_unix: float
+    active_before_unix: float
+    page_size: int
+    page_token: str
+    def __init__(self, participant_id: _Optional[str] = ..., states: _Optional[_Iterable[_Union[SessionState, str]]] = ..., active_after_unix: _Optional[float] = ..., active_before_unix: _Optional[float] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class SessionSummary(_message.Message):
+    __slots__ = ("session_id", "participant_id", "device_id", "model_version", "state", "started_unix", "last_update_unix", "state_since_unix", "segments", "speech_seconds", "latest")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    LAST_UPDATE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    STATE_SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LATEST_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    participant_id: str
+    device_id: str
+    model_version: str
+    state: SessionState
+    started_unix: float
+    last_update_unix: float
+    state_since_unix: float
+    segments: int
+    speech_seconds: float
+    latest: ScoreUpdate
+    def __init__(self, session_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., device_id: _Optional[str] = ..., model_version: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., started_unix: _Optional[float] = ..., last_update_unix: _Optional[float] = ..., state_since_unix: _Optional[float] = ..., segments: _Optional[int] = ..., speech_seconds: _Optional[float] = ..., latest: _Optional[_Union[ScoreUpdate, _Mapping]] = ...) -> None: ...
+
+class ListSessionsResponse(_message.Message):
+    __slots__ = ("sessions", "next_page_token")
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[SessionSummary]
+    next_page_token: str
+    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class PutChunkRequest(_message.Message):
+    __slots__ = ("header", "chunk", "end")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    header: SessionHeader
+    chunk: Chunk
+    end: End
+    def __init__(self, header: _Optional[_Union[SessionHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., end: _Optional[_Union[End, _Mapping]] = ...) -> None: ...
+
+class PutChunkResponse(_message.Message):
+    __slots__ = ("ack", "score", "ended")
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    ack: Ack
+    score: ScoreUpdate
+    ended: bool
+    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., score: _Optional[_Union[ScoreUpdate, _Mapping]] = ..., ended: _Optional[bool] = ...) -> None: ...

@@ -49,6 +49,16 @@ class ScreeningStub:
                 request_serializer=moodstream_dot_v1_dot_moodstream__pb2.GetScoreRequest.SerializeToString,
                 response_deserializer=moodstream_dot_v1_dot_moodstream__pb2.ScoreUpdate.FromString,
                 _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/moodstream.v1.Screening/ListSessions',
+                request_serializer=moodstream_dot_v1_dot_moodstream__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=moodstream_dot_v1_dot_moodstream__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
+        self.PutChunk = channel.unary_unary(
+                '/moodstream.v1.Screening/PutChunk',
+                request_serializer=moodstream_dot_v1_dot_moodstream__pb2.PutChunkRequest.SerializeToString,
+                response_deserializer=moodstream_dot_v1_dot_moodstream__pb2.PutChunkResponse.FromString,
+                _registered_method=True)
 
 
 class ScreeningServicer:
@@ -57,6 +67,20 @@ class ScreeningServicer:
     def Stream(self, request_iterator, context):
         """Agent -> server. First message: SessionHeader; then Chunk messages; then
         End. The server replies with Ack, ScoreUpdate and Error messages.
+
+        The Ack, not an OK status, means stored: a chunk is durable exactly when
+        its Ack arrived. Every chunk received gets exactly one Ack (a resent or
+        repeated seq gets one with duplicate = true). A call can end OK with
+        chunks unacked only if it was cut: resend every unacked chunk, from the
+        lowest, on a new call; resends are idempotent.
+
+        Chunks are applied in seq order. At most 32 chunks are buffered per call:
+        while the buffer is full the server stops reading, and HTTP/2 flow
+        control slows the sender (a backlog is paced, never refused). A chunk
+        more than 64 seqs ahead of the last applied one is OUT_OF_RANGE, and a
+        buffer full of chunks all waiting for a seq that has not come is
+        RESOURCE_EXHAUSTED. A call whose input closes while chunks still wait for
+        a missing seq ends FAILED_PRECONDITION, naming the missing seqs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -71,7 +95,40 @@ class ScreeningServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetScore(self, request, context):
-        """The latest score of one session.
+        """The latest score of one session. A token that may read every participant
+        gets NOT_FOUND for an unknown session; any other token gets
+        PERMISSION_DENIED for both unknown and unreadable sessions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """The session directory: the sessions the token may read, filtered by
+        participant, state and time, in pages. A session is listed from its
+        first applied chunk until its data expires. Order: participant id
+        ascending, then newest start first. Any replica answers (it is read from
+        the shared store).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutChunk(self, request, context):
+        """Agent -> server, one call per chunk (or End): Stream for clients that
+        cannot stream, such as a browser over gRPC-web, or a phone on a poor
+        network that retries single calls. Every call carries the session
+        header; the session is claimed, checked and scoped as by Stream, with
+        the same status codes. A chunk gets exactly one Ack (duplicate = true
+        for a resent seq: idempotent by session and seq), and a ScoreUpdate
+        when it was applied. Chunks are applied in seq order, and a call holds
+        one chunk, so a chunk whose predecessor has not been applied is
+        FAILED_PRECONDITION naming the seq to send first (nothing is stored:
+        send that one, then this one again); more than 64 seqs ahead is
+        OUT_OF_RANGE. An End applies as in Stream (every seq up to last_seq
+        applied first, or FAILED_PRECONDITION) and finishes the session. A call
+        does not mark the session interrupted when it returns: between calls a
+        session stays OPEN until its End.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +151,16 @@ def add_ScreeningServicer_to_server(servicer, server):
                     servicer.GetScore,
                     request_deserializer=moodstream_dot_v1_dot_moodstream__pb2.GetScoreRequest.FromString,
                     response_serializer=moodstream_dot_v1_dot_moodstream__pb2.ScoreUpdate.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=moodstream_dot_v1_dot_moodstream__pb2.ListSessionsRequest.FromString,
+                    response_serializer=moodstream_dot_v1_dot_moodstream__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'PutChunk': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutChunk,
+                    request_deserializer=moodstream_dot_v1_dot_moodstream__pb2.PutChunkRequest.FromString,
+                    response_serializer=moodstream_dot_v1_dot_moodstream__pb2.PutChunkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +244,60 @@ class Screening:
             '/moodstream.v1.Screening/GetScore',
             moodstream_dot_v1_dot_moodstream__pb2.GetScoreRequest.SerializeToString,
             moodstream_dot_v1_dot_moodstream__pb2.ScoreUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moodstream.v1.Screening/ListSessions',
+            moodstream_dot_v1_dot_moodstream__pb2.ListSessionsRequest.SerializeToString,
+            moodstream_dot_v1_dot_moodstream__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutChunk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moodstream.v1.Screening/PutChunk',
+            moodstream_dot_v1_dot_moodstream__pb2.PutChunkRequest.SerializeToString,
+            moodstream_dot_v1_dot_moodstream__pb2.PutChunkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,193 @@
+"""Edges an outside client finds, each checked from a client built from the .proto alone (raw_client.py)."""
+import time
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from moodstream.server.app import ConnectionLimits
+from moodstream.server.service import ServiceSettings
+from raw_client import RawClient, acks, compile_proto
+from server_harness import make_chunks, running_server, tiny_model, write_tokens
+
+GOOD = make_chunks(1, seed=3)[0]
+Code = grpc.StatusCode
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return compile_proto()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=4)
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    return write_tokens(tmp_path_factory.mktemp("tokens"))
+
+
+@pytest.fixture(scope="module")
+def server(model, redis_server, tokens):
+    settings = ServiceSettings(max_seq_ahead=16, max_pending_chunks=3, redis_retry_seconds=2)
+    with running_server(model, redis_server.url, tokens, settings=settings) as running:
+        running.redis_url = redis_server.url
+        yield running
+
+
+@pytest.fixture
+def channel(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield channel
+
+
+def client(channel, pool, tokens, name="admin") -> RawClient:
+    return RawClient(channel, pool, tokens.by_name[name] if name else None)
+
+
+# -- calls that never end --------------------------------------------------------------------------
+
+UNARY_REQUEST_METHODS = ["/moodstream.v1.Screening/GetScore", "/moodstream.v1.Screening/Subscribe",
+                         "/moodstream.v1.Screening/ListSessions", "/grpc.health.v1.Health/Check"]
+
+
+@pytest.mark.parametrize("token", ["admin", None], ids=["with a token", "without a token"])
+def test_calls_closed_without_a_request_message_end_at_once(server, channel, pool, tokens, token):
+    raw = client(channel, pool, tokens, token)
+    started = time.monotonic()
+    calls = [raw.zero_message_call(path) for path in UNARY_REQUEST_METHODS for _ in range(25)]  # no deadline
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as info:
+            call.result(timeout=20)
+        assert info.value.code() == Code.INVALID_ARGUMENT, info.value.details()
+        assert "without a request message" in info.value.details()
+    assert time.monotonic() - started < 20
+    # the connection is still good for a proper call
+    health = channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=10)
+    assert health == b"\x08\x01"  # status: SERVING
+
+
+def test_a_connection_is_cut_after_its_age_and_grace(model, redis_url, tokens, pool):
+    limits = ConnectionLimits(max_age_seconds=1.0, max_age_grace_seconds=1.0)
+    with running_server(model, redis_url, tokens, limits=limits) as running, \
+            grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        raw = client(channel, pool, tokens)
+        started = time.monotonic()
+        updates = raw.server_stream("Subscribe", raw.request("Subscribe", participant_id="p1"), timeout=60)
+        with pytest.raises(grpc.RpcError) as info:
+            next(updates)  # no update ever comes: only the age limit can end this call
+        assert info.value.code() == Code.UNAVAILABLE
+        assert time.monotonic() - started < 15
+
+
+def test_an_idle_connection_is_closed(model, redis_url, tokens, pool):
+    limits = ConnectionLimits(max_idle_seconds=1.0)
+    with running_server(model, redis_url, tokens, limits=limits) as running, \
+            grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        states = []
+        channel.subscribe(states.append)
+        raw = client(channel, pool, tokens)
+        with pytest.raises(grpc.RpcError):
+            raw.unary("GetScore", raw.request("GetScore", session_id="any"), timeout=10)  # NOT_FOUND: connected
+        assert grpc.ChannelConnectivity.READY in states
+        connected = states.index(grpc.ChannelConnectivity.READY)
+        deadline = time.monotonic() + 10
+        while grpc.ChannelConnectivity.IDLE not in states[connected:]:  # the server closed it (GOAWAY)
+            assert time.monotonic() < deadline, states
+            time.sleep(0.1)
+        channel.unsubscribe(states.append)
+
+
+def test_concurrent_calls_per_connection_are_bounded(model, redis_url, tokens, pool):
+    limits = ConnectionLimits(max_concurrent_streams=4)
+    with running_server(model, redis_url, tokens, limits=limits) as running, \
+            grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        raw = client(channel, pool, tokens)
+        held = [raw.server_stream("Subscribe", raw.request("Subscribe", participant_id=f"p{i}"), timeout=60)
+                for i in range(1, 5)]
+        time.sleep(1.0)
+        with pytest.raises(grpc.RpcError) as info:  # the fifth call waits for a free stream
+            raw.unary("GetScore", raw.request("GetScore", session_id="any"), timeout=2)
+        assert info.value.code() == Code.DEADLINE_EXCEEDED
+        held[0].cancel()
+        with pytest.raises(grpc.RpcError) as info:  # a stream is free again: answered (no such session)
+            raw.unary("GetScore", raw.request("GetScore", session_id="any"), timeout=10)
+        assert info.value.code() == Code.NOT_FOUND
+        for call in held[1:]:
+            call.cancel()
+
+
+# -- acks ------------------------------------------------------------------------------------------
+
+def test_every_chunk_received_gets_exactly_one_ack(server, channel, pool, tokens):
+    raw = client(channel, pool, tokens)
+    sent = [0, 0, 0, 1, 1, 0, 2]
+    requests = [raw.header("one-ack", "p1")] + [raw.chunk(seq, GOOD) for seq in sent] + [raw.end(2)]
+    received = acks(raw.bidi("Stream", requests))
+    assert sorted(seq for seq, _ in received) == sorted(sent)
+    assert sorted(seq for seq, duplicate in received if not duplicate) == [0, 1, 2]
+
+
+def test_a_backlog_is_paced_not_refused(server, channel, pool, tokens):
+    """With 3 chunks buffered at most, 12 sent at once are all applied: the server stops reading meanwhile."""
+    raw = client(channel, pool, tokens)
+    chunks = make_chunks(12, seed=5)
+    requests = [raw.header("backlog", "p1")] + [raw.chunk(seq, pcm) for seq, pcm in enumerate(chunks)] + [raw.end(11)]
+    received = acks(raw.bidi("Stream", requests))
+    assert received == [(seq, False) for seq in range(12)]
+
+
+def test_a_full_buffer_waiting_for_a_missing_seq_is_still_refused(server, channel, pool, tokens):
+    raw = client(channel, pool, tokens)
+    requests = [raw.header("abuse", "p1")] + [raw.chunk(seq, GOOD) for seq in range(1, 6)]
+    with pytest.raises(grpc.RpcError) as info:
+        list(raw.bidi("Stream", requests))
+    assert info.value.code() == Code.RESOURCE_EXHAUSTED and "send the missing chunk first" in info.value.details()
+
+
+def test_a_stream_closed_with_a_gap_names_the_missing_seqs(server, channel, pool, tokens):
+    raw = client(channel, pool, tokens)
+    responses = raw.bidi("Stream", [raw.header("gap-close", "p1"), raw.chunk(1, GOOD), raw.chunk(3, GOOD)])
+    with pytest.raises(grpc.RpcError) as info:
+        list(responses)
+    assert info.value.code() == Code.FAILED_PRECONDITION
+    assert "seq(s) 0, 2 never arrived" in info.value.details() and "resend from seq 0" in info.value.details()
+    # after applied chunks too
+    responses = raw.bidi("Stream", [raw.header("gap-close-2", "p1"), raw.chunk(0, GOOD), raw.chunk(2, GOOD)])
+    with pytest.raises(grpc.RpcError) as info:
+        list(responses)
+    assert info.value.code() == Code.FAILED_PRECONDITION and "seq(s) 1 never arrived" in info.value.details()
+
+
+# -- what a refusal says and leaves ----------------------------------------------------------------
+
+def test_a_foreign_session_and_a_foreign_participant_get_the_same_answer(server, channel, pool, tokens):
+    admin = client(channel, pool, tokens)
+    assert acks(admin.bidi("Stream", [admin.header("held-by-p2", "p2"), admin.chunk(0, GOOD), admin.end(0)]))
+    agent_p1 = client(channel, pool, tokens, "agent-p1")
+    answers = []
+    for session, participant in (("held-by-p2", "p1"), ("free-session", "p2")):
+        with pytest.raises(grpc.RpcError) as info:
+            list(agent_p1.bidi("Stream", [agent_p1.header(session, participant), agent_p1.chunk(0, GOOD)]))
+        answers.append((info.value.code(), info.value.details().replace(session, "S").replace(participant, "P")))
+    assert answers[0] == answers[1] == (Code.PERMISSION_DENIED, "this token may not stream session 'S' for "
+                                                                 "participant 'P'")
+    assert "another" not in answers[0][1]
+
+
+# -- the contract is discoverable ------------------------------------------------------------------
+
+def test_reflection_carries_the_limits_and_the_meaning_of_an_ack(server, channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="moodstream.v1.Screening")
+    response = next(stub.ServerReflectionInfo(iter([request]), timeout=10))
+    files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
+             for raw in response.file_descriptor_response.file_descriptor_proto]
+    comments = "\n".join(location.leading_comments + location.trailing_comments + "\n".join(
+        location.leading_detached_comments) for file in files for location in file.source_code_info.location)
+    for fact in ("authorization: Bearer <token>", "1 MiB", "1 to 10 s", "At most 32 chunks", "64 seqs ahead",
+                 "The Ack, not an OK status, means stored", "exactly one Ack", "256 concurrent calls"):
+        assert fact in comments, fact
