@@ -144,6 +144,10 @@ class Backbone(nn.Module):
                     parameter.requires_grad = True
         for parameter in self.feature_encoder.parameters():
             parameter.requires_grad = False
+        if hasattr(self.encoder, "freeze_feature_encoder"):
+            # Without this, wav2vec2's CNN marks its input as requiring grad in train() and builds a
+            # gradient graph through the frozen convolutions on every step.
+            self.encoder.freeze_feature_encoder()
         if self.is_whisper:  # Whisper's sinusoidal positions are fixed, as in pretraining
             self.encoder.embed_positions.weight.requires_grad = False
         # The masked-span embedding is only for self-supervised pretraining.

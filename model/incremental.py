@@ -214,7 +214,8 @@ class IncrementalScorer:
     would dominate); build a new scorer after changing the head's weights.
     """
 
-    def __init__(self, head: SessionHead, model_version: str = "") -> None:
+    def __init__(self, head: SessionHead, model_version: str = "",
+                 calibration: tuple[float, float] = (1.0, 0.0)) -> None:
         self.head = head
         self.model_version = model_version
 
@@ -228,8 +229,10 @@ class IncrementalScorer:
         self._w_qkv = np.concatenate([weights(layer.weight).T for layer in (head.query, head.key, head.value)],
                                      axis=1)                          # [h, 3a]
         self._b_qkv = np.concatenate([weights(layer.bias) for layer in (head.query, head.key, head.value)])
-        self._w_out = weights(head.classifier.weight)[0]
-        self._b_out = float(head.classifier.bias.detach()[0])
+        # The checkpoint's calibration (scale * logit + bias) is affine, so it folds into the classifier.
+        scale, bias = calibration
+        self._w_out = weights(head.classifier.weight)[0] * np.float32(scale)
+        self._b_out = float(head.classifier.bias.detach()[0]) * scale + bias
         self._scale = np.float32(head.scale)
 
     @property

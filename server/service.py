@@ -97,7 +97,8 @@ def score_message(update: dict) -> pb.ScoreUpdate:
         model_version=update["model_version"], time_unix=float(update["time_unix"]), seq=int(update["seq"]),
         offset=update.get("offset") or "", device_id=update.get("device_id", ""),
         speech_seconds=float(update.get("speech_seconds", 0.0)), notice=SCREENING_NOTICE,
-        start_seconds=float(update.get("start_seconds", 0.0)))
+        start_seconds=float(update.get("start_seconds", 0.0)),
+        evidence_sufficient=bool(update.get("evidence_sufficient", True)))
 
 
 DEFAULT_PAGE_SIZE = 100
@@ -375,9 +376,10 @@ class SessionStream:
         config = service.model_config
         new_state, probability = service.scorer.step(self.state, vector)
         speech_seconds = self.speech_seconds + len(chunk.pcm) / BYTES_PER_SAMPLE / SAMPLE_RATE
+        evidence = config.evidence_sufficient(new_state.segments)
         score = {
-            "segments": new_state.segments, "probability": probability,
-            "above_threshold": probability >= config.decision_threshold,
+            "segments": new_state.segments, "probability": probability, "evidence_sufficient": evidence,
+            "above_threshold": evidence and probability >= config.decision_threshold,
             "threshold": config.decision_threshold, "model_version": service.model_version,
             "time_unix": time.time(), "seq": seq, "device_id": self.header.device_id,
             "speech_seconds": speech_seconds, "start_seconds": chunk.start_seconds,

@@ -117,6 +117,7 @@ SCORE_FIELDS = (
     "device_id",
     "speech_seconds",
     "start_seconds",
+    "evidence_sufficient",
 )
 REQUIRED_SCORE_FIELDS = ("probability", "above_threshold", "threshold", "speech_seconds")
 
@@ -741,10 +742,13 @@ class SessionStore:
         if speech_seconds < 0 or start_seconds < 0:
             raise ValueError(f"speech_seconds ({speech_seconds}) and start_seconds ({start_seconds}) must be >= 0")
         above = score["above_threshold"]
-        if not isinstance(above, bool) or above != (probability >= threshold):
+        evidence = score.get("evidence_sufficient", True)
+        if not isinstance(evidence, bool):
+            raise ValueError(f"evidence_sufficient must be a bool, not {evidence!r}")
+        if not isinstance(above, bool) or above != (evidence and probability >= threshold):
             raise ValueError(
-                f"above_threshold must be the bool probability >= threshold "
-                f"({probability} >= {threshold}), not {above!r}"
+                f"above_threshold must be the bool evidence_sufficient and probability >= threshold "
+                f"({evidence} and {probability} >= {threshold}), not {above!r}"
             )
         device_id = score.get("device_id", "")
         _check_pattern("device_id", device_id, DEVICE_PATTERN)
@@ -753,6 +757,7 @@ class SessionStore:
             **authoritative,
             "probability": probability,
             "above_threshold": above,
+            "evidence_sufficient": evidence,
             "threshold": threshold,
             "time_unix": time_unix,
             "device_id": device_id,

@@ -201,6 +201,7 @@ def test_pages_and_api_show_a_streamed_session_with_its_model_version(server, to
             latest = stub.GetScore(pb.GetScoreRequest(session_id="sess-a"), metadata=tokens.metadata("admin"))
         assert summary["probability"] == pytest.approx(latest.probability)
         assert summary["above_threshold"] == latest.above_threshold
+        assert summary["evidence_sufficient"] is latest.evidence_sufficient is True  # min_evidence_segments = 1
         assert data["settings"]["notice"] == SCREENING_NOTICE
         assert data["connection"]["server"]["state"] == "connected"
 

@@ -200,3 +200,21 @@ def test_rows_that_do_not_match_their_head_are_refused():
         ScorerState.from_bytes(state_head)
     with pytest.raises(StateError, match="not a moodstream scorer state head"):
         scorer.restore(state.to_bytes(), b"")  # a whole state of format 1 is no head
+
+
+@pytest.mark.parametrize("scale,bias", [(0.3, -0.4), (2.5, 0.7)])
+def test_a_calibrated_checkpoint_scores_the_same_in_batch_and_incrementally(scale, bias, tmp_path):
+    torch.manual_seed(3)
+    model = ScreeningModel(ModelConfig.tiny(calibration_scale=scale, calibration_bias=bias))
+    reloaded = ScreeningModel.from_pretrained(model.save_pretrained(tmp_path / "calibrated"))
+    assert (reloaded.config.calibration_scale, reloaded.config.calibration_bias) == (scale, bias)
+    vectors = torch.randn(25, model.config.segment_vector_size)
+    scorer = reloaded.incremental_scorer()
+    state = scorer.init_state()
+    for n in range(1, 26):
+        state, probability = scorer.step(state, vectors[n - 1])
+        with torch.no_grad():
+            raw_logit = float(model.session_head(vectors[None, :n])[0])
+        expected = 1.0 / (1.0 + torch.exp(torch.tensor(-(scale * raw_logit + bias), dtype=torch.float64)))
+        assert abs(probability - reloaded.score(vectors[:n])) <= 1e-6
+        assert abs(probability - float(expected)) <= 1e-6  # the calibration is applied, not ignored

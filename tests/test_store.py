@@ -262,6 +262,9 @@ def test_bad_inputs_are_refused_before_anything_is_written(redis_url):
                 dict(good, score=score(probability=float("nan"))),
                 dict(good, score=score(probability=1.5)),
                 dict(good, score={**score(probability=0.9), "above_threshold": False}),
+                # no label before the evidence rule's minimum speech
+                dict(good, score={**score(probability=0.9), "evidence_sufficient": False}),
+                dict(good, score={**score(), "evidence_sufficient": "yes"}),
                 dict(good, score={k: v for k, v in score().items() if k != "speech_seconds"}),
                 dict(good, vector=b"\x00" * 5),
                 dict(good, vector=b""),

@@ -68,7 +68,9 @@
   const sessionHref = (ref) => root + "/s/" + encodeURIComponent(ref);
   const participantHref = (ref) => root + "/p/" + encodeURIComponent(ref);
 
-  function labelBadge(above, threshold) {
+  // A score below the checkpoint's evidence rule carries no label; its probability is still shown.
+  function labelBadge(above, threshold, evidence) {
+    if (evidence === false) return el("span", { class: "badge collecting", text: "collecting speech" });
     const text = (above ? "above" : "below") + " threshold " + fmtThreshold(threshold);
     return el("span", { class: "badge " + (above ? "above" : "below"), text: text });
   }
@@ -191,7 +193,7 @@
         cell("Participant", { class: "id" }, el("a", { href: participantHref(s.participant_ref), text: s.participant_id })),
         cell("Session", { class: "id" }, el("a", { href: sessionHref(s.ref), class: "session-link", text: s.session_id })),
         cell("Latest probability", { class: "num probability", text: fmtProb(s.probability) }),
-        cell("Label", {}, labelBadge(s.above_threshold, s.threshold)),
+        cell("Label", {}, labelBadge(s.above_threshold, s.threshold, s.evidence_sufficient)),
         cell("Segments", { class: "num segments", text: s.segments }),
         cell("Last score", { title: dateTime(s.last_update_unix), text: ago(s.last_update_unix) }),
         cell("Model", { class: "opt" }, modelCell(s.model_version))));
@@ -414,7 +416,7 @@
     byId("device-id").textContent = s.device_id || "–";
     stateNode.replaceChildren(stateBadge(s));
     byId("tile-probability").textContent = fmtProb(s.probability);
-    byId("tile-label").replaceChildren(labelBadge(s.above_threshold, s.threshold));
+    byId("tile-label").replaceChildren(labelBadge(s.above_threshold, s.threshold, s.evidence_sufficient));
     byId("tile-threshold").textContent = fmtThreshold(s.threshold);
     byId("tile-segments").textContent = s.segments;
     byId("tile-speech").textContent = minutes(s.speech_seconds) + " min";
@@ -469,7 +471,7 @@
         cell("Recorded at", { class: "num", text: speechTime(p.start_seconds) }),
         cell("Scored at", {}, scored, p.late ? el("span", { class: "late-mark", text: " late by " + duration(p.delay_seconds) + " (" + p.late_cause + ")" }) : null),
         cell("Probability", { class: "num", text: fmtProb(p.probability) }),
-        cell("Label", {}, labelBadge(p.above_threshold, p.threshold)),
+        cell("Label", {}, labelBadge(p.above_threshold, p.threshold, p.evidence_sufficient)),
         cell("Speech (min)", { class: "num opt", text: minutes(p.speech_seconds) }),
         cell("Model", { class: "opt" }, modelCell(p.model_version))));
     }
@@ -514,7 +516,7 @@
         cell("Session", { class: "id" }, el("a", { href: sessionHref(s.ref), text: s.session_id })),
         cell("Segments", { class: "num", text: s.segments }),
         cell("Probability", { class: "num", text: fmtProb(s.probability) }),
-        cell("Label", {}, labelBadge(s.above_threshold, s.threshold)),
+        cell("Label", {}, labelBadge(s.above_threshold, s.threshold, s.evidence_sufficient)),
         cell("Model", { class: "opt" }, modelCell(s.model_version))));
     }
   }
