@@ -56,9 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("extras", nargs="*", help="extras to include (e.g. server, agent)")
     parser.add_argument("--pyproject", default=str(Path(__file__).resolve().parent.parent / "pyproject.toml"),
                         help="pyproject.toml to read (default: the one beside deploy/)")
+    parser.add_argument("--without-dependencies", action="store_true",
+                        help="print instead the packages to install with --no-deps "
+                             "([tool.moodstream] install-without-dependencies)")
     args = parser.parse_args(argv)
     with open(args.pyproject, "rb") as handle:
         document = tomllib.load(handle)
+    if args.without_dependencies:
+        print("\n".join(document.get("tool", {}).get("moodstream", {}).get("install-without-dependencies", [])))
+        return 0
     try:
         lines = requirements(document, args.extras)
     except ValueError as error:

@@ -45,6 +45,8 @@ COPY dashboard /src/dashboard
 COPY proto /src/proto
 RUN pip install --no-deps "/src[server]" \
     && pip check \
+    && pip install --no-deps $(python /src/deploy/pyproject_requirements.py --pyproject /src/pyproject.toml \
+        --without-dependencies) \
     && rm -rf /src
 COPY deploy/grpc_health_check.py /opt/moodstream/grpc_health_check.py
 

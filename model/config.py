@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from moodstream.model_description import check_description
 
 FINE_TUNING_STRATEGIES = ("frozen", "last-n", "all")
+FEATURE_NORMALIZATIONS = ("none", "standardize")
 POOLINGS = ("attention", "mean", "max")
 SESSION_HEADS = ("self-attention", "last-step")
 
@@ -54,6 +56,18 @@ class ModelConfig:
     # (GetModelInfo); None for checkpoints that predate it.
     speech: dict[str, Any] | None = None
 
+    # Departures of the small-data recipe (docs/training.md); the defaults are the paper's.
+    # "standardize": frame features become (x - mean) / std per dimension, with the training
+    # segments' statistics stored in the checkpoint beside the segment head.
+    feature_normalization: str = "none"
+    # Platt calibration of the session logit, fitted on validation sessions:
+    # probability = sigmoid(calibration_scale * logit + calibration_bias). (1, 0) = uncalibrated.
+    calibration_scale: float = 1.0
+    calibration_bias: float = 0.0
+    # Evidence rule: below this many segments of speech a score carries no label
+    # (chosen on validation from the prefix curve).
+    min_evidence_segments: int = 1
+
     # Free-form provenance (training data, recipe, date); hashed into model_version.
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -87,12 +101,22 @@ class ModelConfig:
                 "need 0 < min_segment_seconds <= segment_seconds <= max_segment_seconds")
         require(0.0 < self.decision_threshold < 1.0, "decision_threshold must be in (0, 1)")
         require(self.speech is None or isinstance(self.speech, dict), "speech must be a table of speech settings")
+        require(self.feature_normalization in FEATURE_NORMALIZATIONS,
+                f"feature_normalization must be one of {FEATURE_NORMALIZATIONS}, got {self.feature_normalization!r}")
+        require(math.isfinite(self.calibration_scale) and self.calibration_scale > 0
+                and math.isfinite(self.calibration_bias),
+                "calibration_scale must be a positive finite number and calibration_bias finite")
+        require(self.min_evidence_segments >= 1, "min_evidence_segments must be >= 1")
         for name in ("training_data", "positive_class"):
             try:
                 check_description(name, getattr(self, name))
             except ValueError as error:
                 require(False, str(error))
         require(isinstance(self.demo_model, bool), "demo_model must be true or false")
+
+    def evidence_sufficient(self, segments: int) -> bool:
+        """Whether `segments` of speech are enough for a label (the evidence rule)."""
+        return segments >= self.min_evidence_segments
 
     @property
     def segment_vector_size(self) -> int:
@@ -135,7 +159,9 @@ class ModelConfig:
 
 
 # Fields added after checkpoint format 1 was fixed, and their defaults.
-_WRITTEN_WHEN_SET = {"training_data": "", "positive_class": "", "demo_model": False, "speech": None}
+_WRITTEN_WHEN_SET = {"training_data": "", "positive_class": "", "demo_model": False, "speech": None,
+                     "feature_normalization": "none", "calibration_scale": 1.0, "calibration_bias": 0.0,
+                     "min_evidence_segments": 1}
 
 
 def tiny_wav2vec2_config() -> dict[str, Any]:

@@ -76,14 +76,17 @@ class ServerConfig:
     tls_cert: str | Path | None = None
     tls_key: str | Path | None = None
     tls_client_ca: str | Path | None = None   # set: clients must present a certificate (mutual TLS)
-    max_batch: int | None = None     # None: 8 on a GPU, 1 on a CPU (see BatchingEncoder)
+    max_batch: int | None = None     # None: measured with the precision at start (see BatchingEncoder)
     max_wait_ms: float = 5.0
     precision: str = "auto"
+    tuning_cache: str | Path | None = None   # file keeping measured choices; None: measure at every start
     device: str = "auto"
     ttl_seconds: int = DEFAULT_TTL_SECONDS
     store_audio: bool = False
     settings: ServiceSettings = field(default_factory=ServiceSettings)
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    grpc_web_port: int | None = None  # set (0 = any free port): also serve gRPC-web for browsers on this port
+    grpc_web_origins: tuple[str, ...] = ("*",)  # origins whose pages may call it (CORS)
 
 
 def pick_device(requested: str):
@@ -125,6 +128,8 @@ class ScoringServer:
         self.model_version: str | None = None
         self.authenticator: TokenAuthenticator | None = None
         self._token_watch: asyncio.Task | None = None
+        self.grpc_web = None
+        self.grpc_web_port: int | None = None
 
     def _authenticator(self) -> TokenAuthenticator:
         config = self.config
@@ -156,7 +161,8 @@ class ScoringServer:
             raise ValueError(f"cannot reach Redis at {config.redis_url}: {error}") from error
         store = SessionStore(self._redis, model_version=self.model_version, ttl_seconds=config.ttl_seconds,
                              store_audio=config.store_audio)
-        self.encoder = BatchingEncoder(model, config.max_batch, config.max_wait_ms, config.precision)
+        self.encoder = BatchingEncoder(model, config.max_batch, config.max_wait_ms, config.precision,
+                                       config.tuning_cache or None)
         await self.encoder.start()
         service = ScreeningService(store=store, encoder=self.encoder, scorer=scorer, model_config=model.config,
                                    model_version=self.model_version, authenticator=authenticator,
@@ -182,14 +188,31 @@ class ScoringServer:
             raise ValueError(f"cannot listen on {address} (in use or not permitted)")
         await server.start()
         self._server, self.port = server, port
+        if config.grpc_web_port is not None:
+            try:
+                await self._start_grpc_web(service)
+            except BaseException:
+                await self.stop(grace=0)
+                raise
         if authenticator.path is not None:
             self._token_watch = asyncio.create_task(self._watch_tokens(), name="tokens-file-watch")
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on %s:%d (model %s, precision %s, device %s, %s). %s", SERVICE_NAME, config.host,
-                 port, self.model_version, self.encoder.precision, model.device,
+        log.info("serving %s on %s:%d (model %s, precision %s, max batch %d, device %s, %s). %s", SERVICE_NAME,
+                 config.host, port, self.model_version, self.encoder.precision, self.encoder.max_batch, model.device,
                  "TLS" if credentials else "plaintext", SCREENING_NOTICE)
         return port
+
+    async def _start_grpc_web(self, service: ScreeningService) -> None:
+        from moodstream.server.grpc_web import GrpcWebServer, grpc_web_app
+
+        config = self.config
+        app = grpc_web_app(service, list(config.grpc_web_origins), MAX_MESSAGE_BYTES)
+        self.grpc_web = GrpcWebServer(app, config.host, config.grpc_web_port, config.tls_cert, config.tls_key,
+                                      config.tls_client_ca)
+        self.grpc_web_port = await self.grpc_web.start()
+        log.info("serving gRPC-web on %s:%d (%s) for pages from %s", config.host, self.grpc_web_port,
+                 "TLS" if config.tls_cert else "plaintext", ", ".join(config.grpc_web_origins))
 
     async def _watch_tokens(self) -> None:
         while True:
@@ -203,6 +226,9 @@ class ScoringServer:
         if self._token_watch is not None:
             self._token_watch.cancel()
             self._token_watch = None
+        if self.grpc_web is not None:
+            await self.grpc_web.stop()
+            self.grpc_web = None
         if self._server is not None:
             await self.health.enter_graceful_shutdown()
             await self._server.stop(grace)

@@ -47,7 +47,7 @@ async def _checked(requests):
         yield request
 
 
-def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def refusing_malformed_requests(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     deserializer = _tolerant(handler.request_deserializer)
     serializer = handler.response_serializer
     if handler.unary_unary is not None:
@@ -90,7 +90,7 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(self.prefix):
             return handler
-        return _wrap(handler)
+        return refusing_malformed_requests(handler)
 
 
 async def _the_one_request(requests, context):

@@ -49,7 +49,7 @@ K8S = DEPLOY / "k8s"
 K8S_VERSIONS = ("1.30", kubernetes_validate.utils.major_minor(kubernetes_validate.utils.latest_version()))
 SCREENING_SERVICE = moodstream_pb2.DESCRIPTOR.services_by_name["Screening"].full_name
 # Extras that pull in torch (directly or through moodstream[model]).
-TORCH_EXTRAS = {"model", "server", "trainer", "eval", "dev", "test", "all"}
+TORCH_EXTRAS = {"model", "server", "onnx", "trainer", "eval", "dev", "test", "all"}
 
 sys.path.insert(0, str(DEPLOY))
 import grpc_health_check  # noqa: E402  (deploy/grpc_health_check.py, copied into the server image)
@@ -614,6 +614,23 @@ def test_envoy_config_parses_with_envoys_own_api_definitions(name):
     (cluster,) = bootstrap.static_resources.clusters
     assert cluster.health_checks[0].grpc_health_check.service_name == SCREENING_SERVICE
     assert cluster.connect_timeout.total_seconds() > 0
+
+
+@pytest.mark.parametrize("name", ["deploy/envoy.yaml", "deploy/k8s/envoy.yaml"])
+def test_envoy_turns_browsers_grpc_web_into_grpc_with_cors(name):
+    envoy_bootstrap(envoy_configs()[name])  # Envoy's own definitions accept the filters and the policy
+    manager = envoy_configs()[name]["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]
+    assert manager["codec_type"] == "AUTO", "browsers may send gRPC-web over HTTP/1.1"
+    assert [f["name"] for f in manager["http_filters"]] == [
+        "envoy.filters.http.grpc_web", "envoy.filters.http.cors", "envoy.filters.http.router"]
+    (host,) = manager["route_config"]["virtual_hosts"]
+    policy = host["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert policy["@type"].endswith("cors.v3.CorsPolicy")
+    allowed = {header.strip() for header in policy["allow_headers"].split(",")}
+    assert {"authorization", "content-type", "x-grpc-web"} <= allowed
+    assert "grpc-status" in policy["expose_headers"] and "POST" in policy["allow_methods"]
+    assert all("grpc" not in route["match"] for route in host["routes"]), "a CORS preflight is not gRPC"
 
 
 def test_envoys_api_definitions_reject_a_broken_config():

@@ -517,7 +517,7 @@ def test_fuzz_read_requests_get_a_proper_status(fuzz_server, method, session, pa
 
 
 @examples(200, shrink=False)
-@given(method=st.sampled_from(["Stream", "GetScore", "Subscribe"]),
+@given(method=st.sampled_from(["Stream", "GetScore", "Subscribe", "PutChunk"]),
        payloads=st.lists(st.binary(max_size=200), min_size=1, max_size=3))
 def test_fuzz_raw_bytes_get_a_proper_status(fuzz_server, method, payloads):
     flush(fuzz_server.redis_url)
@@ -527,7 +527,7 @@ def test_fuzz_raw_bytes_get_a_proper_status(fuzz_server, method, payloads):
     try:
         if method == "Stream":
             list(channel.stream_stream(path)(iter(payloads), metadata=metadata, timeout=30))
-        elif method == "GetScore":
+        elif method in ("GetScore", "PutChunk"):
             channel.unary_unary(path)(payloads[0], metadata=metadata, timeout=10)
         else:
             list(channel.unary_stream(path)(payloads[0], metadata=metadata, timeout=0.3))
@@ -594,7 +594,7 @@ def test_a_forged_state_in_redis_is_data_loss_not_an_unexpected_error(fuzz_serve
         client = redis.Redis.from_url(fuzz_server.redis_url)
         try:
             state = client.hget(key, "state")
-            body_at = 20 + len(fuzz_server.model_version)
+            body_at = 24 + len(fuzz_server.model_version)  # the head's h, after its 24-byte header
             client.hset(key, "state", _forged(state, body_at, struct.pack("<f", math.nan)))
             with pytest.raises(grpc.RpcError) as info:
                 list(stub.Stream(iter([first[0], pb.StreamRequest(chunk=pb.Chunk(seq=1, start_seconds=1.0,

@@ -75,6 +75,9 @@ def test_get_model_info_returns_the_checkpoints_speech_settings(tmp_path, redis_
         assert {f.name: getattr(info.speech, f.name) for f in info.speech.DESCRIPTOR.fields} == \
             pytest.approx(speech.as_dict())
         assert "not a diagnosis" in info.notice
+        assert info.min_evidence_segments == model.config.min_evidence_segments
+        assert (info.training_data, info.positive_class, info.demo_model) == \
+            (model.config.training_data, model.config.positive_class, model.config.demo_model)
         read_only = stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=tokens.metadata("reader-p1"), timeout=10)
         assert read_only == info
         with pytest.raises(grpc.RpcError) as refused:
@@ -90,6 +93,9 @@ def test_a_checkpoint_without_speech_settings_keeps_its_version_and_says_none(tm
     with running_server(model, redis_url, tokens) as server, stub_for(server.port) as stub:
         info = stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=tokens.metadata("agent-p1"), timeout=10)
         assert not info.HasField("speech")
+        # The evidence rule and the description this checkpoint does record come through.
+        assert info.min_evidence_segments == model.config.min_evidence_segments
+        assert info.demo_model and info.training_data == model.config.training_data != ""
 
 
 def test_the_agent_uses_the_models_settings_and_warns_when_told_otherwise(tmp_path, redis_url):

@@ -54,6 +54,11 @@ class ScreeningStub:
                 request_serializer=moodstream_dot_v1_dot_moodstream__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=moodstream_dot_v1_dot_moodstream__pb2.ListSessionsResponse.FromString,
                 _registered_method=True)
+        self.PutChunk = channel.unary_unary(
+                '/moodstream.v1.Screening/PutChunk',
+                request_serializer=moodstream_dot_v1_dot_moodstream__pb2.PutChunkRequest.SerializeToString,
+                response_deserializer=moodstream_dot_v1_dot_moodstream__pb2.PutChunkResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/moodstream.v1.Screening/GetModelInfo',
                 request_serializer=moodstream_dot_v1_dot_moodstream__pb2.GetModelInfoRequest.SerializeToString,
@@ -114,6 +119,26 @@ class ScreeningServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutChunk(self, request, context):
+        """Agent -> server, one call per chunk (or End): Stream for clients that
+        cannot stream, such as a browser over gRPC-web, or a phone on a poor
+        network that retries single calls. Every call carries the session
+        header; the session is claimed, checked and scoped as by Stream, with
+        the same status codes. A chunk gets exactly one Ack (duplicate = true
+        for a resent seq: idempotent by session and seq), and a ScoreUpdate
+        when it was applied. Chunks are applied in seq order, and a call holds
+        one chunk, so a chunk whose predecessor has not been applied is
+        FAILED_PRECONDITION naming the seq to send first (nothing is stored:
+        send that one, then this one again); more than 64 seqs ahead is
+        OUT_OF_RANGE. An End applies as in Stream (every seq up to last_seq
+        applied first, or FAILED_PRECONDITION) and finishes the session. A call
+        does not mark the session interrupted when it returns: between calls a
+        session stays OPEN until its End.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """The model this server runs: its version, decision threshold, audio format
         and the speech settings it was trained with. Agents use those settings
@@ -145,6 +170,11 @@ def add_ScreeningServicer_to_server(servicer, server):
                     servicer.ListSessions,
                     request_deserializer=moodstream_dot_v1_dot_moodstream__pb2.ListSessionsRequest.FromString,
                     response_serializer=moodstream_dot_v1_dot_moodstream__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'PutChunk': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutChunk,
+                    request_deserializer=moodstream_dot_v1_dot_moodstream__pb2.PutChunkRequest.FromString,
+                    response_serializer=moodstream_dot_v1_dot_moodstream__pb2.PutChunkResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -260,6 +290,33 @@ class Screening:
             '/moodstream.v1.Screening/ListSessions',
             moodstream_dot_v1_dot_moodstream__pb2.ListSessionsRequest.SerializeToString,
             moodstream_dot_v1_dot_moodstream__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutChunk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moodstream.v1.Screening/PutChunk',
+            moodstream_dot_v1_dot_moodstream__pb2.PutChunkRequest.SerializeToString,
+            moodstream_dot_v1_dot_moodstream__pb2.PutChunkResponse.FromString,
             options,
             channel_credentials,
             insecure,
