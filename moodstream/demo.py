@@ -70,25 +70,26 @@ class ScorePrinter:
         self.lock = threading.Lock()
 
     def show(self, update) -> None:
+        # One subscriber thread per participant: a line is printed whole, under the lock.
         with self.lock:
             self.received[(update.participant_id, update.seq)] = time.time()
             self.updates.append(update)
-        if self.json_output:
-            print(json.dumps({
-                "session_id": update.session_id, "participant_id": update.participant_id,
-                "segments": update.segments, "seq": update.seq, "probability": round(update.probability, 6),
-                "above_threshold": update.above_threshold, "threshold": update.threshold,
-                "evidence_sufficient": evidence_sufficient(update),
-                "speech_seconds": round(update.speech_seconds, 3), "model_version": update.model_version,
-                "time_unix": round(update.time_unix, 3), "offset": update.offset, "notice": update.notice}),
-                flush=True)
-        else:
-            if evidence_sufficient(update):
-                label = f"{'ABOVE' if update.above_threshold else 'below'} threshold {update.threshold:.2f}"
+            if self.json_output:
+                print(json.dumps({
+                    "session_id": update.session_id, "participant_id": update.participant_id,
+                    "segments": update.segments, "seq": update.seq, "probability": round(update.probability, 6),
+                    "above_threshold": update.above_threshold, "threshold": update.threshold,
+                    "evidence_sufficient": evidence_sufficient(update),
+                    "speech_seconds": round(update.speech_seconds, 3), "model_version": update.model_version,
+                    "time_unix": round(update.time_unix, 3), "offset": update.offset, "notice": update.notice}),
+                    flush=True)
             else:
-                label = COLLECTING_SPEECH
-            print(f"  {update.participant_id:>16} segment {update.segments:3d} | {update.speech_seconds:6.1f} s "
-                  f"speech | p = {update.probability:.3f} ({label}) | model {update.model_version}", flush=True)
+                if evidence_sufficient(update):
+                    label = f"{'ABOVE' if update.above_threshold else 'below'} threshold {update.threshold:.2f}"
+                else:
+                    label = COLLECTING_SPEECH
+                print(f"  {update.participant_id:>16} segment {update.segments:3d} | {update.speech_seconds:6.1f} s "
+                      f"speech | p = {update.probability:.3f} ({label}) | model {update.model_version}", flush=True)
 
     def received_keys(self) -> set[tuple[str, int]]:
         with self.lock:
