@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from moodstream.model import ModelConfig, ScreeningModel
-from moodstream.server.encoder import (PRECISIONS, BatchingEncoder, TuningCache,
+from moodstream.server.encoder import (CLOSE_CALL, PRECISIONS, BatchingEncoder, TuningCache,
                                        accuracy, candidate_precisions, choose_encoder, choose_precision,
                                        encode_function, speech_like_waves, tune, within_bound)
 
@@ -65,7 +65,8 @@ def test_auto_only_runs_what_it_measured_within_the_bound(model, trained, which)
     precision, encode, tuning = choose_encoder(subject, "auto")
     chosen = [m for m in tuning.measurements if (m.precision, m.batch) == (precision, tuning.max_batch)]
     assert chosen and chosen[0].accurate
-    assert chosen[0].chunks_per_second == max(m.chunks_per_second for m in tuning.measurements if m.accurate)
+    fastest = max(m.chunks_per_second for m in tuning.measurements if m.accurate)
+    assert chosen[0].chunks_per_second >= (1 - CLOSE_CALL) * fastest  # the fastest, or a near tie to it
     # and checked again from outside, on the tuner's probe chunks
     config = subject.config
     batch = speech_like_waves(4, seed=0, seconds=config.segment_seconds, sample_rate=config.sample_rate)
