@@ -93,13 +93,18 @@ def test_an_idle_connection_is_closed(model, redis_url, tokens, pool):
         raw = client(channel, pool, tokens)
         with pytest.raises(grpc.RpcError):
             raw.unary("GetScore", raw.request("GetScore", session_id="any"), timeout=10)  # NOT_FOUND: connected
-        assert grpc.ChannelConnectivity.READY in states
-        connected = states.index(grpc.ChannelConnectivity.READY)
-        deadline = time.monotonic() + 10
-        while grpc.ChannelConnectivity.IDLE not in states[connected:]:  # the server closed it (GOAWAY)
-            assert time.monotonic() < deadline, states
-            time.sleep(0.1)
+        # grpc delivers connectivity changes on its own thread, so each one is waited for
+        connected = wait_for_state(states, grpc.ChannelConnectivity.READY, after=0)
+        wait_for_state(states, grpc.ChannelConnectivity.IDLE, after=connected)  # the server closed it (GOAWAY)
         channel.unsubscribe(states.append)
+
+
+def wait_for_state(states, wanted, after, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while wanted not in states[after:]:
+        assert time.monotonic() < deadline, (wanted, states)
+        time.sleep(0.05)
+    return states.index(wanted, after)
 
 
 def test_concurrent_calls_per_connection_are_bounded(model, redis_url, tokens, pool):
