@@ -1,0 +1,62 @@
+"""The record page's speech keeping (dashboard/static/record/speech.js) against the Python agent's, on the
+same samples: the page's module runs under Node with the vendored WebAssembly build of WebRTC's VAD
+(libfvad), the agent's with py-webrtcvad. Same chunks, same kept samples, bit for bit."""
+import base64
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moodstream.agent.pipeline import CaptureSettings, capture_chunks
+from test_agent_signals import quiet, speech_like
+
+ROOT = Path(__file__).resolve().parents[1]
+STATIC = ROOT / "dashboard" / "static"
+NODE = shutil.which("node")
+
+pytestmark = pytest.mark.skipif(NODE is None, reason="Node.js is not installed (apt-get install nodejs)")
+
+TIMELINE = [("quiet", 1.5), ("speech", 9.0), ("quiet", 2.0), ("speech", 5.0), ("quiet", 4.0), ("speech", 6.5),
+            ("quiet", 0.4), ("speech", 3.0), ("quiet", 3.0)]
+
+
+def interview() -> np.ndarray:
+    return np.concatenate([speech_like(seconds, pitch_hz=120 + 10 * index, seed=index) if kind == "speech"
+                           else quiet(seconds, seed=index) for index, (kind, seconds) in enumerate(TIMELINE)])
+
+
+def page_chunks(audio: np.ndarray, settings: CaptureSettings, tmp_path) -> dict:
+    raw, settings_file = tmp_path / "audio.raw", tmp_path / "settings.json"
+    raw.write_bytes(audio.astype("<i2").tobytes())
+    settings_file.write_text(json.dumps(settings.as_dict()))
+    out = subprocess.run([NODE, str(ROOT / "tests" / "record_speech.mjs"), str(raw), str(settings_file),
+                          str(STATIC / "vendor")], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "RECORD_SPEECH_MODULE": str(STATIC / "record" / "speech.js")})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("settings", [CaptureSettings(),
+                                      CaptureSettings(vad_aggressiveness=3, frame_ms=20, onset_ms=100,
+                                                      hangover_ms=200, chunk_seconds=5.0,
+                                                      min_last_chunk_seconds=4.5)],
+                         ids=["agent-defaults", "other-settings"])
+def test_the_page_keeps_and_chunks_the_same_speech_as_the_python_agent(settings, tmp_path):
+    audio = interview()
+    assert audio.dtype == np.int16
+    agent = capture_chunks((audio[at:at + 1600] for at in range(0, len(audio), 1600)), settings)
+    page = page_chunks(audio, settings, tmp_path)
+    assert len(agent.chunks) >= 3
+    assert page["keptSeconds"] == pytest.approx(agent.kept_seconds, abs=1e-9)
+    assert [(c["seq"], round(c["start"], 9), round(c["speech"], 9), c["votes"]) for c in page["chunks"]] == [
+        (c.seq, round(c.start_seconds, 9), round(c.speech_seconds, 9), c.vad_frames) for c in agent.chunks]
+    assert [base64.b64decode(c["pcm"]) for c in page["chunks"]] == [c.pcm for c in agent.chunks]
+    if agent.dropped_tail is None:
+        assert page["droppedTail"] is None
+    else:
+        assert page["droppedTail"]["seq"] == agent.dropped_tail.seq
+        assert page["droppedTail"]["speechSeconds"] == pytest.approx(agent.dropped_tail.speech_seconds)
