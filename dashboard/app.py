@@ -143,6 +143,19 @@ def create_app(config: FeedConfig, feed: ScoreFeed | None = None) -> Starlette:
         return JSONResponse({"capture": CaptureSettings().as_dict(), "endpoint": config.record_endpoint,
                              "notice": SCREENING_NOTICE})
 
+    async def record_manifest(request: Request) -> Response:
+        root = request.scope.get("root_path", "")
+        return JSONResponse({
+            "name": "moodstream recorder", "short_name": "moodstream", "start_url": f"{root}/record",
+            "scope": f"{root}/record", "display": "standalone", "background_color": "#f9fafb",
+            "theme_color": "#1d4ed8", "description": f"Records speech for your clinician. {SCREENING_NOTICE}",
+            "icons": [{"src": asset(request, "favicon.svg"), "sizes": "any", "type": "image/svg+xml"}],
+        }, media_type="application/manifest+json")
+
+    async def record_service_worker(request: Request) -> Response:
+        # Served from the app's root so that its scope may be /record (a worker's scope cannot be above it).
+        return Response((STATIC / "record" / "service-worker.js").read_bytes(), media_type="text/javascript")
+
     # ------------------------------------------------------------ JSON
     def not_found(what: str) -> JSONResponse:
         return JSONResponse({"error": f"no such {what} on this dashboard", "notice": SCREENING_NOTICE},
@@ -230,6 +243,8 @@ def create_app(config: FeedConfig, feed: ScoreFeed | None = None) -> Starlette:
         Route("/p/{ref:str}", participant_page),
         Route("/record", record_page),
         Route("/record/settings.json", record_settings),
+        Route("/record.webmanifest", record_manifest),
+        Route("/record-service-worker.js", record_service_worker),
         Route("/events", overview_events),
         Route("/s/{ref:str}/events", session_events),
         Route("/p/{ref:str}/events", participant_events),

@@ -28,8 +28,18 @@ from moodstream.server.app import BackgroundServer, ServerConfig
 from server_harness import running_server, stub_for, tiny_model, write_tokens
 
 SERVER_DOWN_SECONDS = 30.0
-from test_dashboard_browser import (ARTIFACTS, CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS, PHONE, by_id, free_port,
-                                    set_viewport, wait_until)
+# Bytes over the network for the page and everything it loaded (HTTP headers and bodies), by kind.
+TRANSFER_SCRIPT = """
+const entries = [...performance.getEntriesByType('navigation'), ...performance.getEntriesByType('resource')];
+const out = {total: 0};
+for (const entry of entries) {
+  const name = new URL(entry.name).pathname.split('/').pop() || 'record';
+  out[name] = (out[name] || 0) + entry.transferSize;
+  out.total += entry.transferSize;
+}
+return out;"""
+from test_dashboard_browser import (ARTIFACTS, CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS, DESKTOP, PHONE, assert_fits,
+                                    by_id, free_port, set_viewport, wait_until)
 from test_record_speech import interview
 from moodstream.v1 import moodstream_pb2 as pb
 
@@ -131,6 +141,12 @@ def test_a_session_recorded_in_the_browser_matches_the_python_agent(redis_url, t
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "record-phone.png"))
         assert "score" not in by_id(driver, "controls").text.lower()
+        transfer = driver.execute_script(TRANSFER_SCRIPT)
+        set_viewport(driver, DESKTOP)
+        driver.save_screenshot(str(ARTIFACTS / "record-desktop.png"))
+        assert_fits(driver, "record page, desktop")
+        set_viewport(driver, PHONE)
+        assert_fits(driver, "record page, phone")
         by_id(driver, "stop").click()
         wait_until(driver, lambda d: page_state(d)["waiting"] == 0 and page_state(d)["state"] == "idle",
                    "the outbox to empty", timeout=60)
@@ -149,7 +165,7 @@ def test_a_session_recorded_in_the_browser_matches_the_python_agent(redis_url, t
     expected = capture_chunks([audio[at:at + 1600] for at in range(0, len(audio), 1600)], CaptureSettings())
     kept_difference = page["keptSamples"] / RATE - expected.kept_seconds
     probability_difference = browser_score.probability - agent_score.probability
-    print(json.dumps({"browser_kept_seconds": page["keptSamples"] / RATE, "agent_kept_seconds": expected.kept_seconds,
+    print(json.dumps({"page_bytes": transfer, "browser_kept_seconds": page["keptSamples"] / RATE, "agent_kept_seconds": expected.kept_seconds,
                       "kept_difference": kept_difference, "browser_segments": browser_score.segments,
                       "agent_segments": agent_score.segments,
                       "browser_probability": browser_score.probability,
@@ -222,3 +238,29 @@ def test_a_reload_and_the_server_down_for_30_s_lose_nothing_and_apply_nothing_tw
     # Every seq the page produced was applied exactly once (End checks for gaps; a resend is a duplicate).
     assert score.segments == record_of_session["nextSeq"]
     assert score.session_state == pb.SESSION_STATE_ENDED
+
+
+def test_the_page_opens_and_records_when_its_host_is_unreachable(redis_url, tmp_path, interview_wav):
+    wav, _ = interview_wav
+    with record_stack(redis_url, tmp_path) as (server, dashboard, tokens), recording_browser(wav) as driver:
+        driver.get(f"{dashboard.url}record#participant=p1&token={tokens.by_name['agent-p1']}")
+        wait_until(driver, lambda d: d.execute_script(
+            "return document.body.dataset.ready === '1' && !!navigator.serviceWorker.controller"),
+            "the service worker to control the page", timeout=30)
+        dashboard.stop()  # the page's host is gone; the scoring server is still there
+        with pytest.raises(Exception):
+            import urllib.request
+            urllib.request.urlopen(f"{dashboard.url}record", timeout=5)
+        driver.refresh()
+        wait_until(driver, lambda d: d.execute_script("return document.body.dataset.ready") == "1",
+                   "the page to open from the service worker's cache")
+        by_id(driver, "start").click()
+        wait_until(driver, lambda d: page_state(d)["sent"] >= 1, "a chunk recorded offline to be acknowledged",
+                   timeout=40)
+        assert page_state(driver)["problem"] == ""
+        by_id(driver, "stop").click()
+        wait_until(driver, lambda d: page_state(d)["state"] == "idle" and page_state(d)["waiting"] == 0,
+                   "the End to be acknowledged", timeout=60)
+        session = page_state(driver)["session"]
+        score = get_score(server.port, tokens.by_name["admin"], session)
+    assert score.segments >= 1 and score.session_state == pb.SESSION_STATE_ENDED

@@ -198,6 +198,9 @@ function failed(error) {
 }
 
 async function main() {
+  if ("serviceWorker" in navigator) {
+    navigator.serviceWorker.register(`${root}/record-service-worker.js`, { scope: `${root}/record` }).catch(failed);
+  }
   credentials = readCredentials();
   const info = await (await fetch(`${root}/record/settings.json`)).json();
   settings = info.capture;
