@@ -60,3 +60,33 @@ def test_the_page_keeps_and_chunks_the_same_speech_as_the_python_agent(settings,
     else:
         assert page["droppedTail"]["seq"] == agent.dropped_tail.seq
         assert page["droppedTail"]["speechSeconds"] == pytest.approx(agent.dropped_tail.speech_seconds)
+
+
+PAGE_MESSAGES = ("SessionHeader", "SpeechStats", "Chunk", "End", "Ack", "PutChunkRequest", "PutChunkResponse")
+
+
+def test_the_pages_generated_client_matches_the_proto_for_what_it_sends_and_reads():
+    """The vendored gRPC-web client embeds the .proto it was generated from; where the page's messages
+    differ from today's .proto, refresh it: cd dashboard && npm ci --ignore-scripts && npm run vendor."""
+    import re
+
+    from google.protobuf import descriptor_pb2
+
+    from moodstream.v1 import moodstream_pb2
+
+    bundle = (STATIC / "vendor" / "moodstream-grpc-web.js").read_text()
+    prefix = base64.b64encode(b"\n\x1emoodstream/v1/moodstream.proto").decode()[:36]
+    [embedded] = re.findall(r'"(' + re.escape(prefix) + r'[A-Za-z0-9+/=]+)"', bundle)
+    vendored = descriptor_pb2.FileDescriptorProto.FromString(base64.b64decode(embedded + "=" * (-len(embedded) % 4)))
+    current = descriptor_pb2.FileDescriptorProto()
+    moodstream_pb2.DESCRIPTOR.CopyToProto(current)
+
+    def fields(descriptor):
+        return {message.name: [(f.name, f.number, f.type, f.label, f.type_name, f.HasField("oneof_index"))
+                               for f in message.field] for message in descriptor.message_type
+                if message.name in PAGE_MESSAGES}
+
+    assert fields(vendored) == fields(current)
+    assert set(fields(current)) == set(PAGE_MESSAGES)
+    assert [m.name for m in next(s for s in vendored.service if s.name == "Screening").method
+            if m.name == "PutChunk"] == ["PutChunk"]
