@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile
 
@@ -169,7 +168,8 @@ def test_a_session_recorded_in_the_browser_matches_the_python_agent(redis_url, t
     expected = capture_chunks([audio[at:at + 1600] for at in range(0, len(audio), 1600)], CaptureSettings())
     kept_difference = page["keptSamples"] / RATE - expected.kept_seconds
     probability_difference = browser_score.probability - agent_score.probability
-    print(json.dumps({"page_bytes": transfer, "browser_kept_seconds": page["keptSamples"] / RATE, "agent_kept_seconds": expected.kept_seconds,
+    print(json.dumps({"page_bytes": transfer, "browser_kept_seconds": page["keptSamples"] / RATE,
+                      "agent_kept_seconds": expected.kept_seconds,
                       "kept_difference": kept_difference, "browser_segments": browser_score.segments,
                       "agent_segments": agent_score.segments,
                       "browser_probability": browser_score.probability,
