@@ -204,7 +204,8 @@ async function main() {
   credentials = readCredentials();
   const info = await (await fetch(`${root}/record/settings.json`)).json();
   settings = info.capture;
-  if (!credentials) {
+  if (!credentials || !info.endpoint) {
+    if (!info.endpoint) $("no-link").textContent = "This dashboard is not set up for recording: start it with --record-endpoint.";
     $("no-link").hidden = false;
     $("controls").hidden = true;
     return;
