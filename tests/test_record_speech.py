@@ -90,3 +90,28 @@ def test_the_pages_generated_client_matches_the_proto_for_what_it_sends_and_read
     assert set(fields(current)) == set(PAGE_MESSAGES)
     assert [m.name for m in next(s for s in vendored.service if s.name == "Screening").method
             if m.name == "PutChunk"] == ["PutChunk"]
+
+
+@pytest.mark.parametrize("rate", [48000, 44100])
+def test_the_pages_resampler_brings_a_microphones_rate_back_to_16_khz(rate, tmp_path):
+    """Where a browser cannot run its audio at 16 kHz, the capture worklet converts: speech taken up to the
+    device's rate (by scipy) and back down (by the page) is the original to within -40 dB, and keeps
+    nearly the same speech."""
+    from scipy.signal import resample_poly
+
+    original = interview().astype(np.float32) / 32768
+    (tmp_path / "in.f32").write_bytes(resample_poly(original, rate // 100, 160).astype(np.float32).tobytes())
+    out = subprocess.run([NODE, str(ROOT / "tests" / "record_resample.mjs"), str(tmp_path / "in.f32"), str(rate)],
+                         capture_output=True, timeout=120,
+                         env={**os.environ, "RECORD_RESAMPLER_MODULE": str(STATIC / "record" / "resampler.js")})
+    assert out.returncode == 0, out.stderr.decode()
+    back = np.frombuffer(out.stdout, np.float32)
+    assert len(original) - 32 <= len(back) <= len(original)  # only the filter's look-ahead is still inside
+    inner = slice(1000, len(back) - 1000)
+    error = back[inner] - original[inner]
+    assert 10 * np.log10(np.sum(original[inner] ** 2) / np.sum(error ** 2)) > 40
+    as_int16 = np.clip(np.round(back * 32768), -32768, 32767).astype(np.int16)
+    resampled = capture_chunks([as_int16[at:at + 1600] for at in range(0, len(as_int16), 1600)])
+    direct = capture_chunks([interview()[at:at + 1600] for at in range(0, len(original), 1600)])
+    assert len(resampled.chunks) == len(direct.chunks)
+    assert abs(resampled.kept_seconds - direct.kept_seconds) <= 0.1

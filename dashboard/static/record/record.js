@@ -132,6 +132,12 @@ async function pump() {
   }
 }
 
+async function audioContext(options) {
+  const context = new AudioContext(options);
+  await context.audioWorklet.addModule(new URL("capture-worklet.js", import.meta.url));
+  return context;
+}
+
 async function startCapture() {
   if (!session) {
     session = { sessionId: newSessionId(), participantId: credentials.participant, nextSeq: 0, keptSeconds: 0,
@@ -139,12 +145,20 @@ async function startCapture() {
     await outbox.startSession(session);
   }
   // Everything else is ready before the microphone opens, so no speech is missed while loading.
-  const context = new AudioContext({ sampleRate: SAMPLE_RATE });
-  if (context.sampleRate !== SAMPLE_RATE) throw new Error(`this browser cannot capture at ${SAMPLE_RATE} Hz`);
-  await context.audioWorklet.addModule(new URL("capture-worklet.js", import.meta.url));
   const vad = await loadVad(fvad, settings.vad_aggressiveness, (SAMPLE_RATE * settings.frame_ms) / 1000);
+  let context = await audioContext({ sampleRate: SAMPLE_RATE });
   const stream = await navigator.mediaDevices.getUserMedia({ audio: {
     echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 } });
+  let source;
+  try {
+    source = context.createMediaStreamSource(stream);
+  } catch (error) {
+    // Some browsers cannot resample a microphone into a 16 kHz context: run at the device's rate and
+    // let the worklet convert.
+    await context.close();
+    context = await audioContext({});
+    source = context.createMediaStreamSource(stream);
+  }
   // The session clock goes on across a reload: this capture starts where wall time says it is.
   const firstSample = Math.round(((Date.now() - session.originMs) / 1000) * SAMPLE_RATE);
   const current = { stream, context, filter: new SpeechFilter(settings, vad, firstSample),
@@ -156,7 +170,7 @@ async function startCapture() {
     for (const kept of current.filter.process(data)) chunks.push(...current.chunker.add(kept));
     current.queue = current.queue.then(() => store(chunks));
   };
-  context.createMediaStreamSource(stream).connect(node);
+  source.connect(node);
   node.connect(context.destination);  // the worklet writes silence; the graph needs a sink to run
   current.node = node;
   capture = current;
