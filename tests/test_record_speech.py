@@ -99,7 +99,8 @@ def test_the_pages_resampler_brings_a_microphones_rate_back_to_16_khz(rate, tmp_
     nearly the same speech."""
     from scipy.signal import resample_poly
 
-    original = interview().astype(np.float32) / 32768
+    samples = interview()
+    original = samples.astype(np.float32) / 32768
     (tmp_path / "in.f32").write_bytes(resample_poly(original, rate // 100, 160).astype(np.float32).tobytes())
     out = subprocess.run([NODE, str(ROOT / "tests" / "record_resample.mjs"), str(tmp_path / "in.f32"), str(rate)],
                          capture_output=True, timeout=120,
@@ -112,6 +113,6 @@ def test_the_pages_resampler_brings_a_microphones_rate_back_to_16_khz(rate, tmp_
     assert 10 * np.log10(np.sum(original[inner] ** 2) / np.sum(error ** 2)) > 40
     as_int16 = np.clip(np.round(back * 32768), -32768, 32767).astype(np.int16)
     resampled = capture_chunks([as_int16[at:at + 1600] for at in range(0, len(as_int16), 1600)])
-    direct = capture_chunks([interview()[at:at + 1600] for at in range(0, len(original), 1600)])
+    direct = capture_chunks([samples[at:at + 1600] for at in range(0, len(samples), 1600)])
     assert len(resampled.chunks) == len(direct.chunks)
     assert abs(resampled.kept_seconds - direct.kept_seconds) <= 0.1
