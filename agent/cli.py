@@ -13,6 +13,14 @@ from moodstream.help_format import HelpFormatter
 
 SHORT_NOTICE = "screening aid, not a diagnosis"
 
+
+def score_label(evidence_sufficient: bool, above_threshold: bool) -> str:
+    from moodstream import COLLECTING_SPEECH
+
+    if not evidence_sufficient:
+        return COLLECTING_SPEECH
+    return "above threshold" if above_threshold else "below threshold"
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MIB = 1024 * 1024
 
@@ -103,7 +111,8 @@ class StatusLine:
     def _line(self) -> str:
         score = "p=n/a"
         if self.score is not None:
-            score = f"p={self.score['probability']:.3f} after {self.score['segments']} segment(s)"
+            label = score_label(self.score.get("evidence_sufficient", True), self.score["above_threshold"])
+            score = f"p={self.score['probability']:.3f} after {self.score['segments']} segment(s), {label}"
         state = f" · reconnecting ({self.retrying})" if self.retrying else ""
         dropped = f" · dropped {self.dropped}" if self.dropped else ""
         return (f"agent {self.session_id} · chunks made {self.made} · sent {self.sent} · acked {self.acked}"
@@ -307,7 +316,8 @@ def run(args) -> int:
     if score is None:
         ending = "no score (no chunk was long enough to send)" if result.last_seq is None else "no score received"
     else:
-        ending = (f"final probability {score.probability:.3f} after {score.segments} segment(s), "
+        ending = (f"final probability {score.probability:.3f} after {score.segments} segment(s) "
+                  f"({score_label(score.evidence_sufficient, score.above_threshold)}), "
                   f"model {score.model_version or '?'}")
     err.write(f"moodstream agent: session {result.session_id} delivered: {ending}. {SCREENING_NOTICE}\n")
     return EXIT_OK

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from moodstream import SCREENING_NOTICE
+from moodstream import SCREENING_NOTICE, evidence_sufficient
 
 # Event kinds.
 SESSION = "session"     # the session the agent works on (new or resumed)
@@ -72,6 +72,7 @@ class Score:
     time_unix: float
     offset: str
     notice: str = SCREENING_NOTICE
+    evidence_sufficient: bool = True
 
     @classmethod
     def from_proto(cls, update) -> "Score":
@@ -88,6 +89,7 @@ class Score:
             time_unix=float(update.time_unix),
             offset=update.offset,
             notice=update.notice or SCREENING_NOTICE,
+            evidence_sufficient=evidence_sufficient(update),
         )
 
     def to_dict(self) -> dict:
@@ -96,6 +98,7 @@ class Score:
             "segments": self.segments,
             "seq": self.seq,
             "above_threshold": self.above_threshold,
+            "evidence_sufficient": self.evidence_sufficient,
             "threshold": self.threshold,
             "model_version": self.model_version,
             "speech_seconds": self.speech_seconds,

@@ -2,13 +2,17 @@
 
     python bench/run_all.py [--quick] [--out bench/results]
 
-1. encoder   naive fp32 vs batching / bf16 / int8 (base-size wav2vec2)
-2. scorer    incremental step vs recompute at 10/100/500/2000 segments
-3. loopback  simulated agents -> gRPC -> server -> Redis, tiny and base-size
+1. encoder   naive fp32 vs batching / bf16 / int8 (base-size wav2vec2), and the
+             server's own path with its measured (precision, max batch)
+2. scorer    incremental step vs recompute at 10/100/500/2000 segments; bytes
+             and p95 time of each Redis apply at 10/500/2000 segments
+3. loopback  simulated agents -> gRPC -> server -> Redis (appendfsync always,
+             as deploy/ runs it), tiny and base-size
 4. agent     CPU time and peak RSS of the edge agent for an hour of audio
 Every figure is a ratio against a baseline measured in the same run. On a
-machine with CUDA the encoder and loopback runs use the GPU. The full run
-takes about ten minutes on two CPU cores; --quick about two.
+machine with CUDA the encoder and loopback runs use the GPU (bench/gpu.sh is
+the GPU check). How long a run took is in results.md; on two idle CPU cores
+the full run takes about ten minutes and --quick about three.
 """
 from __future__ import annotations
 
@@ -29,9 +33,10 @@ import loopback  # noqa: E402
 import scorer  # noqa: E402
 from common import machine  # noqa: E402
 
-GOALS = """Goals: encoder path >= 2x naive fp32 throughput within 1e-3 in probability; incremental
-step >= 20x recompute at 500 segments; p95 chunk->score < 2x one encode with 20 live
-agents (tiny model); agent < 1 % of one core and < 80 MB RSS."""
+GOALS = """Goals: encoder path >= 2x naive fp32 throughput within 1e-3 in probability, and >= 90 % of
+the best variant of the same run; incremental step >= 20x recompute at 500 segments; bytes
+written per chunk flat from 10 to 2000 segments; p95 chunk->score < 2x one encode with 20
+live agents (tiny model); agent < 1 % of one core and < 80 MB RSS."""
 
 
 def goals(results: dict) -> list[dict]:
@@ -42,12 +47,24 @@ def goals(results: dict) -> list[dict]:
         found.append({"goal": "encoder: server path >= 2x naive fp32, |dp| <= 1e-3",
                       "measured": f"{server['speedup_vs_naive']:.2f}x, |dp| {server['abs_diff_probability']:.1e}",
                       "met": server["speedup_vs_naive"] >= 2 and server["abs_diff_probability"] <= 1e-3})
+        best = results["encoder"]["best_variant"]
+        share = results["encoder"]["server_path_share_of_best"]
+        found.append({"goal": "encoder: server path >= 90 % of the best variant within the bound",
+                      "measured": f"{share:.0%} of {best['variant']} at batch {best['batch']}",
+                      "met": share >= 0.9})
     at_500 = next((r for r in results.get("scorer", {}).get("rows", []) if r["segments"] == 500), None)
     if at_500:
         found.append({"goal": "scorer: step >= 20x recompute at 500 segments",
                       "measured": f"{at_500['speedup_step_vs_recompute']:.0f}x "
                                   f"(with the state serialised: {at_500['speedup_step_and_serialise_vs_recompute']:.0f}x)",
                       "met": at_500["speedup_step_vs_recompute"] >= 20})
+    store = results.get("scorer", {}).get("store", {}).get("rows", [])
+    if store:
+        sizes = [r["head_rows_bytes_per_apply"] for r in store]
+        found.append({"goal": f"scorer: bytes written per chunk flat from {store[0]['segments']} to "
+                              f"{store[-1]['segments']} segments",
+                      "measured": " / ".join(f"{size:,.0f}" for size in sizes) + " bytes",
+                      "met": max(sizes) <= 1.02 * min(sizes)})
     tiny = results.get("loopback_tiny")
     if tiny:
         found.append({"goal": f"loopback: p95 < 2x one encode, {tiny['agents']} agents, tiny model",
@@ -77,21 +94,26 @@ def markdown(results: dict) -> str:
         parts += [f"| {g['goal']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |" for g in results["goals"]]
         parts.append("")
     sections = [("encoder", "Encoder (7 s chunks)", encoder.table), ("scorer", "Session scorer", scorer.table),
+                ("scorer_store", "Scorer state in Redis, per applied chunk", scorer.store_table),
                 ("loopback_tiny", "Loopback, tiny model", loopback.table),
                 ("loopback_base", "Loopback, base-size model", loopback.table),
                 ("agent", "Edge agent, one hour of audio", agent_footprint.table)]
     for key, title, render in sections:
-        if key in results:
+        if key in results or (key == "scorer_store" and "store" in results.get("scorer", {})):
             extra = ""
             if key == "encoder":
                 extra = f" — {results[key]['size']} size, naive = fp32 eager, one chunk per pass"
             if key.startswith("loopback"):
                 r = results[key]
-                extra = (f" — server precision {r['precision']}; one encode through the server's encoder "
-                         f"path {r['single_chunk_encode_ms']:.1f} ms (naive fp32, main thread: "
+                extra = (f" — server precision {r['precision']}, Redis appendfsync {r['redis_appendfsync']}; "
+                         f"one encode through the server's encoder path {r['single_chunk_encode_ms']:.1f} ms "
+                         f"(naive fp32, main thread: "
                          f"{r['naive_main_thread_fp32_encode_ms']:.1f} ms); kept up to "
                          f"{r['ceiling_realtime_agents']:g} real-time agents; server peak RSS "
                          f"{r['server_peak_rss_mb']:.0f} MB")
+            if key == "scorer_store":
+                parts += [f"## {title}", "", render(results["scorer"]["store"]), ""]
+                continue
             parts += [f"## {title}{extra}", "", render(results[key]), ""]
     return "\n".join(parts)
 
@@ -110,7 +132,8 @@ def main() -> None:
                      "quick": args.quick, "machine": machine()}
     steps = []
     if "scorer" in wanted:
-        steps.append(("scorer", lambda log: scorer.run()))
+        steps.append(("scorer", lambda log: {**scorer.run(), "store": scorer.store_run(
+            (10, 500) if args.quick else scorer.DEFAULT_STORE_LENGTHS)}))
     if "encoder" in wanted:
         steps.append(("encoder", lambda log: encoder.run(
             "tiny" if args.quick else "base", (1, 4, 8) if args.quick else (1, 2, 4, 8, 16, 32), log=log)))

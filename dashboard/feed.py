@@ -37,7 +37,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from moodstream import SCREENING_NOTICE
+from moodstream import SCREENING_NOTICE, evidence_sufficient
 from moodstream.model_description import ModelDescription
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
@@ -148,10 +148,12 @@ class Point:
     delay_seconds: float = 0.0  # how much later it was scored than its speech allows
     late_cause: str = ""        # set when delay_seconds passed the late threshold
     gap_before: str = ""        # cause of a gap in speech time before this point
+    evidence_sufficient: bool = True  # False: below the checkpoint's evidence rule, no label
 
     def to_dict(self) -> dict:
         return {"seq": self.seq, "segments": self.segments, "probability": self.probability,
-                "above_threshold": self.above_threshold, "threshold": self.threshold,
+                "above_threshold": self.above_threshold, "evidence_sufficient": self.evidence_sufficient,
+                "threshold": self.threshold,
                 "model_version": self.model_version, "time_unix": self.time_unix,
                 "speech_seconds": self.speech_seconds, "start_seconds": self.start_seconds,
                 "delay_seconds": round(self.delay_seconds, 3), "late": bool(self.late_cause),
@@ -194,7 +196,8 @@ class Session:
             "ref": self.ref, "session_id": self.session_id, "participant_id": self.participant_id,
             "participant_ref": self.participant_ref, "device_id": self.device_id,
             "segments": latest.segments, "probability": latest.probability,
-            "above_threshold": latest.above_threshold, "threshold": latest.threshold,
+            "above_threshold": latest.above_threshold, "evidence_sufficient": latest.evidence_sufficient,
+            "threshold": latest.threshold,
             "model_version": latest.model_version, "model_versions": versions,
             "speech_seconds": latest.speech_seconds, "started_unix": self.points[0].time_unix,
             "last_update_unix": latest.time_unix, "late_points": sum(1 for p in self.points if p.late_cause),
@@ -455,7 +458,8 @@ class ScoreFeed:
         point = Point(seq=update.seq, segments=update.segments, probability=update.probability,
                       above_threshold=update.above_threshold, threshold=update.threshold,
                       model_version=update.model_version, time_unix=update.time_unix,
-                      speech_seconds=update.speech_seconds, start_seconds=update.start_seconds)
+                      speech_seconds=update.speech_seconds, start_seconds=update.start_seconds,
+                      evidence_sufficient=evidence_sufficient(update))
         self._place(session, point)
         session.points.append(point)
         session.next_state_check = 0.0

@@ -143,21 +143,26 @@ class BackgroundDashboard:
         self.stop()
 
 
-def start_for_demo(address: str, token: str, participant_id: str, session_id: str, port: int, say,
+def start_for_demo(address: str, token: str, sessions: dict[str, str], port: int, say,
                    checkpoint: Path) -> BackgroundDashboard:
-    """The dashboard of `moodstream demo --dashboard`: follows the demo participant, opens on its session.
+    """The dashboard of `moodstream demo --dashboard`: follows the demo participants ({participant: session}),
+    opens on the first one's session.
 
     It prints the read-only token and the command for a second dashboard, so another viewer can join.
     """
-    config = FeedConfig(server=address, token=token, participants=[participant_id],
+    config = FeedConfig(server=address, token=token, participants=list(sessions),
                         models=[ModelDescription.from_checkpoint(checkpoint)])
     dashboard = BackgroundDashboard(config, WebConfig(port=port, access_log=False, log_level="warning"))
-    dashboard.feed.expect_session(session_id, participant_id)  # its page works before the first score
+    for participant_id, session_id in sessions.items():
+        dashboard.feed.expect_session(session_id, participant_id)  # its page works before the first score
+    session_id = next(iter(sessions.values()))
     dashboard.start()
     say(f"dashboard: open {dashboard.session_url(session_id)} (all sessions: {dashboard.url})")
-    say(f"dashboard: read-only token for this demo (it can read {participant_id} and nothing else): {token}")
+    participants = ", ".join(sessions)
+    say(f"dashboard: read-only token for this demo (it can read {participants} and nothing else): {token}")
+    options = " ".join(f"--participant {participant_id}" for participant_id in sessions)
     say(f"dashboard: a second viewer can run: MOODSTREAM_TOKEN={token} moodstream dashboard --server {address} "
-        f"--participant {participant_id} --checkpoint {checkpoint} --port 0")
+        f"{options} --checkpoint {checkpoint} --port 0")
     return dashboard
 
 

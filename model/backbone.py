@@ -144,6 +144,10 @@ class Backbone(nn.Module):
                     parameter.requires_grad = True
         for parameter in self.feature_encoder.parameters():
             parameter.requires_grad = False
+        if hasattr(self.encoder, "freeze_feature_encoder"):
+            # Without this, wav2vec2's CNN marks its input as requiring grad in train() and builds a
+            # gradient graph through the frozen convolutions on every step.
+            self.encoder.freeze_feature_encoder()
         if self.is_whisper:  # Whisper's sinusoidal positions are fixed, as in pretraining
             self.encoder.embed_positions.weight.requires_grad = False
         # The masked-span embedding is only for self-supervised pretraining.
@@ -179,6 +183,21 @@ class Backbone(nn.Module):
                 cnn_features = extracted.new_zeros(batch, frame_count, extracted.shape[2])
             cnn_features[rows, : extracted.shape[1]] = extracted
         frame_mask = torch.arange(frame_count, device=waveforms.device)[None, :] < frame_lengths[:, None]
+        return self.summed_layers(cnn_features, frame_mask, padded=not bool(frame_mask.all())), frame_mask
+
+    def equal_length_forward(self, waveforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward() for a batch whose segments all fill the full width (no padding, no data-dependent
+        shapes): what an exported graph (bench/encoder.py, ONNX) can hold. wav2vec2 family only."""
+        batch, total = waveforms.shape
+        if self.normalize_waveform:
+            lengths = torch.full((batch,), total, dtype=torch.long, device=waveforms.device)
+            waveforms = normalize_per_segment(waveforms, torch.ones_like(waveforms, dtype=torch.bool), lengths)
+        cnn_features = self.feature_encoder(waveforms).transpose(1, 2)
+        frame_mask = torch.ones(cnn_features.shape[:2], dtype=torch.bool, device=waveforms.device)
+        return self.summed_layers(cnn_features, frame_mask, padded=False), frame_mask
+
+    def summed_layers(self, cnn_features: torch.Tensor, frame_mask: torch.Tensor, padded: bool) -> torch.Tensor:
+        """CNN features [B, F, C] -> the sum of every transformer layer's output [B, F, H]."""
         hidden = self.encoder.feature_projection(cnn_features)
         if isinstance(hidden, tuple):  # wav2vec2 also returns the normalised CNN features
             hidden = hidden[0]
@@ -195,13 +214,12 @@ class Backbone(nn.Module):
 
         hooks = [layer.register_forward_hook(record) for layer in self.transformer_layers]
         try:
-            self.encoder.encoder(hidden, attention_mask=None if bool(frame_mask.all()) else frame_mask)
+            self.encoder.encoder(hidden, attention_mask=frame_mask if padded else None)
         finally:
             for hook in hooks:
                 hook.remove()
         # The paper's frame features: the sum of every transformer layer's output.
-        features = torch.stack(layer_outputs, dim=0).sum(dim=0)
-        return features, frame_mask
+        return torch.stack(layer_outputs, dim=0).sum(dim=0)
 
     # ------------------------------------------------------------------ Whisper
     def whisper_forward(self, waveforms: torch.Tensor, sample_lengths: torch.Tensor):

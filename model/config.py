@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from moodstream.model_description import check_description
 
 FINE_TUNING_STRATEGIES = ("frozen", "last-n", "all")
+FEATURE_NORMALIZATIONS = ("none", "standardize")
 POOLINGS = ("attention", "mean", "max")
 SESSION_HEADS = ("self-attention", "last-step")
 
@@ -49,6 +51,18 @@ class ModelConfig:
     max_segment_seconds: float = 10.0
     decision_threshold: float = 0.5
 
+    # Departures of the small-data recipe (docs/training.md); the defaults are the paper's.
+    # "standardize": frame features become (x - mean) / std per dimension, with the training
+    # segments' statistics stored in the checkpoint beside the segment head.
+    feature_normalization: str = "none"
+    # Platt calibration of the session logit, fitted on validation sessions:
+    # probability = sigmoid(calibration_scale * logit + calibration_bias). (1, 0) = uncalibrated.
+    calibration_scale: float = 1.0
+    calibration_bias: float = 0.0
+    # Evidence rule: below this many segments of speech a score carries no label
+    # (chosen on validation from the prefix curve).
+    min_evidence_segments: int = 1
+
     # Free-form provenance (training data, recipe, date); hashed into model_version.
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -81,12 +95,22 @@ class ModelConfig:
         require(0 < self.min_segment_seconds <= self.segment_seconds <= self.max_segment_seconds,
                 "need 0 < min_segment_seconds <= segment_seconds <= max_segment_seconds")
         require(0.0 < self.decision_threshold < 1.0, "decision_threshold must be in (0, 1)")
+        require(self.feature_normalization in FEATURE_NORMALIZATIONS,
+                f"feature_normalization must be one of {FEATURE_NORMALIZATIONS}, got {self.feature_normalization!r}")
+        require(math.isfinite(self.calibration_scale) and self.calibration_scale > 0
+                and math.isfinite(self.calibration_bias),
+                "calibration_scale must be a positive finite number and calibration_bias finite")
+        require(self.min_evidence_segments >= 1, "min_evidence_segments must be >= 1")
         for name in ("training_data", "positive_class"):
             try:
                 check_description(name, getattr(self, name))
             except ValueError as error:
                 require(False, str(error))
         require(isinstance(self.demo_model, bool), "demo_model must be true or false")
+
+    def evidence_sufficient(self, segments: int) -> bool:
+        """Whether `segments` of speech are enough for a label (the evidence rule)."""
+        return segments >= self.min_evidence_segments
 
     @property
     def segment_vector_size(self) -> int:
@@ -129,7 +153,9 @@ class ModelConfig:
 
 
 # Fields added after checkpoint format 1 was fixed, and their defaults.
-_WRITTEN_WHEN_SET = {"training_data": "", "positive_class": "", "demo_model": False}
+_WRITTEN_WHEN_SET = {"training_data": "", "positive_class": "", "demo_model": False,
+                     "feature_normalization": "none", "calibration_scale": 1.0, "calibration_bias": 0.0,
+                     "min_evidence_segments": 1}
 
 
 def tiny_wav2vec2_config() -> dict[str, Any]:

@@ -7,6 +7,14 @@ row and one new row. Per query row i the state keeps an online-softmax triple
 One step costs O(n*d) instead of the O(n^2*d) of recomputing, and the
 probability after every step equals the batch forward over the same segments
 to float tolerance.
+
+What a server stores per session is split by how it grows (see
+docs/scorer-state.md): the *head* (model version, segment count, the LSTM's
+h and c, a checksum of the rows) is O(d) and rewritten after each segment;
+the *rows* (each segment's q, k, v) only ever grow, one O(d) record per
+segment. The per-row online-softmax sums change for every row at each step,
+so they are not stored: `IncrementalScorer.restore` rebuilds them by running
+the same update over the stored rows, which gives the very same numbers.
 """
 from __future__ import annotations
 
@@ -26,6 +34,10 @@ STATE_FORMAT_VERSION = 1
 _VARIANT_CODES = {"self-attention": 0, "last-step": 1}
 _HEADER = struct.Struct("<4sHBB III")  # magic, format, variant, version length, n, hidden, attention
 _MAX_WIDTH = 1 << 16  # far above any session head; larger widths in a state are corruption, not a model
+HEAD_MAGIC = b"MSSH"
+HEAD_FORMAT_VERSION = 2
+# magic, format, variant, version length, n, hidden, attention, CRC-32 of the rows
+_HEAD_HEADER = struct.Struct("<4sHBB IIII")
 
 
 class _RowBuffer:
@@ -75,36 +87,67 @@ class ScorerState:
     _queries: _RowBuffer
     _keys: _RowBuffer
     _values: _RowBuffer
+    rows_checksum: int = 0          # CRC-32 of row_bytes(0), kept up to date one row at a time
 
     @classmethod
     def create(cls, model_version: str, variant: str, h, c, queries, keys, values,
-               row_max, row_denominator, row_numerator) -> "ScorerState":
+               row_max, row_denominator, row_numerator, segments: int | None = None) -> "ScorerState":
         def f32(array) -> np.ndarray:
             if torch.is_tensor(array):
                 array = array.detach().cpu().numpy()
             return np.ascontiguousarray(array, dtype=np.float32)
 
         queries, keys, values = f32(queries), f32(keys), f32(values)
-        return cls(model_version, variant, f32(h), f32(c), f32(row_max), f32(row_denominator),
-                   f32(row_numerator), queries.shape[0], _RowBuffer.of(queries), _RowBuffer.of(keys),
-                   _RowBuffer.of(values))
+        state = cls(model_version, variant, f32(h), f32(c), f32(row_max), f32(row_denominator),
+                    f32(row_numerator), queries.shape[0] if segments is None else segments,
+                    _RowBuffer.of(queries), _RowBuffer.of(keys),
+                    _RowBuffer.of(values))
+        state.rows_checksum = zlib.crc32(state.row_bytes())
+        return state
 
     @property
     def queries(self) -> np.ndarray:   # [n, attention]
-        return self._queries.data[: self.segments]
+        return self._queries.data[: self.rows]
 
     @property
     def keys(self) -> np.ndarray:      # [n, attention]
-        return self._keys.data[: self.segments]
+        return self._keys.data[: self.rows]
 
     @property
     def values(self) -> np.ndarray:    # [n, attention]
-        return self._values.data[: self.segments]
+        return self._values.data[: self.rows]
 
-    def to_bytes(self) -> bytes:
+    @property
+    def rows(self) -> int:
+        """How many q/k/v rows the state holds (0 for the last-step head, which attends to nothing)."""
+        return self.segments if self.variant == "self-attention" else 0
+
+    def row_bytes(self, start: int = 0) -> bytes:
+        """Rows start.. as records of q, k, v (little-endian float32): what a store appends."""
+        if not 0 <= start <= self.rows:
+            raise ValueError(f"row {start} is outside 0..{self.rows}")
+        stacked = np.concatenate([self.queries[start:self.rows], self.keys[start:self.rows],
+                                  self.values[start:self.rows]], axis=1)
+        return np.ascontiguousarray(stacked, dtype="<f4").tobytes()
+
+    def head_bytes(self) -> bytes:
+        """The O(d) part: model version, segment count, h, c and the rows' checksum; versioned and checksummed."""
+        version = self._version_bytes()
+        header = _HEAD_HEADER.pack(HEAD_MAGIC, HEAD_FORMAT_VERSION, _VARIANT_CODES[self.variant], len(version),
+                                   self.segments, self.h.size, self.queries.shape[1], self.rows_checksum)
+        payload = b"".join([header, version, np.ascontiguousarray(self.h, dtype="<f4").tobytes(),
+                            np.ascontiguousarray(self.c, dtype="<f4").tobytes()])
+        return payload + struct.pack("<I", zlib.crc32(payload))
+
+    def _version_bytes(self) -> bytes:
         version = self.model_version.encode("utf-8")
         if len(version) > 255:
             raise StateError("model_version is too long to serialise (max 255 bytes)")
+        return version
+
+    def to_bytes(self) -> bytes:
+        """The whole state in one blob (format 1, O(n*d)): a snapshot; servers store head_bytes + row_bytes."""
+        version = self._version_bytes()
         header = _HEADER.pack(STATE_MAGIC, STATE_FORMAT_VERSION, _VARIANT_CODES[self.variant], len(version),
                               self.segments, self.h.size, self.queries.shape[1])
         arrays = [self.h, self.c, self.queries, self.keys, self.values,
@@ -112,8 +155,15 @@ class ScorerState:
         payload = b"".join([header, version, *(np.ascontiguousarray(a, dtype="<f4").tobytes() for a in arrays)])
         return payload + struct.pack("<I", zlib.crc32(payload))
 
+    @staticmethod
+    def is_head(data: bytes) -> bool:
+        """Whether `data` is a head (format 2) rather than a whole state (format 1)."""
+        return data[:4] == HEAD_MAGIC
+
     @classmethod
     def from_bytes(cls, data: bytes, expected_model_version: str | None = None) -> "ScorerState":
+        if cls.is_head(data):
+            raise StateError("these bytes are a scorer state head; load them with IncrementalScorer.restore")
         if len(data) < _HEADER.size + 4:
             raise StateError(f"scorer state is truncated ({len(data)} bytes)")
         payload, (checksum,) = data[:-4], struct.unpack("<I", data[-4:])
@@ -138,7 +188,9 @@ class ScorerState:
         offset += version_len
         if expected_model_version is not None and model_version != expected_model_version:
             raise StateError(f"scorer state belongs to model {model_version!r}, not {expected_model_version!r}")
-        shapes = [(hidden,), (hidden,), (n, attention), (n, attention), (n, attention), (n,), (n,), (n, attention)]
+        rows = n if variants[variant_code] == "self-attention" else 0  # the last-step head keeps no rows
+        shapes = [(hidden,), (hidden,), (rows, attention), (rows, attention), (rows, attention), (rows,), (rows,),
+                  (rows, attention)]
         expected = offset + 4 * sum(int(np.prod(s)) for s in shapes)
         if len(payload) != expected:
             raise StateError(f"scorer state has {len(payload)} bytes, expected {expected}")
@@ -151,7 +203,7 @@ class ScorerState:
             raise StateError("scorer state holds NaN or infinite values")
         h, c, queries, keys, values, row_max, row_denominator, row_numerator = arrays
         return cls.create(model_version, variants[variant_code], h, c, queries, keys, values,
-                          row_max, row_denominator, row_numerator)
+                          row_max, row_denominator, row_numerator, segments=n)
 
 
 class IncrementalScorer:
@@ -162,7 +214,8 @@ class IncrementalScorer:
     would dominate); build a new scorer after changing the head's weights.
     """
 
-    def __init__(self, head: SessionHead, model_version: str = "") -> None:
+    def __init__(self, head: SessionHead, model_version: str = "",
+                 calibration: tuple[float, float] = (1.0, 0.0)) -> None:
         self.head = head
         self.model_version = model_version
 
@@ -176,8 +229,10 @@ class IncrementalScorer:
         self._w_qkv = np.concatenate([weights(layer.weight).T for layer in (head.query, head.key, head.value)],
                                      axis=1)                          # [h, 3a]
         self._b_qkv = np.concatenate([weights(layer.bias) for layer in (head.query, head.key, head.value)])
-        self._w_out = weights(head.classifier.weight)[0]
-        self._b_out = float(head.classifier.bias.detach()[0])
+        # The checkpoint's calibration (scale * logit + bias) is affine, so it folds into the classifier.
+        scale, bias = calibration
+        self._w_out = weights(head.classifier.weight)[0] * np.float32(scale)
+        self._b_out = float(head.classifier.bias.detach()[0]) * scale + bias
         self._scale = np.float32(head.scale)
 
     @property
@@ -236,6 +291,15 @@ class IncrementalScorer:
         projected = h @ self._w_qkv + self._b_qkv
         width = projected.shape[0] // 3
         q, k, v = projected[:width], projected[width:2 * width], projected[2 * width:]
+        new_state = self._attend(state, h, c, q, k, v)
+        new_state.rows_checksum = zlib.crc32(new_state.row_bytes(n), state.rows_checksum)
+        summed = (1.0 / new_state.row_denominator) @ new_state.row_numerator
+        logit = float(summed @ self._w_out) + self._b_out
+        return new_state, _probability(logit)
+
+    def _attend(self, state: ScorerState, h, c, q, k, v) -> ScorerState:
+        """`state` plus one row (q, k, v): the one online-softmax update, shared by step and restore."""
+        n = state.segments
         # Existing rows gain one key: rescale each row's running sums to the new max.
         old_scores = (state.queries @ k) * self._scale
         new_max = np.maximum(state.row_max, old_scores)
@@ -258,11 +322,62 @@ class IncrementalScorer:
         np.multiply(state.row_numerator, keep[:, None], out=numerators[:n])
         numerators[:n] += add[:, None] * v
         numerators[n] = weights @ values.data[: n + 1]
-        summed = (1.0 / denominators) @ numerators
-        logit = float(summed @ self._w_out) + self._b_out
-        new_state = ScorerState(self.model_version, state.variant, h, c, row_max_all, denominators, numerators,
-                                n + 1, queries, keys, values)
-        return new_state, _probability(logit)
+        return ScorerState(self.model_version, state.variant, h, c, row_max_all, denominators, numerators,
+                           n + 1, queries, keys, values)
+
+    def restore(self, head: bytes, rows: bytes = b"") -> ScorerState:
+        """The state a server stored as `head_bytes()` plus every `row_bytes()` record, in order.
+
+        Raises StateError when the head is corrupt, from another model or format, or
+        disagrees with the rows (count or checksum). The softmax sums are rebuilt by the
+        same update `step` runs, so the restored state continues exactly as the original.
+        """
+        if len(head) < _HEAD_HEADER.size + 4:
+            raise StateError(f"scorer state head is truncated ({len(head)} bytes)")
+        payload, (checksum,) = head[:-4], struct.unpack("<I", head[-4:])
+        if zlib.crc32(payload) != checksum:
+            raise StateError("scorer state head is corrupt (checksum mismatch)")
+        magic, fmt, variant_code, version_len, n, hidden, attention, rows_checksum = _HEAD_HEADER.unpack_from(payload)
+        if magic != HEAD_MAGIC:
+            raise StateError("bytes are not a moodstream scorer state head")
+        if fmt != HEAD_FORMAT_VERSION:
+            raise StateError(f"scorer state head format {fmt} is not supported "
+                             f"(this build reads {HEAD_FORMAT_VERSION})")
+        offset = _HEAD_HEADER.size
+        try:
+            model_version = payload[offset:offset + version_len].decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise StateError("scorer state head has a malformed model version") from error
+        offset += version_len
+        variants = {code: name for name, code in _VARIANT_CODES.items()}
+        if variants.get(variant_code) != self.head.variant:
+            raise StateError(f"state is for session-head variant code {variant_code}, "
+                             f"this scorer has {self.head.variant!r}")
+        if model_version != self.model_version:
+            raise StateError(f"state belongs to model {model_version!r}, not {self.model_version!r}")
+        expected_hidden, expected_attention = self._w_hidden.shape[0], self._w_qkv.shape[1] // 3
+        if (hidden, attention) != (expected_hidden, expected_attention):
+            raise StateError(f"state widths (hidden {hidden}, attention {attention}) do not fit this scorer "
+                             f"(hidden {expected_hidden}, attention {expected_attention})")
+        if len(payload) != offset + 8 * hidden:
+            raise StateError(f"scorer state head has {len(head)} bytes, expected {offset + 8 * hidden + 4}")
+        h = np.frombuffer(payload, dtype="<f4", count=hidden, offset=offset).astype(np.float32)
+        c = np.frombuffer(payload, dtype="<f4", count=hidden, offset=offset + 4 * hidden).astype(np.float32)
+        row_count = n if self.head.variant == "self-attention" else 0
+        if len(rows) != row_count * 12 * attention:
+            raise StateError(f"scorer state has {len(rows)} bytes of rows for {row_count} rows, "
+                             f"expected {row_count * 12 * attention}")
+        if zlib.crc32(rows) != rows_checksum:
+            raise StateError("scorer state rows are corrupt or do not belong to this head (checksum mismatch)")
+        records = np.frombuffer(rows, dtype="<f4").astype(np.float32).reshape(row_count, 3 * attention)
+        if not (np.isfinite(h).all() and np.isfinite(c).all() and np.isfinite(records).all()):
+            raise StateError("scorer state holds NaN or infinite values")
+        state = self.init_state()
+        for q, k, v in zip(records[:, :attention], records[:, attention:2 * attention], records[:, 2 * attention:]):
+            state = self._attend(state, state.h, state.c, q, k, v)
+        state.h, state.c, state.segments = h, c, n
+        state.rows_checksum = rows_checksum
+        return state
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -34,7 +34,8 @@ class ScreeningModel(nn.Module):
         self.config = config
         self.backbone = Backbone(encoder, config.fine_tuning, config.fine_tune_last_n, config.normalize_waveform)
         self.segment_head = SegmentHead(self.backbone.hidden_size, config.conv_channels, config.conv_kernel_size,
-                                        config.conv_layers, config.dropout, config.pooling)
+                                        config.conv_layers, config.dropout, config.pooling,
+                                        config.feature_normalization)
         self.session_head = SessionHead(config.segment_vector_size, config.lstm_hidden_size,
                                         config.attention_size, config.session_head)
         self.eval()
@@ -129,14 +130,21 @@ class ScreeningModel(nn.Module):
     def score(self, vectors) -> float:
         """Batch session probability over segment vectors [n, D] (the reference for incremental scoring)."""
         tensor = self.check_vectors(vectors).to(self.device)
-        logit = self.session_head(tensor[None])[0]
-        return float(torch.sigmoid(logit.float()))
+        return self.session_probability(self.session_head(tensor[None])[0])
+
+    def calibrated_logit(self, logit: torch.Tensor) -> torch.Tensor:
+        """The session head's logit under the checkpoint's calibration (identity when uncalibrated)."""
+        return logit * self.config.calibration_scale + self.config.calibration_bias
+
+    def session_probability(self, logit: torch.Tensor) -> float:
+        return float(torch.sigmoid(self.calibrated_logit(logit.float())))
 
     def incremental_scorer(self, model_version: str | None = None) -> IncrementalScorer:
         # The scorer runs on the CPU (its per-step work is tiny) on its own copy,
         # so the model can stay on an accelerator.
         head = copy.deepcopy(self.session_head).to("cpu").eval()
-        return IncrementalScorer(head, self.model_version if model_version is None else model_version)
+        return IncrementalScorer(head, self.model_version if model_version is None else model_version,
+                                 calibration=(self.config.calibration_scale, self.config.calibration_bias))
 
     def parameter_counts(self) -> dict[str, int]:
         def count(module: nn.Module, trainable_only: bool = False) -> int:

@@ -11,8 +11,14 @@ from torch import nn
 
 class SegmentHead(nn.Module):
     def __init__(self, input_size: int, channels: int = 80, kernel_size: int = 3, layers: int = 3,
-                 dropout: float = 0.1, pooling: str = "attention") -> None:
+                 dropout: float = 0.1, pooling: str = "attention", feature_normalization: str = "none") -> None:
         super().__init__()
+        self.feature_normalization = feature_normalization
+        if feature_normalization == "standardize":
+            # Pretrained encoders' summed layers span very different scales per dimension (Whisper
+            # tiny.en: means up to 13, std 0.9 to 9); training statistics, set by the trainer.
+            self.register_buffer("feature_mean", torch.zeros(input_size))
+            self.register_buffer("feature_std", torch.ones(input_size))
         self.convs = nn.ModuleList(
             nn.Conv1d(input_size if index == 0 else channels, channels, kernel_size, padding=kernel_size // 2)
             for index in range(layers)
@@ -29,6 +35,8 @@ class SegmentHead(nn.Module):
     def frame_outputs(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """features [B, F, H] -> C [B, F, channels], zero on padded frames."""
         keep = frame_mask[:, None, :].to(features.dtype)
+        if self.feature_normalization == "standardize":
+            features = (features - self.feature_mean) / self.feature_std
         hidden = features.transpose(1, 2)
         for conv in self.convs:
             hidden = self.dropout(self.activation(conv(hidden * keep)))
@@ -49,6 +57,15 @@ class SegmentHead(nn.Module):
         if self.pooling == "max":
             return frames.masked_fill(~frame_mask[:, :, None], float("-inf")).amax(dim=1)
         raise ValueError(f"unknown pooling {self.pooling!r}")
+
+    @torch.no_grad()
+    def set_feature_statistics(self, frames: torch.Tensor) -> None:
+        """Standardisation statistics from training frames [N, H] (no-op without feature_normalization)."""
+        if self.feature_normalization != "standardize":
+            return
+        frames = frames.to(torch.float64)
+        self.feature_mean.copy_(frames.mean(dim=0).to(self.feature_mean.dtype))
+        self.feature_std.copy_(frames.std(dim=0).clamp(min=1e-5).to(self.feature_std.dtype))
 
     def forward(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """-> segment vectors [B, channels]."""

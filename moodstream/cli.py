@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import sys
+from pathlib import Path
 
 from moodstream import SCREENING_NOTICE, __version__
 
@@ -41,6 +42,33 @@ def add_model_parser(subparsers) -> None:
                       help="Hugging Face id or local folder of a pretrained encoder (default: %(default)s)")
     init.add_argument("--seed", type=int, default=0, help="random seed for the heads (default: %(default)s)")
     init.set_defaults(handler=run_model_init)
+    export = actions.add_parser(
+        "export-onnx", help="write a checkpoint's encoder side as an ONNX graph (for ONNX Runtime, Triton)",
+        description="Write the encoder side (waveforms [batch, samples] -> segment vectors [batch, D], dynamic "
+                    "batch and length, every row real audio of one length) as an ONNX graph: what the server's "
+                    "ort-fp32 path runs, and what Triton's ONNX Runtime or TensorRT backends load "
+                    "(docs/performance.md). Needs the onnx extra.")
+    export.add_argument("checkpoint", help="checkpoint folder")
+    export.add_argument("output", help="the .onnx file to write")
+    export.add_argument("--int8", action="store_true",
+                        help="also write OUTPUT with .int8.onnx: int8 MatMul weights (the server's ort-int8 path)")
+    export.set_defaults(handler=run_model_export_onnx)
+
+
+def run_model_export_onnx(args) -> int:
+    from moodstream.model import ScreeningModel
+    from moodstream.server.onnx_encoder import export_onnx, onnxruntime_available, quantize_matmuls
+
+    if not onnxruntime_available():
+        raise ValueError("export-onnx needs ONNX Runtime and onnxscript: pip install 'moodstream[onnx]'")
+    model = ScreeningModel.from_pretrained(args.checkpoint).eval()
+    written = [export_onnx(model, args.output)]
+    if args.int8:
+        written.append(quantize_matmuls(written[0], Path(args.output).with_suffix(".int8.onnx")))
+    print(f"wrote {', '.join(map(str, written))} (model_version {model.model_version}; input 'waveforms' "
+          f"[batch, samples] float32 at {model.config.sample_rate} Hz, output 'segment_vectors' "
+          f"[batch, {model.config.segment_vector_size}])")
+    return 0
 
 
 def run_model_info(args) -> int:

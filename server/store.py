@@ -14,12 +14,15 @@ P = participant id, S = session id, V = model version (ids are
     ms:{p:P}:V:s:S            hash    participant, session, model_version,
                                       device, started_at, ended_at (once
                                       ended), applied (last applied seq),
-                                      state (scorer state bytes), segments,
+                                      state (scorer state head: O(d),
+                                      rewritten per segment), segments,
                                       speech_seconds, latest (score JSON),
                                       latest_offset, interrupted_at (while
                                       its last stream broke off without End)
     ms:{p:P}:V:s:S:vectors    hash    seq -> segment vector (float32 bytes)
     ms:{p:P}:V:s:S:audio      hash    seq -> PCM s16le (only with store_audio)
+    ms:{p:P}:V:s:S:rows       string  the scorer's rows, one fixed-size record
+                                      appended per segment (APPEND)
     ms:{p:P}:V:s:S:updates    stream  one entry per applied segment: score=JSON
     ms:{p:P}:V:updates        stream  the same entries for all of P's sessions
     ms:{p:P}:V:sessions       zset    P's session directory: session id ->
@@ -114,6 +117,7 @@ SCORE_FIELDS = (
     "device_id",
     "speech_seconds",
     "start_seconds",
+    "evidence_sufficient",
 )
 REQUIRED_SCORE_FIELDS = ("probability", "above_threshold", "threshold", "speech_seconds")
 
@@ -222,8 +226,9 @@ class SessionCursor(NamedTuple):
 
 class SessionSnapshot(NamedTuple):
     applied_seq: int | None
-    state: bytes | None
+    state: bytes | None  # the scorer state head (or a whole state in the format before heads and rows)
     latest: dict[str, Any] | None
+    rows: bytes = b""  # every scorer row record appended so far, in order
 
 
 @dataclass(frozen=True)
@@ -245,6 +250,7 @@ class SessionKeys:
     participant_updates: str
     owner: str
     index: str  # the participant's session directory (shared by their sessions)
+    rows: str
 
     @classmethod
     def build(cls, participant_id: str, session_id: str, model_version: str) -> SessionKeys:
@@ -258,11 +264,12 @@ class SessionKeys:
             participant_updates=f"{base}:updates",
             owner=owner_key(session_id),
             index=f"{base}:sessions",
+            rows=f"{session}:rows",
         )
 
     def script_keys(self) -> list[str]:
         """The keys the apply script touches, in its KEYS order; all on one slot."""
-        return [self.session, self.vectors, self.updates, self.participant_updates, self.audio]
+        return [self.session, self.vectors, self.updates, self.participant_updates, self.audio, self.rows]
 
     def all(self) -> list[str]:
         return [*self.script_keys(), self.owner]
@@ -300,10 +307,10 @@ APPLY_SCRIPT = (
     + _TTL_LUA
     + """
 -- KEYS: 1 session hash, 2 vectors hash, 3 session stream, 4 participant stream, 5 audio hash,
---       6 the participant's session directory
--- ARGV: 1 seq, 2 expected previous seq (-1 = none), 3 vector, 4 state, 5 score JSON,
+--       6 scorer rows, 7 the participant's session directory
+-- ARGV: 1 seq, 2 expected previous seq (-1 = none), 3 vector, 4 state head, 5 score JSON,
 --       6 ttl seconds (0 = none), 7 stream maxlen, 8 store audio ('1'/'0'), 9 audio,
---       10 segments, 11 speech_seconds, 12 device id
+--       10 segments, 11 speech_seconds, 12 device id, 13 scorer rows to append ('' = none)
 -- Returns {status, applied seq after the call (-1 = none), session offset, participant offset}.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unclaimed', -1, '', ''} end
 local seq = tonumber(ARGV[1])
@@ -315,6 +322,7 @@ if tonumber(ARGV[2]) ~= applied then return {'conflict', applied, '', ''} end
 
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 if ARGV[8] == '1' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[9]) end
+if ARGV[13] ~= '' then redis.call('APPEND', KEYS[6], ARGV[13]) end
 -- One id for both streams, so an offset means the same update in either. The
 -- participant stream receives every entry of every session, so its next id
 -- is above anything in this session's stream; the fallback only runs if
@@ -328,8 +336,8 @@ redis.call('HSET', KEYS[1], 'applied', ARGV[1], 'state', ARGV[4], 'latest', ARGV
            'latest_offset', offset, 'segments', ARGV[10], 'speech_seconds', ARGV[11],
            'device', ARGV[12])
 local identity = redis.call('HMGET', KEYS[1], 'started_at', 'session')
-redis.call('ZADD', KEYS[6], identity[1], identity[2])
-refresh_ttl(tonumber(ARGV[6]), 1, 6)
+redis.call('ZADD', KEYS[7], identity[1], identity[2])
+refresh_ttl(tonumber(ARGV[6]), 1, 7)
 return {'applied', seq, offset, participant_offset}
 """
 )
@@ -338,7 +346,7 @@ CLAIM_SCRIPT = (
     "#!lua\n"
     + _TTL_LUA
     + """
--- KEYS: the five session keys, as in the apply script
+-- KEYS: the six session keys, as in the apply script
 -- ARGV: 1 participant, 2 session, 3 model version, 4 device, 5 now, 6 ttl, 7 claim ttl
 -- (the keys' expiry until a first segment is applied)
 -- Returns {created (0/1), applied, segments, speech_seconds, started_at, ended_at,
@@ -351,9 +359,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 redis.call('HSET', KEYS[1], 'device', ARGV[4])
 if redis.call('HEXISTS', KEYS[1], 'applied') == 1 then
-  refresh_ttl(tonumber(ARGV[6]), 1, 5)
+  refresh_ttl(tonumber(ARGV[6]), 1, 6)
 else
-  refresh_ttl(tonumber(ARGV[7]), 1, 5)
+  refresh_ttl(tonumber(ARGV[7]), 1, 6)
 end
 local fields = redis.call('HMGET', KEYS[1], 'applied', 'segments', 'speech_seconds',
                           'started_at', 'ended_at', 'latest', 'latest_offset')
@@ -366,11 +374,35 @@ END_SCRIPT = (
     "#!lua\n"
     + _TTL_LUA
     + """
--- KEYS: the five session keys; ARGV: 1 now, 2 ttl. Returns 1 if the session exists.
+-- KEYS: the session keys; ARGV: 1 now, 2 ttl. Returns 1 if the session exists.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSETNX', KEYS[1], 'ended_at', ARGV[1])
 redis.call('HDEL', KEYS[1], 'interrupted_at')
-refresh_ttl(tonumber(ARGV[2]), 1, 5)
+refresh_ttl(tonumber(ARGV[2]), 1, 6)
+return 1
+"""
+)
+
+# A session's fields and scorer rows in one atomic read, so the rows always match the state head.
+LOAD_SCRIPT = """#!lua flags=no-writes
+-- KEYS: the session keys, as in the apply script
+return {redis.call('HMGET', KEYS[1], 'applied', 'state', 'latest', 'latest_offset'), redis.call('GET', KEYS[6])}
+"""
+
+# Replaces a scorer state in an older format by its head and rows, only if nothing was applied since it was read.
+REPLACE_STATE_SCRIPT = (
+    "#!lua\n"
+    + _TTL_LUA
+    + """
+-- KEYS: the session keys; ARGV: 1 applied seq read, 2 state read, 3 new head, 4 rows, 5 ttl
+-- Returns 1 if replaced, 0 if another writer moved the session first.
+if redis.call('HGET', KEYS[1], 'applied') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[3])
+redis.call('DEL', KEYS[6])
+if ARGV[4] ~= '' then redis.call('SET', KEYS[6], ARGV[4]) end
+refresh_ttl(tonumber(ARGV[5]), 1, #KEYS)
 return 1
 """
 )
@@ -424,6 +456,8 @@ _end = _Script(END_SCRIPT)
 _forget_owner = _Script(FORGET_OWNER_SCRIPT)
 _prune_index = _Script(PRUNE_INDEX_SCRIPT)
 _interrupt = _Script(INTERRUPT_SCRIPT)
+_load = _Script(LOAD_SCRIPT)
+_replace_state = _Script(REPLACE_STATE_SCRIPT)
 
 
 def connect(url: str, *, cluster: bool = False, **options: Any) -> AnyRedis:
@@ -572,7 +606,7 @@ class SessionStore:
         return await self.session_owner(session_id)
 
     async def load(self, session_id: str, participant_id: str | None = None) -> SessionSnapshot:
-        """(applied seq, scorer state, latest score) of a session; Nones if unknown.
+        """(applied seq, scorer state head, latest score, scorer rows) of a session; Nones if unknown.
 
         participant_id, when the caller already knows the owner, saves a
         lookup; a wrong one finds nothing (keys are per participant).
@@ -582,10 +616,18 @@ class SessionStore:
         if participant is None:
             return SessionSnapshot(None, None, None)
         keys = self.keys(participant, session_id)
-        applied, state, latest, latest_offset = await self.client.hmget(
-            keys.session, ["applied", "state", "latest", "latest_offset"]
-        )
-        return SessionSnapshot(_optional_int(applied), state, _latest(latest, latest_offset))
+        (applied, state, latest, latest_offset), rows = await _load(self.client, keys.script_keys(), [])
+        return SessionSnapshot(_optional_int(applied), state or None, _latest(latest, latest_offset), rows or b"")
+
+    async def replace_state(self, session_id: str, participant_id: str, applied_seq: int, old_state: bytes,
+                            head: bytes, rows: bytes) -> bool:
+        """Swap a state read by load() for its head and rows; False if a segment was applied meanwhile."""
+        keys = self.keys(participant_id, session_id)
+        _check_seq("applied_seq", applied_seq)
+        replaced = await _replace_state(
+            self.client, keys.script_keys(),
+            [applied_seq, _bytes("old_state", old_state), _bytes("head", head), bytes(rows), self.ttl_seconds])
+        return bool(replaced)
 
     async def latest_score(self, session_id: str, participant_id: str | None = None) -> dict[str, Any] | None:
         return (await self.load(session_id, participant_id)).latest
@@ -618,11 +660,13 @@ class SessionStore:
         expected_prev_seq: int | None,
         *,
         audio: bytes | None = None,
+        state_rows: bytes = b"",
     ) -> ApplyResult:
         """Store one scored segment atomically, exactly once per (session, seq).
 
-        `state` is the scorer state after this segment, computed from the
-        state at `expected_prev_seq` (None: from the initial state). The
+        `state` is the scorer state (head) after this segment, computed from
+        the state at `expected_prev_seq` (None: from the initial state), and
+        `state_rows` what this segment appends to the scorer's rows. The
         write happens only if the session's applied seq is exactly
         `expected_prev_seq` and `seq` is the next one; see ApplyStatus for
         what each refusal means. `audio` is kept only with store_audio.
@@ -657,6 +701,7 @@ class SessionStore:
                 update["segments"],
                 repr(update["speech_seconds"]),
                 update["device_id"],
+                bytes(state_rows),
             ],
         )
         status, applied_seq, offset, participant_offset = reply
@@ -697,10 +742,13 @@ class SessionStore:
         if speech_seconds < 0 or start_seconds < 0:
             raise ValueError(f"speech_seconds ({speech_seconds}) and start_seconds ({start_seconds}) must be >= 0")
         above = score["above_threshold"]
-        if not isinstance(above, bool) or above != (probability >= threshold):
+        evidence = score.get("evidence_sufficient", True)
+        if not isinstance(evidence, bool):
+            raise ValueError(f"evidence_sufficient must be a bool, not {evidence!r}")
+        if not isinstance(above, bool) or above != (evidence and probability >= threshold):
             raise ValueError(
-                f"above_threshold must be the bool probability >= threshold "
-                f"({probability} >= {threshold}), not {above!r}"
+                f"above_threshold must be the bool evidence_sufficient and probability >= threshold "
+                f"({evidence} and {probability} >= {threshold}), not {above!r}"
             )
         device_id = score.get("device_id", "")
         _check_pattern("device_id", device_id, DEVICE_PATTERN)
@@ -709,6 +757,7 @@ class SessionStore:
             **authoritative,
             "probability": probability,
             "above_threshold": above,
+            "evidence_sufficient": evidence,
             "threshold": threshold,
             "time_unix": time_unix,
             "device_id": device_id,

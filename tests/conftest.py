@@ -1,8 +1,12 @@
 """Shared pytest fixtures."""
 
 import os
+import tempfile
 
 import pytest
+
+# Encoder tunings and exported ONNX graphs go to a cache folder of this run, never the user's.
+os.environ.setdefault("MOODSTREAM_CACHE_DIR", tempfile.mkdtemp(prefix="moodstream-test-cache-"))
 
 # ---------------------------------------------------------------------------
 # Redis fixtures (server/redis_process.py). Real servers, never mocks.

@@ -82,8 +82,9 @@ def write_tokens(directory: Path) -> Tokens:
 
 @contextlib.contextmanager
 def running_server(model, redis_url: str, tokens: Tokens, **overrides):
-    config = ServerConfig(checkpoint="", redis_url=redis_url, port=0, tokens_file=tokens.path, precision="fp32",
-                          **overrides)
+    # A fixed encoder path by default: no start-up measuring in tests that are not about it.
+    options = {"precision": "fp32", "max_batch": 1, **overrides}
+    config = ServerConfig(checkpoint="", redis_url=redis_url, port=0, tokens_file=tokens.path, **options)
     with BackgroundServer(config, model) as server:
         yield server
 

@@ -41,3 +41,18 @@ def test_missing_checkpoint_is_one_line_on_stderr(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "no checkpoint folder" in result.stderr
+
+
+def test_model_export_onnx_writes_the_graph_the_server_runs(tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    assert main(["model", "init", "--tiny", str(tmp_path / "ckpt")]) == 0
+    capsys.readouterr()
+    assert main(["model", "export-onnx", str(tmp_path / "ckpt"), str(tmp_path / "encoder.onnx"), "--int8"]) == 0
+    out = capsys.readouterr().out
+    assert "encoder.onnx" in out and "encoder.int8.onnx" in out and "'segment_vectors'" in out
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "encoder.onnx")).graph
+    assert [i.name for i in graph.input] == ["waveforms"] and [o.name for o in graph.output] == ["segment_vectors"]
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert len(dims) == 2 and all(d.dim_param for d in dims)  # dynamic batch and length

@@ -201,6 +201,7 @@ def test_pages_and_api_show_a_streamed_session_with_its_model_version(server, to
             latest = stub.GetScore(pb.GetScoreRequest(session_id="sess-a"), metadata=tokens.metadata("admin"))
         assert summary["probability"] == pytest.approx(latest.probability)
         assert summary["above_threshold"] == latest.above_threshold
+        assert summary["evidence_sufficient"] is latest.evidence_sufficient is True  # min_evidence_segments = 1
         assert data["settings"]["notice"] == SCREENING_NOTICE
         assert data["connection"]["server"]["state"] == "connected"
 
@@ -372,7 +373,7 @@ def test_unreachable_server_is_a_connection_state_and_the_feed_resumes_without_d
         assert participant_state(dashboard, "p1")["state"] == "reconnecting"
         assert httpx.get(dashboard.url, timeout=10).status_code == 200  # the page still works
         config = dict(checkpoint="", redis_url=redis_url, host="127.0.0.1", port=port, tokens_file=tokens.path,
-                      precision="fp32")
+                      precision="fp32", max_batch=1)
         with BackgroundServer(ServerConfig(**config), model) as first:
             wait_for(lambda: overview(dashboard)["connection"]["server"]["state"] == "connected",
                      timeout=30, what="the server to show as connected")

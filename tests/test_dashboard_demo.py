@@ -12,6 +12,8 @@ import pytest
 
 from moodstream.dashboard.feed import FeedConfig
 from moodstream.dashboard.server import BackgroundDashboard
+from moodstream.demo import DEMO_CHECKPOINT
+from moodstream.model import ScreeningModel
 from moodstream.model_description import ModelDescription
 
 pytestmark = pytest.mark.slow
@@ -47,25 +49,29 @@ def test_demo_dashboard_opens_on_the_demo_session_lets_a_second_viewer_join_and_
         assert page.status_code == 200 and "not a diagnosis" in page.text
         root = session_url.group(1).split("/s/")[0]
         detail = httpx.get(f"{root}/api/s/{session_url.group(2)}", timeout=10).json()
-        printed = re.findall(r"segment +(\d+) \|", output)
+        printed = re.findall(r"slowed-delivery segment +(\d+) \|", output)
         assert printed and len(detail["points"]) == int(printed[-1])
         assert detail["session"]["session_id"] == "demo-dash"
         assert re.search(r"model ([A-Za-z0-9_.+-]+)", output).group(1) == detail["session"]["model_version"]
         assert detail["session"]["model"]["demo_model"] and "synthetic" in detail["session"]["model"]["flag"]
-        assert "0.50" in output and detail["session"]["threshold"] == pytest.approx(0.5, abs=0.005)
+        threshold = ScreeningModel.from_pretrained(DEMO_CHECKPOINT).config.decision_threshold
+        assert f"{threshold:.2f}" in output and detail["session"]["threshold"] == pytest.approx(threshold, abs=1e-6)
 
         # A second viewer joins with the read-only token and the command the demo printed.
         joined = re.search(r"a second viewer can run: MOODSTREAM_TOKEN=(\S+) moodstream dashboard --server (\S+) "
-                           r"--participant (\S+) --checkpoint (\S+) --port 0", output)
+                           r"((?:--participant \S+ )+)--checkpoint (\S+) --port 0", output)
         assert joined, output
-        token, server, participant, checkpoint = joined.groups()
-        assert f"read-only token for this demo (it can read {participant} and nothing else): {token}" in output
-        config = FeedConfig(server=server, token=token, participants=[participant],
+        token, server, options, checkpoint = joined.groups()
+        participants = options.split()[1::2]
+        assert participants == ["slowed-delivery", "lively-delivery"]
+        assert (f"read-only token for this demo (it can read {', '.join(participants)} and nothing else): {token}"
+                in output)
+        config = FeedConfig(server=server, token=token, participants=participants,
                             models=[ModelDescription.from_checkpoint(checkpoint)])
         with BackgroundDashboard(config) as second:
-            sessions = wait_for(lambda: httpx.get(f"{second.url}api/overview", timeout=10).json()["sessions"])
-            assert sessions[0]["session_id"] == "demo-dash" and sessions[0]["model"]["described"]
-            assert sessions[0]["segments"] == len(detail["points"])
+            [first] = wait_for(lambda: [s for s in httpx.get(f"{second.url}api/overview", timeout=10).json()["sessions"]
+                                        if s["session_id"] == "demo-dash"])
+            assert first["model"]["described"] and first["segments"] == len(detail["points"])
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C
         try:

@@ -49,7 +49,7 @@ K8S = DEPLOY / "k8s"
 K8S_VERSIONS = ("1.30", kubernetes_validate.utils.major_minor(kubernetes_validate.utils.latest_version()))
 SCREENING_SERVICE = moodstream_pb2.DESCRIPTOR.services_by_name["Screening"].full_name
 # Extras that pull in torch (directly or through moodstream[model]).
-TORCH_EXTRAS = {"model", "server", "trainer", "eval", "dev", "test", "all"}
+TORCH_EXTRAS = {"model", "server", "onnx", "trainer", "eval", "dev", "test", "all"}
 
 sys.path.insert(0, str(DEPLOY))
 import grpc_health_check  # noqa: E402  (deploy/grpc_health_check.py, copied into the server image)

@@ -594,7 +594,7 @@ def test_a_forged_state_in_redis_is_data_loss_not_an_unexpected_error(fuzz_serve
         client = redis.Redis.from_url(fuzz_server.redis_url)
         try:
             state = client.hget(key, "state")
-            body_at = 20 + len(fuzz_server.model_version)
+            body_at = 24 + len(fuzz_server.model_version)  # the head's h, after its 24-byte header
             client.hset(key, "state", _forged(state, body_at, struct.pack("<f", math.nan)))
             with pytest.raises(grpc.RpcError) as info:
                 list(stub.Stream(iter([first[0], pb.StreamRequest(chunk=pb.Chunk(seq=1, start_seconds=1.0,

@@ -185,3 +185,20 @@ def test_the_bundled_demo_checkpoint_is_flagged_as_a_demo_on_synthetic_speech():
     description = ModelDescription.from_checkpoint(DEMO_CHECKPOINT)
     assert description.demo_model and "synthetic" in description.flag()
     assert description.model_version == ScreeningModel.from_pretrained(DEMO_CHECKPOINT).model_version
+
+
+def test_checkpoints_written_before_calibration_and_the_evidence_rule_keep_their_model_version(tmp_path):
+    import json
+
+    from moodstream.model import ModelConfig, ScreeningModel
+
+    torch.manual_seed(0)
+    folder = ScreeningModel(ModelConfig.tiny()).save_pretrained(tmp_path / "plain")
+    document = json.loads((folder / "config.json").read_text())
+    # an uncalibrated paper-recipe checkpoint's config.json has exactly the fields it always had
+    for name in ("feature_normalization", "calibration_scale", "calibration_bias", "min_evidence_segments"):
+        assert name not in document["model"]
+    assert ScreeningModel.from_pretrained(folder).model_version == document["model_version"]
+    calibrated = ScreeningModel(ModelConfig.tiny(calibration_scale=0.5, min_evidence_segments=2))
+    document = json.loads((calibrated.save_pretrained(tmp_path / "calibrated") / "config.json").read_text())
+    assert document["model"]["calibration_scale"] == 0.5 and document["model"]["min_evidence_segments"] == 2

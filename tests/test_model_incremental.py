@@ -128,3 +128,93 @@ def test_stepping_an_older_state_again_leaves_every_state_intact():
         first, p_first = scorer.step(first, vector)
     assert abs(p_first - batch_probability(head, torch.cat([vectors[:21], vectors[22:]]))) <= 1e-5
     assert second.segments == 21 and state.segments == 20
+
+
+def stepped(scorer, vectors):
+    """States after each vector, and what each step appended to the rows."""
+    state, appended = scorer.init_state(), []
+    for vector in vectors:
+        previous = state
+        state, _ = scorer.step(state, vector)
+        appended.append(state.row_bytes(previous.rows))
+    return state, appended
+
+
+@pytest.mark.parametrize("variant", ["self-attention", "last-step"])
+def test_head_and_rows_restore_the_exact_state_and_continue_identically(variant):
+    torch.manual_seed(9)
+    head = SessionHead(input_size=6, hidden_size=7, attention_size=5, variant=variant).eval()
+    scorer = IncrementalScorer(head, model_version="m-rows")
+    vectors = torch.randn(40, 6)
+    state, appended = stepped(scorer, vectors[:30])
+    assert b"".join(appended) == state.row_bytes()
+    restored = scorer.restore(state.head_bytes(), b"".join(appended))
+    assert restored.to_bytes() == state.to_bytes()  # every array, bit for bit
+    assert restored.head_bytes() == state.head_bytes()
+    a, b = state, restored
+    for n, vector in enumerate(vectors[30:], start=31):
+        a, pa = scorer.step(a, vector)
+        b, pb = scorer.step(b, vector)
+        assert pa == pb
+        assert abs(pb - batch_probability(head, vectors[:n])) <= 1e-5
+    assert scorer.restore(scorer.init_state().head_bytes()).segments == 0
+
+
+def test_what_a_step_writes_does_not_grow_with_the_session():
+    torch.manual_seed(10)
+    head = SessionHead(input_size=8, hidden_size=16, attention_size=12).eval()
+    scorer = IncrementalScorer(head, model_version="m-flat")
+    state, appended = stepped(scorer, torch.randn(300, 8))
+    assert {len(row) for row in appended} == {3 * 12 * 4}
+    heads = set()
+    for n in (1, 10, 300):
+        heads.add(len(scorer.restore(state.head_bytes(), state.row_bytes()).head_bytes()) if n == 300 else
+                  len(stepped(scorer, torch.randn(n, 8))[0].head_bytes()))
+    assert len(heads) == 1
+
+
+def test_rows_that_do_not_match_their_head_are_refused():
+    torch.manual_seed(11)
+    head = SessionHead(input_size=4, hidden_size=4, attention_size=4).eval()
+    scorer = IncrementalScorer(head, model_version="m-one")
+    state, appended = stepped(scorer, torch.randn(5, 4))
+    state_head, rows = state.head_bytes(), b"".join(appended)
+    with pytest.raises(StateError, match="bytes of rows for 5 rows"):
+        scorer.restore(state_head, rows[:-48])
+    flipped = bytearray(rows)
+    flipped[7] ^= 0x01
+    with pytest.raises(StateError, match="rows are corrupt"):
+        scorer.restore(state_head, bytes(flipped))
+    other_rows = stepped(scorer, torch.randn(5, 4))[0].row_bytes()
+    with pytest.raises(StateError, match="rows are corrupt"):
+        scorer.restore(state_head, other_rows)
+    broken_head = bytearray(state_head)
+    broken_head[30] ^= 0xFF
+    with pytest.raises(StateError, match="head is corrupt"):
+        scorer.restore(bytes(broken_head), rows)
+    with pytest.raises(StateError, match="belongs to model"):
+        IncrementalScorer(head, model_version="m-two").restore(state_head, rows)
+    with pytest.raises(StateError, match="truncated"):
+        scorer.restore(state_head[:10], rows)
+    with pytest.raises(StateError, match="IncrementalScorer.restore"):
+        ScorerState.from_bytes(state_head)
+    with pytest.raises(StateError, match="not a moodstream scorer state head"):
+        scorer.restore(state.to_bytes(), b"")  # a whole state of format 1 is no head
+
+
+@pytest.mark.parametrize("scale,bias", [(0.3, -0.4), (2.5, 0.7)])
+def test_a_calibrated_checkpoint_scores_the_same_in_batch_and_incrementally(scale, bias, tmp_path):
+    torch.manual_seed(3)
+    model = ScreeningModel(ModelConfig.tiny(calibration_scale=scale, calibration_bias=bias))
+    reloaded = ScreeningModel.from_pretrained(model.save_pretrained(tmp_path / "calibrated"))
+    assert (reloaded.config.calibration_scale, reloaded.config.calibration_bias) == (scale, bias)
+    vectors = torch.randn(25, model.config.segment_vector_size)
+    scorer = reloaded.incremental_scorer()
+    state = scorer.init_state()
+    for n in range(1, 26):
+        state, probability = scorer.step(state, vectors[n - 1])
+        with torch.no_grad():
+            raw_logit = float(model.session_head(vectors[None, :n])[0])
+        expected = 1.0 / (1.0 + torch.exp(torch.tensor(-(scale * raw_logit + bias), dtype=torch.float64)))
+        assert abs(probability - reloaded.score(vectors[:n])) <= 1e-6
+        assert abs(probability - float(expected)) <= 1e-6  # the calibration is applied, not ignored

@@ -167,3 +167,30 @@ def test_threads_sharing_one_model_each_get_their_own_segment_vectors(tiny_model
     for thread in threads:
         thread.join(120)
     assert wrong == []
+
+
+@pytest.mark.parametrize("strategy", ["frozen", "last-n", "all"])
+def test_the_frozen_cnn_builds_no_gradient_graph_in_training_mode(strategy):
+    model = ScreeningModel(ModelConfig.tiny(fine_tuning=strategy))
+    model.train()
+    wave = torch.from_numpy(speechlike(2.0, 5))[None]
+    cnn_output = model.backbone.feature_encoder(wave)
+    assert cnn_output.grad_fn is None and not cnn_output.requires_grad
+    if strategy != "frozen":  # the layers above still train
+        features, _ = model.backbone(wave, torch.tensor([wave.shape[1]]))
+        assert features.grad_fn is not None
+
+
+def test_standardized_features_use_the_stored_training_statistics():
+    torch.manual_seed(0)
+    head = SegmentHead(6, channels=4, feature_normalization="standardize")
+    frames = torch.randn(500, 6) * torch.tensor([1.0, 5, 0.5, 10, 2, 3]) + torch.tensor([0.0, 12, -3, 4, 0, 1])
+    head.set_feature_statistics(frames)
+    assert torch.allclose(head.feature_mean, frames.mean(0), atol=1e-5)
+    assert set(head.state_dict()) >= {"feature_mean", "feature_std"}
+    plain = SegmentHead(6, channels=4)
+    plain.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("feature_")})
+    features, mask = frames[None, :40], torch.ones(1, 40, dtype=torch.bool)
+    standardized = (features - frames.mean(0)) / frames.std(0)
+    assert torch.allclose(head.eval()(features, mask), plain.eval()(standardized, mask), atol=1e-5)
+    assert "feature_mean" not in plain.state_dict()  # the paper's head keeps its weight layout

@@ -112,7 +112,18 @@ def test_the_demo_prints_a_json_score_stream(tmp_path):
                             capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr
     updates = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(updates) >= 5
-    assert [u["segments"] for u in updates] == list(range(1, len(updates) + 1))
+    by_participant = {}
+    for update in updates:
+        by_participant.setdefault(update["participant_id"], []).append(update)
+    # two bundled participants, each with its own session and its own score stream
+    assert sorted(by_participant) == ["lively-delivery", "slowed-delivery"]
+    assert len({u["session_id"] for u in updates}) == 2
+    for stream in by_participant.values():
+        assert len(stream) >= 4
+        assert [u["segments"] for u in stream] == list(range(1, len(stream) + 1))
+        # the evidence rule: no label before the checkpoint's minimum speech, the probability is still there
+        for update in stream:
+            assert update["above_threshold"] == (update["evidence_sufficient"]
+                                                 and update["probability"] >= update["threshold"])
     assert all(0.0 <= u["probability"] <= 1.0 and "not a diagnosis" in u["notice"] for u in updates)
-    assert "summary:" in result.stderr
+    assert "summary:" in result.stderr and "score after each segment" in result.stderr

@@ -68,9 +68,9 @@ def test_forget_deletes_every_key_of_the_participant_after_real_sessions(model, 
         "ms:session:{p1-morning}:owner", "ms:session:{p1-evening}:owner")]
     directory = directory_key(model_version)  # shared: lists every participant with a session
     others = sorted(set(keys) - set(mine) - {directory})
-    # what a streamed session leaves: session hash, vectors, audio (store_audio), session stream; the
-    # participant stream and session directory; an owner key per session
-    assert len(mine) == 2 * 4 + 2 + 2, mine
+    # what a streamed session leaves: session hash, vectors, scorer rows, audio (store_audio), session
+    # stream; the participant stream and session directory; an owner key per session
+    assert len(mine) == 2 * 5 + 2 + 2, mine
     assert any(key.endswith(":audio") for key in mine)
     assert others and all("p2" in key for key in others), others
     assert directory_members(redis_url, directory) == ["p1", "p2"]
@@ -124,8 +124,8 @@ def test_forget_asks_first_and_deletes_nothing_unless_confirmed(model, tokens, r
         assert redis_keys(redis_url) == keys
     monkeypatch.setattr("sys.stdin", io.StringIO("yes\n"))
     code, out, err = forget(capsys, "p1", "--redis", redis_url)
-    # 2 sessions x (record, vectors, stream), participant stream, session directory, 2 owners
-    assert code == 0 and "deleted 10 key(s)" in out
+    # 2 sessions x (record, vectors, scorer rows, stream), participant stream, session directory, 2 owners
+    assert code == 0 and "deleted 12 key(s)" in out
     assert not [key for key in redis_keys(redis_url) if "p1" in key]
 
 

@@ -22,3 +22,14 @@ def test_stale_stubs_are_detected(tmp_path):
     result = subprocess.run([sys.executable, str(copy / "generate.py"), "--check"], capture_output=True, text=True)
     assert result.returncode == 1
     assert "stale stubs" in result.stderr
+
+
+def test_evidence_sufficient_is_optional_and_unset_reads_as_sufficient():
+    from moodstream import evidence_sufficient
+    from moodstream.v1 import moodstream_pb2 as pb
+
+    old_server = pb.ScoreUpdate.FromString(pb.ScoreUpdate(probability=0.7, above_threshold=True).SerializeToString())
+    assert not old_server.HasField("evidence_sufficient") and evidence_sufficient(old_server)
+    collecting = pb.ScoreUpdate.FromString(pb.ScoreUpdate(probability=0.7, evidence_sufficient=False)
+                                           .SerializeToString())
+    assert collecting.HasField("evidence_sufficient") and not evidence_sufficient(collecting)

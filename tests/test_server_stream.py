@@ -214,3 +214,24 @@ def test_scores_carry_their_speech_time_and_get_score_tells_open_interrupted_and
         updates.cancel()
         assert [u.start_seconds for u in replayed] == [0.0, 7.0, 14.0]
         assert {u.session_state for u in replayed} == {pb.SESSION_STATE_UNSPECIFIED}
+
+
+def test_no_label_before_the_checkpoints_minimum_speech(redis_url, tokens):
+    torch = pytest.importorskip("torch")
+    from moodstream.model import ModelConfig, ScreeningModel
+
+    torch.manual_seed(4)
+    # A low threshold and a calibration bias push every probability above it: only the evidence rule says no.
+    model = ScreeningModel(ModelConfig.tiny(min_evidence_segments=3, decision_threshold=0.01, calibration_bias=3.0))
+    chunks = make_chunks(4, seed=11)
+    requests = [header("evidence", "p1")] + [chunk(s, c) for s, c in enumerate(chunks)] + [end(3)]
+    with running_server(model, redis_url, tokens) as running, stub_for(running.port) as stub:
+        scores = scores_of(stream(stub, requests, tokens.metadata("agent")))
+        latest = stub.GetScore(pb.GetScoreRequest(session_id="evidence"), metadata=tokens.metadata("admin"))
+    assert [s.HasField("evidence_sufficient") for s in scores] == [True] * 4
+    assert [s.evidence_sufficient for s in scores] == [False, False, True, True]
+    assert [s.above_threshold for s in scores] == [False, False, True, True]
+    assert all(s.probability > 0.01 for s in scores)  # the probability is still there
+    for n in (1, 4):
+        assert abs(scores[n - 1].probability - offline_score(model, chunks[:n])) <= 1e-5
+    assert latest.evidence_sufficient and latest.above_threshold

@@ -43,6 +43,15 @@ def state_after(seq: int) -> bytes:
     return bytes(range(256)) + seq.to_bytes(8, "little")
 
 
+def row_of(seq: int) -> bytes:
+    """What segment `seq` appends to the scorer's rows (opaque, fixed size, NULs included)."""
+    return seq.to_bytes(4, "little") + b"\0row"
+
+
+def rows_until(seq: int) -> bytes:
+    return b"".join(row_of(s) for s in range(seq + 1))
+
+
 @contextlib.asynccontextmanager
 async def open_store(url, *, cluster=False, **options):
     client = connect(url, cluster=cluster)
@@ -55,7 +64,8 @@ async def open_store(url, *, cluster=False, **options):
 async def apply(store, session, participant, seq, expected=..., **kw):
     expected = (seq - 1 if seq else None) if expected is ... else expected
     return await store.apply_segment(
-        session, participant, seq, vector(seq), state_after(seq), score(speech_seconds=7.0 * (seq + 1)), expected, **kw
+        session, participant, seq, vector(seq), state_after(seq), score(speech_seconds=7.0 * (seq + 1)), expected,
+        state_rows=row_of(seq), **kw
     )
 
 
@@ -98,9 +108,10 @@ def test_segments_apply_in_order_and_round_trip_bytes(backend):
                 assert result.status is ApplyStatus.APPLIED
                 assert result.applied_seq == seq
                 assert result.offset == result.participant_offset == result.score["offset"]
-            applied, state, latest = await store.load("sess-1")
+            applied, state, latest, rows = await store.load("sess-1")
             assert applied == 4
             assert state == state_after(4)
+            assert rows == rows_until(4)
             assert latest["seq"] == 4 and latest["segments"] == 5 and latest["speech_seconds"] == 35.0
             assert latest["offset"] == result.offset
             assert latest == await store.latest_score("sess-1")
@@ -129,8 +140,8 @@ def test_a_duplicate_seq_writes_nothing(backend):
             )
             assert resend.status is ApplyStatus.DUPLICATE and resend.duplicate
             assert resend.applied_seq == 2 and resend.offset is None and resend.score is None
-            applied, state, _ = await store.load("sess-d")
-            assert (applied, state) == (2, state_after(2))
+            applied, state, _, rows = await store.load("sess-d")
+            assert (applied, state, rows) == (2, state_after(2), rows_until(2))
             assert (await store.segment_vectors("sess-d"))[1] == vector(1)
             after = await store.read_updates(session_id="sess-d")
             assert after.updates == before.updates
@@ -153,8 +164,8 @@ def test_a_gap_is_refused_and_a_stale_writer_conflicts(backend):
             # Right seq, but the state was computed on top of seq 0, not 1.
             stale = await apply(store, "sess-g", "part-g", 2, expected=0)
             assert stale.status is ApplyStatus.CONFLICT and stale.applied_seq == 1
-            applied, state, latest = await store.load("sess-g")
-            assert (applied, state, latest["seq"]) == (1, state_after(1), 1)
+            applied, state, latest, rows = await store.load("sess-g")
+            assert (applied, state, latest["seq"], rows) == (1, state_after(1), 1, rows_until(1))
             assert len(await store.segment_vectors("sess-g")) == 2
             assert len((await store.read_updates(session_id="sess-g")).updates) == 2
 
@@ -167,12 +178,14 @@ def test_concurrent_writers_of_one_seq_exactly_one_wins(redis_url):
             # Separate clients: separate connections, really concurrent scripts.
             stores = [await stack.enter_async_context(open_store(redis_url)) for _ in range(6)]
             await stores[0].claim_session("sess-c", "part-c")
+            winners = []
             for seq in range(10):
                 expected = seq - 1 if seq else None
                 results = await asyncio.gather(
                     *(
                         store.apply_segment(
-                            "sess-c", "part-c", seq, vector(seq), state_after(seq) + bytes([writer]), score(), expected
+                            "sess-c", "part-c", seq, vector(seq), state_after(seq) + bytes([writer]), score(), expected,
+                            state_rows=row_of(seq) + bytes([writer]),
                         )
                         for writer, store in enumerate(stores)
                     )
@@ -180,8 +193,11 @@ def test_concurrent_writers_of_one_seq_exactly_one_wins(redis_url):
                 statuses = sorted(result.status for result in results)
                 assert statuses == [ApplyStatus.APPLIED] + [ApplyStatus.DUPLICATE] * 5
                 winner = next(i for i, result in enumerate(results) if result.applied)
-                _, state, _ = await stores[0].load("sess-c")
+                _, state, _, rows = await stores[0].load("sess-c")
                 assert state == state_after(seq) + bytes([winner])
+                winners.append(winner)
+                # The rows hold exactly the winners' records: a refused write appends nothing.
+                assert rows == b"".join(row_of(s) + bytes([w]) for s, w in enumerate(winners))
             updates = (await stores[0].read_updates(session_id="sess-c")).updates
             assert [update["seq"] for update in updates] == list(range(10))
 
@@ -226,7 +242,7 @@ def test_keys_carry_the_model_version(redis_url):
         async with open_store(redis_url) as old, open_store(redis_url, model_version="test-model-2") as new:
             await old.claim_session("sess-v", "part-v")
             await apply(old, "sess-v", "part-v", 0)
-            assert await new.load("sess-v") == (None, None, None)
+            assert await new.load("sess-v") == (None, None, None, b"")
             await new.claim_session("sess-v", "part-v")  # same owner, new model: starts from scratch
             assert (await apply(new, "sess-v", "part-v", 0)).applied
             assert (await old.load("sess-v")).applied_seq == 0
@@ -246,6 +262,9 @@ def test_bad_inputs_are_refused_before_anything_is_written(redis_url):
                 dict(good, score=score(probability=float("nan"))),
                 dict(good, score=score(probability=1.5)),
                 dict(good, score={**score(probability=0.9), "above_threshold": False}),
+                # no label before the evidence rule's minimum speech
+                dict(good, score={**score(probability=0.9), "evidence_sufficient": False}),
+                dict(good, score={**score(), "evidence_sufficient": "yes"}),
                 dict(good, score={k: v for k, v in score().items() if k != "speech_seconds"}),
                 dict(good, vector=b"\x00" * 5),
                 dict(good, vector=b""),
@@ -430,9 +449,10 @@ def test_forget_deletes_every_key_of_a_participant_and_nothing_else(backend):
             everything = all_keys(url, cluster)
             owners = {b"ms:session:{g1}:owner", b"ms:session:{g2}:owner"}
             mine = {key for key in everything if b"{p:gone}" in key} | owners
-            # model 1: 2 sessions x (hash, vectors, audio, stream) + participant stream + session directory;
-            # model 2: hash, vectors, stream + participant stream + session directory; 2 owner keys.
-            assert len(mine) == 2 * 4 + 2 + 3 + 2 + 2
+            # model 1: 2 sessions x (hash, vectors, audio, scorer rows, stream) + participant stream + session
+            # directory; model 2: hash, vectors, scorer rows, stream + participant stream + session directory;
+            # 2 owner keys.
+            assert len(mine) == 2 * 5 + 2 + 4 + 2 + 2
 
             assert await store.forget_participant("gone") == len(mine)
             # the participant directory of model 2 listed only "gone", so it went with the last member
@@ -466,8 +486,8 @@ def test_an_applied_segment_survives_sigkill_with_appendfsync_always(tmp_path):
 
         async def after_restart():
             async with open_store(server.url) as store:
-                applied, state, latest = await store.load("sess-k")
-                assert (applied, state, latest["seq"]) == (1, state_after(1), 1)
+                applied, state, latest, rows = await store.load("sess-k")
+                assert (applied, state, latest["seq"], rows) == (1, state_after(1), 1, rows_until(1))
                 assert await store.segment_vectors("sess-k") == [vector(0), vector(1)]
                 # The restarted server has no cached scripts: NOSCRIPT -> EVAL, transparently.
                 assert (await apply(store, "sess-k", "part-k", 2)).applied
@@ -505,7 +525,8 @@ def test_the_apply_script_runs_on_the_master_that_owns_the_slot(redis_cluster_ur
             slot = redis.crc.key_slot(keys.session.encode())
             node = store.client.get_node_from_key(keys.session)
             counted = await store.client.execute_command("CLUSTER COUNTKEYSINSLOT", slot, target_nodes=node)
-            assert counted == 5  # session hash, vectors, session stream, participant stream, session directory
+            # session hash, vectors, scorer rows, session stream, participant stream, session directory
+            assert counted == 6
 
     run(scenario())
 

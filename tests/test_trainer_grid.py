@@ -57,3 +57,20 @@ def test_opensmile_baseline_on_the_same_splits(tmp_path):
     assert result["test"]["session"]["n"] == 4
     # pitch separates the generated classes: a linear model on IS09 functionals must see it
     assert result["test"]["segment"]["auc"] > 0.8
+
+
+def test_linear_probe_baseline_reads_the_recipes_frozen_encoder(tmp_path):
+    manifest = fx.make_tone_manifest(tmp_path / "data", (8, 4, 4), seconds=4.0)
+    config = write_recipe(tmp_path, manifest)
+    assert main(["baseline", str(config), "--feature-set", "linear-probe"]) == 0
+    result = json.loads((tmp_path / "out-baseline-linear-probe" / "result.json").read_text())
+    # the tiny preset's wav2vec2 is 32 wide: mean + std of its summed layers
+    assert result["feature_dimensions"] == 64
+    assert result["test"]["session"]["n"] == 4
+    assert "linear probe" in (tmp_path / "out-baseline-linear-probe" / "report.md").read_text()
+    cached = list((tmp_path / "cache").rglob("frames-*.pt"))
+    assert len(cached) == 1  # a second run reads the features back
+    assert main(["baseline", str(config), "--feature-set", "linear-probe"]) == 0
+    again = json.loads((tmp_path / "out-baseline-linear-probe" / "result.json").read_text())
+    assert again["test"]["predictions"] == result["test"]["predictions"]
+    assert len(list((tmp_path / "cache").rglob("frames-*.pt"))) == 1

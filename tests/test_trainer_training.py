@@ -30,7 +30,7 @@ def recipe(manifest: Path, output: Path, **stage) -> TrainConfig:
         "model": {"preset": "tiny"},
         "stage1": {"epochs": stage.get("epochs1", 8), "batch_size": 8, "lr_backbone": 1e-3, "patience": 50},
         "stage2": {"epochs": stage.get("epochs2", 8), "batch_size": 4, "lr_head": 6e-3, "patience": 50},
-        "run": {"output": str(output), "progress": False, "tsne": False, "seed": 3},
+        "run": {"output": str(output), "progress": False, "tsne": False, "seed": 3, "recipe": stage.get("recipe", "paper")},
     })
 
 
@@ -145,3 +145,65 @@ def test_frozen_backbone_features_are_computed_once_and_match(manifest, tmp_path
         cached = trainer.segment_vectors(indices)
     assert torch.allclose(direct, cached, atol=2e-2)  # fp16 cache of the frame features
     assert np.corrcoef(direct.flatten(), cached.flatten())[0, 1] > 0.999
+
+
+def test_recipes_resolve_by_corpus_size_and_explicit_values_win():
+    base = {"data": {"format": "manifest", "path": "x.csv"}, "stage1": {"lr_head": 2e-3}}
+    small = TrainConfig.from_dict(base).with_recipe(sessions=36)
+    assert small.run.recipe == "small-data"
+    assert small.stage1.lr_head == 2e-3  # set in the file: the recipe leaves it alone
+    assert small.stage2.lr_head == 6e-3 and small.stage2.prefix_training
+    assert small.model_config().feature_normalization == "standardize"
+    large = TrainConfig.from_dict(base).with_recipe(sessions=189)
+    assert large.run.recipe == "paper"
+    assert (large.stage1.lr_head, large.stage2.prefix_training) == (2e-3, False)
+    assert large.model_config().feature_normalization == "none"
+    forced = TrainConfig.from_dict(base | {"run": {"recipe": "paper"}}).with_recipe(sessions=10)
+    assert forced.run.recipe == "paper" and forced.stage1.lr_head == 2e-3
+    with pytest.raises(ValueError, match="run.recipe must be one of"):
+        TrainConfig.from_dict(base | {"run": {"recipe": "fast"}})
+
+
+def test_small_data_checkpoint_carries_statistics_calibration_and_evidence(manifest, tmp_path):
+    result = train(recipe(manifest, tmp_path / "small", epochs1=3, epochs2=3, recipe="small-data"))
+    model = ScreeningModel.from_pretrained(result["checkpoint"])
+    config = model.config
+    assert config.feature_normalization == "standardize"
+    assert float(model.segment_head.feature_std.min()) > 0 and float(model.segment_head.feature_mean.abs().max()) > 0
+    assert config.notes["training_recipe"] == "small-data"
+    calibration = config.notes["calibration"]
+    if calibration["method"] == "platt":
+        assert (config.calibration_scale, config.calibration_bias) == (calibration["scale"], calibration["bias"])
+    assert 1 <= config.min_evidence_segments <= 3  # 6 s sessions: 3 segments of 2 s
+    rows = result["test"]["prefix"]
+    assert [r["prefix"] for r in rows][-4:] == ["25 %", "50 %", "75 %", "100 %"]
+    assert rows[0]["prefix"] == "1 segment" and rows[0]["sessions"] == 4
+    # the 100 % row is the session score itself
+    full = result["test"]["predictions"]["session_prefix_probabilities"]
+    assert [row[-1] for row in full] == pytest.approx(result["test"]["predictions"]["session_probabilities"])
+    report = (tmp_path / "small" / "report.md").read_text()
+    assert "at every point of a session" in report and (tmp_path / "small" / "test_prefix.png").is_file()
+    assert 'recipe = "small-data"' in (tmp_path / "small" / "config.toml").read_text()
+
+
+def test_frozen_features_are_kept_on_disk_for_the_next_fold(manifest, tmp_path):
+    config = recipe(manifest, tmp_path / "frozen", epochs1=2, epochs2=2)
+    config.model["fine_tuning"] = "frozen"
+    from moodstream.trainer.train import SplitTrainer, prepare_data, seed_everything
+
+    _, store, splits = prepare_data(config)
+    every = lambda t: t.segment_indices(splits[0].train + splits[0].validation + splits[0].test)  # noqa: E731
+    caches = []
+    for attempt in range(2):
+        trainer = SplitTrainer(config, store, splits[0], tmp_path / f"frozen-{attempt}")
+        seed_everything(0)
+        trainer.model = ScreeningModel(config.model_config())
+        trainer.build_feature_cache(every(trainer))
+        caches.append(trainer.feature_cache)
+        assert len(list(store.folder.glob("frames-*.pt"))) == 1
+    assert all(torch.equal(a, b) for a, b in zip(*caches))
+    # another encoder (other weights) gets its own features
+    seed_everything(1)
+    trainer.model = ScreeningModel(config.model_config())
+    trainer.build_feature_cache(every(trainer))
+    assert len(list(store.folder.glob("frames-*.pt"))) == 2

@@ -1,10 +1,18 @@
-"""The paper's baseline: openSMILE functionals per segment + logistic regression, on the model's own splits.
+"""Baselines on the model's own segments and splits: features per segment + logistic regression.
 
-Evaluation-only (the `eval` extra: `pip install 'moodstream[eval]'`); the
-agent and server never import it. The feature set defaults to IS09_emotion
-(384 functionals, what the paper used; the `opensmile` package ships it as
-FeatureSet.IS09). A session's score is the mean of its segments'
-probabilities. Thresholds are chosen on validation exactly as for the model.
+Two kinds of features:
+
+* openSMILE functionals, the paper's baseline. Evaluation-only (the `eval`
+  extra: `pip install 'moodstream[eval]'`); the agent and server never import
+  it. The feature set defaults to IS09_emotion (384 functionals, what the
+  paper used; the `opensmile` package ships it as FeatureSet.IS09).
+* `linear-probe`: the recipe's own frozen encoder (its [model] table, pretrained
+  weights when model.pretrained is set), the model's frame features (the sum
+  of the transformer layers), mean and standard deviation over each segment's
+  frames. It is the bar the paper's heads on the same encoder must clear.
+
+A session's score is the mean of its segments' probabilities. Thresholds are
+chosen on validation exactly as for the model.
 """
 from __future__ import annotations
 
@@ -18,6 +26,8 @@ from moodstream.trainer.config import TrainConfig
 from moodstream.trainer.evaluate import Predictions, cross_validation_markdown, write_evaluation
 from moodstream.trainer.metrics import choose_threshold
 from moodstream.trainer.segments import SegmentStore
+
+LINEAR_PROBE = "linear-probe"
 
 # names accepted on the command line -> opensmile.FeatureSet member
 FEATURE_SETS = {
@@ -61,6 +71,25 @@ def segment_features(store: SegmentStore, feature_set: str, progress: bool = Tru
     return np.stack([cached[int(o)] for o in store.offsets])
 
 
+def probe_features(store: SegmentStore, config: TrainConfig) -> np.ndarray:
+    """[segments, 2H]: mean and std over frames of the frozen encoder's summed layers.
+
+    The frame features come from (and go to) the trainer's on-disk cache of frozen features, so the
+    probe and a model trained on the same frozen encoder compute them once between them.
+    """
+    import torch
+
+    from moodstream.model import ScreeningModel
+    from moodstream.trainer.train import frozen_frame_features, pick_device, seed_everything
+
+    device = pick_device(config.run.device)
+    seed_everything(config.run.seed)  # a randomly initialised encoder is the one training with this seed starts from
+    model = ScreeningModel(config.model_config(), load_pretrained_backbone=config.pretrained).to(device).eval()
+    frames = frozen_frame_features(model, store, range(len(store)), device, config.stage1.batch_size,
+                                   "linear probe: encoder features", config.run.progress)
+    return np.stack([torch.cat([f.double().mean(0), f.double().std(0, correction=0)]).numpy() for f in frames])
+
+
 def run_baseline(config: TrainConfig, feature_set: str = "IS09_emotion", output: str | Path | None = None) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -70,7 +99,17 @@ def run_baseline(config: TrainConfig, feature_set: str = "IS09_emotion", output:
 
     started = time.monotonic()
     dataset, store, splits = prepare_data(config)
-    features = segment_features(store, feature_set, progress=config.run.progress)
+    probe = feature_set.lower() == LINEAR_PROBE
+    if probe:
+        features = probe_features(store, config)
+        described = (f"linear probe: {config.model_config().backbone} "
+                     f"({'pretrained' if config.pretrained else 'randomly initialised'}, frozen), summed layers, "
+                     f"mean + std over frames ({features.shape[1]} per segment)")
+        title = "linear probe on the frozen encoder + logistic regression"
+    else:
+        features = segment_features(store, feature_set, progress=config.run.progress)
+        described = f"openSMILE {feature_set}, {features.shape[1]} functionals per segment"
+        title = f"openSMILE {feature_set} + logistic regression"
     features = np.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)
     sessions = store.by_id()
     output = Path(output) if output else config.output_dir.with_name(
@@ -106,14 +145,15 @@ def run_baseline(config: TrainConfig, feature_set: str = "IS09_emotion", output:
         folder = output if len(splits) == 1 else output / split.name
         results[split.name] = write_evaluation(
             folder, predictions, threshold, segment_threshold,
-            title=f"openSMILE {feature_set} + logistic regression ({split.name})",
-            extra={"features": f"openSMILE {feature_set}, {features.shape[1]} functionals per segment"}, tsne=False)
+            title=f"{title} ({split.name})", extra={"features": described}, tsne=False)
+        if len(splits) > 1:  # every fold's predictions, as training writes them (the stand-in's bootstrap reads them)
+            (folder / "result.json").write_text(json.dumps(results[split.name], indent=2, default=float))
     if len(splits) == 1:
         result = results[splits[0].name]
     else:
         result = summarize_folds(results)
         (output / "report.md").write_text(cross_validation_markdown(
-            f"openSMILE {feature_set} + logistic regression: cross-validation", result, dataset.summary_markdown()))
+            f"{title}: cross-validation", result, dataset.summary_markdown()))
     result["feature_set"] = feature_set
     result["feature_dimensions"] = int(features.shape[1])
     result["seconds"] = time.monotonic() - started

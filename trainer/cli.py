@@ -54,8 +54,8 @@ def add_parser(subparsers) -> None:
                     "Needs the `eval` extra (pip install 'moodstream[eval]').")
     baseline.add_argument("config", help="TOML recipe (its [data] and [run] sections are used)")
     baseline.add_argument("--feature-set", default="IS09_emotion",
-                          help="openSMILE feature set: IS09_emotion, eGeMAPSv02, ComParE_2016, ... "
-                               "(default: %(default)s)")
+                          help="openSMILE feature set: IS09_emotion, eGeMAPSv02, ComParE_2016, ...; or "
+                               "linear-probe: mean + std of the recipe's frozen encoder's summed layers")
     baseline.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     baseline.add_argument("--output", default=None, help="default: <run.output>-baseline-<feature set>")
     baseline.set_defaults(handler=run_baseline)
@@ -89,6 +89,8 @@ def add_parser(subparsers) -> None:
     demo.add_argument("--output", default=None, help="checkpoint folder (default: the bundled asset folder)")
     demo.add_argument("--work", default="runs/demo-checkpoint", help="folder for the audio and the training run")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--resume", action="store_true",
+                      help="continue an interrupted build in --work (keeps its corpus and finished epochs)")
     demo.set_defaults(handler=run_demo_checkpoint)
 
 
@@ -158,6 +160,6 @@ def run_import_whisper(args) -> int:
 def run_demo_checkpoint(args) -> int:
     from moodstream.trainer.demo_recipe import build_demo_checkpoint
 
-    folder = build_demo_checkpoint(output=args.output, work=args.work, seed=args.seed)
+    folder = build_demo_checkpoint(output=args.output, work=args.work, seed=args.seed, resume=args.resume)
     print(f"wrote {folder}")
     return 0

@@ -4,10 +4,15 @@
     [model]    any ModelConfig field (model/config.py), plus `preset` and `pretrained`
     [stage1]   backbone + segment head on segment labels
     [stage2]   session head on sequences of frozen segment vectors
-    [run]      output folder, seed, device, resume, progress bars
+    [scoring]  calibration and the evidence rule, fitted on validation after stage 2
+    [run]      output folder, seed, device, resume, progress bars, recipe
 
-Defaults are the paper's (DESIGN.md §1). `TrainConfig.to_toml()` writes the
-fully resolved recipe next to every run.
+`run.recipe` picks the defaults: `paper` is the paper's recipe exactly;
+`small-data` changes the few settings listed in SMALL_DATA_RECIPE, each
+justified by a measurement in docs/training.md; `auto` (the default) takes
+`small-data` for corpora under SMALL_CORPUS_SESSIONS sessions, else `paper`.
+A value set in the file or with --set always wins over the recipe's.
+`TrainConfig.to_toml()` writes the fully resolved recipe next to every run.
 """
 from __future__ import annotations
 
@@ -23,6 +28,16 @@ from moodstream.model.config import ModelConfig
 DATA_FORMATS = ("daic-woz", "e-daic", "manifest", "ravdess-standin", "synthetic")
 IMBALANCE = ("weighted-loss", "balanced-sampling", "none")
 MONITORS = ("loss", "auc", "f1")
+RECIPES = ("auto", "paper", "small-data")
+CALIBRATIONS = ("platt", "none")
+SMALL_CORPUS_SESSIONS = 100
+
+# The small-data recipe's departures from the paper's (docs/training.md has the measurement behind each).
+SMALL_DATA_RECIPE: dict[str, dict[str, Any]] = {
+    "model": {"feature_normalization": "standardize"},
+    "stage1": {"lr_head": 1e-3},
+    "stage2": {"prefix_training": True},
+}
 
 
 @dataclass
@@ -55,6 +70,13 @@ class StageSection:
     max_grad_norm: float = 0.0       # 0 = no clipping
     cache_frozen_features: bool = True   # stage 1 with a frozen backbone computes its features once
     feature_cache_max_gb: float = 4.0
+    prefix_training: bool = False    # stage 2 only: each epoch adds one random prefix of every session
+
+
+@dataclass
+class ScoringSection:
+    calibration: str = "platt"       # platt | none: fitted on every prefix of the validation sessions
+    evidence_auc_tolerance: float = 0.05   # evidence rule: fewest segments within this of the full-session AUC
 
 
 @dataclass
@@ -66,6 +88,7 @@ class RunSection:
     progress: bool = True
     threads: int = 0                 # torch CPU threads; 0 = torch's default
     tsne: bool = True
+    recipe: str = "auto"             # auto | paper | small-data
 
 
 @dataclass
@@ -74,16 +97,20 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)
     stage1: StageSection = field(default_factory=StageSection)
     stage2: StageSection = field(default_factory=lambda: StageSection(lr_backbone=0.0))
+    scoring: ScoringSection = field(default_factory=ScoringSection)
     run: RunSection = field(default_factory=RunSection)
     base_dir: str = "."              # folder relative paths in the file are resolved against
+    # "section.key" of every value the file or --set gave: a recipe never overrides those.
+    explicit: set[str] = field(default_factory=set)
 
     # ------------------------------------------------------------------ build
     @classmethod
     def from_dict(cls, values: dict[str, Any], base_dir: str | Path = ".") -> "TrainConfig":
-        sections = {"data": DataSection, "stage1": StageSection, "stage2": StageSection, "run": RunSection}
+        sections = {"data": DataSection, "stage1": StageSection, "stage2": StageSection,
+                    "scoring": ScoringSection, "run": RunSection}
         unknown = sorted(set(values) - set(sections) - {"model"})
         if unknown:
-            raise ValueError(f"unknown config section(s) {unknown}; use data, model, stage1, stage2, run")
+            raise ValueError(f"unknown config section(s) {unknown}; use data, model, stage1, stage2, scoring, run")
         config = cls(base_dir=str(base_dir))
         for name, section_type in sections.items():
             given = values.get(name, {})
@@ -95,12 +122,31 @@ class TrainConfig:
                 raise ValueError(f"unknown key(s) {bad} in [{name}]; known: {', '.join(sorted(known))}")
             current = getattr(config, name)
             setattr(config, name, dataclasses.replace(current, **given))
+            config.explicit |= {f"{name}.{key}" for key in given}
         model = values.get("model", {})
         if not isinstance(model, dict):
             raise ValueError("config section [model] must be a table")
         config.model = dict(model)
+        config.explicit |= {f"model.{key}" for key in model}
         config.validate()
         return config
+
+    def with_recipe(self, sessions: int) -> "TrainConfig":
+        """The config with run.recipe resolved (auto: by the corpus's session count) and its defaults applied."""
+        recipe = self.run.recipe
+        if recipe == "auto":
+            recipe = "small-data" if sessions < SMALL_CORPUS_SESSIONS else "paper"
+        resolved = dataclasses.replace(self, model=dict(self.model), explicit=set(self.explicit),
+                                       run=dataclasses.replace(self.run, recipe=recipe))
+        if recipe == "small-data":
+            for section, values in SMALL_DATA_RECIPE.items():
+                chosen = {k: v for k, v in values.items() if f"{section}.{k}" not in self.explicit}
+                if section == "model":
+                    resolved.model.update(chosen)
+                else:
+                    setattr(resolved, section, dataclasses.replace(getattr(resolved, section), **chosen))
+        resolved.validate()
+        return resolved
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
@@ -131,6 +177,14 @@ class TrainConfig:
                 raise ValueError(f"{name}.epochs, batch_size and patience must be >= 1")
             if stage.gradient_accumulation < 1 or stage.batch_size % stage.gradient_accumulation:
                 raise ValueError(f"{name}.batch_size must be a multiple of {name}.gradient_accumulation")
+        if self.stage1.prefix_training:
+            raise ValueError("stage1.prefix_training is not a setting: prefixes are sessions, so only stage 2 has them")
+        if self.run.recipe not in RECIPES:
+            raise ValueError(f"run.recipe must be one of {', '.join(RECIPES)}, got {self.run.recipe!r}")
+        if self.scoring.calibration not in CALIBRATIONS:
+            raise ValueError(f"scoring.calibration must be one of {', '.join(CALIBRATIONS)}")
+        if not 0.0 <= self.scoring.evidence_auc_tolerance <= 1.0:
+            raise ValueError("scoring.evidence_auc_tolerance must be in [0, 1]")
         self.model_config()  # validates the [model] table
 
     # ------------------------------------------------------------------ derived
@@ -170,7 +224,7 @@ class TrainConfig:
         return {
             "data": dataclasses.asdict(self.data), "model": dict(self.model),
             "stage1": dataclasses.asdict(self.stage1), "stage2": dataclasses.asdict(self.stage2),
-            "run": dataclasses.asdict(self.run),
+            "scoring": dataclasses.asdict(self.scoring), "run": dataclasses.asdict(self.run),
         }
 
     def to_toml(self) -> str:

@@ -16,6 +16,11 @@ import numpy as np
 
 from moodstream import SCREENING_NOTICE
 from moodstream.trainer.metrics import binary_metrics
+from moodstream.trainer.prefixes import prefix_markdown, prefix_png, prefix_rows
+
+PREFIX_NOTE = ("What a live subscriber sees: the session score after 1, 2, 3 ... segments (sessions shorter than "
+               "k are left out of row k) and at 25/50/75/100 % of each session. ECE: expected calibration error, "
+               "10 bins. Calibration (Platt) was fitted on validation prefixes only.")
 
 
 @dataclass
@@ -27,6 +32,9 @@ class Predictions:
     segment_labels: np.ndarray
     segment_probabilities: np.ndarray
     segment_vectors: np.ndarray | None = None
+    # Per session, the score after each of its segments (trainer/prefixes.py), calibrated and before calibration.
+    session_prefix_probabilities: list[np.ndarray] | None = None
+    session_prefix_uncalibrated: list[np.ndarray] | None = None
 
 
 def _pct(value: float) -> str:
@@ -62,9 +70,17 @@ def write_evaluation(folder: Path, predictions: dict[str, Predictions], threshol
             "session_ids": list(p.session_ids),
             "session_labels": [int(x) for x in p.session_labels],
             "session_probabilities": [float(x) for x in p.session_probabilities],
+            "segment_session_ids": list(p.segment_session_ids),
             "segment_labels": [int(x) for x in p.segment_labels],
             "segment_probabilities": [float(x) for x in p.segment_probabilities],
         }}
+        if p.session_prefix_probabilities is not None:
+            result[side]["predictions"]["session_prefix_probabilities"] = [
+                [float(x) for x in row] for row in p.session_prefix_probabilities]
+            result[side]["predictions"]["session_prefix_uncalibrated"] = [
+                [float(x) for x in row] for row in p.session_prefix_uncalibrated]
+            result[side]["prefix"] = prefix_rows(p.session_labels, p.session_prefix_probabilities)
+            result[side]["prefix_uncalibrated"] = prefix_rows(p.session_labels, p.session_prefix_uncalibrated)
         table_rows.append((side, result[side]))
         with open(folder / f"{side}_sessions.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -85,6 +101,10 @@ def write_evaluation(folder: Path, predictions: dict[str, Predictions], threshol
         plots.roc_png([("sessions", p.session_labels, p.session_probabilities),
                        ("segments", p.segment_labels, p.segment_probabilities)], folder / f"{side}_roc.png",
                       f"ROC, {side}")
+        if "prefix" in result[side]:
+            prefix_png(result[side]["prefix"], result[side]["prefix_uncalibrated"], folder / f"{side}_prefix.png",
+                       f"{side}: session score after k segments")
+            images.append((f"Score after k segments, {side}", f"{side}_prefix.png"))
         images += [(f"Confusion matrix, {side} sessions", f"{side}_confusion_session.png"),
                    (f"Confusion matrix, {side} segments", f"{side}_confusion_segment.png"),
                    (f"ROC, {side}", f"{side}_roc.png")]
@@ -96,6 +116,10 @@ def write_evaluation(folder: Path, predictions: dict[str, Predictions], threshol
              "Positive class = the depressed class (label 1). Session = one participant's recording. "
              "Thresholds were chosen on the validation set (never on the test set) and applied unchanged.", "",
              metrics_table(table_rows), ""]
+    for side, metrics in table_rows:
+        if "prefix" in metrics:
+            lines += [f"## {side}: the session score at every point of a session", "", PREFIX_NOTE, "",
+                      prefix_markdown(metrics["prefix"], metrics["prefix_uncalibrated"]), ""]
     if extra:
         lines += ["| run | value |", "|---|---|"] + [f"| {k} | {v:.1f} |" if isinstance(v, float) else f"| {k} | {v} |"
                                                    for k, v in extra.items()] + [""]
@@ -124,6 +148,10 @@ def cross_validation_markdown(title: str, summary: dict, data_summary: str = "")
               f"| segment AUC (mean ± std) | {_pct(summary['segment_auc_mean'])} ± {_pct(summary['segment_auc_std'])} |",
               f"| segment AUC pooled over {summary['segments']} segments | {_pct(summary['pooled_segment_auc'])} |",
               ""]
+    if summary.get("pooled_prefix"):
+        lines += ["## The session score at every point of a session (test folds pooled)", "", PREFIX_NOTE, "",
+                  prefix_markdown(summary["pooled_prefix"], summary["pooled_prefix_uncalibrated"]), "",
+                  "![score after k segments](prefix.png)", ""]
     if data_summary:
         lines += [data_summary, ""]
     return "\n".join(lines)
@@ -165,13 +193,19 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, output: str | 
         splits = sorted({str(s.session.split) for s in store.sessions})
         raise ValueError(f"no sessions in split {split!r} of {data_path} (splits present: {', '.join(splits)}); "
                          "use --split")
+    from moodstream.trainer.prefixes import prefix_logits, sigmoid
+
     session_probs, vectors_all, seg_probs, seg_labels, seg_owner = [], [], [], [], []
+    prefixes, prefixes_uncalibrated = [], []
     with torch.inference_mode():
         for item in wanted:
             waves = [store.waveform(i) for i in item.segments]
             vectors = torch.cat([model.encode_segments(waves[s:s + 16], model.config.sample_rate)
                                  for s in range(0, len(waves), 16)])
             session_probs.append(model.score(vectors))
+            logits = prefix_logits(model.session_head, [vectors])[0]
+            prefixes.append(sigmoid(model.calibrated_logit(torch.from_numpy(logits)).numpy()))
+            prefixes_uncalibrated.append(sigmoid(logits))
             seg_probs += torch.sigmoid(model.segment_head.segment_logits(vectors.to(device_))).cpu().tolist()
             seg_labels += [item.session.label] * len(vectors)
             seg_owner += [item.session.session_id] * len(vectors)
@@ -181,10 +215,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, output: str | 
         session_labels=np.asarray([s.session.label for s in wanted]),
         session_probabilities=np.asarray(session_probs),
         segment_session_ids=seg_owner, segment_labels=np.asarray(seg_labels),
-        segment_probabilities=np.asarray(seg_probs), segment_vectors=np.concatenate(vectors_all))
+        segment_probabilities=np.asarray(seg_probs), segment_vectors=np.concatenate(vectors_all),
+        session_prefix_probabilities=prefixes, session_prefix_uncalibrated=prefixes_uncalibrated)
     result = write_evaluation(Path(output), {split: predictions}, threshold, segment_threshold,
                               title=f"moodstream evaluation: {Path(checkpoint).name} on {data_path.name} ({split})",
                               extra={"checkpoint": str(checkpoint), "model_version": model.model_version,
+                                     "min_evidence_segments": model.config.min_evidence_segments,
                                      "data": f"{data_format} {data_path}"},
                               tsne=tsne, data_summary=dataset.summary_markdown())
     (Path(output) / "result.json").write_text(json.dumps(result, indent=2, default=float))

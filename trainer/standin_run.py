@@ -18,27 +18,36 @@ from moodstream.trainer.standin import STANDIN_NOTE
 def _row_configs(data: str, output: Path, whisper: Path) -> dict[str, dict]:
     common_data = {"format": "ravdess-standin", "path": str(Path(data).resolve()),
                    "cache_dir": str(output / "segment-cache")}
-    run = lambda name: {"output": str(output / name), "seed": 0, "progress": False}  # noqa: E731
+    def run(name: str, recipe: str) -> dict:
+        return {"output": str(output / name), "seed": 0, "progress": False, "recipe": recipe}
+
     return {
         "whisper-pretrained-frozen": {
-            "label": "model: Whisper tiny.en encoder, pretrained, frozen + the paper's heads",
-            "config": {"data": common_data, "run": run("whisper-pretrained-frozen"),
+            "label": "model: Whisper tiny.en encoder, pretrained, frozen + the paper's heads, small-data recipe",
+            "config": {"data": common_data, "run": run("whisper-pretrained-frozen", "small-data"),
+                       "model": {"backbone": str(whisper), "pretrained": True, "fine_tuning": "frozen",
+                                 "normalize_waveform": False}}},
+        "whisper-pretrained-frozen-paper": {
+            "label": "model: the same, the paper's recipe",
+            "config": {"data": common_data, "run": run("whisper-pretrained-frozen-paper", "paper"),
                        "model": {"backbone": str(whisper), "pretrained": True, "fine_tuning": "frozen",
                                  "normalize_waveform": False}}},
         "whisper-random-frozen": {
-            "label": "model: same encoder randomly initialised, frozen + the paper's heads",
-            "config": {"data": common_data, "run": run("whisper-random-frozen"),
+            "label": "model: same encoder randomly initialised, frozen + the paper's heads, the paper's recipe",
+            "config": {"data": common_data, "run": run("whisper-random-frozen", "paper"),
                        "model": {"backbone": str(whisper), "pretrained": False, "fine_tuning": "frozen",
                                  "normalize_waveform": False}}},
         "tiny-wav2vec2-scratch": {
-            "label": "model: tiny wav2vec2 (demo size) trained from scratch, all layers",
-            "config": {"data": common_data, "run": run("tiny-wav2vec2-scratch"),
+            "label": "model: tiny wav2vec2 (demo size) trained from scratch, all layers, the paper's recipe",
+            "config": {"data": common_data, "run": run("tiny-wav2vec2-scratch", "paper"),
                        "model": {"preset": "tiny", "fine_tuning": "all"},
                        "stage1": {"lr_backbone": 1e-3}}},
     }
 
 
 BASELINES = {
+    "whisper-linear-probe": ("linear-probe", "baseline: linear probe on the same frozen pretrained Whisper tiny.en "
+                             "(summed layers, mean + std, 768) + logistic regression"),
     "opensmile-is09": ("IS09_emotion", "baseline: openSMILE IS09_emotion (384) + logistic regression"),
     "opensmile-egemaps": ("eGeMAPSv02", "baseline: openSMILE eGeMAPSv02 (88) + logistic regression"),
 }
@@ -89,7 +98,9 @@ def run_standin_evaluation(data: str, output: str, whisper: str | None = None, o
         if name not in wanted:
             continue
         row_started = time.monotonic()
-        config = TrainConfig.from_dict(configs["tiny-wav2vec2-scratch"]["config"] | {"run": {"progress": False,
+        # The linear probe reads the pretrained encoder of the frozen-Whisper row.
+        source = "whisper-pretrained-frozen" if feature_set == "linear-probe" else "tiny-wav2vec2-scratch"
+        config = TrainConfig.from_dict(configs[source]["config"] | {"run": {"progress": False,
                                        "output": str(output_path / name)}})
         summary = run_baseline(config, feature_set, output_path / name)
         rows[name] = {"label": label, "summary": summary, "seconds": time.monotonic() - row_started}
@@ -103,10 +114,79 @@ def run_standin_evaluation(data: str, output: str, whisper: str | None = None, o
         results_path.write_text(json.dumps(rows, indent=2, default=float))
     order = list(configs) + list(BASELINES)
     table = standin_table([rows[k] for k in order if k in rows])
+    comparison = ""
+    if MODEL_ROW in rows and PROBE_ROW in rows:
+        from moodstream.trainer.standin import read_ravdess_standin
+
+        speakers = {s.session_id: s.speaker_id for s in read_ravdess_standin(data_path).sessions}
+        differences = bootstrap_differences(output_path / MODEL_ROW, output_path / PROBE_ROW, speakers)
+        rows[MODEL_ROW]["versus_probe"] = differences
+        results_path.write_text(json.dumps(rows, indent=2, default=float))
+        comparison = "\n\n" + differences_markdown(differences)
     total = time.monotonic() - started
     (output_path / "standin.md").write_text(
         f"# Stand-in evaluation (RAVDESS, acted emotion, not depression)\n\n{STANDIN_NOTE}\n\n"
         "36 sessions (18 actors x {sad = low-mood, calm}), 6 actor-disjoint folds of 3 actors; thresholds chosen "
         "on each fold's validation fold. Positive class = the sad (low-mood) session.\n\n"
-        f"{table}\n\nWall time of this invocation: {total:.0f} s.\n")
-    return table
+        f"{table}{comparison}\n\nWall time of this invocation: {total:.0f} s.\n")
+    return table + comparison
+
+
+MODEL_ROW, PROBE_ROW = "whisper-pretrained-frozen", "whisper-linear-probe"
+BOOTSTRAP_SAMPLES = 2000
+
+
+def _test_predictions(row_folder: Path) -> tuple[dict, dict]:
+    """Pooled test predictions of every fold: {session: (label, p)}, {(session, k-th segment): (label, p)}."""
+    sessions, segments = {}, {}
+    for result in sorted(row_folder.glob("fold-*/result.json")):
+        p = json.loads(result.read_text())["test"]["predictions"]
+        for sid, label, prob in zip(p["session_ids"], p["session_labels"], p["session_probabilities"]):
+            sessions[sid] = (label, prob)
+        seen: dict[str, int] = {}
+        for sid, label, prob in zip(p["segment_session_ids"], p["segment_labels"], p["segment_probabilities"]):
+            seen[sid] = seen.get(sid, -1) + 1
+            segments[(sid, seen[sid])] = (label, prob)
+    return sessions, segments
+
+
+def bootstrap_differences(model_folder: Path, probe_folder: Path, speakers: dict[str, str],
+                          samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
+    """Pooled AUC (model - probe) at session and segment level, 95 % interval by resampling actors."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    model, probe = _test_predictions(model_folder), _test_predictions(probe_folder)
+    rng = np.random.default_rng(seed)
+    actors = sorted({speakers[s] for s in model[0]})
+    out = {"samples": samples, "actors": len(actors)}
+    for level, a, b in (("session", model[0], probe[0]), ("segment", model[1], probe[1])):
+        keys = sorted(set(a) & set(b))
+        if len(keys) != len(a) or len(keys) != len(b):
+            raise ValueError(f"the model and the probe scored different {level}s; run both on the same folds")
+        owner = np.asarray([speakers[k if level == "session" else k[0]] for k in keys])
+        labels = np.asarray([a[k][0] for k in keys])
+        pa, pb = np.asarray([a[k][1] for k in keys]), np.asarray([b[k][1] for k in keys])
+        rows_of = {actor: np.flatnonzero(owner == actor) for actor in actors}
+        diffs = []
+        for _ in range(samples):
+            chosen = np.concatenate([rows_of[actor] for actor in rng.choice(actors, size=len(actors))])
+            if len(set(labels[chosen].tolist())) == 2:
+                diffs.append(roc_auc_score(labels[chosen], pa[chosen]) - roc_auc_score(labels[chosen], pb[chosen]))
+        low, high = np.percentile(diffs, [2.5, 97.5])
+        out[level] = {"model_auc": float(roc_auc_score(labels, pa)), "probe_auc": float(roc_auc_score(labels, pb)),
+                      "difference": float(roc_auc_score(labels, pa) - roc_auc_score(labels, pb)),
+                      "ci95": [float(low), float(high)], "n": len(keys)}
+    return out
+
+
+def differences_markdown(d: dict) -> str:
+    lines = ["Model (small-data recipe) minus the linear probe, pooled AUC in points, with a 95 % bootstrap "
+             f"interval ({d['samples']} resamples of the {d['actors']} actors, every session and segment of a "
+             "drawn actor kept together):", "",
+             "| level | model | linear probe | difference | 95 % interval |", "|---|---|---|---|---|"]
+    for level in ("session", "segment"):
+        r = d[level]
+        lines.append(f"| {level} ({r['n']}) | {100 * r['model_auc']:.1f} | {100 * r['probe_auc']:.1f} | "
+                     f"{100 * r['difference']:+.1f} | [{100 * r['ci95'][0]:+.1f}, {100 * r['ci95'][1]:+.1f}] |")
+    return "\n".join(lines)

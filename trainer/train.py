@@ -33,6 +33,7 @@ from moodstream.trainer.config import StageSection, TrainConfig
 from moodstream.trainer.data import Dataset, read_daic_woz, read_manifest
 from moodstream.trainer.folds import Split, cross_validation_splits, predefined_split
 from moodstream.trainer.metrics import binary_metrics, choose_threshold, mean_std
+from moodstream.trainer.prefixes import choose_min_evidence, fit_platt, prefix_logits, sigmoid
 from moodstream.trainer.segments import SegmentParams, SegmentStore, build_segments
 
 EpochCallback = Callable[[str, int, dict], None]
@@ -127,6 +128,46 @@ def epoch_order(labels: np.ndarray, stage: StageSection, seed: int, stage_name: 
         weights = 1.0 / counts[labels]
         return rng.choice(len(labels), size=len(labels), replace=True, p=weights / weights.sum())
     return rng.permutation(len(labels))
+
+
+def frozen_frame_features(model: ScreeningModel, store: SegmentStore, indices, device: torch.device, step: int,
+                          description: str, progress: bool) -> list[torch.Tensor | None]:
+    """Frame features [frames, H] (fp16, CPU) of the segments `indices` through the model's frozen backbone.
+
+    Every fold (and every run or baseline on the same frozen encoder) sees the same features, so they are
+    kept on disk beside the segments, keyed by the encoder's weights, once every segment has them.
+    """
+    from tqdm import tqdm
+
+    saved_path = store.folder / f"frames-{backbone_digest(model)}.pt"
+    if saved_path.is_file():
+        saved = torch.load(saved_path, map_location="cpu", weights_only=True)
+        if torch.equal(saved["offsets"], torch.as_tensor(store.offsets)):
+            return list(saved["frames"])
+    cache: list[torch.Tensor | None] = [None] * len(store)
+    model.backbone.eval()
+    order = sorted(set(int(i) for i in indices))
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(order), step), desc=description, disable=not progress):
+            rows = order[start:start + step]
+            batch, lengths = model.prepare_waveforms([store.waveform(i) for i in rows], model.config.sample_rate)
+            features, mask = model.backbone(batch.to(device), lengths.to(device))
+            for row, index in enumerate(rows):
+                cache[index] = features[row, : int(mask[row].sum())].to("cpu", torch.float16).clone()
+    if all(item is not None for item in cache):
+        atomic_torch_save({"offsets": torch.as_tensor(store.offsets), "frames": cache}, saved_path)
+    return cache
+
+
+def backbone_digest(model: ScreeningModel) -> str:
+    """A short hash of what makes the frozen backbone's features: its weights and the waveform normalisation."""
+    import hashlib
+
+    digest = hashlib.sha256(f"normalize={model.config.normalize_waveform}".encode())
+    for name, tensor in sorted(model.backbone.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def is_better(monitor: str, value: float, best: float | None) -> bool:
@@ -251,20 +292,22 @@ class SplitTrainer:
             print(f"{self.split.name}: frozen-feature cache would take {gigabytes:.1f} GB "
                   f"(> stage1.feature_cache_max_gb): computing features every step instead")
             return
-        from tqdm import tqdm
-
-        cache: list[torch.Tensor | None] = [None] * len(self.store)
-        model.backbone.eval()
-        order = sorted(set(int(i) for i in indices))
         step = max(1, self.config.stage1.batch_size // self.config.stage1.gradient_accumulation)
-        with torch.inference_mode():
-            for start in tqdm(range(0, len(order), step), desc=f"{self.split.name} backbone features",
-                              disable=not self.config.run.progress):
-                rows = order[start:start + step]
-                features, mask = model.backbone(*self.waveforms(rows))
-                for row, index in enumerate(rows):
-                    cache[index] = features[row, : int(mask[row].sum())].to("cpu", torch.float16).clone()
-        self.feature_cache = cache
+        self.feature_cache = frozen_frame_features(model, self.store, indices, self.device, step,
+                                                   f"{self.split.name} backbone features", self.config.run.progress)
+
+    @torch.inference_mode()
+    def training_frames(self, indices: np.ndarray) -> torch.Tensor:
+        """Every frame feature of these (training) segments, as the backbone gives them before training."""
+        if self.feature_cache is not None and all(self.feature_cache[int(i)] is not None for i in indices):
+            return torch.cat([self.feature_cache[int(i)].float() for i in indices])
+        self.model.backbone.eval()
+        frames = []
+        step = max(1, self.config.stage1.batch_size // self.config.stage1.gradient_accumulation)
+        for start in range(0, len(indices), step):
+            features, mask = self.model.backbone(*self.waveforms(indices[start:start + step]))
+            frames.append(features[mask].float().cpu())
+        return torch.cat(frames)
 
     def segment_vectors(self, indices) -> torch.Tensor:
         items = None if self.feature_cache is None else [self.feature_cache[int(i)] for i in indices]
@@ -286,6 +329,8 @@ class SplitTrainer:
         frozen = model.config.fine_tuning == "frozen"
         if frozen and config.cache_frozen_features:
             self.build_feature_cache(self.segment_indices(self.split.train + self.split.validation + self.split.test))
+        if model.config.feature_normalization != "none":
+            model.segment_head.set_feature_statistics(self.training_frames(train_idx))
         weight = torch.tensor(pos_weight_for(train_labels, config), device=self.device)
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
         backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
@@ -369,23 +414,34 @@ class SplitTrainer:
         optimizer = torch.optim.Adam(head.parameters(), lr=config.lr_head, weight_decay=config.weight_decay)
         micro = config.batch_size // config.gradient_accumulation
 
-        def batch_of(ids):
-            sequences = [vectors[s] for s in ids]
+        def batch_of(ids, keep=None):
+            sequences = [vectors[s] if keep is None else vectors[s][:n] for s, n in zip(ids, keep or ids)]
             lengths = torch.tensor([len(v) for v in sequences], device=self.device)
             padded = nn.utils.rnn.pad_sequence(sequences, batch_first=True).to(self.device)
             return padded, lengths
 
+        def prefixes_for(epoch: int, ids: list[str]) -> list[int]:
+            """Segments each item keeps: whole sessions, then (prefix training) one random prefix of each."""
+            whole = [len(vectors[s]) for s in ids]
+            if not config.prefix_training:
+                return whole
+            rng = np.random.default_rng([self.config.run.seed, 3, epoch])
+            return whole + [int(rng.integers(1, n + 1)) for n in whole]
+
         def train_epoch(epoch: int) -> float:
             head.train()
-            order = epoch_order(train_labels, config, self.config.run.seed, "stage2", epoch)
+            keep = prefixes_for(epoch, train_ids)
+            items = [train_ids[i % len(train_ids)] for i in range(len(keep))]
+            item_labels = np.asarray([self.sessions[s].session.label for s in items])
+            order = epoch_order(item_labels, config, self.config.run.seed, "stage2", epoch)
             total, count = 0.0, 0
             for start in range(0, len(order), config.batch_size):
                 batch = order[start:start + config.batch_size]
                 optimizer.zero_grad(set_to_none=True)
                 for micro_start in range(0, len(batch), micro):
                     rows = batch[micro_start:micro_start + micro]
-                    padded, lengths = batch_of([train_ids[r] for r in rows])
-                    labels = torch.as_tensor(train_labels[rows], dtype=torch.float32, device=self.device)
+                    padded, lengths = batch_of([items[r] for r in rows], [keep[r] for r in rows])
+                    labels = torch.as_tensor(item_labels[rows], dtype=torch.float32, device=self.device)
                     loss = loss_fn(head(padded, lengths), labels)
                     (loss * len(rows) / len(batch)).backward()
                     total += float(loss.detach()) * len(rows)
@@ -396,8 +452,14 @@ class SplitTrainer:
             return total / max(1, count)
 
         def validate() -> dict:
-            probabilities = self.session_probabilities(vectors, val_ids)
-            return self.scores(val_labels, probabilities, weight)
+            if not config.prefix_training:
+                return self.scores(val_labels, self.session_probabilities(vectors, val_ids), weight)
+            # Prefix training is judged at every point of the validation sessions.
+            from moodstream.trainer.prefixes import prefix_logits, sigmoid
+
+            logits = prefix_logits(head, [vectors[s] for s in val_ids])
+            labels = np.concatenate([[label] * len(l) for label, l in zip(val_labels, logits)])
+            return self.scores(labels, sigmoid(np.concatenate(logits)), weight)
 
         self.stage2_state = run_loop("stage2", config, head, optimizer, train_epoch, validate,
                                      self.run_dir / "stage2.pt", self.log, self.split.name, self.config.run.resume,
@@ -409,8 +471,31 @@ class SplitTrainer:
         out = []
         for session_id in ids:
             sequence = vectors[session_id].to(self.device)[None]
-            out.append(float(torch.sigmoid(head(sequence)[0])))
+            out.append(self.model.session_probability(head(sequence)[0]))
         return np.asarray(out, dtype=float)
+
+    def prefix_probabilities(self, vectors: dict[str, torch.Tensor], ids: list[str],
+                             calibrated: bool = True) -> list[np.ndarray]:
+        logits = prefix_logits(self.model.session_head, [vectors[s] for s in ids])
+        if calibrated:
+            return [sigmoid(self.model.calibrated_logit(torch.from_numpy(l)).numpy()) for l in logits]
+        return [sigmoid(l) for l in logits]
+
+    def calibrate(self, vectors: dict[str, torch.Tensor], val_ids: list[str]) -> dict:
+        """Platt scaling on every prefix of the validation sessions; stored in the model's config."""
+        method = self.config.scoring.calibration
+        if method == "none":
+            return {"method": "none"}
+        logits = prefix_logits(self.model.session_head, [vectors[s] for s in val_ids])
+        labels = np.concatenate([[self.sessions[s].session.label] * len(l) for s, l in zip(val_ids, logits)])
+        fitted = fit_platt(np.concatenate(logits), labels) if logits else None
+        if fitted is None:
+            print(f"{self.split.name}: calibration skipped (validation has one class, or ranks the wrong way)")
+            return {"method": "none", "skipped": "validation cannot fit it"}
+        scale, bias = fitted
+        self.model.config = self.model.config.replace(calibration_scale=scale, calibration_bias=bias)
+        return {"method": method, "fitted_on": "validation prefixes", "prefixes": int(labels.size),
+                "scale": scale, "bias": bias}
 
     # ..................................................................... whole run
     def run(self) -> dict:
@@ -425,7 +510,8 @@ class SplitTrainer:
         vectors = self.session_vectors(all_ids)
         self.stage2(vectors, split.train, split.validation)
 
-        # Thresholds come from validation only, then are applied to test unchanged.
+        # Calibration, thresholds and the evidence rule come from validation only, then apply to test unchanged.
+        calibration = self.calibrate(vectors, split.validation)
         val_probs = self.session_probabilities(vectors, split.validation)
         val_labels = [self.sessions[s].session.label for s in split.validation]
         threshold = choose_threshold(val_labels, val_probs)
@@ -444,10 +530,14 @@ class SplitTrainer:
             "threshold_chosen_on": "validation",
             "stage1_best_epoch": self.stage1_state.best_epoch,
             "stage2_best_epoch": self.stage2_state.best_epoch,
+            "training_recipe": config.run.recipe,
+            "calibration": calibration,
         }
         notes.update(model_config.notes or {})
+        val_prefixes = self.prefix_probabilities(vectors, split.validation)
+        min_evidence = choose_min_evidence(val_labels, val_prefixes, config.scoring.evidence_auc_tolerance)
         self.model.config = self.model.config.replace(decision_threshold=float(np.clip(threshold, 1e-4, 1 - 1e-4)),
-                                                      notes=notes)
+                                                      min_evidence_segments=min_evidence, notes=notes)
         checkpoint = self.model.save_pretrained(self.run_dir / "checkpoint")
 
         from moodstream.trainer.evaluate import Predictions, write_evaluation
@@ -465,12 +555,17 @@ class SplitTrainer:
                 segment_labels=self.segment_labels(seg_idx),
                 segment_probabilities=self.segment_probabilities(seg_idx),
                 segment_vectors=torch.cat([vectors[s] for s in ids]).numpy(),
+                session_prefix_probabilities=self.prefix_probabilities(vectors, ids),
+                session_prefix_uncalibrated=self.prefix_probabilities(vectors, ids, calibrated=False),
             )
         result = write_evaluation(self.run_dir, predictions, threshold, segment_threshold,
                                   title=f"moodstream training report ({split.name})",
                                   extra={"seconds": time.monotonic() - started,
                                          "stage1_epochs": self.stage1_state.epoch,
-                                         "stage2_epochs": self.stage2_state.epoch},
+                                         "stage2_epochs": self.stage2_state.epoch,
+                                         "training_recipe": config.run.recipe,
+                                         "min_evidence_segments": self.model.config.min_evidence_segments,
+                                         "calibration": json.dumps(calibration)},
                                   tsne=config.run.tsne, seed=config.run.seed)
         result["checkpoint"] = str(checkpoint)
         (self.run_dir / "result.json").write_text(json.dumps(result, indent=2, default=float))
@@ -484,8 +579,11 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> dic
         torch.set_num_threads(config.run.threads)
     output = config.output_dir
     output.mkdir(parents=True, exist_ok=True)
-    (output / "config.toml").write_text(config.to_toml())
     dataset, store, splits = prepare_data(config)
+    config = config.with_recipe(len(dataset.sessions))
+    if config.run.progress:
+        print(f"recipe: {config.run.recipe} ({len(dataset.sessions)} sessions)")
+    (output / "config.toml").write_text(config.to_toml())
     (output / "data_summary.md").write_text(dataset.summary_markdown())
     (output / "data_summary.json").write_text(json.dumps(dataset.summary(), indent=2))
     results = {}
@@ -506,6 +604,11 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> dic
     (output / "cv_summary.json").write_text(json.dumps(summary, indent=2, default=float))
     from moodstream.trainer.evaluate import cross_validation_markdown
 
+    if "pooled_prefix" in summary:
+        from moodstream.trainer.prefixes import prefix_png
+
+        prefix_png(summary["pooled_prefix"], summary["pooled_prefix_uncalibrated"], output / "prefix.png",
+                   "test folds pooled: session score after k segments")
     (output / "report.md").write_text(cross_validation_markdown("moodstream cross-validation report", summary,
                                                                 dataset.summary_markdown()))
     return summary
@@ -537,4 +640,11 @@ def summarize_folds(results: dict[str, dict]) -> dict:
     summary["pooled_segment_auc"] = float(roc_auc_score(segment_labels, segment_probs)) if both(segment_labels) else math.nan
     summary["sessions"] = len(session_labels)
     summary["segments"] = len(segment_labels)
+    prefixes = [r["test"]["predictions"].get("session_prefix_probabilities") for r in folds.values()]
+    if prefixes and all(p is not None for p in prefixes):
+        from moodstream.trainer.prefixes import prefix_rows
+
+        uncalibrated = [row for r in folds.values() for row in r["test"]["predictions"]["session_prefix_uncalibrated"]]
+        summary["pooled_prefix"] = prefix_rows(session_labels, [np.asarray(row) for p in prefixes for row in p])
+        summary["pooled_prefix_uncalibrated"] = prefix_rows(session_labels, [np.asarray(row) for row in uncalibrated])
     return summary

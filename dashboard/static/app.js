@@ -68,7 +68,9 @@
   const sessionHref = (ref) => root + "/s/" + encodeURIComponent(ref);
   const participantHref = (ref) => root + "/p/" + encodeURIComponent(ref);
 
-  function labelBadge(above, threshold) {
+  // A score below the checkpoint's evidence rule carries no label; its probability is still shown.
+  function labelBadge(above, threshold, evidence) {
+    if (evidence === false) return el("span", { class: "badge collecting", text: "collecting speech" });
     const text = (above ? "above" : "below") + " threshold " + fmtThreshold(threshold);
     return el("span", { class: "badge " + (above ? "above" : "below"), text: text });
   }
@@ -191,7 +193,7 @@
         cell("Participant", { class: "id" }, el("a", { href: participantHref(s.participant_ref), text: s.participant_id })),
         cell("Session", { class: "id" }, el("a", { href: sessionHref(s.ref), class: "session-link", text: s.session_id })),
         cell("Latest probability", { class: "num probability", text: fmtProb(s.probability) }),
-        cell("Label", {}, labelBadge(s.above_threshold, s.threshold)),
+        cell("Label", {}, labelBadge(s.above_threshold, s.threshold, s.evidence_sufficient)),
         cell("Segments", { class: "num segments", text: s.segments }),
         cell("Last score", { title: dateTime(s.last_update_unix), text: ago(s.last_update_unix) }),
         cell("Model", { class: "opt" }, modelCell(s.model_version))));
@@ -233,6 +235,22 @@
       });
       node.dataset.xLabels = JSON.stringify(boxes);
       node.dataset.xRange = JSON.stringify([u.scales.x.min, u.scales.x.max]);
+    };
+  }
+
+  // A tick label centred near the plot's edge would be drawn past the canvas (cut off at phone
+  // width); such labels are left out, the tick itself stays.
+  function labelsInsideCanvas(format) {
+    return (u, splits, ...rest) => {
+      const labels = format(u, splits, ...rest);
+      const plotLeft = u.over.offsetLeft;
+      measurer.font = AXIS_FONT;
+      return labels.map((text, i) => {
+        if (text === null || text === undefined) return text;
+        const x = plotLeft + u.valToPos(splits[i], "x");
+        const half = measurer.measureText(String(text)).width / 2;
+        return x - half >= 0 && x + half <= u.width ? text : null;
+      });
     };
   }
 
@@ -324,7 +342,7 @@
         points: { show: true, size: 11, width: 2.5, stroke: "#b45309", fill: "#ffffff", space: 0 } });
     }
     const xAxis = { stroke: "#374151", font: AXIS_FONT, label: options.xLabel, labelFont: AXIS_FONT, labelSize: 18,
-      space: () => (narrow() ? options.narrowSpace : options.space), values: options.xValues };
+      space: () => (narrow() ? options.narrowSpace : options.space), values: labelsInsideCanvas(options.xValues) };
     const opts = {
       width: chartWidth(node), height: 260,
       legend: { show: false },
@@ -398,7 +416,7 @@
     byId("device-id").textContent = s.device_id || "–";
     stateNode.replaceChildren(stateBadge(s));
     byId("tile-probability").textContent = fmtProb(s.probability);
-    byId("tile-label").replaceChildren(labelBadge(s.above_threshold, s.threshold));
+    byId("tile-label").replaceChildren(labelBadge(s.above_threshold, s.threshold, s.evidence_sufficient));
     byId("tile-threshold").textContent = fmtThreshold(s.threshold);
     byId("tile-segments").textContent = s.segments;
     byId("tile-speech").textContent = minutes(s.speech_seconds) + " min";
@@ -453,7 +471,7 @@
         cell("Recorded at", { class: "num", text: speechTime(p.start_seconds) }),
         cell("Scored at", {}, scored, p.late ? el("span", { class: "late-mark", text: " late by " + duration(p.delay_seconds) + " (" + p.late_cause + ")" }) : null),
         cell("Probability", { class: "num", text: fmtProb(p.probability) }),
-        cell("Label", {}, labelBadge(p.above_threshold, p.threshold)),
+        cell("Label", {}, labelBadge(p.above_threshold, p.threshold, p.evidence_sufficient)),
         cell("Speech (min)", { class: "num opt", text: minutes(p.speech_seconds) }),
         cell("Model", { class: "opt" }, modelCell(p.model_version))));
     }
@@ -498,7 +516,7 @@
         cell("Session", { class: "id" }, el("a", { href: sessionHref(s.ref), text: s.session_id })),
         cell("Segments", { class: "num", text: s.segments }),
         cell("Probability", { class: "num", text: fmtProb(s.probability) }),
-        cell("Label", {}, labelBadge(s.above_threshold, s.threshold)),
+        cell("Label", {}, labelBadge(s.above_threshold, s.threshold, s.evidence_sufficient)),
         cell("Model", { class: "opt" }, modelCell(s.model_version))));
     }
   }

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emoodstream/v1/moodstream.proto\x12\rmoodstream.v1\"\xc3\x01\n\rSessionHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x13\n\x0bsample_rate\x18\x04 \x01(\r\x12.\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x1c.moodstream.v1.AudioEncoding\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x17\n\x0fresume_from_seq\x18\x07 \x01(\x04\"R\n\x0bSpeechStats\x12\x16\n\x0espeech_seconds\x18\x01 \x01(\x01\x12\x17\n\x0f\x64ropped_seconds\x18\x02 \x01(\x01\x12\x12\n\nvad_frames\x18\x03 \x01(\r\"d\n\x05\x43hunk\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x15\n\rstart_seconds\x18\x02 \x01(\x01\x12\x0b\n\x03pcm\x18\x03 \x01(\x0c\x12*\n\x06speech\x18\x04 \x01(\x0b\x32\x1a.moodstream.v1.SpeechStats\"\x17\n\x03\x45nd\x12\x10\n\x08last_seq\x18\x01 \x01(\x04\"\x94\x01\n\rStreamRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.moodstream.v1.SessionHeaderH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.moodstream.v1.ChunkH\x00\x12!\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x12.moodstream.v1.EndH\x00\x42\t\n\x07message\"%\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xfb\x02\n\x0bScoreUpdate\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x10\n\x08segments\x18\x03 \x01(\x04\x12\x13\n\x0bprobability\x18\x04 \x01(\x01\x12\x17\n\x0f\x61\x62ove_threshold\x18\x05 \x01(\x08\x12\x11\n\tthreshold\x18\x06 \x01(\x01\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x11\n\ttime_unix\x18\x08 \x01(\x01\x12\x0b\n\x03seq\x18\t \x01(\x04\x12\x0e\n\x06offset\x18\n \x01(\t\x12\x11\n\tdevice_id\x18\x0b \x01(\t\x12\x16\n\x0espeech_seconds\x18\x0c \x01(\x01\x12\x0e\n\x06notice\x18\r \x01(\t\x12\x15\n\rstart_seconds\x18\x0e \x01(\x01\x12\x32\n\rsession_state\x18\x0f \x01(\x0e\x32\x1b.moodstream.v1.SessionState\x12 \n\x18session_state_since_unix\x18\x10 \x01(\x01\"3\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"\x92\x01\n\x0eStreamResponse\x12!\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x12.moodstream.v1.AckH\x00\x12+\n\x05score\x18\x02 \x01(\x0b\x32\x1a.moodstream.v1.ScoreUpdateH\x00\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x14.moodstream.v1.ErrorH\x00\x42\t\n\x07message\"b\n\x10SubscribeRequest\x12\x14\n\nsession_id\x18\x01 \x01(\tH\x00\x12\x18\n\x0eparticipant_id\x18\x02 \x01(\tH\x00\x12\x14\n\x0c\x61\x66ter_offset\x18\x03 \x01(\tB\x08\n\x06target\"%\n\x0fGetScoreRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xb8\x01\n\x13ListSessionsRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12+\n\x06states\x18\x02 \x03(\x0e\x32\x1b.moodstream.v1.SessionState\x12\x19\n\x11\x61\x63tive_after_unix\x18\x03 \x01(\x01\x12\x1a\n\x12\x61\x63tive_before_unix\x18\x04 \x01(\x01\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\"\xb2\x02\n\x0eSessionSummary\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.moodstream.v1.SessionState\x12\x14\n\x0cstarted_unix\x18\x06 \x01(\x01\x12\x18\n\x10last_update_unix\x18\x07 \x01(\x01\x12\x18\n\x10state_since_unix\x18\x08 \x01(\x01\x12\x10\n\x08segments\x18\t \x01(\x04\x12\x16\n\x0espeech_seconds\x18\n \x01(\x01\x12*\n\x06latest\x18\x0b \x01(\x0b\x32\x1a.moodstream.v1.ScoreUpdate\"`\n\x14ListSessionsResponse\x12/\n\x08sessions\x18\x01 \x03(\x0b\x32\x1d.moodstream.v1.SessionSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x94\x01\n\x0fPutChunkRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1c.moodstream.v1.SessionHeader\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.moodstream.v1.ChunkH\x00\x12!\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x12.moodstream.v1.EndH\x00\x42\t\n\x07message\"m\n\x10PutChunkResponse\x12\x1f\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x12.moodstream.v1.Ack\x12)\n\x05score\x18\x02 \x01(\x0b\x32\x1a.moodstream.v1.ScoreUpdate\x12\r\n\x05\x65nded\x18\x03 \x01(\x08*M\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_S16LE\x10\x01*}\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SESSION_STATE_OPEN\x10\x01\x12\x17\n\x13SESSION_STATE_ENDED\x10\x02\x12\x1d\n\x19SESSION_STATE_INTERRUPTED\x10\x03\x32\x90\x03\n\tScreening\x12I\n\x06Stream\x12\x1c.moodstream.v1.StreamRequest\x1a\x1d.moodstream.v1.StreamResponse(\x01\x30\x01\x12J\n\tSubscribe\x12\x1f.moodstream.v1.SubscribeRequest\x1a\x1a.moodstream.v1.ScoreUpdate0\x01\x12\x46\n\x08GetScore\x12\x1e.moodstream.v1.GetScoreRequest\x1a\x1a.moodstream.v1.ScoreUpdate\x12W\n\x0cListSessions\x12\".moodstream.v1.ListSessionsRequest\x1a#.moodstream.v1.ListSessionsResponse\x12K\n\x08PutChunk\x12\x1e.moodstream.v1.PutChunkRequest\x1a\x1f.moodstream.v1.PutChunkResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emoodstream/v1/moodstream.proto\x12\rmoodstream.v1\"\xc3\x01\n\rSessionHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x13\n\x0bsample_rate\x18\x04 \x01(\r\x12.\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x1c.moodstream.v1.AudioEncoding\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x17\n\x0fresume_from_seq\x18\x07 \x01(\x04\"R\n\x0bSpeechStats\x12\x16\n\x0espeech_seconds\x18\x01 \x01(\x01\x12\x17\n\x0f\x64ropped_seconds\x18\x02 \x01(\x01\x12\x12\n\nvad_frames\x18\x03 \x01(\r\"d\n\x05\x43hunk\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x15\n\rstart_seconds\x18\x02 \x01(\x01\x12\x0b\n\x03pcm\x18\x03 \x01(\x0c\x12*\n\x06speech\x18\x04 \x01(\x0b\x32\x1a.moodstream.v1.SpeechStats\"\x17\n\x03\x45nd\x12\x10\n\x08last_seq\x18\x01 \x01(\x04\"\x94\x01\n\rStreamRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.moodstream.v1.SessionHeaderH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.moodstream.v1.ChunkH\x00\x12!\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x12.moodstream.v1.EndH\x00\x42\t\n\x07message\"%\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xb5\x03\n\x0bScoreUpdate\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x10\n\x08segments\x18\x03 \x01(\x04\x12\x13\n\x0bprobability\x18\x04 \x01(\x01\x12\x17\n\x0f\x61\x62ove_threshold\x18\x05 \x01(\x08\x12\x11\n\tthreshold\x18\x06 \x01(\x01\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x11\n\ttime_unix\x18\x08 \x01(\x01\x12\x0b\n\x03seq\x18\t \x01(\x04\x12\x0e\n\x06offset\x18\n \x01(\t\x12\x11\n\tdevice_id\x18\x0b \x01(\t\x12\x16\n\x0espeech_seconds\x18\x0c \x01(\x01\x12\x0e\n\x06notice\x18\r \x01(\t\x12\x15\n\rstart_seconds\x18\x0e \x01(\x01\x12\x32\n\rsession_state\x18\x0f \x01(\x0e\x32\x1b.moodstream.v1.SessionState\x12 \n\x18session_state_since_unix\x18\x10 \x01(\x01\x12 \n\x13\x65vidence_sufficient\x18\x11 \x01(\x08H\x00\x88\x01\x01\x42\x16\n\x14_evidence_sufficient\"3\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"\x92\x01\n\x0eStreamResponse\x12!\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x12.moodstream.v1.AckH\x00\x12+\n\x05score\x18\x02 \x01(\x0b\x32\x1a.moodstream.v1.ScoreUpdateH\x00\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x14.moodstream.v1.ErrorH\x00\x42\t\n\x07message\"b\n\x10SubscribeRequest\x12\x14\n\nsession_id\x18\x01 \x01(\tH\x00\x12\x18\n\x0eparticipant_id\x18\x02 \x01(\tH\x00\x12\x14\n\x0c\x61\x66ter_offset\x18\x03 \x01(\tB\x08\n\x06target\"%\n\x0fGetScoreRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xb8\x01\n\x13ListSessionsRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12+\n\x06states\x18\x02 \x03(\x0e\x32\x1b.moodstream.v1.SessionState\x12\x19\n\x11\x61\x63tive_after_unix\x18\x03 \x01(\x01\x12\x1a\n\x12\x61\x63tive_before_unix\x18\x04 \x01(\x01\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\"\xb2\x02\n\x0eSessionSummary\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.moodstream.v1.SessionState\x12\x14\n\x0cstarted_unix\x18\x06 \x01(\x01\x12\x18\n\x10last_update_unix\x18\x07 \x01(\x01\x12\x18\n\x10state_since_unix\x18\x08 \x01(\x01\x12\x10\n\x08segments\x18\t \x01(\x04\x12\x16\n\x0espeech_seconds\x18\n \x01(\x01\x12*\n\x06latest\x18\x0b \x01(\x0b\x32\x1a.moodstream.v1.ScoreUpdate\"`\n\x14ListSessionsResponse\x12/\n\x08sessions\x18\x01 \x03(\x0b\x32\x1d.moodstream.v1.SessionSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x94\x01\n\x0fPutChunkRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1c.moodstream.v1.SessionHeader\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.moodstream.v1.ChunkH\x00\x12!\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x12.moodstream.v1.EndH\x00\x42\t\n\x07message\"m\n\x10PutChunkResponse\x12\x1f\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x12.moodstream.v1.Ack\x12)\n\x05score\x18\x02 \x01(\x0b\x32\x1a.moodstream.v1.ScoreUpdate\x12\r\n\x05\x65nded\x18\x03 \x01(\x08*M\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_S16LE\x10\x01*}\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SESSION_STATE_OPEN\x10\x01\x12\x17\n\x13SESSION_STATE_ENDED\x10\x02\x12\x1d\n\x19SESSION_STATE_INTERRUPTED\x10\x03\x32\x90\x03\n\tScreening\x12I\n\x06Stream\x12\x1c.moodstream.v1.StreamRequest\x1a\x1d.moodstream.v1.StreamResponse(\x01\x30\x01\x12J\n\tSubscribe\x12\x1f.moodstream.v1.SubscribeRequest\x1a\x1a.moodstream.v1.ScoreUpdate0\x01\x12\x46\n\x08GetScore\x12\x1e.moodstream.v1.GetScoreRequest\x1a\x1a.moodstream.v1.ScoreUpdate\x12W\n\x0cListSessions\x12\".moodstream.v1.ListSessionsRequest\x1a#.moodstream.v1.ListSessionsResponse\x12K\n\x08PutChunk\x12\x1e.moodstream.v1.PutChunkRequest\x1a\x1f.moodstream.v1.PutChunkResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'moodstream.v1.moodstream_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDIOENCODING']._serialized_start=2227
-  _globals['_AUDIOENCODING']._serialized_end=2304
-  _globals['_SESSIONSTATE']._serialized_start=2306
-  _globals['_SESSIONSTATE']._serialized_end=2431
+  _globals['_AUDIOENCODING']._serialized_start=2285
+  _globals['_AUDIOENCODING']._serialized_end=2362
+  _globals['_SESSIONSTATE']._serialized_start=2364
+  _globals['_SESSIONSTATE']._serialized_end=2489
   _globals['_SESSIONHEADER']._serialized_start=50
   _globals['_SESSIONHEADER']._serialized_end=245
   _globals['_SPEECHSTATS']._serialized_start=247
@@ -48,25 +48,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACK']._serialized_start=609
   _globals['_ACK']._serialized_end=646
   _globals['_SCOREUPDATE']._serialized_start=649
-  _globals['_SCOREUPDATE']._serialized_end=1028
-  _globals['_ERROR']._serialized_start=1030
-  _globals['_ERROR']._serialized_end=1081
-  _globals['_STREAMRESPONSE']._serialized_start=1084
-  _globals['_STREAMRESPONSE']._serialized_end=1230
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=1232
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1330
-  _globals['_GETSCOREREQUEST']._serialized_start=1332
-  _globals['_GETSCOREREQUEST']._serialized_end=1369
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=1372
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=1556
-  _globals['_SESSIONSUMMARY']._serialized_start=1559
-  _globals['_SESSIONSUMMARY']._serialized_end=1865
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1867
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1963
-  _globals['_PUTCHUNKREQUEST']._serialized_start=1966
-  _globals['_PUTCHUNKREQUEST']._serialized_end=2114
-  _globals['_PUTCHUNKRESPONSE']._serialized_start=2116
-  _globals['_PUTCHUNKRESPONSE']._serialized_end=2225
-  _globals['_SCREENING']._serialized_start=2434
-  _globals['_SCREENING']._serialized_end=2834
+  _globals['_SCOREUPDATE']._serialized_end=1086
+  _globals['_ERROR']._serialized_start=1088
+  _globals['_ERROR']._serialized_end=1139
+  _globals['_STREAMRESPONSE']._serialized_start=1142
+  _globals['_STREAMRESPONSE']._serialized_end=1288
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1290
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1388
+  _globals['_GETSCOREREQUEST']._serialized_start=1390
+  _globals['_GETSCOREREQUEST']._serialized_end=1427
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=1430
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1614
+  _globals['_SESSIONSUMMARY']._serialized_start=1617
+  _globals['_SESSIONSUMMARY']._serialized_end=1923
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1925
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=2021
+  _globals['_PUTCHUNKREQUEST']._serialized_start=2024
+  _globals['_PUTCHUNKREQUEST']._serialized_end=2172
+  _globals['_PUTCHUNKRESPONSE']._serialized_start=2174
+  _globals['_PUTCHUNKRESPONSE']._serialized_end=2283
+  _globals['_SCREENING']._serialized_start=2492
+  _globals['_SCREENING']._serialized_end=2892
 # @@protoc_insertion_point(module_scope)

@@ -90,7 +90,7 @@ class Ack(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class ScoreUpdate(_message.Message):
-    __slots__ = ("session_id", "participant_id", "segments", "probability", "above_threshold", "threshold", "model_version", "time_unix", "seq", "offset", "device_id", "speech_seconds", "notice", "start_seconds", "session_state", "session_state_since_unix")
+    __slots__ = ("session_id", "participant_id", "segments", "probability", "above_threshold", "threshold", "model_version", "time_unix", "seq", "offset", "device_id", "speech_seconds", "notice", "start_seconds", "session_state", "session_state_since_unix", "evidence_sufficient")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,7 @@ class ScoreUpdate(_message.Message):
     START_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SESSION_STATE_FIELD_NUMBER: _ClassVar[int]
     SESSION_STATE_SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_SUFFICIENT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     participant_id: str
     segments: int
@@ -123,7 +124,8 @@ class ScoreUpdate(_message.Message):
     start_seconds: float
     session_state: SessionState
     session_state_since_unix: float
-    def __init__(self, session_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., segments: _Optional[int] = ..., probability: _Optional[float] = ..., above_threshold: _Optional[bool] = ..., threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., time_unix: _Optional[float] = ..., seq: _Optional[int] = ..., offset: _Optional[str] = ..., device_id: _Optional[str] = ..., speech_seconds: _Optional[float] = ..., notice: _Optional[str] = ..., start_seconds: _Optional[float] = ..., session_state: _Optional[_Union[SessionState, str]] = ..., session_state_since_unix: _Optional[float] = ...) -> None: ...
+    evidence_sufficient: bool
+    def __init__(self, session_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., segments: _Optional[int] = ..., probability: _Optional[float] = ..., above_threshold: _Optional[bool] = ..., threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., time_unix: _Optional[float] = ..., seq: _Optional[int] = ..., offset: _Optional[str] = ..., device_id: _Optional[str] = ..., speech_seconds: _Optional[float] = ..., notice: _Optional[str] = ..., start_seconds: _Optional[float] = ..., session_state: _Optional[_Union[SessionState, str]] = ..., session_state_since_unix: _Optional[float] = ..., evidence_sufficient: _Optional[bool] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "seq")
