@@ -9,8 +9,8 @@ on phones, kiosks and laptops. Programmatic use::
     result.final_score.probability   # a screening aid, not a diagnosis
 """
 from .chunker import Chunker, DroppedTail, SpeechChunk
-from .client import (AgentError, DeliveryAborted, DeliveryGaveUp, RetryPolicy, ServerRefused,
-                     ServerTarget, SessionDelivery)
+from .client import (AgentError, DeliveryAborted, DeliveryGaveUp, ModelInfo, RetryPolicy, ServerRefused,
+                     ServerTarget, SessionDelivery, fetch_model_info)
 from .events import AgentEvent, Score
 from .outbox import Outbox, OutboxFull, default_outbox_dir
 from .pipeline import (AgentResult, CaptureResult, CaptureSettings, capture_chunks, deliver_outbox,
@@ -21,9 +21,9 @@ from .vad import PromptGate, SpeechFilter, load_prompt_intervals
 
 __all__ = [
     "AgentError", "AgentEvent", "AgentResult", "CaptureResult", "CaptureSettings", "Chunker",
-    "DeliveryAborted", "DeliveryGaveUp", "DroppedTail", "FileSource", "MicrophoneSource",
+    "DeliveryAborted", "DeliveryGaveUp", "DroppedTail", "FileSource", "MicrophoneSource", "ModelInfo",
     "MicrophoneUnavailable", "Outbox", "OutboxFull", "PcmStreamSource", "PromptGate", "RetryPolicy",
     "SAMPLE_RATE", "Score", "ServerRefused", "ServerTarget", "SessionDelivery", "SourceError",
     "SpeechChunk", "SpeechFilter", "capture_chunks", "default_outbox_dir", "deliver_outbox",
-    "load_prompt_intervals", "new_session_id", "open_source", "run_agent",
+    "fetch_model_info", "load_prompt_intervals", "new_session_id", "open_source", "run_agent",
 ]

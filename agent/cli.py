@@ -58,23 +58,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     audio.add_argument("--speed", type=float, default=0.0, metavar="X",
                        help="pace file input at X times real time (0 = as fast as possible)")
 
-    speech = parser.add_argument_group("speech keeping")
-    speech.add_argument("--vad-aggressiveness", type=int, default=2, choices=(0, 1, 2, 3),
-                        help="webrtcvad aggressiveness (3 drops the most non-speech)")
-    speech.add_argument("--frame-ms", type=int, default=30, choices=(10, 20, 30), help="VAD frame length")
-    speech.add_argument("--hangover-ms", type=int, default=300, metavar="MS",
-                        help="keep this much audio after speech stops")
-    speech.add_argument("--onset-ms", type=int, default=60, metavar="MS",
-                        help="speech must last this long to start being kept")
+    speech = parser.add_argument_group(
+        "speech keeping",
+        "By default the agent asks the server for the speech settings its model was trained with "
+        "(GetModelInfo) and uses them; an option given here replaces that one setting, and a setting "
+        "that differs from the model's is reported as a warning.")
+    speech.add_argument("--vad-aggressiveness", type=int, choices=(0, 1, 2, 3),
+                        help="webrtcvad aggressiveness (3 drops the most non-speech; default: the model's, else 2)")
+    speech.add_argument("--frame-ms", type=int, choices=(10, 20, 30),
+                        help="VAD frame length (default: the model's, else 30)")
+    speech.add_argument("--hangover-ms", type=int, metavar="MS",
+                        help="keep this much audio after speech stops (default: the model's, else 300)")
+    speech.add_argument("--onset-ms", type=int, metavar="MS",
+                        help="speech must last this long to start being kept (default: the model's, else 60)")
     speech.add_argument("--prompt-intervals", metavar="FILE",
                         help="interviewer prompts played by this device: 'START END' seconds per line; "
                              "their audio is dropped")
-    speech.add_argument("--echo-tail-ms", type=int, default=300, metavar="MS",
-                        help="also drop this much audio after each prompt (room echo)")
-    speech.add_argument("--chunk-seconds", type=float, default=7.0, metavar="S",
-                        help="speech per chunk, 4-9 s")
-    speech.add_argument("--min-last-chunk-seconds", type=float, default=3.0, metavar="S",
-                        help="a shorter last chunk is reported as dropped instead of sent")
+    speech.add_argument("--echo-tail-ms", type=int, metavar="MS",
+                        help="also drop this much audio after each prompt (room echo; default: the model's, else 300)")
+    speech.add_argument("--chunk-seconds", type=float, metavar="S",
+                        help="speech per chunk, 4-9 s (default: the model's, else 7)")
+    speech.add_argument("--min-last-chunk-seconds", type=float, metavar="S",
+                        help="a shorter last chunk is reported as dropped instead of sent "
+                             "(default: the model's, else 3)")
 
     delivery = parser.add_argument_group("delivery")
     delivery.add_argument("--outbox", metavar="DIR",
@@ -183,6 +189,7 @@ class StatusLine:
 
 
 def run(args) -> int:
+    import dataclasses
     import signal
     import threading
 
@@ -192,7 +199,7 @@ def run(args) -> int:
     from .outbox import ROW_OVERHEAD_BYTES
     from .pipeline import CaptureSettings, deliver_outbox, run_agent
     from .sources import SourceError, open_source
-    from .vad import PromptGate, load_prompt_intervals
+    from .vad import load_prompt_intervals
 
     err = sys.stderr
 
@@ -262,22 +269,16 @@ def run(args) -> int:
 
     if not args.participant:
         return usage_error("--participant is required (or --flush to deliver the outbox)")
+    overrides = {name: value for name, value in (
+        ("chunk_seconds", args.chunk_seconds), ("min_last_chunk_seconds", args.min_last_chunk_seconds),
+        ("vad_aggressiveness", args.vad_aggressiveness), ("frame_ms", args.frame_ms),
+        ("hangover_ms", args.hangover_ms), ("onset_ms", args.onset_ms),
+        ("echo_tail_seconds", None if args.echo_tail_ms is None else args.echo_tail_ms / 1000.0),
+    ) if value is not None}
     try:
-        settings = CaptureSettings(
-            chunk_seconds=args.chunk_seconds,
-            min_last_chunk_seconds=args.min_last_chunk_seconds,
-            vad_aggressiveness=args.vad_aggressiveness,
-            frame_ms=args.frame_ms,
-            hangover_ms=args.hangover_ms,
-            onset_ms=args.onset_ms,
-            echo_tail_seconds=args.echo_tail_ms / 1000.0,
-        )
-        settings.chunker()  # validates the chunk lengths before any audio is opened
-        settings.speech_filter(None)
-        gate = PromptGate(echo_tail_seconds=settings.echo_tail_seconds)
-        if args.prompt_intervals:
-            for start, end in load_prompt_intervals(args.prompt_intervals):
-                gate.add_interval(start, end)
+        # Checked against the defaults before any audio is opened or the server asked.
+        dataclasses.replace(CaptureSettings(), **overrides).validate()
+        intervals = load_prompt_intervals(args.prompt_intervals) if args.prompt_intervals else []
         source = open_source(args.input, mic=args.mic, channel=args.channel, input_rate=args.input_rate,
                              speed=args.speed, stop=stop_capture)
     except (SourceError, ValueError) as error:
@@ -295,8 +296,8 @@ def run(args) -> int:
             outbox=args.outbox,
             outbox_max_bytes=outbox_max_bytes,
             outbox_policy=args.outbox_policy,
-            settings=settings,
-            gate=gate,
+            setting_overrides=overrides,
+            prompt_intervals=intervals,
             retry=retry,
             model_version=args.model_version,
             on_event=on_event,

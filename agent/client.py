@@ -110,6 +110,35 @@ class ServerTarget:
 
 
 @dataclass(frozen=True)
+class ModelInfo:
+    """What a server says about its model (`Screening.GetModelInfo`)."""
+
+    model_version: str
+    threshold: float
+    sample_rate: int
+    speech: dict | None  # the speech settings the model was trained with; None if it records none
+
+
+def fetch_model_info(target: ServerTarget, timeout: float = 5.0) -> ModelInfo:
+    """Ask the first server of `target` that answers; AgentError saying why when none does."""
+    failures = []
+    for address in target.addresses:
+        channel = target.channel(address)
+        try:
+            reply = pb_grpc.ScreeningStub(channel).GetModelInfo(
+                pb.GetModelInfoRequest(), metadata=target.metadata(), timeout=timeout)
+        except grpc.RpcError as error:
+            failures.append(f"{address}: {error.code().name}: {error.details()}")
+            continue
+        finally:
+            channel.close()
+        speech = ({field.name: getattr(reply.speech, field.name) for field in reply.speech.DESCRIPTOR.fields}
+                  if reply.HasField("speech") else None)
+        return ModelInfo(reply.model_version, reply.threshold, reply.sample_rate, speech)
+    raise AgentError("cannot ask the server for its model: " + "; ".join(failures))
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     initial_delay_seconds: float = 0.5
     max_delay_seconds: float = 20.0

@@ -6,6 +6,7 @@ makes the same chunks without a server (to compare against offline scoring).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
@@ -16,43 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
-
 from . import events as ev
-from .chunker import Chunker, DroppedTail, SpeechChunk
-from .client import (AgentError, DeliveryStats, RetryPolicy, ServerTarget,
+from .chunker import SpeechChunk
+from .client import (AgentError, DeliveryStats, RetryPolicy, ServerTarget, fetch_model_info,
                      SessionDelivery)
 from .events import EventHub, EventSink, Score
 from .outbox import DropRecord, Outbox, OutboxFull, default_outbox_dir
 from .sources import SAMPLE_RATE, SourceError
-from .vad import DEFAULT_WARMUP_MS, PromptGate, SpeechFilter
+from .speech_path import CaptureResult, CaptureSettings, capture_chunks  # noqa: F401  (re-exported)
+from .vad import PromptGate, SpeechFilter
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-@dataclass(frozen=True)
-class CaptureSettings:
-    chunk_seconds: float = 7.0
-    min_last_chunk_seconds: float = 3.0
-    vad_aggressiveness: int = 2
-    frame_ms: int = 30
-    hangover_ms: int = 300
-    onset_ms: int = 60
-    warmup_ms: int = DEFAULT_WARMUP_MS
-    echo_tail_seconds: float = 0.3
-
-    def speech_filter(self, gate: PromptGate | None, first_sample: int = 0) -> SpeechFilter:
-        return SpeechFilter(
-            aggressiveness=self.vad_aggressiveness, frame_ms=self.frame_ms,
-            hangover_ms=self.hangover_ms, onset_ms=self.onset_ms, warmup_ms=self.warmup_ms, gate=gate,
-            first_sample=first_sample,
-        )
-
-    def chunker(self, first_seq: int = 0) -> Chunker:
-        return Chunker(self.chunk_seconds, self.min_last_chunk_seconds, first_seq=first_seq)
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def new_session_id() -> str:
@@ -77,34 +52,6 @@ def make_gate(settings: CaptureSettings, intervals: Iterable[tuple[float, float]
     for start, end in intervals:
         gate.add_interval(start, end)
     return gate
-
-
-@dataclass
-class CaptureResult:
-    chunks: list[SpeechChunk]
-    dropped_tail: DroppedTail | None
-    kept_seconds: float
-    dropped_seconds: dict[str, float]
-    clock_seconds: float
-
-
-def capture_chunks(source: Iterable[np.ndarray], settings: CaptureSettings = CaptureSettings(),
-                   gate: PromptGate | None = None) -> CaptureResult:
-    """The chunks the agent would send for this source, without a server or an outbox."""
-    speech_filter = settings.speech_filter(gate)
-    chunker = settings.chunker()
-    chunks: list[SpeechChunk] = []
-    for piece in speech_filter.run(source):
-        chunks.extend(chunker.add(piece))
-    last, tail = chunker.finish()
-    chunks.extend(last)
-    return CaptureResult(
-        chunks=chunks,
-        dropped_tail=tail,
-        kept_seconds=speech_filter.kept_samples / SAMPLE_RATE,
-        dropped_seconds={k: v / SAMPLE_RATE for k, v in speech_filter.dropped_samples.items()},
-        clock_seconds=speech_filter.clock_samples / SAMPLE_RATE,
-    )
 
 
 @dataclass
@@ -275,8 +222,10 @@ def run_agent(
     outbox: Outbox | str | os.PathLike | None = None,
     outbox_max_bytes: int | None = None,
     outbox_policy: str = "refuse",
-    settings: CaptureSettings = CaptureSettings(),
+    settings: CaptureSettings | None = None,
+    setting_overrides: dict | None = None,
     gate: PromptGate | None = None,
+    prompt_intervals: Iterable[tuple[float, float]] = (),
     retry: RetryPolicy = RetryPolicy(),
     model_version: str = "",
     on_event: EventSink | None = None,
@@ -289,6 +238,14 @@ def run_agent(
     Resuming: with the `session_id` of an interrupted run, chunks still in the outbox are
     resent; a file source is re-read and the chunks stored before are skipped (the same
     file and settings give the same chunks); a live source continues the session clock.
+
+    Prompt gating: a kiosk passes its `gate` (PromptGate) to report prompts live; known
+    `prompt_intervals` (seconds) are gated with the chosen settings' echo tail.
+
+    Speech settings: `settings` if given, else those the server's model was trained
+    with (asked over GetModelInfo; the defaults if the server cannot tell), with
+    `setting_overrides` ({CaptureSettings field: value}) applied on top. Settings
+    that differ from the model's give a warning event, never a refusal.
 
     Raises AgentError (with `.result`) when the server refuses the stream, stays
     unreachable past the retry budget, or capture failed (after delivering what was
@@ -303,8 +260,13 @@ def run_agent(
     own_outbox = not isinstance(outbox, Outbox)
     box = _open_outbox(outbox, outbox_max_bytes, outbox_policy)
     try:
+        earlier = box.session(session_id)
+        if settings is None and earlier is not None and earlier.settings.get("capture"):
+            # A resumed session keeps the settings it started with, whatever the server says now.
+            settings = CaptureSettings.from_dict(earlier.settings["capture"])
+        settings, speech_warnings = resolve_speech_settings(target, settings, setting_overrides)
         if gate is None:
-            gate = PromptGate(echo_tail_seconds=settings.echo_tail_seconds)
+            gate = make_gate(settings, prompt_intervals)
         source_description = source.describe() if hasattr(source, "describe") else {"kind": type(source).__name__}
         stored_settings = {"capture": settings.as_dict(), "source": source_description,
                            "prompt_intervals": gate.intervals}
@@ -317,7 +279,9 @@ def run_agent(
         resume_note = _resume_plan(session, source, stored_settings)
         hub.emit(ev.SESSION, participant_id=participant_id, device_id=device_id, server=target.address,
                  outbox=str(box.directory), outbox_policy=box.policy, resumed=resume_note is not None,
-                 resume=resume_note, pending=box.pending_count(session_id))
+                 resume=resume_note, pending=box.pending_count(session_id), speech=settings.as_dict())
+        for message in speech_warnings:
+            hub.emit(ev.WARNING, stage="speech", message=message)
         for other in box.unfinished_sessions():
             if other.session_id != session_id and box.pending_count(other.session_id):
                 hub.emit(ev.WARNING, stage="outbox",
@@ -372,6 +336,33 @@ def run_agent(
     finally:
         if own_outbox:
             box.close()
+
+
+def resolve_speech_settings(target: ServerTarget, settings: CaptureSettings | None,
+                            overrides: dict | None = None) -> tuple[CaptureSettings, list[str]]:
+    """The speech settings to capture with, and warnings about them (see run_agent)."""
+    warnings: list[str] = []
+    model_settings = None
+    try:
+        info = fetch_model_info(target)
+        if info.speech is not None:
+            model_settings = CaptureSettings.from_dict(info.speech)
+        elif settings is None:
+            warnings.append(f"model {info.model_version} records no speech settings; the agent's own are used")
+    except (AgentError, ValueError) as error:
+        if settings is None:  # settings given outright need nothing from the server
+            warnings.append(f"{error}; the agent's own speech settings are used")
+    chosen = settings if settings is not None else (model_settings or CaptureSettings())
+    if overrides:
+        chosen = dataclasses.replace(chosen, **overrides)
+    chosen.validate()
+    if model_settings is not None:
+        differences = chosen.differences(model_settings)
+        if differences:
+            listed = ", ".join(f"{name} {mine} (model: {theirs})" for name, (mine, theirs) in differences.items())
+            warnings.append(f"speech settings differ from those model {info.model_version} was trained with: "
+                            f"{listed}; its scores were validated on chunks cut the model's way")
+    return chosen, warnings
 
 
 def _resume_plan(session, source, stored_settings: dict) -> str | None:

@@ -51,6 +51,11 @@ class ModelConfig:
     max_segment_seconds: float = 10.0
     decision_threshold: float = 0.5
 
+    # The speech path the model was trained on: the agent's CaptureSettings (VAD,
+    # chunk length, last-chunk minimum) as a dict. Servers hand it to agents
+    # (GetModelInfo); None for checkpoints that predate it.
+    speech: dict[str, Any] | None = None
+
     # Departures of the small-data recipe (docs/training.md); the defaults are the paper's.
     # "standardize": frame features become (x - mean) / std per dimension, with the training
     # segments' statistics stored in the checkpoint beside the segment head.
@@ -95,6 +100,7 @@ class ModelConfig:
         require(0 < self.min_segment_seconds <= self.segment_seconds <= self.max_segment_seconds,
                 "need 0 < min_segment_seconds <= segment_seconds <= max_segment_seconds")
         require(0.0 < self.decision_threshold < 1.0, "decision_threshold must be in (0, 1)")
+        require(self.speech is None or isinstance(self.speech, dict), "speech must be a table of speech settings")
         require(self.feature_normalization in FEATURE_NORMALIZATIONS,
                 f"feature_normalization must be one of {FEATURE_NORMALIZATIONS}, got {self.feature_normalization!r}")
         require(math.isfinite(self.calibration_scale) and self.calibration_scale > 0
@@ -153,7 +159,7 @@ class ModelConfig:
 
 
 # Fields added after checkpoint format 1 was fixed, and their defaults.
-_WRITTEN_WHEN_SET = {"training_data": "", "positive_class": "", "demo_model": False,
+_WRITTEN_WHEN_SET = {"training_data": "", "positive_class": "", "demo_model": False, "speech": None,
                      "feature_normalization": "none", "calibration_scale": 1.0, "calibration_bias": 0.0,
                      "min_evidence_segments": 1}
 

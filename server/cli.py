@@ -71,8 +71,8 @@ def add_parser(subparsers) -> None:
                         help="serve Prometheus metrics on this port of --host (0 = off)")
     server.add_argument("--grpc-web-port", type=port_number, default=None,
                         help="also serve gRPC-web on this port of --host, with the same TLS files, so that "
-                             "browsers can call PutChunk, GetScore and ListSessions (off by default; 0 = any "
-                             "free port)")
+                             "browsers can call PutChunk, GetScore, ListSessions and GetModelInfo (off by default; "
+                             "0 = any free port)")
     server.add_argument("--grpc-web-origin", action="append", default=None, metavar="ORIGIN",
                         help="an origin (scheme://host[:port]) whose pages may call the gRPC-web port, e.g. the "
                              "dashboard's; repeat for several (default: any origin; calls still need a token)")

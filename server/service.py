@@ -680,3 +680,17 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                                            next_page_token=encode_page_token(next_cursor, request))
         except StreamAbort as error:
             await context.abort(error.code, str(error))
+
+    # ------------------------------------------------------------ model info
+    async def GetModelInfo(self, request, context):
+        await self._principal(context)  # any valid token: agents need this before they stream
+        config = self.model_config
+        info = pb.ModelInfo(model_version=self.model_version, threshold=config.decision_threshold,
+                            sample_rate=SAMPLE_RATE, min_chunk_seconds=config.min_segment_seconds,
+                            max_chunk_seconds=config.max_segment_seconds, notice=SCREENING_NOTICE,
+                            min_evidence_segments=config.min_evidence_segments,
+                            training_data=config.training_data, positive_class=config.positive_class,
+                            demo_model=config.demo_model)
+        if config.speech is not None:
+            info.speech.CopyFrom(pb.SpeechSettings(**config.speech))
+        return info

@@ -109,6 +109,11 @@ def test_a_session_put_over_grpc_web_is_scored_by_the_same_server_and_read_over_
     read_over_web = call(web, raw, "GetScore", raw.request("GetScore", session_id="web"),
                          token=tokens.by_name["reader-p1"])
     assert read_over_web.message.probability == latest.probability
+    # A browser page reads the model's speech settings, threshold and evidence rule the same way.
+    info = call(web, raw, "GetModelInfo", raw.request("GetModelInfo"), token=agent)
+    assert info.code == Code.OK, info.details
+    assert info.message.model_version == model.model_version and info.message.sample_rate == 16000
+    assert info.message.min_evidence_segments == model.config.min_evidence_segments
 
 
 def test_refusals_carry_the_grpc_status_codes_of_the_grpc_port(server, web, pool, tokens):

@@ -196,7 +196,7 @@ def test_checkpoints_written_before_calibration_and_the_evidence_rule_keep_their
     folder = ScreeningModel(ModelConfig.tiny()).save_pretrained(tmp_path / "plain")
     document = json.loads((folder / "config.json").read_text())
     # an uncalibrated paper-recipe checkpoint's config.json has exactly the fields it always had
-    for name in ("feature_normalization", "calibration_scale", "calibration_bias", "min_evidence_segments"):
+    for name in ("feature_normalization", "calibration_scale", "calibration_bias", "min_evidence_segments", "speech"):
         assert name not in document["model"]
     assert ScreeningModel.from_pretrained(folder).model_version == document["model_version"]
     calibrated = ScreeningModel(ModelConfig.tiny(calibration_scale=0.5, min_evidence_segments=2))

@@ -51,7 +51,8 @@ def client(channel, pool, tokens, name="admin") -> RawClient:
 # -- calls that never end --------------------------------------------------------------------------
 
 UNARY_REQUEST_METHODS = ["/moodstream.v1.Screening/GetScore", "/moodstream.v1.Screening/Subscribe",
-                         "/moodstream.v1.Screening/ListSessions", "/grpc.health.v1.Health/Check"]
+                         "/moodstream.v1.Screening/ListSessions", "/moodstream.v1.Screening/GetModelInfo",
+                         "/grpc.health.v1.Health/Check"]
 
 
 @pytest.mark.parametrize("token", ["admin", None], ids=["with a token", "without a token"])

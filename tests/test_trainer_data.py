@@ -8,7 +8,8 @@ import pytest
 
 from moodstream.trainer.data import read_daic_woz, read_manifest
 from moodstream.trainer.folds import LeakageError, Split, check_disjoint, cross_validation_splits, predefined_split
-from moodstream.trainer.segments import SegmentParams, build_segments, cut
+from moodstream.agent import CaptureSettings, FileSource, capture_chunks
+from moodstream.trainer.segments import SegmentParams, build_segments
 
 _spec = importlib.util.spec_from_file_location("trainer_fixtures", Path(__file__).with_name("trainer_fixtures.py"))
 fx = importlib.util.module_from_spec(_spec)
@@ -34,7 +35,7 @@ def test_daic_reader_keeps_good_participants_and_reports_every_broken_one(daic):
     skipped = dataset.skipped
     assert "transcript missing" in skipped["302"]
     assert "broken transcript" in skipped["303"]
-    assert "unreadable audio" in skipped["304"]
+    assert skipped["304"] == "audio unreadable: Format not recognised."  # soundfile's reason
     assert "does not exist in DAIC-WOZ" in skipped["342"]
     assert any("overlapping" in w for w in used["305"].warnings)
     assert any("clipped" in w for w in used["305"].warnings)
@@ -49,8 +50,7 @@ def test_daic_reader_keeps_good_participants_and_reports_every_broken_one(daic):
 def test_daic_reader_keeps_only_participant_speech(daic, tmp_path):
     root, _ = daic
     dataset = read_daic_woz(root).select(["300", "301"])
-    store = build_segments(dataset, SegmentParams(segment_seconds=3.0, min_last_segment_seconds=1.0),
-                           tmp_path / "cache", progress=False)
+    store = build_segments(dataset, SegmentParams(), tmp_path / "cache", progress=False)
     assert len(store) > 0
     for index in range(len(store)):
         wave = store.waveform(index)
@@ -81,27 +81,34 @@ def test_a_folder_without_split_files_is_a_clear_error(tmp_path):
 
 
 def test_segment_cache_is_reused_and_keyed_by_its_inputs(tmp_path):
-    manifest = fx.make_tone_manifest(tmp_path / "data", (2, 2, 0), seconds=5.0)
+    manifest = fx.make_tone_manifest(tmp_path / "data", (2, 2, 0), seconds=12.0)
     dataset = read_manifest(manifest)
-    params = SegmentParams(segment_seconds=2.0, min_last_segment_seconds=1.0)
+    params = SegmentParams()
     first = build_segments(dataset, params, tmp_path / "cache", progress=False)
-    assert [len(s.segments) for s in first.sessions] == [3] * 4   # 2 + 2 + a 1 s remainder
+    # 12 s of voicing less the VAD's 0.2 s warm-up: a 7 s chunk and a 4.8 s last chunk (kept from 3 s).
+    assert [len(s.segments) for s in first.sessions] == [2] * 4
     again = build_segments(dataset, params, tmp_path / "cache", progress=False)
     assert again.folder == first.folder and len(list((tmp_path / "cache").iterdir())) == 1
-    other = build_segments(dataset, SegmentParams(segment_seconds=2.5, min_last_segment_seconds=1.0),
-                           tmp_path / "cache", progress=False)
+    other = build_segments(dataset, SegmentParams(CaptureSettings(chunk_seconds=4.0)), tmp_path / "cache",
+                           progress=False)
     assert other.folder != first.folder
+    assert [len(s.segments) for s in other.sessions] == [3] * 4
     audio = Path(dataset.sessions[0].spans[0].path)
     os.utime(audio, ns=(audio.stat().st_atime_ns, audio.stat().st_mtime_ns + 10 ** 9))
     changed = build_segments(read_manifest(manifest), params, tmp_path / "cache", progress=False)
     assert changed.folder != first.folder
 
 
-def test_cut_makes_non_overlapping_segments():
-    params = SegmentParams(sample_rate=10, segment_seconds=7.0, min_last_segment_seconds=2.0)
-    assert cut(160, params) == [(0, 70), (70, 70), (140, 20)]  # a 2 s remainder is kept
-    assert cut(155, params) == [(0, 70), (70, 70)]            # 1.5 s remainder dropped
-    assert cut(10, params) == []
+def test_trainer_segments_are_the_agents_chunks(tmp_path):
+    """The trainer's segments of a one-file session are, sample for sample, what the agent sends."""
+    manifest = fx.make_tone_manifest(tmp_path / "data", (2, 0, 0), seconds=20.0)
+    dataset = read_manifest(manifest)
+    for settings in (CaptureSettings(), CaptureSettings(chunk_seconds=5.0, frame_ms=20, hangover_ms=120)):
+        store = build_segments(dataset, SegmentParams(settings), tmp_path / "cache", progress=False)
+        for item in store.sessions:
+            agent = capture_chunks(FileSource(item.session.spans[0].path), settings).chunks
+            assert [store.pcm(i).tobytes() for i in item.segments] == [c.pcm for c in agent]
+            assert len(agent) >= 2
 
 
 def test_manifest_errors_are_per_participant(tmp_path):
@@ -148,3 +155,38 @@ def test_cross_validation_folds_are_participant_disjoint(tmp_path):
         assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
         tested += split.test
     assert sorted(tested) == sorted(speaker)                   # every session is tested exactly once
+
+
+def _daic_with(tmp_path, participant_audio=None, turns=None, extra_rows=None):
+    root = tmp_path / "daic"
+    fx.make_daic_woz(root)
+    if participant_audio is not None:
+        (root / "300_P" / "300_AUDIO.wav").write_bytes(participant_audio)
+    if turns is not None:
+        (root / "300_P" / "300_TRANSCRIPT.csv").write_text(fx.transcript_text(turns))
+    if extra_rows:
+        with open(root / "dev_split_Depression_AVEC2017.csv", "a") as handle:
+            handle.write(extra_rows)
+    return root
+
+
+def test_a_truncated_wav_is_reported_as_unreadable_audio(tmp_path):
+    audio = fx.write_wav_bytes(fx.interview(fx.standard_turns(), 40.0, 1))
+    dataset = read_daic_woz(_daic_with(tmp_path, participant_audio=audio[: len(audio) // 3]))
+    assert dataset.skipped["300"].startswith("audio unreadable: the WAV file is truncated")
+    assert "outside the audio" not in dataset.skipped["300"]
+
+
+def test_zero_length_interviewer_rows_raise_no_warning(tmp_path):
+    turns = fx.standard_turns() + [(7.5, 7.5, "Ellie"), (20.0, 20.0, "Ellie")]
+    dataset = read_daic_woz(_daic_with(tmp_path, turns=sorted(turns)))
+    assert not {s.session_id: s for s in dataset.sessions}["300"].warnings
+
+
+def test_a_participant_in_two_split_files_is_refused_naming_both(tmp_path):
+    root = _daic_with(tmp_path, extra_rows="300,0,3,1,0\n")
+    with pytest.raises(ValueError) as refused:
+        read_daic_woz(root)
+    message = str(refused.value)
+    assert "participant 300" in message
+    assert "train_split_Depression_AVEC2017.csv" in message and "dev_split_Depression_AVEC2017.csv" in message

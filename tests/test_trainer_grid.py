@@ -19,8 +19,9 @@ def write_recipe(tmp_path: Path, manifest: Path) -> Path:
 format = "manifest"
 path = "{manifest}"
 cache_dir = "cache"
-segment_seconds = 2.0
-min_last_segment_seconds = 1.0
+[speech]
+chunk_seconds = 4.0
+min_last_chunk_seconds = 1.0
 [model]
 preset = "tiny"
 [stage1]
@@ -36,7 +37,8 @@ tsne = false
     return config
 
 
-def test_ablation_grid_writes_one_table(tmp_path, capsys):
+def test_ablation_grid_writes_one_table(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # run.output is relative to where the command runs
     manifest = fx.make_tone_manifest(tmp_path / "data", (4, 2, 2), seconds=4.0)
     config = write_recipe(tmp_path, manifest)
     assert main(["ablate", str(config), "--grid", "model.pooling=attention,max",
@@ -47,7 +49,8 @@ def test_ablation_grid_writes_one_table(tmp_path, capsys):
     assert (tmp_path / "out-ablation" / "pooling-max" / "checkpoint" / "config.json").is_file()
 
 
-def test_opensmile_baseline_on_the_same_splits(tmp_path):
+def test_opensmile_baseline_on_the_same_splits(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     pytest.importorskip("opensmile", reason="the openSMILE baseline needs the eval extra (pip install '.[eval]')")
     manifest = fx.make_tone_manifest(tmp_path / "data", (8, 4, 4), seconds=4.0)
     config = write_recipe(tmp_path, manifest)
@@ -59,7 +62,8 @@ def test_opensmile_baseline_on_the_same_splits(tmp_path):
     assert result["test"]["segment"]["auc"] > 0.8
 
 
-def test_linear_probe_baseline_reads_the_recipes_frozen_encoder(tmp_path):
+def test_linear_probe_baseline_reads_the_recipes_frozen_encoder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # run.output is relative to where the command runs
     manifest = fx.make_tone_manifest(tmp_path / "data", (8, 4, 4), seconds=4.0)
     config = write_recipe(tmp_path, manifest)
     assert main(["baseline", str(config), "--feature-set", "linear-probe"]) == 0

@@ -38,3 +38,19 @@ def test_openSMILE_baseline_beats_chance_on_the_standin(tmp_path):
     assert len(result["folds"]) == 6 and result["sessions"] == 36
     assert result["pooled_session_auc"] > 0.7
     assert result["pooled_segment_auc"] > 0.7
+
+
+def test_one_model_on_chosen_actors_instead_of_cross_validation(tmp_path):
+    from moodstream.trainer.train import prepare_data
+
+    config = TrainConfig.from_dict({"data": {"format": "ravdess-standin", "path": str(RAVDESS),
+                                             "cache_dir": str(tmp_path / "cache"),
+                                             "train_actors": list(range(1, 16)), "validation_actors": [16, 17, 18]},
+                                    "run": {"output": str(tmp_path / "run"), "progress": False}})
+    dataset, _, splits = prepare_data(config)
+    assert len(splits) == 1
+    split = splits[0]
+    assert len(split.train) == 30 and len(split.validation) == 6 and not split.test
+    assert {s.split("-")[0] for s in split.validation} == {"actor16", "actor17", "actor18"}
+    assert "actors chosen: train 1-15, validation 16-18" in dataset.summary_markdown()
+    assert dataset.positive_class == "low-mood (sad) session"

@@ -11,6 +11,7 @@ import torch
 from moodstream.cli import main
 from moodstream.model import ScreeningModel
 from moodstream.trainer.config import TrainConfig
+from moodstream.trainer.folds import LeakageError
 from moodstream.trainer.train import train
 
 _spec = importlib.util.spec_from_file_location("trainer_fixtures", Path(__file__).with_name("trainer_fixtures.py"))
@@ -26,7 +27,8 @@ def manifest(tmp_path_factory):
 def recipe(manifest: Path, output: Path, **stage) -> TrainConfig:
     return TrainConfig.from_dict({
         "data": {"format": "manifest", "path": str(manifest), "cache_dir": str(output.parent / "cache"),
-                 "segment_seconds": 2.0, "min_last_segment_seconds": 1.0},
+                 },
+        "speech": {"chunk_seconds": 4.0, "min_last_chunk_seconds": 1.0},
         "model": {"preset": "tiny"},
         "stage1": {"epochs": stage.get("epochs1", 8), "batch_size": 8, "lr_backbone": 1e-3, "patience": 50},
         "stage2": {"epochs": stage.get("epochs2", 8), "batch_size": 4, "lr_head": 6e-3, "patience": 50},
@@ -81,15 +83,17 @@ def test_resume_after_interruption_gives_the_same_model(manifest, tmp_path):
     assert resumed["test"]["session"]["auc"] == reference["test"]["session"]["auc"]
 
 
-def test_train_and_evaluate_commands(manifest, tmp_path, capsys):
+def test_train_and_evaluate_commands(manifest, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # run.output is relative to where the command runs
     config = tmp_path / "recipe.toml"
     config.write_text(f"""
 [data]
 format = "manifest"
 path = "{manifest}"
 cache_dir = "cache"
-segment_seconds = 2.0
-min_last_segment_seconds = 1.0
+[speech]
+chunk_seconds = 4.0
+min_last_chunk_seconds = 1.0
 [model]
 preset = "tiny"
 pooling = "mean"
@@ -116,16 +120,41 @@ tsne = false
     assert (tmp_path / "eval" / "report.md").is_file()
 
 
-def test_bad_recipes_are_one_sentence_errors(tmp_path, capsys):
+def test_bad_recipes_are_one_sentence_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     config = tmp_path / "bad.toml"
     config.write_text("[stage1]\nlearning_rate = 3\n")
     assert main(["train", str(config)]) == 2
-    assert "unknown key(s) ['learning_rate'] in [stage1]" in capsys.readouterr().err
-    config.write_text("[data]\nformat = 'daic-woz'\npath = 'nowhere'\n")
+    assert "unknown key 'learning_rate' in [stage1]" in capsys.readouterr().err
+    config.write_text("[data]\nformat = 'daic-woz'\npath = 'nowhere'\n[run]\noutput = 'never'\n")
     assert main(["train", str(config)]) == 2
     assert "no daic-woz folder" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()  # no output folder before the data is validated
     assert main(["train", str(config), "--set", "model.pooling=median"]) == 2
     assert "pooling must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting, message", [
+    (["--set", "data.folds=abc"], "data.folds must be an integer, got 'abc' (str)"),
+    (["--set", "data.exclude=318"], "data.exclude must be a list of ids"),
+    (["--set", "stage1.lr_head=fast"], "stage1.lr_head must be a number, got 'fast' (str)"),
+    (["--set", "run.tsne=1"], "run.tsne must be true or false"),
+    (["--set", "speech.frame_ms=25"], "VAD frame must be 10, 20 or 30 ms"),
+    (["--set", "data.segment_seconds=5"], "use speech.chunk_seconds"),
+])
+def test_wrongly_typed_settings_name_the_key_and_the_type(tmp_path, capsys, setting, message):
+    config = tmp_path / "recipe.toml"
+    config.write_text("[data]\nformat = 'manifest'\npath = 'x.csv'\n")
+    assert main(["train", str(config), *setting]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_quoted_number_in_the_recipe_is_refused(tmp_path, capsys):
+    config = tmp_path / "recipe.toml"
+    config.write_text('[data]\nformat = "manifest"\npath = "x.csv"\nfolds = "3"\n')
+    assert main(["train", str(config)]) == 2
+    assert "data.folds must be an integer, got '3' (str)" in capsys.readouterr().err
 
 
 def test_frozen_backbone_features_are_computed_once_and_match(manifest, tmp_path):
@@ -145,6 +174,43 @@ def test_frozen_backbone_features_are_computed_once_and_match(manifest, tmp_path
         cached = trainer.segment_vectors(indices)
     assert torch.allclose(direct, cached, atol=2e-2)  # fp16 cache of the frame features
     assert np.corrcoef(direct.flatten(), cached.flatten())[0, 1] > 0.999
+
+
+def test_a_separate_test_set_is_scored_and_reported(tmp_path):
+    data = fx.make_tone_manifest(tmp_path / "train-data", (8, 4, 2), seconds=6.0)
+    test_set = fx.make_tone_manifest(tmp_path / "test-data", (0, 0, 4), seconds=6.0)
+    rows = test_set.read_text().splitlines()
+    # other speakers than the training data's p00..p13
+    test_set.write_text("\n".join([rows[0]] + [row.replace("p0", "q0", 1) for row in rows[1:]]) + "\n")
+    config = recipe(data, tmp_path / "run", epochs1=1, epochs2=1)
+    config.data.test_path = str(test_set)
+    result = train(config)
+    assert result["test"]["session"]["n"] == 4
+    summary = (tmp_path / "run" / "data_summary.md").read_text()
+    assert "test set (data.test_path): 4 sessions" in summary and "2 test sessions of the training data left out" \
+        in summary
+    leaky = fx.make_tone_manifest(tmp_path / "leaky", (0, 0, 2), seconds=6.0)  # p00, p01: training speakers
+    config.data.test_path = str(leaky)
+    with pytest.raises(LeakageError, match="p00"):
+        train(config)
+
+
+def test_the_example_recipe_documents_every_key():
+    import dataclasses
+    import tomllib
+
+    from moodstream.agent.speech_path import CaptureSettings
+    from moodstream.trainer.config import DataSection, RunSection, ScoringSection, StageSection
+
+    recipe_path = Path(__file__).resolve().parents[1] / "configs" / "daic-woz.toml"
+    values = tomllib.loads(recipe_path.read_text())
+    for section, kind in (("data", DataSection), ("speech", CaptureSettings), ("stage1", StageSection),
+                          ("stage2", StageSection), ("scoring", ScoringSection), ("run", RunSection)):
+        keys = {f.name for f in dataclasses.fields(kind)}
+        if section == "stage1":
+            keys.discard("prefix_training")  # a stage-2 setting only (stage 1 refuses it)
+        assert set(values[section]) == keys, section
+    TrainConfig.from_dict(values)  # and it is a valid recipe
 
 
 def test_recipes_resolve_by_corpus_size_and_explicit_values_win():
@@ -174,7 +240,7 @@ def test_small_data_checkpoint_carries_statistics_calibration_and_evidence(manif
     calibration = config.notes["calibration"]
     if calibration["method"] == "platt":
         assert (config.calibration_scale, config.calibration_bias) == (calibration["scale"], calibration["bias"])
-    assert 1 <= config.min_evidence_segments <= 3  # 6 s sessions: 3 segments of 2 s
+    assert 1 <= config.min_evidence_segments <= 2  # 6 s sessions: at most 2 segments of 4 s
     rows = result["test"]["prefix"]
     assert [r["prefix"] for r in rows][-4:] == ["25 %", "50 %", "75 %", "100 %"]
     assert rows[0]["prefix"] == "1 segment" and rows[0]["sessions"] == 4

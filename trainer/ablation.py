@@ -21,7 +21,7 @@ DEFAULT_GRID = {
     "model.fine_tuning": ["frozen", "last-n", "all"],
     "model.pooling": ["attention", "mean", "max"],
     "model.session_head": ["self-attention", "last-step"],
-    "data.segment_seconds": [4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+    "speech.chunk_seconds": [4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
 }
 
 

@@ -145,7 +145,8 @@ def run_baseline(config: TrainConfig, feature_set: str = "IS09_emotion", output:
         folder = output if len(splits) == 1 else output / split.name
         results[split.name] = write_evaluation(
             folder, predictions, threshold, segment_threshold,
-            title=f"{title} ({split.name})", extra={"features": described}, tsne=False)
+            title=f"{title} ({split.name})", extra={"features": described}, tsne=False,
+            positive_class=dataset.positive_class)
         if len(splits) > 1:  # every fold's predictions, as training writes them (the stand-in's bootstrap reads them)
             (folder / "result.json").write_text(json.dumps(results[split.name], indent=2, default=float))
     if len(splits) == 1:

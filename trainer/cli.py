@@ -20,17 +20,22 @@ def add_parser(subparsers) -> None:
     evaluate = subparsers.add_parser(
         "evaluate", help="score a data set with a checkpoint: metrics, plots, report.md",
         description="Evaluate a trained checkpoint at the thresholds it carries (chosen on validation "
-                    "during training; never tuned on the evaluated data).")
+                    "during training; never tuned on the evaluated data). Sessions are cut into segments by "
+                    "the agent's speech path with the speech settings the checkpoint records.")
     evaluate.add_argument("checkpoint", help="checkpoint folder written by `moodstream train`")
     evaluate.add_argument("data", help="DAIC-WOZ / E-DAIC folder, or a manifest CSV")
     evaluate.add_argument("--format", default="auto", choices=["auto", "daic-woz", "e-daic", "manifest",
                                                                "ravdess-standin"])
-    evaluate.add_argument("--split", default="test", help="which split to score: train, validation, test or all "
-                                                          "(default: %(default)s)")
+    evaluate.add_argument("--split", default="test", help="which split to score: train, validation, test or all; data "
+                                                          "without splits is scored whole (default: %(default)s)")
     evaluate.add_argument("--output", default="runs/evaluation", help="report folder (default: %(default)s)")
     evaluate.add_argument("--cache-dir", default="~/.cache/moodstream/segments")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--no-tsne", action="store_true", help="skip the t-SNE plot")
+    evaluate.add_argument("--replay", action="store_true",
+                          help="also stream every session through the real agent into a real server (Redis child "
+                               "process, gRPC on 127.0.0.1, fp32) and report the largest difference from the batch "
+                               "scores per session; exit 1 if any exceeds 1e-4")
     evaluate.set_defaults(handler=run_evaluate)
 
     ablate = subparsers.add_parser(
@@ -118,10 +123,19 @@ def run_evaluate(args) -> int:
     from moodstream.trainer.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, args.data, args.output, data_format=args.format, split=args.split,
-                                 cache_dir=args.cache_dir, device=args.device, tsne=not args.no_tsne)
-    session = result[args.split]["session"]
-    print(f"{args.split}: session P {session['precision']:.3f} R {session['recall']:.3f} F1 {session['f1']:.3f} "
+                                 cache_dir=args.cache_dir, device=args.device, tsne=not args.no_tsne,
+                                 replay=args.replay)
+    split = result["split"]
+    session = result[split]["session"]
+    print(f"{split}: session P {session['precision']:.3f} R {session['recall']:.3f} F1 {session['f1']:.3f} "
           f"AUC {session['auc']:.3f}; report: {args.output}/report.md")
+    replay = result.get("replay")
+    if replay is not None:
+        verdict = "passed" if replay["passed"] else "FAILED"
+        print(f"replay {verdict}: largest |live - batch| probability {replay['max_difference']:.2e} over "
+              f"{len(replay['sessions'])} session(s) (tolerance {replay['tolerance']:g})")
+        if not replay["passed"]:
+            return 1
     return 0
 
 

@@ -1,6 +1,8 @@
 """The training recipe: one TOML file, any value overridable with `--set section.key=value`.
 
-    [data]     where the recordings are and how they become segments
+    [data]     where the recordings are and which sessions are used
+    [speech]   how speech is kept and cut into segments: the agent's settings
+               (moodstream.agent.speech_path.CaptureSettings), recorded in the checkpoint
     [model]    any ModelConfig field (model/config.py), plus `preset` and `pretrained`
     [stage1]   backbone + segment head on segment labels
     [stage2]   session head on sequences of frozen segment vectors
@@ -19,10 +21,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moodstream.agent.speech_path import CaptureSettings
 from moodstream.model.config import ModelConfig
 
 DATA_FORMATS = ("daic-woz", "e-daic", "manifest", "ravdess-standin", "synthetic")
@@ -45,9 +49,10 @@ class DataSection:
     format: str = "daic-woz"
     path: str = ""
     cache_dir: str = "~/.cache/moodstream/segments"
-    segment_seconds: float = 7.0
-    min_last_segment_seconds: float = 2.0
-    trim_silence: bool = True
+    test_path: str = ""              # a separate test set (folder or manifest): scored and reported only
+    train_actors: list[int] = field(default_factory=list)       # ravdess-standin: one model on these actors
+    validation_actors: list[int] = field(default_factory=list)  # ... validated on these
+    test_actors: list[int] = field(default_factory=list)        # ... and reported on these
     validation: str = "dev"          # DAIC-WOZ / E-DAIC: 'dev' (or 'none')
     folds: int = 0                   # > 0: participant-disjoint cross-validation with this many folds
     label_from: str = "binary"       # 'binary' (PHQ8_Binary) or 'score' (PHQ8_Score >= score_threshold)
@@ -94,6 +99,7 @@ class RunSection:
 @dataclass
 class TrainConfig:
     data: DataSection = field(default_factory=DataSection)
+    speech: CaptureSettings = field(default_factory=CaptureSettings)
     model: dict[str, Any] = field(default_factory=dict)
     stage1: StageSection = field(default_factory=StageSection)
     stage2: StageSection = field(default_factory=lambda: StageSection(lr_backbone=0.0))
@@ -106,22 +112,26 @@ class TrainConfig:
     # ------------------------------------------------------------------ build
     @classmethod
     def from_dict(cls, values: dict[str, Any], base_dir: str | Path = ".") -> "TrainConfig":
-        sections = {"data": DataSection, "stage1": StageSection, "stage2": StageSection,
+        sections = {"data": DataSection, "speech": CaptureSettings, "stage1": StageSection, "stage2": StageSection,
                     "scoring": ScoringSection, "run": RunSection}
         unknown = sorted(set(values) - set(sections) - {"model"})
         if unknown:
-            raise ValueError(f"unknown config section(s) {unknown}; use data, model, stage1, stage2, scoring, run")
+            raise ValueError(f"unknown config section(s) {unknown}; use {', '.join(sections)}, model")
         config = cls(base_dir=str(base_dir))
         for name, section_type in sections.items():
             given = values.get(name, {})
             if not isinstance(given, dict):
                 raise ValueError(f"config section [{name}] must be a table")
+            hints = typing.get_type_hints(section_type)
             known = {f.name for f in dataclasses.fields(section_type)}
-            bad = sorted(set(given) - known)
-            if bad:
-                raise ValueError(f"unknown key(s) {bad} in [{name}]; known: {', '.join(sorted(known))}")
+            for key in sorted(set(given) - known):
+                moved = MOVED_KEYS.get(f"{name}.{key}")
+                if moved:
+                    raise ValueError(f"{name}.{key} is no longer a setting: {moved}")
+                raise ValueError(f"unknown key {key!r} in [{name}]; known: {', '.join(sorted(known))}")
+            checked = {key: checked_value(f"{name}.{key}", value, hints[key]) for key, value in given.items()}
             current = getattr(config, name)
-            setattr(config, name, dataclasses.replace(current, **given))
+            setattr(config, name, dataclasses.replace(current, **checked))
             config.explicit |= {f"{name}.{key}" for key in given}
         model = values.get("model", {})
         if not isinstance(model, dict):
@@ -161,12 +171,31 @@ class TrainConfig:
         return cls.from_dict(values, base_dir=path.parent)
 
     def validate(self) -> None:
+        try:
+            self.speech.validate()
+        except ValueError as error:
+            raise ValueError(f"[speech]: {error}") from None
         if self.data.format not in DATA_FORMATS:
             raise ValueError(f"data.format must be one of {', '.join(DATA_FORMATS)}, got {self.data.format!r}")
         if self.data.label_from not in ("binary", "score"):
             raise ValueError("data.label_from must be 'binary' or 'score'")
         if self.data.folds < 0 or self.data.folds == 1 or self.data.folds == 2:
             raise ValueError("data.folds must be 0 (use the data's splits) or at least 3")
+        actors = (self.data.train_actors, self.data.validation_actors, self.data.test_actors)
+        if any(actors):
+            if self.data.format != "ravdess-standin":
+                raise ValueError("data.train_actors / validation_actors / test_actors apply to "
+                                 "data.format = 'ravdess-standin' only")
+            if not (self.data.train_actors and self.data.validation_actors):
+                raise ValueError("choosing actors needs both data.train_actors and data.validation_actors")
+            if self.data.folds:
+                raise ValueError("choose actors or cross-validate (data.folds), not both")
+            chosen = [a for group in actors for a in group]
+            if len(chosen) != len(set(chosen)):
+                raise ValueError("an actor is listed in two of data.train_actors, validation_actors, test_actors")
+        if self.data.test_path and self.data.folds:
+            raise ValueError("data.test_path is scored by the model trained on the train/validation split; "
+                             "it cannot be combined with cross-validation (data.folds)")
         for name in ("stage1", "stage2"):
             stage: StageSection = getattr(self, name)
             if stage.imbalance not in IMBALANCE:
@@ -194,7 +223,8 @@ class TrainConfig:
 
     @property
     def output_dir(self) -> Path:
-        return self.resolve(self.run.output)
+        # Where the user runs the command, as with any CLI output path (data paths are the recipe's).
+        return Path(self.run.output).expanduser().absolute()
 
     @property
     def pretrained(self) -> bool:
@@ -204,9 +234,10 @@ class TrainConfig:
         values = dict(self.model)
         preset = values.pop("preset", "base")
         values.pop("pretrained", None)
-        values["segment_seconds"] = self.data.segment_seconds
-        values.setdefault("max_segment_seconds", max(10.0, self.data.segment_seconds))
-        values.setdefault("min_segment_seconds", min(1.0, self.data.min_last_segment_seconds))
+        values["segment_seconds"] = self.speech.chunk_seconds
+        values["speech"] = self.speech.as_dict()
+        values.setdefault("max_segment_seconds", max(10.0, self.speech.chunk_seconds))
+        values.setdefault("min_segment_seconds", min(1.0, self.speech.min_last_chunk_seconds))
         backbone = values.get("backbone")
         if isinstance(backbone, str) and (backbone.startswith(".") or "/" in backbone) and \
                 self.resolve(backbone).exists():
@@ -222,13 +253,53 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "data": dataclasses.asdict(self.data), "model": dict(self.model),
+            "data": dataclasses.asdict(self.data), "speech": self.speech.as_dict(), "model": dict(self.model),
             "stage1": dataclasses.asdict(self.stage1), "stage2": dataclasses.asdict(self.stage2),
             "scoring": dataclasses.asdict(self.scoring), "run": dataclasses.asdict(self.run),
         }
 
     def to_toml(self) -> str:
         return dump_toml(self.to_dict())
+
+
+MOVED_KEYS = {
+    "data.segment_seconds": "use speech.chunk_seconds (the agent's chunk length)",
+    "data.min_last_segment_seconds": "use speech.min_last_chunk_seconds (the agent's last-chunk minimum)",
+    "data.trim_silence": "speech is kept by the agent's VAD (see [speech]); remove the key",
+}
+
+
+def checked_value(key: str, value: Any, hint: Any) -> Any:
+    """`value` as the type `hint` names; ValueError naming the key and the expected type otherwise."""
+    def refuse(expected: str):
+        raise ValueError(f"{key} must be {expected}, got {value!r} ({type(value).__name__})")
+
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        return value if isinstance(value, bool) else refuse("true or false")
+    if hint is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else refuse("an integer")
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            refuse("a number")
+        return float(value)
+    if hint is str:
+        return value if isinstance(value, str) else refuse("a string")
+    if origin is list and typing.get_args(hint) == (int,):
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            refuse("a list of integers, e.g. [1, 2, 3]")
+        return list(value)
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
+                                                  for v in value):
+            refuse('a list of ids, e.g. ["318", "321"]')
+        return [str(v) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in value.values()):
+            refuse('a table of numbers, e.g. {"318" = -1.5}')
+        return {str(k): float(v) for k, v in value.items()}
+    return value
 
 
 def parse_value(text: str) -> Any:

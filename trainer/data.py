@@ -64,6 +64,7 @@ class Dataset:
     sessions: list[Session]
     skipped: dict[str, str] = field(default_factory=dict)   # session id -> reason
     notes: list[str] = field(default_factory=list)
+    positive_class: str = "depressed"  # what label 1 means, in reports
 
     def warnings(self) -> dict[str, list[str]]:
         return {s.session_id: list(s.warnings) for s in self.sessions if s.warnings}
@@ -109,7 +110,8 @@ class Dataset:
 
     def select(self, keep: Iterable[str]) -> "Dataset":
         keep = set(keep)
-        return Dataset(self.name, [s for s in self.sessions if s.session_id in keep], dict(self.skipped), list(self.notes))
+        return Dataset(self.name, [s for s in self.sessions if s.session_id in keep], dict(self.skipped),
+                       list(self.notes), self.positive_class)
 
 
 def natural_key(text: str):
@@ -126,20 +128,50 @@ def open_audio_bytes(span: AudioSpan) -> bytes | None:
 
 
 def audio_info(path: str, member: str | None = None) -> tuple[float, int]:
-    """(duration seconds, sample rate) from the file's header; raises ValueError if unreadable."""
+    """(duration seconds, sample rate) from the file's header; ValueError("audio unreadable: ...") if unusable."""
     import soundfile
 
     try:
         if member is None:
             info = soundfile.info(path)
+            with open(path, "rb") as handle:
+                missing = wav_missing_bytes(handle)
         else:
             with zipfile.ZipFile(path) as archive:
-                info = soundfile.info(io.BytesIO(archive.read(member)))
+                data = archive.read(member)
+            info = soundfile.info(io.BytesIO(data))
+            missing = wav_missing_bytes(io.BytesIO(data))
     except Exception as error:  # soundfile and zipfile raise their own error types
-        raise ValueError(f"unreadable audio ({type(error).__name__}: {str(error).strip()[:120]})") from error
+        reason = str(error).strip()
+        if "Error opening" in reason and ": " in reason:
+            reason = reason.rsplit(": ", 1)[-1]  # libsndfile repeats the path before its reason
+        raise ValueError(f"audio unreadable: {reason[:160] or type(error).__name__}") from error
+    if missing:
+        raise ValueError(f"audio unreadable: the WAV file is truncated ({missing:,} bytes of its sample data "
+                         "are missing)")
     if info.frames <= 0:
-        raise ValueError("the audio file holds no samples")
+        raise ValueError("audio unreadable: the file holds no samples")
     return info.frames / info.samplerate, info.samplerate
+
+
+def wav_missing_bytes(handle) -> int:
+    """How many bytes of sample data a RIFF/WAVE file's header declares beyond its end (0 if complete
+    or not a WAV): libsndfile reads a truncated WAV without complaint, as if it were shorter."""
+    header = handle.read(12)
+    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+        return 0
+    while True:
+        chunk = handle.read(8)
+        if len(chunk) < 8:
+            return 0
+        size = int.from_bytes(chunk[4:8], "little")
+        if chunk[:4] == b"data":
+            start = handle.tell()
+            handle.seek(0, io.SEEK_END)
+            available = handle.tell() - start
+            # 0xFFFFFFFF is the "size unknown" marker of streamed WAVs: nothing to compare with.
+            return 0 if size == 0xFFFFFFFF else max(0, size - available)
+        handle.seek(size + (size & 1), io.SEEK_CUR)
 
 
 # --------------------------------------------------------------------------- split files
@@ -252,13 +284,16 @@ def parse_transcript(text: str, start_names: tuple[str, ...], end_names: tuple[s
         except (ValueError, IndexError):
             bad_rows += 1
             continue
-        if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end <= start:
+        speaker = row[speaker_at].strip() if speaker_at is not None and speaker_at < len(row) else "Participant"
+        if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end < start:
             bad_rows += 1
             continue
-        speaker = row[speaker_at].strip() if speaker_at is not None and speaker_at < len(row) else "Participant"
+        if end == start:
+            # Zero-length rows (a backchannel or a lost timestamp) hold no audio to keep or leak.
+            continue
         turns.append(Turn(start, end, speaker))
     if bad_rows:
-        problems.append(f"{bad_rows} transcript rows with unreadable or non-increasing times dropped")
+        problems.append(f"{bad_rows} transcript rows with unreadable or decreasing times dropped")
     return turns, problems
 
 
@@ -393,6 +428,7 @@ def read_daic_woz(root: str | Path, *, label_mode: str = "binary", score_thresho
 
     dataset = Dataset(variant, [])
     labels: dict[str, LabelRow] = {}
+    label_files: dict[str, Path] = {}
     for split, pattern in split_patterns.items():
         path = _find_file(root, pattern)
         if path is None and split == "test" and fallback_test:
@@ -407,12 +443,11 @@ def read_daic_woz(root: str | Path, *, label_mode: str = "binary", score_thresho
         dataset.notes.extend(notes)
         for row in rows:
             if row.participant in labels:
-                dataset.notes.append(f"participant {row.participant} is listed in both {labels[row.participant].split} "
-                                     f"and {split}: kept in {labels[row.participant].split}")
-                dataset.skipped.setdefault(row.participant, f"listed in two split files "
-                                                            f"({labels[row.participant].split}, {split})")
-                continue
+                raise ValueError(f"participant {row.participant} is listed in two split files, "
+                                 f"{label_files[row.participant]} and {path}: a participant belongs to one split; "
+                                 "remove one of the rows")
             labels[row.participant] = row
+            label_files[row.participant] = path
     if not labels:
         raise ValueError(f"no split files with participant labels found under {root}; "
                          f"expected {', '.join(p.replace(chr(92), '') for p in split_patterns.values())}")
@@ -422,8 +457,6 @@ def read_daic_woz(root: str | Path, *, label_mode: str = "binary", score_thresho
     if validation_split not in ("dev", "none"):
         raise ValueError(f"data.validation for {variant} must be 'dev' or 'none', got {validation_split!r}")
     for participant in sorted(set(labels) | set(entries), key=natural_key):
-        if participant in dataset.skipped:
-            continue
         known = DAIC_KNOWN_PROBLEMS.get(participant) if variant == "daic-woz" else None
         row = labels.get(participant)
         if participant in exclude:
@@ -507,7 +540,7 @@ def read_manifest(path: str | Path) -> Dataset:
     if missing:
         raise ValueError(f"manifest {path.name} lacks the column(s) {', '.join(missing)}; expected {MANIFEST_COLUMNS}")
     get = lambda row, name: row.get(lowered.get(name, ""), "").strip()  # noqa: E731
-    dataset = Dataset(f"manifest {path.name}", [])
+    dataset = Dataset(f"manifest {path.name}", [], positive_class="the manifest's label 1 (the depressed class)")
     sessions: dict[str, Session] = {}
     bad: dict[str, str] = {}
     checked_audio: dict[str, str | None] = {}

@@ -192,8 +192,7 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
             shutil.rmtree(work)  # from scratch
         manifest = generate_corpus(work / "audio", seed=seed)
     config = TrainConfig.from_dict({
-        "data": {"format": "manifest", "path": str(manifest), "cache_dir": str(work / "cache"),
-                 "trim_silence": False},
+        "data": {"format": "manifest", "path": str(manifest), "cache_dir": str(work / "cache")},
         "model": demo_model_settings() | DEMO_DESCRIPTION | {
             "notes": {"recipe": "moodstream demo-checkpoint", "seed": seed, "what_it_learned": DEMO_NOTE}},
         # 16 epochs: validation loss is below 0.01 by epoch 14 on this corpus.

@@ -55,7 +55,8 @@ def metrics_table(rows: list[tuple[str, dict]]) -> str:
 
 def write_evaluation(folder: Path, predictions: dict[str, Predictions], threshold: float, segment_threshold: float,
                      title: str, extra: dict | None = None, tsne: bool = True, seed: int = 0,
-                     data_summary: str | None = None) -> dict:
+                     data_summary: str | None = None, positive_class: str = "depressed",
+                     appendix: str | None = None) -> dict:
     """Metrics, prediction CSVs, PNG plots and report.md for each set in `predictions`."""
     from moodstream.trainer import plots
 
@@ -113,7 +114,7 @@ def write_evaluation(folder: Path, predictions: dict[str, Predictions], threshol
                            f"t-SNE of {side} segment vectors", seed=seed)
             images.append((f"t-SNE of {side} segment vectors", f"{side}_tsne.png"))
     lines = [f"# {title}", "", f"> {SCREENING_NOTICE}", "",
-             "Positive class = the depressed class (label 1). Session = one participant's recording. "
+             f"Positive class (label 1) = {positive_class}. Session = one participant's recording. "
              "Thresholds were chosen on the validation set (never on the test set) and applied unchanged.", "",
              metrics_table(table_rows), ""]
     for side, metrics in table_rows:
@@ -125,6 +126,8 @@ def write_evaluation(folder: Path, predictions: dict[str, Predictions], threshol
                                                    for k, v in extra.items()] + [""]
     for caption, image in images:
         lines += [f"### {caption}", "", f"![{caption}]({image})", ""]
+    if appendix:
+        lines += [appendix, ""]
     if data_summary:
         lines += [data_summary, ""]
     (folder / "report.md").write_text("\n".join(lines))
@@ -158,16 +161,36 @@ def cross_validation_markdown(title: str, summary: dict, data_summary: str = "")
 
 
 # --------------------------------------------------------------------------- moodstream evaluate
+# fp32 on both sides: the batch path and the live path compute the same numbers up to summation order.
+REPLAY_TOLERANCE = 1e-4
+
+
+def checkpoint_speech(model) -> tuple["CaptureSettings", str | None]:
+    """The speech settings a checkpoint was trained with, or the agent's defaults and a note saying so."""
+    from moodstream.agent.speech_path import CaptureSettings
+
+    if model.config.speech is not None:
+        return CaptureSettings.from_dict(model.config.speech), None
+    settings = CaptureSettings(chunk_seconds=model.config.segment_seconds)
+    return settings, ("this checkpoint records no speech settings (it predates them): the agent's defaults are "
+                      "used, as a live agent does with it")
+
+
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, output: str | Path, data_format: str = "auto",
                         split: str = "test", cache_dir: str = "~/.cache/moodstream/segments",
-                        device: str = "auto", tsne: bool = True, progress: bool = True) -> dict:
-    """Score a data set's `split` with a trained checkpoint, at the thresholds the checkpoint carries."""
+                        device: str = "auto", tsne: bool = True, progress: bool = True,
+                        replay: bool = False) -> dict:
+    """Score a data set's `split` with a trained checkpoint, at the thresholds the checkpoint carries.
+
+    Sessions are cut by the agent's speech path with the checkpoint's speech settings. With
+    `replay`, every session is also streamed by the real agent into a real server (Redis child
+    process, gRPC on 127.0.0.1, fp32) and the live scores are compared with the batch ones."""
     import torch
 
     from moodstream.model import ScreeningModel
     from moodstream.trainer.config import TrainConfig
-    from moodstream.trainer.segments import build_segments
-    from moodstream.trainer.train import load_dataset, pick_device, segment_params
+    from moodstream.trainer.segments import SegmentParams, build_segments
+    from moodstream.trainer.train import load_dataset, pick_device
 
     model = ScreeningModel.from_pretrained(checkpoint)
     device_ = pick_device(device)
@@ -178,16 +201,22 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, output: str | 
     if notes.get("threshold_chosen_on") != "validation":
         print("warning: this checkpoint does not record a threshold chosen on validation data; "
               "its F1 may not mean much (AUC does not depend on it)")
+    speech, speech_note = checkpoint_speech(model)
+    if speech_note:
+        print(f"note: {speech_note}")
     data_path = Path(data).expanduser()
     if data_format == "auto":
         data_format = detect_format(data_path)
     config = TrainConfig.from_dict({"data": {"format": data_format, "path": str(data_path.resolve()),
-                                             "cache_dir": cache_dir,
-                                             "segment_seconds": model.config.segment_seconds},
-                                    "run": {"progress": progress}})
+                                             "cache_dir": cache_dir},
+                                    "speech": speech.as_dict(), "run": {"progress": progress}})
     dataset = load_dataset(config)
-    store = build_segments(dataset, segment_params(config, model.config.sample_rate),
-                           config.resolve(cache_dir), progress=progress)
+    store = build_segments(dataset, SegmentParams(speech), config.resolve(cache_dir), progress=progress)
+    split_note = None
+    if not any(s.session.split for s in store.sessions) and split != "all":
+        split_note = f"{data_path.name} defines no splits: every session is scored ({len(store.sessions)})"
+        print(f"note: {split_note}")
+        split = "all"
     wanted = [s for s in store.sessions if split == "all" or s.session.split == split]
     if not wanted:
         splits = sorted({str(s.session.split) for s in store.sessions})
@@ -196,13 +225,17 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, output: str | 
     from moodstream.trainer.prefixes import prefix_logits, sigmoid
 
     session_probs, vectors_all, seg_probs, seg_labels, seg_owner = [], [], [], [], []
+    prefix_probs: dict[str, list[float]] = {}
     prefixes, prefixes_uncalibrated = [], []
     with torch.inference_mode():
         for item in wanted:
-            waves = [store.waveform(i) for i in item.segments]
-            vectors = torch.cat([model.encode_segments(waves[s:s + 16], model.config.sample_rate)
-                                 for s in range(0, len(waves), 16)])
+            # One segment at a time, as the server encodes them: no padding inside a batch.
+            vectors = torch.cat([model.encode_segments([store.pcm(i)], model.config.sample_rate)
+                                 for i in item.segments])
             session_probs.append(model.score(vectors))
+            if replay:
+                prefix_probs[item.session.session_id] = [model.score(vectors[:k])
+                                                         for k in range(1, len(vectors) + 1)]
             logits = prefix_logits(model.session_head, [vectors])[0]
             prefixes.append(sigmoid(model.calibrated_logit(torch.from_numpy(logits)).numpy()))
             prefixes_uncalibrated.append(sigmoid(logits))
@@ -217,14 +250,108 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, output: str | 
         segment_session_ids=seg_owner, segment_labels=np.asarray(seg_labels),
         segment_probabilities=np.asarray(seg_probs), segment_vectors=np.concatenate(vectors_all),
         session_prefix_probabilities=prefixes, session_prefix_uncalibrated=prefixes_uncalibrated)
+    extra = {"checkpoint": str(checkpoint), "model_version": model.model_version,
+             "min_evidence_segments": model.config.min_evidence_segments,
+             "data": f"{data_format} {data_path}", "speech": speech_summary(speech)}
+    if split_note:
+        extra["split"] = split_note
+    replay_rows = None
+    if replay:
+        replay_rows = replay_sessions(model, checkpoint, wanted, prefix_probs, progress=progress)
+        worst = max(row["max_difference"] for row in replay_rows)
+        extra["replay: largest |live - batch| probability"] = f"{worst:.2e} (tolerance {REPLAY_TOLERANCE:g})"
     result = write_evaluation(Path(output), {split: predictions}, threshold, segment_threshold,
                               title=f"moodstream evaluation: {Path(checkpoint).name} on {data_path.name} ({split})",
-                              extra={"checkpoint": str(checkpoint), "model_version": model.model_version,
-                                     "min_evidence_segments": model.config.min_evidence_segments,
-                                     "data": f"{data_format} {data_path}"},
-                              tsne=tsne, data_summary=dataset.summary_markdown())
+                              extra=extra, tsne=tsne, data_summary=dataset.summary_markdown(),
+                              positive_class=dataset.positive_class,
+                              appendix=replay_markdown(replay_rows) if replay_rows is not None else None)
+    result["split"] = split
+    result["speech"] = speech.as_dict()
+    if replay_rows is not None:
+        result["replay"] = {"sessions": replay_rows, "tolerance": REPLAY_TOLERANCE,
+                            "max_difference": max(row["max_difference"] for row in replay_rows),
+                            "passed": all(row["passed"] for row in replay_rows)}
     (Path(output) / "result.json").write_text(json.dumps(result, indent=2, default=float))
     return result
+
+
+def speech_summary(speech) -> str:
+    return (f"webrtcvad aggressiveness {speech.vad_aggressiveness}, {speech.frame_ms} ms frames, onset "
+            f"{speech.onset_ms} ms, hangover {speech.hangover_ms} ms, warm-up {speech.warmup_ms} ms; "
+            f"{speech.chunk_seconds:g} s chunks, last chunk kept from {speech.min_last_chunk_seconds:g} s")
+
+
+def replay_sessions(model, checkpoint, items, batch_probabilities: dict[str, list[float]],
+                    progress: bool = True) -> list[dict]:
+    """Stream each session's audio through the real agent into a real fp32 server; compare with the batch path.
+
+    The agent learns the speech settings from the server (GetModelInfo), as in the field."""
+    import re
+    import tempfile
+    import uuid
+
+    import soundfile
+    from tqdm import tqdm
+
+    from moodstream.agent import FileSource, ServerTarget, run_agent
+    from moodstream.agent import events as agent_events
+    from moodstream.agent.sources import SAMPLE_RATE
+    from moodstream.server.app import BackgroundServer, ServerConfig
+    from moodstream.server.auth import create_token
+    from moodstream.server.redis_process import RedisProcess
+    from moodstream.trainer.segments import session_audio
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="moodstream-replay-") as work_dir:
+        work = Path(work_dir)
+        tokens = work / "tokens.json"
+        token = create_token(tokens, "evaluate-replay", ["*"], [])
+        with RedisProcess(data_dir=work / "redis").start() as redis_server, \
+                BackgroundServer(ServerConfig(checkpoint=checkpoint, redis_url=redis_server.url, port=0,
+                                              tokens_file=tokens, precision="fp32"), model=model) as server:
+            target = ServerTarget(f"127.0.0.1:{server.port}", token=token)
+            for number, item in enumerate(tqdm(items, desc="replaying", unit="session", disable=not progress)):
+                session = item.session
+                recording = work / f"session-{number}.wav"
+                soundfile.write(recording, session_audio(session), SAMPLE_RATE, subtype="PCM_16")
+                live: dict[int, float] = {}
+
+                def collect(event, live=live):
+                    if event.kind == agent_events.SCORE:
+                        live[int(event.data["segments"])] = float(event.data["probability"])
+
+                participant = re.sub(r"[^A-Za-z0-9_.-]", "-", session.session_id)[:64]
+                run_agent(FileSource(recording), server=target, participant_id=participant,
+                          session_id=f"replay-{uuid.uuid4().hex[:12]}", device_id="evaluate-replay",
+                          outbox=work / "outbox", model_version=server.model_version, on_event=collect)
+                recording.unlink()
+                batch = batch_probabilities[session.session_id]
+                shared = [k for k in range(1, len(batch) + 1) if k in live]
+                difference = max((abs(live[k] - batch[k - 1]) for k in shared), default=0.0)
+                same_segments = len(live) == len(batch) and len(shared) == len(batch)
+                rows.append({
+                    "session_id": session.session_id, "segments_batch": len(batch), "segments_live": len(live),
+                    "probability_batch": batch[-1], "probability_live": live.get(max(live, default=0)),
+                    "max_difference": difference if same_segments else float("inf"),
+                    "passed": same_segments and difference <= REPLAY_TOLERANCE,
+                })
+    return rows
+
+
+def replay_markdown(rows: list[dict]) -> str:
+    passed = all(row["passed"] for row in rows)
+    lines = ["## Replay: the same audio through the live agent and server", "",
+             f"Each session's audio was streamed by the agent (the same speech path, settings from the server's "
+             f"GetModelInfo) into a server (Redis, gRPC on 127.0.0.1, fp32 encoder, incremental scorer). The "
+             f"largest difference is over the score after every segment. Tolerance {REPLAY_TOLERANCE:g}: "
+             f"{'passed' if passed else 'FAILED'}.", "",
+             "| session | segments (batch / live) | probability batch | probability live | largest difference |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        live = "n/a" if row["probability_live"] is None else f"{row['probability_live']:.6f}"
+        lines.append(f"| {row['session_id']} | {row['segments_batch']} / {row['segments_live']} | "
+                     f"{row['probability_batch']:.6f} | {live} | {row['max_difference']:.2e} |")
+    return "\n".join(lines) + "\n"
 
 
 def detect_format(path: Path) -> str:

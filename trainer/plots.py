@@ -47,7 +47,10 @@ def roc_png(curves: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title:
     axis.set_xlabel("false positive rate")
     axis.set_ylabel("true positive rate")
     axis.set_title(title, fontsize=9)
-    axis.legend(loc="lower right", fontsize=8)
+    if axis.get_legend_handles_labels()[0]:  # no curve when a set holds one class only
+        axis.legend(loc="lower right", fontsize=8)
+    else:
+        axis.text(0.5, 0.1, "one class only: no ROC curve", ha="center", fontsize=8, transform=axis.transAxes)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -1,49 +1,48 @@
-"""Subject speech -> non-overlapping fixed-length segments, decoded once and cached on disk.
+"""Subject speech -> the agent's chunks (the model's segments), decoded once and cached on disk.
 
-A session's speech spans are decoded, resampled to the model's rate, mixed
-to mono, trimmed of leading/trailing silence (optional), concatenated in
-order and cut into consecutive non-overlapping segments of
-`segment_seconds` (7 s by default). A final shorter piece is kept when it is
-at least `min_last_segment_seconds` long. Each segment inherits its session's
+A session's speech spans are decoded the way the agent reads a file (16 kHz
+mono int16), concatenated in order and run through the agent's speech path
+(`moodstream.agent.speech_path`: webrtcvad speech keeping with onset,
+hangover and warm-up, then the chunker and its last-partial-chunk policy),
+so the trainer and `moodstream evaluate` score exactly the chunks a live
+agent would send for the same audio. Each segment inherits its session's
 label in stage 1.
 
-The cache is keyed by what produced it: the segmenter version, the
-parameters, and every span with its file's path, size and modification time.
+The cache is keyed by what produced it: the segmenter version, the speech
+settings, and every span with its file's path, size and modification time.
 Anything else (labels, splits) is read from the dataset each time, so
 relabelling never re-decodes audio.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from moodstream.agent.sources import SAMPLE_RATE, FileSource, SourceError
+from moodstream.agent.speech_path import CaptureSettings, capture_chunks
 from moodstream.trainer.data import AudioSpan, Dataset, Session
 
-SEGMENTER_VERSION = 1
+SEGMENTER_VERSION = 2
 
 
 @dataclass(frozen=True)
 class SegmentParams:
-    sample_rate: int = 16000
-    segment_seconds: float = 7.0
-    min_last_segment_seconds: float = 2.0
-    trim_silence: bool = True
-    silence_db: float = 40.0  # frames quieter than the span's loudest frame by this much count as silence
+    speech: CaptureSettings = field(default_factory=CaptureSettings)
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE
 
     def validate(self) -> None:
-        if self.sample_rate <= 0 or self.segment_seconds <= 0:
-            raise ValueError("segment_seconds and sample_rate must be positive")
-        if not 0 < self.min_last_segment_seconds <= self.segment_seconds:
-            raise ValueError("min_last_segment_seconds must be in (0, segment_seconds]")
+        self.speech.validate()
 
 
 @dataclass
@@ -84,6 +83,10 @@ class SegmentStore:
     def __len__(self) -> int:
         return len(self.offsets)
 
+    def pcm(self, index: int) -> np.ndarray:
+        start = int(self.offsets[index])
+        return np.asarray(self.audio[start: start + int(self.lengths[index])], dtype=np.int16)
+
     def waveform(self, index: int) -> np.ndarray:
         start = int(self.offsets[index])
         return np.asarray(self.audio[start: start + int(self.lengths[index])], dtype=np.float32) / 32768.0
@@ -117,62 +120,53 @@ def cache_key(dataset: Dataset, params: SegmentParams) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def decode(path: str, member: str | None, sample_rate: int) -> np.ndarray:
-    """Whole file -> float32 mono at `sample_rate`."""
-    import soundfile
-    import soxr
-
-    source = path if member is None else io.BytesIO(zipfile.ZipFile(path).read(member))
-    audio, rate = soundfile.read(source, dtype="float32", always_2d=True)
-    mono = audio.mean(axis=1)
-    if rate != sample_rate:
-        mono = soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32)
-    return mono
+class AudioUnreadable(ValueError):
+    """A span's audio file cannot be decoded (truncated, corrupt, missing)."""
 
 
-def trim_silence(wave: np.ndarray, sample_rate: int, silence_db: float) -> np.ndarray:
-    """Drop leading and trailing 20 ms frames more than `silence_db` below the loudest frame."""
-    frame = max(1, sample_rate // 50)
-    count = len(wave) // frame
-    if count < 3:
-        return wave
-    rms = np.sqrt(np.mean(wave[: count * frame].reshape(count, frame).astype(np.float64) ** 2, axis=1) + 1e-12)
-    level = 20 * np.log10(rms)
-    loud = np.nonzero(level > max(level.max() - silence_db, -70.0))[0]
-    if loud.size == 0:
-        return wave[:0]
-    start = max(0, (loud[0] - 1) * frame)
-    end = min(len(wave), (loud[-1] + 2) * frame)
-    return wave[start:end]
+def decode(path: str, member: str | None) -> np.ndarray:
+    """A whole file (or zip member) as the agent reads it: 16 kHz mono int16."""
+    name = Path(path).name if member is None else f"{Path(path).name}:{member}"
+    try:
+        if member is None:
+            return _read_all(FileSource(path))
+        with tempfile.TemporaryDirectory(prefix="moodstream-member-") as folder:
+            local = Path(folder) / Path(member).name
+            with zipfile.ZipFile(path) as archive:
+                local.write_bytes(archive.read(member))
+            return _read_all(FileSource(local))
+    except SourceError as error:
+        reason = str(error).rsplit(": ", 1)[-1] if str(error).startswith("cannot read") else str(error)
+        raise AudioUnreadable(f"{name}: {reason}") from None
+    except (zipfile.BadZipFile, OSError, KeyError) as error:
+        raise AudioUnreadable(f"{name}: {error}") from None
 
 
-def session_speech(session: Session, params: SegmentParams, decoded: dict) -> np.ndarray:
+def _read_all(source: FileSource) -> np.ndarray:
+    blocks = list(source)
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.int16)
+
+
+def session_audio(session: Session, decoded: dict | None = None) -> np.ndarray:
+    """The session's speech spans, in order, as one 16 kHz int16 stream (what an agent would hear)."""
+    decoded = {} if decoded is None else decoded
     pieces = []
     for span in session.spans:
         key = (span.path, span.member)
         if key not in decoded:
             decoded.clear()  # keep one file in memory: sessions rarely share files across sessions
-            decoded[key] = decode(span.path, span.member, params.sample_rate)
+            decoded[key] = decode(span.path, span.member)
         wave = decoded[key]
-        start = 0 if span.start is None else int(round(span.start * params.sample_rate))
-        end = len(wave) if span.end is None else min(len(wave), int(round(span.end * params.sample_rate)))
-        piece = wave[max(0, start): end]
-        if params.trim_silence:
-            piece = trim_silence(piece, params.sample_rate, params.silence_db)
-        if piece.size:
-            pieces.append(piece)
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        start = 0 if span.start is None else int(round(span.start * SAMPLE_RATE))
+        end = len(wave) if span.end is None else min(len(wave), int(round(span.end * SAMPLE_RATE)))
+        if end > max(0, start):
+            pieces.append(wave[max(0, start): end])
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
 
 
-def cut(length: int, params: SegmentParams) -> list[tuple[int, int]]:
-    """(start, length) of each non-overlapping segment of a `length`-sample stream."""
-    size = int(round(params.segment_seconds * params.sample_rate))
-    minimum = int(round(params.min_last_segment_seconds * params.sample_rate))
-    out = [(start, size) for start in range(0, length - size + 1, size)]
-    rest = length - len(out) * size
-    if rest >= minimum and rest > 0:
-        out.append((len(out) * size, rest))
-    return out
+def session_chunks(audio: np.ndarray, params: SegmentParams):
+    """The agent's chunks for a session's audio (`moodstream.agent.speech_path.capture_chunks`)."""
+    return capture_chunks([audio], params.speech)
 
 
 def build_segments(dataset: Dataset, params: SegmentParams, cache_dir: str | Path, progress: bool = True) -> SegmentStore:
@@ -194,22 +188,23 @@ def build_segments(dataset: Dataset, params: SegmentParams, cache_dir: str | Pat
         with open(staging / "audio.i16", "wb") as out:
             for session in tqdm(dataset.sessions, desc="segmenting", unit="session", disable=not progress):
                 try:
-                    speech = session_speech(session, params, decoded)
-                except Exception as error:  # an unreadable file must not stop the others
-                    index["failed"][session.session_id] = f"audio could not be decoded ({type(error).__name__}: {error})"
+                    audio = session_audio(session, decoded)
+                except AudioUnreadable as error:  # an unreadable file must not stop the others
+                    index["failed"][session.session_id] = f"audio unreadable: {error}"
                     continue
+                capture = session_chunks(audio, params)
                 pieces = []
-                for start, length in cut(len(speech), params):
-                    chunk = np.clip(np.round(speech[start:start + length] * 32767.0), -32768, 32767).astype("<i2")
-                    out.write(chunk.tobytes())
-                    pieces.append([offset, length])
-                    offset += length
+                for chunk in capture.chunks:
+                    out.write(chunk.pcm)
+                    pieces.append([offset, len(chunk.pcm) // 2])
+                    offset += len(chunk.pcm) // 2
                 if pieces:
                     index["sessions"][session.session_id] = pieces
                 else:
                     index["failed"][session.session_id] = (
-                        f"only {len(speech) / params.sample_rate:.1f} s of speech, less than "
-                        f"min_last_segment_seconds={params.min_last_segment_seconds}")
+                        f"only {capture.kept_seconds:.1f} s of speech kept by the VAD (of "
+                        f"{len(audio) / SAMPLE_RATE:.1f} s of audio), less than "
+                        f"speech.min_last_chunk_seconds={params.speech.min_last_chunk_seconds:g}")
         (staging / "index.json").write_text(json.dumps(index))
         try:
             os.replace(staging, folder)

@@ -24,7 +24,8 @@ def read_ravdess_standin(root: str | Path, actors_per_fold: int = 3) -> Dataset:
         raise ValueError(f"no RAVDESS manifest.csv at {root}")
     with open(manifest, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    dataset = Dataset("ravdess-standin (sad vs calm sessions per actor)", [], notes=[STANDIN_NOTE])
+    dataset = Dataset("ravdess-standin (sad vs calm sessions per actor)", [], notes=[STANDIN_NOTE],
+                      positive_class="low-mood (sad) session")
     by_session: dict[tuple[int, str], list[dict]] = {}
     for row in rows:
         if row["emotion"] in ("sad", "calm"):
@@ -46,3 +47,37 @@ def read_ravdess_standin(root: str | Path, actors_per_fold: int = 3) -> Dataset:
     if not dataset.sessions:
         raise ValueError(f"no sad/calm clips listed in {manifest}")
     return dataset
+
+
+def choose_actors(dataset: Dataset, train: list[int], validation: list[int], test: list[int] = ()) -> Dataset:
+    """One train / validation (/ test) split by actor instead of the cross-validation folds."""
+    side = {a: "train" for a in train} | {a: "validation" for a in validation} | {a: "test" for a in test}
+    known = {int(s.speaker_id.removeprefix("actor")) for s in dataset.sessions}
+    missing = sorted(set(side) - known)
+    if missing:
+        raise ValueError(f"actor(s) {missing} have no sessions in the stand-in data "
+                         f"(actors: {min(known)}-{max(known)})")
+    kept = []
+    for session in dataset.sessions:
+        actor = int(session.speaker_id.removeprefix("actor"))
+        if actor in side:
+            session.split, session.fold = side[actor], None
+            kept.append(session)
+    left_out = len(dataset.sessions) - len(kept)
+    dataset.sessions = kept
+    dataset.notes.append(f"actors chosen: train {_ranges(train)}, validation {_ranges(validation)}"
+                         + (f", test {_ranges(test)}" if test else "") +
+                         (f"; {left_out} sessions of other actors left out" if left_out else ""))
+    return dataset
+
+
+def _ranges(actors) -> str:
+    actors = sorted(actors)
+    out, start = [], None
+    for index, actor in enumerate(actors):
+        if start is None:
+            start = actor
+        if index + 1 == len(actors) or actors[index + 1] != actor + 1:
+            out.append(str(start) if start == actor else f"{start}-{actor}")
+            start = None
+    return ", ".join(out)

@@ -14,6 +14,7 @@ stopped when started again with the same output folder.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -52,9 +53,11 @@ def load_dataset(config: TrainConfig) -> Dataset:
     if data.format == "manifest":
         dataset = read_manifest(path)
     elif data.format == "ravdess-standin":
-        from moodstream.trainer.standin import read_ravdess_standin
+        from moodstream.trainer.standin import choose_actors, read_ravdess_standin
 
         dataset = read_ravdess_standin(path)
+        if data.train_actors:
+            dataset = choose_actors(dataset, data.train_actors, data.validation_actors, data.test_actors)
     else:
         raise ValueError(f"unsupported data.format {data.format!r}")
     excluded = {str(x) for x in data.exclude}
@@ -66,19 +69,43 @@ def load_dataset(config: TrainConfig) -> Dataset:
     return dataset
 
 
-def segment_params(config: TrainConfig, sample_rate: int) -> SegmentParams:
-    return SegmentParams(sample_rate=sample_rate, segment_seconds=config.data.segment_seconds,
-                         min_last_segment_seconds=config.data.min_last_segment_seconds,
-                         trim_silence=config.data.trim_silence)
+def segment_params(config: TrainConfig) -> SegmentParams:
+    return SegmentParams(speech=config.speech)
+
+
+def load_test_set(config: TrainConfig) -> Dataset:
+    """data.test_path: every session of another folder or manifest, as the test side (reported only)."""
+    from moodstream.trainer.evaluate import detect_format
+
+    path = config.resolve(config.data.test_path)
+    data = dataclasses.replace(config.data, path=str(path), format=detect_format(path), test_path="", exclude=[],
+                               train_actors=[], validation_actors=[], test_actors=[])
+    test_set = load_dataset(dataclasses.replace(config, data=data))
+    for session in test_set.sessions:
+        session.session_id, session.split, session.fold = f"test-set/{session.session_id}", "test", None
+    return test_set
+
+
+def with_test_set(dataset: Dataset, test_set: Dataset, path: str) -> Dataset:
+    own_tests = [s for s in dataset.sessions if s.split == "test"]
+    if own_tests:
+        dataset.notes.append(f"{len(own_tests)} test sessions of the training data left out: data.test_path "
+                             "is the test set")
+    dataset.sessions = [s for s in dataset.sessions if s.split != "test"] + test_set.sessions
+    dataset.skipped.update({f"test-set/{k}": v for k, v in test_set.skipped.items()})
+    dataset.notes.append(f"test set (data.test_path): {len(test_set.sessions)} sessions of {test_set.name} "
+                         f"from {path}, reported only")
+    return dataset
 
 
 def prepare_data(config: TrainConfig) -> tuple[Dataset, SegmentStore, list[Split]]:
     dataset = load_dataset(config)
+    if config.data.test_path:
+        dataset = with_test_set(dataset, load_test_set(config), config.data.test_path)
     if not dataset.sessions:
         raise ValueError(f"no usable sessions in {config.data.path} ({len(dataset.skipped)} skipped: "
                          f"{'; '.join(f'{k}: {v}' for k, v in list(dataset.skipped.items())[:3])})")
-    model_config = config.model_config()
-    store = build_segments(dataset, segment_params(config, model_config.sample_rate),
+    store = build_segments(dataset, segment_params(config),
                            config.resolve(config.data.cache_dir), progress=config.run.progress)
     for session_id, reason in store.failed.items():
         dataset.skipped[session_id] = reason
@@ -259,9 +286,10 @@ def run_loop(name: str, stage: StageSection, modules: nn.Module, optimizer: torc
 # --------------------------------------------------------------------------- one split
 class SplitTrainer:
     def __init__(self, config: TrainConfig, store: SegmentStore, split: Split, run_dir: Path,
-                 on_epoch_end: EpochCallback | None = None) -> None:
+                 on_epoch_end: EpochCallback | None = None, positive_class: str = "depressed") -> None:
         self.config = config
         self.store = store
+        self.positive_class = positive_class
         self.split = split
         self.run_dir = run_dir
         self.on_epoch_end = on_epoch_end
@@ -566,7 +594,7 @@ class SplitTrainer:
                                          "training_recipe": config.run.recipe,
                                          "min_evidence_segments": self.model.config.min_evidence_segments,
                                          "calibration": json.dumps(calibration)},
-                                  tsne=config.run.tsne, seed=config.run.seed)
+                                  tsne=config.run.tsne, seed=config.run.seed, positive_class=self.positive_class)
         result["checkpoint"] = str(checkpoint)
         (self.run_dir / "result.json").write_text(json.dumps(result, indent=2, default=float))
         return result
@@ -578,8 +606,8 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> dic
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     output = config.output_dir
+    dataset, store, splits = prepare_data(config)  # before any folder is made: bad data leaves nothing behind
     output.mkdir(parents=True, exist_ok=True)
-    dataset, store, splits = prepare_data(config)
     config = config.with_recipe(len(dataset.sessions))
     if config.run.progress:
         print(f"recipe: {config.run.recipe} ({len(dataset.sessions)} sessions)")
@@ -597,7 +625,8 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> dic
         if not config.run.resume:
             for stale in ("stage1.pt", "stage2.pt", "log.csv"):
                 (run_dir / stale).unlink(missing_ok=True)
-        results[split.name] = SplitTrainer(config, store, split, run_dir, on_epoch_end).run()
+        results[split.name] = SplitTrainer(config, store, split, run_dir, on_epoch_end,
+                                              positive_class=dataset.positive_class).run()
     if len(splits) == 1:
         return results[splits[0].name]
     summary = summarize_folds(results)

@@ -232,3 +232,53 @@ class PutChunkResponse(_message.Message):
     score: ScoreUpdate
     ended: bool
     def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., score: _Optional[_Union[ScoreUpdate, _Mapping]] = ..., ended: _Optional[bool] = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SpeechSettings(_message.Message):
+    __slots__ = ("chunk_seconds", "min_last_chunk_seconds", "vad_aggressiveness", "frame_ms", "hangover_ms", "onset_ms", "warmup_ms", "echo_tail_seconds")
+    CHUNK_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_LAST_CHUNK_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VAD_AGGRESSIVENESS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_MS_FIELD_NUMBER: _ClassVar[int]
+    HANGOVER_MS_FIELD_NUMBER: _ClassVar[int]
+    ONSET_MS_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_MS_FIELD_NUMBER: _ClassVar[int]
+    ECHO_TAIL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    chunk_seconds: float
+    min_last_chunk_seconds: float
+    vad_aggressiveness: int
+    frame_ms: int
+    hangover_ms: int
+    onset_ms: int
+    warmup_ms: int
+    echo_tail_seconds: float
+    def __init__(self, chunk_seconds: _Optional[float] = ..., min_last_chunk_seconds: _Optional[float] = ..., vad_aggressiveness: _Optional[int] = ..., frame_ms: _Optional[int] = ..., hangover_ms: _Optional[int] = ..., onset_ms: _Optional[int] = ..., warmup_ms: _Optional[int] = ..., echo_tail_seconds: _Optional[float] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("model_version", "threshold", "sample_rate", "speech", "min_chunk_seconds", "max_chunk_seconds", "notice", "min_evidence_segments", "training_data", "positive_class", "demo_model")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_FIELD_NUMBER: _ClassVar[int]
+    MIN_CHUNK_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNK_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
+    MIN_EVIDENCE_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_DATA_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    DEMO_MODEL_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    threshold: float
+    sample_rate: int
+    speech: SpeechSettings
+    min_chunk_seconds: float
+    max_chunk_seconds: float
+    notice: str
+    min_evidence_segments: int
+    training_data: str
+    positive_class: str
+    demo_model: bool
+    def __init__(self, model_version: _Optional[str] = ..., threshold: _Optional[float] = ..., sample_rate: _Optional[int] = ..., speech: _Optional[_Union[SpeechSettings, _Mapping]] = ..., min_chunk_seconds: _Optional[float] = ..., max_chunk_seconds: _Optional[float] = ..., notice: _Optional[str] = ..., min_evidence_segments: _Optional[int] = ..., training_data: _Optional[str] = ..., positive_class: _Optional[str] = ..., demo_model: _Optional[bool] = ...) -> None: ...

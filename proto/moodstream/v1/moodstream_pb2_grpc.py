@@ -59,6 +59,11 @@ class ScreeningStub:
                 request_serializer=moodstream_dot_v1_dot_moodstream__pb2.PutChunkRequest.SerializeToString,
                 response_deserializer=moodstream_dot_v1_dot_moodstream__pb2.PutChunkResponse.FromString,
                 _registered_method=True)
+        self.GetModelInfo = channel.unary_unary(
+                '/moodstream.v1.Screening/GetModelInfo',
+                request_serializer=moodstream_dot_v1_dot_moodstream__pb2.GetModelInfoRequest.SerializeToString,
+                response_deserializer=moodstream_dot_v1_dot_moodstream__pb2.ModelInfo.FromString,
+                _registered_method=True)
 
 
 class ScreeningServicer:
@@ -134,6 +139,15 @@ class ScreeningServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelInfo(self, request, context):
+        """The model this server runs: its version, decision threshold, audio format
+        and the speech settings it was trained with. Agents use those settings
+        by default, so they send the chunks the model was validated on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScreeningServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +175,11 @@ def add_ScreeningServicer_to_server(servicer, server):
                     servicer.PutChunk,
                     request_deserializer=moodstream_dot_v1_dot_moodstream__pb2.PutChunkRequest.FromString,
                     response_serializer=moodstream_dot_v1_dot_moodstream__pb2.PutChunkResponse.SerializeToString,
+            ),
+            'GetModelInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelInfo,
+                    request_deserializer=moodstream_dot_v1_dot_moodstream__pb2.GetModelInfoRequest.FromString,
+                    response_serializer=moodstream_dot_v1_dot_moodstream__pb2.ModelInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -298,6 +317,33 @@ class Screening:
             '/moodstream.v1.Screening/PutChunk',
             moodstream_dot_v1_dot_moodstream__pb2.PutChunkRequest.SerializeToString,
             moodstream_dot_v1_dot_moodstream__pb2.PutChunkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moodstream.v1.Screening/GetModelInfo',
+            moodstream_dot_v1_dot_moodstream__pb2.GetModelInfoRequest.SerializeToString,
+            moodstream_dot_v1_dot_moodstream__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,
