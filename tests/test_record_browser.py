@@ -155,7 +155,7 @@ def test_a_session_recorded_in_the_browser_matches_the_python_agent(redis_url, t
         # The clinician's dashboard shows the session recorded on the phone, live like any other.
         driver.get(dashboard.session_url(page["session"]))
         wait_until(driver, lambda d: d.find_element("id", "chart").get_attribute("data-points") == str(page["sent"]),
-                   "the dashboard to draw every segment the page sent", timeout=30)
+                   "the dashboard to draw every segment the page sent", timeout=60)
 
         agent = subprocess.run(
             [sys.executable, "-P", "-m", "moodstream.cli", "agent", str(wav), "--server", f"127.0.0.1:{server.port}",

@@ -36,7 +36,7 @@ function readCredentials() {
 function newSessionId() {
   const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "");
   const random = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, "0"));
-  return `w-${stamp}-${random.join("")}`;
+  return `web-${stamp}-${random.join("")}`;
 }
 
 function deviceId() {
