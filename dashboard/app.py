@@ -3,6 +3,7 @@
     /                  live and recent sessions, and the state of every followed participant
     /s/{ref}           one session: its score per segment over time
     /p/{ref}           one participant: the scores of their sessions across days
+    /record            the participant's page: records speech on their device and sends it (no score)
     /api/...           the same data as JSON
     .../events         server-sent events: a snapshot, then every change as it happens
 
@@ -17,6 +18,7 @@ import hashlib
 import json
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from moodstream import SCREENING_NOTICE, __version__
+from moodstream.agent.pipeline import CaptureSettings
 from moodstream.dashboard.feed import FeedConfig, ScoreFeed
 
 HERE = Path(__file__).resolve().parent
@@ -65,6 +68,16 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def record_security_policy(endpoint: str) -> bytes:
+    """The record page's policy: it may also call the scoring server's gRPC-web port and compile the VAD's
+    WebAssembly."""
+    parts = urlsplit(endpoint)
+    origin = f" {parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
+    return ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' data:; "
+            f"connect-src 'self'{origin}; object-src 'none'; base-uri 'none'; form-action 'none'; "
+            "frame-ancestors 'none'").encode()
 
 
 def asset_versions() -> dict[str, str]:
@@ -118,6 +131,30 @@ def create_app(config: FeedConfig, feed: ScoreFeed | None = None) -> Starlette:
                         status=404, what="participant")
         return page(request, "participant.html", view="participant", title="Participant",
                     events=f"/p/{ref}/events", ref=ref)
+
+    async def record_page(request: Request) -> Response:
+        response = page(request, "record.html", view="record", title="Record", events="")
+        response.headers["content-security-policy"] = record_security_policy(config.record_endpoint).decode()
+        response.headers["permissions-policy"] = "microphone=(self)"
+        return response
+
+    async def record_settings(request: Request) -> Response:
+        # Until the server describes its speech settings, the page keeps speech as the Python agent does.
+        return JSONResponse({"capture": CaptureSettings().as_dict(), "endpoint": config.record_endpoint,
+                             "notice": SCREENING_NOTICE})
+
+    async def record_manifest(request: Request) -> Response:
+        root = request.scope.get("root_path", "")
+        return JSONResponse({
+            "name": "moodstream recorder", "short_name": "moodstream", "start_url": f"{root}/record",
+            "scope": f"{root}/record", "display": "standalone", "background_color": "#f9fafb",
+            "theme_color": "#1d4ed8", "description": f"Records speech for your clinician. {SCREENING_NOTICE}",
+            "icons": [{"src": asset(request, "favicon.svg"), "sizes": "any", "type": "image/svg+xml"}],
+        }, media_type="application/manifest+json")
+
+    async def record_service_worker(request: Request) -> Response:
+        # Served from the app's root so that its scope may be /record (a worker's scope cannot be above it).
+        return Response((STATIC / "record" / "service-worker.js").read_bytes(), media_type="text/javascript")
 
     # ------------------------------------------------------------ JSON
     def not_found(what: str) -> JSONResponse:
@@ -204,6 +241,10 @@ def create_app(config: FeedConfig, feed: ScoreFeed | None = None) -> Starlette:
         Route("/", overview_page),
         Route("/s/{ref:str}", session_page),
         Route("/p/{ref:str}", participant_page),
+        Route("/record", record_page),
+        Route("/record/settings.json", record_settings),
+        Route("/record.webmanifest", record_manifest),
+        Route("/record-service-worker.js", record_service_worker),
         Route("/events", overview_events),
         Route("/s/{ref:str}/events", session_events),
         Route("/p/{ref:str}/events", participant_events),

@@ -54,6 +54,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--late-seconds", type=float, default=30.0,
                         help="a score that reached the server this much later than its speech allows is marked "
                              "late (it waited out an outage)")
+    parser.add_argument("--record-endpoint", default="", metavar="URL",
+                        help="base URL of the scoring server's gRPC-web port (its --grpc-web-port, e.g. "
+                             "https://scores.example.org:8443); the /record page sends participants' speech there")
     parser.add_argument("--no-access-log", action="store_true", help="do not log each HTTP request")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                         help="least severe log messages to print (stderr)")
@@ -90,7 +93,7 @@ def run(args) -> int:
                         participants=participants_from(args.participant, args.participants_file),
                         tls=args.tls, tls_ca=args.tls_ca, idle_seconds=args.idle_seconds,
                         gap_seconds=args.gap_seconds, late_seconds=args.late_seconds,
-                        recent_seconds=args.recent_seconds,
+                        recent_seconds=args.recent_seconds, record_endpoint=args.record_endpoint,
                         models=[ModelDescription.from_checkpoint(folder) for folder in args.checkpoint])
     web = WebConfig(host=args.host, port=args.port, access_log=not args.no_access_log, log_level=args.log_level)
 

@@ -112,6 +112,7 @@ class FeedConfig:
     recent_seconds: float = 3600.0     # without participants: the overview lists sessions with a score this recent
     ref_key: bytes | None = None       # key of the opaque URL ids (default: derived from the token)
     models: list[ModelDescription] = field(default_factory=list)  # what each model's probability means
+    record_endpoint: str = ""          # base URL of the server's gRPC-web port, where /record sends speech
 
     def __post_init__(self) -> None:
         if not self.server or ":" not in self.server:
