@@ -119,6 +119,13 @@ class ModelInfo:
     speech: dict | None  # the speech settings the model was trained with; None if it records none
 
 
+def speech_settings_of(reply: pb.ModelInfo) -> dict | None:
+    """The speech settings a GetModelInfo reply carries, as CaptureSettings.from_dict takes them; None if none."""
+    if not reply.HasField("speech"):
+        return None
+    return {field.name: getattr(reply.speech, field.name) for field in reply.speech.DESCRIPTOR.fields}
+
+
 def fetch_model_info(target: ServerTarget, timeout: float = 5.0) -> ModelInfo:
     """Ask the first server of `target` that answers; AgentError saying why when none does."""
     failures = []
@@ -132,9 +139,7 @@ def fetch_model_info(target: ServerTarget, timeout: float = 5.0) -> ModelInfo:
             continue
         finally:
             channel.close()
-        speech = ({field.name: getattr(reply.speech, field.name) for field in reply.speech.DESCRIPTOR.fields}
-                  if reply.HasField("speech") else None)
-        return ModelInfo(reply.model_version, reply.threshold, reply.sample_rate, speech)
+        return ModelInfo(reply.model_version, reply.threshold, reply.sample_rate, speech_settings_of(reply))
     raise AgentError("cannot ask the server for its model: " + "; ".join(failures))
 
 

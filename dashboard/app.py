@@ -139,9 +139,12 @@ def create_app(config: FeedConfig, feed: ScoreFeed | None = None) -> Starlette:
         return response
 
     async def record_settings(request: Request) -> Response:
-        # Until the server describes its speech settings, the page keeps speech as the Python agent does.
-        return JSONResponse({"capture": CaptureSettings().as_dict(), "endpoint": config.record_endpoint,
-                             "notice": SCREENING_NOTICE})
+        # The served model's speech settings (one speech path); the agent's defaults when it records none
+        # or the server cannot be asked, as the Python agent does.
+        speech = await feed.model_speech_settings()
+        capture = CaptureSettings.from_dict(speech) if speech else CaptureSettings()
+        return JSONResponse({"capture": capture.as_dict(), "from_model": speech is not None,
+                             "endpoint": config.record_endpoint, "notice": SCREENING_NOTICE})
 
     async def record_manifest(request: Request) -> Response:
         root = request.scope.get("root_path", "")

@@ -38,6 +38,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from moodstream import SCREENING_NOTICE, evidence_sufficient
+from moodstream.agent.client import speech_settings_of
 from moodstream.model_description import ModelDescription
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
@@ -341,6 +342,18 @@ class ScoreFeed:
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.config.token}"),)
+
+    async def model_speech_settings(self) -> dict | None:
+        """The speech settings the served model was trained with (GetModelInfo); None when the model records
+        none or the server cannot be asked now."""
+        if self._stub is None:
+            return None
+        try:
+            reply = await self._stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=self.metadata, timeout=5)
+        except grpc.RpcError as error:
+            log.info("speech settings for the record page: the server's model cannot be asked (%s)", error.code().name)
+            return None
+        return speech_settings_of(reply)
 
     # ------------------------------------------------------------ listeners
     def listen(self) -> Listener:

@@ -1,7 +1,7 @@
 // Keeping the subject's speech and cutting it into chunks, in the browser: the Python agent's
 // SpeechFilter (moodstream.agent.vad) and Chunker (moodstream.agent.chunker) line for line, with
 // WebRTC's VAD compiled to WebAssembly (libfvad) in place of py-webrtcvad. The settings come from
-// the dashboard's /record/settings.json, which reads them from the agent's CaptureSettings.
+// the dashboard's /record/settings.json: the served model's (GetModelInfo), else the agent's defaults.
 // Plain ES module: the page imports it, and the tests run it under Node against the Python agent.
 
 export const SAMPLE_RATE = 16000;
