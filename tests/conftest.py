@@ -20,6 +20,22 @@ os.environ.setdefault("MOODSTREAM_CACHE_DIR", tempfile.mkdtemp(prefix="moodstrea
 
 
 @pytest.fixture(scope="session")
+def pool():
+    """The .proto compiled inside the run (tests/raw_client.py), for clients that never use the project's stubs."""
+    from raw_client import compile_proto
+
+    return compile_proto()
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    """A tokens file with the usual names and scopes (tests/server_harness.py), one per test module."""
+    from server_harness import write_tokens
+
+    return write_tokens(tmp_path_factory.mktemp("tokens"))
+
+
+@pytest.fixture(scope="session")
 def redis_server():
     """A Redis-protocol server for the whole run: endpoint with `.url` (and `.process`)."""
     from moodstream.server.redis_process import redis_url_or_start

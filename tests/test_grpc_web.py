@@ -13,8 +13,8 @@ import httpx
 import pytest
 from sonora import protocol
 
-from raw_client import RawClient, compile_proto
-from server_harness import make_chunks, offline_score, redis_keys, running_server, tiny_model, write_tokens
+from raw_client import RawClient
+from server_harness import make_chunks, offline_score, redis_keys, running_server, tiny_model
 
 Code = grpc.StatusCode
 SERVICE = "/moodstream.v1.Screening"
@@ -22,18 +22,8 @@ PAGE_ORIGIN = "https://record.example"
 
 
 @pytest.fixture(scope="module")
-def pool():
-    return compile_proto()
-
-
-@pytest.fixture(scope="module")
 def model():
     return tiny_model(seed=12)
-
-
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory):
-    return write_tokens(tmp_path_factory.mktemp("tokens"))
 
 
 @pytest.fixture(scope="module")

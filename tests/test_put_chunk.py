@@ -3,26 +3,16 @@ import grpc
 import pytest
 
 from moodstream.server.service import ServiceSettings
-from raw_client import RawClient, compile_proto
-from server_harness import make_chunks, offline_score, redis_keys, running_server, tiny_model, write_tokens
+from raw_client import RawClient
+from server_harness import make_chunks, offline_score, redis_keys, running_server, tiny_model
 
 Code = grpc.StatusCode
 GOOD = make_chunks(1, seed=11)[0]
 
 
 @pytest.fixture(scope="module")
-def pool():
-    return compile_proto()
-
-
-@pytest.fixture(scope="module")
 def model():
     return tiny_model(seed=8)
-
-
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory):
-    return write_tokens(tmp_path_factory.mktemp("tokens"))
 
 
 @pytest.fixture(scope="module")

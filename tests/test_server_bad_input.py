@@ -5,7 +5,7 @@ import pytest
 from moodstream.server.service import ServiceSettings
 from moodstream.v1 import moodstream_pb2 as pb
 from server_harness import (chunk, end, header, make_chunks, redis_keys, running_server, stream, stub_for,
-                            tiny_model, write_tokens)
+                            tiny_model)
 
 GOOD = make_chunks(1, seed=0)[0]
 Code = grpc.StatusCode
@@ -18,11 +18,6 @@ def timed_chunk(seq: int, start_seconds: float) -> pb.StreamRequest:
 @pytest.fixture(scope="module")
 def model():
     return tiny_model(seed=2)
-
-
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory):
-    return write_tokens(tmp_path_factory.mktemp("tokens"))
 
 
 @pytest.fixture

@@ -8,26 +8,16 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from moodstream.server.app import ConnectionLimits
 from moodstream.server.service import ServiceSettings
-from raw_client import RawClient, acks, compile_proto
-from server_harness import make_chunks, running_server, tiny_model, write_tokens
+from raw_client import RawClient, acks
+from server_harness import make_chunks, running_server, tiny_model
 
 GOOD = make_chunks(1, seed=3)[0]
 Code = grpc.StatusCode
 
 
 @pytest.fixture(scope="module")
-def pool():
-    return compile_proto()
-
-
-@pytest.fixture(scope="module")
 def model():
     return tiny_model(seed=4)
-
-
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory):
-    return write_tokens(tmp_path_factory.mktemp("tokens"))
 
 
 @pytest.fixture(scope="module")

@@ -7,26 +7,16 @@ import redis
 from redis.cluster import RedisCluster
 
 from moodstream.server.store import CLAIM_TTL_SECONDS, DEFAULT_TTL_SECONDS, owner_key
-from raw_client import RawClient, acks, compile_proto
-from server_harness import make_chunks, running_server, tiny_model, write_tokens
+from raw_client import RawClient, acks
+from server_harness import make_chunks, running_server, tiny_model
 
 CHUNKS = make_chunks(2, seed=8)
 Code = grpc.StatusCode
 
 
 @pytest.fixture(scope="module")
-def pool():
-    return compile_proto()
-
-
-@pytest.fixture(scope="module")
 def model():
     return tiny_model(seed=9)
-
-
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory):
-    return write_tokens(tmp_path_factory.mktemp("tokens"))
 
 
 @pytest.fixture(params=["one replica", "3-master cluster"])

@@ -9,17 +9,12 @@ import pytest
 
 from moodstream.cli import main
 from moodstream.server.auth import create_token, revoke_token
-from raw_client import RawClient, compile_proto
+from raw_client import RawClient
 from server_harness import make_chunks, running_server, tiny_model, write_tokens
 
 BOUND_SECONDS = 2.0  # RELOAD_SECONDS + ServiceSettings.token_check_seconds, as docs and --help state
 GOOD = make_chunks(1, seed=6)[0]
 Code = grpc.StatusCode
-
-
-@pytest.fixture(scope="module")
-def pool():
-    return compile_proto()
 
 
 @pytest.fixture(scope="module")
