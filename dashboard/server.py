@@ -12,6 +12,7 @@ import uvicorn
 
 from moodstream.dashboard.app import create_app
 from moodstream.dashboard.feed import FeedConfig, ScoreFeed
+from moodstream.listening import listening_socket
 from moodstream.model_description import ModelDescription
 
 log = logging.getLogger("moodstream.dashboard")
@@ -26,16 +27,7 @@ class WebConfig:
 
 
 def bind(web: WebConfig) -> socket.socket:
-    family = socket.AF_INET6 if ":" in web.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((web.host, web.port))
-    except OSError as error:
-        sock.close()
-        raise ValueError(f"cannot listen on {web.host}:{web.port} ({error.strerror or error}); "
-                         "choose another --port") from None
-    sock.listen(128)
+    sock = listening_socket("--port", web.host, web.port)
     sock.set_inheritable(True)
     return sock
 

@@ -15,7 +15,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import socket
 import ssl
 import struct
 from urllib.parse import quote
@@ -25,6 +24,7 @@ import uvicorn
 from sonora.asgi import grpcASGI
 from starlette.middleware.cors import CORSMiddleware
 
+from moodstream.listening import listening_socket
 from moodstream.server.interceptors import refusing_malformed_requests
 from moodstream.v1 import moodstream_pb2_grpc
 
@@ -168,15 +168,7 @@ class GrpcWebServer:
         self._task: asyncio.Task | None = None
 
     async def start(self) -> int:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.requested_port))
-        except OSError as error:
-            sock.close()
-            raise ValueError(f"--grpc-web-port {self.requested_port}: cannot listen on {self.host}: "
-                             f"{error.strerror}") from None
+        sock = listening_socket("--grpc-web-port", self.host, self.requested_port)
         self.port = sock.getsockname()[1]
         cert, key, client_ca = self.tls
         config = uvicorn.Config(
