@@ -160,3 +160,27 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
         raise CheckpointError(f"checkpoint {folder} does not match its recorded model_version {stored_version}: "
                               "its weights or config were changed after saving; re-save or restore it.")
     return model
+
+
+# Config fields that only the session head and the decision read: two checkpoints that differ only in
+# these (and in scorer.safetensors) turn the same audio into the same segment vectors.
+SESSION_SIDE_FIELDS = frozenset({
+    "lstm_hidden_size", "attention_size", "session_head", "decision_threshold", "calibration_scale",
+    "calibration_bias", "min_evidence_segments", "notes", "training_data", "positive_class", "demo_model",
+    "speech"})
+
+
+def encoder_fingerprint(model: "ScreeningModel") -> str:
+    """An id of what makes segment vectors: the encoder's weights and the config fields that shape them.
+
+    Equal fingerprints mean byte-identical encoder.safetensors (it is written from these weights) and
+    the same vectors for the same audio, so servers load such encoders once and a session head trained
+    on one's vectors can serve sessions encoded by the other.
+    """
+    encoder, _ = split_state_dict(model)
+    config = {k: v for k, v in model.config.to_dict().items() if k not in SESSION_SIDE_FIELDS}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(encoder.items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return "e" + digest.hexdigest()[:15]

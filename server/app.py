@@ -1,13 +1,15 @@
 """Assemble and run a scoring server: model + encoder worker + Redis store + gRPC.
 
     server = ScoringServer(ServerConfig(checkpoint="ckpt", redis_url=url, port=0))
+    server = ScoringServer(ServerConfig(checkpoint=None, models="models", redis_url=url, port=0))
     await server.start()          # server.port is the bound port
     ...
     await server.stop()
 
 Serves moodstream.v1.Screening, grpc.health.v1.Health (SERVING once the
 model is loaded and Redis answers) and server reflection, so grpcurl can list
-and call everything without the .proto.
+and call everything without the .proto. With `models` it holds every checkpoint
+folder of a model folder and follows it while running (moodstream.server.model_repository).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from moodstream import SCREENING_NOTICE
 from moodstream.server.auth import RELOAD_SECONDS, TokenAuthenticator
 from moodstream.server.encoder import BatchingEncoder
 from moodstream.server import reflection
+from moodstream.server.model_repository import POLL_SECONDS, ModelRepository
 from moodstream.server.interceptors import MalformedRequestInterceptor, SingleRequestInterceptor
 from moodstream.server.service import ScreeningService, ServiceSettings
 from moodstream.server.store import DEFAULT_TTL_SECONDS, SessionStore, connect
@@ -66,7 +69,7 @@ class ConnectionLimits:
 
 @dataclass
 class ServerConfig:
-    checkpoint: str | Path
+    checkpoint: str | Path | None   # one checkpoint folder; None with `models`
     redis_url: str
     host: str = "127.0.0.1"
     port: int = 50051
@@ -87,6 +90,8 @@ class ServerConfig:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     grpc_web_port: int | None = None  # set (0 = any free port): also serve gRPC-web for browsers on this port
     grpc_web_origins: tuple[str, ...] = ("*",)  # origins whose pages may call it (CORS)
+    models: str | Path | None = None  # a model folder: one checkpoint folder per version + `current`
+    models_poll_seconds: float = POLL_SECONDS
 
 
 def pick_device(requested: str):
@@ -123,9 +128,8 @@ class ScoringServer:
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._redis = None
-        self.encoder: BatchingEncoder | None = None
+        self.repository: ModelRepository | None = None
         self.health = HealthServicer()
-        self.model_version: str | None = None
         self.authenticator: TokenAuthenticator | None = None
         self._token_watch: asyncio.Task | None = None
         self.grpc_web = None
@@ -141,32 +145,53 @@ class ScoringServer:
         raise ValueError("no --tokens file given: create one with `moodstream token create`, "
                          "or pass --allow-unauthenticated for a local test")
 
+    @property
+    def model_version(self) -> str | None:
+        """The version new sessions get."""
+        return self.repository.current if self.repository is not None else None
+
+    @property
+    def encoder(self) -> BatchingEncoder | None:
+        """The current version's encoder worker."""
+        return self.repository.served_current().encoder if self.repository is not None else None
+
+    @property
+    def current_model(self):
+        return self.repository.served_current().model if self.repository is not None else None
+
     async def start(self) -> int:
         config = self.config
         authenticator = self.authenticator = self._authenticator()
         credentials = server_credentials(config)
-        if self.model is None:
+        if (config.models is None) == (config.checkpoint is None and self.model is None):
+            raise ValueError("give either --checkpoint or --models")
+        device = pick_device(config.device)
+        if self.model is None and config.checkpoint is not None:
             from moodstream.model import ScreeningModel
 
-            model = ScreeningModel.from_pretrained(config.checkpoint)
-            self.model = model.to(pick_device(config.device)).eval()
-        model = self.model
-        self.model_version = model.model_version
-        scorer = model.incremental_scorer(self.model_version)
+            self.model = ScreeningModel.from_pretrained(config.checkpoint).to(device).eval()
         self._redis = connect(config.redis_url, cluster=config.redis_cluster)
         try:
             await self._redis.ping()
         except Exception as error:
             await self._redis.aclose()
             raise ValueError(f"cannot reach Redis at {config.redis_url}: {error}") from error
-        store = SessionStore(self._redis, model_version=self.model_version, ttl_seconds=config.ttl_seconds,
-                             store_audio=config.store_audio)
-        self.encoder = BatchingEncoder(model, config.max_batch, config.max_wait_ms, config.precision,
-                                       config.tuning_cache or None)
-        await self.encoder.start()
-        service = ScreeningService(store=store, encoder=self.encoder, scorer=scorer, model_config=model.config,
-                                   model_version=self.model_version, authenticator=authenticator,
-                                   settings=config.settings)
+
+        def make_store(version: str) -> SessionStore:
+            return SessionStore(self._redis, model_version=version, ttl_seconds=config.ttl_seconds,
+                                store_audio=config.store_audio)
+
+        def make_encoder(model) -> BatchingEncoder:
+            return BatchingEncoder(model, config.max_batch, config.max_wait_ms, config.precision,
+                                   config.tuning_cache or None)
+
+        self.repository = ModelRepository(make_encoder=make_encoder, make_store=make_store, device=device,
+                                          folder=config.models if self.model is None else None, model=self.model,
+                                          poll_seconds=config.models_poll_seconds)
+        await self.repository.start()
+        model = self.repository.served_current().model
+        service = ScreeningService(repository=self.repository, make_store=make_store,
+                                   authenticator=authenticator, settings=config.settings)
         interceptors = [SingleRequestInterceptor(), MalformedRequestInterceptor(SERVICE_NAME)]
         server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -198,8 +223,9 @@ class ScoringServer:
             self._token_watch = asyncio.create_task(self._watch_tokens(), name="tokens-file-watch")
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on %s:%d (model %s, precision %s, max batch %d, device %s, %s). %s", SERVICE_NAME,
-                 config.host, port, self.model_version, self.encoder.precision, self.encoder.max_batch, model.device,
+        log.info("serving %s on %s:%d (model %s of %s, precision %s, max batch %d, device %s, %s). %s",
+                 SERVICE_NAME, config.host, port, self.model_version, ", ".join(self.repository.held()),
+                 self.encoder.precision, self.encoder.max_batch, model.device,
                  "TLS" if credentials else "plaintext", SCREENING_NOTICE)
         return port
 
@@ -233,9 +259,8 @@ class ScoringServer:
             await self.health.enter_graceful_shutdown()
             await self._server.stop(grace)
             self._server = None
-        if self.encoder is not None:
-            await self.encoder.stop()
-            self.encoder = None
+        if self.repository is not None:
+            await self.repository.stop()
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

@@ -37,7 +37,13 @@ def add_parser(subparsers) -> None:
                     "incrementally and keeps all session state in Redis, so replicas are interchangeable. "
                     "Scores are a screening aid, not a diagnosis.",
         formatter_class=HelpFormatter)
-    server.add_argument("--checkpoint", required=True, help="checkpoint folder (config.json + safetensors)")
+    which = server.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="one checkpoint folder (config.json + safetensors)")
+    which.add_argument("--models", metavar="DIR",
+                       help="a model folder: one checkpoint folder per model version, and a file DIR/current "
+                            "naming the folder new sessions get (needed when there are several). The server "
+                            "checks DIR every 2 s: new folders load and a changed current takes effect without "
+                            "a restart; a session stays on the version it started under (docs/models.md)")
     server.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
                         help="Redis URL (env REDIS_URL)")
     server.add_argument("--redis-cluster", action="store_true", help="the URL is a Redis Cluster node")
@@ -193,7 +199,7 @@ def run_server(args) -> int:
             raise ValueError(f"--metrics-port {args.metrics_port}: cannot listen on {args.host}: "
                              f"{error.strerror or error}") from None
     config = ServerConfig(
-        checkpoint=args.checkpoint, redis_url=args.redis, redis_cluster=args.redis_cluster, host=args.host,
+        checkpoint=args.checkpoint, models=args.models, redis_url=args.redis, redis_cluster=args.redis_cluster, host=args.host,
         port=args.port, tokens_file=args.tokens, allow_unauthenticated=args.allow_unauthenticated,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, precision=args.precision, device=args.device,
@@ -203,7 +209,8 @@ def run_server(args) -> int:
 
     def announce(server) -> None:
         # One machine-readable line, so scripts can start the server on port 0.
-        announced = {"listening": f"{args.host}:{server.port}", "model_version": server.model_version}
+        announced = {"listening": f"{args.host}:{server.port}", "model_version": server.model_version,
+                     "model_versions": server.repository.held()}
         if server.grpc_web_port is not None:
             announced["grpc_web"] = f"{args.host}:{server.grpc_web_port}"
         print(json.dumps(announced), flush=True)

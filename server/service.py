@@ -29,6 +29,7 @@ from moodstream.ids import DEVICE_PATTERN, ID_PATTERN, ID_RULE
 from moodstream.model import ScorerState, StateError
 from moodstream.server import metrics
 from moodstream.server.auth import AuthError, Principal, TokenAuthenticator
+from moodstream.server.model_repository import ModelRepository, ServedVersion
 from moodstream.server.store import (ENDED, INTERRUPTED, MAX_PAGE_SIZE, MAX_SEQ, OPEN, ApplyStatus, SessionCursor,
                                      SessionNotFoundError, SessionOwnershipError, SessionStore, SessionSummary,
                                      parse_offset)
@@ -183,8 +184,10 @@ async def _messages(*requests: pb.StreamRequest):
 class SessionStream:
     """One open agent stream: ordering, batching hand-off, atomic apply, acks."""
 
-    def __init__(self, service: "ScreeningService", header: pb.SessionHeader, principal: Principal) -> None:
+    def __init__(self, service: "ScreeningService", header: pb.SessionHeader, principal: Principal,
+                 served: ServedVersion) -> None:
         self.service = service
+        self.served = served  # the model version this session started under, for its whole life
         self.header = header
         self.principal = principal
         self.session_id = header.session_id
@@ -205,7 +208,7 @@ class SessionStream:
 
     # ------------------------------------------------------------ start
     async def open(self) -> None:
-        service, store = self.service, self.service.store
+        service, store = self.service, self.served.store
         try:
             record = await with_redis_retry(lambda: store.claim_session(
                 self.session_id, self.participant_id, self.header.device_id), service.settings)
@@ -219,7 +222,7 @@ class SessionStream:
 
     async def reload(self) -> None:
         """Take the session's applied seq and scorer state from Redis (the only source of truth)."""
-        store, scorer = self.service.store, self.service.scorer
+        store, scorer = self.served.store, self.served.scorer
         snapshot = await with_redis_retry(lambda: store.load(self.session_id, self.participant_id),
                                           self.service.settings)
         self.applied = -1 if snapshot.applied_seq is None else snapshot.applied_seq
@@ -243,7 +246,7 @@ class SessionStream:
 
     async def migrate_state(self, snapshot) -> None:
         """Store a whole state of the older format as head + rows, so each next segment writes O(d)."""
-        store = self.service.store
+        store = self.served.store
         replaced = await with_redis_retry(lambda: store.replace_state(
             self.session_id, self.participant_id, snapshot.applied_seq, snapshot.state,
             self.state.head_bytes(), self.state.row_bytes()), self.service.settings)
@@ -257,7 +260,7 @@ class SessionStream:
         self.outbox.put_nowait(pb.StreamResponse(ack=pb.Ack(seq=seq, duplicate=duplicate)))
 
     def receive_chunk(self, chunk: pb.Chunk) -> None:
-        config = self.service.model_config
+        config = self.served.config
         seq = chunk.seq
         if seq <= self.applied:
             metrics.CHUNKS.labels("duplicate").inc()
@@ -285,7 +288,7 @@ class SessionStream:
         samples = decode_pcm(seq, chunk.pcm, config.min_segment_seconds, config.max_segment_seconds)
         if not math.isfinite(chunk.start_seconds) or chunk.start_seconds < 0:
             raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, f"chunk {seq} has an invalid start time")
-        future = self.service.encoder.submit(samples)
+        future = self.served.encoder.submit(samples)
         self.pending[seq] = (chunk, future, time.perf_counter())
         self.wake.set()
 
@@ -367,27 +370,27 @@ class SessionStream:
         if self.pending:
             raise self.unapplied_error()
         if self.last_seq is not None and not self.ended:
-            await with_redis_retry(lambda: self.service.store.end_session(self.session_id, self.participant_id),
+            await with_redis_retry(lambda: self.served.store.end_session(self.session_id, self.participant_id),
                                    self.service.settings)
             self.ended = True
 
     async def apply(self, seq: int, chunk: pb.Chunk, vector: np.ndarray, arrived: float) -> None:
-        service = self.service
-        config = service.model_config
-        new_state, probability = service.scorer.step(self.state, vector)
+        service, served = self.service, self.served
+        config = served.config
+        new_state, probability = served.scorer.step(self.state, vector)
         speech_seconds = self.speech_seconds + len(chunk.pcm) / BYTES_PER_SAMPLE / SAMPLE_RATE
         evidence = config.evidence_sufficient(new_state.segments)
         score = {
             "segments": new_state.segments, "probability": probability, "evidence_sufficient": evidence,
             "above_threshold": evidence and probability >= config.decision_threshold,
-            "threshold": config.decision_threshold, "model_version": service.model_version,
+            "threshold": config.decision_threshold, "model_version": served.model_version,
             "time_unix": time.time(), "seq": seq, "device_id": self.header.device_id,
             "speech_seconds": speech_seconds, "start_seconds": chunk.start_seconds,
         }
-        result = await with_redis_retry(lambda: service.store.apply_segment(
+        result = await with_redis_retry(lambda: served.store.apply_segment(
             self.session_id, self.participant_id, seq, vector.astype("<f4").tobytes(), new_state.head_bytes(),
             score, expected_prev_seq=None if self.applied < 0 else self.applied,
-            audio=chunk.pcm if service.store.store_audio else None,
+            audio=chunk.pcm if served.store.store_audio else None,
             state_rows=new_state.row_bytes(self.state.rows)), service.settings)
         status = result.status
         if status is ApplyStatus.APPLIED:
@@ -429,15 +432,40 @@ class SessionStream:
 
 
 class ScreeningService(pb_grpc.ScreeningServicer):
-    def __init__(self, *, store: SessionStore, encoder, scorer, model_config, model_version: str,
-                 authenticator: TokenAuthenticator, settings: ServiceSettings | None = None) -> None:
-        self.store = store
-        self.encoder = encoder
-        self.scorer = scorer
-        self.model_config = model_config
-        self.model_version = model_version
+    """Args:
+        repository: the model versions held (streams); make_store: model version -> SessionStore, for
+            reading sessions of any version, held or not.
+    """
+
+    def __init__(self, *, repository: ModelRepository, make_store, authenticator: TokenAuthenticator,
+                 settings: ServiceSettings | None = None) -> None:
+        self.repository = repository
+        self._make_store = make_store
+        self._stores: dict[str, SessionStore] = {}
         self.authenticator = authenticator
         self.settings = settings or ServiceSettings()
+
+    @property
+    def store(self) -> SessionStore:
+        """The current version's store; for what does not depend on the version (owners, participant streams)."""
+        return self.repository.served_current().store
+
+    def store_for(self, version: str) -> SessionStore:
+        served = self.repository.get(version)
+        if served is not None:
+            return served.store
+        if version not in self._stores:
+            self._stores[version] = self._make_store(version)
+        return self._stores[version]
+
+    async def session_store(self, session_id: str) -> SessionStore:
+        """The store of the version a session started under (the current one for sessions that predate
+        recorded versions)."""
+        version = await with_redis_retry(lambda: self.store.session_model_version(session_id), self.settings)
+        return self.store if version is None else self.store_for(version)
+
+    def held_versions(self) -> str:
+        return ", ".join(self.repository.held())
 
     async def _principal(self, context) -> Principal:
         try:
@@ -510,13 +538,15 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                     await task
                 except BaseException:
                     pass
-            if session is not None and not session.ended:
-                await self._mark_interrupted(session)
+            if session is not None:
+                if not session.ended:
+                    await self._mark_interrupted(session)
+                await self.repository.release(session.served)
 
     async def _mark_interrupted(self, session: SessionStream) -> None:
         """Best effort (the stream is gone either way): readers then see the session as interrupted."""
         try:
-            await self.store.mark_interrupted(session.session_id, session.participant_id)
+            await session.served.store.mark_interrupted(session.session_id, session.participant_id)
         except (redis.exceptions.RedisError, asyncio.CancelledError) as error:
             log.info("session %s: could not mark it interrupted (%s)", session.session_id, error)
 
@@ -541,14 +571,38 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             # A uint64 this large is a client bug (often -1 sent as unsigned); no session gets that far.
             raise StreamAbort(grpc.StatusCode.OUT_OF_RANGE,
                               f"resume_from_seq {header.resume_from_seq} is out of range (at most {MAX_SEQ})")
-        if header.model_version and header.model_version != self.model_version:
+        pinned = header.model_version
+        if pinned and self.repository.get(pinned) is None:
             raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"this server runs model {self.model_version}, not {header.model_version}")
+                              f"this server does not hold model {pinned}; it holds {self.held_versions()}")
         if not principal.may_stream(header.participant_id):
             raise stream_refused(header)
-        session = SessionStream(self, header, principal)
-        await session.open()
+        served = await self._session_version(header)
+        session = SessionStream(self, header, principal, served)
+        try:
+            await session.open()
+        except BaseException:
+            await self.repository.release(served)
+            raise
         return session
+
+    async def _session_version(self, header: pb.SessionHeader) -> ServedVersion:
+        """The version the session started under (recorded now if it starts), held for the stream."""
+        session_id, pinned = header.session_id, header.model_version
+        owner = await with_redis_retry(lambda: self.store.session_owner(session_id), self.settings)
+        if owner is not None and owner != header.participant_id:
+            raise stream_refused(header)
+        starting = self.repository.get(pinned) if pinned else self.repository.served_current()
+        version = await with_redis_retry(lambda: starting.store.pin_model_version(session_id), self.settings)
+        if pinned and version != pinned:
+            raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"session {session_id} runs model {version}, not {pinned}")
+        served = self.repository.acquire(version)
+        if served is None:
+            raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"session {session_id} started under model {version}, which this server no longer "
+                              f"holds (it holds {self.held_versions()}); end it and start a new session")
+        return served
 
     # ------------------------------------------------------------ PutChunk
     async def PutChunk(self, request, context):
@@ -563,25 +617,31 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             requests = _messages(pb.StreamRequest(header=request.header),
                                  pb.StreamRequest(**{kind: getattr(request, kind)}))
             session = await self._open_stream(principal, requests)
-            await session.read_requests(requests)
-            waiting = sorted(seq for seq in session.pending if seq > session.applied + 1)
-            if waiting:
-                raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"chunk {waiting[0]} waits for seq {session.applied + 1}, which has not been "
-                                  f"applied: send seq {session.applied + 1} first, then this chunk again")
-            await session.apply_in_order()
-            reply = pb.PutChunkResponse(ended=kind == "end" and session.ended)
-            while not session.outbox.empty():
-                response = session.outbox.get_nowait()
-                if response.WhichOneof("message") == "ack":
-                    reply.ack.CopyFrom(response.ack)
-                elif response.WhichOneof("message") == "score":
-                    reply.score.CopyFrom(response.score)
-            return reply
+            try:
+                return await self._put(session, requests, kind)
+            finally:
+                await self.repository.release(session.served)
         except StreamAbort as error:
             metrics.CHUNKS.labels("rejected").inc()
             log.info("PutChunk refused: %s %s", error.code.name, error)
             await context.abort(error.code, str(error))
+
+    async def _put(self, session: SessionStream, requests, kind: str) -> pb.PutChunkResponse:
+        await session.read_requests(requests)
+        waiting = sorted(seq for seq in session.pending if seq > session.applied + 1)
+        if waiting:
+            raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"chunk {waiting[0]} waits for seq {session.applied + 1}, which has not been "
+                              f"applied: send seq {session.applied + 1} first, then this chunk again")
+        await session.apply_in_order()
+        reply = pb.PutChunkResponse(ended=kind == "end" and session.ended)
+        while not session.outbox.empty():
+            response = session.outbox.get_nowait()
+            if response.WhichOneof("message") == "ack":
+                reply.ack.CopyFrom(response.ack)
+            elif response.WhichOneof("message") == "score":
+                reply.score.CopyFrom(response.score)
+        return reply
 
     # ------------------------------------------------------------ reads
     async def GetScore(self, request, context):
@@ -589,11 +649,12 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         try:
             _check_id("session_id", request.session_id)
             participant = await self._readable_participant(principal, request.session_id, context)
-            latest = await with_redis_retry(lambda: self.store.latest_score(request.session_id, participant),
+            store = await self.session_store(request.session_id)
+            latest = await with_redis_retry(lambda: store.latest_score(request.session_id, participant),
                                             self.settings)
             if latest is None:
                 raise StreamAbort(grpc.StatusCode.NOT_FOUND, f"session {request.session_id!r} has no score yet")
-            state = await with_redis_retry(lambda: self.store.session_state(request.session_id, participant),
+            state = await with_redis_retry(lambda: store.session_state(request.session_id, participant),
                                            self.settings)
             reply = score_message(latest)
             reply.session_state = SESSION_STATE_MESSAGES[state.name]
@@ -617,21 +678,23 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                 _check_id("session_id", request.session_id)
                 participant = await self._readable_participant(principal, request.session_id, context)
                 source = {"session_id": request.session_id, "participant_id": participant}
+                store = await self.session_store(request.session_id)
             else:
                 _check_id("participant_id", request.participant_id)
                 if not principal.may_read(request.participant_id):
                     raise StreamAbort(grpc.StatusCode.PERMISSION_DENIED,
                                       f"this token may not read participant {request.participant_id!r}")
                 source = {"participant_id": request.participant_id}
+                store = self.store  # a participant's stream is one for every version
             if offset == "$":
                 # Pin "now" once, so a reconnect after this point misses nothing.
-                batch = await with_redis_retry(lambda: self.store.read_updates(after_offset="$", **source),
+                batch = await with_redis_retry(lambda: store.read_updates(after_offset="$", **source),
                                                self.settings)
                 offset = batch.next_offset
             while True:
                 self._check_still_valid(principal)
                 current = offset
-                batch = await with_redis_retry(lambda: self.store.read_updates(
+                batch = await with_redis_retry(lambda: store.read_updates(
                     after_offset=current, block_ms=self.settings.subscribe_block_ms, **source), self.settings)
                 if batch.trimmed:
                     log.warning("subscriber of %s resumed after trimmed updates", source)
@@ -673,7 +736,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                                   "active_before_unix is earlier than active_after_unix: the window is empty")
             cursor = decode_page_token(request.page_token, request)
             page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-            summaries, next_cursor = await with_redis_retry(lambda: self.store.list_sessions(
+            summaries, next_cursor = await with_redis_retry(lambda: self._list_sessions(
                 participants, states={SESSION_STATE_NAMES[number] for number in request.states}, active_after=after, active_before=before,
                 page_size=page_size, cursor=cursor), self.settings)
             return pb.ListSessionsResponse(sessions=[summary_message(summary) for summary in summaries],
@@ -681,16 +744,46 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         except StreamAbort as error:
             await context.abort(error.code, str(error))
 
+    async def _list_sessions(self, participants, *, page_size: int, cursor, **filters):
+        """One directory page over every model version: each version's page in the directory's order
+        (participant, newest start, session id descending), merged; the first page_size are the page."""
+        versions = set(self.repository.held()) | await self.store.stored_model_versions()
+        found, more = [], False
+        for version in sorted(versions):
+            page, next_cursor = await self.store_for(version).list_sessions(
+                participants, page_size=page_size, cursor=cursor, **filters)
+            found += page
+            more = more or next_cursor is not None
+        found.sort(key=lambda summary: (summary.started_unix, summary.session_id), reverse=True)
+        found.sort(key=lambda summary: summary.participant_id)
+        more = more or len(found) > page_size
+        page = found[:page_size]
+        if not more or not page:
+            return page, None
+        last = page[-1]
+        return page, SessionCursor(last.participant_id, last.started_unix, last.session_id)
+
     # ------------------------------------------------------------ model info
     async def GetModelInfo(self, request, context):
         await self._principal(context)  # any valid token: agents need this before they stream
-        config = self.model_config
-        info = pb.ModelInfo(model_version=self.model_version, threshold=config.decision_threshold,
-                            sample_rate=SAMPLE_RATE, min_chunk_seconds=config.min_segment_seconds,
-                            max_chunk_seconds=config.max_segment_seconds, notice=SCREENING_NOTICE,
-                            min_evidence_segments=config.min_evidence_segments,
-                            training_data=config.training_data, positive_class=config.positive_class,
-                            demo_model=config.demo_model)
-        if config.speech is not None:
-            info.speech.CopyFrom(pb.SpeechSettings(**config.speech))
+        wanted = request.model_version
+        if wanted and self.repository.get(wanted) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"this server does not hold model {wanted}; it holds {self.held_versions()}")
+        served = self.repository.get(wanted) if wanted else self.repository.served_current()
+        info = model_info(served)
+        info.versions.extend(model_info(self.repository.get(version)) for version in self.repository.held())
         return info
+
+
+def model_info(served: ServedVersion) -> pb.ModelInfo:
+    config = served.config
+    info = pb.ModelInfo(model_version=served.model_version, threshold=config.decision_threshold,
+                        sample_rate=SAMPLE_RATE, min_chunk_seconds=config.min_segment_seconds,
+                        max_chunk_seconds=config.max_segment_seconds, notice=SCREENING_NOTICE,
+                        min_evidence_segments=config.min_evidence_segments,
+                        training_data=config.training_data, positive_class=config.positive_class,
+                        demo_model=config.demo_model)
+    if config.speech is not None:
+        info.speech.CopyFrom(pb.SpeechSettings(**config.speech))
+    return info

@@ -24,7 +24,9 @@ P = participant id, S = session id, V = model version (ids are
     ms:{p:P}:V:s:S:rows       string  the scorer's rows, one fixed-size record
                                       appended per segment (APPEND)
     ms:{p:P}:V:s:S:updates    stream  one entry per applied segment: score=JSON
-    ms:{p:P}:V:updates        stream  the same entries for all of P's sessions
+    ms:{p:P}:updates          stream  the same entries for all of P's sessions,
+                                      of every model version (each entry
+                                      names its model_version)
     ms:{p:P}:V:sessions       zset    P's session directory: session id ->
                                       started_at; the apply script adds a
                                       session with its first segment
@@ -33,6 +35,11 @@ P = participant id, S = session id, V = model version (ids are
     ms:session:{S}:owner      string  P; set once (SET NX), so a session id
                                       can never be taken over by another
                                       participant
+    ms:session:{S}:model      string  V, the model version the session
+                                      started under; set once (SET NX), so
+                                      every replica keeps the session on it
+    ms:{versions}             set     every model version that stored a
+                                      session (for the session directory)
 
 The hash tag ``{p:P}`` puts a participant's sessions and its score stream on
 one cluster slot, which is what lets one script update the session and the
@@ -251,6 +258,7 @@ class SessionKeys:
     owner: str
     index: str  # the participant's session directory (shared by their sessions)
     rows: str
+    model: str  # the session's model version (set by the server that starts the session)
 
     @classmethod
     def build(cls, participant_id: str, session_id: str, model_version: str) -> SessionKeys:
@@ -261,10 +269,12 @@ class SessionKeys:
             vectors=f"{session}:vectors",
             audio=f"{session}:audio",
             updates=f"{session}:updates",
-            participant_updates=f"{base}:updates",
+            # One stream for every version, so a participant's subscriber follows a rollout.
+            participant_updates=participant_updates_key(participant_id),
             owner=owner_key(session_id),
             index=f"{base}:sessions",
             rows=f"{session}:rows",
+            model=session_model_key(session_id),
         )
 
     def script_keys(self) -> list[str]:
@@ -281,6 +291,17 @@ def participant_prefix(participant_id: str) -> str:
 
 def owner_key(session_id: str) -> str:
     return f"ms:session:{{{session_id}}}:owner"
+
+
+def session_model_key(session_id: str) -> str:
+    return f"ms:session:{{{session_id}}}:model"
+
+
+def participant_updates_key(participant_id: str) -> str:
+    return f"{participant_prefix(participant_id)}updates"
+
+
+VERSIONS_KEY = "ms:{versions}"
 
 
 def directory_key(model_version: str) -> str:
@@ -525,6 +546,26 @@ class SessionStore:
 
     # -- sessions -------------------------------------------------------
 
+    async def pin_model_version(self, session_id: str) -> str:
+        """Record this store's model version as the session's, unless one is recorded; returns the session's.
+
+        Until the session's first segment the record lives CLAIM_TTL_SECONDS, then as long as its data.
+        """
+        _check_pattern("session_id", session_id, ID_PATTERN)
+        previous = await self.client.set(session_model_key(session_id), self.model_version, nx=True, get=True,
+                                         ex=self.claim_ttl_seconds)
+        return self.model_version if previous is None else _text(previous)
+
+    async def session_model_version(self, session_id: str) -> str | None:
+        """The model version a session started under (None: unknown, or started before versions were recorded)."""
+        _check_pattern("session_id", session_id, ID_PATTERN)
+        version = await self.client.get(session_model_key(session_id))
+        return _text(version) if version is not None else None
+
+    async def stored_model_versions(self) -> set[str]:
+        """Every model version that has stored a session in this Redis."""
+        return {_text(member) for member in await self.client.smembers(VERSIONS_KEY)}
+
     async def session_owner(self, session_id: str) -> str | None:
         _check_pattern("session_id", session_id, ID_PATTERN)
         owner = await self.client.get(owner_key(session_id))
@@ -568,7 +609,8 @@ class SessionStore:
         directory = directory_key(self.model_version)
         pipeline = self.client.pipeline(transaction=False)  # one round trip (a cluster: one per node)
         pipeline.zadd(directory, {participant_id: 0})
-        for key in (keys.owner, directory):
+        pipeline.sadd(VERSIONS_KEY, self.model_version)
+        for key in (keys.owner, keys.model, directory):
             if self.ttl_seconds:
                 pipeline.expire(key, self.ttl_seconds)
             else:
@@ -831,7 +873,7 @@ class SessionStore:
             if participant_id is None:
                 raise ValueError("read_updates needs a session_id or a participant_id")
             _check_pattern("participant_id", participant_id, ID_PATTERN)
-            return f"{participant_prefix(participant_id)}{self.model_version}:updates"
+            return participant_updates_key(participant_id)
         _check_pattern("session_id", session_id, ID_PATTERN)
         participant = await self._participant_of(session_id, participant_id)
         if participant is None:
@@ -984,7 +1026,9 @@ class SessionStore:
         for batch in _batches(sorted(found), 500):
             deleted += await self._delete_same_slot(batch)
         for session_id in sorted(session_ids):
-            deleted += int(await _forget_owner(self.client, [owner_key(session_id)], [participant_id]))
+            owned = int(await _forget_owner(self.client, [owner_key(session_id)], [participant_id]))
+            if owned:
+                deleted += owned + int(await self.client.delete(session_model_key(session_id)))
         for directory in sorted(await self._scan(DIRECTORY_PREFIX + "*")):
             await self.client.zrem(directory, participant_id)
         return deleted

@@ -149,7 +149,7 @@ def _bad_calls():
         ("malformed session id", lambda raw: chunk_request(raw, "bad f!"), "agent", Code.INVALID_ARGUMENT,
          "session_id"),
         ("other model", lambda raw: chunk_request(raw, "bad-g", model_version="other"), "agent",
-         Code.FAILED_PRECONDITION, "runs model"),
+         Code.FAILED_PRECONDITION, "does not hold model"),
         ("too short", lambda raw: chunk_request(raw, "bad-h", pcm=short), "agent", Code.INVALID_ARGUMENT,
          "minimum"),
         ("odd byte count", lambda raw: chunk_request(raw, "bad-i", pcm=GOOD[:-1]), "agent", Code.INVALID_ARGUMENT,

@@ -45,7 +45,7 @@ STREAM_CASES = {
     "empty participant": ([header("s", "")], Code.INVALID_ARGUMENT, "participant_id '' is invalid"),
     "long id": ([header("s" * 65, "p1")], Code.INVALID_ARGUMENT, "is invalid"),
     "non-ascii id": ([header("sé", "p1")], Code.INVALID_ARGUMENT, "is invalid"),
-    "other model": ([header("s", "p1", model_version="m0000")], Code.FAILED_PRECONDITION, "this server runs model"),
+    "other model": ([header("s", "p1", model_version="m0000")], Code.FAILED_PRECONDITION, "this server does not hold model m0000; it holds"),
     "odd byte count": ([header("s", "p1"), chunk(0, GOOD[:-1])], Code.INVALID_ARGUMENT, "even byte count"),
     "empty chunk": ([header("s", "p1"), chunk(0, b"")], Code.INVALID_ARGUMENT, "has no audio"),
     "too short": ([header("s", "p1"), chunk(0, GOOD[: 16000])], Code.INVALID_ARGUMENT, "the minimum is"),

@@ -12,6 +12,7 @@ from moodstream.server.redis_process import RedisProcess
 from moodstream.server.store import (
     ApplyStatus,
     directory_key,
+    VERSIONS_KEY,
     SessionKeys,
     SessionNotFoundError,
     SessionOwnershipError,
@@ -403,7 +404,7 @@ def test_every_key_of_a_session_gets_the_ttl(redis_url):
                 assert 990 < await store.client.ttl(key) <= 1000, key
             # Every key that exists is one of the session's keys or a directory that lists it.
             found = {key.decode() async for key in store.client.scan_iter(match="ms:*")}
-            assert found == set(keys.all()) | set(directories)
+            assert found == set(keys.all()) | set(directories) | {VERSIONS_KEY}
 
         async with open_store(redis_url, ttl_seconds=0) as forever:
             await forever.claim_session("sess-ttl", "part-ttl")
@@ -449,10 +450,9 @@ def test_forget_deletes_every_key_of_a_participant_and_nothing_else(backend):
             everything = all_keys(url, cluster)
             owners = {b"ms:session:{g1}:owner", b"ms:session:{g2}:owner"}
             mine = {key for key in everything if b"{p:gone}" in key} | owners
-            # model 1: 2 sessions x (hash, vectors, audio, scorer rows, stream) + participant stream + session
-            # directory; model 2: hash, vectors, scorer rows, stream + participant stream + session directory;
-            # 2 owner keys.
-            assert len(mine) == 2 * 5 + 2 + 4 + 2 + 2
+            # model 1: 2 sessions x (hash, vectors, audio, scorer rows, stream) + session directory; model 2:
+            # hash, vectors, scorer rows, stream + session directory; one participant stream for both; 2 owner keys.
+            assert len(mine) == 2 * 5 + 1 + 4 + 1 + 1 + 2
 
             assert await store.forget_participant("gone") == len(mine)
             # the participant directory of model 2 listed only "gone", so it went with the last member

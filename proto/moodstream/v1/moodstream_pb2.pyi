@@ -234,8 +234,10 @@ class PutChunkResponse(_message.Message):
     def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., score: _Optional[_Union[ScoreUpdate, _Mapping]] = ..., ended: _Optional[bool] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("model_version",)
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    def __init__(self, model_version: _Optional[str] = ...) -> None: ...
 
 class SpeechSettings(_message.Message):
     __slots__ = ("chunk_seconds", "min_last_chunk_seconds", "vad_aggressiveness", "frame_ms", "hangover_ms", "onset_ms", "warmup_ms", "echo_tail_seconds")
@@ -258,7 +260,7 @@ class SpeechSettings(_message.Message):
     def __init__(self, chunk_seconds: _Optional[float] = ..., min_last_chunk_seconds: _Optional[float] = ..., vad_aggressiveness: _Optional[int] = ..., frame_ms: _Optional[int] = ..., hangover_ms: _Optional[int] = ..., onset_ms: _Optional[int] = ..., warmup_ms: _Optional[int] = ..., echo_tail_seconds: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_version", "threshold", "sample_rate", "speech", "min_chunk_seconds", "max_chunk_seconds", "notice", "min_evidence_segments", "training_data", "positive_class", "demo_model")
+    __slots__ = ("model_version", "threshold", "sample_rate", "speech", "min_chunk_seconds", "max_chunk_seconds", "notice", "min_evidence_segments", "training_data", "positive_class", "demo_model", "versions")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -270,6 +272,7 @@ class ModelInfo(_message.Message):
     TRAINING_DATA_FIELD_NUMBER: _ClassVar[int]
     POSITIVE_CLASS_FIELD_NUMBER: _ClassVar[int]
     DEMO_MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     threshold: float
     sample_rate: int
@@ -281,4 +284,5 @@ class ModelInfo(_message.Message):
     training_data: str
     positive_class: str
     demo_model: bool
-    def __init__(self, model_version: _Optional[str] = ..., threshold: _Optional[float] = ..., sample_rate: _Optional[int] = ..., speech: _Optional[_Union[SpeechSettings, _Mapping]] = ..., min_chunk_seconds: _Optional[float] = ..., max_chunk_seconds: _Optional[float] = ..., notice: _Optional[str] = ..., min_evidence_segments: _Optional[int] = ..., training_data: _Optional[str] = ..., positive_class: _Optional[str] = ..., demo_model: _Optional[bool] = ...) -> None: ...
+    versions: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, model_version: _Optional[str] = ..., threshold: _Optional[float] = ..., sample_rate: _Optional[int] = ..., speech: _Optional[_Union[SpeechSettings, _Mapping]] = ..., min_chunk_seconds: _Optional[float] = ..., max_chunk_seconds: _Optional[float] = ..., notice: _Optional[str] = ..., min_evidence_segments: _Optional[int] = ..., training_data: _Optional[str] = ..., positive_class: _Optional[str] = ..., demo_model: _Optional[bool] = ..., versions: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...

@@ -140,8 +140,9 @@ class ScreeningServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """The model this server runs: its version, decision threshold, audio format
-        and the speech settings it was trained with. Agents use those settings
+        """The model new sessions get: its version, decision threshold, audio format
+        and the speech settings it was trained with (or those of the version asked
+        for), and every version the server holds. Agents use those settings
         by default, so they send the chunks the model was validated on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
