@@ -135,6 +135,26 @@ def add_parser(subparsers) -> None:
     forget.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     forget.set_defaults(handler=run_forget)
 
+    export = subparsers.add_parser(
+        "export", help="write every session's segment vectors out of Redis, for retraining",
+        description="Write, for each session in Redis (every model version), its segment vectors, seqs, "
+                    "speech seconds, timestamps, device and model version into the new folder OUT as Parquet "
+                    "(sessions.parquet, segments.parquet, export.json; README \"Retraining from the field\"). "
+                    "No audio is exported. Export before the data's TTL (30 days by default) expires. Redis is "
+                    "only read. The vectors and scores are a screening aid's, not diagnoses.",
+        formatter_class=HelpFormatter)
+    export.add_argument("out", metavar="OUT", help="folder to create (must not exist)")
+    export.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+                        help="Redis URL of the session store (env REDIS_URL; default %(default)s)")
+    export.add_argument("--redis-cluster", action="store_true",
+                        help="the URL is a Redis Cluster node: every master is read")
+    export.add_argument("--participant", action="append", default=None, metavar="P",
+                        help="only this participant's sessions; repeat for several (default: everyone)")
+    export.add_argument("--since", default=None, metavar="WHEN",
+                        help="only sessions scored at or after WHEN: an ISO 8601 date or date-time (UTC unless "
+                             "it names an offset) or Unix seconds (default: every session)")
+    export.set_defaults(handler=run_export)
+
 
 def _split(values: str) -> list[str]:
     return [value.strip() for value in values.split(",") if value.strip()]
@@ -305,3 +325,61 @@ async def _forget(url: str, cluster: bool, participant: str, where: str) -> int:
             raise ValueError(f"Redis at {where} failed while deleting ({error}); run the command again") from None
     finally:
         await client.aclose()
+
+
+def run_export(args) -> int:
+    import asyncio
+
+    from moodstream.ids import ID_RULE, is_id
+    from moodstream.server.export import parse_since
+
+    try:
+        import pyarrow  # noqa: F401
+        import tqdm  # noqa: F401
+    except ImportError:
+        raise ValueError("moodstream export needs pyarrow and tqdm: pip install 'moodstream[export]'") from None
+    participants = args.participant
+    for participant in participants or ():
+        if not is_id(participant):
+            raise ValueError(f"--participant {participant!r} is not a participant id ({ID_RULE})")
+    since = parse_since(args.since) if args.since else 0.0
+    if os.path.exists(args.out):
+        raise ValueError(f"{args.out} exists: choose a new folder for the export")
+    where = redact_url(args.redis)
+    manifest = asyncio.run(_export(args.redis, args.redis_cluster, participants, since, where, args))
+    print(f"exported {manifest['sessions']} session(s), {manifest['segments']} segment(s), "
+          f"{manifest['speech_seconds'] / 3600:.2f} h of speech (model versions: "
+          f"{', '.join(manifest['model_versions']) or 'none'}) from {where} to {args.out}")
+    return 0
+
+
+async def _export(url: str, cluster: bool, participants, since: float, where: str, args) -> dict:
+    import redis.exceptions
+    from tqdm import tqdm
+
+    from moodstream.field_export import write_export
+    from moodstream.server.export import collect_sessions
+    from moodstream.server.store import connect
+
+    failures = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
+    try:
+        client = connect(url, cluster=cluster)
+    except (*failures, ValueError) as error:
+        raise ValueError(f"cannot use Redis URL {where}: {error}") from None
+    try:
+        try:
+            await client.ping()
+            clustered = not cluster and (await client.info("cluster")).get("cluster_enabled") in (1, "1")
+        except failures as error:
+            raise ValueError(f"cannot reach Redis at {where}: {error}") from None
+        if clustered:
+            raise ValueError(f"{where} is a Redis Cluster node: add --redis-cluster")
+        with tqdm(desc="sessions", unit="session", disable=None) as progress:
+            try:
+                sessions = await collect_sessions(client, participants, since, progress)
+            except failures as error:
+                raise ValueError(f"Redis at {where} failed while reading ({error}); run the command again") from None
+    finally:
+        await client.aclose()
+    filters = {"participants": participants or [], "since_unix": since}
+    return write_export(args.out, sessions, filters)

@@ -562,9 +562,16 @@ class SessionStore:
         version = await self.client.get(session_model_key(session_id))
         return _text(version) if version is not None else None
 
-    async def stored_model_versions(self) -> set[str]:
-        """Every model version that has stored a session in this Redis."""
-        return {_text(member) for member in await self.client.smembers(VERSIONS_KEY)}
+    async def stored_model_versions(self, scan: bool = False) -> set[str]:
+        """Every model version that has stored a session in this Redis.
+
+        scan: also find versions of sessions stored before versions were recorded, by SCANning for their
+        participant directories (every key is visited: for offline work such as an export).
+        """
+        versions = {_text(member) for member in await self.client.smembers(VERSIONS_KEY)}
+        if scan:
+            versions |= {key[len(DIRECTORY_PREFIX):] for key in await self._scan(DIRECTORY_PREFIX + "*")}
+        return versions
 
     async def session_owner(self, session_id: str) -> str | None:
         _check_pattern("session_id", session_id, ID_PATTERN)
@@ -810,6 +817,10 @@ class SessionStore:
     async def segment_vectors(self, session_id: str, participant_id: str | None = None) -> list[bytes]:
         """The session's segment vectors in seq order (float32 bytes)."""
         return list((await self._seq_hash(session_id, participant_id, "vectors")).values())
+
+    async def vectors_by_seq(self, session_id: str, participant_id: str | None = None) -> dict[int, bytes]:
+        """The session's segment vectors (float32 bytes) by seq, in seq order."""
+        return await self._seq_hash(session_id, participant_id, "vectors")
 
     async def segment_audio(self, session_id: str, participant_id: str | None = None) -> dict[int, bytes]:
         """Stored PCM by seq (empty unless the store was run with store_audio)."""
