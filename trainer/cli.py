@@ -11,8 +11,22 @@ def add_parser(subparsers) -> None:
     train = subparsers.add_parser(
         "train", help="two-stage training from a TOML recipe; writes a checkpoint folder and a report",
         description="Train the screening model (stage 1: backbone + segment head on segment labels; stage 2: "
-                    "session head on segment-vector sequences). Re-running with the same output folder resumes.")
-    train.add_argument("config", help="TOML recipe (see configs/)")
+                    "session head on segment-vector sequences). Re-running with the same output folder resumes. "
+                    "With --from-export, only the session head is retrained (stage 2, then the validation-only "
+                    "calibration, threshold and evidence rule) on the segment vectors of a `moodstream export` "
+                    "and a labels CSV; the new checkpoint keeps --base's encoder byte for byte (README "
+                    "\"Retraining from the field\").")
+    train.add_argument("config", nargs="?", help="TOML recipe (see configs/); not with --from-export")
+    train.add_argument("--from-export", metavar="EXPORT", default=None,
+                       help="session-head-only mode: the folder `moodstream export` wrote")
+    train.add_argument("--labels", metavar="CSV", default=None,
+                       help="with --from-export: session_id or participant_id, and a PHQ-8 score (phq8_score; "
+                            "label 1 at >= data.score_threshold, 10) or a 0/1 label column")
+    train.add_argument("--base", metavar="CHECKPOINT", default=None,
+                       help="with --from-export: the checkpoint whose encoder made the exported vectors (or the "
+                            "server's model folder, whose current version is used)")
+    train.add_argument("--output", metavar="DIR", default=None,
+                       help="with --from-export: run folder; the checkpoint goes to DIR/checkpoint")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a recipe value, e.g. --set stage1.lr_head=1e-3 (repeatable)")
     train.set_defaults(handler=run_train)
@@ -23,7 +37,10 @@ def add_parser(subparsers) -> None:
                     "during training; never tuned on the evaluated data). Sessions are cut into segments by "
                     "the agent's speech path with the speech settings the checkpoint records.")
     evaluate.add_argument("checkpoint", help="checkpoint folder written by `moodstream train`")
-    evaluate.add_argument("data", help="DAIC-WOZ / E-DAIC folder, or a manifest CSV")
+    evaluate.add_argument("data", help="DAIC-WOZ / E-DAIC folder, a manifest CSV, or a `moodstream export` folder "
+                                       "(with --labels)")
+    evaluate.add_argument("--labels", metavar="CSV", default=None,
+                          help="labels of an export's sessions, as for `moodstream train --from-export`")
     evaluate.add_argument("--format", default="auto", choices=["auto", "daic-woz", "e-daic", "manifest",
                                                                "ravdess-standin"])
     evaluate.add_argument("--split", default="test", help="which split to score: train, validation, test or all; data "
@@ -100,6 +117,10 @@ def add_parser(subparsers) -> None:
 
 
 def run_train(args) -> int:
+    if args.from_export is not None:
+        return run_train_from_export(args)
+    if args.config is None:
+        raise ValueError("give a TOML recipe, or --from-export with --labels, --base and --output")
     from moodstream.trainer.config import TrainConfig
     from moodstream.trainer.train import train
 
@@ -119,8 +140,40 @@ def run_train(args) -> int:
     return 0
 
 
+def run_train_from_export(args) -> int:
+    from moodstream.trainer.from_export import train_from_export
+
+    missing = [flag for flag, value in (("--labels", args.labels), ("--base", args.base), ("--output", args.output))
+               if value is None]
+    if missing or args.config is not None:
+        raise ValueError("--from-export needs --labels, --base and --output, and no recipe file"
+                         + (f" (missing {', '.join(missing)})" if missing else ""))
+    result = train_from_export(args.from_export, args.labels, args.base, args.output, args.overrides)
+    session = result["validation"]["session"]
+    print(f"validation: session F1 {session['f1']:.3f}, AUC {session['auc']:.3f} at threshold "
+          f"{result['threshold']:.3f} (chosen on validation)")
+    print(f"checkpoint: {result['checkpoint']} (model {result['model_version']}; encoder of "
+          f"{result['base_model_version']}, unchanged)")
+    print(f"report: {args.output}/report.md")
+    return 0
+
+
 def run_evaluate(args) -> int:
+    from pathlib import Path
+
+    from moodstream.field_export import MANIFEST_FILE
     from moodstream.trainer.evaluate import evaluate_checkpoint
+
+    if (Path(args.data) / MANIFEST_FILE).is_file():
+        from moodstream.trainer.from_export import evaluate_on_export
+
+        if args.labels is None:
+            raise ValueError(f"{args.data} is a moodstream export: give its labels with --labels CSV")
+        result = evaluate_on_export(args.checkpoint, args.data, args.labels, args.output)
+        session = result["test"]["session"]
+        print(f"export: session P {session['precision']:.3f} R {session['recall']:.3f} F1 {session['f1']:.3f} "
+              f"AUC {session['auc']:.3f}; report: {args.output}/report.md")
+        return 0
 
     result = evaluate_checkpoint(args.checkpoint, args.data, args.output, data_format=args.format, split=args.split,
                                  cache_dir=args.cache_dir, device=args.device, tsne=not args.no_tsne,
