@@ -478,7 +478,26 @@
   }
 
   // ------------------------------------------------------------ participant view
-  const participant = { info: null, sessions: new Map(), chart: null, threshold: null };
+  // The chart shows one model version's sessions at a time (their probabilities and thresholds are
+  // different scales); a participant with sessions under several versions gets a switch between them.
+  const participant = { info: null, sessions: new Map(), chart: null, threshold: null, version: null };
+
+  function renderVersionSwitch(versions, rows) {
+    const box = byId("history-versions");
+    box.hidden = versions.length < 2;
+    box.replaceChildren();
+    if (versions.length < 2) return;
+    box.append("Sessions under model ");
+    versions.forEach((version, index) => {
+      const count = rows.filter((s) => s.model_version === version).length;
+      const button = el("button", { type: "button", class: "version", "data-model": version,
+        "aria-pressed": String(version === participant.version),
+        text: version + " (" + count + (count === 1 ? " session)" : " sessions)") });
+      button.addEventListener("click", () => { participant.version = version; renderParticipant(); });
+      if (index) box.append(" ");
+      box.append(button);
+    });
+  }
 
   function renderParticipant() {
     const info = participant.info;
@@ -490,7 +509,11 @@
       text: "subscription: " + sub.state }));
     if (sub.message) stateNode.append(" – ", withDetails(sub.message, sub.details));
     const rows = [...participant.sessions.values()].sort((a, b) => a.started_unix - b.started_unix);
-    participant.threshold = rows.length ? rows[rows.length - 1].threshold : null;
+    const versions = [...new Set(rows.map((s) => s.model_version))];
+    if (!versions.includes(participant.version)) participant.version = rows.length ? rows[rows.length - 1].model_version : null;
+    const shown = rows.filter((s) => s.model_version === participant.version);
+    participant.threshold = shown.length ? shown[shown.length - 1].threshold : null;
+    renderVersionSwitch(versions, rows);
     const node = byId("history-chart");
     if (!participant.chart) {
       participant.chart = makeChart(node, {
@@ -498,9 +521,11 @@
         pointsOnly: true, late: false, xValues: dayLabels, bandsOf: null, thresholdOf: () => participant.threshold,
       });
     }
-    setChartData(participant.chart, [rows.map((s) => s.started_unix), rows.map((s) => s.probability)], dayRange);
-    node.dataset.points = String(rows.length);
-    node.setAttribute("aria-label", "Chart of each session's latest score by day: " + rows.length + " sessions" +
+    setChartData(participant.chart, [shown.map((s) => s.started_unix), shown.map((s) => s.probability)], dayRange);
+    node.dataset.points = String(shown.length);
+    node.dataset.modelVersion = participant.version || "";
+    node.setAttribute("aria-label", "Chart of each session's latest score by day: " + shown.length + " sessions" +
+      (versions.length > 1 ? " under model " + participant.version : "") +
       (participant.threshold === null ? "." : ", decision threshold " + fmtThreshold(participant.threshold) + "."));
     byId("legend-threshold").textContent = participant.threshold === null ? "–" : fmtThreshold(participant.threshold);
     renderModels(rows.map((s) => s.model));
