@@ -94,7 +94,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                           help="bearer token (default: environment variable MOODSTREAM_TOKEN)")
     delivery.add_argument("--tls-ca", metavar="FILE", help="use TLS, trusting this CA certificate (PEM)")
     delivery.add_argument("--model-version", default="", metavar="V",
-                          help="refuse to stream if the server runs another model version")
+                          help="stream under this model version (and take its speech settings): a new session "
+                               "starts on it; the server refuses (FAILED_PRECONDITION) when it does not hold it or "
+                               "the session runs another (default: the session's version, or for a new session "
+                               "the one the server gives new sessions)")
     delivery.add_argument("--max-retry-seconds", type=float, default=300.0, metavar="S",
                           help="give up when the server stays unreachable this long (chunks stay in the outbox)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per event on stdout")

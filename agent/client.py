@@ -126,14 +126,15 @@ def speech_settings_of(reply: pb.ModelInfo) -> dict | None:
     return {field.name: getattr(reply.speech, field.name) for field in reply.speech.DESCRIPTOR.fields}
 
 
-def fetch_model_info(target: ServerTarget, timeout: float = 5.0) -> ModelInfo:
-    """Ask the first server of `target` that answers; AgentError saying why when none does."""
+def fetch_model_info(target: ServerTarget, timeout: float = 5.0, model_version: str = "") -> ModelInfo:
+    """Ask the first server of `target` that answers (about `model_version`, "" = the version new sessions
+    get); AgentError saying why when none does."""
     failures = []
     for address in target.addresses:
         channel = target.channel(address)
         try:
             reply = pb_grpc.ScreeningStub(channel).GetModelInfo(
-                pb.GetModelInfoRequest(), metadata=target.metadata(), timeout=timeout)
+                pb.GetModelInfoRequest(model_version=model_version), metadata=target.metadata(), timeout=timeout)
         except grpc.RpcError as error:
             failures.append(f"{address}: {error.code().name}: {error.details()}")
             continue

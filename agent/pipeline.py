@@ -264,7 +264,7 @@ def run_agent(
         if settings is None and earlier is not None and earlier.settings.get("capture"):
             # A resumed session keeps the settings it started with, whatever the server says now.
             settings = CaptureSettings.from_dict(earlier.settings["capture"])
-        settings, speech_warnings = resolve_speech_settings(target, settings, setting_overrides)
+        settings, speech_warnings = resolve_speech_settings(target, settings, setting_overrides, model_version)
         if gate is None:
             gate = make_gate(settings, prompt_intervals)
         source_description = source.describe() if hasattr(source, "describe") else {"kind": type(source).__name__}
@@ -339,12 +339,13 @@ def run_agent(
 
 
 def resolve_speech_settings(target: ServerTarget, settings: CaptureSettings | None,
-                            overrides: dict | None = None) -> tuple[CaptureSettings, list[str]]:
-    """The speech settings to capture with, and warnings about them (see run_agent)."""
+                            overrides: dict | None = None, model_version: str = "") -> tuple[CaptureSettings, list[str]]:
+    """The speech settings to capture with, and warnings about them (see run_agent); those of
+    `model_version` when one is pinned, else of the version the server gives new sessions."""
     warnings: list[str] = []
     model_settings = None
     try:
-        info = fetch_model_info(target)
+        info = fetch_model_info(target, model_version=model_version)
         if info.speech is not None:
             model_settings = CaptureSettings.from_dict(info.speech)
         elif settings is None:

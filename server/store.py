@@ -39,7 +39,9 @@ P = participant id, S = session id, V = model version (ids are
                                       started under; set once (SET NX), so
                                       every replica keeps the session on it
     ms:{versions}             set     every model version that stored a
-                                      session (for the session directory)
+                                      session (for the session directory;
+                                      its TTL is refreshed like the
+                                      participant directory's)
 
 The hash tag ``{p:P}`` puts a participant's sessions and its score stream on
 one cluster slot, which is what lets one script update the session and the
@@ -617,7 +619,7 @@ class SessionStore:
         pipeline = self.client.pipeline(transaction=False)  # one round trip (a cluster: one per node)
         pipeline.zadd(directory, {participant_id: 0})
         pipeline.sadd(VERSIONS_KEY, self.model_version)
-        for key in (keys.owner, keys.model, directory):
+        for key in (keys.owner, keys.model, directory, VERSIONS_KEY):
             if self.ttl_seconds:
                 pipeline.expire(key, self.ttl_seconds)
             else:

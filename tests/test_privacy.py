@@ -6,7 +6,7 @@ import grpc
 import pytest
 import redis
 
-from moodstream.server.store import directory_key
+from moodstream.server.store import VERSIONS_KEY, directory_key
 from moodstream.cli import main as moodstream_main
 from moodstream.v1 import moodstream_pb2 as pb
 from server_harness import (chunk, end, header, make_chunks, redis_keys, running_server, stream, stub_for,
@@ -60,12 +60,14 @@ def test_forget_deletes_every_key_of_the_participant_after_real_sessions(model, 
     model_version = streamed(redis_url, model, tokens, store_audio=True)
     keys = redis_keys(redis_url)
     mine = [key for key in keys if key.startswith("ms:{p:p1}:") or key in (
-        "ms:session:{p1-morning}:owner", "ms:session:{p1-evening}:owner")]
+        "ms:session:{p1-morning}:owner", "ms:session:{p1-evening}:owner", "ms:session:{p1-morning}:model",
+        "ms:session:{p1-evening}:model")]
     directory = directory_key(model_version)  # shared: lists every participant with a session
-    others = sorted(set(keys) - set(mine) - {directory})
+    shared = {directory, VERSIONS_KEY}  # ...and the model versions that stored sessions
+    others = sorted(set(keys) - set(mine) - shared)
     # what a streamed session leaves: session hash, vectors, scorer rows, audio (store_audio), session
-    # stream; the participant stream and session directory; an owner key per session
-    assert len(mine) == 2 * 5 + 2 + 2, mine
+    # stream; the participant stream and session directory; an owner key and a model-version key per session
+    assert len(mine) == 2 * 5 + 2 + 2 * 2, mine
     assert any(key.endswith(":audio") for key in mine)
     assert others and all("p2" in key for key in others), others
     assert directory_members(redis_url, directory) == ["p1", "p2"]
@@ -77,7 +79,7 @@ def test_forget_deletes_every_key_of_the_participant_after_real_sessions(model, 
 
     remaining = redis_keys(redis_url)
     assert not [key for key in remaining if "p1" in key], remaining
-    assert remaining == sorted([*others, directory])
+    assert remaining == sorted([*others, *shared])
     assert directory_members(redis_url, directory) == ["p2"]
     assert snapshot(redis_url, others) == before  # untouched, byte for byte
 
@@ -119,8 +121,9 @@ def test_forget_asks_first_and_deletes_nothing_unless_confirmed(model, tokens, r
         assert redis_keys(redis_url) == keys
     monkeypatch.setattr("sys.stdin", io.StringIO("yes\n"))
     code, out, err = forget(capsys, "p1", "--redis", redis_url)
-    # 2 sessions x (record, vectors, scorer rows, stream), participant stream, session directory, 2 owners
-    assert code == 0 and "deleted 12 key(s)" in out
+    # 2 sessions x (record, vectors, scorer rows, stream), participant stream, session directory, 2 owners,
+    # 2 model-version keys
+    assert code == 0 and "deleted 14 key(s)" in out
     assert not [key for key in redis_keys(redis_url) if "p1" in key]
 
 
