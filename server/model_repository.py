@@ -129,6 +129,9 @@ class ModelRepository:
             raise RepositoryError(f"--models {self.folder} holds no loadable checkpoint folder "
                                   "(one folder per checkpoint, as `moodstream train` writes it)")
         if self.current is None:
+            if self._current_text:
+                raise RepositoryError(f"{self.folder / CURRENT_FILE} names {self._current_text!r}, which is neither a "
+                                      f"loadable folder nor a version there (it holds {', '.join(self.held())})")
             if len(self.versions) > 1:
                 raise RepositoryError(f"--models {self.folder} holds {len(self.versions)} versions: write the "
                                       f"folder name new sessions get into {self.folder / CURRENT_FILE}")

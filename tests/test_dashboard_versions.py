@@ -15,8 +15,6 @@ from test_model_repository import wait_for as wait_for_server
 
 
 def test_a_participants_sessions_under_two_versions_are_charted_one_version_at_a_time(browser, redis_url, tmp_path):
-    from selenium.webdriver.common.by import By
-
     tokens = write_tokens(tmp_path)
     old, new = tiny_model(2), tiny_model(3)
     new.config = new.config.replace(decision_threshold=0.3)
@@ -44,22 +42,25 @@ def test_a_participants_sessions_under_two_versions_are_charted_one_version_at_a
             set_viewport(browser, DESKTOP)
             browser.get(dashboard.url)
             wait_until(browser, lambda d: "following" in by_id(d, "participants").text, "the participant")
-            by_id(browser, "participants").find_element(By.TAG_NAME, "a").click()
+            # Lists are redrawn on every event: read and act on them in one script each.
+            browser.get(browser.execute_script("return document.querySelector('#participants a').href"))
             wait_until(browser, lambda d: by_id(d, "history-chart").get_attribute("data-model-version")
                        == new.model_version, "the latest session's version on the chart")
             chart = by_id(browser, "history-chart")
             assert chart_points(browser, "history-chart") == 1
             assert by_id(browser, "legend-threshold").text == "0.30"
             assert_threshold_drawn(browser, "history-chart")
-            switch = by_id(browser, "history-versions")
-            assert switch.is_displayed()
-            buttons = {b.get_attribute("data-model"): b for b in switch.find_elements(By.TAG_NAME, "button")}
-            assert set(buttons) == {old.model_version, new.model_version}
-            assert buttons[new.model_version].get_attribute("aria-pressed") == "true"
+            assert by_id(browser, "history-versions").is_displayed()
+            pressed = browser.execute_script(
+                "return Object.fromEntries([...document.querySelectorAll('#history-versions button')]"
+                ".map((b) => [b.dataset.model, b.getAttribute('aria-pressed')]))")
+            assert pressed == {old.model_version: "false", new.model_version: "true"}
             rows = by_id(browser, "history").text
             assert "before-switch" in rows and "after-switch" in rows  # the table lists every session
 
-            buttons[old.model_version].click()
+            browser.execute_script(
+                "document.querySelector(`#history-versions button[data-model='${arguments[0]}']`).click()",
+                old.model_version)
             wait_until(browser, lambda d: chart.get_attribute("data-model-version") == old.model_version,
                        "the other version's sessions")
             assert chart_points(browser, "history-chart") == 1

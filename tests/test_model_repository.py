@@ -207,6 +207,10 @@ def test_a_model_folder_needs_current_when_it_holds_several_versions(folder, red
     with pytest.raises(ValueError, match="holds 2 versions: write the folder name new sessions get into"):
         with BackgroundServer(config):
             pass
+    set_current(folder, "third")
+    with pytest.raises(ValueError, match="names 'third', which is neither a loadable folder nor a version there"):
+        with BackgroundServer(config):
+            pass
     empty = folder.parent / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="holds no loadable checkpoint folder"):
