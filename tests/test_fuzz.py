@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from moodstream.agent import FileSource, PcmStreamSource, SourceError
 from moodstream.model import ScorerState, StateError
 from moodstream.server.service import StreamAbort, decode_pcm
+from moodstream.server.store import VERSIONS_KEY
 from moodstream.v1 import moodstream_pb2 as pb
 from server_harness import make_chunks, redis_keys, running_server, stub_for, tiny_model, write_tokens
 
@@ -446,9 +447,9 @@ def check_stream(server, sequence, clean: bool) -> None:
     assert set(stored) <= sent_valid and acked <= set(stored), (stored, sent_valid, acked)
     assert updates == len(stored)
     assert not [key for key in keys if key.endswith(":audio")]
-    owner, directory = f"ms:session:{{{header['session_id']}}}:owner", f"ms:{{directory}}:{model_version}"
-    assert all(key.startswith(f"ms:{{p:{header['participant_id']}}}:") or key in (owner, directory)
-               for key in keys), keys
+    session_keys = (f"ms:session:{{{header['session_id']}}}:owner", f"ms:session:{{{header['session_id']}}}:model",
+                    f"ms:{{directory}}:{model_version}", VERSIONS_KEY)
+    assert all(key.startswith(f"ms:{{p:{header['participant_id']}}}:") or key in session_keys for key in keys), keys
     if code == Code.OK:  # every chunk received got exactly one ack
         chunks_sent = sum(1 for m in sequence if m[0] == "chunk")
         assert sum(1 for r in responses if r.WhichOneof("message") == "ack") == chunks_sent
