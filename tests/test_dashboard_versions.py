@@ -8,10 +8,13 @@ import time
 from moodstream.dashboard.feed import FeedConfig
 from moodstream.dashboard.server import BackgroundDashboard
 from server_harness import chunk, end, header, make_chunks, stream, stub_for, tiny_model, write_tokens
-from test_dashboard_browser import (DESKTOP, PHONE, assert_fits, assert_threshold_drawn, browser, by_id,  # noqa: F401
-                                    chart_points, pytestmark, set_viewport, shot, wait_until)
+from browser_harness import (DESKTOP, PHONE, assert_fits, browser, by_id, needs_chromium,  # noqa: F401
+                             set_viewport, wait_until)
+from test_dashboard_browser import assert_threshold_drawn, chart_points, shot
 from test_model_repository import info, models_server, set_current
 from test_model_repository import wait_for as wait_for_server
+
+pytestmark = needs_chromium
 
 
 def test_a_participants_sessions_under_two_versions_are_charted_one_version_at_a_time(browser, redis_url, tmp_path):
