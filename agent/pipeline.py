@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from moodstream.ids import ID_RULE, is_id
+
 from . import events as ev
 from .chunker import SpeechChunk
 from .client import (AgentError, DeliveryStats, RetryPolicy, ServerTarget, fetch_model_info,
@@ -26,8 +28,6 @@ from .outbox import DropRecord, Outbox, OutboxFull, default_outbox_dir
 from .sources import SAMPLE_RATE, SourceError
 from .speech_path import CaptureResult, CaptureSettings, capture_chunks  # noqa: F401  (re-exported)
 from .vad import PromptGate, SpeechFilter
-
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def new_session_id() -> str:
@@ -42,8 +42,8 @@ def default_device_id() -> str:
 def check_id(value: str, what: str, *, allow_empty: bool = False) -> str:
     if allow_empty and value == "":
         return value
-    if not ID_PATTERN.match(value or ""):
-        raise ValueError(f"{what} {value!r} is not allowed: use 1-64 of A-Z a-z 0-9 _ . -")
+    if not is_id(value):
+        raise ValueError(f"{what} {value!r} is not allowed: use {ID_RULE}")
     return value
 
 

@@ -9,7 +9,6 @@ score curves are plotted in the terminal. Everything is torn down at the end.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -75,14 +74,12 @@ class ScorePrinter:
             self.received[(update.participant_id, update.seq)] = time.time()
             self.updates.append(update)
             if self.json_output:
-                print(json.dumps({
-                    "session_id": update.session_id, "participant_id": update.participant_id,
-                    "segments": update.segments, "seq": update.seq, "probability": round(update.probability, 6),
-                    "above_threshold": update.above_threshold, "threshold": update.threshold,
-                    "evidence_sufficient": evidence_sufficient(update),
-                    "speech_seconds": round(update.speech_seconds, 3), "model_version": update.model_version,
-                    "time_unix": round(update.time_unix, 3), "offset": update.offset, "notice": update.notice}),
-                    flush=True)
+                from moodstream.wire import score_to_dict
+
+                values = score_to_dict(update)
+                values.update(probability=round(update.probability, 6),
+                              speech_seconds=round(update.speech_seconds, 3), time_unix=round(update.time_unix, 3))
+                print(json.dumps(values), flush=True)
             else:
                 if evidence_sufficient(update):
                     label = f"{'ABOVE' if update.above_threshold else 'below'} threshold {update.threshold:.2f}"
@@ -129,27 +126,20 @@ def text_plot(curves: dict[str, list[float]], threshold: float | None, height: i
 
 def subscribe(address: str, token: str, participant_id: str, printer: ScorePrinter, stop: threading.Event,
               errors: list) -> None:
-    import grpc
-
-    from moodstream.v1 import moodstream_pb2 as pb
+    """Print `participant_id`'s score updates until `stop` is set; a broken subscription resumes from its offset."""
     from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
+    from moodstream.wire import Subscription, bearer_metadata, open_channel
 
-    offset = ""
-    with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.ScreeningStub(channel)
-        while not stop.is_set():
-            call = stub.Subscribe(pb.SubscribeRequest(participant_id=participant_id, after_offset=offset),
-                                  metadata=[("authorization", f"Bearer {token}")])
-            stopper = threading.Thread(target=lambda: (stop.wait(), call.cancel()), daemon=True)
-            stopper.start()
-            try:
-                for update in call:
-                    offset = update.offset
-                    printer.show(update)
-            except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.CANCELLED:
-                    errors.append(f"subscriber: {error.code().name}: {error.details()}")
-                    stop.wait(0.5)  # resume from the last offset, missing nothing
+    def on_break(error) -> float:
+        if error is not None:
+            errors.append(f"subscriber: {error.code().name}: {error.details()}")
+        return 0.5
+
+    with open_channel(address) as channel:
+        subscription = Subscription(pb_grpc.ScreeningStub(channel), participant_id, bearer_metadata(token),
+                                    on_break=on_break)
+        for update in subscription.follow(stop):
+            printer.show(update)
 
 
 def prepare_checkpoint(requested: Path | None, workdir: Path, say) -> Path:

@@ -34,11 +34,10 @@ from moodstream.server.store import (ENDED, INTERRUPTED, MAX_PAGE_SIZE, MAX_SEQ,
                                      parse_offset)
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
+from moodstream.wire import BYTES_PER_SAMPLE, SAMPLE_RATE, score_from_dict
 
 log = logging.getLogger("moodstream.server")
 
-SAMPLE_RATE = 16000
-BYTES_PER_SAMPLE = 2
 
 
 class StreamAbort(Exception):
@@ -89,18 +88,6 @@ def stream_refused(header: pb.SessionHeader) -> StreamAbort:
                        f"for participant {header.participant_id!r}")
 
 
-def score_message(update: dict) -> pb.ScoreUpdate:
-    return pb.ScoreUpdate(
-        session_id=update["session_id"], participant_id=update["participant_id"],
-        segments=int(update["segments"]), probability=float(update["probability"]),
-        above_threshold=bool(update["above_threshold"]), threshold=float(update["threshold"]),
-        model_version=update["model_version"], time_unix=float(update["time_unix"]), seq=int(update["seq"]),
-        offset=update.get("offset") or "", device_id=update.get("device_id", ""),
-        speech_seconds=float(update.get("speech_seconds", 0.0)), notice=SCREENING_NOTICE,
-        start_seconds=float(update.get("start_seconds", 0.0)),
-        evidence_sufficient=bool(update.get("evidence_sufficient", True)))
-
-
 DEFAULT_PAGE_SIZE = 100
 SESSION_STATE_MESSAGES = {OPEN: pb.SESSION_STATE_OPEN, ENDED: pb.SESSION_STATE_ENDED,
                           INTERRUPTED: pb.SESSION_STATE_INTERRUPTED}
@@ -115,7 +102,7 @@ def summary_message(summary: SessionSummary) -> pb.SessionSummary:
         started_unix=summary.started_unix, last_update_unix=summary.last_update_unix, segments=summary.segments,
         speech_seconds=summary.speech_seconds)
     if summary.latest is not None:
-        message.latest.CopyFrom(score_message(summary.latest))
+        message.latest.CopyFrom(score_from_dict(summary.latest))
     return message
 
 
@@ -397,7 +384,7 @@ class SessionStream:
             metrics.CHUNK_TO_SCORE_SECONDS.observe(time.perf_counter() - arrived)
             self.ack(seq, duplicate=False)
             self.ack_queued_copies(seq)
-            self.outbox.put_nowait(pb.StreamResponse(score=score_message(result.score)))
+            self.outbox.put_nowait(pb.StreamResponse(score=score_from_dict(result.score)))
             return
         if status is ApplyStatus.ENDED:
             raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION, f"session {self.session_id} has ended")
@@ -595,7 +582,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                 raise StreamAbort(grpc.StatusCode.NOT_FOUND, f"session {request.session_id!r} has no score yet")
             state = await with_redis_retry(lambda: self.store.session_state(request.session_id, participant),
                                            self.settings)
-            reply = score_message(latest)
+            reply = score_from_dict(latest)
             reply.session_state = SESSION_STATE_MESSAGES[state.name]
             reply.session_state_since_unix = state.since or 0.0
             return reply
@@ -636,7 +623,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                 if batch.trimmed:
                     log.warning("subscriber of %s resumed after trimmed updates", source)
                 for update in batch.updates:
-                    yield score_message(update)
+                    yield score_from_dict(update)
                 offset = batch.next_offset
         except SessionNotFoundError as error:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(error))

@@ -48,7 +48,7 @@ keys (the claim: session record and owner key) live only
 CLAIM_TTL_SECONDS, so refused or abandoned input leaves nothing for long.
 
 The score JSON mirrors the ``ScoreUpdate`` message of moodstream.v1 minus
-``offset`` (the stream entry id, added on read) and ``notice``.
+``offset`` (the stream entry id, added on read), ``notice`` and the session state.
 
 Durability: an apply is acknowledged by Redis after the script ran. With
 ``appendonly yes`` + ``appendfsync always`` it is on disk before the reply;
@@ -75,6 +75,7 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError, ResponseError
 
 from moodstream.ids import DEVICE_PATTERN, ID_PATTERN
+from moodstream.v1 import moodstream_pb2 as pb
 
 __all__ = [
     "ApplyResult",
@@ -104,21 +105,11 @@ MAX_STREAM_ID_PART = 2**64 - 1
 MODEL_VERSION_PATTERN = re.compile(r"[A-Za-z0-9_.+-]{1,128}")
 OFFSET_PATTERN = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
-SCORE_FIELDS = (
-    "session_id",
-    "participant_id",
-    "segments",
-    "probability",
-    "above_threshold",
-    "threshold",
-    "model_version",
-    "time_unix",
-    "seq",
-    "device_id",
-    "speech_seconds",
-    "start_seconds",
-    "evidence_sufficient",
-)
+# A stored score holds ScoreUpdate's fields but these: the offset is its stream entry id (added on read),
+# and the notice and session state are the server's to add when it answers.
+UNSTORED_SCORE_FIELDS = frozenset({"offset", "notice", "session_state", "session_state_since_unix"})
+SCORE_FIELDS = tuple(field.name for field in pb.ScoreUpdate.DESCRIPTOR.fields
+                     if field.name not in UNSTORED_SCORE_FIELDS)
 REQUIRED_SCORE_FIELDS = ("probability", "above_threshold", "threshold", "speech_seconds")
 
 AnyRedis = aioredis.Redis | RedisCluster
