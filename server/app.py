@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection as grpc_reflection
 
 from moodstream import SCREENING_NOTICE
@@ -30,12 +30,11 @@ from moodstream.server.interceptors import MalformedRequestInterceptor, SingleRe
 from moodstream.server.service import ScreeningService, ServiceSettings
 from moodstream.server.store import DEFAULT_TTL_SECONDS, SessionStore, connect
 from moodstream.v1 import moodstream_pb2, moodstream_pb2_grpc
+from moodstream.wire import MAX_MESSAGE_BYTES, MIN_PING_INTERVAL_SECONDS
 
 log = logging.getLogger("moodstream.server")
 
 SERVICE_NAME = moodstream_pb2.DESCRIPTOR.services_by_name["Screening"].full_name
-# A 10 s chunk is 320 kB; anything much larger is refused by gRPC itself.
-MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -60,7 +59,7 @@ class ConnectionLimits:
             ("grpc.max_connection_age_grace_ms", milliseconds(self.max_age_grace_seconds)),
             # Clients may keep their connections alive with pings of their own, but not flood them.
             ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", milliseconds(MIN_PING_INTERVAL_SECONDS)),
         ]
 
 
@@ -89,20 +88,6 @@ class ServerConfig:
     grpc_web_origins: tuple[str, ...] = ("*",)  # origins whose pages may call it (CORS)
 
 
-def pick_device(requested: str):
-    import torch
-
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise ValueError(f"--device {requested!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
-    return device
-
-
 def server_credentials(config: ServerConfig):
     if not config.tls_cert and not config.tls_key:
         if config.tls_client_ca:
@@ -124,7 +109,7 @@ class ScoringServer:
         self._server: grpc.aio.Server | None = None
         self._redis = None
         self.encoder: BatchingEncoder | None = None
-        self.health = HealthServicer()
+        self.health = health_aio.HealthServicer()
         self.model_version: str | None = None
         self.authenticator: TokenAuthenticator | None = None
         self._token_watch: asyncio.Task | None = None
@@ -146,7 +131,7 @@ class ScoringServer:
         authenticator = self.authenticator = self._authenticator()
         credentials = server_credentials(config)
         if self.model is None:
-            from moodstream.model import ScreeningModel
+            from moodstream.model import ScreeningModel, pick_device
 
             model = ScreeningModel.from_pretrained(config.checkpoint)
             self.model = model.to(pick_device(config.device)).eval()

@@ -28,12 +28,6 @@ def server(request, model, tokens):
         yield running
 
 
-@pytest.fixture
-def channel(server):
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield channel
-
-
 def raw(channel, pool, tokens, name) -> RawClient:
     return RawClient(channel, pool, tokens.by_name[name])
 

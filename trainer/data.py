@@ -119,14 +119,6 @@ def natural_key(text: str):
 
 
 # --------------------------------------------------------------------------- audio access
-def open_audio_bytes(span: AudioSpan) -> bytes | None:
-    """The raw bytes of a zip member (None for a plain file)."""
-    if span.member is None:
-        return None
-    with zipfile.ZipFile(span.path) as archive:
-        return archive.read(span.member)
-
-
 def audio_info(path: str, member: str | None = None) -> tuple[float, int]:
     """(duration seconds, sample rate) from the file's header; ValueError("audio unreadable: ...") if unusable."""
     import soundfile
