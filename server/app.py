@@ -138,7 +138,8 @@ class ScoringServer:
         model = self.model
         self.model_version = model.model_version
         scorer = model.incremental_scorer(self.model_version)
-        self._redis = connect(config.redis_url, cluster=config.redis_cluster)
+        self._redis = connect(config.redis_url, cluster=config.redis_cluster,
+                              retry_seconds=config.settings.redis_retry_seconds)
         try:
             await self._redis.ping()
         except Exception as error:

@@ -29,9 +29,9 @@ from moodstream.ids import DEVICE_PATTERN, ID_PATTERN, ID_RULE
 from moodstream.model import ScorerState, StateError
 from moodstream.server import metrics
 from moodstream.server.auth import AuthError, Principal, TokenAuthenticator
-from moodstream.server.store import (ENDED, INTERRUPTED, MAX_PAGE_SIZE, MAX_SEQ, OPEN, ApplyStatus, SessionCursor,
-                                     SessionNotFoundError, SessionOwnershipError, SessionStore, SessionSummary,
-                                     parse_offset)
+from moodstream.server.store import (DEFAULT_RETRY_SECONDS, ENDED, INTERRUPTED, MAX_PAGE_SIZE, MAX_SEQ, OPEN,
+                                     ApplyStatus, SessionCursor, SessionNotFoundError, SessionOwnershipError,
+                                     SessionStore, SessionSummary, parse_offset)
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 from moodstream.wire import BYTES_PER_SAMPLE, SAMPLE_RATE, score_from_dict
@@ -52,7 +52,7 @@ class StreamAbort(Exception):
 class ServiceSettings:
     max_seq_ahead: int = 64          # a chunk further ahead of the applied seq is refused
     max_pending_chunks: int = 32     # chunks buffered per stream waiting for a gap or the encoder
-    redis_retry_seconds: float = 30.0  # ride out a Redis restart this long before UNAVAILABLE
+    redis_retry_seconds: float = DEFAULT_RETRY_SECONDS  # the store's client rides out a Redis outage this long
     subscribe_block_ms: int = 1000
     token_check_seconds: float = 1.0   # an open call notices a revoked token within this long
 
@@ -144,22 +144,13 @@ def _time_bound(name: str, value: float) -> float:
     return value
 
 
-async def with_redis_retry(operation, settings: ServiceSettings):
-    """Retry an idempotent Redis call across a restart; UNAVAILABLE when it stays down."""
-    deadline = time.monotonic() + settings.redis_retry_seconds
-    delay = 0.05
-    while True:
-        try:
-            return await operation()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                redis.exceptions.BusyLoadingError) as error:
-            metrics.REDIS_ERRORS.inc()
-            if time.monotonic() + delay > deadline:
-                raise StreamAbort(grpc.StatusCode.UNAVAILABLE,
-                                  f"session store unavailable ({error}); retry later") from error
-            log.warning("redis unavailable (%s); retrying in %.2f s", error, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+async def redis_call(operation):
+    """Await a store call; UNAVAILABLE once Redis stayed down past the client's own retries (store.connect)."""
+    try:
+        return await operation()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+        metrics.REDIS_ERRORS.inc()
+        raise StreamAbort(grpc.StatusCode.UNAVAILABLE, f"session store unavailable ({error}); retry later") from error
 
 
 async def _messages(*requests: pb.StreamRequest):
@@ -192,23 +183,21 @@ class SessionStream:
 
     # ------------------------------------------------------------ start
     async def open(self) -> None:
-        service, store = self.service, self.service.store
+        store = self.service.store
         try:
-            record = await with_redis_retry(lambda: store.claim_session(
-                self.session_id, self.participant_id, self.header.device_id), service.settings)
+            record = await redis_call(lambda: store.claim_session(
+                self.session_id, self.participant_id, self.header.device_id))
         except SessionOwnershipError as error:
             raise stream_refused(self.header) from error
         self.ended = record.ended
         if not self.ended:
-            await with_redis_retry(lambda: store.clear_interrupted(self.session_id, self.participant_id),
-                                   service.settings)
+            await redis_call(lambda: store.clear_interrupted(self.session_id, self.participant_id))
         await self.reload()
 
     async def reload(self) -> None:
         """Take the session's applied seq and scorer state from Redis (the only source of truth)."""
         store, scorer = self.service.store, self.service.scorer
-        snapshot = await with_redis_retry(lambda: store.load(self.session_id, self.participant_id),
-                                          self.service.settings)
+        snapshot = await redis_call(lambda: store.load(self.session_id, self.participant_id))
         self.applied = -1 if snapshot.applied_seq is None else snapshot.applied_seq
         if snapshot.state is None:
             self.state = scorer.init_state()
@@ -231,9 +220,9 @@ class SessionStream:
     async def migrate_state(self, snapshot) -> None:
         """Store a whole state of the older format as head + rows, so each next segment writes O(d)."""
         store = self.service.store
-        replaced = await with_redis_retry(lambda: store.replace_state(
+        replaced = await redis_call(lambda: store.replace_state(
             self.session_id, self.participant_id, snapshot.applied_seq, snapshot.state,
-            self.state.head_bytes(), self.state.row_bytes()), self.service.settings)
+            self.state.head_bytes(), self.state.row_bytes()))
         if replaced:
             log.info("session %s: scorer state moved to the head + rows format", self.session_id)
         else:  # a segment was applied meanwhile, by a writer that migrated it already
@@ -354,8 +343,7 @@ class SessionStream:
         if self.pending:
             raise self.unapplied_error()
         if self.last_seq is not None and not self.ended:
-            await with_redis_retry(lambda: self.service.store.end_session(self.session_id, self.participant_id),
-                                   self.service.settings)
+            await redis_call(lambda: self.service.store.end_session(self.session_id, self.participant_id))
             self.ended = True
 
     async def apply(self, seq: int, chunk: pb.Chunk, vector: np.ndarray, arrived: float) -> None:
@@ -371,11 +359,11 @@ class SessionStream:
             "time_unix": time.time(), "seq": seq, "device_id": self.header.device_id,
             "speech_seconds": speech_seconds, "start_seconds": chunk.start_seconds,
         }
-        result = await with_redis_retry(lambda: service.store.apply_segment(
+        result = await redis_call(lambda: service.store.apply_segment(
             self.session_id, self.participant_id, seq, vector.astype("<f4").tobytes(), new_state.head_bytes(),
             score, expected_prev_seq=None if self.applied < 0 else self.applied,
             audio=chunk.pcm if service.store.store_audio else None,
-            state_rows=new_state.row_bytes(self.state.rows)), service.settings)
+            state_rows=new_state.row_bytes(self.state.rows)))
         status = result.status
         if status is ApplyStatus.APPLIED:
             self.settle(seq)
@@ -439,7 +427,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                               "reconnect with a valid token")
 
     async def _readable_participant(self, principal: Principal, session_id: str, context) -> str:
-        owner = await with_redis_retry(lambda: self.store.session_owner(session_id), self.settings)
+        owner = await redis_call(lambda: self.store.session_owner(session_id))
         if owner is None or not principal.may_read(owner):
             # Without read access to everyone, an unknown session looks like a forbidden one.
             if owner is None and principal.may_read("*"):
@@ -576,12 +564,10 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         try:
             _check_id("session_id", request.session_id)
             participant = await self._readable_participant(principal, request.session_id, context)
-            latest = await with_redis_retry(lambda: self.store.latest_score(request.session_id, participant),
-                                            self.settings)
+            latest = await redis_call(lambda: self.store.latest_score(request.session_id, participant))
             if latest is None:
                 raise StreamAbort(grpc.StatusCode.NOT_FOUND, f"session {request.session_id!r} has no score yet")
-            state = await with_redis_retry(lambda: self.store.session_state(request.session_id, participant),
-                                           self.settings)
+            state = await redis_call(lambda: self.store.session_state(request.session_id, participant))
             reply = score_from_dict(latest)
             reply.session_state = SESSION_STATE_MESSAGES[state.name]
             reply.session_state_since_unix = state.since or 0.0
@@ -612,14 +598,13 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                 source = {"participant_id": request.participant_id}
             if offset == "$":
                 # Pin "now" once, so a reconnect after this point misses nothing.
-                batch = await with_redis_retry(lambda: self.store.read_updates(after_offset="$", **source),
-                                               self.settings)
+                batch = await redis_call(lambda: self.store.read_updates(after_offset="$", **source))
                 offset = batch.next_offset
             while True:
                 self._check_still_valid(principal)
                 current = offset
-                batch = await with_redis_retry(lambda: self.store.read_updates(
-                    after_offset=current, block_ms=self.settings.subscribe_block_ms, **source), self.settings)
+                batch = await redis_call(lambda: self.store.read_updates(
+                    after_offset=current, block_ms=self.settings.subscribe_block_ms, **source))
                 if batch.trimmed:
                     log.warning("subscriber of %s resumed after trimmed updates", source)
                 for update in batch.updates:
@@ -660,9 +645,9 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                                   "active_before_unix is earlier than active_after_unix: the window is empty")
             cursor = decode_page_token(request.page_token, request)
             page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-            summaries, next_cursor = await with_redis_retry(lambda: self.store.list_sessions(
+            summaries, next_cursor = await redis_call(lambda: self.store.list_sessions(
                 participants, states={SESSION_STATE_NAMES[number] for number in request.states}, active_after=after, active_before=before,
-                page_size=page_size, cursor=cursor), self.settings)
+                page_size=page_size, cursor=cursor))
             return pb.ListSessionsResponse(sessions=[summary_message(summary) for summary in summaries],
                                            next_page_token=encode_page_token(next_cursor, request))
         except StreamAbort as error:
