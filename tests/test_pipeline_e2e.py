@@ -15,12 +15,7 @@ from moodstream.agent.client import ServerTarget
 from moodstream.agent.pipeline import CaptureSettings, capture_chunks, make_gate, run_agent
 from moodstream.agent.sources import FileSource
 from moodstream.v1 import moodstream_pb2 as pb
-from server_harness import RATE, make_chunks, offline_score, running_server, stub_for, tiny_model, write_tokens
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=3)
+from server_harness import RATE, make_chunks, offline_score, running_server, stub_for, write_tokens
 
 
 @pytest.fixture

@@ -4,15 +4,13 @@ import pytest
 
 from moodstream.server.service import ServiceSettings
 from raw_client import RawClient, client_for
-from server_harness import make_chunks, offline_score, redis_keys, running_server, tiny_model
+from server_harness import make_chunks, offline_score, redis_keys, running_server
 
 Code = grpc.StatusCode
 GOOD = make_chunks(1, seed=11)[0]
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=8)
+MODEL_SEED = 8  # the conftest's `model` fixture: the tiny model of this seed
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from moodstream.server.app import ConnectionLimits
 from moodstream.server.service import ServiceSettings
 from raw_client import acks, client_for
-from server_harness import make_chunks, running_server, tiny_model
+from server_harness import make_chunks, running_server
 
 GOOD = make_chunks(1, seed=3)[0]
 Code = grpc.StatusCode
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=4)
+MODEL_SEED = 4  # the conftest's `model` fixture: the tiny model of this seed
 
 
 @pytest.fixture(scope="module")

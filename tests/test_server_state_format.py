@@ -11,9 +11,7 @@ from server_harness import tiny_model, write_tokens
 CHUNKS = make_chunks(6, seed=21, seconds=2.0)
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=4)
+MODEL_SEED = 4  # the conftest's `model` fixture: the tiny model of this seed
 
 
 @pytest.fixture

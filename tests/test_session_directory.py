@@ -8,15 +8,13 @@ from redis.cluster import RedisCluster
 
 from moodstream.server.store import CLAIM_TTL_SECONDS, DEFAULT_TTL_SECONDS, owner_key
 from raw_client import RawClient, acks
-from server_harness import make_chunks, running_server, tiny_model
+from server_harness import make_chunks, running_server
 
 CHUNKS = make_chunks(2, seed=8)
 Code = grpc.StatusCode
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=9)
+MODEL_SEED = 9  # the conftest's `model` fixture: the tiny model of this seed
 
 
 @pytest.fixture(params=["one replica", "3-master cluster"])
