@@ -167,7 +167,7 @@ class SessionStream:
         self.principal = principal
         self.session_id = header.session_id
         self.participant_id = header.participant_id
-        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.responses: asyncio.Queue = asyncio.Queue()
         self.pending: dict[int, tuple[pb.Chunk, asyncio.Future, float]] = {}
         # Copies of a seq received while its first copy was still pending: each gets its own
         # duplicate ack once the first is applied, so every chunk received gets exactly one ack.
@@ -230,7 +230,7 @@ class SessionStream:
 
     # ------------------------------------------------------------ input side
     def ack(self, seq: int, duplicate: bool) -> None:
-        self.outbox.put_nowait(pb.StreamResponse(ack=pb.Ack(seq=seq, duplicate=duplicate)))
+        self.responses.put_nowait(pb.StreamResponse(ack=pb.Ack(seq=seq, duplicate=duplicate)))
 
     def receive_chunk(self, chunk: pb.Chunk) -> None:
         config = self.service.model_config
@@ -372,7 +372,7 @@ class SessionStream:
             metrics.CHUNK_TO_SCORE_SECONDS.observe(time.perf_counter() - arrived)
             self.ack(seq, duplicate=False)
             self.ack_queued_copies(seq)
-            self.outbox.put_nowait(pb.StreamResponse(score=score_from_dict(result.score)))
+            self.responses.put_nowait(pb.StreamResponse(score=score_from_dict(result.score)))
             return
         if status is ApplyStatus.ENDED:
             raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION, f"session {self.session_id} has ended")
@@ -449,7 +449,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             getter = None
             while True:
                 if getter is None:
-                    getter = asyncio.create_task(session.outbox.get())
+                    getter = asyncio.create_task(session.responses.get())
                     tasks.append(getter)
                 done, _ = await asyncio.wait({getter, applier, reader}, timeout=self.settings.token_check_seconds,
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -467,8 +467,8 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                     if task in done and task.exception() is not None:
                         raise task.exception()
                 if applier in done:
-                    while not session.outbox.empty():
-                        yield session.outbox.get_nowait()
+                    while not session.responses.empty():
+                        yield session.responses.get_nowait()
                     return
                 if reader in done and session.input_closed:
                     reader = asyncio.get_running_loop().create_future()  # wait on the applier alone
@@ -546,8 +546,8 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                                   f"applied: send seq {session.applied + 1} first, then this chunk again")
             await session.apply_in_order()
             reply = pb.PutChunkResponse(ended=kind == "end" and session.ended)
-            while not session.outbox.empty():
-                response = session.outbox.get_nowait()
+            while not session.responses.empty():
+                response = session.responses.get_nowait()
                 if response.WhichOneof("message") == "ack":
                     reply.ack.CopyFrom(response.ack)
                 elif response.WhichOneof("message") == "score":
