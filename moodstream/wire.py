@@ -44,6 +44,8 @@ def channel_options() -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.keepalive_time_ms", int(CLIENT_KEEPALIVE_SECONDS * 1000)),
         ("grpc.keepalive_timeout_ms", int(CLIENT_KEEPALIVE_TIMEOUT_SECONDS * 1000)),
+        # What bounds an unanswered ping in gRPC core 1.85 (60 s by default); keepalive_timeout_ms alone does not.
+        ("grpc.http2.ping_timeout_ms", int(CLIENT_KEEPALIVE_TIMEOUT_SECONDS * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         # A quiet Subscribe sends no data for minutes: keep pinging all the same.
         ("grpc.http2.max_pings_without_data", 0),

@@ -1,7 +1,9 @@
 """The shared wire facts: ScoreUpdate as a dict and back, the bearer metadata, channels, and a Subscribe that
 resumes from its offset (over real gRPC, against a small in-test Subscribe that breaks off on cue)."""
 import asyncio
+import socket
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -12,8 +14,9 @@ from moodstream import SCREENING_NOTICE
 from moodstream.server.app import ConnectionLimits
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
-from moodstream.wire import (CLIENT_KEEPALIVE_SECONDS, MIN_PING_INTERVAL_SECONDS, Subscription, bearer_metadata,
-                             channel_options, open_channel, score_from_dict, score_to_dict)
+from moodstream.wire import (CLIENT_KEEPALIVE_SECONDS, CLIENT_KEEPALIVE_TIMEOUT_SECONDS, MIN_PING_INTERVAL_SECONDS,
+                             Subscription, bearer_metadata, channel_options, open_channel, score_from_dict,
+                             score_to_dict)
 
 
 def an_update(**fields) -> pb.ScoreUpdate:
@@ -139,3 +142,75 @@ def test_a_blocking_subscription_resumes_the_same_way_and_ends_when_told(breakin
             if len(seen) == 5:
                 stop.set()
     assert_resumed_once(breaking, breaks, seen, subscription)
+
+
+class FreezingProxy:
+    """A TCP relay to `target` that can go silent without closing anything: a half-open connection, as a
+    network partition leaves it."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.frozen = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+
+    def _relay(self, source, sink):
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if self.frozen.is_set():
+                continue  # swallowed: neither side hears from the other again, and neither is told
+            sink.sendall(data)
+
+    def close(self):
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+class QuietSubscribe(pb_grpc.ScreeningServicer):
+    """Sends one update, then keeps the call open without a word."""
+
+    def Subscribe(self, request, context):
+        yield an_update(offset="1-0")
+        while context.is_active():
+            time.sleep(0.2)
+
+
+def test_keepalive_ends_a_quiet_call_on_a_connection_that_went_silent():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_ScreeningServicer_to_server(QuietSubscribe(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    proxy = FreezingProxy(port)
+    try:
+        with open_channel(f"127.0.0.1:{proxy.port}") as channel:
+            call = pb_grpc.ScreeningStub(channel).Subscribe(pb.SubscribeRequest(participant_id="p-1"))
+            assert next(call).offset == "1-0"
+            proxy.frozen.set()
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as ended:
+                next(call)
+            silent_for = time.monotonic() - started
+    finally:
+        proxy.close()
+        server.stop(None)
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert silent_for <= CLIENT_KEEPALIVE_SECONDS + CLIENT_KEEPALIVE_TIMEOUT_SECONDS + 5
