@@ -54,6 +54,8 @@ class ConnectionLimits:
             ("grpc.max_concurrent_streams", self.max_concurrent_streams),
             ("grpc.keepalive_time_ms", milliseconds(self.keepalive_seconds)),
             ("grpc.keepalive_timeout_ms", milliseconds(self.keepalive_timeout_seconds)),
+            # What bounds an unanswered ping in gRPC core 1.85 (60 s by default); keepalive_timeout_ms alone does not.
+            ("grpc.http2.ping_timeout_ms", milliseconds(self.keepalive_timeout_seconds)),
             ("grpc.max_connection_idle_ms", milliseconds(self.max_idle_seconds)),
             ("grpc.max_connection_age_ms", milliseconds(self.max_age_seconds)),
             ("grpc.max_connection_age_grace_ms", milliseconds(self.max_age_grace_seconds)),

@@ -10,6 +10,7 @@ from moodstream.server.app import ConnectionLimits
 from moodstream.server.service import ServiceSettings
 from raw_client import acks, client_for
 from server_harness import make_chunks, running_server
+from test_wire import FreezingProxy
 
 GOOD = make_chunks(1, seed=3)[0]
 Code = grpc.StatusCode
@@ -60,6 +61,26 @@ def test_a_connection_is_cut_after_its_age_and_grace(model, redis_url, tokens, p
             next(updates)  # no update ever comes: only the age limit can end this call
         assert info.value.code() == Code.UNAVAILABLE
         assert time.monotonic() - started < 15
+
+
+def test_the_server_drops_a_half_open_connection_after_its_keepalive_and_timeout(model, redis_url, tokens, pool):
+    limits = ConnectionLimits(keepalive_seconds=1.0, keepalive_timeout_seconds=1.0)
+    with running_server(model, redis_url, tokens, limits=limits) as running:
+        proxy = FreezingProxy(running.port)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
+                raw = client_for(channel, pool, tokens, "admin")
+                call = raw.server_stream("Subscribe", raw.request("Subscribe", participant_id="p1"), timeout=60)
+                time.sleep(1.5)  # the call is open and the server's pings are answered
+                assert not proxy.server_hung_up.is_set()
+                proxy.frozen.set()
+                started = time.monotonic()
+                hung_up = proxy.server_hung_up.wait(30)
+                waited = time.monotonic() - started
+                call.cancel()
+        finally:
+            proxy.close()
+    assert hung_up and waited <= limits.keepalive_seconds + limits.keepalive_timeout_seconds + 5, waited
 
 
 def test_an_idle_connection_is_closed(model, redis_url, tokens, pool):

@@ -151,6 +151,7 @@ class FreezingProxy:
     def __init__(self, target_port: int):
         self.target_port = target_port
         self.frozen = threading.Event()
+        self.server_hung_up = threading.Event()  # the target closed its side
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
@@ -165,15 +166,17 @@ class FreezingProxy:
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             self.sockets += [client, upstream]
             for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+                threading.Thread(target=self._relay, args=(source, sink, source is upstream), daemon=True).start()
 
-    def _relay(self, source, sink):
+    def _relay(self, source, sink, from_server: bool):
         while True:
             try:
                 data = source.recv(65536)
             except OSError:
                 return
             if not data:
+                if from_server:
+                    self.server_hung_up.set()
                 return
             if self.frozen.is_set():
                 continue  # swallowed: neither side hears from the other again, and neither is told
