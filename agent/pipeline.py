@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import socket
 import threading
 import time
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from moodstream.ids import ID_RULE, is_id
+from moodstream.ids import ID_RULE, is_id, to_id
 
 from . import events as ev
 from .chunker import SpeechChunk
@@ -35,8 +34,7 @@ def new_session_id() -> str:
 
 
 def default_device_id() -> str:
-    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname() or "device")
-    return name[:64] or "device"
+    return to_id(socket.gethostname() or "device") or "device"
 
 
 def check_id(value: str, what: str, *, allow_empty: bool = False) -> str:
