@@ -30,7 +30,7 @@ from moodstream.server.store import SessionStore, redis_retry
 from moodstream.v1 import moodstream_pb2 as pb
 from process_harness import offline_vectors, start_servers, stored_session, windowed_stream
 from raw_client import client_for
-from server_harness import make_chunks, offline_score, running_server, stub_for, tiny_model, write_tokens
+from server_harness import make_chunks, offline_score, running_server, stub_for, tiny_model
 from test_pipeline_e2e import interview_file
 
 TOLERANCE = 1e-5
@@ -46,11 +46,6 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(checkpoint):
     return ScreeningModel.from_pretrained(checkpoint)
-
-
-@pytest.fixture
-def tokens(tmp_path):
-    return write_tokens(tmp_path)
 
 
 def agent_chunks(path) -> list[bytes]:

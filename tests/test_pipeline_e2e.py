@@ -8,19 +8,13 @@ import threading
 import time
 
 import numpy as np
-import pytest
 import soundfile
 
 from moodstream.agent.client import ServerTarget
 from moodstream.agent.pipeline import CaptureSettings, capture_chunks, make_gate, run_agent
 from moodstream.agent.sources import FileSource
 from moodstream.v1 import moodstream_pb2 as pb
-from server_harness import RATE, make_chunks, offline_score, running_server, stub_for, write_tokens
-
-
-@pytest.fixture
-def tokens(tmp_path):
-    return write_tokens(tmp_path)
+from server_harness import RATE, make_chunks, offline_score, running_server, stub_for
 
 
 def interview_file(path, seed, answers=4, answer_seconds=9.0):
