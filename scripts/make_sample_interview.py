@@ -9,8 +9,8 @@ agent can gate them out):
     sample-interview.ogg         slowed, low, flat delivery with long pauses
     sample-interview-lively.ogg  quick, higher-pitched, varied delivery
 
-The two styles are the demo checkpoint's classes (trainer/demo_recipe.py
-STYLES), read by a voice the checkpoint never heard. Every sound is
+The two styles are typical of the demo checkpoint's classes (trainer/demo_recipe.py
+STYLES), read by a voice the checkpoint never heard (DEMO_VOICE). Every sound is
 synthesised from the text below, so the recordings are free of third-party
 rights. The voice is a speech synthesiser: it shows the pipeline, it says
 nothing about anyone's mood.
@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import soxr
+
+from moodstream.trainer.demo_recipe import DEMO_VOICE  # never one of the demo corpus's speakers
 
 RATE = 16000
 ASSETS = Path(__file__).resolve().parents[1] / "moodstream" / "assets"
@@ -75,7 +77,7 @@ def write_interview(stem: str, answer_style: dict, pause: float, rng: np.random.
     for question, answer in INTERVIEW:
         prompt = synthesise(question, "en-us+m3", 165, 55)
         prompts.append((round(cursor, 3), round(cursor + prompt.size / RATE, 3)))
-        reply = synthesise(answer, "en-gb+f2", **answer_style)
+        reply = synthesise(answer, DEMO_VOICE, **answer_style)
         for piece in (prompt, silence(0.8), reply, silence(pause)):
             parts.append(piece)
             cursor += piece.size / RATE
