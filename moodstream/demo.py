@@ -143,7 +143,7 @@ def score_plot_png(curves: dict[str, list[float]], threshold: float | None, min_
         axis.axvspan(0.5, min_evidence_segments - 0.5, color="0.92", label="collecting speech (no label yet)")
     if threshold is not None:
         axis.axhline(threshold, color="0.4", linestyle="--", linewidth=1, label=f"decision threshold {threshold:.2f}")
-    for participant, curve in curves.items():
+    for participant, curve in sorted(curves.items()):  # the same colour for a participant in every run
         axis.plot(range(1, len(curve) + 1), curve, marker="o", markersize=4, label=participant)
     axis.set_xlim(0.5, longest + 0.5)
     axis.set_ylim(-0.02, 1.02)
