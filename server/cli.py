@@ -1,7 +1,9 @@
-"""`moodstream server`, `moodstream token` and `moodstream forget` (heavy imports happen inside the handlers)."""
+"""`moodstream server`, `moodstream token`, `moodstream forget` and `moodstream export` (heavy imports
+happen inside the handlers)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -325,28 +327,45 @@ def run_forget(args) -> int:
 async def _forget(url: str, cluster: bool, participant: str, where: str) -> int:
     import redis.exceptions
 
-    from moodstream.server.store import SessionStore, connect
+    from moodstream.server.store import SessionStore
+
+    async with _command_client(url, cluster, where) as client:
+        # forget_participant covers every model version; the store's own version is not used by it.
+        store = SessionStore(client, model_version="forget")
+        try:
+            return await store.forget_participant(participant)
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as error:
+            raise ValueError(f"Redis at {where} failed while deleting ({error}); run the command again") from None
+
+
+@contextlib.asynccontextmanager
+async def _command_client(url: str, cluster: bool, where: str):
+    """A store client for a command run by hand (forget, export): ValueError, one line, when Redis cannot be
+    reached or is a cluster node reached without --redis-cluster; closed on the way out."""
+    import redis.exceptions
+
+    from moodstream.server.store import connect
 
     failures = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
     try:
-        client = connect(url, cluster=cluster)
+        client = connect(url, cluster=cluster, retry_seconds=2)  # a command run by hand: say soon
     except (*failures, ValueError) as error:
         raise ValueError(f"cannot use Redis URL {where}: {error}") from None
     try:
+        store_log = logging.getLogger("moodstream.server")
+        level = store_log.level
+        store_log.setLevel(logging.ERROR)  # the answer is the one line below, not one line per retry
         try:
             await client.ping()
             clustered = not cluster and (await client.info("cluster")).get("cluster_enabled") in (1, "1")
         except failures as error:
             raise ValueError(f"cannot reach Redis at {where}: {error}") from None
+        finally:
+            store_log.setLevel(level)
         if clustered:
             # A plain client would search one node only and report 0 keys for data held elsewhere.
             raise ValueError(f"{where} is a Redis Cluster node: add --redis-cluster")
-        # forget_participant covers every model version; the store's own version is not used by it.
-        store = SessionStore(client, model_version="forget")
-        try:
-            return await store.forget_participant(participant)
-        except failures as error:
-            raise ValueError(f"Redis at {where} failed while deleting ({error}); run the command again") from None
+        yield client
     finally:
         await client.aclose()
 
@@ -383,27 +402,12 @@ async def _export(url: str, cluster: bool, participants, since: float, where: st
 
     from moodstream.field_export import write_export
     from moodstream.server.export import collect_sessions
-    from moodstream.server.store import connect
 
-    failures = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
-    try:
-        client = connect(url, cluster=cluster)
-    except (*failures, ValueError) as error:
-        raise ValueError(f"cannot use Redis URL {where}: {error}") from None
-    try:
-        try:
-            await client.ping()
-            clustered = not cluster and (await client.info("cluster")).get("cluster_enabled") in (1, "1")
-        except failures as error:
-            raise ValueError(f"cannot reach Redis at {where}: {error}") from None
-        if clustered:
-            raise ValueError(f"{where} is a Redis Cluster node: add --redis-cluster")
+    async with _command_client(url, cluster, where) as client:
         with tqdm(desc="sessions", unit="session", disable=None) as progress:
             try:
                 sessions = await collect_sessions(client, participants, since, progress)
-            except failures as error:
+            except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as error:
                 raise ValueError(f"Redis at {where} failed while reading ({error}); run the command again") from None
-    finally:
-        await client.aclose()
     filters = {"participants": participants or [], "since_unix": since}
     return write_export(args.out, sessions, filters)

@@ -7,7 +7,7 @@ import time
 
 from moodstream.dashboard.feed import FeedConfig
 from moodstream.dashboard.server import BackgroundDashboard
-from server_harness import chunk, end, header, make_chunks, stream, stub_for, tiny_model, write_tokens
+from server_harness import chunk, end, header, make_chunks, stream, stub_for, tiny_model
 from browser_harness import (DESKTOP, PHONE, assert_fits, browser, by_id, needs_chromium,  # noqa: F401
                              set_viewport, wait_until)
 from test_dashboard_browser import assert_threshold_drawn, chart_points, shot
@@ -17,8 +17,7 @@ from test_model_repository import wait_for as wait_for_server
 pytestmark = needs_chromium
 
 
-def test_a_participants_sessions_under_two_versions_are_charted_one_version_at_a_time(browser, redis_url, tmp_path):
-    tokens = write_tokens(tmp_path)
+def test_a_participants_sessions_under_two_versions_are_charted_one_version_at_a_time(browser, redis_url, tokens, tmp_path):
     old, new = tiny_model(2), tiny_model(3)
     new.config = new.config.replace(decision_threshold=0.3)
     models = tmp_path / "models"

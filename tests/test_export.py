@@ -15,6 +15,8 @@ from moodstream.server.export import collect_sessions, parse_since
 from moodstream.server.store import connect
 from server_harness import chunk, end, header, make_chunks, running_server, stream, stub_for, tiny_model
 
+MODEL_SEED = 0  # the conftest's `model` fixture: the tiny model of this seed
+
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-P", "-m", "moodstream.cli", *args], capture_output=True, text=True,
@@ -96,8 +98,7 @@ def test_export_refuses_bad_arguments_with_one_line_and_writes_nothing(redis_url
     assert not (tmp_path / "x").exists() and not list(existing.iterdir())
 
 
-def test_export_reads_a_redis_cluster(redis_cluster_url, tokens, tmp_path):
-    model = tiny_model(0)
+def test_export_reads_a_redis_cluster(redis_cluster_url, model, tokens, tmp_path):
     audio = {f"k{i}": make_chunks(2, seed=30 + i) for i in range(4)}
     with running_server(model, redis_cluster_url, tokens, redis_cluster=True) as server:
         for index, (session, pcm) in enumerate(audio.items()):
