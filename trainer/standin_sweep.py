@@ -15,7 +15,10 @@ import shutil
 import time
 from pathlib import Path
 
-STAGE2_ONLY = ("stage2.", "scoring.")
+# Overrides that leave stage 1 as it is (the session head's own settings).
+STAGE2_ONLY = ("stage2.", "scoring.", "model.session_time_pooling=", "model.lstm_hidden_size=",
+               "model.attention_size=")
+RESULT_FILE = "sweep_result.json"
 
 
 def parse_setting(text: str) -> tuple[str, list[str]]:
@@ -54,8 +57,6 @@ def run_sweep(data: str, output: str, whisper: str, settings: list[str]) -> str:
     if not (whisper_path / "config.json").is_file():
         raise ValueError(f"no converted Whisper at {whisper_path}; run `moodstream import-whisper` first")
     base = _row_configs(str(Path(data).expanduser()), output_path, whisper_path)[MODEL_ROW]["config"]
-    results_path = output_path / "sweep.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     parsed = [parse_setting(text) for text in settings]
     first_folder = output_path / "sweep" / parsed[0][0] if parsed else None
     for name, overrides in parsed:
@@ -70,13 +71,19 @@ def run_sweep(data: str, output: str, whisper: str, settings: list[str]) -> str:
                 if not target.exists():
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(finished, target)
+        result_path = folder / RESULT_FILE
         started = time.monotonic()
         train(config)
-        results[name] = {"overrides": overrides, **validation_aucs(folder),
-                         "seconds": results.get(name, {}).get("seconds") or time.monotonic() - started}
-        results_path.write_text(json.dumps(results, indent=2))
-        print(f"{name}: validation session AUC {100 * results[name]['validation_session_auc']:.1f}, "
-              f"segment AUC {100 * results[name]['validation_segment_auc']:.1f}", flush=True)
+        seconds = json.loads(result_path.read_text())["seconds"] if result_path.is_file() else \
+            time.monotonic() - started
+        result = {"overrides": overrides, **validation_aucs(folder), "seconds": seconds}
+        result_path.write_text(json.dumps(result, indent=2))
+        print(f"{name}: validation session AUC {100 * result['validation_session_auc']:.1f}, "
+              f"segment AUC {100 * result['validation_segment_auc']:.1f}", flush=True)
+    # Every setting run so far in this folder (several sweeps may run side by side), oldest first.
+    finished = sorted((output_path / "sweep").glob(f"*/{RESULT_FILE}"), key=lambda p: p.stat().st_mtime)
+    results = {path.parent.name: json.loads(path.read_text()) for path in finished}
+    (output_path / "sweep.json").write_text(json.dumps(results, indent=2))
     table = sweep_table(results)
     (output_path / "sweep.md").write_text(
         "# Stand-in sweep: pooled validation AUCs (the test folds are not read)\n\n" + table + "\n")
