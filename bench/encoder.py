@@ -10,12 +10,12 @@ real-time factor (compute seconds per second of audio), peak memory and the
 speed-up over the baseline; per variant, the accuracy against fp32: the
 largest absolute difference of the segment vectors and of the session
 probability over all the chunks. `server path` is the server's own
-BatchingEncoder fed with every chunk at once: it measures (precision, max
+BatchingEncoder fed with up to 4 chunks at once: it measures (precision, max
 batch) at start-up within the accuracy bound, as the server does without a
 tuning cache; the run reports its chunks/s against the best variant measured
-in the same run. The variants of one batch size (and the server path, at the
-largest) take turns round by round, so load on a shared machine hits them
-alike; each keeps its best round. `--checkpoint` runs a trained checkpoint instead, where
+in the same run. Every variant at every batch size up to 4, and the server
+path, take turns round by round, so load on a shared machine hits them alike;
+each keeps its best round (larger batches: one round each). `--checkpoint` runs a trained checkpoint instead, where
 |Δ probability| means something (on random weights it is noise).
 """
 from __future__ import annotations
@@ -60,6 +60,9 @@ def speech_like_chunks(count: int, seed: int = 0, seconds: float = CHUNK_SECONDS
     from moodstream.server.encoder import speech_like_waves
 
     return speech_like_waves(count, seed=seed, seconds=seconds, sample_rate=SAMPLE_RATE)
+
+
+SHORT_BATCH = 4
 
 
 def variants(model, want_compile: bool) -> dict:
@@ -153,19 +156,27 @@ def run(size: str = "base", batch_sizes=(1, 2, 4, 8, 16, 32), rounds: int = 2, w
     reference = model.encode_segments(waves)
     quality = {name: accuracy(model, reference, torch.cat([encode(waves[i:i + 8]) for i in range(0, len(waves), 8)]))
                for name, (encode, _) in found.items()}
-    server = ServerPath(model, waves, server_max_batch)
+    # Every (variant, batch) up to 4, and the server path, take turns in one loop, so that the server path's
+    # share of the best variant compares runs made under the same load. Long batches take tens of seconds on
+    # a CPU: each gets its own group and one timed round.
+    short_batches = [batch for batch in batch_sizes if batch <= SHORT_BATCH]
+    long_batches = [batch for batch in batch_sizes if batch > SHORT_BATCH]
+    server_batch = max(short_batches or batch_sizes)
+    server = ServerPath(model, waves[:server_batch], server_max_batch)
     log(f"encoder {size} server path: {server.encoder.tuning.summary()}")
     try:
-        quality["server path"] = accuracy(model, reference, torch.from_numpy(server.encode_all()))
+        quality["server path"] = accuracy(model, reference[:server_batch], torch.from_numpy(server.encode_all()))
+
+        def calls_at(batches):
+            return {(name, batch): (lambda encode=encode, batch=batch: encode(waves[:batch]))
+                    for batch in batches for name, (encode, _) in found.items()}
+
+        groups = [(calls_at(short_batches), rounds)] if short_batches else []
+        groups += [(calls_at([batch]), 1) for batch in long_batches]
+        groups[0][0]["server path", server_batch] = server.encode_all
         timings = {}
-        for batch in batch_sizes:
-            calls = {name: (lambda encode=encode, batch=batch: encode(waves[:batch]))
-                     for name, (encode, _) in found.items()}
-            if batch == max(batch_sizes):
-                calls["server path"] = server.encode_all
-            # Long batches take tens of seconds on a CPU: one timed round is enough there.
-            for name, measured in interleaved(calls, rounds if batch <= 4 else 1).items():
-                timings[name, batch] = measured
+        for calls, group_rounds in groups:
+            timings.update(interleaved(calls, group_rounds))
     finally:
         server.close()
     baseline = 1 / timings["fp32", batch_sizes[0]][0] if batch_sizes[0] == 1 else None
@@ -173,7 +184,7 @@ def run(size: str = "base", batch_sizes=(1, 2, 4, 8, 16, 32), rounds: int = 2, w
     rows = []
     notes = {name: note for name, (_, note) in found.items()}
     notes["server path"] = f"{server.encoder.precision}, max batch {server.encoder.max_batch}"
-    for (name, batch), (seconds, peak) in timings.items():
+    for (name, batch), (seconds, peak) in sorted(timings.items(), key=lambda item: item[0][1]):
         chunks_per_second = batch / seconds
         rows.append({"variant": name, "note": notes[name], "batch": batch, "seconds": seconds,
                      "chunks_per_second": chunks_per_second, "real_time_factor": seconds / (batch * CHUNK_SECONDS),

@@ -105,17 +105,21 @@ def test_the_fastest_path_outside_the_bound_is_never_picked(model):
 
 def test_the_batch_limit_is_measured_not_assumed(model):
     width = model.config.segment_vector_size
+    # Costs of tens to hundreds of milliseconds, with twofold margins and three rounds: on a loaded machine a
+    # woken thread can wait tens of milliseconds for a core, which must not decide the choice.
 
     def fixed_cost_per_call(batch):  # a GPU-like path: a batch costs what one chunk costs
-        time.sleep(0.02)
+        time.sleep(0.1)
         return np.zeros((len(batch), width), np.float32)
 
     def dearer_per_chunk_in_a_batch(batch):  # the CPU behaviour measured on AMD EPYC: batches cost more per chunk
-        time.sleep(0.01 * len(batch) ** 1.5)
+        time.sleep(0.05 * len(batch) ** 2)
         return np.zeros((len(batch), width), np.float32)
 
-    assert tune(model, ["gpu-like"], (1, 2, 4), encoders={"gpu-like": fixed_cost_per_call})[0].max_batch == 4
-    assert tune(model, ["cpu-like"], (1, 2, 4), encoders={"cpu-like": dearer_per_chunk_in_a_batch})[0].max_batch == 1
+    gpu_like = tune(model, ["gpu-like"], (1, 2, 4), encoders={"gpu-like": fixed_cost_per_call}, rounds=3)[0]
+    assert gpu_like.max_batch == 4, gpu_like.summary()
+    cpu_like = tune(model, ["cpu-like"], (1, 2, 4), encoders={"cpu-like": dearer_per_chunk_in_a_batch}, rounds=3)[0]
+    assert cpu_like.max_batch == 1, cpu_like.summary()
 
 
 def test_a_tuning_is_cached_per_model_and_machine(model, tmp_path, monkeypatch):
