@@ -92,7 +92,7 @@ def run_sweep(data: str, output: str, whisper: str, settings: list[str]) -> str:
 
 def sweep_table(results: dict) -> str:
     lines = ["| setting | overrides of small-data | validation session AUC (36) | validation segment AUC | "
-             "stopping epochs (stage 1 / stage 2, per fold) |", "|---|---|---|---|---|"]
+             "epochs run (stage 1 / stage 2, per fold) |", "|---|---|---|---|---|"]
     for name, r in results.items():
         epochs = " ".join(f"{a}/{b}" for a, b in r["epochs"])
         lines.append(f"| {name} | {', '.join(r['overrides']) or '(none)'} | {100 * r['validation_session_auc']:.1f} | "
