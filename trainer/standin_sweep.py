@@ -72,12 +72,13 @@ def run_sweep(data: str, output: str, whisper: str, settings: list[str]) -> str:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(finished, target)
         result_path = folder / RESULT_FILE
-        started = time.monotonic()
-        train(config)
-        seconds = json.loads(result_path.read_text())["seconds"] if result_path.is_file() else \
-            time.monotonic() - started
-        result = {"overrides": overrides, **validation_aucs(folder), "seconds": seconds}
-        result_path.write_text(json.dumps(result, indent=2))
+        if result_path.is_file():  # finished by an earlier sweep (kept as written, so the table keeps its order)
+            result = json.loads(result_path.read_text())
+        else:
+            started = time.monotonic()
+            train(config)
+            result = {"overrides": overrides, **validation_aucs(folder), "seconds": time.monotonic() - started}
+            result_path.write_text(json.dumps(result, indent=2))
         print(f"{name}: validation session AUC {100 * result['validation_session_auc']:.1f}, "
               f"segment AUC {100 * result['validation_segment_auc']:.1f}", flush=True)
     # Every setting run so far in this folder (several sweeps may run side by side), oldest first.
