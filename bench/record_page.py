@@ -77,6 +77,7 @@ def run(seconds: float = 20.0, log=print) -> dict:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    from moodstream.record_link import record_link
     from moodstream.server.auth import create_token
     from moodstream.server.redis_process import RedisProcess, free_port
 
@@ -104,7 +105,7 @@ def run(seconds: float = 20.0, log=print) -> dict:
             options.add_argument(flag)
         driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
         try:
-            url = f"http://127.0.0.1:{port}/record#participant=p1&token={stream_token}"
+            url = record_link(f"http://127.0.0.1:{port}/record", "p1", stream_token)
             for _ in range(100):
                 try:
                     driver.get(url)

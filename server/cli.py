@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+from pathlib import Path
 
 from moodstream.help_format import HelpFormatter, port_number
 
@@ -96,6 +97,12 @@ def add_parser(subparsers) -> None:
     create.add_argument("--name", required=True, help="who or what holds the token (e.g. kiosk-3); unique per file")
     create.add_argument("--stream", default="", help="comma-separated participants it may stream for (* = all)")
     create.add_argument("--read", default="", help="comma-separated participants whose scores it may read (* = all)")
+    create.add_argument("--record-page", metavar="URL",
+                        help="the dashboard's record page (e.g. https://clinic.example.org/record): also print the "
+                             "participant's enrolment link, with the token in its fragment, and its QR code "
+                             "(needs --stream for one participant)")
+    create.add_argument("--qr", metavar="FILE", type=Path,
+                        help="with --record-page: also save the QR code as FILE (.svg or .png) to print or show")
     create.set_defaults(handler=run_token_create)
     listing = actions.add_parser(
         "list", help="show each token's name and scope",
@@ -135,13 +142,30 @@ def _split(values: str) -> list[str]:
 
 
 def run_token_create(args) -> int:
+    from moodstream.record_link import QR_FORMATS, print_qr, record_link, write_qr
     from moodstream.server.auth import create_token
 
     stream, read = _split(args.stream), _split(args.read)
     if not stream and not read:
         raise ValueError("give --stream and/or --read: a token with no scope could do nothing")
-    print(create_token(args.tokens, args.name, stream, read))
+    if args.qr and not args.record_page:
+        raise ValueError("--qr needs --record-page: the QR code holds the record page's link")
+    if args.record_page:
+        if len(stream) != 1 or stream == ["*"]:
+            raise ValueError("--record-page needs --stream with one participant: the link enrols one device for them")
+        record_link(args.record_page, stream[0], "")  # a bad page, participant or file: before any token exists
+        if args.qr and args.qr.suffix.lower() not in QR_FORMATS:
+            raise ValueError(f"--qr {str(args.qr)!r}: name an .svg or .png file")
+    token = create_token(args.tokens, args.name, stream, read)
+    print(token)
     print(f"added token {args.name!r} to {args.tokens}; it is shown only now", file=sys.stderr)
+    if args.record_page:
+        link = record_link(args.record_page, stream[0], token)
+        print(f"\nenrolment link for participant {stream[0]} (hand it over privately: it holds the token):\n{link}\n",
+              file=sys.stderr)
+        print_qr(link, sys.stderr)
+        if args.qr:
+            print(f"QR code saved to {write_qr(link, args.qr)}", file=sys.stderr)
     return 0
 
 

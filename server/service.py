@@ -367,8 +367,11 @@ class SessionStream:
         if self.pending:
             raise self.unapplied_error()
         if self.last_seq is not None and not self.ended:
-            await with_redis_retry(lambda: self.service.store.end_session(self.session_id, self.participant_id),
-                                   self.service.settings)
+            written = await with_redis_retry(
+                lambda: self.service.store.end_session(self.session_id, self.participant_id), self.service.settings)
+            if not written:  # an End is acknowledged only once it is stored
+                raise StreamAbort(grpc.StatusCode.ABORTED,
+                                  f"session {self.session_id} expired or was deleted before its End; reconnect")
             self.ended = True
 
     async def apply(self, seq: int, chunk: pb.Chunk, vector: np.ndarray, arrived: float) -> None:

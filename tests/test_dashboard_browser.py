@@ -1,15 +1,9 @@
 """The dashboard in a real headless Chromium: Redis + scoring server + dashboard, a session streamed live.
 
-Needs Debian's `chromium` and `chromium-driver` (./run test installs them when it runs as root) and
-Selenium. Screenshots are kept under artifacts/ (git-ignored).
+Chromium comes from tests/browser_harness.py; screenshots are kept under artifacts/ (git-ignored).
 """
 import json
-import os
-import shutil
-import socket
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,45 +12,13 @@ from moodstream.dashboard.server import BackgroundDashboard
 from moodstream.model_description import ModelDescription
 from moodstream.server.app import BackgroundServer, ServerConfig
 from moodstream.v1 import moodstream_pb2 as pb
+from browser_harness import (DESKTOP, PHONE, assert_fits, browser, by_id, free_port, needs_chromium,  # noqa: F401
+                             save_screenshot, set_viewport, severe_console, wait_until)
 from server_harness import end, header, make_chunks, stream, stub_for, tiny_model, write_tokens
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and os.path.exists(p)), None)
-CHROMEDRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromedriver")
-                     if p and os.path.exists(p)), None)
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--hide-scrollbars", "--lang=en-US"]
-DESKTOP, PHONE = (1280, 900), (390, 844)
 LATE_SECONDS = 3.0
 
-try:
-    import selenium  # noqa: F401
-except ImportError:
-    selenium = None
-
-pytestmark = [
-    pytest.mark.skipif(selenium is None, reason="selenium is not installed (pip install -e '.[dev]')"),
-    pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                       reason="headless Chromium is not installed: apt-get install chromium chromium-driver "
-                              "(./run test installs them when it runs as root with apt-get)"),
-]
-
-# Every visible element that sticks out of the viewport, and every table wider than its box.
-OVERFLOW_SCRIPT = """
-const width = document.documentElement.clientWidth, out = [];
-for (const node of document.querySelectorAll('body *')) {
-  const r = node.getBoundingClientRect(), style = getComputedStyle(node);
-  if (!r.width || !r.height || style.visibility === 'hidden' || node.closest('[hidden]')) continue;
-  if (r.left < -1 || r.right > width + 1) out.push(node.tagName + '#' + node.id + '.' + node.className + ' ' +
-                                                  Math.round(r.left) + '..' + Math.round(r.right));
-}
-for (const box of document.querySelectorAll('.scroll')) {
-  if (box.scrollWidth > box.clientWidth + 1) out.push('scrolls sideways: ' + box.firstElementChild.id +
-                                                      ' ' + box.scrollWidth + ' > ' + box.clientWidth);
-}
-return {width: width, scrollWidth: document.documentElement.scrollWidth, out: out};
-"""
+pytestmark = needs_chromium
 
 # Share of the threshold's canvas row that is drawn red (the dashed line, with its label).
 THRESHOLD_SCRIPT = """
@@ -70,37 +32,6 @@ return red / canvas.width;
 """
 
 
-@pytest.fixture
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium fetch a driver or browser
-    profile = tempfile.mkdtemp(prefix="moodstream-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}", f"--window-size={DESKTOP[0]},{DESKTOP[1]}"]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def wait_until(driver, condition, what, timeout=20.0):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d), message=what)
-
-
-def by_id(driver, element_id):
-    return driver.find_element("id", element_id)
-
-
 def row_states(driver) -> list[str]:
     """The overview's session states, top to bottom (read in one go: rows are redrawn on every event)."""
     return driver.execute_script("return [...document.querySelectorAll('tr.session-row')]"
@@ -109,21 +40,6 @@ def row_states(driver) -> list[str]:
 
 def chart_points(driver, chart="chart") -> int:
     return int(by_id(driver, chart).get_attribute("data-points"))
-
-
-def set_viewport(driver, size):
-    """Resize so the page itself (not the window) is `size` wide and high."""
-    driver.set_window_size(*size)
-    inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
-    driver.set_window_size(2 * size[0] - inner[0], 2 * size[1] - inner[1])
-    assert driver.execute_script("return [window.innerWidth, window.innerHeight]") == list(size)
-
-
-def assert_fits(driver, where):
-    """No element wider than the viewport, nothing scrolling sideways."""
-    layout = driver.execute_script(OVERFLOW_SCRIPT)
-    assert layout["scrollWidth"] <= layout["width"], (where, layout)
-    assert not layout["out"], (where, layout["out"][:8])
 
 
 def assert_axis_labels_apart(driver, chart="chart"):
@@ -143,18 +59,7 @@ def assert_threshold_drawn(driver, chart="chart"):
 
 
 def shot(driver, name):
-    ARTIFACTS.mkdir(exist_ok=True)
-    driver.save_screenshot(str(ARTIFACTS / f"dashboard-{name}.png"))
-
-
-def severe_console(driver):
-    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    save_screenshot(driver, f"dashboard-{name}")
 
 
 def test_a_session_through_an_outage_to_its_end_reads_true_at_desktop_and_phone_width(browser, redis_url, tmp_path):

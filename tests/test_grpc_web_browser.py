@@ -11,12 +11,11 @@ import threading
 import pytest
 from sonora import protocol
 
-import test_dashboard_browser
+from browser_harness import browser, free_port, needs_chromium  # noqa: F401 (the fixture)
 from raw_client import RawClient, compile_proto
 from server_harness import make_chunks, running_server, tiny_model, write_tokens
-from test_dashboard_browser import browser, free_port  # noqa: F401 (the fixture)
 
-pytestmark = test_dashboard_browser.pytestmark
+pytestmark = needs_chromium
 
 FETCH_SCRIPT = """
 const [url, token, body64, done] = arguments;

@@ -204,3 +204,38 @@ def test_undecodable_bytes_and_a_call_without_a_request_are_invalid_argument(ser
     with pytest.raises(grpc.RpcError) as caught:
         future.result()
     assert caught.value.code() == Code.INVALID_ARGUMENT
+
+
+def test_an_end_is_not_acknowledged_when_its_session_expired_while_the_stream_was_open(server, channel, pool,
+                                                                                       tokens):
+    import queue
+    import threading
+
+    import redis
+
+    raw = client(channel, pool, tokens)
+    acked = threading.Event()
+    ending = queue.Queue()
+
+    def requests():
+        yield raw.header("expires-open", "p1")
+        yield raw.chunk(0, GOOD)
+        acked.wait(30)
+        yield ending.get(timeout=30)
+
+    responses = raw.bidi("Stream", requests())
+    first = next(responses)
+    assert first.WhichOneof("message") == "ack" and first.ack.seq == 0
+    acked.set()
+    session_hash = next(key for key in redis_keys(server.redis_url) if key.endswith(":s:expires-open"))
+    store = redis.Redis.from_url(server.redis_url)
+    try:
+        store.delete(session_hash)  # what its expiry does while the stream is open
+        ending.put(raw.end(0))
+        with pytest.raises(grpc.RpcError) as caught:
+            list(responses)
+        assert store.exists(session_hash) == 0  # nothing half-written in its place
+    finally:
+        store.close()
+    assert caught.value.code() == Code.ABORTED, caught.value.details()
+    assert "expired or was deleted" in caught.value.details()

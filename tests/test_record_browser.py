@@ -8,41 +8,40 @@ the tolerances below are what that costs, measured (see docs/record.md).
 """
 import contextlib
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import soundfile
 
-import test_dashboard_browser
+from browser_harness import (DESKTOP, PHONE, assert_fits, by_id, chromium, fake_microphone, free_port,
+                             needs_chromium, save_screenshot, set_viewport, severe_console, wait_until)
 from moodstream.agent.pipeline import CaptureSettings, capture_chunks
 from moodstream.dashboard.feed import FeedConfig
 from moodstream.dashboard.server import BackgroundDashboard, WebConfig
+from moodstream.record_link import record_link
 from moodstream.server.app import BackgroundServer, ServerConfig
+from moodstream.v1 import moodstream_pb2 as pb
 from server_harness import running_server, stub_for, tiny_model, write_tokens
+from test_record_speech import interview
 
 SERVER_DOWN_SECONDS = 30.0
-# Bytes over the network for the page and everything it loaded (HTTP headers and bodies), by kind.
+# Bytes over the network for the page and everything it loaded (HTTP headers and bodies), by kind, and
+# what they would have been with every body uncompressed (the same headers, the decoded bodies).
 TRANSFER_SCRIPT = """
 const entries = [...performance.getEntriesByType('navigation'), ...performance.getEntriesByType('resource')];
-const out = {total: 0};
+const out = {total: 0, uncompressed_total: 0};
 for (const entry of entries) {
   const name = new URL(entry.name).pathname.split('/').pop() || 'record';
   out[name] = (out[name] || 0) + entry.transferSize;
   out.total += entry.transferSize;
+  out.uncompressed_total += entry.transferSize - entry.encodedBodySize + entry.decodedBodySize;
 }
 return out;"""
-from test_dashboard_browser import (ARTIFACTS, CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS, DESKTOP, PHONE, assert_fits,
-                                    by_id, free_port, set_viewport, wait_until)
-from test_record_speech import interview
-from moodstream.v1 import moodstream_pb2 as pb
 
-pytestmark = test_dashboard_browser.pytestmark
+pytestmark = needs_chromium
 
 RATE = 16000
 # Measured on this page and WAV (docs/record.md): kept speech within 0.3 s of the agent's, probabilities
@@ -59,28 +58,9 @@ def interview_wav(tmp_path_factory):
     return path, len(audio) / RATE
 
 
-@contextlib.contextmanager
 def recording_browser(wav: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    os.environ.setdefault("SE_OFFLINE", "true")
-    profile = tempfile.mkdtemp(prefix="moodstream-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}", f"--window-size={PHONE[0]},{PHONE[1]}",
-                                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                                  f"--use-file-for-fake-audio-capture={wav}%noloop",
-                                  "--autoplay-policy=no-user-gesture-required"]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+    """Chromium at phone size whose microphone plays `wav` once."""
+    return chromium(*fake_microphone(wav), window=PHONE)
 
 
 @contextlib.contextmanager
@@ -110,20 +90,34 @@ def page_state(driver) -> dict:
               problem: $('problem').hidden ? '' : $('problem').textContent};""")
 
 
+def wait_until_everything_is_acknowledged(driver, what: str, timeout: float = 60):
+    """Until the page is idle with an empty outbox, seen in ONE reading of the page.
+
+    Two readings can each be true at a different moment: "nothing waiting" just before Stop stores the
+    End, "idle" just after, with the End still unsent (a browser closed then never sends it).
+    """
+    def settled(d) -> bool:
+        state = page_state(d)
+        return state["waiting"] == 0 and state["state"] == "idle"
+
+    wait_until(driver, settled, what, timeout=timeout)
+
+
 def get_score(port: int, token: str, session_id: str):
     with stub_for(port) as stub:
         return stub.GetScore(pb.GetScoreRequest(session_id=session_id),
                              metadata=[("authorization", f"Bearer {token}")], timeout=30)
 
 
-def console_errors(driver) -> list[str]:
-    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-
-
 def record(driver, url: str, seconds: float) -> dict:
     driver.get(url)
     wait_until(driver, lambda d: d.execute_script("return document.body.dataset.ready") == "1", "the page to load")
     assert "token=" not in driver.current_url and "#" not in driver.current_url  # the fragment is gone
+    # Recording starts once the service worker has cached the page: on a loaded 2-core machine its burst of
+    # fetches at the first seconds of audio starved Chromium's fake microphone, whose glitches the VAD then
+    # heard as speech (about 0.7 s more kept, in 3 of 9 runs).
+    wait_until(driver, lambda d: d.execute_script("return !!navigator.serviceWorker.controller"),
+               "the service worker to control the page", timeout=30)
     by_id(driver, "start").click()
     wait_until(driver, lambda d: page_state(d)["state"] == "recording", "recording to start")
     time.sleep(seconds)
@@ -134,23 +128,21 @@ def test_a_session_recorded_in_the_browser_matches_the_python_agent(redis_url, t
     wav, seconds = interview_wav
     with record_stack(redis_url, tmp_path) as (server, dashboard, tokens), recording_browser(wav) as driver:
         set_viewport(driver, PHONE)
-        link = f"{dashboard.url}record#participant=p1&token={tokens.by_name['agent-p1']}"
+        link = record_link(f"{dashboard.url}record", "p1", tokens.by_name["agent-p1"])
         during = record(driver, link, seconds + 1.5)
         assert during["problem"] == "" and during["sent"] >= 2, during
-        ARTIFACTS.mkdir(exist_ok=True)
-        driver.save_screenshot(str(ARTIFACTS / "record-phone.png"))
+        save_screenshot(driver, "record-phone")
         assert "score" not in by_id(driver, "controls").text.lower()
         transfer = driver.execute_script(TRANSFER_SCRIPT)
         set_viewport(driver, DESKTOP)
-        driver.save_screenshot(str(ARTIFACTS / "record-desktop.png"))
+        save_screenshot(driver, "record-desktop")
         assert_fits(driver, "record page, desktop")
         set_viewport(driver, PHONE)
         assert_fits(driver, "record page, phone")
         by_id(driver, "stop").click()
-        wait_until(driver, lambda d: page_state(d)["waiting"] == 0 and page_state(d)["state"] == "idle",
-                   "the outbox to empty", timeout=60)
+        wait_until_everything_is_acknowledged(driver, "the outbox to empty")
         page = page_state(driver)
-        assert not console_errors(driver), console_errors(driver)
+        assert not severe_console(driver), severe_console(driver)
         browser_score = get_score(server.port, tokens.by_name["admin"], page["session"])
         # The clinician's dashboard shows the session recorded on the phone, live like any other.
         driver.get(dashboard.session_url(page["session"]))
@@ -176,13 +168,12 @@ def test_a_session_recorded_in_the_browser_matches_the_python_agent(redis_url, t
                       "agent_probability": agent_score.probability,
                       "probability_difference": probability_difference}))
     assert browser_score.session_state == pb.SESSION_STATE_ENDED
+    assert transfer["total"] < 0.6 * transfer["uncompressed_total"], transfer  # Chromium got them gzip-compressed
     assert page["sent"] == browser_score.segments == agent_score.segments == len(expected.chunks)
     assert abs(kept_difference) <= KEPT_SECONDS_TOLERANCE
     assert abs(probability_difference) <= PROBABILITY_TOLERANCE
 
 
-@pytest.mark.skip(reason="known bug: run after the other tests of the full suite, the session reads OPEN from GetScore "
-                         "although the page saw its End acknowledged (End applied without ended_at?); passes alone")
 def test_a_reload_and_the_server_down_for_30_s_lose_nothing_and_apply_nothing_twice(redis_url, tmp_path,
                                                                                      interview_wav):
     wav, seconds = interview_wav
@@ -197,7 +188,7 @@ def test_a_reload_and_the_server_down_for_30_s_lose_nothing_and_apply_nothing_tw
         record_endpoint=f"http://127.0.0.1:{config.grpc_web_port}"), web).start()
     try:
         with recording_browser(wav) as driver:
-            link = f"{dashboard.url}record#participant=p1&token={tokens.by_name['agent-p1']}"
+            link = record_link(f"{dashboard.url}record", "p1", tokens.by_name["agent-p1"])
             record(driver, link, 0)
             wait_until(driver, lambda d: page_state(d)["sent"] >= 1, "the first chunk's ack", timeout=30)
             server.stop()
@@ -222,8 +213,7 @@ def test_a_reload_and_the_server_down_for_30_s_lose_nothing_and_apply_nothing_tw
             wait_until(driver, lambda d: page_state(d)["waiting"] == 0, "the outbox to drain", timeout=60)
             time.sleep(max(0.0, seconds - (time.monotonic() - down_since)))  # the file plays out
             by_id(driver, "stop").click()
-            wait_until(driver, lambda d: page_state(d)["waiting"] == 0 and page_state(d)["state"] == "idle",
-                       "the End to be acknowledged", timeout=60)
+            wait_until_everything_is_acknowledged(driver, "the End to be acknowledged")
             assert page_state(driver)["problem"] == ""
             stored = driver.execute_async_script("""
               const done = arguments[0];
@@ -249,7 +239,7 @@ def test_a_reload_and_the_server_down_for_30_s_lose_nothing_and_apply_nothing_tw
 def test_the_page_opens_and_records_when_its_host_is_unreachable(redis_url, tmp_path, interview_wav):
     wav, _ = interview_wav
     with record_stack(redis_url, tmp_path) as (server, dashboard, tokens), recording_browser(wav) as driver:
-        driver.get(f"{dashboard.url}record#participant=p1&token={tokens.by_name['agent-p1']}")
+        driver.get(record_link(f"{dashboard.url}record", "p1", tokens.by_name["agent-p1"]))
         wait_until(driver, lambda d: d.execute_script(
             "return document.body.dataset.ready === '1' && !!navigator.serviceWorker.controller"),
             "the service worker to control the page", timeout=30)
@@ -265,8 +255,7 @@ def test_the_page_opens_and_records_when_its_host_is_unreachable(redis_url, tmp_
                    timeout=40)
         assert page_state(driver)["problem"] == ""
         by_id(driver, "stop").click()
-        wait_until(driver, lambda d: page_state(d)["state"] == "idle" and page_state(d)["waiting"] == 0,
-                   "the End to be acknowledged", timeout=60)
+        wait_until_everything_is_acknowledged(driver, "the End to be acknowledged")
         session = page_state(driver)["session"]
         score = get_score(server.port, tokens.by_name["admin"], session)
     assert score.segments >= 1 and score.session_state == pb.SESSION_STATE_ENDED

@@ -6,6 +6,7 @@ from server_harness import running_server, write_tokens
 
 from moodstream import SCREENING_NOTICE
 from moodstream.agent.pipeline import CaptureSettings
+from moodstream.dashboard.app import GZIP_MINIMUM_BYTES
 from moodstream.dashboard.feed import FeedConfig
 from moodstream.dashboard.server import BackgroundDashboard
 from moodstream.model import ModelConfig, ScreeningModel
@@ -62,3 +63,46 @@ def test_the_record_page_keeps_speech_as_the_served_model_was_trained(redis_url,
             dashboard.stop()
     assert settings["from_model"] is True
     assert CaptureSettings.from_dict(settings["capture"]) == trained_with
+
+
+def test_what_the_record_page_loads_goes_gzip_compressed_to_browsers_that_accept_it_and_streams_stay_plain():
+    import gzip
+    import re
+    from pathlib import Path
+
+    static = Path(__file__).resolve().parents[1] / "dashboard" / "static"
+    worker_source = (static / "record" / "service-worker.js").read_text()
+    precached = re.findall(r'"((?:record|vendor)/[^"]+|favicon\.svg)"', worker_source.split("PRECACHED = [")[1].split("]")[0])
+    assert "vendor/fvad.wasm" in precached and "record/record.js" in precached
+    paths = ["/record", "/record/settings.json", "/record.webmanifest", "/record-service-worker.js",
+             *(f"/static/{name}" for name in precached)]
+    config = FeedConfig(server="127.0.0.1:1", token="read-token", participants=["p1"],
+                        record_endpoint="https://scores.example.org:8443")
+    dashboard = BackgroundDashboard(config).start()
+    sizes = {}
+    try:
+        with httpx.Client(base_url=dashboard.url, timeout=10) as web:
+            for path in paths:
+                plain = web.get(path, headers={"accept-encoding": "identity"})
+                with web.stream("GET", path, headers={"accept-encoding": "gzip"}) as response:
+                    packed = b"".join(response.iter_raw())
+                    headers = response.headers
+                assert plain.status_code == 200 and "content-encoding" not in plain.headers, path
+                sizes[path] = (len(packed), len(plain.content))
+                if len(plain.content) < GZIP_MINIMUM_BYTES:
+                    assert "content-encoding" not in headers and packed == plain.content, path
+                    continue
+                assert headers["content-encoding"] == "gzip" and "accept-encoding" in headers["vary"].lower(), path
+                assert gzip.decompress(packed) == plain.content, path
+                if path.startswith("/static/"):
+                    assert plain.content == (static / path.removeprefix("/static/")).read_bytes(), path
+            with web.stream("GET", "/events", headers={"accept-encoding": "gzip"}) as events:
+                assert events.headers["content-type"].startswith("text/event-stream")
+                assert "content-encoding" not in events.headers  # each event leaves at once
+    finally:
+        dashboard.stop()
+    packed_total, plain_total = map(sum, zip(*sizes.values()))
+    print({"gzip_bytes": packed_total, "identity_bytes": plain_total, "by_path": sizes})
+    compressed = {path: size for path, size in sizes.items() if size[1] >= GZIP_MINIMUM_BYTES}
+    assert len(compressed) >= 8 and all(packed < plain for packed, plain in compressed.values()), sizes
+    assert packed_total < 0.6 * plain_total, sizes

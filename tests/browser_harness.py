@@ -1,0 +1,134 @@
+"""Real headless Chromium for the browser tests: one way to start it, wait on a page and check its layout.
+
+Needs Debian's `chromium` and `chromium-driver` (./run test installs them when it runs as root) and
+Selenium; modules that use it set `pytestmark = browser_harness.needs_chromium`, which skips them with
+the reason when either is missing. Every driver gets a profile of its own (no IndexedDB, service worker
+or storage carried from one test to the next), removed when it quits. Screenshots go under artifacts/
+(git-ignored).
+"""
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and os.path.exists(p)), None)
+CHROMEDRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromedriver")
+                     if p and os.path.exists(p)), None)
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--hide-scrollbars", "--lang=en-US"]
+# Chromium's fake microphone, playing `wav` once; the page needs no click to start audio.
+FAKE_MICROPHONE_FLAGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                         "--autoplay-policy=no-user-gesture-required"]
+DESKTOP, PHONE = (1280, 900), (390, 844)
+
+try:
+    import selenium  # noqa: F401
+except ImportError:
+    selenium = None
+
+needs_chromium = [
+    pytest.mark.skipif(selenium is None, reason="selenium is not installed (pip install -e '.[dev]')"),
+    pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
+                       reason="headless Chromium is not installed: apt-get install chromium chromium-driver "
+                              "(./run test installs them when it runs as root with apt-get)"),
+]
+
+# Every visible element that sticks out of the viewport, and every table wider than its box.
+OVERFLOW_SCRIPT = """
+const width = document.documentElement.clientWidth, out = [];
+for (const node of document.querySelectorAll('body *')) {
+  const r = node.getBoundingClientRect(), style = getComputedStyle(node);
+  if (!r.width || !r.height || style.visibility === 'hidden' || node.closest('[hidden]')) continue;
+  if (r.left < -1 || r.right > width + 1) out.push(node.tagName + '#' + node.id + '.' + node.className + ' ' +
+                                                  Math.round(r.left) + '..' + Math.round(r.right));
+}
+for (const box of document.querySelectorAll('.scroll')) {
+  if (box.scrollWidth > box.clientWidth + 1) out.push('scrolls sideways: ' + box.firstElementChild.id +
+                                                      ' ' + box.scrollWidth + ' > ' + box.clientWidth);
+}
+return {width: width, scrollWidth: document.documentElement.scrollWidth, out: out};
+"""
+
+
+@contextlib.contextmanager
+def chromium(*flags: str, window=DESKTOP):
+    """A Selenium driver of headless Chromium with a fresh profile, its console log kept."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium fetch a driver or browser
+    profile = tempfile.mkdtemp(prefix="moodstream-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}", *flags]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def fake_microphone(wav: Path) -> list[str]:
+    """Flags for chromium(): its microphone plays `wav` once, without asking."""
+    return [*FAKE_MICROPHONE_FLAGS, f"--use-file-for-fake-audio-capture={wav}%noloop"]
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium at desktop size."""
+    with chromium() as driver:
+        yield driver
+
+
+def wait_until(driver, condition, what, timeout=20.0):
+    """Polls `condition(driver)`; a condition on several readings of a page should read it once."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d), message=what)
+
+
+def by_id(driver, element_id):
+    return driver.find_element("id", element_id)
+
+
+def set_viewport(driver, size):
+    """Resize so the page itself (not the window) is `size` wide and high."""
+    driver.set_window_size(*size)
+    inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+    driver.set_window_size(2 * size[0] - inner[0], 2 * size[1] - inner[1])
+    assert driver.execute_script("return [window.innerWidth, window.innerHeight]") == list(size)
+
+
+def assert_fits(driver, where):
+    """No element wider than the viewport, nothing scrolling sideways."""
+    layout = driver.execute_script(OVERFLOW_SCRIPT)
+    assert layout["scrollWidth"] <= layout["width"], (where, layout)
+    assert not layout["out"], (where, layout["out"][:8])
+
+
+def severe_console(driver) -> list[dict]:
+    """The page's console errors (uncaught exceptions, failed loads)."""
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def save_screenshot(driver, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
