@@ -7,6 +7,10 @@ when the server's `Ack` for its seq arrives. Transport failures reconnect with
 exponential backoff and jitter (bounded in total time) and resend everything
 still unacknowledged; the server is idempotent by (session, seq).
 
+A dead connection is found by HTTP/2 keepalive (moodstream.wire): the call ends
+with UNAVAILABLE within about 30 s and the agent reconnects, even while it only
+waits for acks.
+
 Failover: a target may name several servers (replicas sharing one Redis, in
 the order to try them). Each failed or broken connection moves on to the next
 one, round-robin; since servers keep no session state, whichever replica
@@ -24,11 +28,11 @@ import grpc
 
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
+from moodstream.wire import SAMPLE_RATE, bearer_metadata, open_channel
 
 from . import events as ev
 from .events import EventHub, Score
 from .outbox import Outbox
-from .sources import SAMPLE_RATE
 
 # Codes where sending the same thing again cannot succeed: stop and say why.
 NON_RETRYABLE_CODES = frozenset({
@@ -90,23 +94,15 @@ class ServerTarget:
     def addresses(self) -> tuple[str, ...]:
         return split_addresses(self.address)
 
-    def metadata(self) -> list[tuple[str, str]]:
-        return [("authorization", f"Bearer {self.token}")] if self.token else []
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return bearer_metadata(self.token)
 
     def channel(self, address: str | None = None) -> grpc.Channel:
         """A channel to `address` (one of :attr:`addresses`; default the first)."""
-        address = address or self.addresses[0]
-        options = [
-            ("grpc.max_send_message_length", 16 * 1024 * 1024),
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-        ]
-        if self.tls_ca is None:
-            return grpc.insecure_channel(address, options=options)
         try:
-            roots = Path(self.tls_ca).read_bytes()
+            return open_channel(address or self.addresses[0], tls_ca=self.tls_ca)
         except OSError as error:
             raise AgentError(f"cannot read the TLS CA file {self.tls_ca}: {error.strerror or error}") from None
-        return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots), options)
 
 
 @dataclass(frozen=True)
@@ -150,8 +146,6 @@ class RetryPolicy:
     # How long the server may stay unreachable (counted from the first failure after
     # the last progress) before the agent gives up; the outbox keeps the chunks.
     max_total_seconds: float = 300.0
-    # A connection with chunks in flight and no answer for this long is treated as dead.
-    ack_timeout_seconds: float = 120.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         ceiling = min(self.max_delay_seconds, self.initial_delay_seconds * (2 ** attempt))
@@ -186,9 +180,7 @@ class _Connection:
     acked: int = 0
     end_sent: bool = False
     empty_session: bool = False
-    stalled: bool = False
     progressed: bool = False
-    last_response: float = field(default_factory=time.monotonic)
 
 
 class SessionDelivery:
@@ -275,10 +267,7 @@ class SessionDelivery:
                     raise DeliveryAborted(self._left_behind("delivery stopped")) from None
                 if connection.empty_session:
                     return self.stats
-                if connection.stalled:
-                    reason = f"no answer from the server for {self.retry.ack_timeout_seconds:g} s"
-                else:
-                    reason = f"{code.name}: {error.details() or 'transport failure'}"
+                reason = f"{code.name}: {error.details() or 'transport failure'}"
             except _TransientStreamFailure as failure:
                 reason = str(failure)
             except AgentError:
@@ -324,15 +313,15 @@ class SessionDelivery:
     def _connect_once(self, connection: _Connection) -> None:
         """One Stream call; returns when the server closes it, raises grpc.RpcError on failure."""
         channel = self.target.channel(self.address)
-        watchdog = threading.Thread(target=self._watch, args=(connection,), daemon=True,
-                                    name="moodstream-agent-watchdog")
+        # Keepalive ends a dead connection's call; this only ends a live one when delivery is stopped.
+        stopper = threading.Thread(target=self._cancel_on_abort, args=(connection,), daemon=True,
+                                   name="moodstream-agent-abort")
         try:
             stub = pb_grpc.ScreeningStub(channel)
             call = stub.Stream(self._requests(connection), metadata=self.target.metadata())
             connection.call = call
-            watchdog.start()
+            stopper.start()
             for response in call:
-                connection.last_response = time.monotonic()
                 self._handle(response, connection)
         finally:
             connection.closed.set()
@@ -341,15 +330,9 @@ class SessionDelivery:
             self.wake()
             channel.close()
 
-    def _watch(self, connection: _Connection) -> None:
+    def _cancel_on_abort(self, connection: _Connection) -> None:
         while not connection.closed.wait(0.5):
             if self.abort.is_set():
-                connection.call.cancel()
-                return
-            in_flight = connection.sent > connection.acked or connection.end_sent
-            silent_for = time.monotonic() - connection.last_response
-            if in_flight and silent_for > self.retry.ack_timeout_seconds:
-                connection.stalled = True
                 connection.call.cancel()
                 return
 
@@ -420,7 +403,7 @@ class SessionDelivery:
             score = Score.from_proto(response.score)
             self.stats.scores.append(score)
             connection.progressed = True
-            self.hub.emit(ev.SCORE, **score.to_dict())
+            self.hub.emit(ev.SCORE, **score.event_data())
         elif kind == "error":
             code = _CODES_BY_NUMBER.get(int(response.error.code), grpc.StatusCode.UNKNOWN)
             message = response.error.message or code.name

@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from moodstream import SCREENING_NOTICE, evidence_sufficient
+from moodstream import SCREENING_NOTICE
+from moodstream.wire import score_to_dict
 
 # Event kinds.
 SESSION = "session"     # the session the agent works on (new or resumed)
@@ -56,53 +57,24 @@ class EventHub:
         return event
 
 
-@dataclass(frozen=True)
-class Score:
-    """A session score from the server: a screening aid, not a diagnosis."""
-
-    session_id: str
-    participant_id: str
-    segments: int
-    probability: float
-    above_threshold: bool
-    threshold: float
-    model_version: str
-    seq: int
-    speech_seconds: float
-    time_unix: float
-    offset: str
-    notice: str = SCREENING_NOTICE
-    evidence_sufficient: bool = True
+class Score(dict):
+    """A session score from the server, every ScoreUpdate field under its .proto name (also as attributes):
+    a screening aid, not a diagnosis."""
 
     @classmethod
     def from_proto(cls, update) -> "Score":
-        return cls(
-            session_id=update.session_id,
-            participant_id=update.participant_id,
-            segments=int(update.segments),
-            probability=float(update.probability),
-            above_threshold=bool(update.above_threshold),
-            threshold=float(update.threshold),
-            model_version=update.model_version,
-            seq=int(update.seq),
-            speech_seconds=float(update.speech_seconds),
-            time_unix=float(update.time_unix),
-            offset=update.offset,
-            notice=update.notice or SCREENING_NOTICE,
-            evidence_sufficient=evidence_sufficient(update),
-        )
+        score = cls(score_to_dict(update))
+        score["notice"] = score["notice"] or SCREENING_NOTICE
+        return score
 
-    def to_dict(self) -> dict:
-        return {
-            "probability": self.probability,
-            "segments": self.segments,
-            "seq": self.seq,
-            "above_threshold": self.above_threshold,
-            "evidence_sufficient": self.evidence_sufficient,
-            "threshold": self.threshold,
-            "model_version": self.model_version,
-            "speech_seconds": self.speech_seconds,
-            "server_time_unix": self.time_unix,
-            "offset": self.offset,
-            "notice": self.notice,
-        }
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def event_data(self) -> dict:
+        """The score event's fields: the server's time_unix is server_time_unix (the event has a time of its own)."""
+        data = dict(self)
+        data["server_time_unix"] = data.pop("time_unix")
+        return data

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .chunker import SpeechChunk
@@ -109,7 +109,7 @@ class DropRecord:
 
 
 @dataclass(frozen=True)
-class SessionRecord:
+class OutboxSession:
     session_id: str
     participant_id: str
     device_id: str
@@ -173,6 +173,7 @@ class Outbox:
             self._db = sqlite3.connect(
                 str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
             )
+            self._db.row_factory = sqlite3.Row
             if fresh:
                 os.chmod(self.path, 0o600)
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -232,7 +233,7 @@ class Outbox:
         participant_id: str,
         device_id: str,
         settings: dict | None = None,
-    ) -> SessionRecord:
+    ) -> OutboxSession:
         """The session's record, created on first use. A session belongs to one participant."""
         now = time.time()
         with self._transaction() as db:
@@ -253,7 +254,7 @@ class Outbox:
         return existing
 
     @staticmethod
-    def _session(db, session_id: str) -> SessionRecord | None:
+    def _session(db, session_id: str) -> OutboxSession | None:
         row = db.execute(
             "SELECT session_id, participant_id, device_id, sample_rate, next_seq, chunks_produced, "
             "clock_seconds, source_done, completed_unix, settings FROM sessions WHERE session_id = ?",
@@ -261,23 +262,18 @@ class Outbox:
         ).fetchone()
         if row is None:
             return None
-        return SessionRecord(
-            session_id=row[0], participant_id=row[1], device_id=row[2], sample_rate=row[3],
-            next_seq=row[4], chunks_produced=row[5], clock_seconds=row[6],
-            source_done=bool(row[7]), completed=row[8] is not None, settings=json.loads(row[9]),
+        return OutboxSession(
+            session_id=row["session_id"], participant_id=row["participant_id"], device_id=row["device_id"],
+            sample_rate=row["sample_rate"], next_seq=row["next_seq"], chunks_produced=row["chunks_produced"],
+            clock_seconds=row["clock_seconds"], source_done=bool(row["source_done"]),
+            completed=row["completed_unix"] is not None, settings=json.loads(row["settings"]),
         )
 
-    def session(self, session_id: str) -> SessionRecord | None:
+    def session(self, session_id: str) -> OutboxSession | None:
         with self._lock:
             return self._session(self._db, session_id)
 
-    def sessions_with_pending(self) -> list[SessionRecord]:
-        ids = [row[0] for row in self._query(
-            "SELECT session_id FROM chunks GROUP BY session_id ORDER BY MIN(id)"
-        )]
-        return [self.session(session_id) for session_id in ids]
-
-    def unfinished_sessions(self) -> list[SessionRecord]:
+    def unfinished_sessions(self) -> list[OutboxSession]:
         """Sessions with chunks to deliver, or whose End was never acknowledged."""
         ids = [row[0] for row in self._query(
             "SELECT session_id FROM sessions WHERE completed_unix IS NULL AND next_seq > 0 "
@@ -402,21 +398,18 @@ class Outbox:
         return DropRecord(session_id, seq, start_seconds, speech_seconds, reason, now)
 
     def drops(self, session_id: str | None = None) -> list[DropRecord]:
-        sql = "SELECT session_id, seq, start_seconds, speech_seconds, reason, time_unix FROM drops"
+        sql = f"SELECT {', '.join(f.name for f in fields(DropRecord))} FROM drops"
         params: tuple = ()
         if session_id is not None:
             sql += " WHERE session_id = ?"
             params = (session_id,)
-        return [DropRecord(*row) for row in self._query(sql + " ORDER BY id", params)]
+        return [DropRecord(**row) for row in self._query(sql + " ORDER BY id", params)]
 
-    _CHUNK_COLUMNS = (
-        "session_id, seq, participant_id, device_id, sample_rate, start_seconds, speech_seconds, "
-        "dropped_seconds, vad_frames, pcm, sent, created_unix"
-    )
+    _CHUNK_COLUMNS = ", ".join(f.name for f in fields(StoredChunk))
 
     @staticmethod
-    def _chunk(row) -> StoredChunk:
-        return StoredChunk(*row[:10], sent=bool(row[10]), created_unix=row[11])
+    def _chunk(row: sqlite3.Row) -> StoredChunk:
+        return StoredChunk(**{**row, "sent": bool(row["sent"])})
 
     def pending(self, session_id: str) -> list[StoredChunk]:
         """Every unacknowledged chunk of the session, in seq order."""
@@ -436,8 +429,8 @@ class Outbox:
             ).fetchone()
             if row is None:
                 return None
-            if not row[10]:
-                db.execute("UPDATE chunks SET sent = 1 WHERE session_id = ? AND seq = ?", (session_id, row[1]))
+            if not row["sent"]:
+                db.execute("UPDATE chunks SET sent = 1 WHERE session_id = ? AND seq = ?", (session_id, row["seq"]))
         return self._chunk(row)
 
     def lowest_pending_seq(self, session_id: str) -> int | None:

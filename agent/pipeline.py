@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import socket
 import threading
 import time
@@ -16,6 +15,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+
+from moodstream.ids import ID_RULE, is_id, to_id
 
 from . import events as ev
 from .chunker import SpeechChunk
@@ -27,23 +28,20 @@ from .sources import SAMPLE_RATE, SourceError
 from .speech_path import CaptureResult, CaptureSettings, capture_chunks  # noqa: F401  (re-exported)
 from .vad import PromptGate, SpeechFilter
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
 
 def new_session_id() -> str:
     return time.strftime("s-%Y%m%dT%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:12]
 
 
 def default_device_id() -> str:
-    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname() or "device")
-    return name[:64] or "device"
+    return to_id(socket.gethostname() or "device") or "device"
 
 
 def check_id(value: str, what: str, *, allow_empty: bool = False) -> str:
     if allow_empty and value == "":
         return value
-    if not ID_PATTERN.match(value or ""):
-        raise ValueError(f"{what} {value!r} is not allowed: use 1-64 of A-Z a-z 0-9 _ . -")
+    if not is_id(value):
+        raise ValueError(f"{what} {value!r} is not allowed: use {ID_RULE}")
     return value
 
 

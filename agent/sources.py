@@ -18,7 +18,8 @@ import numpy as np
 import soundfile
 import soxr
 
-SAMPLE_RATE = 16000
+from moodstream.wire import SAMPLE_RATE
+
 
 
 class SourceError(ValueError):

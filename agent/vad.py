@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -292,9 +291,3 @@ class SpeechFilter:
             self._pending.clear()
             self._speaking = True
             self._quiet_frames = 0
-
-
-def live_clock(start_monotonic: float | None = None) -> Callable[[], float]:
-    """A session clock for live capture: seconds since capture started."""
-    origin = time.monotonic() if start_monotonic is None else start_monotonic
-    return lambda: time.monotonic() - origin

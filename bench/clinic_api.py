@@ -18,9 +18,7 @@
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import statistics
 import subprocess
 import sys
@@ -31,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, markdown_table, rss_mb  # noqa: E402
+from common import bench_main, machine, markdown_table, rss_mb  # noqa: E402
 from encoder import build_model  # noqa: E402
 from loopback import Server, pcm_chunks  # noqa: E402
 
@@ -273,15 +271,7 @@ def report(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--participants", type=int, default=50)
-    parser.add_argument("--sessions-each", type=int, default=20)
-    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
-    args = parser.parse_args()
-    results = run(args.participants, args.sessions_each, log=lambda m: print(m, file=sys.stderr))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
-    print(report(results))
+    bench_main(__doc__, run, report, {"participants": 50, "sessions-each": 20})
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@ being compared (A, B, A, B, ...) and keep each one's best round.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -111,3 +114,19 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def bench_main(description: str, run: Callable[..., dict], report: Callable[[dict], str],
+               options: dict[str, int]) -> None:
+    """One benchmark's command line: its whole-number options (name: default) passed to `run` in order,
+    progress on stderr, `--out FILE` for the results as JSON, and the report on stdout."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in options.items():
+        parser.add_argument(f"--{name}", type=int, default=default, help="(default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args()
+    values = [getattr(args, name.replace("-", "_")) for name in options]
+    results = run(*values, log=lambda message: print(message, file=sys.stderr))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+    print(report(results))

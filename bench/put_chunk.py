@@ -21,8 +21,6 @@ round uses new sessions, so every chunk is encoded and applied.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import socket
 import subprocess
 import sys
@@ -33,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clinic_api import stream_requests  # noqa: E402
-from common import interleaved_best, machine, markdown_table  # noqa: E402
+from common import bench_main, interleaved_best, machine, markdown_table  # noqa: E402
 from encoder import build_model  # noqa: E402
 from loopback import Server, pcm_chunks  # noqa: E402
 
@@ -170,15 +168,7 @@ def report(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--chunks", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
-    args = parser.parse_args()
-    results = run(args.chunks, args.rounds, log=lambda m: print(m, file=sys.stderr))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
-    print(report(results))
+    bench_main(__doc__, run, report, {"chunks": 20, "rounds": 3})
 
 
 if __name__ == "__main__":

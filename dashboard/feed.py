@@ -3,9 +3,9 @@
 One `Subscribe(participant_id, after_offset)` call per followed participant
 replays that participant's history and then stays open for live updates; a
 dropped call resumes from the last offset it saw, so nothing is missed or
-shown twice. A health check every few seconds gives the server's connection
-state (and restarts subscriptions that a dead connection left hanging), and
-GetScore on each quiet session tells whether it finished (End received) or
+shown twice; HTTP/2 keepalive ends a call that a dead connection left hanging,
+so it resumes too. A health check every few seconds gives the server's
+connection state, and GetScore on each quiet session tells whether it finished (End received) or
 was interrupted (its stream closed without End).
 
 Without a list of participants, the feed asks the session directory
@@ -27,25 +27,25 @@ import hashlib
 import hmac
 import logging
 import math
-import re
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from moodstream import SCREENING_NOTICE, evidence_sufficient
+from moodstream import SCREENING_NOTICE
 from moodstream.agent.client import speech_settings_of
+from moodstream.ids import ID_RULE, is_id
 from moodstream.model_description import ModelDescription
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
+from moodstream.wire import Subscription, bearer_metadata, open_channel, score_to_dict
 
 log = logging.getLogger("moodstream.dashboard")
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Screening"].full_name
 
 # Participant subscription states.
@@ -75,8 +75,8 @@ CAUSE_NO_SPEECH = "no speech kept"
 
 
 def check_participant_id(value: str) -> str:
-    if not ID_PATTERN.fullmatch(value):
-        raise ValueError(f"participant id {value[:80]!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ . -")
+    if not is_id(value):
+        raise ValueError(f"participant id {value[:80]!r} is invalid: use {ID_RULE}")
     return value
 
 
@@ -151,18 +151,19 @@ class Point:
     gap_before: str = ""        # cause of a gap in speech time before this point
     evidence_sufficient: bool = True  # False: below the checkpoint's evidence rule, no label
 
+    @classmethod
+    def from_update(cls, update: pb.ScoreUpdate) -> "Point":
+        values = score_to_dict(update)
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
     def to_dict(self) -> dict:
-        return {"seq": self.seq, "segments": self.segments, "probability": self.probability,
-                "above_threshold": self.above_threshold, "evidence_sufficient": self.evidence_sufficient,
-                "threshold": self.threshold,
-                "model_version": self.model_version, "time_unix": self.time_unix,
-                "speech_seconds": self.speech_seconds, "start_seconds": self.start_seconds,
-                "delay_seconds": round(self.delay_seconds, 3), "late": bool(self.late_cause),
-                "late_cause": self.late_cause, "gap_before": self.gap_before}
+        return asdict(self) | {"delay_seconds": round(self.delay_seconds, 3), "late": bool(self.late_cause)}
 
 
 @dataclass
-class Session:
+class FollowedSession:
+    """A session of a followed participant, with every score the dashboard has seen of it."""
+
     session_id: str
     participant_id: str
     ref: str
@@ -213,7 +214,6 @@ class ParticipantState:
     state: str = CONNECTING
     message: str = ""         # plain words for the page
     details: str = ""         # the server's own error text, shown only on request
-    offset: str = ""          # last offset applied: where a resumed Subscribe starts
     since: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict:
@@ -272,23 +272,14 @@ def opaque_ref(key: bytes, kind: str, identifier: str) -> str:
     return hmac.new(key, f"{kind}\0{identifier}".encode(), hashlib.sha256).hexdigest()[:20]
 
 
-def channel_for(config: FeedConfig) -> grpc.aio.Channel:
-    options = [("grpc.enable_retries", 0), ("grpc.max_reconnect_backoff_ms", 5000)]
-    if config.tls or config.tls_ca:
-        root = Path(config.tls_ca).read_bytes() if config.tls_ca else None
-        return grpc.aio.secure_channel(config.server, grpc.ssl_channel_credentials(root_certificates=root),
-                                       options=options)
-    return grpc.aio.insecure_channel(config.server, options=options)
-
-
 class ScoreFeed:
     """Follows the configured participants and keeps every session they have in memory."""
 
     def __init__(self, config: FeedConfig) -> None:
         self.config = config
         self.key = config.ref_key or make_ref_key(config.token)
-        self.sessions: dict[str, Session] = {}
-        self.sessions_by_ref: dict[str, Session] = {}
+        self.sessions: dict[str, FollowedSession] = {}
+        self.sessions_by_ref: dict[str, FollowedSession] = {}
         self.participants = {p: ParticipantState(p, self.ref("participant", p)) for p in config.participants}
         self.participants_by_ref = {state.ref: state for state in self.participants.values()}
         self.server_state = SERVER_CONNECTING
@@ -301,8 +292,6 @@ class ScoreFeed:
         self.expected: dict[str, tuple[str, str]] = {}  # ref -> (session id, participant id), no score yet
         self.listeners: set[Listener] = set()
         self._channel: grpc.aio.Channel | None = None
-        self._calls: dict[str, grpc.aio.UnaryStreamCall] = {}
-        self._stale: set[str] = set()
         self._tasks: list[asyncio.Task] = []
         self._closing = False
         self._logged: dict[str, str] = {}
@@ -320,7 +309,8 @@ class ScoreFeed:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._closing = False
-        self._channel = channel_for(self.config)
+        self._channel = open_channel(self.config.server, tls=self.config.tls, tls_ca=self.config.tls_ca,
+                                     asynchronous=True)
         self._stub = pb_grpc.ScreeningStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._tasks = [asyncio.create_task(self._follow(p), name=f"follow-{p}") for p in self.participants]
@@ -341,7 +331,7 @@ class ScoreFeed:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.config.token}"),)
+        return bearer_metadata(self.config.token)
 
     async def model_speech_settings(self) -> dict | None:
         """The speech settings the served model was trained with (GetModelInfo); None when the model records
@@ -400,12 +390,12 @@ class ScoreFeed:
                                "start it with --checkpoint pointing at that model's folder to show it here."}
         return description.to_dict() | {"threshold": threshold}
 
-    def summary(self, session: Session) -> dict:
+    def summary(self, session: FollowedSession) -> dict:
         summary = session.summary(time.time(), self.config.idle_seconds)
         return summary | {"model": self.model(summary["model_version"], summary["threshold"]),
                           "on_overview": self.on_overview(session)}
 
-    def on_overview(self, session: Session) -> bool:
+    def on_overview(self, session: FollowedSession) -> bool:
         return not self.discovering or session.session_id in self.listed
 
     def summaries(self, participant_id: str | None = None) -> list[dict]:
@@ -462,31 +452,25 @@ class ScoreFeed:
             return False
         session = self.sessions.get(update.session_id)
         if session is None:
-            session = Session(update.session_id, update.participant_id, self.session_ref(update.session_id),
-                              participant.ref, update.device_id)
+            session = FollowedSession(update.session_id, update.participant_id,
+                                      self.session_ref(update.session_id), participant.ref, update.device_id)
             self.sessions[update.session_id] = session
             self.sessions_by_ref[session.ref] = session
         if session.points and update.seq <= session.latest.seq:
             return False
-        point = Point(seq=update.seq, segments=update.segments, probability=update.probability,
-                      above_threshold=update.above_threshold, threshold=update.threshold,
-                      model_version=update.model_version, time_unix=update.time_unix,
-                      speech_seconds=update.speech_seconds, start_seconds=update.start_seconds,
-                      evidence_sufficient=evidence_sufficient(update))
+        point = Point.from_update(update)
         self._place(session, point)
         session.points.append(point)
         session.next_state_check = 0.0
         if update.device_id:
             session.device_id = update.device_id
-        if update.offset:
-            participant.offset = update.offset
         summary = self.summary(session)
         self._published_states[session.ref] = summary["state"]
         self._publish({"type": "score", "participant_id": session.participant_id, "session_ref": session.ref,
                        "session": summary, "point": point.to_dict()})
         return True
 
-    def _place(self, session: Session, point: Point) -> None:
+    def _place(self, session: FollowedSession, point: Point) -> None:
         """Mark a late score and a gap in speech before it, each with its cause where known.
 
         A score is late when it was scored more than late_seconds after the session's
@@ -540,81 +524,62 @@ class ScoreFeed:
 
     # ------------------------------------------------------------ background tasks
     async def _follow(self, participant_id: str) -> None:
-        backoff = 0.5
-        while not self._closing:
-            state = self.participants[participant_id]
-            request = pb.SubscribeRequest(participant_id=participant_id, after_offset=state.offset)
-            call = self._stub.Subscribe(request, metadata=self.metadata)
-            self._calls[participant_id] = call
-            confirm = asyncio.create_task(self._confirm(participant_id, call), name=f"confirm-{participant_id}")
-            retry_in = backoff
-            try:
-                while True:
-                    update = await call.read()
-                    if update is grpc.aio.EOF:
-                        break
-                    self._set_participant(participant_id, FOLLOWING)
-                    self.apply(update)
-                    backoff = 0.5
-                # The server ended the stream (it is shutting down): resume from the offset right away.
-                retry_in = 0.2
-                self._set_participant(participant_id, RECONNECTING, "the server closed the stream")
-            except asyncio.CancelledError:
-                call.cancel()
-                if self._closing or participant_id not in self._stale:
-                    raise
-                self._set_participant(participant_id, RECONNECTING, "the connection to the server went silent")
-                retry_in = 0.2
-            except grpc.aio.AioRpcError as error:
-                retry_in, backoff = self._classify(participant_id, error, backoff)
-            finally:
-                confirm.cancel()
-                self._calls.pop(participant_id, None)
-                self._stale.discard(participant_id)
-            if self._closing:
-                return
-            await asyncio.sleep(retry_in)
+        subscription = Subscription(self._stub, participant_id, self.metadata,
+                                    on_break=lambda error: self._classify(participant_id, error))
+        confirm = asyncio.create_task(self._confirm(participant_id, subscription), name=f"confirm-{participant_id}")
+        try:
+            async for update in subscription:
+                self._set_participant(participant_id, FOLLOWING)
+                self.apply(update)
+        finally:
+            confirm.cancel()
 
-    async def _confirm(self, participant_id: str, call) -> None:
-        """Mark a quiet subscription as following once it has stayed open on a reachable server.
+    async def _confirm(self, participant_id: str, subscription: Subscription) -> None:
+        """Mark a quiet subscription as following once its call has stayed open on a reachable server.
 
         The server sends nothing (not even headers) until there is an update, but it refuses a bad
         token or a participant outside the token's read scope at once; so a call still open a
         second later, on a server whose health check answers, has been accepted.
         """
-        while not call.done():
+        confirmed = None
+        while True:
             await asyncio.sleep(1.0)
-            if not call.done() and self.server_state == SERVER_CONNECTED:
+            call = subscription.call
+            if (call is not None and call is not confirmed and not call.done()
+                    and time.monotonic() - subscription.call_started >= 1.0
+                    and self.server_state == SERVER_CONNECTED):
+                confirmed = call
                 self._set_participant(participant_id, FOLLOWING)
-                return
 
-    def _classify(self, participant_id: str, error: grpc.aio.AioRpcError, backoff: float) -> tuple[float, float]:
-        """Set the participant's state for a failed Subscribe; returns (retry in seconds, next backoff)."""
+    def _classify(self, participant_id: str, error: grpc.aio.AioRpcError | None) -> float | None:
+        """Set the participant's state for a Subscribe that broke off; seconds until it resumes (None: the
+        subscription's backoff)."""
+        if error is None:
+            # The server ended the stream (it is shutting down): resume from the offset right away.
+            self._set_participant(participant_id, RECONNECTING, "the server closed the stream")
+            return 0.2
         code = error.code()
         details = f"{code.name}: {error.details()}" if error.details() else code.name
         if code == grpc.StatusCode.UNAUTHENTICATED:
             self._set_participant(participant_id, TOKEN_REJECTED,
                                   "the server rejected the dashboard's token; start the dashboard with a valid "
                                   "read token", details)
-            return 30.0, backoff
+            return 30.0
         if code == grpc.StatusCode.PERMISSION_DENIED:
             self._set_participant(participant_id, NOT_PERMITTED,
                                   f"this dashboard's token may not read participant {participant_id}", details)
-            return 60.0, backoff
+            return 60.0
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             self._set_participant(participant_id, FAILED, "the server refused the subscription", details)
-            return 60.0, backoff
-        if code == grpc.StatusCode.CANCELLED and participant_id in self._stale:
-            self._set_participant(participant_id, RECONNECTING, "the connection to the server went silent")
-            return 0.2, backoff
+            return 60.0
         plain = ("the scoring server cannot be reached" if code == grpc.StatusCode.UNAVAILABLE
                  else "the subscription broke off")
         self._set_participant(participant_id, RECONNECTING, plain + "; retrying", details)
-        return backoff, min(backoff * 2, 5.0)
+        return None
 
     def follow(self, participant_id: str) -> bool:
         """Start following a participant found in the session directory; False if already followed."""
-        if participant_id in self.participants or not ID_PATTERN.fullmatch(participant_id):
+        if participant_id in self.participants or not is_id(participant_id):
             return False
         state = ParticipantState(participant_id, self.ref("participant", participant_id))
         self.participants[participant_id] = state
@@ -679,13 +644,11 @@ class ScoreFeed:
             await asyncio.sleep(self.config.discover_interval)
 
     async def _watch_health(self) -> None:
-        failures = 0
         while not self._closing:
             try:
                 reply = await self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME),
                                                  timeout=max(1.0, self.config.health_interval))
             except grpc.aio.AioRpcError as error:
-                failures += 1
                 details = f"{error.code().name}: {error.details()}" if error.details() else error.code().name
                 if error.code() == grpc.StatusCode.UNAVAILABLE:
                     self._set_server(SERVER_UNREACHABLE, f"the scoring server {self.config.server} cannot be "
@@ -693,14 +656,7 @@ class ScoreFeed:
                 else:
                     self._set_server(SERVER_UNREACHABLE, f"the scoring server {self.config.server} does not "
                                      "answer its health check", details)
-                if failures >= 2:
-                    # A dead connection can leave a quiet stream hanging: restart it (it resumes by offset).
-                    for participant_id, call in list(self._calls.items()):
-                        if participant_id not in self._stale:
-                            self._stale.add(participant_id)
-                            call.cancel()
             else:
-                failures = 0
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     self._set_server(SERVER_CONNECTED)
                 else:
@@ -720,7 +676,7 @@ class ScoreFeed:
                     await self._check_state(session, now)
                 self._publish_session(session)
 
-    def _publish_session(self, session: Session, always: bool = False) -> None:
+    def _publish_session(self, session: FollowedSession, always: bool = False) -> None:
         """Tell the pages a session's new summary: when its state changed, or always."""
         summary = self.summary(session)
         if always or self._published_states.get(session.ref) != summary["state"]:
@@ -728,7 +684,7 @@ class ScoreFeed:
             self._publish({"type": "session", "participant_id": session.participant_id,
                            "session_ref": session.ref, "session": summary})
 
-    async def _check_state(self, session: Session, now: float) -> None:
+    async def _check_state(self, session: FollowedSession, now: float) -> None:
         # Quiet sessions are asked often at first, then less and less (old history: every 5 min).
         age = now - session.latest.time_unix
         session.next_state_check = now + min(300.0, max(self.config.health_interval, age / 10))

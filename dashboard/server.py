@@ -88,9 +88,6 @@ class BackgroundDashboard:
     def session_url(self, session_id: str) -> str:
         return f"{self.url}s/{self.feed.session_ref(session_id)}"
 
-    def participant_url(self, participant_id: str) -> str:
-        return f"{self.url}p/{self.feed.ref('participant', participant_id)}"
-
     def start(self, timeout: float = 30.0) -> "BackgroundDashboard":
         self._sock = bind(self.web)
         self.url = url_of(self._sock)

@@ -5,18 +5,24 @@ transformer layers). Downstream: `SegmentHead` (3 x Conv1d(80) + attention
 pooling) and `SessionHead` (LSTM + self-attention). `IncrementalScorer`
 updates a session score exactly in O(n*d) per segment.
 """
-from moodstream.model.config import ModelConfig, tiny_wav2vec2_config
-from moodstream.model.errors import BackboneUnavailableError, CheckpointError, StateError
-from moodstream.model.incremental import IncrementalScorer, ScorerState
-from moodstream.model.screening_model import ScreeningModel
+import importlib
 
-__all__ = [
-    "BackboneUnavailableError",
-    "CheckpointError",
-    "IncrementalScorer",
-    "ModelConfig",
-    "ScorerState",
-    "ScreeningModel",
-    "StateError",
-    "tiny_wav2vec2_config",
-]
+# Each name's module, imported on first use: `moodstream model --help` and the other parsers need no torch.
+_HOMES = {
+    "BackboneUnavailableError": "errors",
+    "CheckpointError": "errors",
+    "IncrementalScorer": "incremental",
+    "ModelConfig": "config",
+    "ScorerState": "incremental",
+    "ScreeningModel": "screening_model",
+    "StateError": "errors",
+    "pick_device": "device",
+    "tiny_wav2vec2_config": "config",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

@@ -180,12 +180,7 @@ class ScorerState:
         if not (0 < hidden <= _MAX_WIDTH and 0 < attention <= _MAX_WIDTH):
             # Checked before anything is allocated: a state of 0 segments is short whatever its widths say.
             raise StateError(f"scorer state has implausible widths (hidden {hidden}, attention {attention})")
-        offset = _HEADER.size
-        try:
-            model_version = payload[offset:offset + version_len].decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise StateError("scorer state has a malformed model version") from error
-        offset += version_len
+        model_version, offset = _model_version_at(payload, _HEADER.size, version_len, "scorer state")
         if expected_model_version is not None and model_version != expected_model_version:
             raise StateError(f"scorer state belongs to model {model_version!r}, not {expected_model_version!r}")
         rows = n if variants[variant_code] == "self-attention" else 0  # the last-step head keeps no rows
@@ -345,12 +340,7 @@ class IncrementalScorer:
         if fmt != HEAD_FORMAT_VERSION:
             raise StateError(f"scorer state head format {fmt} is not supported "
                              f"(this build reads {HEAD_FORMAT_VERSION})")
-        offset = _HEAD_HEADER.size
-        try:
-            model_version = payload[offset:offset + version_len].decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise StateError("scorer state head has a malformed model version") from error
-        offset += version_len
+        model_version, offset = _model_version_at(payload, _HEAD_HEADER.size, version_len, "scorer state head")
         variants = {code: name for name, code in _VARIANT_CODES.items()}
         if variants.get(variant_code) != self.head.variant:
             raise StateError(f"state is for session-head variant code {variant_code}, "
@@ -388,3 +378,11 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _probability(logit: float) -> float:
     return 0.5 * (1.0 + math.tanh(0.5 * logit))
+
+
+def _model_version_at(payload: bytes, offset: int, length: int, what: str) -> tuple[str, int]:
+    """The model version a state or head stores at `offset`, and the offset after it."""
+    try:
+        return payload[offset:offset + length].decode("utf-8"), offset + length
+    except UnicodeDecodeError as error:
+        raise StateError(f"{what} has a malformed model version") from error

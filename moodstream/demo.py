@@ -9,7 +9,6 @@ score curves are plotted in the terminal. Everything is torn down at the end.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -53,6 +52,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--participant", default="demo-participant", help="participant id to stream --audio as")
     parser.add_argument("--session", default=None,
                         help="session id of the (first) participant (default: a new one)")
+    parser.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                        help="also draw both score curves into this PNG image (needs matplotlib: "
+                             "pip install 'moodstream[plot]'; ./run demo has it)")
     parser.add_argument("--dashboard", action="store_true",
                         help="also serve the clinician dashboard on the demo session, print its URL and keep it "
                              "up after the stream until Ctrl-C")
@@ -75,14 +77,12 @@ class ScorePrinter:
             self.received[(update.participant_id, update.seq)] = time.time()
             self.updates.append(update)
             if self.json_output:
-                print(json.dumps({
-                    "session_id": update.session_id, "participant_id": update.participant_id,
-                    "segments": update.segments, "seq": update.seq, "probability": round(update.probability, 6),
-                    "above_threshold": update.above_threshold, "threshold": update.threshold,
-                    "evidence_sufficient": evidence_sufficient(update),
-                    "speech_seconds": round(update.speech_seconds, 3), "model_version": update.model_version,
-                    "time_unix": round(update.time_unix, 3), "offset": update.offset, "notice": update.notice}),
-                    flush=True)
+                from moodstream.wire import score_to_dict
+
+                values = score_to_dict(update)
+                values.update(probability=round(update.probability, 6),
+                              speech_seconds=round(update.speech_seconds, 3), time_unix=round(update.time_unix, 3))
+                print(json.dumps(values), flush=True)
             else:
                 if evidence_sufficient(update):
                     label = f"{'ABOVE' if update.above_threshold else 'below'} threshold {update.threshold:.2f}"
@@ -127,29 +127,50 @@ def text_plot(curves: dict[str, list[float]], threshold: float | None, height: i
     return "\n".join(lines)
 
 
+def score_plot_png(curves: dict[str, list[float]], threshold: float | None, min_evidence_segments: int,
+                   path: Path, title: str) -> None:
+    """The score curves as an image: probability after each segment per participant, the decision threshold,
+    and the segments that carry no label yet (the evidence rule)."""
+    from moodstream.trainer.plots import _pyplot
+
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 3.8), dpi=110)
+    longest = max((len(c) for c in curves.values()), default=1)
+    if min_evidence_segments > 1:
+        axis.axvspan(0.5, min_evidence_segments - 0.5, color="0.92", label="collecting speech (no label yet)")
+    if threshold is not None:
+        axis.axhline(threshold, color="0.4", linestyle="--", linewidth=1, label=f"decision threshold {threshold:.2f}")
+    for participant, curve in sorted(curves.items()):  # the same colour for a participant in every run
+        axis.plot(range(1, len(curve) + 1), curve, marker="o", markersize=4, label=participant)
+    axis.set_xlim(0.5, longest + 0.5)
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_xlabel("segments of speech scored")
+    axis.set_ylabel("session probability")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=8, loc="center right")
+    axis.grid(alpha=0.3)
+    figure.text(0.01, 0.01, SCREENING_NOTICE, fontsize=6, color="0.3")
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    figure.savefig(path)
+    plt.close(figure)
+
+
 def subscribe(address: str, token: str, participant_id: str, printer: ScorePrinter, stop: threading.Event,
               errors: list) -> None:
-    import grpc
-
-    from moodstream.v1 import moodstream_pb2 as pb
+    """Print `participant_id`'s score updates until `stop` is set; a broken subscription resumes from its offset."""
     from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
+    from moodstream.wire import Subscription, bearer_metadata, open_channel
 
-    offset = ""
-    with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.ScreeningStub(channel)
-        while not stop.is_set():
-            call = stub.Subscribe(pb.SubscribeRequest(participant_id=participant_id, after_offset=offset),
-                                  metadata=[("authorization", f"Bearer {token}")])
-            stopper = threading.Thread(target=lambda: (stop.wait(), call.cancel()), daemon=True)
-            stopper.start()
-            try:
-                for update in call:
-                    offset = update.offset
-                    printer.show(update)
-            except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.CANCELLED:
-                    errors.append(f"subscriber: {error.code().name}: {error.details()}")
-                    stop.wait(0.5)  # resume from the last offset, missing nothing
+    def on_break(error) -> float:
+        if error is not None:
+            errors.append(f"subscriber: {error.code().name}: {error.details()}")
+        return 0.5
+
+    with open_channel(address) as channel:
+        subscription = Subscription(pb_grpc.ScreeningStub(channel), participant_id, bearer_metadata(token),
+                                    on_break=on_break)
+        for update in subscription.follow(stop):
+            printer.show(update)
 
 
 def prepare_checkpoint(requested: Path | None, workdir: Path, say) -> Path:
@@ -175,6 +196,14 @@ def run_demo(args) -> int:
 
     if args.speed < 0:
         raise ValueError("--speed must be >= 0")
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401 - checked before the demo runs, not after
+        except ImportError:
+            raise ValueError("--plot needs matplotlib: pip install 'moodstream[plot]' (./run demo installs it)") \
+                from None
+        if not args.plot.parent.is_dir():
+            raise ValueError(f"--plot: folder not found: {args.plot.parent}")
     if args.audio is not None:
         if not args.audio.exists():
             raise ValueError(f"audio file not found: {args.audio}")
@@ -209,7 +238,7 @@ def run_demo(args) -> int:
                                   tokens_file=tokens_file)
             with BackgroundServer(config) as server:
                 address = f"127.0.0.1:{server.port}"
-                model_config = server.server.model.config
+                model_config, model_version = server.server.model.config, server.model_version
                 say(f"server: {address}, model {server.model_version}, "
                     f"precision {server.server.encoder.precision}, max batch {server.server.encoder.max_batch}; no label before "
                     f"{model_config.min_evidence_segments} segment(s) of speech (the checkpoint's evidence rule)")
@@ -276,6 +305,10 @@ def run_demo(args) -> int:
     curves = printer.curves()
     if curves:
         say("score after each segment:\n" + text_plot(curves, model_config.decision_threshold))
+        if args.plot is not None:
+            score_plot_png(curves, model_config.decision_threshold, model_config.min_evidence_segments, args.plot,
+                           f"moodstream demo: score after each segment, model {model_version}")
+            say(f"plot: {args.plot}")
     latencies = sorted(printer.received[key] - sent_at[key] for key in printer.received if key in sent_at)
     summary = {"segments": len(printer.updates), "wall_seconds": round(time.time() - started, 1)}
     if latencies:

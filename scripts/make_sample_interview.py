@@ -9,8 +9,9 @@ agent can gate them out):
     sample-interview.ogg         slowed, low, flat delivery with long pauses
     sample-interview-lively.ogg  quick, higher-pitched, varied delivery
 
-The two styles are the demo checkpoint's classes (trainer/demo_recipe.py
-STYLES), read by a voice the checkpoint never heard. Every sound is
+Each participant reads with the typical delivery of one of the demo
+checkpoint's classes (the middle of trainer/demo_recipe.py STYLES), in a voice
+the checkpoint never heard (DEMO_VOICE). Every sound is
 synthesised from the text below, so the recordings are free of third-party
 rights. The voice is a speech synthesiser: it shows the pipeline, it says
 nothing about anyone's mood.
@@ -25,6 +26,9 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import soxr
+
+# The demo corpus's styles; DEMO_VOICE is never one of its speakers.
+from moodstream.trainer.demo_recipe import DEMO_VOICE, PITCH_RANGES, STYLES
 
 RATE = 16000
 ASSETS = Path(__file__).resolve().parents[1] / "moodstream" / "assets"
@@ -63,10 +67,20 @@ def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * RATE), dtype=np.float32)
 
 
+def typical_delivery(style: str) -> dict:
+    """The middle of a demo-corpus style's distributions: a typical session of its class, not a caricature
+    beyond the other class's range (which any calibrated model would score as certain)."""
+    settings = STYLES[style]
+    expected_range = sum(i * p for i, p in enumerate(settings["pitch_range"]))
+    return dict(speed=round(settings["speed"][0]), pitch=round(settings["pitch"][0]),
+                pitch_range=PITCH_RANGES[round(expected_range)], gap=round(sum(settings["word_gap"]) / 2),
+                amplitude=100)
+
+
 # (file stem, espeak-ng settings of the participant's answers, pause after each answer in seconds)
 PARTICIPANTS = [
-    ("sample-interview", dict(speed=110, pitch=22, pitch_range="x-low", gap=16, amplitude=85), 2.0),
-    ("sample-interview-lively", dict(speed=185, pitch=65, pitch_range="x-high", gap=3, amplitude=120), 1.0),
+    ("sample-interview", typical_delivery("slowed"), 2.0),
+    ("sample-interview-lively", typical_delivery("lively"), 1.0),
 ]
 
 
@@ -75,7 +89,7 @@ def write_interview(stem: str, answer_style: dict, pause: float, rng: np.random.
     for question, answer in INTERVIEW:
         prompt = synthesise(question, "en-us+m3", 165, 55)
         prompts.append((round(cursor, 3), round(cursor + prompt.size / RATE, 3)))
-        reply = synthesise(answer, "en-gb+f2", **answer_style)
+        reply = synthesise(answer, DEMO_VOICE, **answer_style)
         for piece in (prompt, silence(0.8), reply, silence(pause)):
             parts.append(piece)
             cursor += piece.size / RATE

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection as grpc_reflection
 
 from moodstream import SCREENING_NOTICE
@@ -30,12 +30,11 @@ from moodstream.server.interceptors import MalformedRequestInterceptor, SingleRe
 from moodstream.server.service import ScreeningService, ServiceSettings
 from moodstream.server.store import DEFAULT_TTL_SECONDS, SessionStore, connect
 from moodstream.v1 import moodstream_pb2, moodstream_pb2_grpc
+from moodstream.wire import MAX_MESSAGE_BYTES, MIN_PING_INTERVAL_SECONDS
 
 log = logging.getLogger("moodstream.server")
 
 SERVICE_NAME = moodstream_pb2.DESCRIPTOR.services_by_name["Screening"].full_name
-# A 10 s chunk is 320 kB; anything much larger is refused by gRPC itself.
-MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -55,12 +54,14 @@ class ConnectionLimits:
             ("grpc.max_concurrent_streams", self.max_concurrent_streams),
             ("grpc.keepalive_time_ms", milliseconds(self.keepalive_seconds)),
             ("grpc.keepalive_timeout_ms", milliseconds(self.keepalive_timeout_seconds)),
+            # What bounds an unanswered ping in gRPC core 1.85 (60 s by default); keepalive_timeout_ms alone does not.
+            ("grpc.http2.ping_timeout_ms", milliseconds(self.keepalive_timeout_seconds)),
             ("grpc.max_connection_idle_ms", milliseconds(self.max_idle_seconds)),
             ("grpc.max_connection_age_ms", milliseconds(self.max_age_seconds)),
             ("grpc.max_connection_age_grace_ms", milliseconds(self.max_age_grace_seconds)),
             # Clients may keep their connections alive with pings of their own, but not flood them.
             ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", milliseconds(MIN_PING_INTERVAL_SECONDS)),
         ]
 
 
@@ -89,20 +90,6 @@ class ServerConfig:
     grpc_web_origins: tuple[str, ...] = ("*",)  # origins whose pages may call it (CORS)
 
 
-def pick_device(requested: str):
-    import torch
-
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise ValueError(f"--device {requested!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
-    return device
-
-
 def server_credentials(config: ServerConfig):
     if not config.tls_cert and not config.tls_key:
         if config.tls_client_ca:
@@ -124,7 +111,7 @@ class ScoringServer:
         self._server: grpc.aio.Server | None = None
         self._redis = None
         self.encoder: BatchingEncoder | None = None
-        self.health = HealthServicer()
+        self.health = health_aio.HealthServicer()
         self.model_version: str | None = None
         self.authenticator: TokenAuthenticator | None = None
         self._token_watch: asyncio.Task | None = None
@@ -146,14 +133,15 @@ class ScoringServer:
         authenticator = self.authenticator = self._authenticator()
         credentials = server_credentials(config)
         if self.model is None:
-            from moodstream.model import ScreeningModel
+            from moodstream.model import ScreeningModel, pick_device
 
             model = ScreeningModel.from_pretrained(config.checkpoint)
             self.model = model.to(pick_device(config.device)).eval()
         model = self.model
         self.model_version = model.model_version
         scorer = model.incremental_scorer(self.model_version)
-        self._redis = connect(config.redis_url, cluster=config.redis_cluster)
+        self._redis = connect(config.redis_url, cluster=config.redis_cluster,
+                              retry_seconds=config.settings.redis_retry_seconds)
         try:
             await self._redis.ping()
         except Exception as error:

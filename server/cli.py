@@ -302,7 +302,7 @@ async def _forget(url: str, cluster: bool, participant: str, where: str) -> int:
 
     failures = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
     try:
-        client = connect(url, cluster=cluster)
+        client = connect(url, cluster=cluster, retry_seconds=2)  # a command run by hand: say soon
     except (*failures, ValueError) as error:
         raise ValueError(f"cannot use Redis URL {where}: {error}") from None
     try:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -439,10 +438,6 @@ class RedisClusterProcesses:
     def url(self) -> str:
         """URL of the first node; cluster clients discover the others from it."""
         return self.nodes[0].url
-
-    @property
-    def urls(self) -> list[str]:
-        return [node.url for node in self.nodes]
 
     def start(self) -> RedisClusterProcesses:
         try:

@@ -29,16 +29,15 @@ from moodstream.ids import DEVICE_PATTERN, ID_PATTERN, ID_RULE
 from moodstream.model import ScorerState, StateError
 from moodstream.server import metrics
 from moodstream.server.auth import AuthError, Principal, TokenAuthenticator
-from moodstream.server.store import (ENDED, INTERRUPTED, MAX_PAGE_SIZE, MAX_SEQ, OPEN, ApplyStatus, SessionCursor,
-                                     SessionNotFoundError, SessionOwnershipError, SessionStore, SessionSummary,
-                                     parse_offset)
+from moodstream.server.store import (DEFAULT_RETRY_SECONDS, ENDED, INTERRUPTED, MAX_PAGE_SIZE, MAX_SEQ, OPEN,
+                                     ApplyStatus, SessionCursor, SessionNotFoundError, SessionOwnershipError,
+                                     SessionStore, SessionSummary, parse_offset)
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
+from moodstream.wire import BYTES_PER_SAMPLE, SAMPLE_RATE, score_from_dict
 
 log = logging.getLogger("moodstream.server")
 
-SAMPLE_RATE = 16000
-BYTES_PER_SAMPLE = 2
 
 
 class StreamAbort(Exception):
@@ -53,7 +52,7 @@ class StreamAbort(Exception):
 class ServiceSettings:
     max_seq_ahead: int = 64          # a chunk further ahead of the applied seq is refused
     max_pending_chunks: int = 32     # chunks buffered per stream waiting for a gap or the encoder
-    redis_retry_seconds: float = 30.0  # ride out a Redis restart this long before UNAVAILABLE
+    redis_retry_seconds: float = DEFAULT_RETRY_SECONDS  # the store's client rides out a Redis outage this long
     subscribe_block_ms: int = 1000
     token_check_seconds: float = 1.0   # an open call notices a revoked token within this long
 
@@ -89,18 +88,6 @@ def stream_refused(header: pb.SessionHeader) -> StreamAbort:
                        f"for participant {header.participant_id!r}")
 
 
-def score_message(update: dict) -> pb.ScoreUpdate:
-    return pb.ScoreUpdate(
-        session_id=update["session_id"], participant_id=update["participant_id"],
-        segments=int(update["segments"]), probability=float(update["probability"]),
-        above_threshold=bool(update["above_threshold"]), threshold=float(update["threshold"]),
-        model_version=update["model_version"], time_unix=float(update["time_unix"]), seq=int(update["seq"]),
-        offset=update.get("offset") or "", device_id=update.get("device_id", ""),
-        speech_seconds=float(update.get("speech_seconds", 0.0)), notice=SCREENING_NOTICE,
-        start_seconds=float(update.get("start_seconds", 0.0)),
-        evidence_sufficient=bool(update.get("evidence_sufficient", True)))
-
-
 DEFAULT_PAGE_SIZE = 100
 SESSION_STATE_MESSAGES = {OPEN: pb.SESSION_STATE_OPEN, ENDED: pb.SESSION_STATE_ENDED,
                           INTERRUPTED: pb.SESSION_STATE_INTERRUPTED}
@@ -115,7 +102,7 @@ def summary_message(summary: SessionSummary) -> pb.SessionSummary:
         started_unix=summary.started_unix, last_update_unix=summary.last_update_unix, segments=summary.segments,
         speech_seconds=summary.speech_seconds)
     if summary.latest is not None:
-        message.latest.CopyFrom(score_message(summary.latest))
+        message.latest.CopyFrom(score_from_dict(summary.latest))
     return message
 
 
@@ -157,22 +144,13 @@ def _time_bound(name: str, value: float) -> float:
     return value
 
 
-async def with_redis_retry(operation, settings: ServiceSettings):
-    """Retry an idempotent Redis call across a restart; UNAVAILABLE when it stays down."""
-    deadline = time.monotonic() + settings.redis_retry_seconds
-    delay = 0.05
-    while True:
-        try:
-            return await operation()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                redis.exceptions.BusyLoadingError) as error:
-            metrics.REDIS_ERRORS.inc()
-            if time.monotonic() + delay > deadline:
-                raise StreamAbort(grpc.StatusCode.UNAVAILABLE,
-                                  f"session store unavailable ({error}); retry later") from error
-            log.warning("redis unavailable (%s); retrying in %.2f s", error, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+async def redis_call(operation):
+    """Await a store call; UNAVAILABLE once Redis stayed down past the client's own retries (store.connect)."""
+    try:
+        return await operation()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+        metrics.REDIS_ERRORS.inc()
+        raise StreamAbort(grpc.StatusCode.UNAVAILABLE, f"session store unavailable ({error}); retry later") from error
 
 
 async def _messages(*requests: pb.StreamRequest):
@@ -189,7 +167,7 @@ class SessionStream:
         self.principal = principal
         self.session_id = header.session_id
         self.participant_id = header.participant_id
-        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.responses: asyncio.Queue = asyncio.Queue()
         self.pending: dict[int, tuple[pb.Chunk, asyncio.Future, float]] = {}
         # Copies of a seq received while its first copy was still pending: each gets its own
         # duplicate ack once the first is applied, so every chunk received gets exactly one ack.
@@ -205,23 +183,21 @@ class SessionStream:
 
     # ------------------------------------------------------------ start
     async def open(self) -> None:
-        service, store = self.service, self.service.store
+        store = self.service.store
         try:
-            record = await with_redis_retry(lambda: store.claim_session(
-                self.session_id, self.participant_id, self.header.device_id), service.settings)
+            record = await redis_call(lambda: store.claim_session(
+                self.session_id, self.participant_id, self.header.device_id))
         except SessionOwnershipError as error:
             raise stream_refused(self.header) from error
         self.ended = record.ended
         if not self.ended:
-            await with_redis_retry(lambda: store.clear_interrupted(self.session_id, self.participant_id),
-                                   service.settings)
+            await redis_call(lambda: store.clear_interrupted(self.session_id, self.participant_id))
         await self.reload()
 
     async def reload(self) -> None:
         """Take the session's applied seq and scorer state from Redis (the only source of truth)."""
         store, scorer = self.service.store, self.service.scorer
-        snapshot = await with_redis_retry(lambda: store.load(self.session_id, self.participant_id),
-                                          self.service.settings)
+        snapshot = await redis_call(lambda: store.load(self.session_id, self.participant_id))
         self.applied = -1 if snapshot.applied_seq is None else snapshot.applied_seq
         if snapshot.state is None:
             self.state = scorer.init_state()
@@ -244,9 +220,9 @@ class SessionStream:
     async def migrate_state(self, snapshot) -> None:
         """Store a whole state of the older format as head + rows, so each next segment writes O(d)."""
         store = self.service.store
-        replaced = await with_redis_retry(lambda: store.replace_state(
+        replaced = await redis_call(lambda: store.replace_state(
             self.session_id, self.participant_id, snapshot.applied_seq, snapshot.state,
-            self.state.head_bytes(), self.state.row_bytes()), self.service.settings)
+            self.state.head_bytes(), self.state.row_bytes()))
         if replaced:
             log.info("session %s: scorer state moved to the head + rows format", self.session_id)
         else:  # a segment was applied meanwhile, by a writer that migrated it already
@@ -254,7 +230,7 @@ class SessionStream:
 
     # ------------------------------------------------------------ input side
     def ack(self, seq: int, duplicate: bool) -> None:
-        self.outbox.put_nowait(pb.StreamResponse(ack=pb.Ack(seq=seq, duplicate=duplicate)))
+        self.responses.put_nowait(pb.StreamResponse(ack=pb.Ack(seq=seq, duplicate=duplicate)))
 
     def receive_chunk(self, chunk: pb.Chunk) -> None:
         config = self.service.model_config
@@ -367,8 +343,7 @@ class SessionStream:
         if self.pending:
             raise self.unapplied_error()
         if self.last_seq is not None and not self.ended:
-            written = await with_redis_retry(
-                lambda: self.service.store.end_session(self.session_id, self.participant_id), self.service.settings)
+            written = await redis_call(lambda: self.service.store.end_session(self.session_id, self.participant_id))
             if not written:  # an End is acknowledged only once it is stored
                 raise StreamAbort(grpc.StatusCode.ABORTED,
                                   f"session {self.session_id} expired or was deleted before its End; reconnect")
@@ -387,11 +362,11 @@ class SessionStream:
             "time_unix": time.time(), "seq": seq, "device_id": self.header.device_id,
             "speech_seconds": speech_seconds, "start_seconds": chunk.start_seconds,
         }
-        result = await with_redis_retry(lambda: service.store.apply_segment(
+        result = await redis_call(lambda: service.store.apply_segment(
             self.session_id, self.participant_id, seq, vector.astype("<f4").tobytes(), new_state.head_bytes(),
             score, expected_prev_seq=None if self.applied < 0 else self.applied,
             audio=chunk.pcm if service.store.store_audio else None,
-            state_rows=new_state.row_bytes(self.state.rows)), service.settings)
+            state_rows=new_state.row_bytes(self.state.rows)))
         status = result.status
         if status is ApplyStatus.APPLIED:
             self.settle(seq)
@@ -400,7 +375,7 @@ class SessionStream:
             metrics.CHUNK_TO_SCORE_SECONDS.observe(time.perf_counter() - arrived)
             self.ack(seq, duplicate=False)
             self.ack_queued_copies(seq)
-            self.outbox.put_nowait(pb.StreamResponse(score=score_message(result.score)))
+            self.responses.put_nowait(pb.StreamResponse(score=score_from_dict(result.score)))
             return
         if status is ApplyStatus.ENDED:
             raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION, f"session {self.session_id} has ended")
@@ -455,7 +430,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                               "reconnect with a valid token")
 
     async def _readable_participant(self, principal: Principal, session_id: str, context) -> str:
-        owner = await with_redis_retry(lambda: self.store.session_owner(session_id), self.settings)
+        owner = await redis_call(lambda: self.store.session_owner(session_id))
         if owner is None or not principal.may_read(owner):
             # Without read access to everyone, an unknown session looks like a forbidden one.
             if owner is None and principal.may_read("*"):
@@ -477,7 +452,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             getter = None
             while True:
                 if getter is None:
-                    getter = asyncio.create_task(session.outbox.get())
+                    getter = asyncio.create_task(session.responses.get())
                     tasks.append(getter)
                 done, _ = await asyncio.wait({getter, applier, reader}, timeout=self.settings.token_check_seconds,
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -495,8 +470,8 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                     if task in done and task.exception() is not None:
                         raise task.exception()
                 if applier in done:
-                    while not session.outbox.empty():
-                        yield session.outbox.get_nowait()
+                    while not session.responses.empty():
+                        yield session.responses.get_nowait()
                     return
                 if reader in done and session.input_closed:
                     reader = asyncio.get_running_loop().create_future()  # wait on the applier alone
@@ -574,8 +549,8 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                                   f"applied: send seq {session.applied + 1} first, then this chunk again")
             await session.apply_in_order()
             reply = pb.PutChunkResponse(ended=kind == "end" and session.ended)
-            while not session.outbox.empty():
-                response = session.outbox.get_nowait()
+            while not session.responses.empty():
+                response = session.responses.get_nowait()
                 if response.WhichOneof("message") == "ack":
                     reply.ack.CopyFrom(response.ack)
                 elif response.WhichOneof("message") == "score":
@@ -592,13 +567,11 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         try:
             _check_id("session_id", request.session_id)
             participant = await self._readable_participant(principal, request.session_id, context)
-            latest = await with_redis_retry(lambda: self.store.latest_score(request.session_id, participant),
-                                            self.settings)
+            latest = await redis_call(lambda: self.store.latest_score(request.session_id, participant))
             if latest is None:
                 raise StreamAbort(grpc.StatusCode.NOT_FOUND, f"session {request.session_id!r} has no score yet")
-            state = await with_redis_retry(lambda: self.store.session_state(request.session_id, participant),
-                                           self.settings)
-            reply = score_message(latest)
+            state = await redis_call(lambda: self.store.session_state(request.session_id, participant))
+            reply = score_from_dict(latest)
             reply.session_state = SESSION_STATE_MESSAGES[state.name]
             reply.session_state_since_unix = state.since or 0.0
             return reply
@@ -628,18 +601,17 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                 source = {"participant_id": request.participant_id}
             if offset == "$":
                 # Pin "now" once, so a reconnect after this point misses nothing.
-                batch = await with_redis_retry(lambda: self.store.read_updates(after_offset="$", **source),
-                                               self.settings)
+                batch = await redis_call(lambda: self.store.read_updates(after_offset="$", **source))
                 offset = batch.next_offset
             while True:
                 self._check_still_valid(principal)
                 current = offset
-                batch = await with_redis_retry(lambda: self.store.read_updates(
-                    after_offset=current, block_ms=self.settings.subscribe_block_ms, **source), self.settings)
+                batch = await redis_call(lambda: self.store.read_updates(
+                    after_offset=current, block_ms=self.settings.subscribe_block_ms, **source))
                 if batch.trimmed:
                     log.warning("subscriber of %s resumed after trimmed updates", source)
                 for update in batch.updates:
-                    yield score_message(update)
+                    yield score_from_dict(update)
                 offset = batch.next_offset
         except SessionNotFoundError as error:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
@@ -676,9 +648,9 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                                   "active_before_unix is earlier than active_after_unix: the window is empty")
             cursor = decode_page_token(request.page_token, request)
             page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-            summaries, next_cursor = await with_redis_retry(lambda: self.store.list_sessions(
+            summaries, next_cursor = await redis_call(lambda: self.store.list_sessions(
                 participants, states={SESSION_STATE_NAMES[number] for number in request.states}, active_after=after, active_before=before,
-                page_size=page_size, cursor=cursor), self.settings)
+                page_size=page_size, cursor=cursor))
             return pb.ListSessionsResponse(sessions=[summary_message(summary) for summary in summaries],
                                            next_page_token=encode_page_token(next_cursor, request))
         except StreamAbort as error:

@@ -48,7 +48,7 @@ keys (the claim: session record and owner key) live only
 CLAIM_TTL_SECONDS, so refused or abandoned input leaves nothing for long.
 
 The score JSON mirrors the ``ScoreUpdate`` message of moodstream.v1 minus
-``offset`` (the stream entry id, added on read) and ``notice``.
+``offset`` (the stream entry id, added on read), ``notice`` and the session state.
 
 Durability: an apply is acknowledged by Redis after the script ran. With
 ``appendonly yes`` + ``appendfsync always`` it is on disk before the reply;
@@ -60,8 +60,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hashlib
 import json
+import logging
 import math
 import re
 import time
@@ -72,9 +72,13 @@ from typing import Any, NamedTuple
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, ResponseError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ResponseError
 
 from moodstream.ids import DEVICE_PATTERN, ID_PATTERN
+from moodstream.server import metrics
+from moodstream.v1 import moodstream_pb2 as pb
 
 __all__ = [
     "ApplyResult",
@@ -104,24 +108,15 @@ MAX_STREAM_ID_PART = 2**64 - 1
 MODEL_VERSION_PATTERN = re.compile(r"[A-Za-z0-9_.+-]{1,128}")
 OFFSET_PATTERN = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
-SCORE_FIELDS = (
-    "session_id",
-    "participant_id",
-    "segments",
-    "probability",
-    "above_threshold",
-    "threshold",
-    "model_version",
-    "time_unix",
-    "seq",
-    "device_id",
-    "speech_seconds",
-    "start_seconds",
-    "evidence_sufficient",
-)
+# A stored score holds ScoreUpdate's fields but these: the offset is its stream entry id (added on read),
+# and the notice and session state are the server's to add when it answers.
+UNSTORED_SCORE_FIELDS = frozenset({"offset", "notice", "session_state", "session_state_since_unix"})
+SCORE_FIELDS = tuple(field.name for field in pb.ScoreUpdate.DESCRIPTOR.fields
+                     if field.name not in UNSTORED_SCORE_FIELDS)
 REQUIRED_SCORE_FIELDS = ("probability", "above_threshold", "threshold", "speech_seconds")
 
 AnyRedis = aioredis.Redis | RedisCluster
+log = logging.getLogger("moodstream.server")
 
 
 class SessionOwnershipError(PermissionError):
@@ -431,37 +426,35 @@ return 0
 """
 
 
-class _Script:
-    """EVALSHA with the script's cached SHA1; EVAL (which also caches it) on NOSCRIPT.
-
-    NOSCRIPT happens after a server restart or failover and on a cluster node
-    that has not seen the script yet; EVAL is routed by key like EVALSHA, so
-    this needs no per-node SCRIPT LOAD.
-    """
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def __call__(self, client: AnyRedis, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await client.eval(self.source, len(keys), *keys, *args)
+# How long the store's client rides out a Redis that is unreachable, restarting or loading, by default.
+DEFAULT_RETRY_SECONDS = 30.0
+RETRY_BACKOFF = {"base": 0.025, "cap": 1.0}  # waits of 50 ms, doubling, at most 1 s
 
 
-_apply = _Script(APPLY_SCRIPT)
-_claim = _Script(CLAIM_SCRIPT)
-_end = _Script(END_SCRIPT)
-_forget_owner = _Script(FORGET_OWNER_SCRIPT)
-_prune_index = _Script(PRUNE_INDEX_SCRIPT)
-_interrupt = _Script(INTERRUPT_SCRIPT)
-_load = _Script(LOAD_SCRIPT)
-_replace_state = _Script(REPLACE_STATE_SCRIPT)
+class _CountedBackoff(ExponentialBackoff):
+    """RETRY_BACKOFF that counts, and logs, each failed Redis call it waits after."""
+
+    def compute(self, failures: int) -> float:
+        delay = super().compute(failures)
+        metrics.REDIS_ERRORS.inc()
+        log.warning("redis call failed (attempt %d); retrying in %.2f s", failures, delay)
+        return delay
 
 
-def connect(url: str, *, cluster: bool = False, **options: Any) -> AnyRedis:
-    """An asyncio Redis client for SessionStore (a RedisCluster client if cluster=True).
+def redis_retry(seconds: float) -> Retry:
+    """redis-py's Retry for connection errors and timeouts (a Redis that is loading included), retrying
+    with RETRY_BACKOFF for `seconds` of waiting in all."""
+    waits, retries, waited = ExponentialBackoff(**RETRY_BACKOFF), 0, 0.0
+    while waited < seconds:
+        retries += 1
+        waited += waits.compute(retries)
+    return Retry(_CountedBackoff(**RETRY_BACKOFF), retries)
+
+
+def connect(url: str, *, cluster: bool = False, retry_seconds: float = DEFAULT_RETRY_SECONDS,
+            **options: Any) -> AnyRedis:
+    """An asyncio Redis client for SessionStore (a RedisCluster client if cluster=True) whose every call
+    rides out `retry_seconds` of Redis being unreachable (0: no retry).
 
     Responses stay bytes (state and vectors are binary), so decode_responses
     is refused.
@@ -469,6 +462,7 @@ def connect(url: str, *, cluster: bool = False, **options: Any) -> AnyRedis:
     if options.get("decode_responses"):
         raise ValueError("SessionStore needs raw bytes responses; do not set decode_responses")
     options.setdefault("socket_connect_timeout", 5)
+    options.setdefault("retry", redis_retry(retry_seconds))
     if cluster:
         return RedisCluster.from_url(url, **options)
     return aioredis.Redis.from_url(url, **options)
@@ -513,6 +507,16 @@ class SessionStore:
             raise ValueError(f"claim_ttl_seconds must be an int >= 1, not {claim_ttl_seconds!r}")
         self.claim_ttl_seconds = min(claim_ttl_seconds, ttl_seconds) if ttl_seconds else claim_ttl_seconds
         self._clock = clock
+        # register_script: EVALSHA, and on NOSCRIPT (a restarted Redis, a cluster node that has not seen the
+        # script yet) SCRIPT LOAD and EVALSHA again.
+        self._apply = client.register_script(APPLY_SCRIPT)
+        self._claim = client.register_script(CLAIM_SCRIPT)
+        self._end = client.register_script(END_SCRIPT)
+        self._forget_owner = client.register_script(FORGET_OWNER_SCRIPT)
+        self._prune_index = client.register_script(PRUNE_INDEX_SCRIPT)
+        self._interrupt = client.register_script(INTERRUPT_SCRIPT)
+        self._load = client.register_script(LOAD_SCRIPT)
+        self._replace_state = client.register_script(REPLACE_STATE_SCRIPT)
 
     @property
     def is_cluster(self) -> bool:
@@ -538,8 +542,7 @@ class SessionStore:
         if previous is not None and previous.decode() != participant_id:
             raise SessionOwnershipError(f"session {session_id!r} belongs to another participant")
         now = self._clock()
-        reply = await _claim(
-            self.client,
+        reply = await self._claim(
             keys.script_keys(),
             [participant_id, session_id, self.model_version, device_id, repr(now), self.ttl_seconds,
              self.claim_ttl_seconds],
@@ -588,7 +591,7 @@ class SessionStore:
     async def mark_interrupted(self, session_id: str, participant_id: str) -> bool:
         """Record that the session's stream closed without End; a later stream clears it."""
         keys = self.keys(participant_id, session_id)
-        return bool(await _interrupt(self.client, [keys.session], [repr(self._clock())]))
+        return bool(await self._interrupt([keys.session], [repr(self._clock())]))
 
     async def clear_interrupted(self, session_id: str, participant_id: str) -> None:
         await self.client.hdel(self.keys(participant_id, session_id).session, "interrupted_at")
@@ -616,7 +619,7 @@ class SessionStore:
         if participant is None:
             return SessionSnapshot(None, None, None)
         keys = self.keys(participant, session_id)
-        (applied, state, latest, latest_offset), rows = await _load(self.client, keys.script_keys(), [])
+        (applied, state, latest, latest_offset), rows = await self._load(keys.script_keys(), [])
         return SessionSnapshot(_optional_int(applied), state or None, _latest(latest, latest_offset), rows or b"")
 
     async def replace_state(self, session_id: str, participant_id: str, applied_seq: int, old_state: bytes,
@@ -624,8 +627,8 @@ class SessionStore:
         """Swap a state read by load() for its head and rows; False if a segment was applied meanwhile."""
         keys = self.keys(participant_id, session_id)
         _check_seq("applied_seq", applied_seq)
-        replaced = await _replace_state(
-            self.client, keys.script_keys(),
+        replaced = await self._replace_state(
+            keys.script_keys(),
             [applied_seq, _bytes("old_state", old_state), _bytes("head", head), bytes(rows), self.ttl_seconds])
         return bool(replaced)
 
@@ -642,7 +645,7 @@ class SessionStore:
         if participant is None:
             return False
         keys = self.keys(participant, session_id)
-        found = await _end(self.client, keys.script_keys(), [repr(self._clock()), self.ttl_seconds])
+        found = await self._end(keys.script_keys(), [repr(self._clock()), self.ttl_seconds])
         if found:
             await self._settle_claim(keys, participant)
         return bool(found)
@@ -685,8 +688,7 @@ class SessionStore:
         update = self._score_update(score, session_id, participant_id, seq)
         payload = json.dumps(update, separators=(",", ":"), allow_nan=False)
 
-        reply = await _apply(
-            self.client,
+        reply = await self._apply(
             [*keys.script_keys(), keys.index],
             [
                 seq,
@@ -962,7 +964,7 @@ class SessionStore:
         pruned = 0
         if gone:
             records = [self.keys(participant, session_id).session for session_id in gone]
-            pruned = int(await _prune_index(self.client, [index, *records], gone))
+            pruned = int(await self._prune_index([index, *records], gone))
         return summaries, pruned
 
     # -- privacy ----------------------------------------------------------
@@ -984,7 +986,7 @@ class SessionStore:
         for batch in _batches(sorted(found), 500):
             deleted += await self._delete_same_slot(batch)
         for session_id in sorted(session_ids):
-            deleted += int(await _forget_owner(self.client, [owner_key(session_id)], [participant_id]))
+            deleted += int(await self._forget_owner([owner_key(session_id)], [participant_id]))
         for directory in sorted(await self._scan(DIRECTORY_PREFIX + "*")):
             await self.client.zrem(directory, participant_id)
         return deleted

@@ -35,6 +35,23 @@ def tokens(tmp_path_factory):
     return write_tokens(tmp_path_factory.mktemp("tokens"))
 
 
+@pytest.fixture(scope="module")
+def model(request):
+    """The tiny model (server_harness.tiny_model) of the test module's MODEL_SEED (3 where it names none)."""
+    from server_harness import tiny_model
+
+    return tiny_model(seed=getattr(request.module, "MODEL_SEED", 3))
+
+
+@pytest.fixture
+def channel(server):
+    """A blocking channel to the test module's own `server` fixture (a running scoring server)."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield channel
+
+
 @pytest.fixture(scope="session")
 def redis_server():
     """A Redis-protocol server for the whole run: endpoint with `.url` (and `.process`)."""

@@ -37,6 +37,11 @@ def compile_proto() -> descriptor_pool.DescriptorPool:
     return pool
 
 
+def client_for(channel: grpc.Channel, pool: descriptor_pool.DescriptorPool, tokens, name: str | None) -> "RawClient":
+    """A RawClient carrying the token of that name from the usual tokens file (None: no token)."""
+    return RawClient(channel, pool, tokens.by_name[name] if name else None)
+
+
 class RawClient:
     """Calls moodstream.v1.Screening on `channel` with messages built from the compiled .proto."""
 

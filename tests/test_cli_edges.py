@@ -38,6 +38,11 @@ def test_a_port_in_use_is_one_line(busy_port, option):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_demo_plot_into_a_missing_folder_is_one_line(tmp_path):
+    result = moodstream("demo", "--plot", str(tmp_path / "missing" / "scores.png"))
+    one_line_error(result, "demo", f"--plot: folder not found: {tmp_path / 'missing'}")
+
+
 def test_an_unknown_device_is_one_line():
     result = moodstream("server", "--checkpoint", DEMO_CHECKPOINT, "--allow-unauthenticated", "--device", "tpu")
     one_line_error(result, "server", "--device 'tpu' is not supported: use auto, cpu, cuda or cuda:N")

@@ -14,17 +14,7 @@ from moodstream.dashboard.feed import FeedConfig, read_participants_file
 from moodstream.dashboard.server import BackgroundDashboard
 from moodstream.server.app import BackgroundServer, ServerConfig
 from moodstream.v1 import moodstream_pb2 as pb
-from server_harness import chunk, end, header, make_chunks, running_server, stream, stub_for, tiny_model, write_tokens
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=3)
-
-
-@pytest.fixture
-def tokens(tmp_path):
-    return write_tokens(tmp_path)
+from server_harness import chunk, end, header, make_chunks, running_server, stream, stub_for
 
 
 @pytest.fixture

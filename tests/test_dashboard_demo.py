@@ -69,9 +69,10 @@ def test_demo_dashboard_opens_on_the_demo_session_lets_a_second_viewer_join_and_
         config = FeedConfig(server=server, token=token, participants=participants,
                             models=[ModelDescription.from_checkpoint(checkpoint)])
         with BackgroundDashboard(config) as second:
+            # the second viewer replays the session's updates from its feed: wait until it has all of them
             [first] = wait_for(lambda: [s for s in httpx.get(f"{second.url}api/overview", timeout=10).json()["sessions"]
-                                        if s["session_id"] == "demo-dash"])
-            assert first["model"]["described"] and first["segments"] == len(detail["points"])
+                                        if s["session_id"] == "demo-dash" and s["segments"] == len(detail["points"])])
+            assert first["model"]["described"]
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C
         try:

@@ -25,10 +25,12 @@ from prometheus_client import REGISTRY
 from moodstream.agent import CaptureSettings, FileSource, capture_chunks
 from moodstream.model import ScreeningModel
 from moodstream.server.redis_process import RedisProcess
-from moodstream.server.store import SessionStore
+from moodstream.server.service import ServiceSettings
+from moodstream.server.store import SessionStore, redis_retry
 from moodstream.v1 import moodstream_pb2 as pb
 from process_harness import offline_vectors, start_servers, stored_session, windowed_stream
-from server_harness import make_chunks, offline_score, running_server, stub_for, tiny_model, write_tokens
+from raw_client import client_for
+from server_harness import make_chunks, offline_score, running_server, stub_for, tiny_model
 from test_pipeline_e2e import interview_file
 
 TOLERANCE = 1e-5
@@ -44,11 +46,6 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(checkpoint):
     return ScreeningModel.from_pretrained(checkpoint)
-
-
-@pytest.fixture
-def tokens(tmp_path):
-    return write_tokens(tmp_path)
 
 
 def agent_chunks(path) -> list[bytes]:
@@ -199,6 +196,32 @@ def test_redis_sigkilled_and_restarted_mid_session_loses_no_acked_chunk(model, t
     done = agent.of_kind("done")[-1]
     assert done["completed"] and done["reconnects"] == 0  # ... and rode it out without dropping the stream
     assert_matches_offline(model, chunks, stored)
+
+
+def test_a_redis_down_past_the_retry_budget_is_unavailable_and_the_next_call_after_its_restart_works(model, tokens,
+                                                                                                       pool):
+    settings = ServiceSettings(redis_retry_seconds=1.0)
+    with RedisProcess() as store_process, running_server(model, store_process.url, tokens, settings=settings) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        raw = client_for(channel, pool, tokens, "admin")
+        request = raw.request("GetScore", session_id="never-streamed")
+
+        def status() -> tuple[grpc.StatusCode, str]:
+            with pytest.raises(grpc.RpcError) as refused:
+                raw.unary("GetScore", request, timeout=30)
+            return refused.value.code(), refused.value.details()
+
+        assert status()[0] == grpc.StatusCode.NOT_FOUND
+        errors_before = redis_errors()
+        store_process.kill()
+        started = time.monotonic()
+        code, details = status()
+        waited = time.monotonic() - started
+        store_process.start()
+        assert (code, details.startswith("session store unavailable")) == (grpc.StatusCode.UNAVAILABLE, True)
+        assert waited >= settings.redis_retry_seconds  # the client rode the outage out first ...
+        assert redis_errors() - errors_before >= redis_retry(settings.redis_retry_seconds).get_retries() + 1
+        assert status()[0] == grpc.StatusCode.NOT_FOUND  # ... and reconnects by itself once Redis is back
 
 
 # -- 3. a full outbox -----------------------------------------------------------------------------------

@@ -14,16 +14,14 @@ import pytest
 from sonora import protocol
 
 from raw_client import RawClient
-from server_harness import make_chunks, offline_score, redis_keys, running_server, tiny_model
+from server_harness import make_chunks, offline_score, redis_keys, running_server
 
 Code = grpc.StatusCode
 SERVICE = "/moodstream.v1.Screening"
 PAGE_ORIGIN = "https://record.example"
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=12)
+MODEL_SEED = 12  # the conftest's `model` fixture: the tiny model of this seed
 
 
 @pytest.fixture(scope="module")

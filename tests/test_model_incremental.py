@@ -1,4 +1,4 @@
-"""Incremental scoring equals the batch forward after every segment (DESIGN.md §2)."""
+"""Incremental scoring equals the batch forward after every segment (docs/scorer-state.md)."""
 import pytest
 import torch
 

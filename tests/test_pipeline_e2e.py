@@ -8,24 +8,13 @@ import threading
 import time
 
 import numpy as np
-import pytest
 import soundfile
 
 from moodstream.agent.client import ServerTarget
 from moodstream.agent.pipeline import CaptureSettings, capture_chunks, make_gate, run_agent
 from moodstream.agent.sources import FileSource
 from moodstream.v1 import moodstream_pb2 as pb
-from server_harness import RATE, make_chunks, offline_score, running_server, stub_for, tiny_model, write_tokens
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=3)
-
-
-@pytest.fixture
-def tokens(tmp_path):
-    return write_tokens(tmp_path)
+from server_harness import RATE, make_chunks, offline_score, running_server, stub_for
 
 
 def interview_file(path, seed, answers=4, answer_seconds=9.0):
@@ -108,8 +97,9 @@ def test_an_agent_killed_mid_session_resends_from_its_outbox(model, redis_url, t
 
 def test_the_demo_prints_a_json_score_stream(tmp_path):
     env = dict(os.environ, HOME=str(tmp_path))
-    result = subprocess.run([sys.executable, "-m", "moodstream.cli", "demo", "--json", "--speed", "0"],
-                            capture_output=True, text=True, timeout=240, env=env)
+    plot = tmp_path / "scores.png"
+    result = subprocess.run([sys.executable, "-m", "moodstream.cli", "demo", "--json", "--speed", "0",
+                             "--plot", str(plot)], capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr
     updates = [json.loads(line) for line in result.stdout.splitlines()]
     by_participant = {}
@@ -127,3 +117,9 @@ def test_the_demo_prints_a_json_score_stream(tmp_path):
                                                  and update["probability"] >= update["threshold"])
     assert all(0.0 <= u["probability"] <= 1.0 and "not a diagnosis" in u["notice"] for u in updates)
     assert "summary:" in result.stderr and "score after each segment" in result.stderr
+    assert plot.read_bytes().startswith(b"\x89PNG") and f"plot: {plot}" in result.stderr
+    # The bundled demo checkpoint's contract: the two deliveries separate, and its calibrated probabilities
+    # stay informative (not pinned at 0 or 1) through the fourth segment.
+    slowed, lively = ([u["probability"] for u in by_participant[p]] for p in ("slowed-delivery", "lively-delivery"))
+    assert all(s > l for s, l in zip(slowed[:4], lively[:4])), (slowed, lively)
+    assert all(0.001 < p < 0.999 for p in slowed[:4] + lively[:4]), (slowed, lively)

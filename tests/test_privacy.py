@@ -9,16 +9,10 @@ import redis
 from moodstream.server.store import directory_key
 from moodstream.cli import main as moodstream_main
 from moodstream.v1 import moodstream_pb2 as pb
-from server_harness import (chunk, end, header, make_chunks, redis_keys, running_server, stream, stub_for,
-                            tiny_model)
+from server_harness import chunk, end, header, make_chunks, redis_keys, running_server, stream, stub_for
 
 CHUNKS = make_chunks(2, seed=21)
 TTL_SECONDS = 3600
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=3)
 
 
 def snapshot(url: str, keys: list[str]) -> dict[str, bytes]:

@@ -3,16 +3,14 @@ import grpc
 import pytest
 
 from moodstream.server.service import ServiceSettings
-from raw_client import RawClient
-from server_harness import make_chunks, offline_score, redis_keys, running_server, tiny_model
+from raw_client import RawClient, client_for
+from server_harness import make_chunks, offline_score, redis_keys, running_server
 
 Code = grpc.StatusCode
 GOOD = make_chunks(1, seed=11)[0]
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=8)
+MODEL_SEED = 8  # the conftest's `model` fixture: the tiny model of this seed
 
 
 @pytest.fixture(scope="module")
@@ -21,16 +19,6 @@ def server(model, redis_server, tokens):
     with running_server(model, redis_server.url, tokens, settings=settings) as running:
         running.redis_url = redis_server.url
         yield running
-
-
-@pytest.fixture
-def channel(server):
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield channel
-
-
-def client(channel, pool, tokens, name="agent") -> RawClient:
-    return RawClient(channel, pool, tokens.by_name[name] if name else None)
 
 
 def session_header(raw: RawClient, session: str, participant: str = "p1", **fields):
@@ -62,7 +50,7 @@ def segment_keys(redis_url: str, session: str) -> list[str]:
 
 def test_a_session_put_chunk_by_chunk_scores_as_the_offline_batch_and_as_stream(model, server, channel, pool,
                                                                                 tokens):
-    raw = client(channel, pool, tokens)
+    raw = client_for(channel, pool, tokens, "agent")
     chunks = make_chunks(4, seed=21)
     replies = [put_chunk(raw, "unary", seq, pcm) for seq, pcm in enumerate(chunks)]
     assert [(r.ack.seq, r.ack.duplicate) for r in replies] == [(0, False), (1, False), (2, False), (3, False)]
@@ -79,7 +67,7 @@ def test_a_session_put_chunk_by_chunk_scores_as_the_offline_batch_and_as_stream(
 
     ended = put_end(raw, "unary", 3)
     assert ended.ended and not ended.HasField("ack") and not ended.HasField("score")
-    reader = client(channel, pool, tokens, "reader-p1")
+    reader = client_for(channel, pool, tokens, "reader-p1")
     latest = reader.unary("GetScore", reader.request("GetScore", session_id="unary"))
     assert latest.segments == 4 and latest.probability == replies[-1].score.probability
     assert latest.session_state == pool.FindEnumTypeByName("moodstream.v1.SessionState").values_by_name[
@@ -89,20 +77,20 @@ def test_a_session_put_chunk_by_chunk_scores_as_the_offline_batch_and_as_stream(
 
 
 def test_a_resent_chunk_gets_one_duplicate_ack_and_changes_nothing(server, channel, pool, tokens):
-    raw = client(channel, pool, tokens)
+    raw = client_for(channel, pool, tokens, "agent")
     chunks = make_chunks(2, seed=22)
     first = [put_chunk(raw, "resent", seq, pcm) for seq, pcm in enumerate(chunks)]
     again = put_chunk(raw, "resent", 0, chunks[0])
     assert (again.ack.seq, again.ack.duplicate) == (0, True)
     assert not again.HasField("score")
-    reader = client(channel, pool, tokens, "reader-p1")
+    reader = client_for(channel, pool, tokens, "reader-p1")
     latest = reader.unary("GetScore", reader.request("GetScore", session_id="resent"))
     assert latest.segments == 2 and latest.probability == first[-1].score.probability
 
 
 def test_a_chunk_before_its_predecessor_is_refused_naming_the_seq_to_send_and_stores_nothing(server, channel,
                                                                                              pool, tokens):
-    raw = client(channel, pool, tokens)
+    raw = client_for(channel, pool, tokens, "agent")
     error = refusal(lambda: put_chunk(raw, "early", 1))
     assert error.code() == Code.FAILED_PRECONDITION
     assert "send seq 0 first" in error.details()
@@ -112,8 +100,8 @@ def test_a_chunk_before_its_predecessor_is_refused_naming_the_seq_to_send_and_st
 
 
 def test_between_calls_a_session_stays_open_and_a_stream_can_continue_it(server, channel, pool, tokens):
-    raw = client(channel, pool, tokens)
-    reader = client(channel, pool, tokens, "reader-p1")
+    raw = client_for(channel, pool, tokens, "agent")
+    reader = client_for(channel, pool, tokens, "reader-p1")
     states = pool.FindEnumTypeByName("moodstream.v1.SessionState").values_by_name
     chunks = make_chunks(3, seed=23)
     put_chunk(raw, "mixed", 0, chunks[0])
@@ -173,7 +161,7 @@ def _bad_calls():
                          ids=[case[0] for case in _bad_calls()])
 def test_bad_put_chunk_input_gets_streams_status_and_stores_no_segment(server, channel, pool, tokens, build, token,
                                                                        code, words):
-    raw = client(channel, pool, tokens, token)
+    raw = client_for(channel, pool, tokens, token)
     request = build(raw)
     error = refusal(lambda: raw.unary("PutChunk", request))
     assert error.code() == code, error.details()
@@ -182,7 +170,7 @@ def test_bad_put_chunk_input_gets_streams_status_and_stores_no_segment(server, c
 
 
 def test_an_ended_session_refuses_new_speech_and_an_end_behind_the_applied_seq(server, channel, pool, tokens):
-    raw = client(channel, pool, tokens)
+    raw = client_for(channel, pool, tokens, "agent")
     chunks = make_chunks(2, seed=24)
     for seq, pcm in enumerate(chunks):
         put_chunk(raw, "closed", seq, pcm)
@@ -195,7 +183,7 @@ def test_an_ended_session_refuses_new_speech_and_an_end_behind_the_applied_seq(s
 
 
 def test_undecodable_bytes_and_a_call_without_a_request_are_invalid_argument(server, channel, pool, tokens):
-    raw = client(channel, pool, tokens)
+    raw = client_for(channel, pool, tokens, "agent")
     call = channel.unary_unary("/moodstream.v1.Screening/PutChunk", request_serializer=bytes,
                                response_deserializer=bytes)
     error = refusal(lambda: call(b"\x0a\x03\x0a\x01\xff", metadata=raw.metadata, timeout=10))
@@ -213,7 +201,7 @@ def test_an_end_is_not_acknowledged_when_its_session_expired_while_the_stream_wa
 
     import redis
 
-    raw = client(channel, pool, tokens)
+    raw = client_for(channel, pool, tokens, "agent")
     acked = threading.Event()
     ending = queue.Queue()
 

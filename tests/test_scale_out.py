@@ -12,7 +12,7 @@ from moodstream.model import ScreeningModel
 from moodstream.v1 import moodstream_pb2 as pb
 from process_harness import offline_vectors, stored_session, windowed_stream
 from server_harness import make_chunks, offline_score, running_server, stub_for
-from test_faults import agent_chunks, assert_matches_offline, checkpoint, model, tokens  # noqa: F401 (fixtures)
+from test_faults import agent_chunks, assert_matches_offline, checkpoint, model  # noqa: F401 (fixtures)
 from test_pipeline_e2e import interview_file
 
 TOLERANCE = 1e-5

@@ -33,9 +33,7 @@ SCOPES = {
 }
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=4)
+MODEL_SEED = 4  # the conftest's `model` fixture: the tiny model of this seed
 
 
 @pytest.fixture(scope="module")

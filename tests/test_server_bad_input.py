@@ -15,9 +15,7 @@ def timed_chunk(seq: int, start_seconds: float) -> pb.StreamRequest:
     return pb.StreamRequest(chunk=pb.Chunk(seq=seq, start_seconds=start_seconds, pcm=GOOD))
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=2)
+MODEL_SEED = 2  # the conftest's `model` fixture: the tiny model of this seed
 
 
 @pytest.fixture

@@ -8,16 +8,15 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from moodstream.server.app import ConnectionLimits
 from moodstream.server.service import ServiceSettings
-from raw_client import RawClient, acks
-from server_harness import make_chunks, running_server, tiny_model
+from raw_client import acks, client_for
+from server_harness import make_chunks, running_server
+from test_wire import FreezingProxy
 
 GOOD = make_chunks(1, seed=3)[0]
 Code = grpc.StatusCode
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=4)
+MODEL_SEED = 4  # the conftest's `model` fixture: the tiny model of this seed
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +25,6 @@ def server(model, redis_server, tokens):
     with running_server(model, redis_server.url, tokens, settings=settings) as running:
         running.redis_url = redis_server.url
         yield running
-
-
-@pytest.fixture
-def channel(server):
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield channel
-
-
-def client(channel, pool, tokens, name="admin") -> RawClient:
-    return RawClient(channel, pool, tokens.by_name[name] if name else None)
 
 
 # -- calls that never end --------------------------------------------------------------------------
@@ -47,7 +36,7 @@ UNARY_REQUEST_METHODS = ["/moodstream.v1.Screening/GetScore", "/moodstream.v1.Sc
 
 @pytest.mark.parametrize("token", ["admin", None], ids=["with a token", "without a token"])
 def test_calls_closed_without_a_request_message_end_at_once(server, channel, pool, tokens, token):
-    raw = client(channel, pool, tokens, token)
+    raw = client_for(channel, pool, tokens, token)
     started = time.monotonic()
     calls = [raw.zero_message_call(path) for path in UNARY_REQUEST_METHODS for _ in range(25)]  # no deadline
     for call in calls:
@@ -65,7 +54,7 @@ def test_a_connection_is_cut_after_its_age_and_grace(model, redis_url, tokens, p
     limits = ConnectionLimits(max_age_seconds=1.0, max_age_grace_seconds=1.0)
     with running_server(model, redis_url, tokens, limits=limits) as running, \
             grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-        raw = client(channel, pool, tokens)
+        raw = client_for(channel, pool, tokens, "admin")
         started = time.monotonic()
         updates = raw.server_stream("Subscribe", raw.request("Subscribe", participant_id="p1"), timeout=60)
         with pytest.raises(grpc.RpcError) as info:
@@ -74,13 +63,33 @@ def test_a_connection_is_cut_after_its_age_and_grace(model, redis_url, tokens, p
         assert time.monotonic() - started < 15
 
 
+def test_the_server_drops_a_half_open_connection_after_its_keepalive_and_timeout(model, redis_url, tokens, pool):
+    limits = ConnectionLimits(keepalive_seconds=1.0, keepalive_timeout_seconds=1.0)
+    with running_server(model, redis_url, tokens, limits=limits) as running:
+        proxy = FreezingProxy(running.port)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
+                raw = client_for(channel, pool, tokens, "admin")
+                call = raw.server_stream("Subscribe", raw.request("Subscribe", participant_id="p1"), timeout=60)
+                time.sleep(1.5)  # the call is open and the server's pings are answered
+                assert not proxy.server_hung_up.is_set()
+                proxy.frozen.set()
+                started = time.monotonic()
+                hung_up = proxy.server_hung_up.wait(30)
+                waited = time.monotonic() - started
+                call.cancel()
+        finally:
+            proxy.close()
+    assert hung_up and waited <= limits.keepalive_seconds + limits.keepalive_timeout_seconds + 5, waited
+
+
 def test_an_idle_connection_is_closed(model, redis_url, tokens, pool):
     limits = ConnectionLimits(max_idle_seconds=1.0)
     with running_server(model, redis_url, tokens, limits=limits) as running, \
             grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         states = []
         channel.subscribe(states.append)
-        raw = client(channel, pool, tokens)
+        raw = client_for(channel, pool, tokens, "admin")
         with pytest.raises(grpc.RpcError):
             raw.unary("GetScore", raw.request("GetScore", session_id="any"), timeout=10)  # NOT_FOUND: connected
         # grpc delivers connectivity changes on its own thread, so each one is waited for
@@ -101,7 +110,7 @@ def test_concurrent_calls_per_connection_are_bounded(model, redis_url, tokens, p
     limits = ConnectionLimits(max_concurrent_streams=4)
     with running_server(model, redis_url, tokens, limits=limits) as running, \
             grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-        raw = client(channel, pool, tokens)
+        raw = client_for(channel, pool, tokens, "admin")
         held = [raw.server_stream("Subscribe", raw.request("Subscribe", participant_id=f"p{i}"), timeout=60)
                 for i in range(1, 5)]
         time.sleep(1.0)
@@ -119,7 +128,7 @@ def test_concurrent_calls_per_connection_are_bounded(model, redis_url, tokens, p
 # -- acks ------------------------------------------------------------------------------------------
 
 def test_every_chunk_received_gets_exactly_one_ack(server, channel, pool, tokens):
-    raw = client(channel, pool, tokens)
+    raw = client_for(channel, pool, tokens, "admin")
     sent = [0, 0, 0, 1, 1, 0, 2]
     requests = [raw.header("one-ack", "p1")] + [raw.chunk(seq, GOOD) for seq in sent] + [raw.end(2)]
     received = acks(raw.bidi("Stream", requests))
@@ -129,7 +138,7 @@ def test_every_chunk_received_gets_exactly_one_ack(server, channel, pool, tokens
 
 def test_a_backlog_is_paced_not_refused(server, channel, pool, tokens):
     """With 3 chunks buffered at most, 12 sent at once are all applied: the server stops reading meanwhile."""
-    raw = client(channel, pool, tokens)
+    raw = client_for(channel, pool, tokens, "admin")
     chunks = make_chunks(12, seed=5)
     requests = [raw.header("backlog", "p1")] + [raw.chunk(seq, pcm) for seq, pcm in enumerate(chunks)] + [raw.end(11)]
     received = acks(raw.bidi("Stream", requests))
@@ -137,7 +146,7 @@ def test_a_backlog_is_paced_not_refused(server, channel, pool, tokens):
 
 
 def test_a_full_buffer_waiting_for_a_missing_seq_is_still_refused(server, channel, pool, tokens):
-    raw = client(channel, pool, tokens)
+    raw = client_for(channel, pool, tokens, "admin")
     requests = [raw.header("abuse", "p1")] + [raw.chunk(seq, GOOD) for seq in range(1, 6)]
     with pytest.raises(grpc.RpcError) as info:
         list(raw.bidi("Stream", requests))
@@ -145,7 +154,7 @@ def test_a_full_buffer_waiting_for_a_missing_seq_is_still_refused(server, channe
 
 
 def test_a_stream_closed_with_a_gap_names_the_missing_seqs(server, channel, pool, tokens):
-    raw = client(channel, pool, tokens)
+    raw = client_for(channel, pool, tokens, "admin")
     responses = raw.bidi("Stream", [raw.header("gap-close", "p1"), raw.chunk(1, GOOD), raw.chunk(3, GOOD)])
     with pytest.raises(grpc.RpcError) as info:
         list(responses)
@@ -161,9 +170,9 @@ def test_a_stream_closed_with_a_gap_names_the_missing_seqs(server, channel, pool
 # -- what a refusal says and leaves ----------------------------------------------------------------
 
 def test_a_foreign_session_and_a_foreign_participant_get_the_same_answer(server, channel, pool, tokens):
-    admin = client(channel, pool, tokens)
+    admin = client_for(channel, pool, tokens, "admin")
     assert acks(admin.bidi("Stream", [admin.header("held-by-p2", "p2"), admin.chunk(0, GOOD), admin.end(0)]))
-    agent_p1 = client(channel, pool, tokens, "agent-p1")
+    agent_p1 = client_for(channel, pool, tokens, "agent-p1")
     answers = []
     for session, participant in (("held-by-p2", "p1"), ("free-session", "p2")):
         with pytest.raises(grpc.RpcError) as info:

@@ -6,19 +6,11 @@ import redis
 
 from moodstream.model import ScorerState
 from server_harness import chunk, end, header, make_chunks, offline_score, running_server, stream, stub_for
-from server_harness import tiny_model, write_tokens
 
 CHUNKS = make_chunks(6, seed=21, seconds=2.0)
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=4)
-
-
-@pytest.fixture
-def tokens(tmp_path):
-    return write_tokens(tmp_path)
+MODEL_SEED = 4  # the conftest's `model` fixture: the tiny model of this seed
 
 
 def session_key(model, session_id: str, participant: str = "p1") -> str:

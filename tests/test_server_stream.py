@@ -10,9 +10,7 @@ from server_harness import (chunk, end, header, make_chunks, offline_score, redi
                             stub_for, tiny_model, write_tokens)
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=1)
+MODEL_SEED = 1  # the conftest's `model` fixture: the tiny model of this seed
 
 
 @pytest.fixture

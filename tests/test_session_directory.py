@@ -8,15 +8,13 @@ from redis.cluster import RedisCluster
 
 from moodstream.server.store import CLAIM_TTL_SECONDS, DEFAULT_TTL_SECONDS, owner_key
 from raw_client import RawClient, acks
-from server_harness import make_chunks, running_server, tiny_model
+from server_harness import make_chunks, running_server
 
 CHUNKS = make_chunks(2, seed=8)
 Code = grpc.StatusCode
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=9)
+MODEL_SEED = 9  # the conftest's `model` fixture: the tiny model of this seed
 
 
 @pytest.fixture(params=["one replica", "3-master cluster"])
@@ -26,12 +24,6 @@ def server(request, model, tokens):
     with running_server(model, url, tokens, redis_cluster=cluster) as running:
         running.redis_url, running.cluster = url, cluster
         yield running
-
-
-@pytest.fixture
-def channel(server):
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield channel
 
 
 def raw(channel, pool, tokens, name) -> RawClient:

@@ -85,9 +85,17 @@ def test_get_model_info_returns_the_checkpoints_speech_settings(tmp_path, redis_
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_a_checkpoint_without_speech_settings_keeps_its_version_and_says_none(tmp_path, redis_url):
+def test_the_bundled_demo_checkpoint_records_the_agents_speech_settings():
     demo = Path(__file__).resolve().parents[1] / "moodstream" / "assets" / "demo-checkpoint"
-    model = ScreeningModel.from_pretrained(demo)  # its recorded model_version still matches
+    # trained on the shared speech path with the agent's defaults, so an agent streams to it without a warning
+    assert ScreeningModel.from_pretrained(demo).config.speech == CaptureSettings().as_dict()
+
+
+def test_a_checkpoint_without_speech_settings_keeps_its_version_and_says_none(tmp_path, redis_url):
+    torch.manual_seed(0)
+    folder = ScreeningModel(ModelConfig.tiny(speech=None, min_evidence_segments=2, demo_model=True,
+                                             training_data="synthetic speech")).save_pretrained(tmp_path / "ckpt")
+    model = ScreeningModel.from_pretrained(folder)  # its recorded model_version still matches
     assert model.config.speech is None
     tokens = write_tokens(tmp_path)
     with running_server(model, redis_url, tokens) as server, stub_for(server.port) as stub:

@@ -489,7 +489,7 @@ def test_an_applied_segment_survives_sigkill_with_appendfsync_always(tmp_path):
                 applied, state, latest, rows = await store.load("sess-k")
                 assert (applied, state, latest["seq"], rows) == (1, state_after(1), 1, rows_until(1))
                 assert await store.segment_vectors("sess-k") == [vector(0), vector(1)]
-                # The restarted server has no cached scripts: NOSCRIPT -> EVAL, transparently.
+                # The restarted server has no cached scripts: NOSCRIPT -> SCRIPT LOAD, transparently.
                 assert (await apply(store, "sess-k", "part-k", 2)).applied
                 updates = (await store.read_updates(session_id="sess-k")).updates
                 assert [update["seq"] for update in updates] == [0, 1, 2]

@@ -10,16 +10,14 @@ import pytest
 from moodstream.cli import main
 from moodstream.server.auth import create_token, revoke_token
 from raw_client import RawClient
-from server_harness import make_chunks, running_server, tiny_model, write_tokens
+from server_harness import make_chunks, running_server, write_tokens
 
 BOUND_SECONDS = 2.0  # RELOAD_SECONDS + ServiceSettings.token_check_seconds, as docs and --help state
 GOOD = make_chunks(1, seed=6)[0]
 Code = grpc.StatusCode
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=7)
+MODEL_SEED = 7  # the conftest's `model` fixture: the tiny model of this seed
 
 
 @pytest.fixture

@@ -190,3 +190,11 @@ def test_a_participant_in_two_split_files_is_refused_naming_both(tmp_path):
     message = str(refused.value)
     assert "participant 300" in message
     assert "train_split_Depression_AVEC2017.csv" in message and "dev_split_Depression_AVEC2017.csv" in message
+
+
+def test_a_data_format_without_a_reader_is_refused_naming_the_readers(tmp_path):
+    from moodstream.trainer.config import TrainConfig
+
+    with pytest.raises(ValueError, match="data.format must be one of daic-woz, e-daic, manifest, ravdess-standin, "
+                                         "got 'synthetic'"):
+        TrainConfig.from_dict({"data": {"format": "synthetic", "path": str(tmp_path)}})

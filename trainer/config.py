@@ -29,7 +29,7 @@ from typing import Any
 from moodstream.agent.speech_path import CaptureSettings
 from moodstream.model.config import ModelConfig
 
-DATA_FORMATS = ("daic-woz", "e-daic", "manifest", "ravdess-standin", "synthetic")
+DATA_FORMATS = ("daic-woz", "e-daic", "manifest", "ravdess-standin")
 IMBALANCE = ("weighted-loss", "balanced-sampling", "none")
 MONITORS = ("loss", "auc", "f1")
 RECIPES = ("auto", "paper", "small-data")

@@ -3,13 +3,16 @@
     moodstream demo-checkpoint            # regenerates moodstream/assets/demo-checkpoint from scratch
 
 What it learns is a PROXY, not depression: espeak-ng reads everyday sentences
-either slowly, low-pitched, with a narrow pitch range, long pauses and less
-volume ("slowed" delivery, label 1, a caricature of psychomotor slowing) or
-quickly, higher-pitched, with a wide pitch range and short pauses ("lively",
-label 0). Each synthetic speaker (an espeak-ng voice + variant) records one
-session of each kind, with per-session jitter on every setting, and folds are
-speaker-disjoint. The demo's scores then move visibly and for a reason one can
-hear, which is all the demo needs; nothing clinical can be read from them.
+with a "slowed" delivery (label 1, a caricature of psychomotor slowing: slower,
+lower, flatter, longer pauses) or a "lively" one (label 0). Each synthetic
+speaker (an espeak-ng voice + variant, with their own habitual rate and pitch)
+records one session of each kind, and splits are speaker-disjoint. The two
+styles are drawn from overlapping distributions (STYLES) and every session has
+background noise at its own SNR, so a session can be ambiguous: the held-out
+AUC is high but not perfect, and the probabilities calibrated on validation
+stay informative rather than sitting at 0 and 1. The demo's scores then move
+visibly and for a reason one can hear, which is all the demo needs; nothing
+clinical can be read from them.
 
 The architecture is a small wav2vec2-shaped model (about 0.2 M parameters),
 so a 7 s chunk encodes in a few milliseconds on two CPU cores.
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +33,6 @@ import numpy as np
 DEMO_NOTE = ("Demo model trained on synthetic espeak-ng speech: slowed, low, flat delivery (label 1) vs lively "
              "delivery (label 0), a proxy for psychomotor slowing. It is not a depression model and its scores "
              "mean nothing clinically.")
-# What the demo model's probability means (shown beside its scores).
-DEMO_DESCRIPTION = {
-    "training_data": "synthetic espeak-ng speech of 30 synthetic speakers",
-    "positive_class": "slowed, low, flat delivery (a stand-in for psychomotor slowing, not depression)",
-    "demo_model": True,
-}
-
 SENTENCES = [
     "I got up early this morning and made some coffee.",
     "The bus was late again, so I walked to work.",
@@ -64,13 +62,56 @@ SENTENCES = [
 
 VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-us-nyc",
           "en-gb-x-gbcwmd"]
-VARIANTS = ["m1", "m3", "f1", "f2", "m5", "f4"]
+# espeak-ng voice variants that sound like people (not the robot or effect ones).
+VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "adam", "anika", "belinda",
+            "benjamin", "david", "edward", "grandma", "grandpa", "john", "linda", "max", "paul"]
+# The voice that reads the demo's bundled answers (scripts/make_sample_interview.py): never a corpus speaker,
+# so the demo scores a voice the model has not heard.
+DEMO_VOICE = "en-gb+f2"
+SPEAKERS = 48
+SPLITS = {"test": 9, "validation": 9, "train": 30}  # speakers per split, speaker-disjoint
+SESSION_SECONDS = 42.0
+PITCH_RANGES = ["x-low", "low", "medium", "high", "x-high"]  # espeak-ng's SSML prosody range, narrow to wide
 
-# Per-style espeak-ng settings: (low, high) ranges drawn per session.
-STYLES = {
-    "slowed": {"speed": (90, 120), "pitch": (10, 30), "range": "x-low", "gap": (12, 25), "amplitude": (70, 95)},
-    "lively": {"speed": (165, 205), "pitch": (50, 80), "range": "x-high", "gap": (0, 6), "amplitude": (100, 140)},
+# What the demo model's probability means (shown beside its scores).
+DEMO_DESCRIPTION = {
+    "training_data": f"synthetic espeak-ng speech of {SPEAKERS} synthetic speakers",
+    "positive_class": "slowed, low, flat delivery (a stand-in for psychomotor slowing, not depression)",
+    "demo_model": True,
 }
+
+# The two delivery styles overlap on purpose: each session draws its delivery once from its class's
+# distributions below, so a slow lively session can be slower than a brisk slowed one and more speech from the
+# same session adds no new evidence about it. A model can then be good but not perfect, and its calibrated
+# probabilities stay informative instead of sitting at 0 and 1. Each speaker also has their own habitual
+# rate and pitch, shared by both of their sessions, and every session has background noise at its own SNR.
+STYLES = {
+    # speed: words per minute, normal(mean, sd); pitch: espeak-ng 0-99, normal(mean, sd); pitch_range:
+    # probabilities over PITCH_RANGES; word_gap: extra gap between words in 10 ms units, uniform(low, high);
+    # pause: seconds between sentences, uniform(low, high).
+    "slowed": {"speed": (128, 22), "pitch": (36, 14), "pitch_range": (0.3, 0.3, 0.25, 0.1, 0.05),
+               "word_gap": (2, 16), "pause": (0.4, 1.4)},
+    "lively": {"speed": (165, 22), "pitch": (52, 14), "pitch_range": (0.05, 0.1, 0.25, 0.3, 0.3),
+               "word_gap": (0, 8), "pause": (0.15, 0.9)},
+}
+SPEAKER_SPREAD = {"speed": 12.0, "pitch": 8.0}  # sd of a speaker's habitual offset, shared by both styles
+SENTENCE_JITTER = {"speed": 0.06, "pitch": 4.0}  # within a session: relative sd of speed, sd of pitch
+NOISE_SNR_DB = (10.0, 35.0)  # uniform per session, the same for both styles
+AMPLITUDE = (80, 130)  # uniform per session, the same for both styles (the model normalises the waveform)
+
+
+def draw_delivery(style: str, speaker: dict, rng: np.random.Generator) -> dict:
+    """One session's delivery: its class's distributions around the speaker's habits."""
+    settings = STYLES[style]
+    return {
+        "speed": float(np.clip(rng.normal(*settings["speed"]) + speaker["speed"], 80, 260)),
+        "pitch": float(np.clip(rng.normal(*settings["pitch"]) + speaker["pitch"], 0, 99)),
+        "pitch_range": PITCH_RANGES[int(rng.choice(len(PITCH_RANGES), p=settings["pitch_range"]))],
+        "word_gap": int(rng.integers(settings["word_gap"][0], settings["word_gap"][1] + 1)),
+        "pause": tuple(settings["pause"]),
+        "amplitude": int(rng.integers(AMPLITUDE[0], AMPLITUDE[1] + 1)),
+        "snr_db": float(rng.uniform(*NOISE_SNR_DB)),
+    }
 
 
 def demo_model_settings() -> dict:
@@ -100,21 +141,30 @@ def require_espeak() -> str:
     return binary
 
 
-def synthesize(text: str, voice: str, style: str, rng: np.random.Generator, path: Path, binary: str) -> None:
-    settings = STYLES[style]
-    speed = int(rng.integers(*settings["speed"]))
-    pitch = int(rng.integers(*settings["pitch"]))
-    gap = int(rng.integers(*settings["gap"])) if settings["gap"][1] > settings["gap"][0] else settings["gap"][0]
-    amplitude = int(rng.integers(*settings["amplitude"]))
-    ssml = f'<speak><prosody range="{settings["range"]}">{text}</prosody></speak>'
-    subprocess.run([binary, "-v", voice, "-s", str(speed), "-p", str(pitch), "-g", str(gap), "-a", str(amplitude),
-                    "-m", "-w", str(path), ssml], check=True, capture_output=True, timeout=60)
+def synthesize(text: str, voice: str, delivery: dict, rng: np.random.Generator, path: Path,
+               binary: str) -> None:
+    """One sentence in `delivery`, with a little sentence-to-sentence jitter on rate and pitch."""
+    speed = max(80, round(delivery["speed"] * (1 + rng.normal(0, SENTENCE_JITTER["speed"]))))
+    pitch = int(np.clip(round(delivery["pitch"] + rng.normal(0, SENTENCE_JITTER["pitch"])), 0, 99))
+    ssml = f'<speak><prosody range="{delivery["pitch_range"]}">{text}</prosody></speak>'
+    subprocess.run([binary, "-v", voice, "-s", str(speed), "-p", str(pitch), "-g", str(delivery["word_gap"]),
+                    "-a", str(delivery["amplitude"]), "-m", "-w", str(path), ssml],
+                   check=True, capture_output=True, timeout=60)
 
 
-def synthesize_session(style: str, voice: str, sentences: list[str], rng: np.random.Generator, path: Path,
-                       binary: str | None = None, pause_seconds: tuple[float, float] = (0.2, 0.6),
-                       seconds: float | None = None) -> float:
-    """One session: the sentences in `style`, joined with short pauses and faint noise -> 16 kHz WAV.
+def background_noise(samples: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit-RMS noise with a random spectral tilt, from white (0) to brown-ish (2): rooms differ."""
+    tilt = rng.uniform(0.0, 2.0)
+    spectrum = np.fft.rfft(rng.standard_normal(samples))
+    frequencies = np.fft.rfftfreq(samples, 1 / 16000)
+    spectrum *= np.maximum(frequencies, 20.0) ** (-tilt / 2)
+    noise = np.fft.irfft(spectrum, samples)
+    return (noise / (np.sqrt(np.mean(noise ** 2)) + 1e-12)).astype(np.float32)
+
+
+def synthesize_session(delivery: dict, voice: str, sentences: list[str], rng: np.random.Generator, path: Path,
+                       binary: str | None = None, seconds: float | None = None) -> float:
+    """One session: the sentences in `delivery`, joined with its pauses, in its background noise -> 16 kHz WAV.
 
     With `seconds`, sentences are read until the session is that long and it is cut there, so both
     styles give sessions of the same length (the session head must not score length). Returns seconds.
@@ -123,47 +173,80 @@ def synthesize_session(style: str, voice: str, sentences: list[str], rng: np.ran
     import soxr
 
     binary = binary or require_espeak()
-    pieces = []
+    pieces, speech_power = [], []
     with tempfile.TemporaryDirectory() as scratch:
         for index, sentence in enumerate(sentences):
             if seconds is not None and sum(len(p) for p in pieces) >= seconds * 16000:
                 break
             wav = Path(scratch) / f"{index}.wav"
-            synthesize(sentence, voice, style, rng, wav, binary)
+            synthesize(sentence, voice, delivery, rng, wav, binary)
             audio, rate = soundfile.read(wav, dtype="float32", always_2d=True)
             audio = soxr.resample(audio.mean(axis=1), rate, 16000)
+            speech_power.append(float(np.mean(audio ** 2)))
             pieces.append(audio)
-            pieces.append(np.zeros(int(16000 * rng.uniform(*pause_seconds)), dtype=np.float32))
+            pieces.append(np.zeros(int(16000 * rng.uniform(*delivery["pause"])), dtype=np.float32))
     wave = np.concatenate(pieces)
     if seconds is not None:
         wave = wave[: int(seconds * 16000)]
-    wave = wave + rng.normal(0, 0.002, wave.shape).astype(np.float32)
-    soundfile.write(path, np.clip(wave, -1, 1), 16000, subtype="PCM_16")
+    noise_rms = np.sqrt(np.mean(speech_power)) / 10 ** (delivery["snr_db"] / 20)
+    wave = wave + noise_rms * background_noise(wave.size, rng)
+    wave = wave * min(1.0, 0.9 / (np.abs(wave).max() + 1e-12))  # no clipping, whatever the noise added
+    soundfile.write(path, wave, 16000, subtype="PCM_16")
     return len(wave) / 16000
 
 
-def generate_corpus(folder: Path, seed: int = 0, session_seconds: float = 35.0) -> Path:
-    """Write the WAVs and manifest.csv (speaker-disjoint train/validation/test) into `folder`."""
+def corpus_speakers(rng: np.random.Generator) -> list[str]:
+    voices = [f"{voice}+{variant}" for voice in VOICES for variant in VARIANTS if f"{voice}+{variant}" != DEMO_VOICE]
+    return [voices[i] for i in rng.permutation(len(voices))[:SPEAKERS]]
+
+
+def generate_corpus(folder: Path, seed: int = 0, session_seconds: float = SESSION_SECONDS) -> Path:
+    """Write the WAVs, manifest.csv (speaker-disjoint train/validation/test) and each session's drawn delivery
+    (deliveries.csv, for inspection) into `folder`."""
+    from tqdm import tqdm
+
     binary = require_espeak()
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    speakers = [f"{voice}+{variant}" for voice in VOICES for variant in VARIANTS]
-    rng.shuffle(speakers)
-    speakers = speakers[:30]
-    splits = ["test"] * 5 + ["validation"] * 5 + ["train"] * 20
-    rows = []
-    for number, (speaker, split) in enumerate(zip(speakers, splits)):
+    speakers = corpus_speakers(rng)
+    splits = [name for name, count in SPLITS.items() for _ in range(count)]
+    rows, deliveries = [], []
+    progress = tqdm(total=2 * len(speakers), desc="synthesising sessions", unit="session")
+    for number, (voice, split) in enumerate(zip(speakers, splits)):
+        habits = {key: float(rng.normal(0, spread)) for key, spread in SPEAKER_SPREAD.items()}
         for style, label in (("slowed", 1), ("lively", 0)):
+            delivery = draw_delivery(style, habits, rng)
             chosen = [SENTENCES[i] for i in rng.permutation(len(SENTENCES))]
-            name = f"spk{number:02d}-{style}.wav"
-            synthesize_session(style, speaker, chosen, rng, folder / name, binary, seconds=session_seconds)
-            rows.append({"participant_id": f"spk{number:02d}-{style}", "speaker_id": f"spk{number:02d}",
-                         "label": label, "audio_path": name, "split": split})
+            participant = f"spk{number:02d}-{style}"
+            synthesize_session(delivery, voice, chosen, rng, folder / f"{participant}.wav", binary,
+                               seconds=session_seconds)
+            rows.append({"participant_id": participant, "speaker_id": f"spk{number:02d}", "label": label,
+                         "audio_path": f"{participant}.wav", "split": split})
+            deliveries.append({"participant_id": participant, "voice": voice, "style": style} |
+                              {k: v for k, v in delivery.items() if k != "pause"})
+            progress.update()
+    progress.close()
     with open(folder / "manifest.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["participant_id", "speaker_id", "label", "audio_path", "split"])
         writer.writeheader()
         writer.writerows(rows)
+    with open(folder / "deliveries.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(deliveries[0]))
+        writer.writeheader()
+        writer.writerows(deliveries)
     return folder / "manifest.csv"
+
+
+def corpus_summary() -> str:
+    slowed, lively = STYLES["slowed"], STYLES["lively"]
+    split = "/".join(str(n) for n in (SPLITS["train"], SPLITS["validation"], SPLITS["test"]))
+    return (f"{SPEAKERS} synthetic speakers (espeak-ng voices and variants, not the demo's {DEMO_VOICE}) x 2 "
+            f"sessions of {SESSION_SECONDS:.0f} s, speaker-disjoint {split} train/validation/test; each session "
+            f"draws its delivery once from overlapping class distributions: rate {slowed['speed'][0]} vs "
+            f"{lively['speed'][0]} wpm (sd {slowed['speed'][1]}), pitch {slowed['pitch'][0]} vs "
+            f"{lively['pitch'][0]} (sd {slowed['pitch'][1]}), narrower vs wider pitch range, longer vs shorter "
+            f"word gaps and pauses (slowed vs lively), around each speaker's own habits, in background noise at "
+            f"{NOISE_SNR_DB[0]:.0f}-{NOISE_SNR_DB[1]:.0f} dB SNR")
 
 
 def default_output() -> Path:
@@ -185,9 +268,11 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
     from moodstream.trainer.train import train
 
     require_espeak()
+    started = time.monotonic()
     work = Path(work).expanduser().resolve()
     manifest = work / "audio" / "manifest.csv"
-    if not (resume and manifest.is_file()):
+    resumed = resume and manifest.is_file()
+    if not resumed:
         if work.exists():
             shutil.rmtree(work)  # from scratch
         manifest = generate_corpus(work / "audio", seed=seed)
@@ -195,7 +280,8 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
         "data": {"format": "manifest", "path": str(manifest), "cache_dir": str(work / "cache")},
         "model": demo_model_settings() | DEMO_DESCRIPTION | {
             "notes": {"recipe": "moodstream demo-checkpoint", "seed": seed, "what_it_learned": DEMO_NOTE}},
-        # 16 epochs: validation loss is below 0.01 by epoch 14 on this corpus.
+        # 16 epochs: stage 1 is still improving slowly there (validation AUC 0.71 after epoch 1, 0.82
+        # after 15), but the build must stay about half an hour on two busy CPU cores.
         "stage1": {"lr_backbone": 1e-3, "epochs": 16},
         "stage2": {"lr_head": 3e-3, "epochs": 100},
         "run": {"output": str(work / "run"), "seed": seed, "progress": False, "tsne": False},
@@ -213,8 +299,8 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
         "Regenerate from scratch with `moodstream demo-checkpoint` (needs espeak-ng; installs nothing itself).\n\n"
         f"* model_version: {model.model_version}\n"
         f"* parameters: {model.parameter_counts()['total']:,}\n"
-        f"* corpus: 30 synthetic speakers x 2 sessions of 35 s (slowed / lively), speaker-disjoint 20/5/5 "
-        "train/validation/test\n"
+        f"* corpus: {corpus_summary()}\n"
+        f"* speech path (the agent's, recorded in config.json): {json.dumps(model.config.speech)}\n"
         f"* decision threshold (chosen on validation): {model.config.decision_threshold:.3f}\n"
         f"* held-out test sessions: F1 {test['session']['f1']:.3f}, AUC {test['session']['auc']:.3f}; "
         f"segments: AUC {test['segment']['auc']:.3f}\n"
@@ -222,7 +308,9 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
         "validation prefixes): "
         f"{json.dumps(model.config.notes.get('calibration'))}\n"
         f"* evidence rule (chosen on validation): no label before {model.config.min_evidence_segments} "
-        f"segment(s), about {model.config.min_evidence_segments * model.config.segment_seconds:.0f} s of speech\n\n"
+        f"segment(s), about {model.config.min_evidence_segments * model.config.segment_seconds:.0f} s of speech\n"
+        f"* build wall time: {(time.monotonic() - started) / 60:.1f} min on {os.cpu_count()} CPU core(s)"
+        f"{' (resumed: this part only)' if resumed else ' (speech synthesis + training, from scratch)'}\n\n"
         "Held-out test sessions, scored after k segments (what a live subscriber sees):\n\n"
         f"{prefix_markdown(test['prefix'], test['prefix_uncalibrated'])}\n")
     (target / "training_result.json").write_text(json.dumps(

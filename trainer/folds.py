@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moodstream.trainer.data import Session, natural_key
+from moodstream.trainer.dataset import Session, natural_key
 
 
 class LeakageError(ValueError):

@@ -65,10 +65,3 @@ def mean_std(values) -> tuple[float, float]:
     if array.size == 0:
         return math.nan, math.nan
     return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else 0.0
-
-
-def format_mean_std(values, digits: int = 3) -> str:
-    mean, std = mean_std(values)
-    if math.isnan(mean):
-        return "n/a"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"

@@ -28,7 +28,7 @@ import numpy as np
 
 from moodstream.agent.sources import SAMPLE_RATE, FileSource, SourceError
 from moodstream.agent.speech_path import CaptureSettings, capture_chunks
-from moodstream.trainer.data import AudioSpan, Dataset, Session
+from moodstream.trainer.dataset import AudioSpan, Dataset, Session
 
 SEGMENTER_VERSION = 2
 

