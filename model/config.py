@@ -19,6 +19,7 @@ FINE_TUNING_STRATEGIES = ("frozen", "last-n", "all")
 FEATURE_NORMALIZATIONS = ("none", "standardize")
 POOLINGS = ("attention", "mean", "max")
 SESSION_HEADS = ("self-attention", "last-step")
+SESSION_TIME_POOLINGS = ("sum", "mean")
 
 
 @dataclass
@@ -43,6 +44,9 @@ class ModelConfig:
     lstm_hidden_size: int = 128
     attention_size: int = 128
     session_head: str = "self-attention"
+    # "sum" (the paper's) or "mean" of the attended rows over time: a mean keeps the logit's scale
+    # independent of the session's length (small-data recipe, docs/training.md).
+    session_time_pooling: str = "sum"
 
     # Audio framing and decision.
     sample_rate: int = 16000
@@ -91,6 +95,8 @@ class ModelConfig:
         require(self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         require(self.session_head in SESSION_HEADS,
                 f"session_head must be one of {SESSION_HEADS}, got {self.session_head!r}")
+        require(self.session_time_pooling in SESSION_TIME_POOLINGS,
+                f"session_time_pooling must be one of {SESSION_TIME_POOLINGS}, got {self.session_time_pooling!r}")
         require(self.conv_layers >= 1 and self.conv_channels >= 1, "conv_layers and conv_channels must be >= 1")
         require(self.conv_kernel_size >= 1 and self.conv_kernel_size % 2 == 1,
                 "conv_kernel_size must be odd so frames stay aligned with the padding mask")
@@ -161,7 +167,7 @@ class ModelConfig:
 # Fields added after checkpoint format 1 was fixed, and their defaults.
 _WRITTEN_WHEN_SET = {"training_data": "", "positive_class": "", "demo_model": False, "speech": None,
                      "feature_normalization": "none", "calibration_scale": 1.0, "calibration_bias": 0.0,
-                     "min_evidence_segments": 1}
+                     "min_evidence_segments": 1, "session_time_pooling": "sum"}
 
 
 def tiny_wav2vec2_config() -> dict[str, Any]:

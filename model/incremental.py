@@ -289,6 +289,8 @@ class IncrementalScorer:
         new_state = self._attend(state, h, c, q, k, v)
         new_state.rows_checksum = zlib.crc32(new_state.row_bytes(n), state.rows_checksum)
         summed = (1.0 / new_state.row_denominator) @ new_state.row_numerator
+        if self.head.time_pooling == "mean":
+            summed = summed / np.float32(n + 1)
         logit = float(summed @ self._w_out) + self._b_out
         return new_state, _probability(logit)
 

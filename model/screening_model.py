@@ -37,7 +37,7 @@ class ScreeningModel(nn.Module):
                                         config.conv_layers, config.dropout, config.pooling,
                                         config.feature_normalization)
         self.session_head = SessionHead(config.segment_vector_size, config.lstm_hidden_size,
-                                        config.attention_size, config.session_head)
+                                        config.attention_size, config.session_head, config.session_time_pooling)
         self.eval()
 
     # ----------------------------------------------------------------- checkpoints

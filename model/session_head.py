@@ -4,6 +4,8 @@ Unidirectional LSTM; scaled dot-product self-attention with Q, K, V
 projections of the LSTM outputs, every position attending to every position;
 the attended rows are summed over time and a linear layer gives one logit.
 The `last-step` variant (the paper's ablation) uses the last LSTM output instead.
+`time_pooling = "mean"` (a small-data departure, docs/training.md) averages the attended
+rows instead of summing them, so the logit's scale does not grow with the session's length.
 """
 from __future__ import annotations
 
@@ -12,13 +14,18 @@ import math
 import torch
 from torch import nn
 
+from moodstream.model.config import SESSION_TIME_POOLINGS
+
 
 class SessionHead(nn.Module):
     def __init__(self, input_size: int, hidden_size: int = 128, attention_size: int = 128,
-                 variant: str = "self-attention") -> None:
+                 variant: str = "self-attention", time_pooling: str = "sum") -> None:
         super().__init__()
+        if time_pooling not in SESSION_TIME_POOLINGS:
+            raise ValueError(f"time_pooling must be one of {SESSION_TIME_POOLINGS}, got {time_pooling!r}")
         self.input_size = input_size
         self.variant = variant
+        self.time_pooling = time_pooling
         self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
         self.query = nn.Linear(hidden_size, attention_size)
         self.key = nn.Linear(hidden_size, attention_size)
@@ -41,4 +48,6 @@ class SessionHead(nn.Module):
         scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
         attended = torch.softmax(scores, dim=-1) @ values
         summed = (attended * valid[:, :, None].to(attended.dtype)).sum(dim=1)
+        if self.time_pooling == "mean":
+            summed = summed / lengths[:, None].to(summed.dtype)
         return self.classifier(summed).squeeze(-1)

@@ -13,10 +13,12 @@ def batch_probability(head, vectors):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("variant", ["self-attention", "last-step"])
-def test_incremental_equals_batch_after_every_segment(seed, variant):
+@pytest.mark.parametrize("variant,time_pooling", [("self-attention", "sum"), ("self-attention", "mean"),
+                                                  ("last-step", "sum")])
+def test_incremental_equals_batch_after_every_segment(seed, variant, time_pooling):
     torch.manual_seed(seed)
-    head = SessionHead(input_size=24, hidden_size=32, attention_size=20, variant=variant).eval()
+    head = SessionHead(input_size=24, hidden_size=32, attention_size=20, variant=variant,
+                       time_pooling=time_pooling).eval()
     # larger weights make the softmax peaky, where an online softmax could drift
     with torch.no_grad():
         for parameter in head.parameters():
@@ -218,3 +220,27 @@ def test_a_calibrated_checkpoint_scores_the_same_in_batch_and_incrementally(scal
         expected = 1.0 / (1.0 + torch.exp(torch.tensor(-(scale * raw_logit + bias), dtype=torch.float64)))
         assert abs(probability - reloaded.score(vectors[:n])) <= 1e-6
         assert abs(probability - float(expected)) <= 1e-6  # the calibration is applied, not ignored
+
+
+def test_mean_time_pooling_divides_the_summed_evidence_by_the_session_length():
+    # The paper's sum grows the logit with the session's length; the mean is that sum over n.
+    torch.manual_seed(4)
+    summing = SessionHead(input_size=6, hidden_size=5, attention_size=4).eval()
+    averaging = SessionHead(input_size=6, hidden_size=5, attention_size=4, time_pooling="mean").eval()
+    averaging.load_state_dict(summing.state_dict())
+    vectors = torch.randn(7, 6)
+    with torch.no_grad():
+        for n in (1, 3, 7):
+            summed = summing(vectors[None, :n])[0] - summing.classifier.bias
+            averaged = averaging(vectors[None, :n])[0] - averaging.classifier.bias
+            assert float(averaged) == pytest.approx(float(summed) / n, rel=1e-5, abs=1e-7)
+
+
+def test_checkpoint_round_trips_mean_time_pooling_and_old_configs_keep_their_version(tmp_path):
+    model = ScreeningModel(ModelConfig.tiny(session_time_pooling="mean"))
+    assert model.session_head.time_pooling == "mean"
+    loaded = ScreeningModel.from_pretrained(model.save_pretrained(tmp_path / "mean"))
+    assert loaded.session_head.time_pooling == "mean"
+    assert "session_time_pooling" not in ModelConfig.tiny().to_dict()
+    with pytest.raises(ValueError, match="session_time_pooling"):
+        ModelConfig.tiny(session_time_pooling="max")

@@ -1,4 +1,4 @@
-"""`moodstream train | evaluate | ablate | baseline | standin | import-whisper | demo-checkpoint`.
+"""`moodstream train | evaluate | ablate | baseline | standin | standin-sweep | import-whisper | demo-checkpoint`.
 
 Parsers only here (no torch import), so `moodstream --help` stays fast.
 """
@@ -94,6 +94,19 @@ def add_parser(subparsers) -> None:
     standin.add_argument("--only", action="append", default=[],
                          help="run only these rows (names as in the table; repeatable)")
     standin.set_defaults(handler=run_standin)
+
+    sweep = subparsers.add_parser(
+        "standin-sweep", help="compare small-data settings on the stand-in's validation folds (test folds unread)",
+        description="Trains the stand-in's frozen-Whisper model row once per setting and reports the AUCs pooled "
+                    "over the 6 validation folds, never the test folds, so a setting can be chosen honestly. "
+                    "A setting is NAME:section.key=value[,section.key=value...]; the first is the reference "
+                    "(give it no overrides: 'small-data:'), and settings that change only stage 2 or scoring "
+                    "reuse its stage 1. Writes <output>/sweep.md and sweep.json.")
+    sweep.add_argument("settings", nargs="+", metavar="NAME:OVERRIDES")
+    sweep.add_argument("--data", default="../shared/data/ravdess16k", help="RAVDESS 16 kHz folder")
+    sweep.add_argument("--output", default="runs/standin", help="the stand-in folder (its segment cache is reused)")
+    sweep.add_argument("--whisper", default=None, help="converted Whisper folder (default: <output>/whisper-tiny.en)")
+    sweep.set_defaults(handler=run_standin_sweep)
 
     whisper = subparsers.add_parser(
         "import-whisper", help="convert a CTranslate2 Whisper model into a transformers folder (evaluation tool)",
@@ -217,6 +230,16 @@ def run_standin(args) -> int:
 
     table = run_standin_evaluation(args.data, args.output, whisper=args.whisper, only=args.only)
     print(table)
+    return 0
+
+
+def run_standin_sweep(args) -> int:
+    from pathlib import Path
+
+    from moodstream.trainer.standin_sweep import run_sweep
+
+    whisper = args.whisper or str(Path(args.output) / "whisper-tiny.en")
+    print(run_sweep(args.data, args.output, whisper, args.settings))
     return 0
 
 

@@ -1,0 +1,38 @@
+"""The stand-in sweep chooses on validation folds: it reads validation predictions and never test ones."""
+import json
+
+import pytest
+
+from moodstream.trainer.standin_sweep import parse_setting, sweep_table, validation_aucs
+
+
+def test_a_setting_is_a_name_and_its_overrides():
+    assert parse_setting("small-data:") == ("small-data", [])
+    assert parse_setting("s2:stage2.lr_head=1e-3,model.session_time_pooling=mean") == (
+        "s2", ["stage2.lr_head=1e-3", "model.session_time_pooling=mean"])
+    with pytest.raises(ValueError, match="NAME:section.key=value"):
+        parse_setting("stage2.lr_head=1e-3")
+
+
+def _fold(folder, name, validation, test):
+    def predictions(probabilities):
+        return {"session_labels": [0, 1, 0, 1], "session_probabilities": probabilities,
+                "segment_labels": [0, 1, 0, 1], "segment_probabilities": probabilities}
+
+    (folder / name).mkdir(parents=True)
+    (folder / name / "result.json").write_text(json.dumps({
+        "stage1_epochs": 12, "stage2_epochs": 11,
+        "validation": {"predictions": predictions(validation)}, "test": {"predictions": predictions(test)}}))
+
+
+def test_validation_aucs_pool_the_validation_folds_only(tmp_path):
+    # Validation ranks every positive first; test ranks them last: only validation may show.
+    _fold(tmp_path, "fold-1", [0.1, 0.9, 0.2, 0.8], [0.9, 0.1, 0.8, 0.2])
+    _fold(tmp_path, "fold-2", [0.3, 0.7, 0.4, 0.6], [0.7, 0.3, 0.6, 0.4])
+    result = validation_aucs(tmp_path)
+    assert result["validation_session_auc"] == 1.0
+    assert result["validation_segment_auc"] == 1.0
+    assert result["sessions"] == 8
+    assert [tuple(e) for e in result["epochs"]] == [(12, 11)] * 2
+    table = sweep_table({"small-data": {"overrides": [], **result}})
+    assert "| small-data | (none) | 100.0 | 100.0 | 12/11 12/11 |" in table
