@@ -32,7 +32,7 @@ from moodstream.trainer.data import Session
 from moodstream.trainer.folds import Split, assign_folds, check_disjoint
 from moodstream.trainer.metrics import choose_threshold
 from moodstream.trainer.prefixes import choose_min_evidence
-from moodstream.trainer.train import CsvLog, SplitTrainer, pick_device, seed_everything
+from moodstream.trainer.train import SplitTrainer, seed_everything
 
 ID_COLUMNS = ("session_id", "participant_id")
 SCORE_COLUMNS = ("phq8_score", "phq8", "phq_score", "score")
@@ -165,20 +165,13 @@ class ExportTrainer(SplitTrainer):
 
     def __init__(self, config: TrainConfig, model: ScreeningModel, sessions: list[ExportedSession],
                  labels: dict[str, int], split: Split, run_dir: Path, positive_class: str) -> None:
-        self.config = config
-        self.split = split
-        self.run_dir = run_dir
-        self.on_epoch_end = None
-        self.positive_class = positive_class
-        self.device = pick_device(config.run.device)
+        self.start_run(config, split, run_dir, None, positive_class)
         self.model = model.to(self.device)
         self.exported = {s.session_id: s for s in sessions}
         self.sessions = {s.session_id: SimpleNamespace(session=Session(s.session_id, s.participant_id,
                                                                        labels[s.session_id], []))
                          for s in sessions}
         self.vectors = {s.session_id: torch.from_numpy(s.vector_matrix()) for s in sessions}
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.log = CsvLog(run_dir / "log.csv")
         self.same_encoder_as = sorted({*same_encoder_versions(model), *(s.model_version for s in sessions)})
 
     def segment_rows(self, ids: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:

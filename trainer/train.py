@@ -287,15 +287,20 @@ def run_loop(name: str, stage: StageSection, modules: nn.Module, optimizer: torc
 class SplitTrainer:
     def __init__(self, config: TrainConfig, store: SegmentStore, split: Split, run_dir: Path,
                  on_epoch_end: EpochCallback | None = None, positive_class: str = "depressed") -> None:
-        self.config = config
+        self.start_run(config, split, run_dir, on_epoch_end, positive_class)
         self.store = store
+        self.sessions = store.by_id()
+        self.feature_cache: list[torch.Tensor] | None = None
+
+    def start_run(self, config: TrainConfig, split: Split, run_dir: Path, on_epoch_end: EpochCallback | None,
+                  positive_class: str) -> None:
+        """What every trainer of one split holds, whatever its data: settings, device, run folder and log."""
+        self.config = config
         self.positive_class = positive_class
         self.split = split
         self.run_dir = run_dir
         self.on_epoch_end = on_epoch_end
         self.device = pick_device(config.run.device)
-        self.sessions = store.by_id()
-        self.feature_cache: list[torch.Tensor] | None = None
         run_dir.mkdir(parents=True, exist_ok=True)
         self.log = CsvLog(run_dir / "log.csv")
 
