@@ -15,6 +15,7 @@ from moodstream.dashboard.server import BackgroundDashboard
 from moodstream.server.app import BackgroundServer, ServerConfig
 from moodstream.v1 import moodstream_pb2 as pb
 from server_harness import chunk, end, header, make_chunks, running_server, stream, stub_for
+from waiting import wait_for
 
 
 @pytest.fixture
@@ -36,16 +37,6 @@ def stream_session(port, tokens, session, participant, count, seed=0, first_seq=
         requests.append(end(first_seq + count - 1))
     with stub_for(port) as stub:
         return stream(stub, requests, tokens.metadata("agent"))
-
-
-def wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def get_json(url):

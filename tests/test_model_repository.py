@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import time
 
 import grpc
 import pytest
@@ -16,6 +15,7 @@ import torch
 from moodstream.server.app import BackgroundServer, ServerConfig
 from moodstream.v1 import moodstream_pb2 as pb
 from server_harness import chunk, end, header, make_chunks, offline_score, stream, stub_for, tiny_model
+from waiting import wait_for
 
 POLL = 0.2
 Code = grpc.StatusCode
@@ -43,16 +43,6 @@ def set_current(folder, name: str) -> None:
     spare = folder / ".current.tmp"
     spare.write_text(name + "\n")
     spare.replace(folder / "current")
-
-
-def wait_for(condition, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def info(stub, tokens, version: str = "") -> pb.ModelInfo:
