@@ -21,22 +21,21 @@ def _row_configs(data: str, output: Path, whisper: Path) -> dict[str, dict]:
     def run(name: str, recipe: str) -> dict:
         return {"output": str(output / name), "seed": 0, "progress": False, "recipe": recipe}
 
+    def frozen_whisper(name: str, recipe: str, pretrained: bool) -> dict:
+        return {"data": common_data, "run": run(name, recipe),
+                "model": {"backbone": str(whisper), "pretrained": pretrained, "fine_tuning": "frozen",
+                          "normalize_waveform": False}}
+
     return {
         "whisper-pretrained-frozen": {
             "label": "model: Whisper tiny.en encoder, pretrained, frozen + the paper's heads, small-data recipe",
-            "config": {"data": common_data, "run": run("whisper-pretrained-frozen", "small-data"),
-                       "model": {"backbone": str(whisper), "pretrained": True, "fine_tuning": "frozen",
-                                 "normalize_waveform": False}}},
+            "config": frozen_whisper("whisper-pretrained-frozen", "small-data", pretrained=True)},
         "whisper-pretrained-frozen-paper": {
             "label": "model: the same, the paper's recipe",
-            "config": {"data": common_data, "run": run("whisper-pretrained-frozen-paper", "paper"),
-                       "model": {"backbone": str(whisper), "pretrained": True, "fine_tuning": "frozen",
-                                 "normalize_waveform": False}}},
+            "config": frozen_whisper("whisper-pretrained-frozen-paper", "paper", pretrained=True)},
         "whisper-random-frozen": {
             "label": "model: same encoder randomly initialised, frozen + the paper's heads, the paper's recipe",
-            "config": {"data": common_data, "run": run("whisper-random-frozen", "paper"),
-                       "model": {"backbone": str(whisper), "pretrained": False, "fine_tuning": "frozen",
-                                 "normalize_waveform": False}}},
+            "config": frozen_whisper("whisper-random-frozen", "paper", pretrained=False)},
         "tiny-wav2vec2-scratch": {
             "label": "model: tiny wav2vec2 (demo size) trained from scratch, all layers, the paper's recipe",
             "config": {"data": common_data, "run": run("tiny-wav2vec2-scratch", "paper"),
