@@ -47,9 +47,7 @@ def add_parser(subparsers) -> None:
                             "naming the folder new sessions get (needed when there are several). The server "
                             "checks DIR every 2 s: new folders load and a changed current takes effect without "
                             "a restart; a session stays on the version it started under (docs/models.md)")
-    server.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-                        help="Redis URL (env REDIS_URL)")
-    server.add_argument("--redis-cluster", action="store_true", help="the URL is a Redis Cluster node")
+    add_redis_options(server, cluster_help="the URL is a Redis Cluster node")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
     server.add_argument("--port", type=port_number, default=50051, help="port to listen on (0 = any free port)")
     server.add_argument("--tokens", help="tokens file (see `moodstream token create`)")
@@ -137,10 +135,7 @@ def add_parser(subparsers) -> None:
                     "to subscribers, and server logs, are outside Redis and not touched. Asks for "
                     "confirmation unless --yes; prints how many keys were deleted. Cannot be undone.")
     forget.add_argument("participant", metavar="PARTICIPANT", help="the participant id, as the agent sent it")
-    forget.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-                        help="Redis URL of the session store (env REDIS_URL; default %(default)s)")
-    forget.add_argument("--redis-cluster", action="store_true",
-                        help="the URL is a Redis Cluster node: every master is searched")
+    add_redis_options(forget, cluster_help="the URL is a Redis Cluster node: every master is searched")
     forget.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     forget.set_defaults(handler=run_forget)
 
@@ -153,16 +148,19 @@ def add_parser(subparsers) -> None:
                     "only read. The vectors and scores are a screening aid's, not diagnoses.",
         formatter_class=HelpFormatter)
     export.add_argument("out", metavar="OUT", help="folder to create (must not exist)")
-    export.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-                        help="Redis URL of the session store (env REDIS_URL; default %(default)s)")
-    export.add_argument("--redis-cluster", action="store_true",
-                        help="the URL is a Redis Cluster node: every master is read")
+    add_redis_options(export, cluster_help="the URL is a Redis Cluster node: every master is read")
     export.add_argument("--participant", action="append", default=None, metavar="P",
                         help="only this participant's sessions; repeat for several (default: everyone)")
     export.add_argument("--since", default=None, metavar="WHEN",
                         help="only sessions scored at or after WHEN: an ISO 8601 date or date-time (UTC unless "
                              "it names an offset) or Unix seconds (default: every session)")
     export.set_defaults(handler=run_export)
+
+
+def add_redis_options(parser, cluster_help: str) -> None:
+    parser.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+                        help="Redis URL of the session store (env REDIS_URL; default %(default)s)")
+    parser.add_argument("--redis-cluster", action="store_true", help=cluster_help)
 
 
 def _split(values: str) -> list[str]:
