@@ -20,6 +20,7 @@ FEATURE_NORMALIZATIONS = ("none", "standardize")
 POOLINGS = ("attention", "mean", "max")
 SESSION_HEADS = ("self-attention", "last-step")
 SESSION_TIME_POOLINGS = ("sum", "mean")
+SESSION_SKIPS = ("none", "segment-mean")
 
 
 @dataclass
@@ -47,6 +48,10 @@ class ModelConfig:
     # "sum" (the paper's) or "mean" of the attended rows over time: a mean keeps the logit's scale
     # independent of the session's length (small-data recipe, docs/training.md).
     session_time_pooling: str = "sum"
+    # "segment-mean" (a small-data departure, docs/training.md): the session logit also gets the mean
+    # over the session's segments of a linear score of each segment vector, a skip path around the
+    # LSTM and attention that the trainer starts from the segment head's own classifier.
+    session_skip: str = "none"
 
     # Audio framing and decision.
     sample_rate: int = 16000
@@ -97,6 +102,8 @@ class ModelConfig:
                 f"session_head must be one of {SESSION_HEADS}, got {self.session_head!r}")
         require(self.session_time_pooling in SESSION_TIME_POOLINGS,
                 f"session_time_pooling must be one of {SESSION_TIME_POOLINGS}, got {self.session_time_pooling!r}")
+        require(self.session_skip in SESSION_SKIPS,
+                f"session_skip must be one of {SESSION_SKIPS}, got {self.session_skip!r}")
         require(self.conv_layers >= 1 and self.conv_channels >= 1, "conv_layers and conv_channels must be >= 1")
         require(self.conv_kernel_size >= 1 and self.conv_kernel_size % 2 == 1,
                 "conv_kernel_size must be odd so frames stay aligned with the padding mask")
@@ -167,7 +174,8 @@ class ModelConfig:
 # Fields added after checkpoint format 1 was fixed, and their defaults.
 _WRITTEN_WHEN_SET = {"training_data": "", "positive_class": "", "demo_model": False, "speech": None,
                      "feature_normalization": "none", "calibration_scale": 1.0, "calibration_bias": 0.0,
-                     "min_evidence_segments": 1, "session_time_pooling": "sum"}
+                     "min_evidence_segments": 1, "session_time_pooling": "sum",
+                     "session_skip": "none"}
 
 
 def tiny_wav2vec2_config() -> dict[str, Any]:

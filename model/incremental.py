@@ -10,7 +10,8 @@ to float tolerance.
 
 What a server stores per session is split by how it grows (see
 docs/scorer-state.md): the *head* (model version, segment count, the LSTM's
-h and c, a checksum of the rows) is O(d) and rewritten after each segment;
+h and c, a checksum of the rows, the running sum of the skip path's segment
+scores) is O(d) and rewritten after each segment;
 the *rows* (each segment's q, k, v) only ever grow, one O(d) record per
 segment. The per-row online-softmax sums change for every row at each step,
 so they are not stored: `IncrementalScorer.restore` rebuilds them by running
@@ -35,7 +36,10 @@ _VARIANT_CODES = {"self-attention": 0, "last-step": 1}
 _HEADER = struct.Struct("<4sHBB III")  # magic, format, variant, version length, n, hidden, attention
 _MAX_WIDTH = 1 << 16  # far above any session head; larger widths in a state are corruption, not a model
 HEAD_MAGIC = b"MSSH"
-HEAD_FORMAT_VERSION = 2
+HEAD_FORMAT_VERSION = 3
+# Format 2 heads (before the skip path's sum was stored) are read as a sum of 0.
+READABLE_HEAD_FORMATS = (2, 3)
+_SUM = struct.Struct("<d")
 # magic, format, variant, version length, n, hidden, attention, CRC-32 of the rows
 _HEAD_HEADER = struct.Struct("<4sHBB IIII")
 
@@ -88,6 +92,7 @@ class ScorerState:
     _keys: _RowBuffer
     _values: _RowBuffer
     rows_checksum: int = 0          # CRC-32 of row_bytes(0), kept up to date one row at a time
+    segment_score_sum: float = 0.0  # the skip path's segment scores summed so far (0 without one)
 
     @classmethod
     def create(cls, model_version: str, variant: str, h, c, queries, keys, values,
@@ -131,12 +136,13 @@ class ScorerState:
         return np.ascontiguousarray(stacked, dtype="<f4").tobytes()
 
     def head_bytes(self) -> bytes:
-        """The O(d) part: model version, segment count, h, c and the rows' checksum; versioned and checksummed."""
+        """The O(d) part: model version, segment count, h, c, the rows' checksum and the skip path's sum;
+        versioned and checksummed."""
         version = self._version_bytes()
         header = _HEAD_HEADER.pack(HEAD_MAGIC, HEAD_FORMAT_VERSION, _VARIANT_CODES[self.variant], len(version),
                                    self.segments, self.h.size, self.queries.shape[1], self.rows_checksum)
         payload = b"".join([header, version, np.ascontiguousarray(self.h, dtype="<f4").tobytes(),
-                            np.ascontiguousarray(self.c, dtype="<f4").tobytes()])
+                            np.ascontiguousarray(self.c, dtype="<f4").tobytes(), _SUM.pack(self.segment_score_sum)])
         return payload + struct.pack("<I", zlib.crc32(payload))
 
     def _version_bytes(self) -> bytes:
@@ -147,6 +153,9 @@ class ScorerState:
 
     def to_bytes(self) -> bytes:
         """The whole state in one blob (format 1, O(n*d)): a snapshot; servers store head_bytes + row_bytes."""
+        if self.segment_score_sum != 0.0:
+            raise StateError("a whole-state snapshot (format 1) cannot hold the skip path's sum; "
+                             "store head_bytes() and row_bytes()")
         version = self._version_bytes()
         header = _HEADER.pack(STATE_MAGIC, STATE_FORMAT_VERSION, _VARIANT_CODES[self.variant], len(version),
                               self.segments, self.h.size, self.queries.shape[1])
@@ -229,6 +238,9 @@ class IncrementalScorer:
         self._w_out = weights(head.classifier.weight)[0] * np.float32(scale)
         self._b_out = float(head.classifier.bias.detach()[0]) * scale + bias
         self._scale = np.float32(head.scale)
+        self._calibration_scale = float(scale)
+        self._w_skip = None if head.segment_score is None else weights(head.segment_score.weight)[0]
+        self._b_skip = 0.0 if head.segment_score is None else float(head.segment_score.bias.detach()[0])
 
     @property
     def vector_size(self) -> int:
@@ -277,10 +289,15 @@ class IncrementalScorer:
         h = (_sigmoid(o) * np.tanh(c)).astype(np.float32)
         c = c.astype(np.float32)
         n = state.segments
+        score_sum = state.segment_score_sum
+        if self._w_skip is not None:
+            score_sum += float(x @ self._w_skip) + self._b_skip
+        skip_logit = self._calibration_scale * score_sum / (n + 1) if self._w_skip is not None else 0.0
         if self.head.variant == "last-step":
-            logit = float(h @ self._w_out) + self._b_out
+            logit = float(h @ self._w_out) + self._b_out + skip_logit
             new_state = ScorerState(self.model_version, state.variant, h, c, state.row_max, state.row_denominator,
-                                    state.row_numerator, n + 1, state._queries, state._keys, state._values)
+                                    state.row_numerator, n + 1, state._queries, state._keys, state._values,
+                                    segment_score_sum=score_sum)
             return new_state, _probability(logit)
 
         projected = h @ self._w_qkv + self._b_qkv
@@ -288,10 +305,11 @@ class IncrementalScorer:
         q, k, v = projected[:width], projected[width:2 * width], projected[2 * width:]
         new_state = self._attend(state, h, c, q, k, v)
         new_state.rows_checksum = zlib.crc32(new_state.row_bytes(n), state.rows_checksum)
+        new_state.segment_score_sum = score_sum
         summed = (1.0 / new_state.row_denominator) @ new_state.row_numerator
         if self.head.time_pooling == "mean":
             summed = summed / np.float32(n + 1)
-        logit = float(summed @ self._w_out) + self._b_out
+        logit = float(summed @ self._w_out) + self._b_out + skip_logit
         return new_state, _probability(logit)
 
     def _attend(self, state: ScorerState, h, c, q, k, v) -> ScorerState:
@@ -337,9 +355,9 @@ class IncrementalScorer:
         magic, fmt, variant_code, version_len, n, hidden, attention, rows_checksum = _HEAD_HEADER.unpack_from(payload)
         if magic != HEAD_MAGIC:
             raise StateError("bytes are not a moodstream scorer state head")
-        if fmt != HEAD_FORMAT_VERSION:
+        if fmt not in READABLE_HEAD_FORMATS:
             raise StateError(f"scorer state head format {fmt} is not supported "
-                             f"(this build reads {HEAD_FORMAT_VERSION})")
+                             f"(this build reads {', '.join(map(str, READABLE_HEAD_FORMATS))})")
         model_version, offset = _model_version_at(payload, _HEAD_HEADER.size, version_len, "scorer state head")
         variants = {code: name for name, code in _VARIANT_CODES.items()}
         if variants.get(variant_code) != self.head.variant:
@@ -351,10 +369,16 @@ class IncrementalScorer:
         if (hidden, attention) != (expected_hidden, expected_attention):
             raise StateError(f"state widths (hidden {hidden}, attention {attention}) do not fit this scorer "
                              f"(hidden {expected_hidden}, attention {expected_attention})")
-        if len(payload) != offset + 8 * hidden:
-            raise StateError(f"scorer state head has {len(head)} bytes, expected {offset + 8 * hidden + 4}")
+        expected = offset + 8 * hidden + (_SUM.size if fmt >= 3 else 0)
+        if len(payload) != expected:
+            raise StateError(f"scorer state head has {len(head)} bytes, expected {expected + 4}")
         h = np.frombuffer(payload, dtype="<f4", count=hidden, offset=offset).astype(np.float32)
         c = np.frombuffer(payload, dtype="<f4", count=hidden, offset=offset + 4 * hidden).astype(np.float32)
+        score_sum = _SUM.unpack_from(payload, offset + 8 * hidden)[0] if fmt >= 3 else 0.0
+        if not math.isfinite(score_sum):
+            raise StateError("scorer state holds NaN or infinite values")
+        if fmt < 3 and self._w_skip is not None and n > 0:
+            raise StateError(f"a format-{fmt} head has no sum for this model's skip path")
         row_count = n if self.head.variant == "self-attention" else 0
         if len(rows) != row_count * 12 * attention:
             raise StateError(f"scorer state has {len(rows)} bytes of rows for {row_count} rows, "
@@ -368,7 +392,7 @@ class IncrementalScorer:
         for q, k, v in zip(records[:, :attention], records[:, attention:2 * attention], records[:, 2 * attention:]):
             state = self._attend(state, state.h, state.c, q, k, v)
         state.h, state.c, state.segments = h, c, n
-        state.rows_checksum = rows_checksum
+        state.rows_checksum, state.segment_score_sum = rows_checksum, score_sum
         return state
 
 

@@ -36,8 +36,7 @@ class ScreeningModel(nn.Module):
         self.segment_head = SegmentHead(self.backbone.hidden_size, config.conv_channels, config.conv_kernel_size,
                                         config.conv_layers, config.dropout, config.pooling,
                                         config.feature_normalization)
-        self.session_head = SessionHead(config.segment_vector_size, config.lstm_hidden_size,
-                                        config.attention_size, config.session_head, config.session_time_pooling)
+        self.session_head = SessionHead.from_config(config)
         self.eval()
 
     # ----------------------------------------------------------------- checkpoints

@@ -13,12 +13,14 @@ def batch_probability(head, vectors):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("variant,time_pooling", [("self-attention", "sum"), ("self-attention", "mean"),
-                                                  ("last-step", "sum")])
-def test_incremental_equals_batch_after_every_segment(seed, variant, time_pooling):
+@pytest.mark.parametrize("variant,time_pooling,skip", [
+    ("self-attention", "sum", "none"), ("self-attention", "mean", "none"), ("last-step", "sum", "none"),
+    ("self-attention", "sum", "segment-mean"), ("self-attention", "mean", "segment-mean"),
+    ("last-step", "sum", "segment-mean")])
+def test_incremental_equals_batch_after_every_segment(seed, variant, time_pooling, skip):
     torch.manual_seed(seed)
     head = SessionHead(input_size=24, hidden_size=32, attention_size=20, variant=variant,
-                       time_pooling=time_pooling).eval()
+                       time_pooling=time_pooling, skip=skip).eval()
     # larger weights make the softmax peaky, where an online softmax could drift
     with torch.no_grad():
         for parameter in head.parameters():
@@ -244,3 +246,69 @@ def test_checkpoint_round_trips_mean_time_pooling_and_old_configs_keep_their_ver
     assert "session_time_pooling" not in ModelConfig.tiny().to_dict()
     with pytest.raises(ValueError, match="session_time_pooling"):
         ModelConfig.tiny(session_time_pooling="max")
+
+
+def test_the_skip_path_starts_at_the_mean_segment_logit_and_restores_exactly():
+    torch.manual_seed(12)
+    segment_classifier = torch.nn.Linear(6, 1)
+    head = SessionHead(input_size=6, hidden_size=5, attention_size=4, skip="segment-mean").eval()
+    head.start_from_segment_classifier(segment_classifier)
+    vectors = torch.randn(9, 6)
+    with torch.no_grad():
+        for n in (1, 4, 9):
+            expected = segment_classifier(vectors[:n]).mean()
+            assert float(head(vectors[None, :n])[0]) == pytest.approx(float(expected), abs=1e-6)
+    with torch.no_grad():  # train the recurrent path a little, so both paths count below
+        head.classifier.weight.normal_()
+    scorer = IncrementalScorer(head, model_version="m-skip")
+    state, appended = stepped(scorer, vectors[:6])
+    with torch.no_grad():
+        assert state.segment_score_sum == pytest.approx(float(segment_classifier(vectors[:6]).sum()), abs=1e-5)
+    restored = scorer.restore(state.head_bytes(), b"".join(appended))
+    assert restored.head_bytes() == state.head_bytes()
+    a, b = state, restored
+    for n, vector in enumerate(vectors[6:], start=7):
+        a, pa = scorer.step(a, vector)
+        b, pb = scorer.step(b, vector)
+        assert pa == pb
+        assert abs(pb - batch_probability(head, vectors[:n])) <= 1e-5
+    with pytest.raises(StateError, match="cannot hold the skip path"):
+        state.to_bytes()
+
+
+def _as_format_2(head_bytes: bytes) -> bytes:
+    """A head as servers wrote it before the skip path's sum was stored."""
+    import struct
+    import zlib
+
+    payload = bytearray(head_bytes[:-4 - 8])
+    payload[4:6] = struct.pack("<H", 2)
+    return bytes(payload) + struct.pack("<I", zlib.crc32(bytes(payload)))
+
+
+def test_format_2_heads_are_read_without_a_sum_and_refused_by_a_skip_model():
+    torch.manual_seed(13)
+    plain = SessionHead(input_size=4, hidden_size=4, attention_size=4).eval()
+    scorer = IncrementalScorer(plain, model_version="m-old")
+    state, appended = stepped(scorer, torch.randn(5, 4))
+    old_head = _as_format_2(state.head_bytes())
+    assert scorer.restore(old_head, b"".join(appended)).head_bytes() == state.head_bytes()
+    skipping = SessionHead(input_size=4, hidden_size=4, attention_size=4, skip="segment-mean").eval()
+    skip_scorer = IncrementalScorer(skipping, model_version="m-old")
+    with pytest.raises(StateError, match="no sum for this model's skip path"):
+        skip_scorer.restore(old_head, b"".join(appended))
+
+
+def test_a_calibrated_checkpoint_with_the_skip_path_scores_the_same_in_batch_and_incrementally(tmp_path):
+    torch.manual_seed(14)
+    model = ScreeningModel(ModelConfig.tiny(session_skip="segment-mean", calibration_scale=0.6,
+                                            calibration_bias=-0.2))
+    reloaded = ScreeningModel.from_pretrained(model.save_pretrained(tmp_path / "skip"))
+    assert reloaded.config.session_skip == "segment-mean"
+    assert reloaded.model_version == model.model_version
+    vectors = torch.randn(12, model.config.segment_vector_size)
+    scorer = reloaded.incremental_scorer()
+    state = scorer.init_state()
+    for n in range(1, 13):
+        state, probability = scorer.step(state, vectors[n - 1])
+        assert abs(probability - reloaded.score(vectors[:n])) <= 1e-6

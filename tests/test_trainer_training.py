@@ -29,7 +29,7 @@ def recipe(manifest: Path, output: Path, **stage) -> TrainConfig:
         "data": {"format": "manifest", "path": str(manifest), "cache_dir": str(output.parent / "cache"),
                  },
         "speech": {"chunk_seconds": 4.0, "min_last_chunk_seconds": 1.0},
-        "model": {"preset": "tiny"},
+        "model": {"preset": "tiny", **stage.get("model", {})},
         "stage1": {"epochs": stage.get("epochs1", 8), "batch_size": 8, "lr_backbone": 1e-3, "patience": 50},
         "stage2": {"epochs": stage.get("epochs2", 8), "batch_size": 4, "lr_head": 6e-3, "patience": 50},
         "run": {"output": str(output), "progress": False, "tsne": False, "seed": 3, "recipe": stage.get("recipe", "paper")},
@@ -250,6 +250,26 @@ def test_small_data_checkpoint_carries_statistics_calibration_and_evidence(manif
     report = (tmp_path / "small" / "report.md").read_text()
     assert "at every point of a session" in report and (tmp_path / "small" / "test_prefix.png").is_file()
     assert 'recipe = "small-data"' in (tmp_path / "small" / "config.toml").read_text()
+
+
+def test_stage_2_with_the_skip_path_starts_from_the_segment_classifier(manifest, tmp_path):
+    result = train(recipe(manifest, tmp_path / "skip", epochs1=3, epochs2=3,
+                          model={"session_skip": "segment-mean"}))
+    stage2 = [row for row in read_log(tmp_path / "skip" / "log.csv") if row["stage"] == "stage2"]
+    assert [row["epoch"] for row in stage2] == ["0", "1", "2", "3"]  # the warm start is judged too
+    model = ScreeningModel.from_pretrained(result["checkpoint"])
+    assert model.config.session_skip == "segment-mean"
+    vectors = torch.randn(5, model.config.segment_vector_size)
+    with torch.no_grad():
+        segment_logits = model.segment_head.segment_logits(vectors)
+        session_logit = float(model.session_head(vectors[None])[0])
+    if model.config.notes["stage2_best_epoch"] == 0:  # kept as it started: the session logit is the mean segment logit
+        assert session_logit == pytest.approx(float(segment_logits.mean()), abs=1e-5)
+    scorer = model.incremental_scorer()
+    state = scorer.init_state()
+    for n in range(1, 6):
+        state, probability = scorer.step(state, vectors[n - 1])
+        assert probability == pytest.approx(model.score(vectors[:n]), abs=1e-6)
 
 
 def test_frozen_features_are_kept_on_disk_for_the_next_fold(manifest, tmp_path):

@@ -205,8 +205,7 @@ class ExportTrainer(SplitTrainer):
         started = time.monotonic()
         # The recipe's stage 2 trains a fresh session head; calibration is fitted anew below.
         model_config = self.model.config
-        self.model.session_head = SessionHead(model_config.segment_vector_size, model_config.lstm_hidden_size,
-                                              model_config.attention_size, model_config.session_head).to(self.device)
+        self.model.session_head = SessionHead.from_config(model_config).to(self.device)
         self.model.config = model_config.replace(calibration_scale=1.0, calibration_bias=0.0)
         self.stage2(self.vectors, split.train, split.validation)
         calibration = self.calibrate(self.vectors, split.validation)

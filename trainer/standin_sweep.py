@@ -17,7 +17,7 @@ from pathlib import Path
 
 # Overrides that leave stage 1 as it is (the session head's own settings).
 STAGE2_ONLY = ("stage2.", "scoring.", "model.session_time_pooling=", "model.lstm_hidden_size=",
-               "model.attention_size=")
+               "model.attention_size=", "model.session_skip=")
 RESULT_FILE = "sweep_result.json"
 
 

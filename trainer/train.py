@@ -238,8 +238,12 @@ class LoopState:
 
 def run_loop(name: str, stage: StageSection, modules: nn.Module, optimizer: torch.optim.Optimizer,
              train_epoch: Callable[[int], float], validate: Callable[[], dict], resume_path: Path,
-             log: CsvLog, split_name: str, resume: bool, on_epoch_end: EpochCallback | None) -> LoopState:
-    """Epochs with early stopping on validation; resumable after every epoch."""
+             log: CsvLog, split_name: str, resume: bool, on_epoch_end: EpochCallback | None,
+             judge_start: bool = False) -> LoopState:
+    """Epochs with early stopping on validation; resumable after every epoch.
+
+    `judge_start`: the weights before the first epoch (a warm start) are a candidate too, logged as epoch 0.
+    """
     state = LoopState()
     best_weights = None
     if resume and resume_path.is_file():
@@ -253,6 +257,12 @@ def run_loop(name: str, stage: StageSection, modules: nn.Module, optimizer: torc
         best_weights = saved["best_weights"]
         if not state.done:
             print(f"{split_name} {name}: resuming after epoch {state.epoch}")
+    elif judge_start:
+        metrics = validate()
+        state.best = metrics[stage.monitor]
+        best_weights = {k: v.detach().cpu().clone() for k, v in modules.state_dict().items()}
+        log.write(split=split_name, stage=name, epoch=0, train_loss=None, val_loss=metrics["loss"],
+                  val_auc=metrics["auc"], val_f1=metrics["f1"], best=True, seconds=0.0)
     while not state.done and state.epoch < stage.epochs:
         epoch = state.epoch + 1
         started = time.monotonic()
@@ -440,6 +450,8 @@ class SplitTrainer:
     # ..................................................................... stage 2
     def stage2(self, vectors: dict[str, torch.Tensor], train_ids: list[str], val_ids: list[str]) -> None:
         config, head = self.config.stage2, self.model.session_head
+        if head.segment_score is not None:
+            head.start_from_segment_classifier(self.model.segment_head.segment_classifier)
         train_labels = np.asarray([self.sessions[s].session.label for s in train_ids])
         val_labels = np.asarray([self.sessions[s].session.label for s in val_ids])
         weight = torch.tensor(pos_weight_for(train_labels, config), device=self.device)
@@ -496,7 +508,7 @@ class SplitTrainer:
 
         self.stage2_state = run_loop("stage2", config, head, optimizer, train_epoch, validate,
                                      self.run_dir / "stage2.pt", self.log, self.split.name, self.config.run.resume,
-                                     self.on_epoch_end)
+                                     self.on_epoch_end, judge_start=head.segment_score is not None)
 
     @torch.inference_mode()
     def session_probabilities(self, vectors: dict[str, torch.Tensor], ids: list[str]) -> np.ndarray:
