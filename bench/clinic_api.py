@@ -41,7 +41,7 @@ class TokenServer(Server):
     """`moodstream server` with a tokens file (the loopback bench runs without authentication)."""
 
     def __init__(self, checkpoint: Path, redis_url: str, tokens: Path) -> None:
-        from moodstream.server.redis_process import free_port
+        from moodstream.redis_process import free_port
 
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="moodstream-bench-server-", suffix=".log", delete=False)
@@ -206,7 +206,7 @@ def run(participants: int = 50, sessions_each: int = 20, log=print) -> dict:
     import grpc
 
     from moodstream.server.auth import create_token
-    from moodstream.server.redis_process import RedisProcess
+    from moodstream.redis_process import RedisProcess
     from moodstream.v1 import moodstream_pb2 as pb
     from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 

@@ -160,7 +160,7 @@ def soak(*, checkpoint: Path, workdir: Path, sessions: int | None = None, minute
     import grpc
 
     from moodstream.server.auth import create_token
-    from moodstream.server.redis_process import RedisProcess, free_port
+    from moodstream.redis_process import RedisProcess, free_port
     from moodstream.v1 import moodstream_pb2 as pb
     from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 

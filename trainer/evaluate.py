@@ -330,7 +330,7 @@ def replay_sessions(model, checkpoint, items, batch_probabilities: dict[str, lis
     from moodstream.ids import to_id
     from moodstream.server.app import BackgroundServer, ServerConfig
     from moodstream.server.auth import create_token
-    from moodstream.server.redis_process import RedisProcess
+    from moodstream.redis_process import RedisProcess
     from moodstream.trainer.segments import session_audio
 
     rows = []
