@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moodstream.wire import bearer_metadata
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import rss_mb as _rss_mb  # noqa: E402
@@ -167,8 +169,8 @@ def soak(*, checkpoint: Path, workdir: Path, sessions: int | None = None, minute
     if (sessions is None) == (minutes is None):
         raise ValueError("give either sessions or minutes")
     tokens = workdir / "tokens.json"
-    metadata = [("authorization", f"Bearer {create_token(tokens, 'soak-agent', PARTICIPANTS, [])}")]
-    read_metadata = [("authorization", f"Bearer {create_token(tokens, 'soak-reader', [], PARTICIPANTS)}")]
+    metadata = bearer_metadata(create_token(tokens, "soak-agent", PARTICIPANTS, []))
+    read_metadata = bearer_metadata(create_token(tokens, "soak-reader", [], PARTICIPANTS))
     pool = pcm_chunks(pool_size, chunk_seconds, seed)
     rng = random.Random(seed)
     outcomes: list[SessionOutcome] = []
