@@ -160,7 +160,9 @@ def test_a_quoted_number_in_the_recipe_is_refused(tmp_path, capsys):
 def test_frozen_backbone_features_are_computed_once_and_match(manifest, tmp_path):
     config = recipe(manifest, tmp_path / "frozen", epochs1=2, epochs2=2)
     config.model["fine_tuning"] = "frozen"
-    from moodstream.trainer.train import SplitTrainer, prepare_data, seed_everything
+    from moodstream.trainer.loop import seed_everything
+    from moodstream.trainer.prepare import prepare_data
+    from moodstream.trainer.train import SplitTrainer
 
     _, store, splits = prepare_data(config)
     trainer = SplitTrainer(config, store, splits[0], tmp_path / "frozen")
@@ -220,10 +222,12 @@ def test_recipes_resolve_by_corpus_size_and_explicit_values_win():
     assert small.stage1.lr_head == 2e-3  # set in the file: the recipe leaves it alone
     assert small.stage2.lr_head == 6e-3 and small.stage2.prefix_training
     assert small.model_config().feature_normalization == "standardize"
+    assert (small.model_config().pooling, small.model_config().session_skip) == ("mean", "segment-mean")
     large = TrainConfig.from_dict(base).with_recipe(sessions=189)
     assert large.run.recipe == "paper"
     assert (large.stage1.lr_head, large.stage2.prefix_training) == (2e-3, False)
     assert large.model_config().feature_normalization == "none"
+    assert (large.model_config().pooling, large.model_config().session_skip) == ("attention", "none")
     forced = TrainConfig.from_dict(base | {"run": {"recipe": "paper"}}).with_recipe(sessions=10)
     assert forced.run.recipe == "paper" and forced.stage1.lr_head == 2e-3
     with pytest.raises(ValueError, match="run.recipe must be one of"):
@@ -275,7 +279,9 @@ def test_stage_2_with_the_skip_path_starts_from_the_segment_classifier(manifest,
 def test_frozen_features_are_kept_on_disk_for_the_next_fold(manifest, tmp_path):
     config = recipe(manifest, tmp_path / "frozen", epochs1=2, epochs2=2)
     config.model["fine_tuning"] = "frozen"
-    from moodstream.trainer.train import SplitTrainer, prepare_data, seed_everything
+    from moodstream.trainer.loop import seed_everything
+    from moodstream.trainer.prepare import prepare_data
+    from moodstream.trainer.train import SplitTrainer
 
     _, store, splits = prepare_data(config)
     every = lambda t: t.segment_indices(splits[0].train + splits[0].validation + splits[0].test)  # noqa: E731
