@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from moodstream.model.session_head import SessionHead
-from moodstream.trainer.prefixes import (choose_min_evidence, expected_calibration_error, fit_platt, prefix_logits,
+from moodstream.trainer.prefixes import (choose_min_evidence, expected_calibration_error, fit_platt,
+                                          platt_cross_validated, prefix_logits,
                                          prefix_markdown, prefix_rows, sigmoid)
 
 
@@ -64,3 +65,20 @@ def test_evidence_rule_takes_the_fewest_segments_near_the_whole_session_auc():
     assert choose_min_evidence(labels, prefixes, tolerance=0.05) == 2
     assert choose_min_evidence(labels, prefixes, tolerance=0.9) == 1  # AUC 0.125 after one segment
     assert choose_min_evidence([1, 1], prefixes[:2], tolerance=0.05) == 1  # one class: nothing to learn from
+
+
+def test_platt_is_cross_validated_by_whole_validation_sessions():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 60)
+    # 5x overconfident logits, 3 prefixes per session: held out, Platt must beat leaving them as they are
+    overconfident = [5 * (np.full(3, 2 * y - 1) + rng.normal(0, 1.2, 3)) for y in labels]
+    calibrated, uncalibrated = platt_cross_validated(overconfident, labels)
+    assert calibrated < uncalibrated
+    # 6 sessions, one of them a confident miss: a fit on the 5 others (separable) sharpens the scores,
+    # and held out that miss costs more than the identity's sharpening saves
+    few = [0, 0, 1, 1, 0, 1]
+    miss = [np.array([-3.0, -3.0]), np.array([-2.5, -2.0]), np.array([2.0, 3.0]), np.array([2.5, 3.0]),
+            np.array([1.0, 0.5]), np.array([3.0, 3.5])]
+    calibrated, uncalibrated = platt_cross_validated(miss, few)
+    assert calibrated >= uncalibrated
+    assert platt_cross_validated([np.array([1.0])], [1]) is None  # nothing left to fit on

@@ -81,6 +81,8 @@ class StageSection:
 @dataclass
 class ScoringSection:
     calibration: str = "platt"       # platt | none: fitted on every prefix of the validation sessions
+    # Apply the fit only if, leaving one validation session out at a time, it lowers the held-out log loss.
+    calibration_check: bool = True
     evidence_auc_tolerance: float = 0.05   # evidence rule: fewest segments within this of the full-session AUC
 
 

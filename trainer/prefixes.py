@@ -147,6 +147,34 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float] | N
     return scale, bias
 
 
+def platt_cross_validated(session_logits: list[np.ndarray], labels) -> tuple[float, float] | None:
+    """Held-out log loss per prefix of Platt scaling against none, leaving out one validation session at a time.
+
+    Each session's prefixes are scored by a fit on the other sessions' prefixes (prefixes of one session are
+    not independent, so they stay together). None when no fit can be made without one of the sessions.
+    """
+    calibrated, uncalibrated, count = 0.0, 0.0, 0
+    labels = np.asarray(labels, dtype=int)
+    for held_out, logits in enumerate(session_logits):
+        rest = [i for i in range(len(session_logits)) if i != held_out]
+        if not rest:
+            return None
+        fitted = fit_platt(np.concatenate([session_logits[i] for i in rest]),
+                           np.concatenate([[labels[i]] * len(session_logits[i]) for i in rest]))
+        if fitted is None:
+            return None
+        scale, bias = fitted
+        target = np.full(len(logits), labels[held_out], dtype=float)
+        calibrated += float(np.sum(_log_loss(scale * np.asarray(logits, dtype=float) + bias, target)))
+        uncalibrated += float(np.sum(_log_loss(np.asarray(logits, dtype=float), target)))
+        count += len(logits)
+    return calibrated / count, uncalibrated / count
+
+
+def _log_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, logits) - labels * logits
+
+
 def choose_min_evidence(labels, prefix_probabilities: list[np.ndarray], tolerance: float) -> int:
     """Fewest segments k whose validation AUC (each session on min(k, n) segments) is within `tolerance`
     of the whole-session AUC. 1 when validation cannot tell (one class only)."""

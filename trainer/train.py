@@ -31,7 +31,8 @@ from moodstream.trainer.folds import Split
 from moodstream.trainer.loop import (CsvLog, EpochCallback, atomic_torch_save, epoch_order, pos_weight_for,
                                      run_epoch, run_loop, seed_everything)
 from moodstream.trainer.metrics import binary_metrics, choose_threshold
-from moodstream.trainer.prefixes import choose_min_evidence, fit_platt, prefix_logits, sigmoid
+from moodstream.trainer.prefixes import (choose_min_evidence, fit_platt, platt_cross_validated, prefix_logits,
+                                          sigmoid)
 from moodstream.trainer.prepare import prepare_data
 from moodstream.trainer.segments import SegmentStore
 
@@ -294,10 +295,21 @@ class SplitTrainer:
         if fitted is None:
             print(f"{self.split.name}: calibration skipped (validation has one class, or ranks the wrong way)")
             return {"method": "none", "skipped": "validation cannot fit it"}
+        checked = {}
+        if self.config.scoring.calibration_check:
+            session_labels = [self.sessions[s].session.label for s in val_ids]
+            losses = platt_cross_validated(logits, session_labels)
+            if losses is not None and losses[0] >= losses[1]:
+                print(f"{self.split.name}: calibration not applied (held out, Platt's log loss {losses[0]:.3f} "
+                      f">= {losses[1]:.3f} uncalibrated)")
+                return {"method": "none", "skipped": "did not lower the held-out validation log loss",
+                        "held_out_log_loss_platt": losses[0], "held_out_log_loss_uncalibrated": losses[1]}
+            if losses is not None:
+                checked = {"held_out_log_loss_platt": losses[0], "held_out_log_loss_uncalibrated": losses[1]}
         scale, bias = fitted
         self.model.config = self.model.config.replace(calibration_scale=scale, calibration_bias=bias)
         return {"method": method, "fitted_on": "validation prefixes", "prefixes": int(labels.size),
-                "scale": scale, "bias": bias}
+                "scale": scale, "bias": bias, **checked}
 
     # ..................................................................... whole run
     def run(self) -> dict:
