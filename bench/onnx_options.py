@@ -74,7 +74,7 @@ def run(size: str, checkpoint: str | None, batch_sizes: list[int], rounds: int, 
         settings += [("int8 per tensor", "EXTENDED", 1, False)]
     encoders = {}
     for graph, level, thread_count, spinning in settings:
-        name = f"{graph} | {level} | {thread_count} threads{'' if spinning else ', no spinning'}"
+        name = f"{graph}, {level}, {thread_count} threads{'' if spinning else ', no spinning'}"
         try:
             onnx_session = session(graphs[graph], level, thread_count, spinning)
         except Exception as error:  # a graph this ONNX Runtime cannot run is a result, not a crash

@@ -109,7 +109,7 @@ class OnnxEncoder:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         # Idle pool threads sleep instead of spinning: on cores shared with other work a spinning thread
-        # takes the core from the one with work (int8, base size, 2 cores under load: 1.4-1.5x faster).
+        # takes the core from the one with work (int8, base size, 2 cores under load: 1.5x faster).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
