@@ -281,21 +281,17 @@ class Outbox:
         )]
         return [self.session(session_id) for session_id in ids]
 
-    def record_progress(self, session_id: str, clock_seconds: float) -> None:
+    def record_progress(self, session_id: str, clock_seconds: float, source_done: bool = False) -> None:
+        """The session clock only moves forward; once the source is done it stays done."""
         with self._transaction() as db:
             db.execute(
-                "UPDATE sessions SET clock_seconds = MAX(clock_seconds, ?), updated_unix = ? "
-                "WHERE session_id = ?",
-                (clock_seconds, time.time(), session_id),
+                "UPDATE sessions SET clock_seconds = MAX(clock_seconds, ?), source_done = MAX(source_done, ?), "
+                "updated_unix = ? WHERE session_id = ?",
+                (clock_seconds, int(source_done), time.time(), session_id),
             )
 
     def mark_source_done(self, session_id: str, clock_seconds: float) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE sessions SET source_done = 1, clock_seconds = MAX(clock_seconds, ?), "
-                "updated_unix = ? WHERE session_id = ?",
-                (clock_seconds, time.time(), session_id),
-            )
+        self.record_progress(session_id, clock_seconds, source_done=True)
 
     def mark_completed(self, session_id: str) -> None:
         with self._transaction() as db:

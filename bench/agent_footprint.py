@@ -50,7 +50,7 @@ def child_usage(command: list[str]) -> dict:
 def run(minutes: float = 60.0, log=print) -> dict:
     from moodstream.model import ModelConfig, ScreeningModel
     from moodstream.server.app import BackgroundServer, ServerConfig
-    from moodstream.server.redis_process import RedisProcess
+    from moodstream.redis_process import RedisProcess
 
     sample, rate = soundfile.read(ROOT / "moodstream" / "assets" / "sample-interview.ogg", dtype="int16")
     repeats = int(np.ceil(minutes * 60 * rate / sample.size))

@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+from moodstream.wire import bearer_metadata
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import bench_main, machine, markdown_table, rss_mb  # noqa: E402
@@ -41,7 +43,7 @@ class TokenServer(Server):
     """`moodstream server` with a tokens file (the loopback bench runs without authentication)."""
 
     def __init__(self, checkpoint: Path, redis_url: str, tokens: Path) -> None:
-        from moodstream.server.redis_process import free_port
+        from moodstream.redis_process import free_port
 
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="moodstream-bench-server-", suffix=".log", delete=False)
@@ -144,7 +146,7 @@ def _timed(call) -> float:
 
 
 def listing(stub, pb, tokens: dict) -> dict:
-    reader, admin = [[("authorization", f"Bearer {tokens[name]}")] for name in ("reader-p007", "admin")]
+    reader, admin = [bearer_metadata(tokens[name]) for name in ("reader-p007", "admin")]
     get_score = timed_best(lambda: stub.GetScore(pb.GetScoreRequest(session_id="p007-s000"), metadata=admin))
     one = timed_best(lambda: stub.ListSessions(pb.ListSessionsRequest(page_size=100), metadata=reader))
     everyone = timed_best(lambda: stub.ListSessions(pb.ListSessionsRequest(page_size=100), metadata=admin))
@@ -164,7 +166,7 @@ def revocation(port: int, pb, pb_grpc, tokens_path: Path, rounds: int = 5) -> di
         stub = pb_grpc.ScreeningStub(channel)
         for index in range(rounds):
             name = f"leaked-{index}"
-            metadata = [("authorization", f"Bearer {create_token(tokens_path, name, [], ['*'])}")]
+            metadata = bearer_metadata(create_token(tokens_path, name, [], ["*"]))
             while True:  # until the server has it
                 try:
                     stub.ListSessions(pb.ListSessionsRequest(page_size=1), metadata=metadata, timeout=5)
@@ -206,7 +208,7 @@ def run(participants: int = 50, sessions_each: int = 20, log=print) -> dict:
     import grpc
 
     from moodstream.server.auth import create_token
-    from moodstream.server.redis_process import RedisProcess
+    from moodstream.redis_process import RedisProcess
     from moodstream.v1 import moodstream_pb2 as pb
     from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 
@@ -224,7 +226,7 @@ def run(participants: int = 50, sessions_each: int = 20, log=print) -> dict:
         try:
             with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 stub = pb_grpc.ScreeningStub(channel)
-                admin = [("authorization", f"Bearer {tokens['admin']}")]
+                admin = bearer_metadata(tokens["admin"])
                 log("backlog ...")
                 rounds = [backlog(stub, pb, admin, chunks, index) for index in range(3)]
                 best = min(rounds, key=lambda r: r["seconds"])

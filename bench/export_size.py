@@ -30,7 +30,7 @@ def run(sessions: int = 10, chunks: int = 50) -> dict:
 
     from moodstream.model import ModelConfig, ScreeningModel
     from moodstream.server.app import BackgroundServer, ServerConfig
-    from moodstream.server.redis_process import redis_url_or_start
+    from moodstream.redis_process import redis_url_or_start
     from moodstream.v1 import moodstream_pb2 as pb
     from server_harness import chunk, end, header, make_chunks, stream, stub_for
 

@@ -28,6 +28,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from moodstream.wire import bearer_metadata
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clinic_api import stream_requests  # noqa: E402
@@ -40,7 +42,7 @@ class WebServer(Server):
     """`moodstream server` with a tokens file and its gRPC-web port."""
 
     def __init__(self, checkpoint: Path, redis_url: str, tokens: Path) -> None:
-        from moodstream.server.redis_process import free_port
+        from moodstream.redis_process import free_port
 
         self.port, self.web_port = free_port(), free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="moodstream-bench-server-", suffix=".log", delete=False)
@@ -71,7 +73,7 @@ def run(chunk_count: int = 20, rounds: int = 3, log=print) -> dict:
     from sonora import protocol
 
     from moodstream.server.auth import create_token
-    from moodstream.server.redis_process import RedisProcess
+    from moodstream.redis_process import RedisProcess
     from moodstream.v1 import moodstream_pb2 as pb
     from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 
@@ -84,7 +86,7 @@ def run(chunk_count: int = 20, rounds: int = 3, log=print) -> dict:
         del model
         tokens_path = Path(tmp) / "tokens.json"
         token = create_token(tokens_path, "bench", ["*"], ["*"])
-        metadata = [("authorization", f"Bearer {token}")]
+        metadata = bearer_metadata(token)
         server = WebServer(checkpoint, redis_server.url, tokens_path)
         try:
             with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel, \
@@ -123,7 +125,7 @@ def run(chunk_count: int = 20, rounds: int = 3, log=print) -> dict:
                     response = web.post("/moodstream.v1.Screening/PutChunk",
                                         content=protocol.wrap_message(False, False, request.SerializeToString()),
                                         headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1",
-                                                 "authorization": f"Bearer {token}"})
+                                                 **dict(bearer_metadata(token))})
                     response.raise_for_status()
                     assert b"grpc-status: 0" in response.content, response.content[-200:]
                     return response.content

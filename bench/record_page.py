@@ -79,7 +79,7 @@ def run(seconds: float = 20.0, log=print) -> dict:
 
     from moodstream.record_link import record_link
     from moodstream.server.auth import create_token
-    from moodstream.server.redis_process import RedisProcess, free_port
+    from moodstream.redis_process import RedisProcess, free_port
 
     os.environ.setdefault("SE_OFFLINE", "true")
     with tempfile.TemporaryDirectory() as tmp, RedisProcess().start() as redis_server:

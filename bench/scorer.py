@@ -82,7 +82,7 @@ def run(lengths=DEFAULT_LENGTHS, rounds: int = 5, steps: int = 20, seed: int = 0
 
 def store_run(lengths=DEFAULT_STORE_LENGTHS, applies: int = 40, seed: int = 0) -> dict:
     from moodstream.model import ScreeningModel
-    from moodstream.server.redis_process import RedisProcess
+    from moodstream.redis_process import RedisProcess
     from moodstream.server.store import SessionStore, connect
 
     torch.manual_seed(seed)

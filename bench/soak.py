@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moodstream.wire import bearer_metadata
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import rss_mb as _rss_mb  # noqa: E402
@@ -160,15 +162,15 @@ def soak(*, checkpoint: Path, workdir: Path, sessions: int | None = None, minute
     import grpc
 
     from moodstream.server.auth import create_token
-    from moodstream.server.redis_process import RedisProcess, free_port
+    from moodstream.redis_process import RedisProcess, free_port
     from moodstream.v1 import moodstream_pb2 as pb
     from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 
     if (sessions is None) == (minutes is None):
         raise ValueError("give either sessions or minutes")
     tokens = workdir / "tokens.json"
-    metadata = [("authorization", f"Bearer {create_token(tokens, 'soak-agent', PARTICIPANTS, [])}")]
-    read_metadata = [("authorization", f"Bearer {create_token(tokens, 'soak-reader', [], PARTICIPANTS)}")]
+    metadata = bearer_metadata(create_token(tokens, "soak-agent", PARTICIPANTS, []))
+    read_metadata = bearer_metadata(create_token(tokens, "soak-reader", [], PARTICIPANTS))
     pool = pcm_chunks(pool_size, chunk_seconds, seed)
     rng = random.Random(seed)
     outcomes: list[SessionOutcome] = []

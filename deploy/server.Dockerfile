@@ -2,7 +2,7 @@
 #
 #   docker build -f deploy/server.Dockerfile -t moodstream-server:0.1.0 .     (from the repository root)
 #   docker run --gpus all -p 50051:50051 -p 9464:9464 \
-#     -v "$PWD/checkpoints/mine:/models/checkpoint:ro" \
+#     -v "$PWD/models:/models:ro" \
 #     -v "$PWD/deploy/secrets/tokens.json:/run/secrets/tokens.json:ro" \
 #     -e REDIS_URL=redis://redis-host:6379/0 moodstream-server:0.1.0
 #
@@ -63,12 +63,13 @@ ENV HF_HUB_OFFLINE=1 \
 RUN groupadd --system --gid 10001 moodstream \
     && useradd --system --uid 10001 --gid moodstream --home-dir /nonexistent --no-create-home \
        --shell /usr/sbin/nologin moodstream \
-    && mkdir -p /models/checkpoint \
-    && chown moodstream:moodstream /models/checkpoint
+    && mkdir -p /models \
+    && chown moodstream:moodstream /models
 USER 10001:10001
 
-# The checkpoint folder (config.json + encoder/scorer safetensors) is mounted here, read-only.
-VOLUME ["/models/checkpoint"]
+# The model folder is mounted here, read-only: one checkpoint folder per version and `current` naming the
+# one new sessions get; versions are added and switched without a restart (docs/models.md).
+VOLUME ["/models"]
 # gRPC (moodstream.v1.Screening, grpc.health.v1.Health, reflection) and Prometheus /metrics.
 EXPOSE 50051 9464
 
@@ -80,5 +81,5 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
 # The tokens file (hashes only, see `moodstream token create`) is a secret
 # mounted at /run/secrets/tokens.json; REDIS_URL names the shared Redis.
 ENTRYPOINT ["moodstream"]
-CMD ["server", "--checkpoint", "/models/checkpoint", "--host", "0.0.0.0", "--port", "50051", \
+CMD ["server", "--models", "/models", "--host", "0.0.0.0", "--port", "50051", \
      "--metrics-port", "9464", "--tokens", "/run/secrets/tokens.json", "--json-logs"]

@@ -221,7 +221,7 @@ def run_demo(args) -> int:
     from moodstream.agent.vad import load_prompt_intervals
     from moodstream.server.app import BackgroundServer, ServerConfig
     from moodstream.server.auth import create_token
-    from moodstream.server.redis_process import RedisProcess
+    from moodstream.redis_process import RedisProcess
 
     with tempfile.TemporaryDirectory(prefix="moodstream-demo-") as tmp:
         workdir = Path(tmp)

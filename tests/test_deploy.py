@@ -308,9 +308,10 @@ def test_server_deployment_runs_the_real_cli_with_gpu_probes_and_limits():
     mounts = {m["name"]: m for m in server["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert set(mounts) <= set(volumes)
-    checkpoint = next(m for m in mounts.values() if m["mountPath"] == args.checkpoint)
-    assert checkpoint.get("readOnly") is True
-    claim = volumes[checkpoint["name"]]["persistentVolumeClaim"]["claimName"]
+    assert args.models and not args.checkpoint, "replicas switch versions together through a model folder"
+    models = next(m for m in mounts.values() if m["mountPath"] == args.models)
+    assert models.get("readOnly") is True
+    claim = volumes[models["name"]]["persistentVolumeClaim"]["claimName"]
     assert k8s_object("PersistentVolumeClaim", claim)
     tokens_dir, tokens_key = args.tokens.rsplit("/", 1)
     tokens_mount = next(m for m in mounts.values() if m["mountPath"] == tokens_dir)
@@ -454,6 +455,9 @@ def test_the_compose_schema_rejects_a_broken_file():
     assert any("helthcheck" in error.message for error in validator.iter_errors(document))
 
 
+MODELS_SETUP = "mkdir -p models && cp -r ../moodstream/assets/demo-checkpoint models/demo"
+
+
 def test_compose_references_resolve():
     document = compose()
     services = document["services"]
@@ -465,6 +469,12 @@ def test_compose_references_resolve():
         for mount in volume_mounts(service):
             if mount["type"] == "volume":
                 assert mount["source"] in named_volumes, f"{name}: volume {mount['source']} is not declared"
+            elif interpolate(mount["source"]) == "./models":
+                # The model folder: made by the setup in the file's header from the bundled demo checkpoint,
+                # never committed.
+                assert all(MODELS_SETUP in (DEPLOY / f).read_text() for f in ("compose.yaml", "README.md"))
+                assert (DEPLOY / "../moodstream/assets/demo-checkpoint/config.json").is_file()
+                assert "models/" in (DEPLOY / ".gitignore").read_text().split()
             else:
                 source = DEPLOY / interpolate(mount["source"])
                 assert source.exists(), f"{name}: bind source {source} does not exist"
@@ -495,7 +505,8 @@ def test_compose_runs_two_server_replicas_with_the_real_cli():
         assert str(args.port) in service["expose"] and str(args.metrics_port) in service["expose"]
         assert container_ports(service) <= {args.metrics_port}, f"{name}: only metrics are published; gRPC via Envoy"
         binds = {m["target"]: m for m in volume_mounts(service)}
-        assert binds[args.checkpoint]["read_only"] is True
+        assert args.models and not args.checkpoint, "replicas switch versions together through a model folder"
+        assert binds[args.models]["read_only"] is True
         (secret,) = service["secrets"]
         assert args.tokens == f"/run/secrets/{secret['target']}"
         secret_names[name] = secret["source"]
@@ -788,7 +799,7 @@ def test_server_image_command_healthcheck_user_and_ports_agree():
     assert any(rest.split()[0] == "deploy/grpc_health_check.py" and rest.split()[1] == check[1]
                for rest in SERVER_IMAGE.all("COPY"))
     volumes = [path for line in SERVER_IMAGE.all("VOLUME") for path in json.loads(line)]
-    assert args.checkpoint in volumes
+    assert args.models in volumes and not args.checkpoint
     assert args.tokens.startswith("/run/secrets/")
     for image in (SERVER_IMAGE, AGENT_IMAGE):
         user = image.one("USER").split(":")[0]

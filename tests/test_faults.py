@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 
 from moodstream.agent import CaptureSettings, FileSource, capture_chunks
 from moodstream.model import ScreeningModel
-from moodstream.server.redis_process import RedisProcess
+from moodstream.redis_process import RedisProcess
 from moodstream.server.service import ServiceSettings
 from moodstream.server.store import SessionStore, redis_retry
 from moodstream.v1 import moodstream_pb2 as pb

@@ -8,7 +8,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from moodstream.server.redis_process import RedisProcess
+from moodstream.redis_process import RedisProcess
 from moodstream.server.store import (
     ApplyStatus,
     directory_key,

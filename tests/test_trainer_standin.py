@@ -41,7 +41,7 @@ def test_openSMILE_baseline_beats_chance_on_the_standin(tmp_path):
 
 
 def test_one_model_on_chosen_actors_instead_of_cross_validation(tmp_path):
-    from moodstream.trainer.train import prepare_data
+    from moodstream.trainer.prepare import prepare_data
 
     config = TrainConfig.from_dict({"data": {"format": "ravdess-standin", "path": str(RAVDESS),
                                              "cache_dir": str(tmp_path / "cache"),

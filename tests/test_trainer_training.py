@@ -160,7 +160,9 @@ def test_a_quoted_number_in_the_recipe_is_refused(tmp_path, capsys):
 def test_frozen_backbone_features_are_computed_once_and_match(manifest, tmp_path):
     config = recipe(manifest, tmp_path / "frozen", epochs1=2, epochs2=2)
     config.model["fine_tuning"] = "frozen"
-    from moodstream.trainer.train import SplitTrainer, prepare_data, seed_everything
+    from moodstream.trainer.loop import seed_everything
+    from moodstream.trainer.prepare import prepare_data
+    from moodstream.trainer.train import SplitTrainer
 
     _, store, splits = prepare_data(config)
     trainer = SplitTrainer(config, store, splits[0], tmp_path / "frozen")
@@ -255,7 +257,9 @@ def test_small_data_checkpoint_carries_statistics_calibration_and_evidence(manif
 def test_frozen_features_are_kept_on_disk_for_the_next_fold(manifest, tmp_path):
     config = recipe(manifest, tmp_path / "frozen", epochs1=2, epochs2=2)
     config.model["fine_tuning"] = "frozen"
-    from moodstream.trainer.train import SplitTrainer, prepare_data, seed_everything
+    from moodstream.trainer.loop import seed_everything
+    from moodstream.trainer.prepare import prepare_data
+    from moodstream.trainer.train import SplitTrainer
 
     _, store, splits = prepare_data(config)
     every = lambda t: t.segment_indices(splits[0].train + splits[0].validation + splits[0].test)  # noqa: E731

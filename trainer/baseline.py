@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from moodstream.trainer.config import TrainConfig
-from moodstream.trainer.evaluate import Predictions, cross_validation_markdown, write_evaluation
+from moodstream.trainer.evaluate import Predictions, cross_validation_markdown, summarize_folds, write_evaluation
 from moodstream.trainer.metrics import choose_threshold
 from moodstream.trainer.segments import SegmentStore
 
@@ -79,9 +79,9 @@ def probe_features(store: SegmentStore, config: TrainConfig) -> np.ndarray:
     """
     import torch
 
-    from moodstream.model import ScreeningModel
-    from moodstream.model import pick_device
-    from moodstream.trainer.train import frozen_frame_features, seed_everything
+    from moodstream.model import ScreeningModel, pick_device
+    from moodstream.trainer.loop import seed_everything
+    from moodstream.trainer.train import frozen_frame_features
 
     device = pick_device(config.run.device, option="run.device =")
     seed_everything(config.run.seed)  # a randomly initialised encoder is the one training with this seed starts from
@@ -96,7 +96,7 @@ def run_baseline(config: TrainConfig, feature_set: str = "IS09_emotion", output:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from moodstream.trainer.train import prepare_data, summarize_folds
+    from moodstream.trainer.prepare import prepare_data
 
     started = time.monotonic()
     dataset, store, splits = prepare_data(config)

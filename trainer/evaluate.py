@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from moodstream import SCREENING_NOTICE
-from moodstream.trainer.metrics import binary_metrics
-from moodstream.trainer.prefixes import prefix_markdown, prefix_png, prefix_rows
+from moodstream.trainer.metrics import binary_metrics, mean_std
+from moodstream.trainer.prefixes import prefix_logits, prefix_markdown, prefix_png, prefix_rows, sigmoid
+from moodstream.trainer.prepare import detect_format, load_dataset
 
 PREFIX_NOTE = ("What a live subscriber sees: the session score after 1, 2, 3 ... segments (sessions shorter than "
                "k are left out of row k) and at 25/50/75/100 % of each session. ECE: expected calibration error, "
@@ -160,6 +161,40 @@ def cross_validation_markdown(title: str, summary: dict, data_summary: str = "")
     return "\n".join(lines)
 
 
+def summarize_folds(results: dict[str, dict]) -> dict:
+    """Per-fold test metrics, mean ± std over folds, and AUCs pooled over every fold's test predictions."""
+    from sklearn.metrics import roc_auc_score
+
+    folds = {name: r for name, r in results.items() if "test" in r}
+    session_labels, session_probs, segment_labels, segment_probs = [], [], [], []
+    for r in folds.values():
+        session_labels += r["test"]["predictions"]["session_labels"]
+        session_probs += r["test"]["predictions"]["session_probabilities"]
+        segment_labels += r["test"]["predictions"]["segment_labels"]
+        segment_probs += r["test"]["predictions"]["segment_probabilities"]
+
+    def collect(level: str, key: str):
+        return [r["test"][level][key] for r in folds.values()]
+
+    summary = {"folds": {name: {"session": r["test"]["session"], "segment": r["test"]["segment"]}
+                         for name, r in folds.items()}}
+    for level in ("session", "segment"):
+        for key in ("precision", "recall", "f1", "auc"):
+            mean, std = mean_std(collect(level, key))
+            summary[f"{level}_{key}_mean"], summary[f"{level}_{key}_std"] = mean, std
+    both = lambda labels: len(set(labels)) == 2  # noqa: E731
+    summary["pooled_session_auc"] = float(roc_auc_score(session_labels, session_probs)) if both(session_labels) else math.nan
+    summary["pooled_segment_auc"] = float(roc_auc_score(segment_labels, segment_probs)) if both(segment_labels) else math.nan
+    summary["sessions"] = len(session_labels)
+    summary["segments"] = len(segment_labels)
+    prefixes = [r["test"]["predictions"].get("session_prefix_probabilities") for r in folds.values()]
+    if prefixes and all(p is not None for p in prefixes):
+        uncalibrated = [row for r in folds.values() for row in r["test"]["predictions"]["session_prefix_uncalibrated"]]
+        summary["pooled_prefix"] = prefix_rows(session_labels, [np.asarray(row) for p in prefixes for row in p])
+        summary["pooled_prefix_uncalibrated"] = prefix_rows(session_labels, [np.asarray(row) for row in uncalibrated])
+    return summary
+
+
 # --------------------------------------------------------------------------- moodstream evaluate
 # fp32 on both sides: the batch path and the live path compute the same numbers up to summation order.
 REPLAY_TOLERANCE = 1e-4
@@ -187,10 +222,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, output: str | 
     process, gRPC on 127.0.0.1, fp32) and the live scores are compared with the batch ones."""
     import torch
 
-    from moodstream.model import ScreeningModel
+    from moodstream.model import ScreeningModel, pick_device
     from moodstream.trainer.config import TrainConfig
     from moodstream.trainer.segments import SegmentParams, build_segments
-    from moodstream.trainer.train import load_dataset, pick_device
 
     model = ScreeningModel.from_pretrained(checkpoint)
     device_ = pick_device(device)
@@ -222,8 +256,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, output: str | 
         splits = sorted({str(s.session.split) for s in store.sessions})
         raise ValueError(f"no sessions in split {split!r} of {data_path} (splits present: {', '.join(splits)}); "
                          "use --split")
-    from moodstream.trainer.prefixes import prefix_logits, sigmoid
-
     session_probs, vectors_all, seg_probs, seg_labels, seg_owner = [], [], [], [], []
     prefix_probs: dict[str, list[float]] = {}
     prefixes, prefixes_uncalibrated = [], []
@@ -286,7 +318,6 @@ def replay_sessions(model, checkpoint, items, batch_probabilities: dict[str, lis
     """Stream each session's audio through the real agent into a real fp32 server; compare with the batch path.
 
     The agent learns the speech settings from the server (GetModelInfo), as in the field."""
-    import re
     import tempfile
     import uuid
 
@@ -296,9 +327,10 @@ def replay_sessions(model, checkpoint, items, batch_probabilities: dict[str, lis
     from moodstream.agent import FileSource, ServerTarget, run_agent
     from moodstream.agent import events as agent_events
     from moodstream.agent.sources import SAMPLE_RATE
+    from moodstream.ids import to_id
     from moodstream.server.app import BackgroundServer, ServerConfig
     from moodstream.server.auth import create_token
-    from moodstream.server.redis_process import RedisProcess
+    from moodstream.redis_process import RedisProcess
     from moodstream.trainer.segments import session_audio
 
     rows = []
@@ -320,8 +352,7 @@ def replay_sessions(model, checkpoint, items, batch_probabilities: dict[str, lis
                     if event.kind == agent_events.SCORE:
                         live[int(event.data["segments"])] = float(event.data["probability"])
 
-                participant = re.sub(r"[^A-Za-z0-9_.-]", "-", session.session_id)[:64]
-                run_agent(FileSource(recording), server=target, participant_id=participant,
+                run_agent(FileSource(recording), server=target, participant_id=to_id(session.session_id),
                           session_id=f"replay-{uuid.uuid4().hex[:12]}", device_id="evaluate-replay",
                           outbox=work / "outbox", model_version=server.model_version, on_event=collect)
                 recording.unlink()
@@ -352,17 +383,3 @@ def replay_markdown(rows: list[dict]) -> str:
         lines.append(f"| {row['session_id']} | {row['segments_batch']} / {row['segments_live']} | "
                      f"{row['probability_batch']:.6f} | {live} | {row['max_difference']:.2e} |")
     return "\n".join(lines) + "\n"
-
-
-def detect_format(path: Path) -> str:
-    if path.is_file() and path.suffix.lower() == ".csv":
-        return "manifest"
-    if path.is_dir():
-        if (path / "manifest.csv").is_file() and any(path.glob("Actor_*")):
-            return "ravdess-standin"
-        names = {p.name.lower() for p in path.rglob("*.csv")}
-        if "train_split_depression_avec2017.csv" in names or "full_test_split.csv" in names:
-            return "daic-woz"
-        if "train_split.csv" in names or "dev_split.csv" in names:
-            return "e-daic"
-    raise ValueError(f"cannot tell the data format of {path}; pass --format (daic-woz, e-daic, manifest)")

@@ -29,10 +29,12 @@ from moodstream.model.checkpoint import ENCODER_FILE, encoder_fingerprint
 from moodstream.model.session_head import SessionHead
 from moodstream.trainer.config import TrainConfig
 from moodstream.trainer.data import Session
+from moodstream.trainer.evaluate import Predictions, write_evaluation
 from moodstream.trainer.folds import Split, assign_folds, check_disjoint
 from moodstream.trainer.metrics import choose_threshold
+from moodstream.trainer.loop import seed_everything
 from moodstream.trainer.prefixes import choose_min_evidence
-from moodstream.trainer.train import SplitTrainer, seed_everything
+from moodstream.trainer.train import SplitTrainer
 
 ID_COLUMNS = ("session_id", "participant_id")
 SCORE_COLUMNS = ("phq8_score", "phq8", "phq_score", "score")
@@ -187,8 +189,6 @@ class ExportTrainer(SplitTrainer):
         return owners, np.asarray(labels), np.concatenate(probabilities) if probabilities else np.zeros(0)
 
     def predictions(self, ids: list[str]):
-        from moodstream.trainer.evaluate import Predictions
-
         owners, segment_labels, segment_probabilities = self.segment_rows(ids)
         return Predictions(
             session_ids=list(ids),
@@ -226,8 +226,6 @@ class ExportTrainer(SplitTrainer):
             notes=notes)
         checkpoint = self.model.to("cpu").save_pretrained(self.run_dir / "checkpoint")
         self.model.to(self.device)
-        from moodstream.trainer.evaluate import write_evaluation
-
         result = write_evaluation(self.run_dir, {"validation": self.predictions(split.validation)}, threshold,
                                   segment_threshold, title="moodstream session-head retraining from a field export",
                                   extra={"seconds": time.monotonic() - started,
@@ -300,8 +298,6 @@ def evaluate_on_export(checkpoint: str | Path, export: str | Path, labels: str |
     split = Split("evaluation", [], [], ids)
     trainer = ExportTrainer(config, model, sessions, label_of, split, Path(output), positive_class="label 1")
     segment_threshold = float((model.config.notes or {}).get("segment_threshold", 0.5))
-    from moodstream.trainer.evaluate import write_evaluation
-
     result = write_evaluation(Path(output), {"test": trainer.predictions(ids)}, model.config.decision_threshold,
                               segment_threshold, title=f"moodstream evaluation of {model.model_version} on a field export",
                               extra={"left_out": json.dumps(left_out)}, tsne=False)

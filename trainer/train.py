@@ -1,10 +1,12 @@
-"""The paper's two-stage training (DESIGN.md §1), resumable, one run per split or fold.
+"""The paper's two-stage training (docs/training.md), resumable, one run per split or fold.
 
 Stage 1: backbone + segment head on segment labels (each segment carries its
 participant's label) through the segment classifier; Adam with one learning
 rate for the backbone and one for the head, weight decay, early stopping on
 validation. Stage 2: segment vectors from the frozen stage-1 encoder, then the
-session head (LSTM + self-attention) on each participant's sequence.
+session head (LSTM + self-attention) on each participant's sequence. Both
+stages step through trainer/loop.py; the data comes from trainer/prepare.py
+and the reports from trainer/evaluate.py.
 
 The decision threshold is chosen on validation sessions, written into the
 checkpoint, and applied unchanged to the test sessions. Every epoch ends with
@@ -13,150 +15,27 @@ stopped when started again with the same output folder.
 """
 from __future__ import annotations
 
-import csv
-import dataclasses
 import json
-import math
-import os
-import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from moodstream import SCREENING_NOTICE
-from moodstream.model import ScreeningModel
-from moodstream.trainer.config import StageSection, TrainConfig
-from moodstream.trainer.data import Dataset, read_daic_woz, read_manifest
-from moodstream.trainer.folds import Split, cross_validation_splits, predefined_split
-from moodstream.trainer.metrics import binary_metrics, choose_threshold, mean_std
+from moodstream.model import ScreeningModel, pick_device
+from moodstream.trainer.config import TrainConfig
+from moodstream.trainer.evaluate import Predictions, cross_validation_markdown, summarize_folds, write_evaluation
+from moodstream.trainer.folds import Split
+from moodstream.trainer.loop import (CsvLog, EpochCallback, atomic_torch_save, epoch_order, pos_weight_for,
+                                     run_epoch, run_loop, seed_everything)
+from moodstream.trainer.metrics import binary_metrics, choose_threshold
 from moodstream.trainer.prefixes import choose_min_evidence, fit_platt, prefix_logits, sigmoid
-from moodstream.trainer.segments import SegmentParams, SegmentStore, build_segments
-
-EpochCallback = Callable[[str, int, dict], None]
-
-
-# --------------------------------------------------------------------------- data
-def load_dataset(config: TrainConfig) -> Dataset:
-    data = config.data
-    if not data.path:
-        raise ValueError("data.path is empty: point it at the data set (folder or manifest CSV)")
-    path = config.resolve(data.path)
-    if data.format in ("daic-woz", "e-daic"):
-        return read_daic_woz(path, label_mode=data.label_from, score_threshold=data.score_threshold,
-                             exclude=data.exclude, time_offsets=data.time_offsets,
-                             validation_split=data.validation, variant=data.format)
-    if data.format == "manifest":
-        dataset = read_manifest(path)
-    elif data.format == "ravdess-standin":
-        from moodstream.trainer.standin import choose_actors, read_ravdess_standin
-
-        dataset = read_ravdess_standin(path)
-        if data.train_actors:
-            dataset = choose_actors(dataset, data.train_actors, data.validation_actors, data.test_actors)
-    else:
-        raise ValueError(f"unsupported data.format {data.format!r}")
-    excluded = {str(x) for x in data.exclude}
-    if excluded:
-        for session in dataset.sessions:
-            if session.session_id in excluded:
-                dataset.skipped[session.session_id] = "excluded by data.exclude"
-        dataset.sessions = [s for s in dataset.sessions if s.session_id not in excluded]
-    return dataset
-
-
-def segment_params(config: TrainConfig) -> SegmentParams:
-    return SegmentParams(speech=config.speech)
-
-
-def load_test_set(config: TrainConfig) -> Dataset:
-    """data.test_path: every session of another folder or manifest, as the test side (reported only)."""
-    from moodstream.trainer.evaluate import detect_format
-
-    path = config.resolve(config.data.test_path)
-    data = dataclasses.replace(config.data, path=str(path), format=detect_format(path), test_path="", exclude=[],
-                               train_actors=[], validation_actors=[], test_actors=[])
-    test_set = load_dataset(dataclasses.replace(config, data=data))
-    for session in test_set.sessions:
-        session.session_id, session.split, session.fold = f"test-set/{session.session_id}", "test", None
-    return test_set
-
-
-def with_test_set(dataset: Dataset, test_set: Dataset, path: str) -> Dataset:
-    own_tests = [s for s in dataset.sessions if s.split == "test"]
-    if own_tests:
-        dataset.notes.append(f"{len(own_tests)} test sessions of the training data left out: data.test_path "
-                             "is the test set")
-    dataset.sessions = [s for s in dataset.sessions if s.split != "test"] + test_set.sessions
-    dataset.skipped.update({f"test-set/{k}": v for k, v in test_set.skipped.items()})
-    dataset.notes.append(f"test set (data.test_path): {len(test_set.sessions)} sessions of {test_set.name} "
-                         f"from {path}, reported only")
-    return dataset
-
-
-def prepare_data(config: TrainConfig) -> tuple[Dataset, SegmentStore, list[Split]]:
-    dataset = load_dataset(config)
-    if config.data.test_path:
-        dataset = with_test_set(dataset, load_test_set(config), config.data.test_path)
-    if not dataset.sessions:
-        raise ValueError(f"no usable sessions in {config.data.path} ({len(dataset.skipped)} skipped: "
-                         f"{'; '.join(f'{k}: {v}' for k, v in list(dataset.skipped.items())[:3])})")
-    store = build_segments(dataset, segment_params(config),
-                           config.resolve(config.data.cache_dir), progress=config.run.progress)
-    for session_id, reason in store.failed.items():
-        dataset.skipped[session_id] = reason
-    usable = [s.session for s in store.sessions]
-    dataset.sessions = usable
-    if config.data.folds or all(s.fold is not None for s in usable) and not any(s.split for s in usable):
-        splits = cross_validation_splits(usable, config.data.folds, config.run.seed)
-    else:
-        splits = [predefined_split(usable)]
-    return dataset, store, splits
-
+from moodstream.trainer.prepare import prepare_data
+from moodstream.trainer.segments import SegmentStore
 
 # --------------------------------------------------------------------------- helpers
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"run.device = {name!r} but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
-
-
-def pos_weight_for(labels: np.ndarray, stage: StageSection) -> float:
-    positives = int(labels.sum())
-    negatives = int(len(labels) - positives)
-    if stage.imbalance != "weighted-loss" or positives == 0 or negatives == 0:
-        return 1.0
-    return negatives / positives
-
-
-def epoch_order(labels: np.ndarray, stage: StageSection, seed: int, stage_name: str, epoch: int) -> np.ndarray:
-    """Indices (into `labels`) for one epoch: a fixed function of (seed, stage, epoch), so resuming repeats it."""
-    rng = np.random.default_rng([seed, 1 if stage_name == "stage1" else 2, epoch])
-    if stage.imbalance == "balanced-sampling" and 0 < labels.sum() < len(labels):
-        counts = np.bincount(labels, minlength=2).astype(float)
-        weights = 1.0 / counts[labels]
-        return rng.choice(len(labels), size=len(labels), replace=True, p=weights / weights.sum())
-    return rng.permutation(len(labels))
-
-
 def frozen_frame_features(model: ScreeningModel, store: SegmentStore, indices, device: torch.device, step: int,
                           description: str, progress: bool) -> list[torch.Tensor | None]:
     """Frame features [frames, H] (fp16, CPU) of the segments `indices` through the model's frozen backbone.
@@ -197,92 +76,6 @@ def backbone_digest(model: ScreeningModel) -> str:
     return digest.hexdigest()[:16]
 
 
-def is_better(monitor: str, value: float, best: float | None) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return best is None
-    if best is None or (isinstance(best, float) and math.isnan(best)):
-        return True
-    return value < best - 1e-9 if monitor == "loss" else value > best + 1e-9
-
-
-class CsvLog:
-    FIELDS = ["split", "stage", "epoch", "train_loss", "val_loss", "val_auc", "val_f1", "best", "seconds"]
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        if not path.exists():
-            with open(path, "w", newline="") as handle:
-                csv.writer(handle).writerow(self.FIELDS)
-
-    def write(self, **row) -> None:
-        with open(self.path, "a", newline="") as handle:
-            csv.writer(handle).writerow([_fmt(row.get(f)) for f in self.FIELDS])
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return "" if value is None else str(value)
-
-
-# --------------------------------------------------------------------------- early-stopping loop
-@dataclass
-class LoopState:
-    epoch: int = 0                      # epochs completed
-    best: float | None = None
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    done: bool = False
-    history: list[dict] = field(default_factory=list)
-
-
-def run_loop(name: str, stage: StageSection, modules: nn.Module, optimizer: torch.optim.Optimizer,
-             train_epoch: Callable[[int], float], validate: Callable[[], dict], resume_path: Path,
-             log: CsvLog, split_name: str, resume: bool, on_epoch_end: EpochCallback | None) -> LoopState:
-    """Epochs with early stopping on validation; resumable after every epoch."""
-    state = LoopState()
-    best_weights = None
-    if resume and resume_path.is_file():
-        saved = torch.load(resume_path, map_location="cpu", weights_only=False)
-        modules.load_state_dict(saved["weights"])
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["torch_rng"])
-        np.random.set_state(saved["numpy_rng"])  # wav2vec2's time masking draws from numpy
-        random.setstate(saved["python_rng"])
-        state = LoopState(**saved["loop"])
-        best_weights = saved["best_weights"]
-        if not state.done:
-            print(f"{split_name} {name}: resuming after epoch {state.epoch}")
-    while not state.done and state.epoch < stage.epochs:
-        epoch = state.epoch + 1
-        started = time.monotonic()
-        train_loss = train_epoch(epoch)
-        metrics = validate()
-        value = metrics[stage.monitor]
-        improved = is_better(stage.monitor, value, state.best)
-        if improved:
-            state.best, state.best_epoch, state.bad_epochs = value, epoch, 0
-            best_weights = {k: v.detach().cpu().clone() for k, v in modules.state_dict().items()}
-        else:
-            state.bad_epochs += 1
-        state.epoch = epoch
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": metrics["loss"], "val_auc": metrics["auc"],
-               "val_f1": metrics["f1"], "best": improved, "seconds": time.monotonic() - started}
-        state.history.append(row)
-        log.write(split=split_name, stage=name, **row)
-        if state.bad_epochs >= stage.patience or state.epoch >= stage.epochs:
-            state.done = True
-        atomic_torch_save({"weights": modules.state_dict(), "optimizer": optimizer.state_dict(),
-                           "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                           "python_rng": random.getstate(), "loop": state.__dict__, "best_weights": best_weights},
-                          resume_path)
-        if on_epoch_end is not None:
-            on_epoch_end(name, epoch, row)
-    if best_weights is not None:
-        modules.load_state_dict(best_weights)
-    return state
-
-
 # --------------------------------------------------------------------------- one split
 class SplitTrainer:
     def __init__(self, config: TrainConfig, store: SegmentStore, split: Split, run_dir: Path,
@@ -300,7 +93,7 @@ class SplitTrainer:
         self.split = split
         self.run_dir = run_dir
         self.on_epoch_end = on_epoch_end
-        self.device = pick_device(config.run.device)
+        self.device = pick_device(config.run.device, option="run.device =")
         run_dir.mkdir(parents=True, exist_ok=True)
         self.log = CsvLog(run_dir / "log.csv")
 
@@ -372,31 +165,17 @@ class SplitTrainer:
             groups.append({"params": backbone_params, "lr": config.lr_backbone})
         optimizer = torch.optim.Adam(groups, weight_decay=config.weight_decay)
         trained = nn.ModuleDict({"backbone": model.backbone, "segment_head": model.segment_head})
-        micro = config.batch_size // config.gradient_accumulation
-        from tqdm import tqdm
+
+        def segment_loss(rows: np.ndarray) -> torch.Tensor:
+            labels = torch.as_tensor(self.segment_labels(rows), dtype=torch.float32, device=self.device)
+            return loss_fn(model.segment_head.segment_logits(self.segment_vectors(rows)), labels)
 
         def train_epoch(epoch: int) -> float:
             model.segment_head.train()
             model.backbone.train(not frozen)
             order = train_idx[epoch_order(train_labels, config, self.config.run.seed, "stage1", epoch)]
-            total, count = 0.0, 0
-            batches = range(0, len(order), config.batch_size)
-            for start in tqdm(batches, desc=f"{self.split.name} stage 1 epoch {epoch}", leave=False,
-                              disable=not self.config.run.progress):
-                batch = order[start:start + config.batch_size]
-                optimizer.zero_grad(set_to_none=True)
-                for micro_start in range(0, len(batch), micro):
-                    rows = batch[micro_start:micro_start + micro]
-                    labels = torch.as_tensor(self.segment_labels(rows), dtype=torch.float32, device=self.device)
-                    logits = model.segment_head.segment_logits(self.segment_vectors(rows))
-                    loss = loss_fn(logits, labels)
-                    (loss * len(rows) / len(batch)).backward()
-                    total += float(loss.detach()) * len(rows)
-                    count += len(rows)
-                if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], config.max_grad_norm)
-                optimizer.step()
-            return total / max(1, count)
+            progress = f"{self.split.name} stage 1 epoch {epoch}" if self.config.run.progress else None
+            return run_epoch(order, config, optimizer, segment_loss, progress)
 
         def validate() -> dict:
             probabilities = self.segment_probabilities(val_idx)
@@ -445,7 +224,6 @@ class SplitTrainer:
         weight = torch.tensor(pos_weight_for(train_labels, config), device=self.device)
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
         optimizer = torch.optim.Adam(head.parameters(), lr=config.lr_head, weight_decay=config.weight_decay)
-        micro = config.batch_size // config.gradient_accumulation
 
         def batch_of(ids, keep=None):
             sequences = [vectors[s] if keep is None else vectors[s][:n] for s, n in zip(ids, keep or ids)]
@@ -466,30 +244,19 @@ class SplitTrainer:
             keep = prefixes_for(epoch, train_ids)
             items = [train_ids[i % len(train_ids)] for i in range(len(keep))]
             item_labels = np.asarray([self.sessions[s].session.label for s in items])
+
+            def sequence_loss(rows: np.ndarray) -> torch.Tensor:
+                padded, lengths = batch_of([items[r] for r in rows], [keep[r] for r in rows])
+                labels = torch.as_tensor(item_labels[rows], dtype=torch.float32, device=self.device)
+                return loss_fn(head(padded, lengths), labels)
+
             order = epoch_order(item_labels, config, self.config.run.seed, "stage2", epoch)
-            total, count = 0.0, 0
-            for start in range(0, len(order), config.batch_size):
-                batch = order[start:start + config.batch_size]
-                optimizer.zero_grad(set_to_none=True)
-                for micro_start in range(0, len(batch), micro):
-                    rows = batch[micro_start:micro_start + micro]
-                    padded, lengths = batch_of([items[r] for r in rows], [keep[r] for r in rows])
-                    labels = torch.as_tensor(item_labels[rows], dtype=torch.float32, device=self.device)
-                    loss = loss_fn(head(padded, lengths), labels)
-                    (loss * len(rows) / len(batch)).backward()
-                    total += float(loss.detach()) * len(rows)
-                    count += len(rows)
-                if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(head.parameters(), config.max_grad_norm)
-                optimizer.step()
-            return total / max(1, count)
+            return run_epoch(order, config, optimizer, sequence_loss)
 
         def validate() -> dict:
             if not config.prefix_training:
                 return self.scores(val_labels, self.session_probabilities(vectors, val_ids), weight)
             # Prefix training is judged at every point of the validation sessions.
-            from moodstream.trainer.prefixes import prefix_logits, sigmoid
-
             logits = prefix_logits(head, [vectors[s] for s in val_ids])
             labels = np.concatenate([[label] * len(l) for label, l in zip(val_labels, logits)])
             return self.scores(labels, sigmoid(np.concatenate(logits)), weight)
@@ -573,8 +340,6 @@ class SplitTrainer:
                                                       min_evidence_segments=min_evidence, notes=notes)
         checkpoint = self.model.save_pretrained(self.run_dir / "checkpoint")
 
-        from moodstream.trainer.evaluate import Predictions, write_evaluation
-
         predictions = {}
         for side, ids in (("validation", split.validation), ("test", split.test)):
             if not ids:
@@ -636,8 +401,6 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> dic
         return results[splits[0].name]
     summary = summarize_folds(results)
     (output / "cv_summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    from moodstream.trainer.evaluate import cross_validation_markdown
-
     if "pooled_prefix" in summary:
         from moodstream.trainer.prefixes import prefix_png
 
@@ -645,40 +408,4 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> dic
                    "test folds pooled: session score after k segments")
     (output / "report.md").write_text(cross_validation_markdown("moodstream cross-validation report", summary,
                                                                 dataset.summary_markdown()))
-    return summary
-
-
-def summarize_folds(results: dict[str, dict]) -> dict:
-    """Per-fold test metrics, mean ± std over folds, and AUCs pooled over every fold's test predictions."""
-    from sklearn.metrics import roc_auc_score
-
-    folds = {name: r for name, r in results.items() if "test" in r}
-    session_labels, session_probs, segment_labels, segment_probs = [], [], [], []
-    for r in folds.values():
-        session_labels += r["test"]["predictions"]["session_labels"]
-        session_probs += r["test"]["predictions"]["session_probabilities"]
-        segment_labels += r["test"]["predictions"]["segment_labels"]
-        segment_probs += r["test"]["predictions"]["segment_probabilities"]
-
-    def collect(level: str, key: str):
-        return [r["test"][level][key] for r in folds.values()]
-
-    summary = {"folds": {name: {"session": r["test"]["session"], "segment": r["test"]["segment"]}
-                         for name, r in folds.items()}}
-    for level in ("session", "segment"):
-        for key in ("precision", "recall", "f1", "auc"):
-            mean, std = mean_std(collect(level, key))
-            summary[f"{level}_{key}_mean"], summary[f"{level}_{key}_std"] = mean, std
-    both = lambda labels: len(set(labels)) == 2  # noqa: E731
-    summary["pooled_session_auc"] = float(roc_auc_score(session_labels, session_probs)) if both(session_labels) else math.nan
-    summary["pooled_segment_auc"] = float(roc_auc_score(segment_labels, segment_probs)) if both(segment_labels) else math.nan
-    summary["sessions"] = len(session_labels)
-    summary["segments"] = len(segment_labels)
-    prefixes = [r["test"]["predictions"].get("session_prefix_probabilities") for r in folds.values()]
-    if prefixes and all(p is not None for p in prefixes):
-        from moodstream.trainer.prefixes import prefix_rows
-
-        uncalibrated = [row for r in folds.values() for row in r["test"]["predictions"]["session_prefix_uncalibrated"]]
-        summary["pooled_prefix"] = prefix_rows(session_labels, [np.asarray(row) for p in prefixes for row in p])
-        summary["pooled_prefix_uncalibrated"] = prefix_rows(session_labels, [np.asarray(row) for row in uncalibrated])
     return summary

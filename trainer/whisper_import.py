@@ -148,29 +148,30 @@ def whisper_state_dict(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray
         if np.abs(key_bias).max() > 0:
             raise ValueError(f"{ct}: the fused key bias is not zero; this is not a Whisper checkpoint")
 
-    encoder_layers = count_layers(variables, "encoder")
-    decoder_layers = count_layers(variables, "decoder")
-    for side in ("encoder",):
-        linear(f"model.{side}.conv1", f"{side}/conv1")
-        linear(f"model.{side}.conv2", f"{side}/conv2")
-        put(f"model.{side}.embed_positions.weight", variables[f"{side}/position_encodings/encodings"])
-        norm(f"model.{side}.layer_norm", f"{side}/layer_norm")
-    for i in range(encoder_layers):
-        hf, ct = f"model.encoder.layers.{i}", f"encoder/layer_{i}"
+    def self_attention(hf: str, ct: str) -> None:
         norm(f"{hf}.self_attn_layer_norm", f"{ct}/self_attention/layer_norm")
         fused_qkv(f"{hf}.self_attn", f"{ct}/self_attention/linear_0")
         linear(f"{hf}.self_attn.out_proj", f"{ct}/self_attention/linear_1")
+
+    def feed_forward(hf: str, ct: str) -> None:
         norm(f"{hf}.final_layer_norm", f"{ct}/ffn/layer_norm")
         linear(f"{hf}.fc1", f"{ct}/ffn/linear_0")
         linear(f"{hf}.fc2", f"{ct}/ffn/linear_1")
+
+    linear("model.encoder.conv1", "encoder/conv1")
+    linear("model.encoder.conv2", "encoder/conv2")
+    put("model.encoder.embed_positions.weight", variables["encoder/position_encodings/encodings"])
+    norm("model.encoder.layer_norm", "encoder/layer_norm")
+    for i in range(count_layers(variables, "encoder")):
+        hf, ct = f"model.encoder.layers.{i}", f"encoder/layer_{i}"
+        self_attention(hf, ct)
+        feed_forward(hf, ct)
     put("model.decoder.embed_tokens.weight", variables["decoder/embeddings/weight"])
     put("model.decoder.embed_positions.weight", variables["decoder/position_encodings/encodings"])
     norm("model.decoder.layer_norm", "decoder/layer_norm")
-    for i in range(decoder_layers):
+    for i in range(count_layers(variables, "decoder")):
         hf, ct = f"model.decoder.layers.{i}", f"decoder/layer_{i}"
-        norm(f"{hf}.self_attn_layer_norm", f"{ct}/self_attention/layer_norm")
-        fused_qkv(f"{hf}.self_attn", f"{ct}/self_attention/linear_0")
-        linear(f"{hf}.self_attn.out_proj", f"{ct}/self_attention/linear_1")
+        self_attention(hf, ct)
         norm(f"{hf}.encoder_attn_layer_norm", f"{ct}/attention/layer_norm")
         linear(f"{hf}.encoder_attn.q_proj", f"{ct}/attention/linear_0")
         # cross-attention: linear_1 is k and v fused
@@ -180,9 +181,7 @@ def whisper_state_dict(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray
         put(f"{hf}.encoder_attn.v_proj.weight", kv_weight[d:])
         put(f"{hf}.encoder_attn.v_proj.bias", kv_bias[d:])
         linear(f"{hf}.encoder_attn.out_proj", f"{ct}/attention/linear_2")
-        norm(f"{hf}.final_layer_norm", f"{ct}/ffn/layer_norm")
-        linear(f"{hf}.fc1", f"{ct}/ffn/linear_0")
-        linear(f"{hf}.fc2", f"{ct}/ffn/linear_1")
+        feed_forward(hf, ct)
     return out
 
 

