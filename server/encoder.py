@@ -168,13 +168,16 @@ def within_bound(cosine: float, probability_error: float) -> bool:
 
 @dataclass(frozen=True)
 class Measurement:
-    """One (precision, batch size) the tuner timed, with that precision's accuracy against fp32."""
+    """One (precision, batch size) the tuner timed, with that precision's accuracy against fp32.
+
+    chunks_per_second comes from the least-disturbed of its `rounds` timings (the shortest)."""
 
     precision: str
     batch: int
     chunks_per_second: float
     min_cosine: float
     abs_diff_probability: float
+    rounds: int = 0
 
     @property
     def accurate(self) -> bool:
@@ -189,39 +192,91 @@ class Tuning:
     max_batch: int
     measurements: tuple[Measurement, ...] = ()
     cached: bool = False
+    load_per_core: float | None = None  # the machine's load while it was measured (the higher of start and end)
 
     def to_json(self) -> dict:
-        return {"precision": self.precision, "max_batch": self.max_batch,
+        return {"precision": self.precision, "max_batch": self.max_batch, "load_per_core": self.load_per_core,
                 "measurements": [asdict(m) for m in self.measurements]}
 
     @classmethod
     def from_json(cls, data: dict) -> "Tuning":
         return cls(data["precision"], int(data["max_batch"]),
-                   tuple(Measurement(**m) for m in data.get("measurements", ())), cached=True)
+                   tuple(Measurement(**m) for m in data.get("measurements", ())), cached=True,
+                   load_per_core=data.get("load_per_core"))
+
+    def measured_busier_than_now(self) -> bool:
+        """Measured while other work held the cores (a ranking under contention), and the machine is
+        markedly quieter now: worth measuring again."""
+        if self.load_per_core is None or self.load_per_core <= BUSY_LOAD_PER_CORE:
+            return False
+        return load_per_core() < self.load_per_core / 2
 
     def summary(self) -> str:
         def shown(m: Measurement) -> str:
             if m.accurate:
-                return f"{m.precision}x{m.batch} {m.chunks_per_second:.2f}/s"
+                return f"{m.precision}x{m.batch} {m.chunks_per_second:.2f}/s ({m.rounds} rounds)"
             return f"{m.precision} outside the bound (cos {m.min_cosine:.4f}, |dp| {m.abs_diff_probability:.1e})"
 
         measured = ", ".join(shown(m) for m in self.measurements)
         source = "cached" if self.cached else "measured"
+        if self.load_per_core is not None:
+            source += f" at load {self.load_per_core:.1f} per core"
         return f"precision {self.precision}, max batch {self.max_batch} ({source}: {measured or 'nothing to weigh'})"
 
 
+# Above this load average per usable core, other work was competing for the cores while a tuning was measured.
+BUSY_LOAD_PER_CORE = 1.0
+
+
+def load_per_core() -> float:
+    return os.getloadavg()[0] / len(os.sched_getaffinity(0))
+
+
+# Every combination is timed in the first rounds; after them, one whose best time per chunk is more than
+# PRUNE_FACTOR times the leader's is dropped, so the remaining rounds go to the close calls.
+TUNING_ROUNDS = 6
+ROUNDS_BEFORE_PRUNING = 2
+PRUNE_FACTOR = 1.3
+
+
+def time_combinations(encoders: dict, probe: list, combinations: list[tuple[str, int]], rounds: int = TUNING_ROUNDS,
+                      clock=time.perf_counter) -> dict[tuple[str, int], tuple[float, int]]:
+    """(precision, batch) -> (shortest seconds per chunk, rounds timed).
+
+    On a shared machine load only ever adds time, so each combination keeps its shortest round, the one
+    least disturbed. The combinations take turns within a round, starting one further on each round, so
+    a load swing or a cache left warm by the previous call does not always favour the same one.
+    """
+    best = {combination: float("inf") for combination in combinations}
+    timed = dict.fromkeys(combinations, 0)
+    alive = list(combinations)
+    for round_index in range(rounds):
+        start = round_index % len(alive)
+        for precision, batch in alive[start:] + alive[:start]:
+            started = clock()
+            encoders[precision](probe[:batch])
+            best[precision, batch] = min(best[precision, batch], (clock() - started) / batch)
+            timed[precision, batch] += 1
+        if round_index + 1 >= ROUNDS_BEFORE_PRUNING:
+            leader = min(best[combination] for combination in alive)
+            alive = [combination for combination in alive if best[combination] <= PRUNE_FACTOR * leader]
+            if len(alive) == 1:
+                break
+    return {combination: (best[combination], timed[combination]) for combination in combinations}
+
+
 def tune(model, precisions: list[str], batch_sizes: tuple[int, ...], encoders: dict | None = None,
-         rounds: int = 2) -> tuple[Tuning, dict]:
+         rounds: int = TUNING_ROUNDS, clock=time.perf_counter) -> tuple[Tuning, dict]:
     """Time every (precision, batch) in `precisions` x `batch_sizes`; keep the fastest within the bound.
 
     `encoders` may bring ready encode functions (precision -> function); the rest are built here.
-    The first precision is the reference and always qualifies. The combinations take turns round by
-    round (load swings on a shared machine then hit them alike), each keeping its best round; one
-    within CLOSE_CALL of the fastest with a smaller batch (lower latency) or the reference precision
-    wins the tie. Returns the choice and the encoders built.
+    The first precision is the reference and always qualifies. Paths outside the bound are never timed;
+    the rest are timed by time_combinations. One within CLOSE_CALL of the fastest with a smaller batch
+    (lower latency) or the reference precision wins the tie. Returns the choice and the encoders built.
     Call it from the thread that will serve: OpenMP thread pools belong to the calling thread.
     """
     encoders = dict(encoders or {})
+    load_at_start = load_per_core()
     probe = speech_like_waves(max(batch_sizes), seed=0, seconds=model.config.segment_seconds,
                               sample_rate=model.config.sample_rate)
     reference = None
@@ -233,20 +288,17 @@ def tune(model, precisions: list[str], batch_sizes: tuple[int, ...], encoders: d
             reference, quality[precision] = vectors, (1.0, 0.0)
         else:
             quality[precision] = accuracy(model, reference, vectors)
-    timed = [(p, b) for p in precisions if within_bound(*quality[p]) for b in batch_sizes]
-    best = {combination: float("inf") for combination in timed}
-    for _ in range(rounds):
-        for precision, batch in timed:
-            started = time.perf_counter()
-            encoders[precision](probe[:batch])
-            best[precision, batch] = min(best[precision, batch], time.perf_counter() - started)
+    combinations = [(p, b) for p in precisions if within_bound(*quality[p]) for b in batch_sizes]
+    timings = time_combinations(encoders, probe, combinations, rounds, clock)
     measurements = [Measurement(p, max(batch_sizes), 0.0, *quality[p]) for p in precisions
                     if not within_bound(*quality[p])]
-    measurements += [Measurement(p, b, b / best[p, b], *quality[p]) for p, b in timed]
+    measurements += [Measurement(p, b, 1 / max(timings[p, b][0], 1e-9), *quality[p], rounds=timings[p, b][1])
+                     for p, b in combinations]
     fastest = max(m.chunks_per_second for m in measurements if m.accurate)
     close = [m for m in measurements if m.accurate and m.chunks_per_second >= (1 - CLOSE_CALL) * fastest]
     chosen = min(close, key=lambda m: (m.batch, m.precision != precisions[0], -m.chunks_per_second))
-    return Tuning(chosen.precision, chosen.batch, tuple(measurements)), encoders
+    load = max(load_at_start, load_per_core())
+    return Tuning(chosen.precision, chosen.batch, tuple(measurements), load_per_core=round(load, 2)), encoders
 
 
 def cpu_name() -> str:
@@ -326,7 +378,10 @@ def choose_encoder(model, requested: str = "auto", max_batch: int | None = None,
         return precisions[0], encode_function(model, precisions[0]), Tuning(precisions[0], batch_sizes[0])
     key = tuning_key(model, precisions, batch_sizes)
     tuning = cache.get(key) if cache is not None else None
-    if tuning is not None and tuning.precision in precisions and tuning.max_batch in batch_sizes:
+    if tuning is not None and tuning.measured_busier_than_now():
+        log.info("encoder: measuring again: the cached tuning was measured at load %.1f per core, now %.1f",
+                 tuning.load_per_core, load_per_core())
+    elif tuning is not None and tuning.precision in precisions and tuning.max_batch in batch_sizes:
         return tuning.precision, encode_function(model, tuning.precision), tuning
     tuning, encoders = tune(model, precisions, batch_sizes)
     if cache is not None:

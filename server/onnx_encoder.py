@@ -10,8 +10,8 @@ Runtime and TensorRT backends load (docs/performance.md).
 Paths: `ort-fp32` (ONNX Runtime's basic graph optimisations: constant
 folding and redundant-node removal, which keep fp32's numbers) and `ort-int8`
 (dynamic int8 quantisation of the MatMul weights only, per tensor; the
-convolutions stay fp32, as default settings would quantise them too and
-measured slower and less accurate).
+convolutions stay fp32, as quantising them too measured 3x slower and less
+accurate). The options were measured with bench/onnx_options.py.
 """
 from __future__ import annotations
 
@@ -102,11 +102,15 @@ class OnnxEncoder:
 
         self.model = model  # for input validation, shared with torch's path
         options = ort.SessionOptions()
-        # Basic: constant folding and dead-node removal keep fp32's numbers; the extended fusions
-        # (SkipLayerNormalization, BiasGelu) moved the tiny model's vectors to cosine 0.9995.
+        # Basic: constant folding and dead-node removal keep fp32's numbers; the extended fusions moved the
+        # base-size fp32 graph's vectors to cosine 0.996, outside the bound, and were no faster for the int8
+        # graph (bench/onnx_options.py, docs/performance.md).
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: on cores shared with other work a spinning thread
+        # takes the core from the one with work (int8, base size, 2 cores under load: 1.5x faster).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, batch) -> np.ndarray:

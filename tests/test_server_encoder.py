@@ -6,14 +6,14 @@ from fp32 depends on the CPU's kernels (AVX2, AVX-512, AMX), so it is measured
 and reported (`-rP` shows it), and only checked for being a working encoder.
 """
 import asyncio
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from moodstream.model import ModelConfig, ScreeningModel
-from moodstream.server.encoder import (CLOSE_CALL, PRECISIONS, BatchingEncoder, TuningCache,
+from moodstream.server.encoder import (CLOSE_CALL, PRECISIONS, ROUNDS_BEFORE_PRUNING, BatchingEncoder,
+                                       TuningCache,
                                        accuracy, candidate_precisions, choose_encoder, choose_precision,
                                        encode_function, speech_like_waves, tune, within_bound)
 
@@ -103,26 +103,78 @@ def test_the_fastest_path_outside_the_bound_is_never_picked(model):
     assert tuning.precision == "exact"
 
 
+class InjectedCosts:
+    """A clock that only encoders move: each call costs what `cost(precision, batch, call number)` says, so
+    the tuner's decisions are tested without timing anything."""
+
+    def __init__(self, model, cost) -> None:
+        self.now, self.cost = 0.0, cost
+        self.calls: dict[tuple[str, int], int] = {}
+        self.fp32, self.vectors = encode_function(model, "fp32"), {}
+
+    def exact(self, batch):  # fp32's own vectors, so that every injected path is within the accuracy bound
+        key = tuple(id(wave) for wave in batch)
+        if key not in self.vectors:
+            self.vectors[key] = self.fp32(batch)
+        return self.vectors[key]
+
+    def clock(self) -> float:
+        return self.now
+
+    def encoder(self, precision: str):
+        def encode(batch):
+            call = self.calls.get((precision, len(batch)), 0)
+            self.calls[precision, len(batch)] = call + 1
+            self.now += self.cost(precision, len(batch), call)
+            return self.exact(batch)
+        return encode
+
+    def tune(self, model, precisions, batch_sizes, **options):
+        return tune(model, precisions, batch_sizes, encoders={p: self.encoder(p) for p in precisions},
+                    clock=self.clock, **options)[0]
+
+
 def test_the_batch_limit_is_measured_not_assumed(model):
-    width = model.config.segment_vector_size
-    # Costs of tens to hundreds of milliseconds, with twofold margins and three rounds: on a loaded machine a
-    # woken thread can wait tens of milliseconds for a core, which must not decide the choice.
-
-    def fixed_cost_per_call(batch):  # a GPU-like path: a batch costs what one chunk costs
-        time.sleep(0.1)
-        return np.zeros((len(batch), width), np.float32)
-
-    def dearer_per_chunk_in_a_batch(batch):  # the CPU behaviour measured on AMD EPYC: batches cost more per chunk
-        time.sleep(0.05 * len(batch) ** 2)
-        return np.zeros((len(batch), width), np.float32)
-
-    gpu_like = tune(model, ["gpu-like"], (1, 2, 4), encoders={"gpu-like": fixed_cost_per_call}, rounds=3)[0]
+    # a GPU-like path: a batch costs what one chunk costs
+    gpu_like = InjectedCosts(model, lambda precision, batch, call: 0.1).tune(model, ["gpu-like"], (1, 2, 4))
     assert gpu_like.max_batch == 4, gpu_like.summary()
-    cpu_like = tune(model, ["cpu-like"], (1, 2, 4), encoders={"cpu-like": dearer_per_chunk_in_a_batch}, rounds=3)[0]
+    # the CPU behaviour measured on AMD EPYC: batches cost more per chunk
+    cpu_like = InjectedCosts(model, lambda precision, batch, call: 0.05 * batch ** 2).tune(model, ["cpu-like"],
+                                                                                           (1, 2, 4))
     assert cpu_like.max_batch == 1, cpu_like.summary()
 
 
+PER_CHUNK = {"fp32": 1.0, "slow": 0.9, "fast": 0.6}  # seconds per chunk on a quiet machine, at any batch
+
+
+@pytest.mark.parametrize("disturbed_call", range(4))
+@pytest.mark.parametrize("disturbed", ["fp32", "slow", "fast"])
+def test_a_load_swing_during_one_measurement_does_not_decide(model, disturbed, disturbed_call):
+    # Another job takes the CPU for one call of one path: that call runs at a third of its speed. Whichever
+    # call it hits, the path that is fastest on a quiet machine is chosen.
+    def cost(precision, batch, call):
+        slowdown = 3.0 if (precision, call) == (disturbed, disturbed_call) else 1.0
+        return PER_CHUNK[precision] * batch * slowdown
+
+    costs = InjectedCosts(model, cost)
+    tuning = costs.tune(model, ["fp32", "slow", "fast"], (1,))
+    assert tuning.precision == "fast", tuning.summary()
+
+
+def test_clear_losers_are_dropped_and_the_rounds_go_to_the_close_calls(model):
+    per_chunk = {"fp32": 1.0, "close": 0.52, "closer": 0.5}
+    costs = InjectedCosts(model, lambda precision, batch, call: per_chunk[precision] * batch)
+    tuning = costs.tune(model, ["fp32", "close", "closer"], (1, 2), rounds=6)
+    rounds = {(m.precision, m.batch): m.rounds for m in tuning.measurements}
+    assert rounds["fp32", 1] == rounds["fp32", 2] == ROUNDS_BEFORE_PRUNING, tuning.summary()
+    assert all(rounds[p, b] == 6 for p in ("close", "closer") for b in (1, 2)), tuning.summary()
+    # a tie within CLOSE_CALL goes to the smaller batch
+    assert (tuning.precision, tuning.max_batch) == ("closer", 1), tuning.summary()
+    assert all(m.chunks_per_second == pytest.approx(1 / per_chunk[m.precision]) for m in tuning.measurements)
+
+
 def test_a_tuning_is_cached_per_model_and_machine(model, tmp_path, monkeypatch):
+    monkeypatch.setattr("moodstream.server.encoder.os.getloadavg", lambda: (0.0, 0.0, 0.0))  # a quiet machine
     cache = TuningCache(tmp_path / "tuning.json")
     first = choose_encoder(model, "auto", cache=cache)[2]
     assert not first.cached
@@ -140,6 +192,22 @@ def test_a_tuning_is_cached_per_model_and_machine(model, tmp_path, monkeypatch):
     (tmp_path / "tuning.json").write_text("{not json")
     with pytest.raises(AssertionError, match="measured again"):  # an unreadable cache is measured again
         choose_encoder(model, "auto", cache=cache)
+
+
+def test_a_tuning_measured_on_a_busy_machine_is_measured_again_once_it_is_quiet(model, tmp_path, monkeypatch):
+    cores = len(__import__("os").sched_getaffinity(0))
+    load = {"now": 3.0 * cores}  # three runnable jobs per core while the first tuning is measured
+    monkeypatch.setattr("moodstream.server.encoder.os.getloadavg", lambda: (load["now"], 0.0, 0.0))
+    cache = TuningCache(tmp_path / "tuning.json")
+    busy = choose_encoder(model, "auto", cache=cache)[2]
+    assert busy.load_per_core == pytest.approx(3.0) and "at load 3.0 per core" in busy.summary()
+    load["now"] = 2.0 * cores  # still busy: the cached ranking is as good as a new one
+    assert choose_encoder(model, "auto", cache=cache)[2].cached
+    load["now"] = 0.5 * cores  # quiet now: measured again, and the quiet tuning replaces it in the cache
+    quiet = choose_encoder(model, "auto", cache=cache)[2]
+    assert not quiet.cached and quiet.load_per_core == pytest.approx(0.5)
+    again = choose_encoder(model, "auto", cache=cache)[2]
+    assert again.cached and again.load_per_core == pytest.approx(0.5)
 
 
 def test_int8_leaves_the_served_model_untouched(model):
