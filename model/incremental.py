@@ -31,7 +31,10 @@ from moodstream.model.errors import StateError
 from moodstream.model.session_head import SessionHead
 
 STATE_MAGIC = b"MSSS"
-STATE_FORMAT_VERSION = 1
+STATE_FORMAT_VERSION = 2
+# Format 1 whole states (before the skip path's sum was stored) are read as a sum of 0: they were written
+# only by releases that could not load a model with a skip path, and a state is pinned to its model.
+READABLE_STATE_FORMATS = (1, 2)
 _VARIANT_CODES = {"self-attention": 0, "last-step": 1}
 _HEADER = struct.Struct("<4sHBB III")  # magic, format, variant, version length, n, hidden, attention
 _MAX_WIDTH = 1 << 16  # far above any session head; larger widths in a state are corruption, not a model
@@ -152,21 +155,19 @@ class ScorerState:
         return version
 
     def to_bytes(self) -> bytes:
-        """The whole state in one blob (format 1, O(n*d)): a snapshot; servers store head_bytes + row_bytes."""
-        if self.segment_score_sum != 0.0:
-            raise StateError("a whole-state snapshot (format 1) cannot hold the skip path's sum; "
-                             "store head_bytes() and row_bytes()")
+        """The whole state in one blob (format 2, O(n*d)): a snapshot; servers store head_bytes + row_bytes."""
         version = self._version_bytes()
         header = _HEADER.pack(STATE_MAGIC, STATE_FORMAT_VERSION, _VARIANT_CODES[self.variant], len(version),
                               self.segments, self.h.size, self.queries.shape[1])
         arrays = [self.h, self.c, self.queries, self.keys, self.values,
                   self.row_max, self.row_denominator, self.row_numerator]
-        payload = b"".join([header, version, *(np.ascontiguousarray(a, dtype="<f4").tobytes() for a in arrays)])
+        payload = b"".join([header, version, *(np.ascontiguousarray(a, dtype="<f4").tobytes() for a in arrays),
+                            _SUM.pack(self.segment_score_sum)])
         return payload + struct.pack("<I", zlib.crc32(payload))
 
     @staticmethod
     def is_head(data: bytes) -> bool:
-        """Whether `data` is a head (format 2) rather than a whole state (format 1)."""
+        """Whether `data` is a head (magic MSSH) rather than a whole state (magic MSSS)."""
         return data[:4] == HEAD_MAGIC
 
     @classmethod
@@ -181,8 +182,9 @@ class ScorerState:
         magic, fmt, variant_code, version_len, n, hidden, attention = _HEADER.unpack_from(payload)
         if magic != STATE_MAGIC:
             raise StateError("bytes are not a moodstream scorer state")
-        if fmt != STATE_FORMAT_VERSION:
-            raise StateError(f"scorer state format {fmt} is not supported (this build reads {STATE_FORMAT_VERSION})")
+        if fmt not in READABLE_STATE_FORMATS:
+            raise StateError(f"scorer state format {fmt} is not supported "
+                             f"(this build reads {', '.join(map(str, READABLE_STATE_FORMATS))})")
         variants = {code: name for name, code in _VARIANT_CODES.items()}
         if variant_code not in variants:
             raise StateError(f"unknown session-head variant code {variant_code}")
@@ -195,7 +197,7 @@ class ScorerState:
         rows = n if variants[variant_code] == "self-attention" else 0  # the last-step head keeps no rows
         shapes = [(hidden,), (hidden,), (rows, attention), (rows, attention), (rows, attention), (rows,), (rows,),
                   (rows, attention)]
-        expected = offset + 4 * sum(int(np.prod(s)) for s in shapes)
+        expected = offset + 4 * sum(int(np.prod(s)) for s in shapes) + (_SUM.size if fmt >= 2 else 0)
         if len(payload) != expected:
             raise StateError(f"scorer state has {len(payload)} bytes, expected {expected}")
         arrays = []
@@ -205,9 +207,14 @@ class ScorerState:
             offset += 4 * count
         if not all(np.isfinite(array).all() for array in arrays):
             raise StateError("scorer state holds NaN or infinite values")
+        score_sum = _SUM.unpack_from(payload, offset)[0] if fmt >= 2 else 0.0
+        if not math.isfinite(score_sum):
+            raise StateError("scorer state holds NaN or infinite values")
         h, c, queries, keys, values, row_max, row_denominator, row_numerator = arrays
-        return cls.create(model_version, variants[variant_code], h, c, queries, keys, values,
-                          row_max, row_denominator, row_numerator, segments=n)
+        state = cls.create(model_version, variants[variant_code], h, c, queries, keys, values,
+                           row_max, row_denominator, row_numerator, segments=n)
+        state.segment_score_sum = score_sum
+        return state
 
 
 class IncrementalScorer:
