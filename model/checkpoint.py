@@ -165,7 +165,8 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
 # Config fields that only the session head and the decision read: two checkpoints that differ only in
 # these (and in scorer.safetensors) turn the same audio into the same segment vectors.
 SESSION_SIDE_FIELDS = frozenset({
-    "lstm_hidden_size", "attention_size", "session_head", "decision_threshold", "calibration_scale",
+    "lstm_hidden_size", "attention_size", "session_head", "session_time_pooling", "session_skip",
+    "decision_threshold", "calibration_scale",
     "calibration_bias", "min_evidence_segments", "notes", "training_data", "positive_class", "demo_model",
     "speech"})
 

@@ -296,10 +296,10 @@ class IncrementalScorer:
         h = (_sigmoid(o) * np.tanh(c)).astype(np.float32)
         c = c.astype(np.float32)
         n = state.segments
-        score_sum = state.segment_score_sum
+        score_sum, skip_logit = state.segment_score_sum, 0.0
         if self._w_skip is not None:
             score_sum += float(x @ self._w_skip) + self._b_skip
-        skip_logit = self._calibration_scale * score_sum / (n + 1) if self._w_skip is not None else 0.0
+            skip_logit = self._calibration_scale * score_sum / (n + 1)
         if self.head.variant == "last-step":
             logit = float(h @ self._w_out) + self._b_out + skip_logit
             new_state = ScorerState(self.model_version, state.variant, h, c, state.row_max, state.row_denominator,

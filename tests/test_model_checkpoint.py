@@ -202,3 +202,17 @@ def test_checkpoints_written_before_calibration_and_the_evidence_rule_keep_their
     calibrated = ScreeningModel(ModelConfig.tiny(calibration_scale=0.5, min_evidence_segments=2))
     document = json.loads((calibrated.save_pretrained(tmp_path / "calibrated") / "config.json").read_text())
     assert document["model"]["calibration_scale"] == 0.5 and document["model"]["min_evidence_segments"] == 2
+
+
+def test_the_encoder_fingerprint_ignores_session_side_settings_only():
+    from moodstream.model.checkpoint import encoder_fingerprint
+
+    torch.manual_seed(0)
+    model = ScreeningModel(ModelConfig.tiny())
+    fingerprint = encoder_fingerprint(model)
+    for change in ({"session_skip": "segment-mean"}, {"session_time_pooling": "mean"},
+                   {"calibration_scale": 0.5}):
+        model.config = model.config.replace(**change)
+        assert encoder_fingerprint(model) == fingerprint, change
+    model.config = model.config.replace(pooling="mean")  # shapes the segment vectors
+    assert encoder_fingerprint(model) != fingerprint

@@ -144,6 +144,16 @@ def stepped(scorer, vectors):
     return state, appended
 
 
+def assert_continue_identically(scorer, head, state, restored, vectors, start):
+    """Stepping `state` and `restored` through vectors[start:] gives equal scores, equal to the batch head."""
+    a, b = state, restored
+    for n, vector in enumerate(vectors[start:], start=start + 1):
+        a, pa = scorer.step(a, vector)
+        b, pb = scorer.step(b, vector)
+        assert pa == pb
+        assert abs(pb - batch_probability(head, vectors[:n])) <= 1e-5
+
+
 @pytest.mark.parametrize("variant", ["self-attention", "last-step"])
 def test_head_and_rows_restore_the_exact_state_and_continue_identically(variant):
     torch.manual_seed(9)
@@ -155,12 +165,7 @@ def test_head_and_rows_restore_the_exact_state_and_continue_identically(variant)
     restored = scorer.restore(state.head_bytes(), b"".join(appended))
     assert restored.to_bytes() == state.to_bytes()  # every array, bit for bit
     assert restored.head_bytes() == state.head_bytes()
-    a, b = state, restored
-    for n, vector in enumerate(vectors[30:], start=31):
-        a, pa = scorer.step(a, vector)
-        b, pb = scorer.step(b, vector)
-        assert pa == pb
-        assert abs(pb - batch_probability(head, vectors[:n])) <= 1e-5
+    assert_continue_identically(scorer, head, state, restored, vectors, start=30)
     assert scorer.restore(scorer.init_state().head_bytes()).segments == 0
 
 
@@ -266,12 +271,7 @@ def test_the_skip_path_starts_at_the_mean_segment_logit_and_restores_exactly():
         assert state.segment_score_sum == pytest.approx(float(segment_classifier(vectors[:6]).sum()), abs=1e-5)
     restored = scorer.restore(state.head_bytes(), b"".join(appended))
     assert restored.head_bytes() == state.head_bytes()
-    a, b = state, restored
-    for n, vector in enumerate(vectors[6:], start=7):
-        a, pa = scorer.step(a, vector)
-        b, pb = scorer.step(b, vector)
-        assert pa == pb
-        assert abs(pb - batch_probability(head, vectors[:n])) <= 1e-5
+    assert_continue_identically(scorer, head, state, restored, vectors, start=6)
     snapshot = ScorerState.from_bytes(state.to_bytes(), expected_model_version="m-skip")
     assert snapshot.segment_score_sum == state.segment_score_sum
     assert scorer.step(snapshot, vectors[0])[1] == scorer.step(state, vectors[0])[1]

@@ -109,6 +109,10 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
+def _weights_copy(modules: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in modules.state_dict().items()}
+
+
 # --------------------------------------------------------------------------- early-stopping loop
 @dataclass
 class LoopState:
@@ -144,7 +148,7 @@ def run_loop(name: str, stage: StageSection, modules: nn.Module, optimizer: torc
     elif judge_start:
         metrics = validate()
         state.best = metrics[stage.monitor]
-        best_weights = {k: v.detach().cpu().clone() for k, v in modules.state_dict().items()}
+        best_weights = _weights_copy(modules)
         log.write(split=split_name, stage=name, epoch=0, train_loss=None, val_loss=metrics["loss"],
                   val_auc=metrics["auc"], val_f1=metrics["f1"], best=True, seconds=0.0)
     while not state.done and state.epoch < stage.epochs:
@@ -156,7 +160,7 @@ def run_loop(name: str, stage: StageSection, modules: nn.Module, optimizer: torc
         improved = is_better(stage.monitor, value, state.best)
         if improved:
             state.best, state.best_epoch, state.bad_epochs = value, epoch, 0
-            best_weights = {k: v.detach().cpu().clone() for k, v in modules.state_dict().items()}
+            best_weights = _weights_copy(modules)
         else:
             state.bad_epochs += 1
         state.epoch = epoch
