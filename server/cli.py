@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from moodstream.help_format import HelpFormatter, port_number
+from moodstream.server.state_cache import DEFAULT_STATE_CACHE_MB
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -83,6 +84,12 @@ def add_parser(subparsers) -> None:
     server.add_argument("--grpc-web-origin", action="append", default=None, metavar="ORIGIN",
                         help="an origin (scheme://host[:port]) whose pages may call the gRPC-web port, e.g. the "
                              "dashboard's; repeat for several (default: any origin; calls still need a token)")
+    server.add_argument("--state-cache-mb", type=megabytes, default=DEFAULT_STATE_CACHE_MB,
+                        help="memory for scorer states this server restored or wrote, least recently used "
+                             "dropped first (0 = off). A session's next call (PutChunk, a reconnect) then "
+                             "skips reading its rows from Redis and rebuilding its state; an entry is used only "
+                             "while Redis still holds its exact head, so other replicas stay safe "
+                             "(docs/scorer-state.md)")
     server.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                         help="least severe log messages to print (stderr)")
     server.add_argument("--json-logs", action="store_true", help="structured JSON log lines")
@@ -157,6 +164,17 @@ def add_parser(subparsers) -> None:
     export.set_defaults(handler=run_export)
 
 
+def megabytes(text: str) -> float:
+    """argparse type: a size in MB, >= 0."""
+    try:
+        size = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in MB") from None
+    if not (size >= 0 and size != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} is not a size in MB (a number >= 0; 0 = off)")
+    return size
+
+
 def add_redis_options(parser, cluster_help: str) -> None:
     parser.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
                         help="Redis URL of the session store (env REDIS_URL; default %(default)s)")
@@ -225,6 +243,7 @@ def run_server(args) -> int:
     configure_logging(args.log_level, args.json_logs)
     from moodstream.server.app import ServerConfig, serve_forever
     from moodstream.server.encoder import default_tuning_cache
+    from moodstream.server.service import ServiceSettings
 
     if args.ttl_days < 0:
         raise ValueError("--ttl-days must be >= 0")
@@ -249,7 +268,8 @@ def run_server(args) -> int:
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, precision=args.precision, device=args.device,
         tuning_cache=default_tuning_cache() if args.tuning_cache is None else args.tuning_cache,
         ttl_seconds=int(args.ttl_days * 86400), store_audio=args.store_audio, grpc_web_port=args.grpc_web_port,
-        grpc_web_origins=tuple(args.grpc_web_origin or ("*",)))
+        grpc_web_origins=tuple(args.grpc_web_origin or ("*",)),
+        settings=ServiceSettings(state_cache_mb=args.state_cache_mb))
 
     def announce(server) -> None:
         # One machine-readable line, so scripts can start the server on port 0.

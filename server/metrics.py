@@ -16,3 +16,9 @@ ENCODER_WAIT_SECONDS = Histogram("moodstream_encoder_wait_seconds", "Time a segm
 CHUNK_TO_SCORE_SECONDS = Histogram("moodstream_chunk_to_score_seconds",
                                    "From a chunk's arrival to its durable score", buckets=_LATENCY_BUCKETS)
 REDIS_ERRORS = Counter("moodstream_redis_errors_total", "Redis calls that failed")
+STATE_CACHE_LOOKUPS = Counter("moodstream_state_cache_lookups_total",
+                              "Loads of a stored scorer state, by outcome: hit (the cached state matched the "
+                              "stored head, rows not read) or miss (rows read and restored)", ["outcome"])
+STATE_CACHE_EVICTIONS = Counter("moodstream_state_cache_evictions_total",
+                                "Cached scorer states dropped to stay within --state-cache-mb")
+STATE_CACHE_BYTES = Gauge("moodstream_state_cache_bytes", "Memory held by cached scorer states")

@@ -30,9 +30,10 @@ from moodstream.model import ScorerState, StateError
 from moodstream.server import metrics
 from moodstream.server.auth import AuthError, Principal, TokenAuthenticator
 from moodstream.server.model_repository import ModelRepository, ServedVersion
+from moodstream.server.state_cache import DEFAULT_STATE_CACHE_MB, ScorerStateCache
 from moodstream.server.store import (DEFAULT_RETRY_SECONDS, ENDED, INTERRUPTED, MAX_PAGE_SIZE, MAX_SEQ, OPEN,
-                                     ApplyStatus, SessionCursor, SessionNotFoundError, SessionOwnershipError,
-                                     SessionStore, SessionSummary, parse_offset)
+                                     ApplyStatus, KnownState, SessionCursor, SessionNotFoundError,
+                                     SessionOwnershipError, SessionStore, SessionSummary, parse_offset)
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 from moodstream.wire import BYTES_PER_SAMPLE, SAMPLE_RATE, score_from_dict
@@ -56,6 +57,7 @@ class ServiceSettings:
     redis_retry_seconds: float = DEFAULT_RETRY_SECONDS  # the store's client rides out a Redis outage this long
     subscribe_block_ms: int = 1000
     token_check_seconds: float = 1.0   # an open call notices a revoked token within this long
+    state_cache_mb: float = DEFAULT_STATE_CACHE_MB  # restored scorer states kept in memory (0 = off)
 
 
 def _check_id(name: str, value: str, pattern: re.Pattern = ID_PATTERN) -> None:
@@ -197,14 +199,35 @@ class SessionStream:
             await redis_call(lambda: store.clear_interrupted(self.session_id, self.participant_id))
         await self.reload()
 
+    @property
+    def cache_key(self) -> str:
+        """The session's key in the server's state cache: its Redis hash key (participant, version, session)."""
+        return self.served.store.keys(self.participant_id, self.session_id).session
+
     async def reload(self) -> None:
-        """Take the session's applied seq and scorer state from Redis (the only source of truth)."""
-        store, scorer = self.served.store, self.served.scorer
-        snapshot = await redis_call(lambda: store.load(self.session_id, self.participant_id))
+        """Take the session's applied seq and scorer state from Redis (the only source of truth).
+
+        A state this server holds in its cache is used only if Redis's head is still its head; only
+        then are the rows not read and not restored (server/state_cache.py).
+        """
+        store, scorer, cache = self.served.store, self.served.scorer, self.service.state_cache
+        key = self.cache_key
+        cached = cache.get(key)
+        snapshot = await redis_call(lambda: store.load(self.session_id, self.participant_id,
+                                                       known=cached.known if cached else None))
+        if snapshot.rows is None and cache.get(key) is not cached:
+            # The entry changed while Redis answered (another call of this session on this server): read all.
+            snapshot = await redis_call(lambda: store.load(self.session_id, self.participant_id))
         self.applied = -1 if snapshot.applied_seq is None else snapshot.applied_seq
         if snapshot.state is None:
+            cache.discard(key)
             self.state = scorer.init_state()
+        elif snapshot.rows is None:
+            cache.hit(key)
+            self.state = cached.state
         else:
+            cache.discard(key)
+            cache.miss()
             try:
                 if ScorerState.is_head(snapshot.state):
                     # Rebuilding the softmax sums is O(n^2 d): hundreds of ms for a session of hours.
@@ -215,7 +238,9 @@ class SessionStream:
             except StateError as error:
                 raise StreamAbort(grpc.StatusCode.DATA_LOSS,
                                   f"stored scorer state of session {self.session_id} is unusable: {error}") from error
-            if not ScorerState.is_head(snapshot.state):
+            if ScorerState.is_head(snapshot.state):
+                cache.put(key, KnownState.of(snapshot.state, self.state), self.state)
+            else:
                 await self.migrate_state(snapshot)
         latest = snapshot.latest or {}
         self.speech_seconds = float(latest.get("speech_seconds", 0.0))
@@ -228,6 +253,8 @@ class SessionStream:
             self.state.head_bytes(), self.state.row_bytes()))
         if replaced:
             log.info("session %s: scorer state moved to the head + rows format", self.session_id)
+            self.service.state_cache.put(self.cache_key, KnownState.of(self.state.head_bytes(), self.state),
+                                         self.state)
         else:  # a segment was applied meanwhile, by a writer that migrated it already
             await self.reload()
 
@@ -365,13 +392,15 @@ class SessionStream:
             "time_unix": time.time(), "seq": seq, "device_id": self.header.device_id,
             "speech_seconds": speech_seconds, "start_seconds": chunk.start_seconds,
         }
+        head = new_state.head_bytes()
         result = await redis_call(lambda: served.store.apply_segment(
-            self.session_id, self.participant_id, seq, vector.astype("<f4").tobytes(), new_state.head_bytes(),
+            self.session_id, self.participant_id, seq, vector.astype("<f4").tobytes(), head,
             score, expected_prev_seq=None if self.applied < 0 else self.applied,
             audio=chunk.pcm if served.store.store_audio else None,
             state_rows=new_state.row_bytes(self.state.rows)))
         status = result.status
         if status is ApplyStatus.APPLIED:
+            self.service.state_cache.put(self.cache_key, KnownState.of(head, new_state), new_state)
             self.settle(seq)
             self.applied, self.state, self.speech_seconds = seq, new_state, speech_seconds
             metrics.CHUNKS.labels("applied").inc()
@@ -422,6 +451,9 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         self._stores: dict[str, SessionStore] = {}
         self.authenticator = authenticator
         self.settings = settings or ServiceSettings()
+        if not (math.isfinite(self.settings.state_cache_mb) and self.settings.state_cache_mb >= 0):
+            raise ValueError(f"the state cache size must be >= 0 MB (0 = off), not {self.settings.state_cache_mb}")
+        self.state_cache = ScorerStateCache(int(self.settings.state_cache_mb * 2**20))
 
     @property
     def store(self) -> SessionStore:

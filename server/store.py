@@ -232,7 +232,9 @@ class SessionSnapshot(NamedTuple):
     applied_seq: int | None
     state: bytes | None  # the scorer state head (or a whole state in the format before heads and rows)
     latest: dict[str, Any] | None
-    rows: bytes = b""  # every scorer row record appended so far, in order
+    # every scorer row record appended so far, in order; None when the stored state is the one `known`
+    # to load(), so the rows were not read
+    rows: bytes | None = b""
 
 
 @dataclass(frozen=True)
@@ -401,11 +403,39 @@ return 1
 """
 )
 
-# A session's fields and scorer rows in one atomic read, so the rows always match the state head.
+# A session's fields and scorer rows in one atomic read, so the rows always match the state head. The rows
+# are left out when the caller holds the stored state already (server/state_cache.py): the stored head is its
+# head, and the rows have its length and end in its last record (O(d) to check; a CRC of all rows is not).
 LOAD_SCRIPT = """#!lua flags=no-writes
 -- KEYS: the session keys, as in the apply script
-return {redis.call('HMGET', KEYS[1], 'applied', 'state', 'latest', 'latest_offset'), redis.call('GET', KEYS[6])}
+-- ARGV: the state the caller holds ('' = none): 1 its head, 2 its rows' length in bytes, 3 its last row record
+-- Returns {{applied, state, latest, latest_offset}, rows ('' when left out), 1 if left out else 0}.
+local fields = redis.call('HMGET', KEYS[1], 'applied', 'state', 'latest', 'latest_offset')
+if ARGV[1] ~= '' and fields[2] == ARGV[1] then
+  local length = redis.call('STRLEN', KEYS[6])
+  local last = #ARGV[3]
+  if length == tonumber(ARGV[2])
+     and (last == 0 or redis.call('GETRANGE', KEYS[6], length - last, length - 1) == ARGV[3]) then
+    return {fields, '', 1}
+  end
+end
+return {fields, redis.call('GET', KEYS[6]) or '', 0}
 """
+
+
+class KnownState(NamedTuple):
+    """A scorer state the caller holds, as load() compares it with the stored one."""
+
+    head: bytes
+    rows_length: int   # bytes of all its row records
+    last_row: bytes    # its last row record (b"" without rows)
+
+    @classmethod
+    def of(cls, head: bytes, state) -> KnownState:
+        """What the store holds for a ScorerState `state` stored with `head`."""
+        last_row = state.row_bytes(state.rows - 1) if state.rows else b""
+        return cls(head, state.rows * len(last_row), last_row)
+
 
 # Replaces a scorer state in an older format by its head and rows, only if nothing was applied since it was read.
 REPLACE_STATE_SCRIPT = (
@@ -659,19 +689,25 @@ class SessionStore:
             return participant_id
         return await self.session_owner(session_id)
 
-    async def load(self, session_id: str, participant_id: str | None = None) -> SessionSnapshot:
+    async def load(self, session_id: str, participant_id: str | None = None, *,
+                   known: KnownState | None = None) -> SessionSnapshot:
         """(applied seq, scorer state head, latest score, scorer rows) of a session; Nones if unknown.
 
         participant_id, when the caller already knows the owner, saves a
         lookup; a wrong one finds nothing (keys are per participant).
+        known: a state the caller holds; if the stored head is its very bytes
+        and the rows end as its rows do, the rows are not read (rows is None).
         """
         _check_pattern("session_id", session_id, ID_PATTERN)
         participant = await self._participant_of(session_id, participant_id)
         if participant is None:
             return SessionSnapshot(None, None, None)
         keys = self.keys(participant, session_id)
-        (applied, state, latest, latest_offset), rows = await self._load(keys.script_keys(), [])
-        return SessionSnapshot(_optional_int(applied), state or None, _latest(latest, latest_offset), rows or b"")
+        (applied, state, latest, latest_offset), rows, head_known = await self._load(
+            keys.script_keys(), [b"", 0, b""] if known is None else [bytes(known.head), known.rows_length,
+                                                                    bytes(known.last_row)])
+        return SessionSnapshot(_optional_int(applied), state or None, _latest(latest, latest_offset),
+                               None if int(head_known) else rows or b"")
 
     async def replace_state(self, session_id: str, participant_id: str, applied_seq: int, old_state: bytes,
                             head: bytes, rows: bytes) -> bool:
@@ -684,7 +720,13 @@ class SessionStore:
         return bool(replaced)
 
     async def latest_score(self, session_id: str, participant_id: str | None = None) -> dict[str, Any] | None:
-        return (await self.load(session_id, participant_id)).latest
+        _check_pattern("session_id", session_id, ID_PATTERN)
+        participant = await self._participant_of(session_id, participant_id)
+        if participant is None:
+            return None
+        # Two fields, not load(): a reader never needs the scorer's rows.
+        latest, offset = await self.client.hmget(self.keys(participant, session_id).session, "latest", "latest_offset")
+        return _latest(latest, offset)
 
     async def end_session(self, session_id: str, participant_id: str | None = None) -> bool:
         """Mark a session ended (no more segments accepted); data stays until its TTL.
