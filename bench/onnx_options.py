@@ -19,10 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import ROOT, interleaved_best, machine, markdown_table  # noqa: E402
+from common import interleaved_best, machine, markdown_table  # noqa: E402
 from encoder import build_model, speech_like_chunks  # noqa: E402
 
 LEVELS = ("BASIC", "EXTENDED", "ALL")
@@ -34,17 +33,6 @@ def quantised(source: Path, target: Path, **options) -> Path:
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
                      extra_options={"MatMulConstBOnly": True}, **options)
     return target
-
-
-def interview_chunks(name: str) -> list[np.ndarray]:
-    """A bundled interview cut into chunks by the agent's own speech path: real speech, as the server gets it."""
-    import soundfile
-
-    from moodstream.agent.speech_path import capture_chunks
-
-    audio, _ = soundfile.read(ROOT / "moodstream" / "assets" / name, dtype="int16")
-    blocks = [audio[start:start + 480] for start in range(0, len(audio), 480)]
-    return [chunk.samples.astype(np.float32) / 32768 for chunk in capture_chunks(blocks).chunks]
 
 
 class Calibration:
@@ -85,7 +73,7 @@ def session(path: Path, level: str, threads: int, spinning: bool = True):
 
 def run(size: str, checkpoint: str | None, batch_sizes: list[int], rounds: int, which: str = "all",
         log=print) -> dict:
-    from moodstream.server.encoder import accuracy, within_bound
+    from moodstream.server.encoder import accuracy, interview_probe, within_bound
     from moodstream.server.onnx_encoder import OUTPUT_NAME, INPUT_NAME, export_onnx
 
     model = build_model(size, checkpoint)
@@ -106,7 +94,7 @@ def run(size: str, checkpoint: str | None, batch_sizes: list[int], rounds: int, 
         settings += [("int8 per tensor", "EXTENDED", 1, True), ("int8 per tensor", "EXTENDED", threads, False),
                      ("fp32", "EXTENDED", threads, False)]
     elif which == "static-cnn":  # the CNN front end in int8 too, calibrated on synthetic or on real speech
-        lively = [wave for wave in interview_chunks("sample-interview-lively.ogg") if len(wave) == len(waves[0])]
+        lively = [wave for wave in interview_probe(model, max_chunks=None)[1] if len(wave) == len(waves[0])]
         graphs["int8 + static int8 CNN, synthetic calibration"] = static_cnn(
             model, fp32, folder / "static-synthetic.onnx", speech_like_chunks(6, seed=11))
         graphs["int8 + static int8 CNN, calibrated on the other interview"] = static_cnn(
@@ -130,7 +118,9 @@ def run(size: str, checkpoint: str | None, batch_sizes: list[int], rounds: int, 
             return onnx_session.run([OUTPUT_NAME], {INPUT_NAME: prepared.numpy()})[0]
         encoders[name] = encode
     reference = model.encode_segments(waves[:4]).numpy()
-    speech = interview_chunks("sample-interview.ogg")
+    # Full-length chunks only: this bench's graphs run a batch as one equal-length call, without the server's
+    # per-length split.
+    speech = [wave for wave in interview_probe(model, max_chunks=None)[0] if len(wave) == len(waves[0])]
     speech_reference = model.encode_segments(speech).numpy()
     quality, speech_quality = {}, {}
     for name, encode in list(encoders.items()):

@@ -15,7 +15,8 @@ from moodstream.model import ModelConfig, ScreeningModel
 from moodstream.server.encoder import (CLOSE_CALL, PRECISIONS, ROUNDS_BEFORE_PRUNING, BatchingEncoder,
                                        TuningCache,
                                        accuracy, candidate_precisions, choose_encoder, choose_precision,
-                                       encode_function, speech_like_waves, tune, within_bound)
+                                       encode_function, interview_probe, speech_like_waves, tune, within_bound,
+                                       worst_accuracy)
 
 from moodstream.server.onnx_encoder import ONNX_PATHS, onnxruntime_available
 
@@ -67,11 +68,28 @@ def test_auto_only_runs_what_it_measured_within_the_bound(model, trained, which)
     assert chosen and chosen[0].accurate
     fastest = max(m.chunks_per_second for m in tuning.measurements if m.accurate)
     assert chosen[0].chunks_per_second >= (1 - CLOSE_CALL) * fastest  # the fastest, or a near tie to it
-    # and checked again from outside, on the tuner's probe chunks
+    # and checked again from outside, on the tuner's probe chunks and on the bundled interviews' real speech
     config = subject.config
-    batch = speech_like_waves(4, seed=0, seconds=config.segment_seconds, sample_rate=config.sample_rate)
-    cosine, probability_error = accuracy(subject, encode_function(subject, "fp32")(batch), encode(batch))
+    sessions = [speech_like_waves(4, seed=0, seconds=config.segment_seconds, sample_rate=config.sample_rate),
+                *interview_probe(subject)]
+    assert len(sessions) == 3 and all(len(session) >= 2 for session in sessions[1:])
+    fp32 = encode_function(subject, "fp32")
+    cosine, probability_error = worst_accuracy(subject, [fp32(s) for s in sessions], [encode(s) for s in sessions])
     assert within_bound(cosine, probability_error), (precision, cosine, probability_error)
+
+
+def test_the_probability_error_counts_the_score_after_every_segment():
+    class MeanScorer:  # a session probability of the mean segment: simple enough to nudge exactly
+        def score(self, vectors):
+            return float(torch.sigmoid(vectors[:, 0].mean()))
+
+    reference = np.zeros((4, 3), np.float32)
+    nudged = reference.copy()
+    nudged[0, 0], nudged[1, 0] = 0.5, -0.5  # the first score moves; from the second on they cancel out
+    cosine, probability_error = accuracy(MeanScorer(), reference + 1, nudged + 1)
+    first_score_moved = float(torch.sigmoid(torch.tensor(1.5)) - torch.sigmoid(torch.tensor(1.0)))
+    assert probability_error == pytest.approx(first_score_moved)
+    assert probability_error > 0.05 and cosine < 1  # a whole-session error alone would be 0
 
 
 def test_the_fastest_path_outside_the_bound_is_never_picked(model):
@@ -101,6 +119,21 @@ def test_the_fastest_path_outside_the_bound_is_never_picked(model):
     encoders["exact"] = instant_and_exact
     tuning, _ = tune(model, ["fp32", "wrong", "exact"], (1, 2), encoders=encoders)
     assert tuning.precision == "exact"
+
+    # Exact on the synthetic probe chunks, off on real speech only: still outside the bound.
+    speech = {wave.tobytes() for session in interview_probe(model) for wave in session}
+
+    def instant_and_off_on_speech(batch):
+        vectors = instant_and_exact(batch).copy()
+        for row, wave in enumerate(batch):
+            if wave.tobytes() in speech:
+                vectors[row, 0] += 0.05 * np.linalg.norm(vectors[row])
+        return vectors
+
+    encoders["off on speech"] = instant_and_off_on_speech
+    tuning, _ = tune(model, ["fp32", "off on speech"], (1, 2), encoders=encoders)
+    assert tuning.precision == "fp32"
+    assert [m.precision for m in tuning.measurements if not m.accurate] == ["off on speech"]
 
 
 class InjectedCosts:
