@@ -190,19 +190,16 @@ def interview_probe(model, max_chunks: int | None = PROBE_INTERVIEW_CHUNKS) -> l
 
 @functools.lru_cache(maxsize=4)
 def _interview_chunks(settings) -> tuple[tuple[np.ndarray, ...], ...]:
-    import soundfile
-
     from moodstream.agent.pipeline import make_gate
+    from moodstream.agent.sources import FileSource
     from moodstream.agent.speech_path import capture_chunks
     from moodstream.agent.vad import load_prompt_intervals
     from moodstream.demo import DEMO_PARTICIPANTS
 
     sessions = []
     for audio_path, prompts_path in DEMO_PARTICIPANTS.values():
-        audio, _ = soundfile.read(audio_path, dtype="int16")
-        blocks = (audio[start:start + 480] for start in range(0, len(audio), 480))
         gate = make_gate(settings, load_prompt_intervals(prompts_path))
-        chunks = capture_chunks(blocks, settings, gate).chunks
+        chunks = capture_chunks(FileSource(audio_path), settings, gate).chunks
         sessions.append(tuple(chunk.samples.astype(np.float32) / 32768 for chunk in chunks))
     return tuple(sessions)
 
