@@ -57,6 +57,16 @@ def test_a_port_outside_the_range_is_refused(capsys, command, port):
     assert "is not a port number" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value, fragment", [("-1", "-1 is not a size in MB (a number >= 0; 0 = off)"),
+                                             ("inf", "inf is not a size in MB (a number >= 0; 0 = off)"),
+                                             ("lots", "'lots' is not a size in MB")])
+def test_a_state_cache_size_that_is_no_size_is_refused(capsys, value, fragment):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["server", "--checkpoint", "x", "--state-cache-mb", value])
+    assert exit_info.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("value", ["-1", "0", "0.0001"])
 def test_an_outbox_bound_below_one_chunk_is_answered_in_megabytes(tmp_path, value):
     result = moodstream("agent", "--server", "127.0.0.1:1", "--participant", "p1", "--outbox", str(tmp_path),
