@@ -299,13 +299,12 @@ class SplitTrainer:
         if self.config.scoring.calibration_check:
             session_labels = [self.sessions[s].session.label for s in val_ids]
             losses = platt_cross_validated(logits, session_labels)
-            if losses is not None and losses[0] >= losses[1]:
-                print(f"{self.split.name}: calibration not applied (held out, Platt's log loss {losses[0]:.3f} "
-                      f">= {losses[1]:.3f} uncalibrated)")
-                return {"method": "none", "skipped": "did not lower the held-out validation log loss",
-                        "held_out_log_loss_platt": losses[0], "held_out_log_loss_uncalibrated": losses[1]}
             if losses is not None:
                 checked = {"held_out_log_loss_platt": losses[0], "held_out_log_loss_uncalibrated": losses[1]}
+                if losses[0] >= losses[1]:
+                    print(f"{self.split.name}: calibration not applied (held out, Platt's log loss "
+                          f"{losses[0]:.3f} >= {losses[1]:.3f} uncalibrated)")
+                    return {"method": "none", "skipped": "did not lower the held-out validation log loss", **checked}
         scale, bias = fitted
         self.model.config = self.model.config.replace(calibration_scale=scale, calibration_bias=bias)
         return {"method": method, "fitted_on": "validation prefixes", "prefixes": int(labels.size),
