@@ -8,16 +8,16 @@ on phones, kiosks and laptops. Programmatic use::
                        participant_id="p1", outbox="/tmp/outbox")
     result.final_score.probability   # a screening aid, not a diagnosis
 """
-from .chunker import Chunker, DroppedTail, SpeechChunk
+from moodstream.speech import (CaptureResult, CaptureSettings, Chunker, DroppedTail, PromptGate, SpeechChunk,
+                               SpeechFilter, capture_chunks, load_prompt_intervals)
+
 from .client import (AgentError, DeliveryAborted, DeliveryGaveUp, ModelInfo, RetryPolicy, ServerRefused,
                      ServerTarget, SessionDelivery, fetch_model_info)
 from .events import AgentEvent, Score
 from .outbox import Outbox, OutboxFull, default_outbox_dir
-from .pipeline import (AgentResult, CaptureResult, CaptureSettings, capture_chunks, deliver_outbox,
-                       new_session_id, run_agent)
+from .pipeline import AgentResult, deliver_outbox, new_session_id, run_agent
 from .sources import (SAMPLE_RATE, FileSource, MicrophoneSource, MicrophoneUnavailable, PcmStreamSource,
                       SourceError, open_source)
-from .vad import PromptGate, SpeechFilter, load_prompt_intervals
 
 __all__ = [
     "AgentError", "AgentEvent", "AgentResult", "CaptureResult", "CaptureSettings", "Chunker",

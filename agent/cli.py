@@ -202,7 +202,7 @@ def run(args) -> int:
     from .outbox import ROW_OVERHEAD_BYTES
     from .pipeline import CaptureSettings, deliver_outbox, run_agent
     from .sources import SourceError, open_source
-    from .vad import load_prompt_intervals
+    from moodstream.speech.vad import load_prompt_intervals
 
     err = sys.stderr
 

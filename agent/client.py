@@ -28,7 +28,7 @@ import grpc
 
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
-from moodstream.wire import SAMPLE_RATE, bearer_metadata, open_channel
+from moodstream.wire import SAMPLE_RATE, bearer_metadata, open_channel, speech_settings_of
 
 from . import events as ev
 from .events import EventHub, Score
@@ -113,13 +113,6 @@ class ModelInfo:
     threshold: float
     sample_rate: int
     speech: dict | None  # the speech settings the model was trained with; None if it records none
-
-
-def speech_settings_of(reply: pb.ModelInfo) -> dict | None:
-    """The speech settings a GetModelInfo reply carries, as CaptureSettings.from_dict takes them; None if none."""
-    if not reply.HasField("speech"):
-        return None
-    return {field.name: getattr(reply.speech, field.name) for field in reply.speech.DESCRIPTOR.fields}
 
 
 def fetch_model_info(target: ServerTarget, timeout: float = 5.0, model_version: str = "") -> ModelInfo:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .chunker import SpeechChunk
+from moodstream.speech.chunker import SpeechChunk
 from .sources import SAMPLE_RATE
 
 POLICIES = ("refuse", "drop-oldest")

@@ -17,16 +17,14 @@ from pathlib import Path
 from typing import Iterable
 
 from moodstream.ids import ID_RULE, is_id, to_id
+from moodstream.speech import CaptureSettings, PromptGate, SpeechChunk, SpeechFilter, make_gate
 
 from . import events as ev
-from .chunker import SpeechChunk
 from .client import (AgentError, DeliveryStats, RetryPolicy, ServerTarget, fetch_model_info,
                      SessionDelivery)
 from .events import EventHub, EventSink, Score
 from .outbox import DropRecord, Outbox, OutboxFull, default_outbox_dir
 from .sources import SAMPLE_RATE, SourceError
-from .speech_path import CaptureResult, CaptureSettings, capture_chunks  # noqa: F401  (re-exported)
-from .vad import PromptGate, SpeechFilter
 
 
 def new_session_id() -> str:
@@ -43,13 +41,6 @@ def check_id(value: str, what: str, *, allow_empty: bool = False) -> str:
     if not is_id(value):
         raise ValueError(f"{what} {value!r} is not allowed: use {ID_RULE}")
     return value
-
-
-def make_gate(settings: CaptureSettings, intervals: Iterable[tuple[float, float]] = ()) -> PromptGate:
-    gate = PromptGate(echo_tail_seconds=settings.echo_tail_seconds)
-    for start, end in intervals:
-        gate.add_interval(start, end)
-    return gate
 
 
 @dataclass

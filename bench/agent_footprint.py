@@ -50,7 +50,7 @@ def child_usage(command: list[str]) -> dict:
 def run(minutes: float = 60.0, log=print) -> dict:
     from moodstream.model import ModelConfig, ScreeningModel
     from moodstream.server.app import BackgroundServer, ServerConfig
-    from moodstream.redis_process import RedisProcess
+    from moodstream.compose.redis_process import RedisProcess
 
     sample, rate = soundfile.read(ROOT / "moodstream" / "assets" / "sample-interview.ogg", dtype="int16")
     repeats = int(np.ceil(minutes * 60 * rate / sample.size))
@@ -62,7 +62,7 @@ def run(minutes: float = 60.0, log=print) -> dict:
             config = ServerConfig(checkpoint="", redis_url=redis_server.url, port=0, allow_unauthenticated=True,
                                   precision="fp32")
             with BackgroundServer(config, ScreeningModel(ModelConfig.tiny())) as server:
-                agent = child_usage([sys.executable, "-m", "moodstream.cli", "agent", "--server",
+                agent = child_usage([sys.executable, "-m", "moodstream.compose.cli", "agent", "--server",
                                      f"127.0.0.1:{server.port}", "--participant", "bench", "--outbox",
                                      str(Path(tmp) / "outbox"), "--speed", "0", str(audio)])
     hours = minutes / 60

@@ -79,7 +79,8 @@ def variants(model, want_compile: bool) -> dict:
     else:
         found["int8 dynamic"] = (tensor_output(encode_function(model, "int8")),
                                  "Linear layers" + (", bf16 CNN" if cpu_has_fast_bf16() else ""))
-    from moodstream.server.onnx_encoder import ONNX_PATHS, onnxruntime_available
+    from moodstream.model.onnx_export import onnxruntime_available
+    from moodstream.server.onnx_encoder import ONNX_PATHS
 
     if model.device.type == "cpu" and onnxruntime_available():
         notes = {"ort-fp32": "ONNX Runtime, basic graph optimisations", "ort-int8": "ONNX Runtime, int8 MatMul weights"}

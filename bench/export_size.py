@@ -30,7 +30,7 @@ def run(sessions: int = 10, chunks: int = 50) -> dict:
 
     from moodstream.model import ModelConfig, ScreeningModel
     from moodstream.server.app import BackgroundServer, ServerConfig
-    from moodstream.redis_process import redis_url_or_start
+    from moodstream.compose.redis_process import redis_url_or_start
     from moodstream.v1 import moodstream_pb2 as pb
     from server_harness import chunk, end, header, make_chunks, stream, stub_for
 
@@ -47,7 +47,7 @@ def run(sessions: int = 10, chunks: int = 50) -> dict:
                 requests = [header(f"size-{index}", f"p{index % 3}")] + [chunk(s, c) for s, c in enumerate(pcm)]
                 stream(stub, requests + [end(chunks - 1)], [], timeout=600)
         out = Path(scratch) / "export"
-        done = subprocess.run([sys.executable, "-P", "-m", "moodstream.cli", "export", "--redis", redis_server.url,
+        done = subprocess.run([sys.executable, "-P", "-m", "moodstream.compose.cli", "export", "--redis", redis_server.url,
                                str(out)], capture_output=True, text=True, timeout=600)
         if done.returncode:
             raise RuntimeError(done.stderr)

@@ -58,12 +58,12 @@ class Server:
     """`moodstream server` as a child process, on a free port, ready when gRPC health says SERVING."""
 
     def __init__(self, checkpoint: Path, redis_url: str, max_batch: int | None, max_wait_ms: float) -> None:
-        from moodstream.redis_process import free_port
+        from moodstream.compose.redis_process import free_port
 
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="moodstream-bench-server-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moodstream.cli", "server", "--checkpoint", str(checkpoint), "--redis", redis_url,
+            [sys.executable, "-m", "moodstream.compose.cli", "server", "--checkpoint", str(checkpoint), "--redis", redis_url,
              "--port", str(self.port), "--allow-unauthenticated", "--max-wait-ms", str(max_wait_ms),
              "--log-level", "info", *(["--max-batch", str(max_batch)] if max_batch else [])],
             stdout=self.log, stderr=subprocess.STDOUT)
@@ -205,7 +205,7 @@ class RedisRoundTrips:
 def run(size: str = "tiny", agents: int = 20, chunks_per_agent: int = 4, max_speed: float = 256.0,
         max_batch: int | None = None, max_wait_ms: float = 5.0, log=print, appendfsync: str = "always",
         p95_limit_s: float | None = None) -> dict:
-    from moodstream.redis_process import RedisProcess
+    from moodstream.compose.redis_process import RedisProcess
 
     model = build_model(size)
     chunks = pcm_chunks(chunks_per_agent)

@@ -39,7 +39,7 @@ class Calibration:
     """ONNX Runtime's calibration reader over a list of waves, one per call."""
 
     def __init__(self, model, waves) -> None:
-        from moodstream.server.onnx_encoder import INPUT_NAME
+        from moodstream.model.onnx_export import INPUT_NAME
 
         self.items = iter([{INPUT_NAME: model.prepare_waveforms([wave])[0].numpy()} for wave in waves])
 
@@ -51,7 +51,7 @@ def static_cnn(model, source: Path, target: Path, calibration_waves) -> Path:
     """Convolutions statically quantised (int8, calibrated activation ranges), then MatMuls as the server does."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from moodstream.server.onnx_encoder import quantize_matmuls
+    from moodstream.model.onnx_export import quantize_matmuls
 
     convolutions = target.with_suffix(".conv.onnx")
     quantize_static(str(source), str(convolutions), Calibration(model, calibration_waves),
@@ -74,7 +74,7 @@ def session(path: Path, level: str, threads: int, spinning: bool = True):
 def run(size: str, checkpoint: str | None, batch_sizes: list[int], rounds: int, which: str = "all",
         log=print) -> dict:
     from moodstream.server.encoder import accuracy, interview_probe, within_bound
-    from moodstream.server.onnx_encoder import OUTPUT_NAME, INPUT_NAME, export_onnx
+    from moodstream.model.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
     model = build_model(size, checkpoint)
     waves = speech_like_chunks(max(max(batch_sizes), 4))

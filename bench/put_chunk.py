@@ -42,12 +42,12 @@ class WebServer(Server):
     """`moodstream server` with a tokens file and its gRPC-web port."""
 
     def __init__(self, checkpoint: Path, redis_url: str, tokens: Path) -> None:
-        from moodstream.redis_process import free_port
+        from moodstream.compose.redis_process import free_port
 
         self.port, self.web_port = free_port(), free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="moodstream-bench-server-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moodstream.cli", "server", "--checkpoint", str(checkpoint), "--redis", redis_url,
+            [sys.executable, "-m", "moodstream.compose.cli", "server", "--checkpoint", str(checkpoint), "--redis", redis_url,
              "--port", str(self.port), "--grpc-web-port", str(self.web_port), "--tokens", str(tokens),
              "--log-level", "warning"],
             stdout=self.log, stderr=subprocess.STDOUT)
@@ -73,7 +73,7 @@ def run(chunk_count: int = 20, rounds: int = 3, log=print) -> dict:
     from sonora import protocol
 
     from moodstream.server.auth import create_token
-    from moodstream.redis_process import RedisProcess
+    from moodstream.compose.redis_process import RedisProcess
     from moodstream.v1 import moodstream_pb2 as pb
     from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 

@@ -79,7 +79,7 @@ def run(seconds: float = 20.0, log=print) -> dict:
 
     from moodstream.record_link import record_link
     from moodstream.server.auth import create_token
-    from moodstream.redis_process import RedisProcess, free_port
+    from moodstream.compose.redis_process import RedisProcess, free_port
 
     os.environ.setdefault("SE_OFFLINE", "true")
     with tempfile.TemporaryDirectory() as tmp, RedisProcess().start() as redis_server:
@@ -93,7 +93,7 @@ def run(seconds: float = 20.0, log=print) -> dict:
         server = WebServer(checkpoint, redis_server.url, tokens)
         port = free_port()
         dashboard = subprocess.Popen(
-            [sys.executable, "-m", "moodstream.cli", "dashboard", "--server", f"127.0.0.1:{server.port}",
+            [sys.executable, "-m", "moodstream.compose.cli", "dashboard", "--server", f"127.0.0.1:{server.port}",
              "--token", read_token, "--participant", "p1", "--port", str(port), "--no-access-log",
              "--log-level", "warning", "--record-endpoint", f"http://127.0.0.1:{server.web_port}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -67,7 +67,7 @@ class ServerProcess:
                  metrics_port: int) -> None:
         # --ttl-days is what the server takes; the half second keeps int(days * 86400) at ttl_seconds.
         ttl_days = (ttl_seconds + 0.5) / 86400
-        command = [sys.executable, "-P", "-m", "moodstream.cli", "server", "--checkpoint", str(checkpoint),
+        command = [sys.executable, "-P", "-m", "moodstream.compose.cli", "server", "--checkpoint", str(checkpoint),
                    "--redis", redis_url, "--port", "0", "--tokens", str(tokens), "--precision", "fp32",
                    "--device", "cpu", "--ttl-days", repr(ttl_days), "--metrics-port", str(metrics_port),
                    "--log-level", "warning"]
@@ -162,7 +162,7 @@ def soak(*, checkpoint: Path, workdir: Path, sessions: int | None = None, minute
     import grpc
 
     from moodstream.server.auth import create_token
-    from moodstream.redis_process import RedisProcess, free_port
+    from moodstream.compose.redis_process import RedisProcess, free_port
     from moodstream.v1 import moodstream_pb2 as pb
     from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 

@@ -29,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from moodstream import SCREENING_NOTICE, __version__
-from moodstream.agent.pipeline import CaptureSettings
+from moodstream.speech import CaptureSettings
 from moodstream.dashboard.feed import FeedConfig, ScoreFeed
 
 HERE = Path(__file__).resolve().parent

@@ -37,12 +37,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from moodstream import SCREENING_NOTICE
-from moodstream.agent.client import speech_settings_of
 from moodstream.ids import ID_RULE, is_id
 from moodstream.model_description import ModelDescription
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
-from moodstream.wire import Subscription, bearer_metadata, open_channel, score_to_dict
+from moodstream.wire import Subscription, bearer_metadata, open_channel, score_to_dict, speech_settings_of
 
 log = logging.getLogger("moodstream.dashboard")
 

@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
 
 def run_model_export_onnx(args) -> int:
     from moodstream.model import ScreeningModel
-    from moodstream.server.onnx_encoder import export_onnx, onnxruntime_available, quantize_matmuls
+    from moodstream.model.onnx_export import export_onnx, onnxruntime_available, quantize_matmuls
 
     if not onnxruntime_available():
         raise ValueError("export-onnx needs ONNX Runtime and onnxscript: pip install 'moodstream[onnx]'")

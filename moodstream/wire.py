@@ -89,6 +89,13 @@ def score_from_dict(values: Mapping[str, Any]) -> pb.ScoreUpdate:
     return update
 
 
+def speech_settings_of(reply: pb.ModelInfo) -> dict | None:
+    """The speech settings a GetModelInfo reply carries, as CaptureSettings.from_dict takes them; None if none."""
+    if not reply.HasField("speech"):
+        return None
+    return {field.name: getattr(reply.speech, field.name) for field in reply.speech.DESCRIPTOR.fields}
+
+
 # What a Subscribe that broke off (an RpcError, or None: the server ended the stream) should do next:
 # seconds to wait before resuming, or None for the subscription's own backoff. Raise to stop.
 BreakHandler = Callable[[grpc.RpcError | None], float | None]

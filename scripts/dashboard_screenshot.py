@@ -36,7 +36,7 @@ def main() -> int:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    demo = subprocess.Popen([sys.executable, "-m", "moodstream.cli", "demo", "--dashboard", "--dashboard-port", "0",
+    demo = subprocess.Popen([sys.executable, "-m", "moodstream.compose.cli", "demo", "--dashboard", "--dashboard-port", "0",
                              "--speed", str(args.speed), "--session", "visit-2026-11-29"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})

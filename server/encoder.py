@@ -26,8 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from moodstream.samples import DEMO_PARTICIPANTS
 from moodstream.server import metrics
-from moodstream.server.onnx_encoder import ONNX_PATHS, onnx_encode_function, onnxruntime_available
+from moodstream.speech import CaptureSettings, FileSource, capture_chunks, load_prompt_intervals, make_gate
+from moodstream.wire import SAMPLE_RATE
+from moodstream.model.onnx_export import onnxruntime_available
+from moodstream.server.onnx_encoder import ONNX_PATHS, onnx_encode_function
 
 log = logging.getLogger("moodstream.server.encoder")
 
@@ -180,8 +184,6 @@ def interview_probe(model, max_chunks: int | None = PROBE_INTERVIEW_CHUNKS) -> l
     """The first `max_chunks` chunks (None: all) of each bundled interview (moodstream/assets), interviewer
     prompts gated out, cut by the checkpoint's own speech settings: real speech as the server gets it.
     Empty for a model that does not take the agent's 16 kHz audio."""
-    from moodstream.agent.speech_path import SAMPLE_RATE, CaptureSettings
-
     if model.config.sample_rate != SAMPLE_RATE:
         return []
     settings = CaptureSettings.from_dict(model.config.speech) if model.config.speech else CaptureSettings()
@@ -190,12 +192,6 @@ def interview_probe(model, max_chunks: int | None = PROBE_INTERVIEW_CHUNKS) -> l
 
 @functools.lru_cache(maxsize=4)
 def _interview_chunks(settings) -> tuple[tuple[np.ndarray, ...], ...]:
-    from moodstream.agent.pipeline import make_gate
-    from moodstream.agent.sources import FileSource
-    from moodstream.agent.speech_path import capture_chunks
-    from moodstream.agent.vad import load_prompt_intervals
-    from moodstream.demo import DEMO_PARTICIPANTS
-
     sessions = []
     for audio_path, prompts_path in DEMO_PARTICIPANTS.values():
         gate = make_gate(settings, load_prompt_intervals(prompts_path))

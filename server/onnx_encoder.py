@@ -4,8 +4,8 @@ torch stays the reference. The graph is the model's own code exported with
 `torch.onnx` (dynamic batch and length): waveforms [B, T] of equal length ->
 segment vectors [B, D]. Chunks of different lengths run as separate calls,
 one per length, so a segment's vector never depends on what it is batched
-with (as in moodstream.model.backbone). The same file is what Triton's ONNX
-Runtime and TensorRT backends load (docs/performance.md).
+with (as in moodstream.model.backbone). The graph is written by moodstream.model.onnx_export,
+the same file Triton's ONNX Runtime and TensorRT backends load (docs/performance.md).
 
 Paths: `ort-fp32` (ONNX Runtime's basic graph optimisations: constant
 folding and redundant-node removal, which keep fp32's numbers) and `ort-int8`
@@ -17,81 +17,16 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+
+from moodstream.model.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, quantize_matmuls
 
 log = logging.getLogger("moodstream.server.onnx_encoder")
 
 ONNX_PATHS = ("ort-fp32", "ort-int8")
-INPUT_NAME = "waveforms"
-OUTPUT_NAME = "segment_vectors"
-
-
-def onnxruntime_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
-    except ImportError:
-        return False
-    return True
-
-
-class EqualLengthEncoder(nn.Module):
-    """waveforms [B, T], every row real audio (no padding) -> segment vectors [B, D]."""
-
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.backbone = model.backbone
-        self.segment_head = model.segment_head
-
-    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        features, frame_mask = self.backbone.equal_length_forward(waveforms)
-        return self.segment_head(features, frame_mask)
-
-
-def export_onnx(model, path: str | os.PathLike) -> Path:
-    """Write the model's encoder side to `path` (fp32, CPU copy of the weights; atomic)."""
-    if model.backbone.is_whisper:
-        raise ValueError("the ONNX encoder is implemented for wav2vec2-family backbones only")
-    import copy
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    config = model.config
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    samples = torch.export.Dim("samples", min=int(config.sample_rate * config.min_segment_seconds),
-                               max=int(config.sample_rate * config.max_segment_seconds))
-    spare = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # Outside inference mode, even when called from it: the exporter traces with autograd's machinery.
-    with warnings.catch_warnings(), torch.inference_mode(False):
-        warnings.simplefilter("ignore")  # the exporter's notes on optional packages (torchvision) and opsets
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        module = EqualLengthEncoder(copy.deepcopy(model).to("cpu").float().eval()).eval()
-        example = torch.zeros(2, int(config.sample_rate * config.segment_seconds))
-        example[:, ::97] = 0.1  # not silence: normalisation divides by the standard deviation
-        torch.onnx.export(module, (example,), spare, dynamo=True, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], dynamic_shapes={INPUT_NAME: {0: batch, 1: samples}},
-                          external_data=False, verbose=False)
-    spare.replace(path)
-    return path
-
-
-def quantize_matmuls(source: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """int8 weights for MatMul only (per channel, dynamic activations); convolutions stay fp32."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    target = Path(target)
-    spare = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    # MatMulConstBOnly: weights only, never an activation-by-activation product (attention scores).
-    # Per-tensor scales: ORT 1.32's MatMulInteger refuses the per-channel zero points quantize_dynamic writes.
-    quantize_dynamic(str(source), str(spare), op_types_to_quantize=["MatMul"], per_channel=False,
-                     weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
-    spare.replace(target)
-    return target
 
 
 class OnnxEncoder:

@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("MOODSTREAM_CACHE_DIR", tempfile.mkdtemp(prefix="moodstream-test-cache-"))
 
 # ---------------------------------------------------------------------------
-# Redis fixtures (moodstream/redis_process.py). Real servers, never mocks.
+# Redis fixtures (moodstream/compose/redis_process.py). Real servers, never mocks.
 #   REDIS_URL          use that server instead of starting one. Its current
 #                      database is FLUSHED before every test that asks for
 #                      redis_url: point it at a disposable server only.
@@ -55,7 +55,7 @@ def channel(server):
 @pytest.fixture(scope="session")
 def redis_server():
     """A Redis-protocol server for the whole run: endpoint with `.url` (and `.process`)."""
-    from moodstream.redis_process import redis_url_or_start
+    from moodstream.compose.redis_process import redis_url_or_start
 
     with redis_url_or_start() as endpoint:
         yield endpoint
@@ -77,7 +77,7 @@ def redis_url(redis_server):
 @pytest.fixture(scope="session")
 def redis_cluster():
     """A Redis Cluster of 3 masters (or $REDIS_CLUSTER_URL): endpoint with `.url`."""
-    from moodstream.redis_process import RedisClusterProcesses, RedisEndpoint
+    from moodstream.compose.redis_process import RedisClusterProcesses, RedisEndpoint
 
     url = os.environ.get("REDIS_CLUSTER_URL", "").strip()
     if url:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from moodstream.agent import Chunker, SpeechChunk
-from moodstream.agent.vad import Piece
+from moodstream.speech.vad import Piece
 
 RATE = 16000
 FRAME = 480  # 30 ms

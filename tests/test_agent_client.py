@@ -187,7 +187,7 @@ def test_an_unreachable_server_is_given_up_on_and_flush_delivers_the_outbox_late
 
     # After a crash or reboot: `--flush` delivers whatever the outbox holds, no audio needed.
     flush = subprocess.run(
-        [sys.executable, "-P", "-m", "moodstream.cli", "agent", "--server", screening.address, "--flush",
+        [sys.executable, "-P", "-m", "moodstream.compose.cli", "agent", "--server", screening.address, "--flush",
          "--outbox", str(tmp_path), "--json"], capture_output=True, text=True, timeout=60,
         env={**os.environ, "MOODSTREAM_TOKEN": TOKEN})
     assert flush.returncode == 0, flush.stderr
@@ -244,7 +244,7 @@ def test_an_agent_killed_mid_capture_resumes_its_session_from_the_outbox(screeni
     common = ["--participant", "p1", "--session", "resumed-1", "--outbox", str(tmp_path / "box"),
               "--prompt-intervals", str(prompts), "--json"]
     child = subprocess.Popen(
-        [sys.executable, "-P", "-m", "moodstream.cli", "agent", "--server", "127.0.0.1:1", "--speed", "8",
+        [sys.executable, "-P", "-m", "moodstream.compose.cli", "agent", "--server", "127.0.0.1:1", "--speed", "8",
          str(recording), *common], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     chunks_seen = 0
     try:
@@ -262,7 +262,7 @@ def test_an_agent_killed_mid_capture_resumes_its_session_from_the_outbox(screeni
         assert outbox.session("resumed-1").chunks_produced == 2
 
     rerun = subprocess.run(
-        [sys.executable, "-P", "-m", "moodstream.cli", "agent", "--server", screening.address, "--token", TOKEN,
+        [sys.executable, "-P", "-m", "moodstream.compose.cli", "agent", "--server", screening.address, "--token", TOKEN,
          str(recording), *common], capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     events = [json.loads(line) for line in rerun.stdout.splitlines()]
@@ -303,7 +303,7 @@ def test_failover_goes_round_robin_past_an_unreachable_server(screening, replica
     failure wraps around through the dead one again to the other live replica."""
     replica.drop_connection_after_acks = 1
     agent = subprocess.run(
-        [sys.executable, "-P", "-m", "moodstream.cli", "agent", "--server", "127.0.0.1:1",
+        [sys.executable, "-P", "-m", "moodstream.compose.cli", "agent", "--server", "127.0.0.1:1",
          "--server", f"{replica.address}, {screening.address}", "--token", TOKEN, "--participant", "p1",
          "--session", "rr-1", "--outbox", str(tmp_path / "box"), "--json", str(recording)],
         capture_output=True, text=True, timeout=120)
@@ -319,11 +319,11 @@ def test_failover_goes_round_robin_past_an_unreachable_server(screening, replica
 
 
 def test_the_agent_help_explains_failover():
-    shown = subprocess.run([sys.executable, "-P", "-m", "moodstream.cli", "agent", "--help"], capture_output=True,
+    shown = subprocess.run([sys.executable, "-P", "-m", "moodstream.compose.cli", "agent", "--help"], capture_output=True,
                            text=True, timeout=60)
     assert shown.returncode == 0
     assert "fail over" in " ".join(shown.stdout.split())
-    empty = subprocess.run([sys.executable, "-P", "-m", "moodstream.cli", "agent", "--server", " , ",
+    empty = subprocess.run([sys.executable, "-P", "-m", "moodstream.compose.cli", "agent", "--server", " , ",
                             "--participant", "p1", "x.wav"], capture_output=True, text=True, timeout=60)
     assert empty.returncode == 2 and "no server address given" in empty.stderr
 

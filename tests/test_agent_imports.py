@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
-AGENT_DIR = Path(__file__).resolve().parents[1] / "agent"
-AGENT_MODULES = sorted(f"moodstream.agent.{m.name}" for m in pkgutil.iter_modules([str(AGENT_DIR)]))
+ROOT = Path(__file__).resolve().parents[1]
+# The agent's own modules and the core speech path it runs (tests/test_architecture.py checks every import
+# statically; this imports them for real).
+AGENT_MODULES = sorted(
+    [f"moodstream.agent.{m.name}" for m in pkgutil.iter_modules([str(ROOT / "agent")])]
+    + [f"moodstream.speech.{m.name}" for m in pkgutil.iter_modules([str(ROOT / "moodstream" / "speech")])])
 
 # Fails any import of torch (or of the parts that need it) and records who tried,
 # so an import attempt is caught even where torch is not installed.
@@ -34,14 +38,14 @@ def run_guarded(code: str, forbidden: tuple[str, ...]) -> subprocess.CompletedPr
 
 
 def test_the_agent_package_lists_its_modules():
-    assert {"moodstream.agent.sources", "moodstream.agent.vad", "moodstream.agent.chunker",
+    assert {"moodstream.agent.sources", "moodstream.speech.vad", "moodstream.speech.chunker",
             "moodstream.agent.outbox", "moodstream.agent.client", "moodstream.agent.cli"} <= set(AGENT_MODULES)
 
 
 def test_importing_every_agent_module_never_imports_torch():
     run = run_guarded(f"""
         import importlib
-        for name in ["moodstream.agent"] + {AGENT_MODULES!r}:
+        for name in ["moodstream.agent", "moodstream.speech"] + {AGENT_MODULES!r}:
             importlib.import_module(name)
         assert not attempts, attempts
         assert "torch" not in sys.modules
@@ -54,7 +58,7 @@ def test_importing_every_agent_module_never_imports_torch():
 def test_moodstream_agent_help_never_imports_torch(argv):
     # Through the root command, which also builds the other parts' parsers.
     run = run_guarded(f"""
-        from moodstream.cli import main
+        from moodstream.compose.cli import main
         try:
             main({argv!r})
         except SystemExit:

@@ -126,7 +126,7 @@ def test_bad_input_rate_is_refused():
 
 def test_odd_stdin_through_the_cli_is_one_clear_line(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-P", "-m", "moodstream.cli", "agent", "--server", "127.0.0.1:9", "--participant", "p1",
+        [sys.executable, "-P", "-m", "moodstream.compose.cli", "agent", "--server", "127.0.0.1:9", "--participant", "p1",
          "--outbox", str(tmp_path), "--max-retry-seconds", "30", "-"],
         input=b"\x00" * (RATE * 2) + b"\x01", capture_output=True, timeout=60)
     errors = run.stderr.decode()
@@ -142,7 +142,7 @@ def test_a_missing_microphone_is_one_clear_line(tmp_path):
         assert str(error).startswith("no microphone: ")
         assert "\n" not in str(error)
     run = subprocess.run(
-        [sys.executable, "-P", "-m", "moodstream.cli", "agent", "--server", "127.0.0.1:9", "--participant", "p1",
+        [sys.executable, "-P", "-m", "moodstream.compose.cli", "agent", "--server", "127.0.0.1:9", "--participant", "p1",
          "--outbox", str(tmp_path), "--mic"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()

@@ -10,7 +10,7 @@ import pytest
 import soundfile
 
 from moodstream.agent import CaptureSettings, FileSource, PromptGate, SpeechFilter, capture_chunks, load_prompt_intervals
-from moodstream.agent.vad import DROP_ONSET, DROP_PROMPT, DROP_WARMUP
+from moodstream.speech.vad import DROP_ONSET, DROP_PROMPT, DROP_WARMUP
 from test_agent_signals import RATE, quiet, speech_like
 
 # (kind, start s, end s). "echo" is the room's echo of the first prompt, after the kiosk

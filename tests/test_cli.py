@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from moodstream.cli import build_parser, main
+from moodstream.compose.cli import build_parser, main
 
 
 def subcommands():
@@ -36,7 +36,7 @@ def test_model_init_and_info_round_trip(tmp_path, capsys):
 
 
 def test_missing_checkpoint_is_one_line_on_stderr(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "moodstream.cli", "model", "info", str(tmp_path / "none")],
+    result = subprocess.run([sys.executable, "-m", "moodstream.compose.cli", "model", "info", str(tmp_path / "none")],
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0

@@ -5,13 +5,13 @@ import sys
 
 import pytest
 
-from moodstream.cli import main
+from moodstream.compose.cli import main
 
 DEMO_CHECKPOINT = "moodstream/assets/demo-checkpoint"
 
 
 def moodstream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "moodstream.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "moodstream.compose.cli", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -120,7 +120,7 @@ def test_config_refuses_what_cannot_work(tmp_path):
 
 
 def test_cli_explains_an_empty_participants_file_and_a_missing_token(capsys, monkeypatch, tmp_path):
-    from moodstream.cli import main
+    from moodstream.compose.cli import main
 
     monkeypatch.delenv("MOODSTREAM_TOKEN", raising=False)
     empty = tmp_path / "nobody.txt"
@@ -142,7 +142,7 @@ def test_the_dashboard_never_imports_torch_and_its_cli_module_stays_light():
 
 
 def test_cli_help_never_prints_the_token(capsys, monkeypatch):
-    from moodstream.cli import main
+    from moodstream.compose.cli import main
 
     monkeypatch.setenv("MOODSTREAM_TOKEN", "secret-token-value")
     with pytest.raises(SystemExit):

@@ -12,7 +12,7 @@ import pytest
 
 from moodstream.dashboard.feed import FeedConfig
 from moodstream.dashboard.server import BackgroundDashboard
-from moodstream.demo import DEMO_CHECKPOINT
+from moodstream.samples import DEMO_CHECKPOINT
 from moodstream.model import ScreeningModel
 from moodstream.model_description import ModelDescription
 
@@ -28,7 +28,7 @@ def wait_for(value, timeout=30.0):
 
 
 def test_demo_dashboard_opens_on_the_demo_session_lets_a_second_viewer_join_and_stops_cleanly_on_ctrl_c(tmp_path):
-    command = [sys.executable, "-P", "-m", "moodstream.cli", "demo", "--speed", "0", "--dashboard",
+    command = [sys.executable, "-P", "-m", "moodstream.compose.cli", "demo", "--speed", "0", "--dashboard",
                "--dashboard-port", "0", "--session", "demo-dash"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -37,7 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from moodstream.cli import build_parser
+from moodstream.compose.cli import build_parser
 from moodstream.v1 import moodstream_pb2
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -38,7 +38,7 @@ def voice(low: bool, seed: int) -> list[bytes]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-P", "-m", "moodstream.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-P", "-m", "moodstream.compose.cli", *args], capture_output=True, text=True,
                           timeout=600)
 
 

@@ -179,7 +179,7 @@ def test_a_bad_description_is_refused(change):
 
 
 def test_the_bundled_demo_checkpoint_is_flagged_as_a_demo_on_synthetic_speech():
-    from moodstream.demo import DEMO_CHECKPOINT
+    from moodstream.samples import DEMO_CHECKPOINT
     from moodstream.model_description import ModelDescription
 
     description = ModelDescription.from_checkpoint(DEMO_CHECKPOINT)

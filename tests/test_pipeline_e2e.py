@@ -61,7 +61,7 @@ def test_three_agents_stream_concurrently_and_match_the_offline_score(model, red
 
 
 def agent_command(port, token, participant, session, path, outbox, speed):
-    return [sys.executable, "-m", "moodstream.cli", "agent", "--server", f"127.0.0.1:{port}", "--token", token,
+    return [sys.executable, "-m", "moodstream.compose.cli", "agent", "--server", f"127.0.0.1:{port}", "--token", token,
             "--participant", participant, "--session", session, "--outbox", str(outbox), "--speed", str(speed),
             "--json", "--max-retry-seconds", "30", str(path)]
 
@@ -98,7 +98,7 @@ def test_an_agent_killed_mid_session_resends_from_its_outbox(model, redis_url, t
 def test_the_demo_prints_a_json_score_stream(tmp_path):
     env = dict(os.environ, HOME=str(tmp_path))
     plot = tmp_path / "scores.png"
-    result = subprocess.run([sys.executable, "-m", "moodstream.cli", "demo", "--json", "--speed", "0",
+    result = subprocess.run([sys.executable, "-m", "moodstream.compose.cli", "demo", "--json", "--speed", "0",
                              "--plot", str(plot)], capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr
     updates = [json.loads(line) for line in result.stdout.splitlines()]

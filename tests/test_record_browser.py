@@ -152,7 +152,7 @@ def test_a_session_recorded_in_the_browser_matches_the_python_agent(redis_url, t
                    "the dashboard to draw every segment the page sent", timeout=60)
 
         agent = subprocess.run(
-            [sys.executable, "-P", "-m", "moodstream.cli", "agent", str(wav), "--server", f"127.0.0.1:{server.port}",
+            [sys.executable, "-P", "-m", "moodstream.compose.cli", "agent", str(wav), "--server", f"127.0.0.1:{server.port}",
              "--participant", "p1", "--session", "agent-same-wav", "--token", tokens.by_name["agent-p1"],
              "--outbox", str(tmp_path / "outbox"), "--json"], capture_output=True, text=True, timeout=120)
         assert agent.returncode == 0, agent.stderr

@@ -8,7 +8,7 @@ import pytest
 import zxingcpp
 from PIL import Image
 
-from moodstream.cli import main
+from moodstream.compose.cli import main
 from moodstream.record_link import record_link
 
 PAGE = "https://clinic.example.org/record"

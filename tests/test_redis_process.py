@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from moodstream import redis_process
-from moodstream.redis_process import (
+from moodstream.compose.redis_process import (
     RedisProcess,
     RedisServerError,
     find_server_binary,
@@ -147,7 +147,7 @@ def test_the_server_dies_with_a_parent_that_is_sigkilled():
     import time
 
     script = ("import sys, time\n"
-              "from moodstream.redis_process import RedisProcess\n"
+              "from moodstream.compose.redis_process import RedisProcess\n"
               "server = RedisProcess().start()\n"
               "print(server.pid, flush=True)\n"
               "time.sleep(60)\n")
@@ -178,7 +178,7 @@ def test_the_scoring_server_never_starts_a_redis_of_its_own():
     import subprocess
 
     code = ("import sys, moodstream.server.app, moodstream.server.cli\n"
-            "print('moodstream.redis_process' in sys.modules)\n")
+            "print('moodstream.compose.redis_process' in sys.modules)\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "False"

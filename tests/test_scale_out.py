@@ -25,7 +25,7 @@ def test_the_agent_streams_a_session_through_a_redis_cluster(model, redis_cluste
     chunks = agent_chunks(path)
     with running_server(model, redis_cluster_url, tokens, redis_cluster=True) as server:
         agent = subprocess.run(
-            [sys.executable, "-P", "-m", "moodstream.cli", "agent", "--server", f"127.0.0.1:{server.port}",
+            [sys.executable, "-P", "-m", "moodstream.compose.cli", "agent", "--server", f"127.0.0.1:{server.port}",
              "--token", tokens.by_name["agent"], "--participant", "p7", "--session", "on-cluster",
              "--outbox", str(tmp_path / "outbox"), "--json", str(path)], capture_output=True, text=True,
             timeout=120)

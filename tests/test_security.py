@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from certs import CertificateAuthority
-from moodstream.cli import main as moodstream_main
+from moodstream.compose.cli import main as moodstream_main
 from moodstream.server.app import ServerConfig, server_credentials
 from moodstream.server.auth import create_token, load_tokens
 from moodstream.v1 import moodstream_pb2 as pb

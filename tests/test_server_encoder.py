@@ -18,7 +18,8 @@ from moodstream.server.encoder import (CLOSE_CALL, PRECISIONS, ROUNDS_BEFORE_PRU
                                        encode_function, interview_probe, speech_like_waves, tune, within_bound,
                                        worst_accuracy)
 
-from moodstream.server.onnx_encoder import ONNX_PATHS, onnxruntime_available
+from moodstream.model.onnx_export import onnxruntime_available
+from moodstream.server.onnx_encoder import ONNX_PATHS
 
 DEMO_CHECKPOINT = "moodstream/assets/demo-checkpoint"
 

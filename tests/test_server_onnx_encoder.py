@@ -5,7 +5,8 @@ import torch
 
 from moodstream.model import ModelConfig, ScreeningModel
 from moodstream.server.encoder import accuracy, default_cache_dir, encode_function, speech_like_waves, within_bound
-from moodstream.server.onnx_encoder import OnnxEncoder, onnxruntime_available
+from moodstream.model.onnx_export import onnxruntime_available
+from moodstream.server.onnx_encoder import OnnxEncoder
 
 pytestmark = pytest.mark.skipif(not onnxruntime_available(), reason="ONNX Runtime is not installed "
                                 "(pip install 'moodstream[onnx]')")

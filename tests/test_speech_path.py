@@ -14,6 +14,7 @@ import torch
 from moodstream.agent import CaptureSettings, ServerTarget, run_agent
 from moodstream.agent.sources import FileSource
 from moodstream.model import ModelConfig, ScreeningModel
+from moodstream.compose.replay import replay_sessions
 from moodstream.trainer.evaluate import REPLAY_TOLERANCE, evaluate_checkpoint
 from moodstream.v1 import moodstream_pb2 as pb
 from server_harness import running_server, stub_for, write_tokens
@@ -137,7 +138,7 @@ def test_evaluate_replay_matches_live_scores_on_a_generated_daic_woz_folder(tmp_
     checkpoint = tiny_checkpoint(tmp_path / "ckpt")
     result = evaluate_checkpoint(checkpoint, tmp_path / "daic", tmp_path / "report", split="all",
                                  cache_dir=str(tmp_path / "cache"), device="cpu", tsne=False, progress=False,
-                                 replay=True)
+                                 replay=replay_sessions)
     replay = result["replay"]
     assert len(replay["sessions"]) == 9 and replay["passed"]
     for row in replay["sessions"]:
@@ -165,7 +166,7 @@ def test_one_session_as_several_files_scores_as_the_same_audio_in_one_file(tmp_p
         manifest = write_manifest(tmp_path / f"{name}.csv", rows)
         results[name] = evaluate_checkpoint(checkpoint, manifest, tmp_path / f"report-{name}",
                                             cache_dir=str(tmp_path / "cache"), device="cpu", tsne=False,
-                                            progress=False, replay=True)
+                                            progress=False, replay=replay_sessions)
         assert results[name]["split"] == "all"  # a manifest without splits is scored whole
         assert results[name]["replay"]["passed"]
     split, whole = (results[k]["all"]["predictions"] for k in ("split", "whole"))
@@ -192,7 +193,7 @@ def test_eight_clips_one_file_and_live_agree_on_a_ravdess_session(tmp_path):
     scored = {}
     for name, manifest in (("clips", clips), ("one file", one_file)):
         result = evaluate_checkpoint(demo, manifest, tmp_path / name, cache_dir=str(tmp_path / "cache"),
-                                     device="cpu", tsne=False, progress=False, replay=True)
+                                     device="cpu", tsne=False, progress=False, replay=replay_sessions)
         row = result["replay"]["sessions"][0]
         assert result["replay"]["passed"] and row["segments_live"] == row["segments_batch"]
         scored[name] = (row["segments_batch"], row["probability_batch"], row["probability_live"])

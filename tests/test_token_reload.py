@@ -7,7 +7,7 @@ import time
 import grpc
 import pytest
 
-from moodstream.cli import main
+from moodstream.compose.cli import main
 from moodstream.server.auth import create_token, revoke_token
 from raw_client import RawClient
 from server_harness import make_chunks, running_server, write_tokens

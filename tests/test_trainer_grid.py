@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from moodstream.cli import main
+from moodstream.compose.cli import main
 
 _spec = importlib.util.spec_from_file_location("trainer_fixtures", Path(__file__).with_name("trainer_fixtures.py"))
 fx = importlib.util.module_from_spec(_spec)

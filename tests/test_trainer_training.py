@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from moodstream.cli import main
+from moodstream.compose.cli import main
 from moodstream.model import ScreeningModel
 from moodstream.trainer.config import TrainConfig
 from moodstream.trainer.folds import LeakageError
@@ -201,7 +201,7 @@ def test_the_example_recipe_documents_every_key():
     import dataclasses
     import tomllib
 
-    from moodstream.agent.speech_path import CaptureSettings
+    from moodstream.speech.path import CaptureSettings
     from moodstream.trainer.config import DataSection, RunSection, ScoringSection, StageSection
 
     recipe_path = Path(__file__).resolve().parents[1] / "configs" / "daic-woz.toml"

@@ -194,7 +194,7 @@ def run_evaluate(args) -> int:
 
     result = evaluate_checkpoint(args.checkpoint, args.data, args.output, data_format=args.format, split=args.split,
                                  cache_dir=args.cache_dir, device=args.device, tsne=not args.no_tsne,
-                                 replay=args.replay)
+                                 replay=replayer(args))
     split = result["split"]
     session = result[split]["session"]
     print(f"{split}: session P {session['precision']:.3f} R {session['recall']:.3f} F1 {session['f1']:.3f} "
@@ -207,6 +207,16 @@ def run_evaluate(args) -> int:
         if not replay["passed"]:
             return 1
     return 0
+
+
+def replayer(args):
+    """The replay function the `moodstream` command put on the parser, when --replay asks for it."""
+    if not args.replay:
+        return None
+    replay = getattr(args, "replay_sessions", None)
+    if replay is None:
+        raise ValueError("--replay streams through the agent and a server: run it as `moodstream evaluate --replay`")
+    return replay
 
 
 def run_ablate(args) -> int:

@@ -2,7 +2,7 @@
 
     [data]     where the recordings are and which sessions are used
     [speech]   how speech is kept and cut into segments: the agent's settings
-               (moodstream.agent.speech_path.CaptureSettings), recorded in the checkpoint
+               (moodstream.speech.path.CaptureSettings), recorded in the checkpoint
     [model]    any ModelConfig field (model/config.py), plus `preset` and `pretrained`
     [stage1]   backbone + segment head on segment labels
     [stage2]   session head on sequences of frozen segment vectors
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moodstream.agent.speech_path import CaptureSettings
+from moodstream.speech import CaptureSettings
 from moodstream.model.config import ModelConfig
 
 DATA_FORMATS = ("daic-woz", "e-daic", "manifest", "ravdess-standin")

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moodstream.samples import DEMO_CHECKPOINT
+
 DEMO_NOTE = ("Demo model trained on synthetic espeak-ng speech: slowed, low, flat delivery (label 1) vs lively "
              "delivery (label 0), a proxy for psychomotor slowing. It is not a depression model and its scores "
              "mean nothing clinically.")
@@ -250,9 +252,7 @@ def corpus_summary() -> str:
 
 
 def default_output() -> Path:
-    import moodstream
-
-    return Path(moodstream.__file__).parent / "assets" / "demo-checkpoint"
+    return DEMO_CHECKPOINT
 
 
 def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "runs/demo-checkpoint",

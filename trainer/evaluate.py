@@ -11,10 +11,12 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from moodstream import SCREENING_NOTICE
+from moodstream.speech import CaptureSettings
 from moodstream.trainer.metrics import binary_metrics, mean_std
 from moodstream.trainer.prefixes import prefix_logits, prefix_markdown, prefix_png, prefix_rows, sigmoid
 from moodstream.trainer.prepare import detect_format, load_dataset
@@ -199,11 +201,12 @@ def summarize_folds(results: dict[str, dict]) -> dict:
 # fp32 on both sides: the batch path and the live path compute the same numbers up to summation order.
 REPLAY_TOLERANCE = 1e-4
 
+# (model, checkpoint, sessions, batch probabilities by session id after every segment, progress) -> one row a session
+Replayer = Callable[..., list[dict]]
 
-def checkpoint_speech(model) -> tuple["CaptureSettings", str | None]:
+
+def checkpoint_speech(model) -> tuple[CaptureSettings, str | None]:
     """The speech settings a checkpoint was trained with, or the agent's defaults and a note saying so."""
-    from moodstream.agent.speech_path import CaptureSettings
-
     if model.config.speech is not None:
         return CaptureSettings.from_dict(model.config.speech), None
     settings = CaptureSettings(chunk_seconds=model.config.segment_seconds)
@@ -214,12 +217,13 @@ def checkpoint_speech(model) -> tuple["CaptureSettings", str | None]:
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, output: str | Path, data_format: str = "auto",
                         split: str = "test", cache_dir: str = "~/.cache/moodstream/segments",
                         device: str = "auto", tsne: bool = True, progress: bool = True,
-                        replay: bool = False) -> dict:
+                        replay: Replayer | None = None) -> dict:
     """Score a data set's `split` with a trained checkpoint, at the thresholds the checkpoint carries.
 
     Sessions are cut by the agent's speech path with the checkpoint's speech settings. With
     `replay`, every session is also streamed by the real agent into a real server (Redis child
-    process, gRPC on 127.0.0.1, fp32) and the live scores are compared with the batch ones."""
+    process, gRPC on 127.0.0.1, fp32) and the live scores are compared with the batch ones: `replay` is
+    what does the streaming (moodstream.compose.replay.replay_sessions, which wires agent and server)."""
     import torch
 
     from moodstream.model import ScreeningModel, pick_device
@@ -289,7 +293,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, output: str | 
         extra["split"] = split_note
     replay_rows = None
     if replay:
-        replay_rows = replay_sessions(model, checkpoint, wanted, prefix_probs, progress=progress)
+        replay_rows = replay(model, checkpoint, wanted, prefix_probs, progress=progress)
         worst = max(row["max_difference"] for row in replay_rows)
         extra["replay: largest |live - batch| probability"] = f"{worst:.2e} (tolerance {REPLAY_TOLERANCE:g})"
     result = write_evaluation(Path(output), {split: predictions}, threshold, segment_threshold,
@@ -311,62 +315,6 @@ def speech_summary(speech) -> str:
     return (f"webrtcvad aggressiveness {speech.vad_aggressiveness}, {speech.frame_ms} ms frames, onset "
             f"{speech.onset_ms} ms, hangover {speech.hangover_ms} ms, warm-up {speech.warmup_ms} ms; "
             f"{speech.chunk_seconds:g} s chunks, last chunk kept from {speech.min_last_chunk_seconds:g} s")
-
-
-def replay_sessions(model, checkpoint, items, batch_probabilities: dict[str, list[float]],
-                    progress: bool = True) -> list[dict]:
-    """Stream each session's audio through the real agent into a real fp32 server; compare with the batch path.
-
-    The agent learns the speech settings from the server (GetModelInfo), as in the field."""
-    import tempfile
-    import uuid
-
-    import soundfile
-    from tqdm import tqdm
-
-    from moodstream.agent import FileSource, ServerTarget, run_agent
-    from moodstream.agent import events as agent_events
-    from moodstream.agent.sources import SAMPLE_RATE
-    from moodstream.ids import to_id
-    from moodstream.server.app import BackgroundServer, ServerConfig
-    from moodstream.server.auth import create_token
-    from moodstream.redis_process import RedisProcess
-    from moodstream.trainer.segments import session_audio
-
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="moodstream-replay-") as work_dir:
-        work = Path(work_dir)
-        tokens = work / "tokens.json"
-        token = create_token(tokens, "evaluate-replay", ["*"], [])
-        with RedisProcess(data_dir=work / "redis").start() as redis_server, \
-                BackgroundServer(ServerConfig(checkpoint=checkpoint, redis_url=redis_server.url, port=0,
-                                              tokens_file=tokens, precision="fp32"), model=model) as server:
-            target = ServerTarget(f"127.0.0.1:{server.port}", token=token)
-            for number, item in enumerate(tqdm(items, desc="replaying", unit="session", disable=not progress)):
-                session = item.session
-                recording = work / f"session-{number}.wav"
-                soundfile.write(recording, session_audio(session), SAMPLE_RATE, subtype="PCM_16")
-                live: dict[int, float] = {}
-
-                def collect(event, live=live):
-                    if event.kind == agent_events.SCORE:
-                        live[int(event.data["segments"])] = float(event.data["probability"])
-
-                run_agent(FileSource(recording), server=target, participant_id=to_id(session.session_id),
-                          session_id=f"replay-{uuid.uuid4().hex[:12]}", device_id="evaluate-replay",
-                          outbox=work / "outbox", model_version=server.model_version, on_event=collect)
-                recording.unlink()
-                batch = batch_probabilities[session.session_id]
-                shared = [k for k in range(1, len(batch) + 1) if k in live]
-                difference = max((abs(live[k] - batch[k - 1]) for k in shared), default=0.0)
-                same_segments = len(live) == len(batch) and len(shared) == len(batch)
-                rows.append({
-                    "session_id": session.session_id, "segments_batch": len(batch), "segments_live": len(live),
-                    "probability_batch": batch[-1], "probability_live": live.get(max(live, default=0)),
-                    "max_difference": difference if same_segments else float("inf"),
-                    "passed": same_segments and difference <= REPLAY_TOLERANCE,
-                })
-    return rows
 
 
 def replay_markdown(rows: list[dict]) -> str:

@@ -2,7 +2,7 @@
 
 A session's speech spans are decoded the way the agent reads a file (16 kHz
 mono int16), concatenated in order and run through the agent's speech path
-(`moodstream.agent.speech_path`: webrtcvad speech keeping with onset,
+(`moodstream.speech.path`: webrtcvad speech keeping with onset,
 hangover and warm-up, then the chunker and its last-partial-chunk policy),
 so the trainer and `moodstream evaluate` score exactly the chunks a live
 agent would send for the same audio. Each segment inherits its session's
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moodstream.agent.sources import SAMPLE_RATE, FileSource, SourceError
-from moodstream.agent.speech_path import CaptureSettings, capture_chunks
+from moodstream.speech import CaptureSettings, FileSource, SourceError, capture_chunks
+from moodstream.wire import SAMPLE_RATE
 from moodstream.trainer.dataset import AudioSpan, Dataset, Session
 
 SEGMENTER_VERSION = 2
@@ -165,7 +165,7 @@ def session_audio(session: Session, decoded: dict | None = None) -> np.ndarray:
 
 
 def session_chunks(audio: np.ndarray, params: SegmentParams):
-    """The agent's chunks for a session's audio (`moodstream.agent.speech_path.capture_chunks`)."""
+    """The agent's chunks for a session's audio (`moodstream.speech.path.capture_chunks`)."""
     return capture_chunks([audio], params.speech)
 
 
