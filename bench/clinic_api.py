@@ -115,7 +115,8 @@ def zero_message_calls(port: int, pid: int) -> dict:
 
 
 async def seed_sessions(redis_url: str, model_version: str, participants: int, each: int) -> None:
-    from moodstream.server.store import SessionStore, connect
+    from moodstream.server.redis_connection import connect
+    from moodstream.server.store import SessionStore
 
     client = connect(redis_url)
     store = SessionStore(client, model_version=model_version)

@@ -70,7 +70,8 @@ class CacheServer(Server):
 
 def fill(redis_url: str, model, sessions: list[str], segments: int, seed: int) -> None:
     """`segments` applied segments in each session, as a server stores them, from the same random vectors."""
-    from moodstream.server.store import SessionStore, connect
+    from moodstream.server.redis_connection import connect
+    from moodstream.server.store import SessionStore
 
     scorer, config = model.incremental_scorer(), model.config
     vectors = torch.randn(segments, model.config.segment_vector_size, generator=torch.Generator().manual_seed(seed))

@@ -31,7 +31,8 @@ from moodstream.server import reflection
 from moodstream.server.model_repository import POLL_SECONDS, ModelRepository
 from moodstream.server.interceptors import MalformedRequestInterceptor, SingleRequestInterceptor
 from moodstream.server.service import ScreeningService, ServiceSettings
-from moodstream.server.store import DEFAULT_TTL_SECONDS, SessionStore, connect
+from moodstream.server.redis_connection import connect
+from moodstream.server.store import DEFAULT_TTL_SECONDS, SessionStore
 from moodstream.v1 import moodstream_pb2, moodstream_pb2_grpc
 from moodstream.wire import MAX_MESSAGE_BYTES, MIN_PING_INTERVAL_SECONDS
 

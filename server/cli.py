@@ -345,13 +345,11 @@ def run_forget(args) -> int:
 async def _forget(url: str, cluster: bool, participant: str, where: str) -> int:
     import redis.exceptions
 
-    from moodstream.server.store import SessionStore
+    from moodstream.server.session_directory import SessionDirectory
 
     async with _command_client(url, cluster, where) as client:
-        # forget_participant covers every model version; the store's own version is not used by it.
-        store = SessionStore(client, model_version="forget")
         try:
-            return await store.forget_participant(participant)
+            return await SessionDirectory(client).forget_participant(participant)
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as error:
             raise ValueError(f"Redis at {where} failed while deleting ({error}); run the command again") from None
 
@@ -362,7 +360,7 @@ async def _command_client(url: str, cluster: bool, where: str):
     reached or is a cluster node reached without --redis-cluster; closed on the way out."""
     import redis.exceptions
 
-    from moodstream.server.store import connect
+    from moodstream.server.redis_connection import connect
 
     failures = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
     try:

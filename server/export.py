@@ -1,8 +1,9 @@
 """`moodstream export`: every session's segment vectors and their context, out of Redis (single or Cluster).
 
-Sessions of every model version are read through the session directory (moodstream.server.store),
-their vectors from each session's vectors hash and their per-segment times and scores from its score
-stream; moodstream.field_export writes them. Nothing is changed in Redis.
+The stored model versions come from moodstream.server.session_directory, each version's sessions from
+its SessionStore's session directory, their vectors from each session's vectors hash and their
+per-segment times and scores from its score stream; moodstream.field_export writes them. Nothing is
+changed in Redis.
 """
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from collections.abc import Iterable
 import numpy as np
 
 from moodstream.field_export import ExportedSession
+from moodstream.server.session_directory import SessionDirectory
 from moodstream.server.store import MAX_PAGE_SIZE, MAX_READ_COUNT, SessionStore, SessionSummary
 
 
 async def collect_sessions(client, participants: list[str] | None = None, since: float = 0.0,
                            progress=None) -> list[ExportedSession]:
     """Every session (of the participants, active at or after `since`; 0 = all) with its segments."""
-    versions = await SessionStore(client, model_version="export").stored_model_versions(scan=True)
+    versions = await SessionDirectory(client).stored_model_versions(scan=True)
     found: list[tuple[SessionStore, SessionSummary]] = []
     for version in sorted(versions):
         store = SessionStore(client, model_version=version)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moodstream.server.store import SessionKeys
+from moodstream.server.store_keys import SessionKeys
 from server_harness import chunk, end, header
 
 
@@ -183,7 +183,7 @@ class StoredSession:
 
 def stored_session(redis_url: str, participant: str, session: str, model_version: str, *,
                    cluster: bool = False) -> StoredSession:
-    """What Redis holds for one session, read with a plain client (see the key schema in store.py)."""
+    """What Redis holds for one session, read with a plain client (see the key schema in store_keys.py)."""
     import redis
     from redis.cluster import RedisCluster
 

@@ -12,7 +12,7 @@ import pytest
 
 from moodstream.field_export import read_export, write_export
 from moodstream.server.export import collect_sessions, parse_since
-from moodstream.server.store import connect
+from moodstream.server.redis_connection import connect
 from server_harness import chunk, end, header, make_chunks, running_server, stream, stub_for, tiny_model
 
 MODEL_SEED = 0  # the conftest's `model` fixture: the tiny model of this seed

@@ -26,7 +26,8 @@ from moodstream.agent import CaptureSettings, FileSource, capture_chunks
 from moodstream.model import ScreeningModel
 from moodstream.redis_process import RedisProcess
 from moodstream.server.service import ServiceSettings
-from moodstream.server.store import SessionStore, redis_retry
+from moodstream.server.redis_connection import redis_retry
+from moodstream.server.store import SessionStore
 from moodstream.v1 import moodstream_pb2 as pb
 from process_harness import offline_vectors, start_servers, stored_session, windowed_stream
 from raw_client import client_for

@@ -6,7 +6,7 @@ import grpc
 import pytest
 import redis
 
-from moodstream.server.store import VERSIONS_KEY, directory_key
+from moodstream.server.store_keys import VERSIONS_KEY, directory_key
 from moodstream.cli import main as moodstream_main
 from moodstream.v1 import moodstream_pb2 as pb
 from server_harness import chunk, end, header, make_chunks, redis_keys, running_server, stream, stub_for
@@ -137,7 +137,8 @@ def test_forget_refuses_what_is_not_a_participant_id(participant, capsys):
 
 
 def test_forget_on_a_redis_cluster(redis_cluster_url, capsys):
-    from moodstream.server.store import SessionStore, connect
+    from moodstream.server.redis_connection import connect
+    from moodstream.server.store import SessionStore
 
     async def write() -> None:
         client = connect(redis_cluster_url, cluster=True)

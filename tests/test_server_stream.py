@@ -5,7 +5,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from moodstream.server.store import VERSIONS_KEY
+from moodstream.server.store_keys import VERSIONS_KEY
 from moodstream.v1 import moodstream_pb2 as pb
 from server_harness import (chunk, end, header, make_chunks, offline_score, redis_keys, running_server, stream,
                             stub_for, tiny_model, write_tokens)

@@ -6,7 +6,8 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from moodstream.server.store import CLAIM_TTL_SECONDS, DEFAULT_TTL_SECONDS, owner_key
+from moodstream.server.store import CLAIM_TTL_SECONDS, DEFAULT_TTL_SECONDS
+from moodstream.server.store_keys import owner_key
 from raw_client import RawClient, acks
 from server_harness import make_chunks, running_server
 

@@ -14,7 +14,9 @@ from prometheus_client import REGISTRY
 from moodstream.model import ScorerState
 from moodstream.server.service import ServiceSettings
 from moodstream.server.state_cache import ScorerStateCache, state_nbytes
-from moodstream.server.store import KnownState, SessionStore, connect
+from moodstream.server.redis_connection import connect
+from moodstream.server.session_directory import SessionDirectory
+from moodstream.server.store import KnownState
 from raw_client import client_for
 from server_harness import make_chunks, offline_score, running_server
 
@@ -98,7 +100,7 @@ def test_a_session_forgotten_and_recreated_to_the_same_length_is_not_served_from
     async def forget():
         client = connect(servers["redis_url"])
         try:
-            return await SessionStore(client, model_version="unused").forget_participant("p7")
+            return await SessionDirectory(client).forget_participant("p7")
         finally:
             await client.aclose()
 

@@ -9,17 +9,15 @@ import redis
 from redis.cluster import RedisCluster
 
 from moodstream.redis_process import RedisProcess
+from moodstream.server.redis_connection import connect
 from moodstream.server.store import (
     ApplyStatus,
-    directory_key,
-    VERSIONS_KEY,
-    SessionKeys,
     SessionNotFoundError,
     SessionOwnershipError,
     SessionStore,
-    connect,
     parse_offset,
 )
+from moodstream.server.store_keys import VERSIONS_KEY, SessionKeys, directory_key
 
 VERSION = "test-model-1"
 DIM = 16
