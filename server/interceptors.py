@@ -12,7 +12,7 @@ from __future__ import annotations
 import grpc
 from google.protobuf.message import DecodeError
 
-from moodstream.server.service import StreamAbort
+from moodstream.server.rpc_errors import StreamAbort
 
 
 class _Undecodable:

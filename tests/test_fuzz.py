@@ -33,7 +33,8 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from moodstream.agent import FileSource, PcmStreamSource, SourceError
 from moodstream.model import ScorerState, StateError
-from moodstream.server.service import StreamAbort, decode_pcm
+from moodstream.server.rpc_errors import StreamAbort
+from moodstream.server.session_stream import decode_pcm
 from moodstream.server.store_keys import VERSIONS_KEY
 from moodstream.v1 import moodstream_pb2 as pb
 from server_harness import make_chunks, redis_keys, running_server, stub_for, tiny_model, write_tokens
