@@ -43,12 +43,12 @@ class TokenServer(Server):
     """`moodstream server` with a tokens file (the loopback bench runs without authentication)."""
 
     def __init__(self, checkpoint: Path, redis_url: str, tokens: Path) -> None:
-        from moodstream.redis_process import free_port
+        from moodstream.compose.redis_process import free_port
 
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="moodstream-bench-server-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moodstream.cli", "server", "--checkpoint", str(checkpoint), "--redis", redis_url,
+            [sys.executable, "-m", "moodstream.compose.cli", "server", "--checkpoint", str(checkpoint), "--redis", redis_url,
              "--port", str(self.port), "--tokens", str(tokens), "--log-level", "warning"],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_ready()
@@ -209,7 +209,7 @@ def run(participants: int = 50, sessions_each: int = 20, log=print) -> dict:
     import grpc
 
     from moodstream.server.auth import create_token
-    from moodstream.redis_process import RedisProcess
+    from moodstream.compose.redis_process import RedisProcess
     from moodstream.v1 import moodstream_pb2 as pb
     from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 

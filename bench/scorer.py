@@ -84,7 +84,7 @@ def run(lengths=DEFAULT_LENGTHS, rounds: int = 5, steps: int = 20, seed: int = 0
 
 def store_run(lengths=DEFAULT_STORE_LENGTHS, applies: int = 40, seed: int = 0) -> dict:
     from moodstream.model import ScreeningModel
-    from moodstream.redis_process import RedisProcess
+    from moodstream.compose.redis_process import RedisProcess
     from moodstream.server.redis_connection import connect
     from moodstream.server.store import KnownState, SessionStore
 

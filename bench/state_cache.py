@@ -44,12 +44,12 @@ class CacheServer(Server):
     def __init__(self, checkpoint: Path, redis_url: str, tokens: Path, cache_mb: float) -> None:
         import subprocess
 
-        from moodstream.redis_process import free_port
+        from moodstream.compose.redis_process import free_port
 
         self.port, self.metrics_port = free_port(), free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="moodstream-bench-server-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moodstream.cli", "server", "--checkpoint", str(checkpoint), "--redis", redis_url,
+            [sys.executable, "-m", "moodstream.compose.cli", "server", "--checkpoint", str(checkpoint), "--redis", redis_url,
              "--port", str(self.port), "--tokens", str(tokens), "--precision", "fp32", "--max-batch", "1",
              "--state-cache-mb", str(cache_mb), "--metrics-port", str(self.metrics_port), "--log-level", "warning"],
             stdout=self.log, stderr=subprocess.STDOUT)
@@ -106,7 +106,7 @@ def run(lengths=DEFAULT_LENGTHS, calls: int = 10, rounds: int = 3, log=print) ->
     import redis
 
     from moodstream.model import ScreeningModel
-    from moodstream.redis_process import RedisProcess
+    from moodstream.compose.redis_process import RedisProcess
     from moodstream.server.auth import create_token
     from moodstream.v1 import moodstream_pb2 as pb
     from moodstream.v1 import moodstream_pb2_grpc as pb_grpc

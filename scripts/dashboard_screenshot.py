@@ -1,4 +1,4 @@
-"""Retake the README's dashboard picture from the real demo in headless Chromium.
+"""Retake docs/dashboard.md's picture from the real demo in headless Chromium.
 
     .venv/bin/python scripts/dashboard_screenshot.py            # writes docs/dashboard.png
 

@@ -27,7 +27,7 @@ class ServerProcess:
     """
 
     def __init__(self, checkpoint: Path, redis_url: str, tokens_file: Path, log_path: Path, *extra: str) -> None:
-        self.command = [sys.executable, "-P", "-m", "moodstream.cli", "server", "--checkpoint", str(checkpoint),
+        self.command = [sys.executable, "-P", "-m", "moodstream.compose.cli", "server", "--checkpoint", str(checkpoint),
                         "--redis", redis_url, "--port", "0", "--tokens", str(tokens_file), "--precision", "fp32",
                         "--max-batch", "1", "--device", "cpu", *extra]
         self.log_path = log_path

@@ -19,7 +19,7 @@ MODEL_SEED = 0  # the conftest's `model` fixture: the tiny model of this seed
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-P", "-m", "moodstream.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-P", "-m", "moodstream.compose.cli", *args], capture_output=True, text=True,
                           timeout=120)
 
 

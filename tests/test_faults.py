@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 
 from moodstream.agent import CaptureSettings, FileSource, capture_chunks
 from moodstream.model import ScreeningModel
-from moodstream.redis_process import RedisProcess
+from moodstream.compose.redis_process import RedisProcess
 from moodstream.server.service import ServiceSettings
 from moodstream.server.redis_connection import redis_retry
 from moodstream.server.store import SessionStore
@@ -61,7 +61,7 @@ class AgentProcess:
 
     def __init__(self, servers: list[str], token: str, participant: str, session: str, path, outbox, log_path,
                  *extra: str, speed: float = 12.0) -> None:
-        command = [sys.executable, "-P", "-m", "moodstream.cli", "agent", "--token", token,
+        command = [sys.executable, "-P", "-m", "moodstream.compose.cli", "agent", "--token", token,
                    "--participant", participant, "--session", session, "--outbox", str(outbox),
                    "--speed", str(speed), "--json", "--max-retry-seconds", "30", *extra]
         for server in servers:
@@ -237,7 +237,7 @@ def test_a_full_outbox_under_refuse_is_reported_by_the_cli_and_what_was_stored_i
     two_chunks_mb = 2.2 * (len(chunks[0]) + 512) / 2**20
     outbox = tmp_path / "outbox"
     full = subprocess.run(
-        [sys.executable, "-P", "-m", "moodstream.cli", "agent", "--server", "127.0.0.1:1", "--participant", "p3",
+        [sys.executable, "-P", "-m", "moodstream.compose.cli", "agent", "--server", "127.0.0.1:1", "--participant", "p3",
          "--session", "full-box", "--outbox", str(outbox), "--outbox-max-mb", f"{two_chunks_mb:.4f}",
          "--max-retry-seconds", "1", "--json", str(path)], capture_output=True, text=True, timeout=60)
     assert full.returncode == 1
@@ -254,7 +254,7 @@ def test_a_full_outbox_under_refuse_is_reported_by_the_cli_and_what_was_stored_i
 
     with running_server(model, redis_url, tokens) as server:
         flush = subprocess.run(
-            [sys.executable, "-P", "-m", "moodstream.cli", "agent", "--server", f"127.0.0.1:{server.port}",
+            [sys.executable, "-P", "-m", "moodstream.compose.cli", "agent", "--server", f"127.0.0.1:{server.port}",
              "--token", tokens.by_name["agent"], "--flush", "--outbox", str(outbox), "--json"],
             capture_output=True, text=True, timeout=60)
     assert flush.returncode == 0, flush.stderr

@@ -616,7 +616,7 @@ def test_a_headerless_raw_file_is_a_clear_error_not_a_traceback(tmp_path):
     path.write_bytes(ONE_SECOND)
     with pytest.raises(SourceError, match="no header giving its sample rate"):
         FileSource(path)
-    shown = subprocess.run([sys.executable, "-P", "-m", "moodstream.cli", "agent", str(path), "--server",
+    shown = subprocess.run([sys.executable, "-P", "-m", "moodstream.compose.cli", "agent", str(path), "--server",
                             "127.0.0.1:9", "--participant", "p1", "--outbox", str(tmp_path / "box")],
                            capture_output=True, text=True, timeout=120)
     assert shown.returncode == 2, shown.stderr

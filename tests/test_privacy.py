@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from moodstream.server.store_keys import VERSIONS_KEY, directory_key
-from moodstream.cli import main as moodstream_main
+from moodstream.compose.cli import main as moodstream_main
 from moodstream.v1 import moodstream_pb2 as pb
 from server_harness import chunk, end, header, make_chunks, redis_keys, running_server, stream, stub_for
 

@@ -8,7 +8,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from moodstream.redis_process import RedisProcess
+from moodstream.compose.redis_process import RedisProcess
 from moodstream.server.redis_connection import connect
 from moodstream.server.store import (
     ApplyStatus,

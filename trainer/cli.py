@@ -14,8 +14,8 @@ def add_parser(subparsers) -> None:
                     "session head on segment-vector sequences). Re-running with the same output folder resumes. "
                     "With --from-export, only the session head is retrained (stage 2, then the validation-only "
                     "calibration, threshold and evidence rule) on the segment vectors of a `moodstream export` "
-                    "and a labels CSV; the new checkpoint keeps --base's encoder byte for byte (README "
-                    "\"Retraining from the field\").")
+                    "and a labels CSV; the new checkpoint keeps --base's encoder byte for byte "
+                    "(docs/models.md, \"Retraining from the field\").")
     train.add_argument("config", nargs="?", help="TOML recipe (see configs/); not with --from-export")
     train.add_argument("--from-export", metavar="EXPORT", default=None,
                        help="session-head-only mode: the folder `moodstream export` wrote")

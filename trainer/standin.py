@@ -1,4 +1,4 @@
-"""The stand-in task on RAVDESS (acted emotion, NOT depression; README.md, "Stand-in results").
+"""The stand-in task on RAVDESS (acted emotion, NOT depression; docs/standin-results.md).
 
 Per actor, a "low-mood" session (the actor's 8 sad clips, label 1) and a
 "calm" session (the 8 calm clips, label 0): the same 4 normal + 4 strong
