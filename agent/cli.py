@@ -200,7 +200,9 @@ def run(args) -> int:
 
     from .client import AgentError, RetryPolicy, ServerTarget, split_addresses
     from .outbox import ROW_OVERHEAD_BYTES
-    from .pipeline import CaptureSettings, deliver_outbox, run_agent
+    from moodstream.speech import CaptureSettings
+
+    from .pipeline import deliver_outbox, run_agent
     from .sources import SourceError, open_source
     from moodstream.speech.vad import load_prompt_intervals
 

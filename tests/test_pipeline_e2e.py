@@ -11,7 +11,8 @@ import numpy as np
 import soundfile
 
 from moodstream.agent.client import ServerTarget
-from moodstream.agent.pipeline import CaptureSettings, capture_chunks, make_gate, run_agent
+from moodstream.agent.pipeline import run_agent
+from moodstream.speech import CaptureSettings, capture_chunks, make_gate
 from moodstream.agent.sources import FileSource
 from moodstream.v1 import moodstream_pb2 as pb
 from server_harness import RATE, make_chunks, offline_score, running_server, stub_for

@@ -18,7 +18,7 @@ import soundfile
 
 from browser_harness import (DESKTOP, PHONE, assert_fits, by_id, chromium, fake_microphone, free_port,
                              needs_chromium, save_screenshot, set_viewport, severe_console, wait_until)
-from moodstream.agent.pipeline import CaptureSettings, capture_chunks
+from moodstream.speech import CaptureSettings, capture_chunks
 from moodstream.dashboard.feed import FeedConfig
 from moodstream.dashboard.server import BackgroundDashboard, WebConfig
 from moodstream.record_link import record_link

@@ -5,7 +5,7 @@ import torch
 from server_harness import running_server, write_tokens
 
 from moodstream import SCREENING_NOTICE
-from moodstream.agent.pipeline import CaptureSettings
+from moodstream.speech import CaptureSettings
 from moodstream.dashboard.app import GZIP_MINIMUM_BYTES
 from moodstream.dashboard.feed import FeedConfig
 from moodstream.dashboard.server import BackgroundDashboard

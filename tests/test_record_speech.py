@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moodstream.agent.pipeline import CaptureSettings, capture_chunks
+from moodstream.speech import CaptureSettings, capture_chunks
 from test_agent_signals import quiet, speech_like
 
 ROOT = Path(__file__).resolve().parents[1]

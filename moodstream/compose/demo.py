@@ -208,9 +208,8 @@ def run_demo(args) -> int:
     say(f"moodstream demo - {SCREENING_NOTICE}")
 
     from moodstream.agent.client import ServerTarget
-    from moodstream.agent.pipeline import CaptureSettings, make_gate, new_session_id, run_agent
-    from moodstream.agent.sources import FileSource
-    from moodstream.speech.vad import load_prompt_intervals
+    from moodstream.agent.pipeline import new_session_id, run_agent
+    from moodstream.speech import CaptureSettings, FileSource, load_prompt_intervals, make_gate
     from moodstream.server.app import BackgroundServer, ServerConfig
     from moodstream.server.auth import create_token
     from moodstream.compose.redis_process import RedisProcess
