@@ -57,7 +57,7 @@ def build_model(size: str, checkpoint: str | None = None):
 
 
 def speech_like_chunks(count: int, seed: int = 0, seconds: float = CHUNK_SECONDS) -> list[np.ndarray]:
-    from moodstream.server.encoder import speech_like_waves
+    from moodstream.server.encoder_tuning import speech_like_waves
 
     return speech_like_waves(count, seed=seed, seconds=seconds, sample_rate=SAMPLE_RATE)
 
@@ -67,7 +67,7 @@ SHORT_BATCH = 4
 
 def variants(model, want_compile: bool) -> dict:
     """name -> (encode(list of waves) -> vectors, note), each precision as the server runs it."""
-    from moodstream.server.encoder import cpu_has_fast_bf16, encode_function
+    from moodstream.server.encoder_paths import cpu_has_fast_bf16, encode_function
 
     def tensor_output(encode):
         return lambda waves: torch.from_numpy(encode(waves))
@@ -141,7 +141,7 @@ class ServerPath:
 
 def accuracy(model, references: list[torch.Tensor], outputs: list[torch.Tensor]) -> dict:
     """The server's accuracy measure over sessions (the probe chunks, then the bundled interviews)."""
-    from moodstream.server.encoder import worst_accuracy
+    from moodstream.server.encoder_tuning import worst_accuracy
 
     cosine, probability_error = worst_accuracy(model, [r.cpu().numpy() for r in references],
                                                [v.cpu().numpy() for v in outputs])
@@ -151,9 +151,7 @@ def accuracy(model, references: list[torch.Tensor], outputs: list[torch.Tensor])
 
 def run(size: str = "base", batch_sizes=(1, 2, 4, 8, 16, 32), rounds: int = 2, want_compile: bool = False,
         server_max_batch: int | None = None, log=print, checkpoint: str | None = None) -> dict:
-    from moodstream.server.encoder import within_bound
-
-    from moodstream.server.encoder import interview_probe
+    from moodstream.server.encoder_tuning import interview_probe, within_bound
 
     model = build_model(size, checkpoint)
     waves = speech_like_chunks(max(batch_sizes))

@@ -73,7 +73,7 @@ def session(path: Path, level: str, threads: int, spinning: bool = True):
 
 def run(size: str, checkpoint: str | None, batch_sizes: list[int], rounds: int, which: str = "all",
         log=print) -> dict:
-    from moodstream.server.encoder import accuracy, interview_probe, within_bound
+    from moodstream.server.encoder_tuning import accuracy, interview_probe, within_bound
     from moodstream.model.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
     model = build_model(size, checkpoint)

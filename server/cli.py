@@ -242,7 +242,7 @@ def run_server(args) -> int:
 
     configure_logging(args.log_level, args.json_logs)
     from moodstream.server.app import ServerConfig, serve_forever
-    from moodstream.server.encoder import default_tuning_cache
+    from moodstream.server.encoder_tuning import default_tuning_cache
     from moodstream.server.service import ServiceSettings
 
     if args.ttl_days < 0:

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from moodstream.model import ModelConfig, ScreeningModel
-from moodstream.server.encoder import (CLOSE_CALL, PRECISIONS, ROUNDS_BEFORE_PRUNING, BatchingEncoder,
-                                       TuningCache,
-                                       accuracy, candidate_precisions, choose_encoder, choose_precision,
-                                       encode_function, interview_probe, speech_like_waves, tune, within_bound,
-                                       worst_accuracy)
+from moodstream.server.encoder import BatchingEncoder
+from moodstream.server.encoder_paths import PRECISIONS, candidate_precisions, encode_function
+from moodstream.server.encoder_tuning import (CLOSE_CALL, ROUNDS_BEFORE_PRUNING, TuningCache, accuracy,
+                                              choose_encoder, choose_precision, interview_probe, speech_like_waves,
+                                              tune, within_bound, worst_accuracy)
 
 from moodstream.model.onnx_export import onnxruntime_available
 from moodstream.server.onnx_encoder import ONNX_PATHS
@@ -208,7 +208,7 @@ def test_clear_losers_are_dropped_and_the_rounds_go_to_the_close_calls(model):
 
 
 def test_a_tuning_is_cached_per_model_and_machine(model, tmp_path, monkeypatch):
-    monkeypatch.setattr("moodstream.server.encoder.os.getloadavg", lambda: (0.0, 0.0, 0.0))  # a quiet machine
+    monkeypatch.setattr("moodstream.server.encoder_tuning.os.getloadavg", lambda: (0.0, 0.0, 0.0))  # a quiet machine
     cache = TuningCache(tmp_path / "tuning.json")
     first = choose_encoder(model, "auto", cache=cache)[2]
     assert not first.cached
@@ -216,7 +216,7 @@ def test_a_tuning_is_cached_per_model_and_machine(model, tmp_path, monkeypatch):
     def no_measuring(*args, **kwargs):
         raise AssertionError("a cached tuning was measured again")
 
-    monkeypatch.setattr("moodstream.server.encoder.tune", no_measuring)
+    monkeypatch.setattr("moodstream.server.encoder_tuning.tune", no_measuring)
     precision, _, second = choose_encoder(model, "auto", cache=cache)
     assert second.cached and (precision, second.max_batch) == (first.precision, first.max_batch)
     torch.manual_seed(1)
@@ -231,7 +231,7 @@ def test_a_tuning_is_cached_per_model_and_machine(model, tmp_path, monkeypatch):
 def test_a_tuning_measured_on_a_busy_machine_is_measured_again_once_it_is_quiet(model, tmp_path, monkeypatch):
     cores = len(__import__("os").sched_getaffinity(0))
     load = {"now": 3.0 * cores}  # three runnable jobs per core while the first tuning is measured
-    monkeypatch.setattr("moodstream.server.encoder.os.getloadavg", lambda: (load["now"], 0.0, 0.0))
+    monkeypatch.setattr("moodstream.server.encoder_tuning.os.getloadavg", lambda: (load["now"], 0.0, 0.0))
     cache = TuningCache(tmp_path / "tuning.json")
     busy = choose_encoder(model, "auto", cache=cache)[2]
     assert busy.load_per_core == pytest.approx(3.0) and "at load 3.0 per core" in busy.summary()

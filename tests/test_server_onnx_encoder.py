@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from moodstream.model import ModelConfig, ScreeningModel
-from moodstream.server.encoder import accuracy, default_cache_dir, encode_function, speech_like_waves, within_bound
+from moodstream.server.encoder_paths import default_cache_dir, encode_function
+from moodstream.server.encoder_tuning import accuracy, speech_like_waves, within_bound
 from moodstream.model.onnx_export import onnxruntime_available
 from moodstream.server.onnx_encoder import OnnxEncoder
 
