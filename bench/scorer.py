@@ -86,7 +86,8 @@ def store_run(lengths=DEFAULT_STORE_LENGTHS, applies: int = 40, seed: int = 0) -
     from moodstream.model import ScreeningModel
     from moodstream.compose.redis_process import RedisProcess
     from moodstream.server.redis_connection import connect
-    from moodstream.server.store import KnownState, SessionStore
+    from moodstream.server.store import SessionStore
+    from moodstream.server.store_records import KnownState
 
     torch.manual_seed(seed)
     model = ScreeningModel(paper_session_head_config()).eval()

@@ -14,7 +14,9 @@ import numpy as np
 
 from moodstream.field_export import ExportedSession
 from moodstream.server.session_directory import SessionDirectory
-from moodstream.server.store import MAX_PAGE_SIZE, MAX_READ_COUNT, SessionStore, SessionSummary
+from moodstream.server.session_listing import MAX_PAGE_SIZE
+from moodstream.server.store import MAX_READ_COUNT, SessionStore
+from moodstream.server.store_records import SessionSummary
 
 
 async def collect_sessions(client, participants: list[str] | None = None, since: float = 0.0,

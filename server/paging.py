@@ -10,7 +10,7 @@ import grpc
 
 from moodstream.ids import ID_PATTERN
 from moodstream.server.rpc_errors import StreamAbort
-from moodstream.server.store import ENDED, INTERRUPTED, OPEN, SessionCursor, SessionSummary
+from moodstream.server.store_records import ENDED, INTERRUPTED, OPEN, SessionCursor, SessionSummary
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.wire import score_from_dict
 

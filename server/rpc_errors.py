@@ -16,7 +16,7 @@ class StreamAbort(Exception):
 
 
 async def redis_call(operation):
-    """Await a store call; UNAVAILABLE once Redis stayed down past the client's own retries (store.connect)."""
+    """Await a store call; UNAVAILABLE once Redis stayed down past the client's own retries (redis_connection.connect)."""
     try:
         return await operation()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:

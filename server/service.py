@@ -28,8 +28,11 @@ from moodstream.server.paging import (DEFAULT_PAGE_SIZE, SESSION_STATE_MESSAGES,
 from moodstream.server.rpc_errors import StreamAbort, redis_call
 from moodstream.server.session_stream import SessionStream, stream_refused
 from moodstream.server.state_cache import DEFAULT_STATE_CACHE_MB, ScorerStateCache
-from moodstream.server.store import (DEFAULT_RETRY_SECONDS, MAX_PAGE_SIZE, MAX_SEQ, SessionNotFoundError,
-                                     SessionStore, parse_offset)
+from moodstream.server.redis_connection import DEFAULT_RETRY_SECONDS
+from moodstream.server.session_listing import MAX_PAGE_SIZE
+from moodstream.server.store import SessionStore
+from moodstream.server.store_records import SessionNotFoundError
+from moodstream.server.store_values import MAX_SEQ, parse_offset
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 from moodstream.wire import SAMPLE_RATE, score_from_dict

@@ -22,7 +22,7 @@ from moodstream.server import metrics
 from moodstream.server.auth import Principal
 from moodstream.server.model_repository import ServedVersion
 from moodstream.server.rpc_errors import StreamAbort, redis_call
-from moodstream.server.store import ApplyStatus, KnownState, SessionOwnershipError
+from moodstream.server.store_records import ApplyStatus, KnownState, SessionOwnershipError
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.wire import BYTES_PER_SAMPLE, SAMPLE_RATE, score_from_dict
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # the CLI reads the default below without loading torch, redis or prometheus_client
     from moodstream.model import ScorerState
-    from moodstream.server.store import KnownState
+    from moodstream.server.store_records import KnownState
 
 DEFAULT_STATE_CACHE_MB = 256.0
 

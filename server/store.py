@@ -31,49 +31,22 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from moodstream.ids import DEVICE_PATTERN, ID_PATTERN
-from moodstream.server.redis_connection import DEFAULT_RETRY_SECONDS, AnyRedis
+from moodstream.server.redis_connection import AnyRedis
 from moodstream.server.session_directory import SessionDirectory
-from moodstream.server.session_listing import MAX_PAGE_SIZE, SessionListing
+from moodstream.server.session_listing import SessionListing
 from moodstream.server.store_keys import (VERSIONS_KEY, SessionKeys, directory_key, participant_updates_key,
                                           session_model_key)
-from moodstream.server.store_records import (ENDED, INTERRUPTED, OPEN, ApplyResult, ApplyStatus, KnownState,
-                                             SessionCursor, SessionNotFoundError, SessionOwnershipError,
-                                             SessionRecord, SessionSnapshot, SessionState, SessionSummary,
-                                             UpdateBatch)
+from moodstream.server.store_records import (ApplyResult, ApplyStatus, KnownState, SessionCursor,
+                                             SessionNotFoundError, SessionOwnershipError, SessionRecord,
+                                             SessionSnapshot, SessionState, SessionSummary, UpdateBatch)
 from moodstream.server.store_scripts import (APPLY_SCRIPT, CLAIM_SCRIPT, END_SCRIPT, INTERRUPT_SCRIPT, LOAD_SCRIPT,
                                              REPLACE_STATE_SCRIPT)
-from moodstream.server.store_values import (MAX_SEQ, MODEL_VERSION_PATTERN, as_text, check_pattern, check_seq,
+from moodstream.server.store_values import (MODEL_VERSION_PATTERN, as_text, check_pattern, check_seq,
                                             checked_score_update, decode_entry, missed_removed_entries,
                                             nonempty_bytes, optional_int, parse_offset, stored_score,
                                             stream_entries)
 
-# Besides the store itself: the records and errors of its API, and the limits and checks the gRPC service
-# applies to what it passes on to the store.
-__all__ = [
-    "CLAIM_TTL_SECONDS",
-    "DEFAULT_RETRY_SECONDS",
-    "DEFAULT_STREAM_MAXLEN",
-    "DEFAULT_TTL_SECONDS",
-    "ENDED",
-    "INTERRUPTED",
-    "MAX_PAGE_SIZE",
-    "MAX_READ_COUNT",
-    "MAX_SEQ",
-    "OPEN",
-    "ApplyResult",
-    "ApplyStatus",
-    "KnownState",
-    "SessionCursor",
-    "SessionNotFoundError",
-    "SessionOwnershipError",
-    "SessionRecord",
-    "SessionSnapshot",
-    "SessionState",
-    "SessionStore",
-    "SessionSummary",
-    "UpdateBatch",
-    "parse_offset",
-]
+__all__ = ["CLAIM_TTL_SECONDS", "DEFAULT_STREAM_MAXLEN", "DEFAULT_TTL_SECONDS", "MAX_READ_COUNT", "SessionStore"]
 
 DEFAULT_TTL_SECONDS = 30 * 24 * 3600
 CLAIM_TTL_SECONDS = 600

@@ -480,7 +480,7 @@ def test_fuzz_stream_random_messages_get_a_proper_status_and_store_only_what_was
        token=st.sampled_from(["admin", "reader-p1", "agent"]))
 def test_fuzz_read_requests_get_a_proper_status(fuzz_server, method, session, participant, offset, token):
     """Against an empty store each request has exactly one right answer; compute it and compare."""
-    from moodstream.server.store import parse_offset
+    from moodstream.server.store_values import parse_offset
 
     flush(fuzz_server.redis_url)
     reads = {"admin": lambda p: True, "reader-p1": lambda p: p == "p1", "agent": lambda p: False}[token]

@@ -16,7 +16,7 @@ from moodstream.server.service import ServiceSettings
 from moodstream.server.state_cache import ScorerStateCache, state_nbytes
 from moodstream.server.redis_connection import connect
 from moodstream.server.session_directory import SessionDirectory
-from moodstream.server.store import KnownState
+from moodstream.server.store_records import KnownState
 from raw_client import client_for
 from server_harness import make_chunks, offline_score, running_server
 

@@ -10,13 +10,9 @@ from redis.cluster import RedisCluster
 
 from moodstream.compose.redis_process import RedisProcess
 from moodstream.server.redis_connection import connect
-from moodstream.server.store import (
-    ApplyStatus,
-    SessionNotFoundError,
-    SessionOwnershipError,
-    SessionStore,
-    parse_offset,
-)
+from moodstream.server.store import SessionStore
+from moodstream.server.store_records import ApplyStatus, SessionNotFoundError, SessionOwnershipError
+from moodstream.server.store_values import parse_offset
 from moodstream.server.store_keys import VERSIONS_KEY, SessionKeys, directory_key
 
 VERSION = "test-model-1"
