@@ -77,7 +77,8 @@ def redis_url(redis_server):
 @pytest.fixture(scope="session")
 def redis_cluster():
     """A Redis Cluster of 3 masters (or $REDIS_CLUSTER_URL): endpoint with `.url`."""
-    from moodstream.compose.redis_process import RedisClusterProcesses, RedisEndpoint
+    from moodstream.compose.redis_cluster import RedisClusterProcesses
+    from moodstream.compose.redis_process import RedisEndpoint
 
     url = os.environ.get("REDIS_CLUSTER_URL", "").strip()
     if url:

@@ -8,7 +8,8 @@ import sys
 import pytest
 import redis
 
-from moodstream import redis_process
+from moodstream.compose import redis_process
+from moodstream.compose.redis_cluster import _parse_info
 from moodstream.compose.redis_process import (
     RedisProcess,
     RedisServerError,
@@ -125,7 +126,7 @@ def test_cluster_of_three_masters_is_up(redis_cluster):
     assert len(redis_cluster.nodes) == 3
     for node in redis_cluster.nodes:
         client = redis.Redis.from_url(node.url)
-        info = redis_process._parse_info(client.execute_command("CLUSTER INFO"))
+        info = _parse_info(client.execute_command("CLUSTER INFO"))
         client.close()
         assert info["cluster_state"] == "ok"
         assert info["cluster_slots_assigned"] == "16384"
