@@ -10,17 +10,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import msgspec
 
 from moodstream.model_description import check_description
+from moodstream.settings import SettingError, checked
 
-FINE_TUNING_STRATEGIES = ("frozen", "last-n", "all")
-FEATURE_NORMALIZATIONS = ("none", "standardize")
-POOLINGS = ("attention", "mean", "max")
-SESSION_HEADS = ("self-attention", "last-step")
-SESSION_TIME_POOLINGS = ("sum", "mean")
-SESSION_SKIPS = ("none", "segment-mean")
+FineTuning = Literal["frozen", "last-n", "all"]
+FeatureNormalization = Literal["none", "standardize"]
+Pooling = Literal["attention", "mean", "max"]
+SessionHeadKind = Literal["self-attention", "last-step"]
+SessionTimePooling = Literal["sum", "mean"]
+SessionSkip = Literal["none", "segment-mean"]
+SESSION_TIME_POOLINGS = typing.get_args(SessionTimePooling)
+SESSION_SKIPS = typing.get_args(SessionSkip)
+
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+Probability = Annotated[float, msgspec.Meta(gt=0, lt=1)]
 
 
 @dataclass
@@ -30,35 +40,35 @@ class ModelConfig:
     # initialised backbone instead, as checkpoints and tests do.
     backbone: str = "facebook/wav2vec2-base"
     backbone_config: dict[str, Any] | None = None
-    fine_tuning: str = "all"
-    fine_tune_last_n: int = 1
+    fine_tuning: FineTuning = "all"
+    fine_tune_last_n: AtLeastOne = 1
     normalize_waveform: bool = True
 
     # Downstream segment head.
-    conv_channels: int = 80
-    conv_kernel_size: int = 3
-    conv_layers: int = 3
-    dropout: float = 0.1
-    pooling: str = "attention"
+    conv_channels: AtLeastOne = 80
+    conv_kernel_size: AtLeastOne = 3
+    conv_layers: AtLeastOne = 3
+    dropout: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
+    pooling: Pooling = "attention"
 
     # Downstream session head.
-    lstm_hidden_size: int = 128
-    attention_size: int = 128
-    session_head: str = "self-attention"
+    lstm_hidden_size: AtLeastOne = 128
+    attention_size: AtLeastOne = 128
+    session_head: SessionHeadKind = "self-attention"
     # "sum" (the paper's) or "mean" of the attended rows over time: a mean keeps the logit's scale
     # independent of the session's length (small-data recipe, docs/training.md).
-    session_time_pooling: str = "sum"
+    session_time_pooling: SessionTimePooling = "sum"
     # "segment-mean" (a small-data departure, docs/training.md): the session logit also gets the mean
     # over the session's segments of a linear score of each segment vector, a skip path around the
     # LSTM and attention that the trainer starts from the segment head's own classifier.
-    session_skip: str = "none"
+    session_skip: SessionSkip = "none"
 
     # Audio framing and decision.
-    sample_rate: int = 16000
+    sample_rate: Annotated[int, msgspec.Meta(gt=0)] = 16000
     segment_seconds: float = 7.0
-    min_segment_seconds: float = 1.0
+    min_segment_seconds: Positive = 1.0
     max_segment_seconds: float = 10.0
-    decision_threshold: float = 0.5
+    decision_threshold: Probability = 0.5
 
     # The speech path the model was trained on: the agent's CaptureSettings (VAD,
     # chunk length, last-chunk minimum) as a dict. Servers hand it to agents
@@ -68,14 +78,14 @@ class ModelConfig:
     # Departures of the small-data recipe (docs/training.md); the defaults are the paper's.
     # "standardize": frame features become (x - mean) / std per dimension, with the training
     # segments' statistics stored in the checkpoint beside the segment head.
-    feature_normalization: str = "none"
+    feature_normalization: FeatureNormalization = "none"
     # Platt calibration of the session logit, fitted on validation sessions:
     # probability = sigmoid(calibration_scale * logit + calibration_bias). (1, 0) = uncalibrated.
-    calibration_scale: float = 1.0
+    calibration_scale: Positive = 1.0
     calibration_bias: float = 0.0
     # Evidence rule: below this many segments of speech a score carries no label
     # (chosen on validation from the prefix curve).
-    min_evidence_segments: int = 1
+    min_evidence_segments: AtLeastOne = 1
 
     # Free-form provenance (training data, recipe, date); hashed into model_version.
     notes: dict[str, Any] = field(default_factory=dict)
@@ -94,38 +104,22 @@ class ModelConfig:
             if not condition:
                 raise ValueError(f"invalid model config: {message}")
 
-        require(self.fine_tuning in FINE_TUNING_STRATEGIES,
-                f"fine_tuning must be one of {FINE_TUNING_STRATEGIES}, got {self.fine_tuning!r}")
-        require(self.fine_tune_last_n >= 1, "fine_tune_last_n must be >= 1")
-        require(self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        require(self.session_head in SESSION_HEADS,
-                f"session_head must be one of {SESSION_HEADS}, got {self.session_head!r}")
-        require(self.session_time_pooling in SESSION_TIME_POOLINGS,
-                f"session_time_pooling must be one of {SESSION_TIME_POOLINGS}, got {self.session_time_pooling!r}")
-        require(self.session_skip in SESSION_SKIPS,
-                f"session_skip must be one of {SESSION_SKIPS}, got {self.session_skip!r}")
-        require(self.conv_layers >= 1 and self.conv_channels >= 1, "conv_layers and conv_channels must be >= 1")
-        require(self.conv_kernel_size >= 1 and self.conv_kernel_size % 2 == 1,
+        try:
+            # The values stay as given: config.json, and the model_version hashed from it, keep their bytes.
+            checked({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, ModelConfig)
+        except SettingError as error:
+            require(False, str(error))
+        require(self.conv_kernel_size % 2 == 1,
                 "conv_kernel_size must be odd so frames stay aligned with the padding mask")
-        require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
-        require(self.lstm_hidden_size >= 1 and self.attention_size >= 1, "session head sizes must be >= 1")
-        require(self.sample_rate > 0, "sample_rate must be positive")
-        require(0 < self.min_segment_seconds <= self.segment_seconds <= self.max_segment_seconds,
+        require(self.min_segment_seconds <= self.segment_seconds <= self.max_segment_seconds,
                 "need 0 < min_segment_seconds <= segment_seconds <= max_segment_seconds")
-        require(0.0 < self.decision_threshold < 1.0, "decision_threshold must be in (0, 1)")
-        require(self.speech is None or isinstance(self.speech, dict), "speech must be a table of speech settings")
-        require(self.feature_normalization in FEATURE_NORMALIZATIONS,
-                f"feature_normalization must be one of {FEATURE_NORMALIZATIONS}, got {self.feature_normalization!r}")
-        require(math.isfinite(self.calibration_scale) and self.calibration_scale > 0
-                and math.isfinite(self.calibration_bias),
-                "calibration_scale must be a positive finite number and calibration_bias finite")
-        require(self.min_evidence_segments >= 1, "min_evidence_segments must be >= 1")
+        require(math.isfinite(self.calibration_scale) and math.isfinite(self.calibration_bias),
+                "calibration_scale and calibration_bias must be finite")
         for name in ("training_data", "positive_class"):
             try:
                 check_description(name, getattr(self, name))
             except ValueError as error:
                 require(False, str(error))
-        require(isinstance(self.demo_model, bool), "demo_model must be true or false")
 
     def evidence_sufficient(self, segments: int) -> bool:
         """Whether `segments` of speech are enough for a label (the evidence rule)."""
@@ -147,10 +141,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"invalid model config: unknown keys {unknown}")
+        try:
+            checked(values, cls)
+        except SettingError as error:
+            raise ValueError(f"invalid model config: {error}") from None
         return cls(**values)
 
     def replace(self, **changes: Any) -> "ModelConfig":

@@ -187,6 +187,28 @@ def test_the_bundled_demo_checkpoint_is_flagged_as_a_demo_on_synthetic_speech():
     assert description.model_version == ScreeningModel.from_pretrained(DEMO_CHECKPOINT).model_version
 
 
+def test_the_bundled_checkpoints_config_json_is_written_back_unchanged(tmp_path):
+    from moodstream.samples import DEMO_CHECKPOINT
+
+    document = json.loads((DEMO_CHECKPOINT / "config.json").read_text())
+    assert ModelConfig.from_dict(document["model"]).to_json() == json.dumps(document["model"], sort_keys=True, indent=2)
+    saved = ScreeningModel.from_pretrained(DEMO_CHECKPOINT).save_pretrained(tmp_path / "again")
+    assert json.loads((saved / "config.json").read_text()) == document
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"dropout": 1.0}, "dropout must be a number in [0, 1), got 1.0"),
+    ({"conv_channels": "80"}, "conv_channels must be an integer >= 1, got '80' (str)"),
+    ({"decision_threshold": 0}, "decision_threshold must be a number in (0, 1), got 0"),
+    ({"speech": [7.0]}, "speech must be a table or none, got [7.0] (list)"),
+    ({"calibration_scale": float("inf")}, "calibration_scale and calibration_bias must be finite"),
+])
+def test_a_bad_model_config_value_is_one_line_naming_the_key(change, message):
+    with pytest.raises(ValueError) as refused:
+        ModelConfig.tiny(**change)
+    assert str(refused.value) == f"invalid model config: {message}"
+
+
 def test_checkpoints_written_before_calibration_and_the_evidence_rule_keep_their_model_version(tmp_path):
     import json
 

@@ -141,7 +141,7 @@ def test_invalid_configs_are_refused_with_the_reason():
         ModelConfig.tiny(pooling="median")
     with pytest.raises(ValueError, match="fine_tuning must be one of"):
         ModelConfig.tiny(fine_tuning="some")
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="unknown key 'poolin'"):
         ModelConfig.from_dict({"poolin": "mean"})
 
 

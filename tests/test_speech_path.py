@@ -64,6 +64,27 @@ def test_the_speech_settings_message_mirrors_the_agents_settings():
     assert proto_fields == [f.name for f in dataclasses.fields(CaptureSettings)]
 
 
+@pytest.mark.parametrize("values, message", [
+    ({"hangover_ms": "x"}, "speech setting hangover_ms must be an integer, got 'x' (str)"),
+    ({"chunk_seconds": True}, "speech setting chunk_seconds must be a number, got True (bool)"),
+    ({"hangover": 300}, "unknown speech setting 'hangover'; known: chunk_seconds, min_last_chunk_seconds, "
+                        "vad_aggressiveness, frame_ms, hangover_ms, onset_ms, warmup_ms, echo_tail_seconds"),
+    ({"frame_ms": 25}, "VAD frame must be 10, 20 or 30 ms, got 25"),
+    ({"chunk_seconds": 5.0, "min_last_chunk_seconds": 6.0}, "minimum last chunk must be > 0 and <= the chunk length"),
+    ([7.0], "speech settings must be a table, got list"),
+])
+def test_bad_speech_settings_are_one_line_naming_the_setting(values, message):
+    with pytest.raises(ValueError) as refused:
+        CaptureSettings.from_dict(values)
+    assert str(refused.value).startswith(message)
+
+
+def test_speech_settings_from_a_table_take_whole_numbers_as_seconds():
+    settings = CaptureSettings.from_dict({"chunk_seconds": 5, "hangover_ms": 200})
+    assert settings == CaptureSettings(chunk_seconds=5.0, hangover_ms=200)
+    assert isinstance(settings.chunk_seconds, float)
+
+
 def test_get_model_info_returns_the_checkpoints_speech_settings(tmp_path, redis_url):
     speech = CaptureSettings(chunk_seconds=5.0, frame_ms=20, hangover_ms=200)
     model = ScreeningModel.from_pretrained(tiny_checkpoint(tmp_path / "ckpt", speech))

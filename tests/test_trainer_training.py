@@ -137,7 +137,7 @@ def test_bad_recipes_are_one_sentence_errors(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("setting, message", [
     (["--set", "data.folds=abc"], "data.folds must be an integer, got 'abc' (str)"),
     (["--set", "data.exclude=318"], "data.exclude must be a list of ids"),
-    (["--set", "stage1.lr_head=fast"], "stage1.lr_head must be a number, got 'fast' (str)"),
+    (["--set", "stage1.lr_head=fast"], "stage1.lr_head must be a number > 0, got 'fast' (str)"),
     (["--set", "run.tsne=1"], "run.tsne must be true or false"),
     (["--set", "speech.frame_ms=25"], "VAD frame must be 10, 20 or 30 ms"),
     (["--set", "data.segment_seconds=5"], "use speech.chunk_seconds"),
@@ -148,6 +148,32 @@ def test_wrongly_typed_settings_name_the_key_and_the_type(tmp_path, capsys, sett
     assert main(["train", str(config), *setting]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_written_recipe_reads_back_as_the_same_recipe(tmp_path):
+    config = TrainConfig.from_dict({
+        "data": {"format": "manifest", "path": "x.csv", "exclude": [318, "321"], "time_offsets": {"318": 34}},
+        "speech": {"chunk_seconds": 5},
+        "model": {"preset": "tiny", "backbone_config": {"hidden_size": 32, "conv_dim": [16, 16]}},
+        "stage1": {"lr_head": 1e-3, "epochs": 3},
+    })
+    assert config.data.exclude == ["318", "321"] and config.data.time_offsets == {"318": 34.0}
+    (tmp_path / "config.toml").write_text(config.to_toml())
+    assert TrainConfig.load(tmp_path / "config.toml").to_dict() == config.to_dict()
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"stage1": {"epochs": 0}}, "stage1.epochs must be an integer >= 1, got 0"),
+    ({"stage2": {"lr_head": -1e-3}}, "stage2.lr_head must be a number > 0, got -0.001"),
+    ({"scoring": {"evidence_auc_tolerance": 2}}, "scoring.evidence_auc_tolerance must be a number in [0, 1], got 2"),
+    ({"data": {"train_actors": [1, "2"]}}, "data.train_actors must be a list of integers, e.g. [1, 2, 3], "
+                                           "got [1, '2'] (list)"),
+    ({"stage1": {"monitor": "accuracy"}}, "stage1.monitor must be one of loss, auc, f1, got 'accuracy'"),
+])
+def test_a_value_out_of_range_names_the_key_and_the_range(values, message):
+    with pytest.raises(ValueError) as refused:
+        TrainConfig.from_dict(values)
+    assert str(refused.value) == message
 
 
 def test_a_quoted_number_in_the_recipe_is_refused(tmp_path, capsys):

@@ -19,22 +19,31 @@ A value set in the file or with --set always wins over the recipe's.
 from __future__ import annotations
 
 import dataclasses
-import json
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
+import tomli_w
+
+from moodstream.settings import SettingError, checked
 from moodstream.speech import CaptureSettings
 from moodstream.model.config import ModelConfig
 
-DATA_FORMATS = ("daic-woz", "e-daic", "manifest", "ravdess-standin")
-IMBALANCE = ("weighted-loss", "balanced-sampling", "none")
-MONITORS = ("loss", "auc", "f1")
-RECIPES = ("auto", "paper", "small-data")
-CALIBRATIONS = ("platt", "none")
+DataFormat = Literal["daic-woz", "e-daic", "manifest", "ravdess-standin"]
+Imbalance = Literal["weighted-loss", "balanced-sampling", "none"]
+Monitor = Literal["loss", "auc", "f1"]
+Recipe = Literal["auto", "paper", "small-data"]
+Calibration = Literal["platt", "none"]
 SMALL_CORPUS_SESSIONS = 100
+
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+NotNegative = Annotated[float, msgspec.Meta(ge=0)]
+NotNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+Actors = Annotated[list[int], msgspec.Meta(description="a list of integers, e.g. [1, 2, 3]")]
+# A participant id written as a number is the same participant: ids are kept as text (DataSection.__post_init__).
+ParticipantIds = Annotated[list[str | int], msgspec.Meta(description='a list of ids, e.g. ["318", "321"]')]
 
 # The small-data recipe's departures from the paper's (docs/training.md has the measurement behind each).
 SMALL_DATA_RECIPE: dict[str, dict[str, Any]] = {
@@ -46,44 +55,49 @@ SMALL_DATA_RECIPE: dict[str, dict[str, Any]] = {
 
 @dataclass
 class DataSection:
-    format: str = "daic-woz"
+    format: DataFormat = "daic-woz"
     path: str = ""
     cache_dir: str = "~/.cache/moodstream/segments"
     test_path: str = ""              # a separate test set (folder or manifest): scored and reported only
-    train_actors: list[int] = field(default_factory=list)       # ravdess-standin: one model on these actors
-    validation_actors: list[int] = field(default_factory=list)  # ... validated on these
-    test_actors: list[int] = field(default_factory=list)        # ... and reported on these
+    train_actors: Actors = field(default_factory=list)       # ravdess-standin: one model on these actors
+    validation_actors: Actors = field(default_factory=list)  # ... validated on these
+    test_actors: Actors = field(default_factory=list)        # ... and reported on these
     validation: str = "dev"          # DAIC-WOZ / E-DAIC: 'dev' (or 'none')
     folds: int = 0                   # > 0: participant-disjoint cross-validation with this many folds
-    label_from: str = "binary"       # 'binary' (PHQ8_Binary) or 'score' (PHQ8_Score >= score_threshold)
+    label_from: Literal["binary", "score"] = "binary"   # PHQ8_Binary, or PHQ8_Score >= score_threshold
     score_threshold: float = 10.0
-    exclude: list[str] = field(default_factory=list)
-    time_offsets: dict[str, float] = field(default_factory=dict)
+    exclude: ParticipantIds = field(default_factory=list)
+    time_offsets: Annotated[dict[str, float], msgspec.Meta(description='a table of numbers, e.g. {"318" = -1.5}')] \
+        = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.exclude = [str(participant) for participant in self.exclude]
 
 
 @dataclass
 class StageSection:
-    epochs: int = 200
-    batch_size: int = 32
-    lr_backbone: float = 1e-5
-    lr_head: float = 6e-3
-    weight_decay: float = 1e-3
-    patience: int = 10
-    monitor: str = "loss"
-    imbalance: str = "weighted-loss"
-    gradient_accumulation: int = 1
-    max_grad_norm: float = 0.0       # 0 = no clipping
+    epochs: AtLeastOne = 200
+    batch_size: AtLeastOne = 32
+    lr_backbone: NotNegative = 1e-5  # 0 = the backbone is frozen
+    lr_head: Annotated[float, msgspec.Meta(gt=0)] = 6e-3
+    weight_decay: NotNegative = 1e-3
+    patience: AtLeastOne = 10
+    monitor: Monitor = "loss"
+    imbalance: Imbalance = "weighted-loss"
+    gradient_accumulation: AtLeastOne = 1
+    max_grad_norm: NotNegative = 0.0       # 0 = no clipping
     cache_frozen_features: bool = True   # stage 1 with a frozen backbone computes its features once
-    feature_cache_max_gb: float = 4.0
+    feature_cache_max_gb: NotNegative = 4.0
     prefix_training: bool = False    # stage 2 only: each epoch adds one random prefix of every session
 
 
 @dataclass
 class ScoringSection:
-    calibration: str = "platt"       # platt | none: fitted on every prefix of the validation sessions
+    calibration: Calibration = "platt"   # platt | none: fitted on every prefix of the validation sessions
     # Apply the fit only if, leaving one validation session out at a time, it lowers the held-out log loss.
     calibration_check: bool = True
-    evidence_auc_tolerance: float = 0.05   # evidence rule: fewest segments within this of the full-session AUC
+    # Evidence rule: fewest segments within this of the full-session AUC.
+    evidence_auc_tolerance: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
 
 
 @dataclass
@@ -93,9 +107,9 @@ class RunSection:
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     resume: bool = True
     progress: bool = True
-    threads: int = 0                 # torch CPU threads; 0 = torch's default
+    threads: NotNegativeInt = 0      # torch CPU threads; 0 = torch's default
     tsne: bool = True
-    recipe: str = "auto"             # auto | paper | small-data
+    recipe: Recipe = "auto"          # auto | paper | small-data
 
 
 @dataclass
@@ -114,26 +128,15 @@ class TrainConfig:
     # ------------------------------------------------------------------ build
     @classmethod
     def from_dict(cls, values: dict[str, Any], base_dir: str | Path = ".") -> "TrainConfig":
-        sections = {"data": DataSection, "speech": CaptureSettings, "stage1": StageSection, "stage2": StageSection,
-                    "scoring": ScoringSection, "run": RunSection}
-        unknown = sorted(set(values) - set(sections) - {"model"})
+        unknown = sorted(set(values) - set(SECTIONS) - {"model"})
         if unknown:
-            raise ValueError(f"unknown config section(s) {unknown}; use {', '.join(sections)}, model")
+            raise ValueError(f"unknown config section(s) {unknown}; use {', '.join(SECTIONS)}, model")
         config = cls(base_dir=str(base_dir))
-        for name, section_type in sections.items():
+        for name in SECTIONS:
             given = values.get(name, {})
             if not isinstance(given, dict):
                 raise ValueError(f"config section [{name}] must be a table")
-            hints = typing.get_type_hints(section_type)
-            known = {f.name for f in dataclasses.fields(section_type)}
-            for key in sorted(set(given) - known):
-                moved = MOVED_KEYS.get(f"{name}.{key}")
-                if moved:
-                    raise ValueError(f"{name}.{key} is no longer a setting: {moved}")
-                raise ValueError(f"unknown key {key!r} in [{name}]; known: {', '.join(sorted(known))}")
-            checked = {key: checked_value(f"{name}.{key}", value, hints[key]) for key, value in given.items()}
-            current = getattr(config, name)
-            setattr(config, name, dataclasses.replace(current, **checked))
+            setattr(config, name, dataclasses.replace(getattr(config, name), **checked_section(name, given)))
             config.explicit |= {f"{name}.{key}" for key in given}
         model = values.get("model", {})
         if not isinstance(model, dict):
@@ -173,14 +176,12 @@ class TrainConfig:
         return cls.from_dict(values, base_dir=path.parent)
 
     def validate(self) -> None:
+        for name in SECTIONS:  # again: a recipe's defaults and code may have changed values since from_dict
+            checked_section(name, dataclasses.asdict(getattr(self, name)))
         try:
             self.speech.validate()
         except ValueError as error:
             raise ValueError(f"[speech]: {error}") from None
-        if self.data.format not in DATA_FORMATS:
-            raise ValueError(f"data.format must be one of {', '.join(DATA_FORMATS)}, got {self.data.format!r}")
-        if self.data.label_from not in ("binary", "score"):
-            raise ValueError("data.label_from must be 'binary' or 'score'")
         if self.data.folds < 0 or self.data.folds == 1 or self.data.folds == 2:
             raise ValueError("data.folds must be 0 (use the data's splits) or at least 3")
         actors = (self.data.train_actors, self.data.validation_actors, self.data.test_actors)
@@ -200,22 +201,10 @@ class TrainConfig:
                              "it cannot be combined with cross-validation (data.folds)")
         for name in ("stage1", "stage2"):
             stage: StageSection = getattr(self, name)
-            if stage.imbalance not in IMBALANCE:
-                raise ValueError(f"{name}.imbalance must be one of {', '.join(IMBALANCE)}")
-            if stage.monitor not in MONITORS:
-                raise ValueError(f"{name}.monitor must be one of {', '.join(MONITORS)}")
-            if stage.epochs < 1 or stage.batch_size < 1 or stage.patience < 1:
-                raise ValueError(f"{name}.epochs, batch_size and patience must be >= 1")
-            if stage.gradient_accumulation < 1 or stage.batch_size % stage.gradient_accumulation:
+            if stage.batch_size % stage.gradient_accumulation:
                 raise ValueError(f"{name}.batch_size must be a multiple of {name}.gradient_accumulation")
         if self.stage1.prefix_training:
             raise ValueError("stage1.prefix_training is not a setting: prefixes are sessions, so only stage 2 has them")
-        if self.run.recipe not in RECIPES:
-            raise ValueError(f"run.recipe must be one of {', '.join(RECIPES)}, got {self.run.recipe!r}")
-        if self.scoring.calibration not in CALIBRATIONS:
-            raise ValueError(f"scoring.calibration must be one of {', '.join(CALIBRATIONS)}")
-        if not 0.0 <= self.scoring.evidence_auc_tolerance <= 1.0:
-            raise ValueError("scoring.evidence_auc_tolerance must be in [0, 1]")
         self.model_config()  # validates the [model] table
 
     # ------------------------------------------------------------------ derived
@@ -261,7 +250,13 @@ class TrainConfig:
         }
 
     def to_toml(self) -> str:
-        return dump_toml(self.to_dict())
+        # TOML has no null: a key without a value is left out.
+        return tomli_w.dumps({section: {key: value for key, value in table.items() if value is not None}
+                              for section, table in self.to_dict().items()})
+
+
+SECTIONS: dict[str, type] = {"data": DataSection, "speech": CaptureSettings, "stage1": StageSection,
+                             "stage2": StageSection, "scoring": ScoringSection, "run": RunSection}
 
 
 MOVED_KEYS = {
@@ -271,37 +266,18 @@ MOVED_KEYS = {
 }
 
 
-def checked_value(key: str, value: Any, hint: Any) -> Any:
-    """`value` as the type `hint` names; ValueError naming the key and the expected type otherwise."""
-    def refuse(expected: str):
-        raise ValueError(f"{key} must be {expected}, got {value!r} ({type(value).__name__})")
-
-    origin = typing.get_origin(hint)
-    if hint is bool:
-        return value if isinstance(value, bool) else refuse("true or false")
-    if hint is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else refuse("an integer")
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            refuse("a number")
-        return float(value)
-    if hint is str:
-        return value if isinstance(value, str) else refuse("a string")
-    if origin is list and typing.get_args(hint) == (int,):
-        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            refuse("a list of integers, e.g. [1, 2, 3]")
-        return list(value)
-    if origin is list:
-        if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
-                                                  for v in value):
-            refuse('a list of ids, e.g. ["318", "321"]')
-        return [str(v) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                  for v in value.values()):
-            refuse('a table of numbers, e.g. {"318" = -1.5}')
-        return {str(k): float(v) for k, v in value.items()}
-    return value
+def checked_section(name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The [name] table's given values as their field types; ValueError naming `name.key` otherwise."""
+    try:
+        return checked(values, SECTIONS[name])
+    except SettingError as error:
+        if not error.unknown:
+            raise ValueError(f"{name}.{error}") from None
+        moved = MOVED_KEYS.get(f"{name}.{error.key}")
+        if moved:
+            raise ValueError(f"{name}.{error.key} is no longer a setting: {moved}") from None
+        known = ", ".join(sorted(f.name for f in dataclasses.fields(SECTIONS[name])))
+        raise ValueError(f"unknown key {error.key!r} in [{name}]; known: {known}") from None
 
 
 def parse_value(text: str) -> Any:
@@ -326,31 +302,3 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> None:
             if not isinstance(target, dict):
                 raise ValueError(f"--set {key}: {part} is not a table")
         target[parts[-1]] = parse_value(text.strip())
-
-
-def dump_toml(values: dict[str, Any]) -> str:
-    """Minimal TOML writer for the config's shapes (tables of scalars, lists and inline tables)."""
-    def scalar(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, (int, float)):
-            return repr(value) if isinstance(value, float) else str(value)
-        if isinstance(value, str):
-            return json.dumps(value)
-        if isinstance(value, (list, tuple)):
-            return "[" + ", ".join(scalar(v) for v in value) + "]"
-        if isinstance(value, dict):
-            return "{" + ", ".join(f"{json.dumps(str(k))} = {scalar(v)}" for k, v in value.items()) + "}"
-        if value is None:
-            return '""'
-        raise ValueError(f"cannot write {type(value).__name__} to TOML")
-
-    lines = []
-    for section, table in values.items():
-        lines.append(f"[{section}]")
-        for key, value in table.items():
-            if value is None:
-                continue
-            lines.append(f"{key} = {scalar(value)}")
-        lines.append("")
-    return "\n".join(lines)

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .chunker import Chunker, DroppedTail, SpeechChunk
+from moodstream.settings import SettingError, checked
 from moodstream.wire import SAMPLE_RATE
 
 from .vad import DEFAULT_WARMUP_MS, PromptGate, SpeechFilter
@@ -45,9 +46,13 @@ class CaptureSettings:
         return Chunker(self.chunk_seconds, self.min_last_chunk_seconds, first_seq=first_seq)
 
     def validate(self) -> "CaptureSettings":
-        """Raises ValueError naming the bad setting; returns self."""
-        if self.echo_tail_seconds < 0:
-            raise ValueError(f"echo tail must be >= 0 s, got {self.echo_tail_seconds}")
+        """Raises ValueError naming the bad setting; returns self. The ranges are the VAD's, the gate's and
+        the chunker's own, so settings and the components they build can never disagree."""
+        try:
+            checked(self.as_dict(), type(self))
+        except SettingError as error:
+            raise ValueError(f"speech setting {error}") from None
+        PromptGate(echo_tail_seconds=self.echo_tail_seconds)
         self.chunker()
         self.speech_filter(None)
         return self
@@ -60,21 +65,14 @@ class CaptureSettings:
         """Settings from a dict (a checkpoint's `model.speech`, a config's [speech] table), checked."""
         if not isinstance(values, dict):
             raise ValueError(f"speech settings must be a table, got {type(values).__name__}")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown speech setting(s) {unknown}; known: {', '.join(known)}")
-        checked = {}
-        for name, value in values.items():
-            default = known[name].default
-            if isinstance(default, int) and not (isinstance(value, int) and not isinstance(value, bool)):
-                raise ValueError(f"speech setting {name} must be an integer, got {value!r}")
-            if isinstance(default, float):
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"speech setting {name} must be a number, got {value!r}")
-                value = float(value)
-            checked[name] = value
-        return cls(**checked).validate()
+        try:
+            given = checked(values, cls)
+        except SettingError as error:
+            if error.unknown:
+                known = ", ".join(field.name for field in dataclasses.fields(cls))
+                raise ValueError(f"unknown speech setting {error.key!r}; known: {known}") from None
+            raise ValueError(f"speech setting {error}") from None
+        return cls(**given).validate()
 
     def differences(self, other: "CaptureSettings") -> dict[str, tuple[Any, Any]]:
         """{setting: (mine, other's)} for every setting that differs."""
