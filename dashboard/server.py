@@ -5,13 +5,14 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 
 from moodstream.dashboard.app import create_app
-from moodstream.dashboard.feed import FeedConfig, ScoreFeed
+from moodstream.dashboard.feed import Clock, FeedConfig, ScoreFeed
 from moodstream.listening import listening_socket
 from moodstream.model_description import ModelDescription
 
@@ -76,9 +77,9 @@ class BackgroundDashboard:
             print(dashboard.url, dashboard.session_url("s1"))
     """
 
-    def __init__(self, feed_config: FeedConfig, web: WebConfig | None = None) -> None:
+    def __init__(self, feed_config: FeedConfig, web: WebConfig | None = None, clock: Clock = time.time) -> None:
         self.web = web or WebConfig(port=0, access_log=False, log_level="warning")
-        self.feed = ScoreFeed(feed_config)
+        self.feed = ScoreFeed(feed_config, clock)
         self.app = create_app(feed_config, self.feed)
         self._server = uvicorn_server(self.app, self.web)
         self._sock: socket.socket | None = None
@@ -158,7 +159,6 @@ def start_for_demo(address: str, token: str, sessions: dict[str, str], port: int
 def hold(dashboard: BackgroundDashboard, say) -> None:
     """Keep the dashboard up until Ctrl-C or SIGTERM, then stop it."""
     import signal
-    import time
 
     def terminate(signum, frame):
         raise KeyboardInterrupt

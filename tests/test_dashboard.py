@@ -24,10 +24,35 @@ def server(model, redis_url, tokens):
         yield running
 
 
-def dashboard_for(port: int, token: str, participants, **options) -> BackgroundDashboard:
+def dashboard_for(port: int, token: str, participants, clock=time.time, **options) -> BackgroundDashboard:
     config = FeedConfig(server=f"127.0.0.1:{port}", token=token, participants=list(participants),
                         health_interval=0.3, **options)
-    return BackgroundDashboard(config)
+    return BackgroundDashboard(config, clock=clock)
+
+
+class ManualClock:
+    """A wall clock that stands still until the test moves it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def scored_times(responses) -> list[float]:
+    """The server's time of each score a Stream call answered with."""
+    return [r.score.time_unix for r in responses if r.WhichOneof("message") == "score"]
+
+
+def directory_rounds(dashboard, count: int) -> None:
+    """Wait until the dashboard has taken `count` more answers from the session directory."""
+    following = dashboard.feed.following
+    target = following.directory_answers + count
+    wait_for(lambda: following.directory_answers >= target, what=f"{count} more session directory answers")
 
 
 def stream_session(port, tokens, session, participant, count, seed=0, first_seq=0, finish=True):
@@ -97,6 +122,12 @@ class SseReader:
         self._stop.set()
         self._client.close()
         self._thread.join(0.2)  # a blocked read ends when the dashboard stops
+
+
+def latest_state(reader: SseReader) -> str | None:
+    """The session state the latest score or session event on the stream carried."""
+    states = [data["session"]["state"] for kind, data in list(reader.events) if kind in ("score", "session")]
+    return states[-1] if states else None
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -265,20 +296,23 @@ def test_without_a_participant_list_the_overview_lists_the_directorys_sessions_w
     # a scoped token discovers only what it may read
     with dashboard_for(server.port, tokens.by_name["reader-p1"], [], discover_interval=0.3) as dashboard:
         wait_for(lambda: rows(dashboard), what="p1's session")
-        time.sleep(1.0)  # a few more discovery rounds
+        directory_rounds(dashboard, 3)
         data = overview(dashboard)
         assert [s["session_id"] for s in data["sessions"]] == ["p1-live"]
         assert [p["participant_id"] for p in data["connection"]["participants"]] == ["p1"]
 
 
 def test_the_directory_overview_leaves_out_sessions_older_than_the_recent_window(server, tokens):
-    stream_session(server.port, tokens, "p7-old", "p7", 1, seed=8)
-    time.sleep(2.5)
-    with dashboard_for(server.port, tokens.by_name["admin"], [], discover_interval=0.2,
+    [old] = scored_times(stream_session(server.port, tokens, "p7-old", "p7", 1, seed=8))
+    # The dashboard's clock stands just past the end of p7-old's window: p7-old is too old for the
+    # overview, while any score from now on is recent.
+    clock = ManualClock(old + 2.0 + 0.001)
+    with dashboard_for(server.port, tokens.by_name["admin"], [], clock=clock, discover_interval=0.2,
                        recent_seconds=2.0) as dashboard:
-        time.sleep(1.0)  # a few discovery rounds
+        directory_rounds(dashboard, 3)
         assert rows(dashboard) == {}
-        stream_session(server.port, tokens, "p7-fresh", "p7", 1, seed=9, finish=False)
+        [fresh] = scored_times(stream_session(server.port, tokens, "p7-fresh", "p7", 1, seed=9, finish=False))
+        assert fresh > clock() - 2.0
         wait_for(lambda: "p7-fresh" in rows(dashboard), what="p7-fresh")
         assert "p7-old" not in rows(dashboard)
         # the participant's page still has the whole history
@@ -286,6 +320,7 @@ def test_the_directory_overview_leaves_out_sessions_older_than_the_recent_window
         wait_for(lambda: len(get_json(f"{dashboard.url}api/p/{participant['ref']}")["sessions"]) == 2,
                  what="p7's two sessions")
         # once its latest score is older than the window, the session leaves the overview
+        clock.advance(fresh + 2.0 + 0.001 - clock())
         wait_for(lambda: "p7-fresh" not in rows(dashboard), what="p7-fresh to leave the overview")
 
 
@@ -344,9 +379,12 @@ def test_session_event_stream_carries_only_that_session(server, tokens):
             stream_session(server.port, tokens, "other", "p1", 2, seed=7)
             stream_session(server.port, tokens, "watched", "p1", 2, seed=8, first_seq=1)
             wait_for(lambda: len(reader.of("score")) >= 2, what="the watched session's scores")
-            time.sleep(0.3)
+            # Its end reaches this stream (at least one 0.3 s state check after its last score) behind
+            # every event the feed published before it, the other session's included.
+            wait_for(lambda: latest_state(reader) == "finished", what="the watched session to finish")
             assert [(s["session"]["session_id"], s["point"]["seq"]) for s in reader.of("score")] == [
                 ("watched", 1), ("watched", 2)]
+            assert {s["session"]["session_id"] for s in reader.of("session")} <= {"watched"}
         finally:
             reader.close()
 
@@ -401,7 +439,7 @@ def test_an_expected_session_has_a_page_that_fills_in_when_its_first_score_arriv
 
 
 def test_sessions_read_interrupted_then_finished_with_late_scores_and_gaps_by_cause(server, tokens):
-    from moodstream.dashboard.feed import CAUSE_DELAYED, CAUSE_NO_SPEECH
+    from moodstream.dashboard.view_state import CAUSE_DELAYED, CAUSE_NO_SPEECH
 
     pcm = make_chunks(3, seed=13, seconds=1.0)
 
@@ -411,10 +449,12 @@ def test_sessions_read_interrupted_then_finished_with_late_scores_and_gaps_by_ca
     with dashboard_for(server.port, tokens.by_name["reader-p1"], ["p1"], late_seconds=1.0, gap_seconds=3.0,
                        idle_seconds=30.0) as dashboard:
         with stub_for(server.port) as stub:
-            stream(stub, [header("timeline", "p1"), at(0, 0.0)], tokens.metadata("agent"))
+            [first] = scored_times(stream(stub, [header("timeline", "p1"), at(0, 0.0)], tokens.metadata("agent")))
             session = wait_for(lambda: (s := overview(dashboard)["sessions"]) and s[0]["state"] == "interrupted"
                                and s[0], what="the session to read interrupted (no End)")
-            time.sleep(2.5)  # chunk 1 was recorded 1 s in, but reaches the server 2.5 s later
+            # Chunk 1 was recorded 1 s in, but reaches the server 2.5 s after chunk 0 was scored. Lateness
+            # is measured on the scoring server's own clock, which no test clock moves: this is real time.
+            time.sleep(max(0.0, first + 2.5 - time.time()))
             stream(stub, [header("timeline", "p1"), at(1, 1.0), at(2, 10.0), end(2)], tokens.metadata("agent"))
         wait_for(lambda: overview(dashboard)["sessions"][0]["state"] == "finished", what="finished after End")
         points = get_json(f"{dashboard.url}api/s/{session['ref']}")["points"]

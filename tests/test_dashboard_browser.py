@@ -32,6 +32,18 @@ return red / canvas.width;
 """
 
 
+# True once a chart is drawn at its container's width: it follows a window resize 100 ms later.
+CHART_SIZED_SCRIPT = """
+const node = document.getElementById(arguments[0]), canvas = node.querySelector('canvas');
+if (!canvas) return false;
+return Math.round(canvas.getBoundingClientRect().width) === Math.max(240, Math.floor(node.getBoundingClientRect().width));
+"""
+
+
+def wait_for_chart_size(driver, chart="chart"):
+    wait_until(driver, lambda d: d.execute_script(CHART_SIZED_SCRIPT, chart), f"{chart} to follow the resize")
+
+
 def row_states(driver) -> list[str]:
     """The overview's session states, top to bottom (read in one go: rows are redrawn on every event)."""
     return driver.execute_script("return [...document.querySelectorAll('tr.session-row')]"
@@ -203,7 +215,7 @@ def test_a_session_through_an_outage_to_its_end_reads_true_at_desktop_and_phone_
         wait_until(browser, lambda d: chart_points(d, "history-chart") == 2, "the participant's history")
         for size, name in ((PHONE, "390"), (DESKTOP, "1280")):
             set_viewport(browser, size)
-            time.sleep(0.4)  # the chart follows the resize after 100 ms
+            wait_for_chart_size(browser, "history-chart")
             low, high = json.loads(by_id(browser, "history-chart").get_attribute("data-x-range"))
             assert high - low == pytest.approx(86400)
             assert_axis_labels_apart(browser, "history-chart")

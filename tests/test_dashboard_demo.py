@@ -15,16 +15,9 @@ from moodstream.dashboard.server import BackgroundDashboard
 from moodstream.samples import DEMO_CHECKPOINT
 from moodstream.model import ScreeningModel
 from moodstream.model_description import ModelDescription
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(value, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not (result := value()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-    return result
 
 
 def test_demo_dashboard_opens_on_the_demo_session_lets_a_second_viewer_join_and_stops_cleanly_on_ctrl_c(tmp_path):
@@ -71,7 +64,8 @@ def test_demo_dashboard_opens_on_the_demo_session_lets_a_second_viewer_join_and_
         with BackgroundDashboard(config) as second:
             # the second viewer replays the session's updates from its feed: wait until it has all of them
             [first] = wait_for(lambda: [s for s in httpx.get(f"{second.url}api/overview", timeout=10).json()["sessions"]
-                                        if s["session_id"] == "demo-dash" and s["segments"] == len(detail["points"])])
+                                        if s["session_id"] == "demo-dash" and s["segments"] == len(detail["points"])],
+                               what="every score of the demo session on the second viewer", timeout=30)
             assert first["model"]["described"]
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C

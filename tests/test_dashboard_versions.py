@@ -10,7 +10,7 @@ from moodstream.dashboard.server import BackgroundDashboard
 from server_harness import chunk, end, header, make_chunks, stream, stub_for, tiny_model
 from browser_harness import (DESKTOP, PHONE, assert_fits, browser, by_id, needs_chromium,  # noqa: F401
                              set_viewport, wait_until)
-from test_dashboard_browser import assert_threshold_drawn, chart_points, shot
+from test_dashboard_browser import assert_threshold_drawn, chart_points, shot, wait_for_chart_size
 from test_model_repository import info, models_server, set_current
 from test_model_repository import wait_for as wait_for_server
 
@@ -69,7 +69,7 @@ def test_a_participants_sessions_under_two_versions_are_charted_one_version_at_a
             assert by_id(browser, "legend-threshold").text == "0.50"
             assert old.model_version in chart.get_attribute("aria-label")
             set_viewport(browser, PHONE)
-            time.sleep(0.4)
+            wait_for_chart_size(browser, "history-chart")
             assert_fits(browser, "participant with two versions at 390")
             shot(browser, "participant-two-versions-390")
         finally:
