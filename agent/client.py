@@ -26,6 +26,7 @@ from pathlib import Path
 
 import grpc
 
+from moodstream.backoff import Backoff
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 from moodstream.wire import SAMPLE_RATE, bearer_metadata, open_channel, speech_settings_of
@@ -141,11 +142,11 @@ class RetryPolicy:
     # the last progress) before the agent gives up; the outbox keeps the chunks.
     max_total_seconds: float = 300.0
 
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        ceiling = min(self.max_delay_seconds, self.initial_delay_seconds * (2 ** attempt))
+    @property
+    def backoff(self) -> Backoff:
         # "Equal jitter": at least half the exponential step, so agents that lost the same
         # server do not come back in lockstep, yet none retries immediately.
-        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+        return Backoff(base_seconds=self.initial_delay_seconds, cap_seconds=self.max_delay_seconds, jitter=0.5)
 
 
 @dataclass
@@ -235,6 +236,7 @@ class SessionDelivery:
 
     def run(self) -> DeliveryStats:
         attempt = 0
+        waits = self.retry.backoff.waits(self._rng)
         outage_started: float | None = None
         while True:
             if self.abort.is_set():
@@ -268,6 +270,7 @@ class SessionDelivery:
                 raise
             if connection.progressed:  # the server was reachable and working: a new outage starts now
                 attempt, outage_started = 0, None
+                waits = self.retry.backoff.waits(self._rng)
             now = time.monotonic()
             if outage_started is None:
                 outage_started = now
@@ -277,7 +280,7 @@ class SessionDelivery:
                     f"gave up reaching {', '.join(self.addresses)} after {waited:.1f} s ({reason})"
                 ))
             # The last wait is cut to what the budget has left, so the agent tries for as long as it was told.
-            delay = min(self.retry.delay(attempt, self._rng), self.retry.max_total_seconds - waited)
+            delay = min(next(waits), self.retry.max_total_seconds - waited)
             attempt += 1
             self.stats.reconnects += 1
             failed = self.address

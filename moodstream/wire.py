@@ -17,6 +17,7 @@ import grpc
 from google.protobuf import json_format
 
 from moodstream import SCREENING_NOTICE, evidence_sufficient
+from moodstream.backoff import Backoff
 from moodstream.v1 import moodstream_pb2 as pb
 
 SAMPLE_RATE = 16000        # Hz, mono
@@ -96,6 +97,9 @@ def speech_settings_of(reply: pb.ModelInfo) -> dict | None:
     return {field.name: getattr(reply.speech, field.name) for field in reply.speech.DESCRIPTOR.fields}
 
 
+# A broken Subscribe is resumed after 0.5 s, 1 s, 2 s, 4 s, then every 5 s until an update arrives.
+SUBSCRIBE_BACKOFF = Backoff(base_seconds=0.5, cap_seconds=5.0)
+
 # What a Subscribe that broke off (an RpcError, or None: the server ended the stream) should do next:
 # seconds to wait before resuming, or None for the subscription's own backoff. Raise to stop.
 BreakHandler = Callable[[grpc.RpcError | None], float | None]
@@ -107,8 +111,8 @@ class Subscription:
     :meth:`follow` over a blocking one.
 
     A call that breaks off is made again from the last offset seen, so nothing is missed or
-    yielded twice; `on_break` decides how long to wait first (by default a backoff from
-    `initial_backoff` doubling up to `max_backoff`, reset by every update).
+    yielded twice; `on_break` decides how long to wait first (by default the next wait of `backoff`,
+    whose schedule starts again with every update).
     """
 
     stub: Any                      # a ScreeningStub, of a grpc.aio channel or a blocking one
@@ -116,14 +120,13 @@ class Subscription:
     metadata: Any
     on_break: BreakHandler
     offset: str = ""                # resume after this offset; then the last one yielded
-    initial_backoff: float = 0.5
-    max_backoff: float = 5.0
+    backoff: Backoff = SUBSCRIBE_BACKOFF
     call: Any = field(default=None, init=False)          # the Subscribe call now open
     call_started: float = field(default=0.0, init=False)  # its time.monotonic()
-    _backoff: float = field(default=0.0, init=False)
+    _waits: Iterator[float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._backoff = self.initial_backoff
+        self._waits = self.backoff.waits()
 
     def _call(self):
         request = pb.SubscribeRequest(participant_id=self.participant_id, after_offset=self.offset)
@@ -132,15 +135,13 @@ class Subscription:
         return self.call
 
     def _took(self, update: pb.ScoreUpdate) -> None:
-        self._backoff = self.initial_backoff
+        self._waits = self.backoff.waits()
         if update.offset:
             self.offset = update.offset
 
     def _delay_after(self, error: grpc.RpcError | None) -> float:
         delay = self.on_break(error)
-        if delay is None:
-            delay, self._backoff = self._backoff, min(self._backoff * 2, self.max_backoff)
-        return delay
+        return next(self._waits) if delay is None else delay
 
     async def __aiter__(self) -> AsyncIterator[pb.ScoreUpdate]:
         while True:
