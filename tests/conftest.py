@@ -27,12 +27,26 @@ def pool():
     return compile_proto()
 
 
+# ---------------------------------------------------------------------------
+# Scoring-server fixtures. A test module tunes them with module constants:
+#   MODEL_SEED      seed of the tiny model (3 where it names none)
+#   TOKEN_SCOPES    {name: (stream scope, read scope)} of its tokens file
+#                   (server_harness.USUAL_SCOPES where it names none)
+#   SERVER_OPTIONS  running_server's overrides for its `server` fixture
+#                   (settings, limits, TLS files, grpc_web_port, ...)
+# Servers come from one factory (server_harness.ServerFactory) in two
+# lifetimes: start_server's stop when the test ends and default to a Redis
+# database emptied for the test; start_module_server's stop when the module
+# ends and share the run's Redis, as module-scoped servers must.
+# ---------------------------------------------------------------------------
+
+
 @pytest.fixture(scope="module")
-def tokens(tmp_path_factory):
-    """A tokens file with the usual names and scopes (tests/server_harness.py), one per test module."""
+def tokens(request, tmp_path_factory):
+    """The test module's tokens file: its TOKEN_SCOPES, or the usual names and scopes."""
     from server_harness import write_tokens
 
-    return write_tokens(tmp_path_factory.mktemp("tokens"))
+    return write_tokens(tmp_path_factory.mktemp("tokens"), getattr(request.module, "TOKEN_SCOPES", None))
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +55,45 @@ def model(request):
     from server_harness import tiny_model
 
     return tiny_model(seed=getattr(request.module, "MODEL_SEED", 3))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model, tmp_path_factory):
+    """The module's `model` saved as a checkpoint folder, for servers run as processes."""
+    directory = tmp_path_factory.mktemp("checkpoint") / "tiny"
+    model.save_pretrained(directory)
+    return directory
+
+
+def _server_factory(request, redis_url):
+    from server_harness import ServerFactory
+
+    return ServerFactory(model=lambda: request.getfixturevalue("model"),
+                         tokens=lambda: request.getfixturevalue("tokens"), redis_url=redis_url)
+
+
+@pytest.fixture
+def start_server(request):
+    """start_server(**options): a running scoring server, stopped when the test ends; start_server.running(...)
+    for one stopped at the end of a `with` block. Unless told otherwise (model=, tokens=, redis_url=, and
+    running_server's overrides) it runs the module's model and tokens on a Redis database emptied for the test."""
+    factory = _server_factory(request, lambda: request.getfixturevalue("redis_url"))
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def start_module_server(request):
+    """As start_server, for servers that stay up for the whole test module, on the run's shared Redis."""
+    factory = _server_factory(request, lambda: request.getfixturevalue("redis_server").url)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def server(request, start_module_server):
+    """The test module's scoring server (its SERVER_OPTIONS), up for the whole module."""
+    return start_module_server(**getattr(request.module, "SERVER_OPTIONS", {}))
 
 
 @pytest.fixture

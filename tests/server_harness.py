@@ -67,15 +67,18 @@ class Tokens:
         return [("authorization", f"Bearer {self.by_name[name]}")]
 
 
-def write_tokens(directory: Path) -> Tokens:
+# name -> (participants it may stream for, participants it may read)
+USUAL_SCOPES = {
+    "agent": (["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9"], []),
+    "agent-p1": (["p1"], []),
+    "reader-p1": ([], ["p1"]),
+    "admin": (["*"], ["*"]),
+}
+
+
+def write_tokens(directory: Path, scopes: dict[str, tuple[list[str], list[str]]] | None = None) -> Tokens:
     tokens = Tokens(directory / "tokens.json")
-    scopes = {
-        "agent": (["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9"], []),
-        "agent-p1": (["p1"], []),
-        "reader-p1": ([], ["p1"]),
-        "admin": (["*"], ["*"]),
-    }
-    for name, (stream, read) in scopes.items():
+    for name, (stream, read) in (USUAL_SCOPES if scopes is None else scopes).items():
         tokens.by_name[name] = create_token(tokens.path, name, stream, read)
     return tokens
 
@@ -87,6 +90,36 @@ def running_server(model, redis_url: str, tokens: Tokens, **overrides):
     config = ServerConfig(checkpoint="", redis_url=redis_url, port=0, tokens_file=tokens.path, **options)
     with BackgroundServer(config, model) as server:
         yield server
+
+
+class ServerFactory:
+    """Starts scoring servers (running_server) and stops every one of them at close().
+
+    Whatever a call leaves out comes from `defaults`: callables giving the model, the Tokens and the
+    Redis URL, asked only when needed (so a test that brings its own never builds or empties the others).
+    Every server carries the `redis_url` and `tokens` it was started with.
+    """
+
+    def __init__(self, *, model, tokens, redis_url) -> None:
+        self._defaults = {"model": model, "tokens": tokens, "redis_url": redis_url}
+        self._started = contextlib.ExitStack()
+
+    def __call__(self, **options) -> BackgroundServer:
+        """A running server that stays up until close()."""
+        return self._started.enter_context(self.running(**options))
+
+    @contextlib.contextmanager
+    def running(self, *, model=None, tokens: Tokens | None = None, redis_url: str | None = None, **overrides):
+        """A running server for a `with` block: for a test that needs it stopped before the test ends."""
+        model = self._defaults["model"]() if model is None else model
+        tokens = self._defaults["tokens"]() if tokens is None else tokens
+        redis_url = self._defaults["redis_url"]() if redis_url is None else redis_url
+        with running_server(model, redis_url, tokens, **overrides) as server:
+            server.redis_url, server.tokens = redis_url, tokens
+            yield server
+
+    def close(self) -> None:
+        self._started.close()
 
 
 @contextlib.contextmanager

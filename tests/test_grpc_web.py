@@ -14,7 +14,7 @@ import pytest
 from sonora import protocol
 
 from raw_client import RawClient
-from server_harness import make_chunks, offline_score, redis_keys, running_server
+from server_harness import make_chunks, offline_score, redis_keys
 
 Code = grpc.StatusCode
 SERVICE = "/moodstream.v1.Screening"
@@ -22,14 +22,7 @@ PAGE_ORIGIN = "https://record.example"
 
 
 MODEL_SEED = 12  # the conftest's `model` fixture: the tiny model of this seed
-
-
-@pytest.fixture(scope="module")
-def server(model, redis_server, tokens):
-    with running_server(model, redis_server.url, tokens, grpc_web_port=0,
-                        grpc_web_origins=(PAGE_ORIGIN,)) as running:
-        running.redis_url = redis_server.url
-        yield running
+SERVER_OPTIONS = {"grpc_web_port": 0, "grpc_web_origins": (PAGE_ORIGIN,)}  # the conftest's `server` fixture
 
 
 @pytest.fixture
@@ -153,14 +146,13 @@ def test_cors_admits_the_configured_page_origin_only(server, web):
     assert "access-control-allow-origin" not in refused.headers
 
 
-def test_grpc_web_is_served_with_the_same_tls_files(model, redis_server, tokens, pool, tmp_path):
+def test_grpc_web_is_served_with_the_same_tls_files(start_module_server, tokens, pool, tmp_path):
     from certs import CertificateAuthority
 
     authority = CertificateAuthority.create(tmp_path, "web-ca")
     issued = authority.issue(tmp_path, "server", server=True)
     raw = RawClient(None, pool)
-    with running_server(model, redis_server.url, tokens, grpc_web_port=0, tls_cert=issued.cert,
-                        tls_key=issued.key) as running:
+    with start_module_server.running(grpc_web_port=0, tls_cert=issued.cert, tls_key=issued.key) as running:
         url = f"https://127.0.0.1:{running.server.grpc_web_port}"
         with httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=authority.cert), timeout=30) as secure:
             outcome = call(secure, raw, "PutChunk", put_chunk(raw, "web-tls", 0, make_chunks(1, seed=33)[0]),
@@ -171,7 +163,7 @@ def test_grpc_web_is_served_with_the_same_tls_files(model, redis_server, tokens,
                 plain.post(f"{SERVICE}/PutChunk", content=b"")
 
 
-def test_a_grpc_web_port_in_use_is_refused_at_start(model, redis_server, tokens):
+def test_a_grpc_web_port_in_use_is_refused_at_start(start_module_server):
     import socket
 
     with socket.socket() as taken:
@@ -179,5 +171,5 @@ def test_a_grpc_web_port_in_use_is_refused_at_start(model, redis_server, tokens)
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(ValueError, match=f"--grpc-web-port {port}"):
-            with running_server(model, redis_server.url, tokens, grpc_web_port=port):
+            with start_module_server.running(grpc_web_port=port):
                 pass

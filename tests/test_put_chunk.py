@@ -4,21 +4,14 @@ import pytest
 
 from moodstream.server.service import ServiceSettings
 from raw_client import RawClient, client_for
-from server_harness import make_chunks, offline_score, redis_keys, running_server
+from server_harness import make_chunks, offline_score, redis_keys
 
 Code = grpc.StatusCode
 GOOD = make_chunks(1, seed=11)[0]
 
 
 MODEL_SEED = 8  # the conftest's `model` fixture: the tiny model of this seed
-
-
-@pytest.fixture(scope="module")
-def server(model, redis_server, tokens):
-    settings = ServiceSettings(max_seq_ahead=16, redis_retry_seconds=2)
-    with running_server(model, redis_server.url, tokens, settings=settings) as running:
-        running.redis_url = redis_server.url
-        yield running
+SERVER_OPTIONS = {"settings": ServiceSettings(max_seq_ahead=16, redis_retry_seconds=2)}  # the conftest's `server`
 
 
 def session_header(raw: RawClient, session: str, participant: str = "p1", **fields):

@@ -12,10 +12,11 @@ from moodstream.model import ScreeningModel
 from moodstream.v1 import moodstream_pb2 as pb
 from process_harness import offline_vectors, stored_session, windowed_stream
 from server_harness import make_chunks, offline_score, running_server, stub_for
-from test_faults import agent_chunks, assert_matches_offline, checkpoint, model  # noqa: F401 (fixtures)
+from test_faults import agent_chunks, assert_matches_offline
 from test_pipeline_e2e import interview_file
 
 TOLERANCE = 1e-5
+MODEL_SEED = 11  # the conftest's `model` fixture, which its `checkpoint` fixture saves for server processes
 ROOT = Path(__file__).resolve().parents[1]
 
 

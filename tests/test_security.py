@@ -18,13 +18,12 @@ from moodstream.server.app import ServerConfig, server_credentials
 from moodstream.server.auth import create_token, load_tokens
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
-from server_harness import (Tokens, chunk, end, header, make_chunks, redis_keys, running_server, stream, stub_for,
-                            tiny_model)
+from server_harness import chunk, end, header, make_chunks, redis_keys, stream, stub_for
 
 GOOD = make_chunks(1, seed=5)[0]
 Code = grpc.StatusCode
 
-SCOPES = {
+TOKEN_SCOPES = {  # the conftest's `tokens` fixture
     "a-both": (["pA"], ["pA"]),
     "a-stream": (["pA"], []),
     "a-read": ([], ["pA"]),
@@ -37,29 +36,19 @@ MODEL_SEED = 4  # the conftest's `model` fixture: the tiny model of this seed
 
 
 @pytest.fixture(scope="module")
-def tokens(tmp_path_factory):
-    tokens = Tokens(tmp_path_factory.mktemp("tokens") / "tokens.json")
-    for name, (stream_scope, read_scope) in SCOPES.items():
-        tokens.by_name[name] = create_token(tokens.path, name, stream_scope, read_scope)
-    return tokens
-
-
-@pytest.fixture(scope="module")
-def server(model, redis_server, tokens):
+def server(start_module_server, redis_server, tokens):
     """One server for the module with a session of A ("sa") and one of B ("sb") already scored."""
     import redis
 
     client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
     client.close()
-    with running_server(model, redis_server.url, tokens) as running:
-        with stub_for(running.port) as stub:
-            for session, participant, token in (("sa", "pA", "a-both"), ("sb", "pB", "b-both")):
-                replies = stream(stub, [header(session, participant), chunk(0, GOOD), end(0)],
-                                 tokens.metadata(token))
-                assert [r.WhichOneof("message") for r in replies] == ["ack", "score"]
-        running.redis_url = redis_server.url
-        yield running
+    running = start_module_server()
+    with stub_for(running.port) as stub:
+        for session, participant, token in (("sa", "pA", "a-both"), ("sb", "pB", "b-both")):
+            replies = stream(stub, [header(session, participant), chunk(0, GOOD), end(0)], tokens.metadata(token))
+            assert [r.WhichOneof("message") for r in replies] == ["ack", "score"]
+    return running
 
 
 def session_keys(redis_url: str, session: str) -> list[str]:
@@ -227,17 +216,13 @@ def pki(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tls_server(model, redis_server, tokens, pki):
-    with running_server(model, redis_server.url, tokens, tls_cert=pki["server"].cert,
-                        tls_key=pki["server"].key) as running:
-        yield running
+def tls_server(start_module_server, pki):
+    return start_module_server(tls_cert=pki["server"].cert, tls_key=pki["server"].key)
 
 
 @pytest.fixture(scope="module")
-def mtls_server(model, redis_server, tokens, pki):
-    with running_server(model, redis_server.url, tokens, tls_cert=pki["server"].cert, tls_key=pki["server"].key,
-                        tls_client_ca=pki["ca"].cert) as running:
-        yield running
+def mtls_server(start_module_server, pki):
+    return start_module_server(tls_cert=pki["server"].cert, tls_key=pki["server"].key, tls_client_ca=pki["ca"].cert)
 
 
 def secure_stub(port: int, ca, client=None):

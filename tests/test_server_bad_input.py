@@ -4,8 +4,7 @@ import pytest
 
 from moodstream.server.service import ServiceSettings
 from moodstream.v1 import moodstream_pb2 as pb
-from server_harness import (chunk, end, header, make_chunks, redis_keys, running_server, stream, stub_for,
-                            tiny_model)
+from server_harness import chunk, end, header, make_chunks, redis_keys, stream, stub_for
 
 GOOD = make_chunks(1, seed=0)[0]
 Code = grpc.StatusCode
@@ -19,10 +18,9 @@ MODEL_SEED = 2  # the conftest's `model` fixture: the tiny model of this seed
 
 
 @pytest.fixture
-def server(model, redis_url, tokens):
-    settings = ServiceSettings(max_seq_ahead=16, max_pending_chunks=3, redis_retry_seconds=2)
-    with running_server(model, redis_url, tokens, settings=settings) as running:
-        yield running
+def server(start_server):
+    """A server of its own per test: each test's checks that nothing was stored start from an empty Redis."""
+    return start_server(settings=ServiceSettings(max_seq_ahead=16, max_pending_chunks=3, redis_retry_seconds=2))
 
 
 def expect(stub, requests, metadata, code, fragment):
