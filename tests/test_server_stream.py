@@ -5,24 +5,19 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from moodstream.server.store_keys import VERSIONS_KEY
+from moodstream.server.store_keys import (DIRECTORY_PREFIX, VERSIONS_KEY, owner_key, participant_prefix,
+                                          session_model_key)
 from moodstream.v1 import moodstream_pb2 as pb
-from server_harness import (chunk, end, header, make_chunks, offline_score, redis_keys, running_server, stream,
-                            stub_for, tiny_model, write_tokens)
+from server_harness import chunk, end, header, make_chunks, offline_score, redis_keys, stream, stub_for
 
 
 MODEL_SEED = 1  # the conftest's `model` fixture: the tiny model of this seed
 
 
 @pytest.fixture
-def tokens(tmp_path):
-    return write_tokens(tmp_path)
-
-
-@pytest.fixture
-def server(model, redis_url, tokens):
-    with running_server(model, redis_url, tokens) as running:
-        yield running
+def server(start_server):
+    """A server of its own per test, on a Redis emptied for the test."""
+    return start_server()
 
 
 def scores_of(responses):
@@ -80,15 +75,15 @@ def test_resending_a_finished_session_changes_nothing(model, server, tokens):
     assert latest.segments == 3
 
 
-def test_a_server_restart_mid_session_ends_with_the_same_score(model, redis_url, tokens):
+def test_a_server_restart_mid_session_ends_with_the_same_score(model, start_server, tokens):
     chunks = make_chunks(6, seed=4)
-    with running_server(model, redis_url, tokens) as first:
+    with start_server.running() as first:
         with stub_for(first.port) as stub:
             partial = stream(stub, [header("restart", "p2")] + [chunk(s, chunks[s]) for s in range(3)],
                              tokens.metadata("agent"))
     assert [seq for seq, _ in acks_of(partial)] == [0, 1, 2]
     # a new replica takes over; the agent resends everything it has not seen acked (here: all)
-    with running_server(model, redis_url, tokens) as second:
+    with start_server.running() as second:
         with stub_for(second.port) as stub:
             rest = stream(stub, [header("restart", "p2")] + [chunk(s, c) for s, c in enumerate(chunks)] + [end(5)],
                           tokens.metadata("agent"))
@@ -171,8 +166,8 @@ def test_stored_vectors_are_the_encoder_output_and_no_audio_is_stored(model, ser
                tokens.metadata("agent"))
     keys = redis_keys(redis_url)
     assert not any(key.endswith(":audio") for key in keys)
-    assert all("{p:p1}" in key or key.startswith(("ms:session:", "ms:{directory}:")) or key == VERSIONS_KEY
-               for key in keys)
+    assert all(key.startswith((participant_prefix("p1"), DIRECTORY_PREFIX))
+               or key in (owner_key("stored"), session_model_key("stored"), VERSIONS_KEY) for key in keys)
 
 
 def test_scores_carry_their_speech_time_and_get_score_tells_open_interrupted_and_ended(server, tokens):
@@ -216,7 +211,7 @@ def test_scores_carry_their_speech_time_and_get_score_tells_open_interrupted_and
         assert {u.session_state for u in replayed} == {pb.SESSION_STATE_UNSPECIFIED}
 
 
-def test_no_label_before_the_checkpoints_minimum_speech(redis_url, tokens):
+def test_no_label_before_the_checkpoints_minimum_speech(start_server, tokens):
     torch = pytest.importorskip("torch")
     from moodstream.model import ModelConfig, ScreeningModel
 
@@ -225,7 +220,7 @@ def test_no_label_before_the_checkpoints_minimum_speech(redis_url, tokens):
     model = ScreeningModel(ModelConfig.tiny(min_evidence_segments=3, decision_threshold=0.01, calibration_bias=3.0))
     chunks = make_chunks(4, seed=11)
     requests = [header("evidence", "p1")] + [chunk(s, c) for s, c in enumerate(chunks)] + [end(3)]
-    with running_server(model, redis_url, tokens) as running, stub_for(running.port) as stub:
+    with start_server.running(model=model) as running, stub_for(running.port) as stub:
         scores = scores_of(stream(stub, requests, tokens.metadata("agent")))
         latest = stub.GetScore(pb.GetScoreRequest(session_id="evidence"), metadata=tokens.metadata("admin"))
     assert [s.HasField("evidence_sufficient") for s in scores] == [True] * 4

@@ -7,9 +7,9 @@ import redis
 from redis.cluster import RedisCluster
 
 from moodstream.server.store import CLAIM_TTL_SECONDS, DEFAULT_TTL_SECONDS
-from moodstream.server.store_keys import owner_key
+from moodstream.server.store_keys import SessionKeys, owner_key
 from raw_client import RawClient, acks
-from server_harness import make_chunks, running_server
+from server_harness import make_chunks
 
 CHUNKS = make_chunks(2, seed=8)
 Code = grpc.StatusCode
@@ -19,12 +19,13 @@ MODEL_SEED = 9  # the conftest's `model` fixture: the tiny model of this seed
 
 
 @pytest.fixture(params=["one replica", "3-master cluster"])
-def server(request, model, tokens):
+def server(request, start_server):
+    """A server per test on an emptied Redis: a single one, or a cluster."""
     cluster = request.param != "one replica"
-    url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
-    with running_server(model, url, tokens, redis_cluster=cluster) as running:
-        running.redis_url, running.cluster = url, cluster
-        yield running
+    running = start_server(redis_url=request.getfixturevalue("redis_cluster_url" if cluster else "redis_url"),
+                           redis_cluster=cluster)
+    running.cluster = cluster
+    return running
 
 
 def raw(channel, pool, tokens, name) -> RawClient:
@@ -140,7 +141,7 @@ def test_a_refusal_after_the_header_leaves_only_short_lived_claim_keys(server, c
     try:
         refused_owner_ttl = client.ttl(owner_key("p3-refused"))
         applied_owner_ttl = client.ttl(owner_key("p1-monday"))
-        record_key = f"ms:{{p:p3}}:{server.model_version}:s:p3-refused"
+        record_key = SessionKeys.build("p3", "p3-refused", server.model_version).session
         refused_keys = [key for key in (owner_key("p3-refused"), record_key) if client.exists(key)]
         refused_record_ttl = client.ttl(record_key)
     finally:

@@ -16,9 +16,10 @@ from moodstream.server.service import ServiceSettings
 from moodstream.server.state_cache import ScorerStateCache, state_nbytes
 from moodstream.server.redis_connection import connect
 from moodstream.server.session_directory import SessionDirectory
+from moodstream.server.store_keys import SessionKeys
 from moodstream.server.store_records import KnownState
 from raw_client import client_for
-from server_harness import make_chunks, offline_score, running_server
+from server_harness import make_chunks, offline_score
 
 MODEL_SEED = 6  # the conftest's `model` fixture: the tiny model of this seed
 CHUNKS = make_chunks(12, seed=31, seconds=2.0)
@@ -40,18 +41,17 @@ class Counted:
         self.hits, self.misses = lookups("hit") - self.start[0], lookups("miss") - self.start[1]
 
 
-def start(model, redis_url, tokens, cache_mb: float):
-    settings = ServiceSettings(redis_retry_seconds=2, state_cache_mb=cache_mb)
-    return running_server(model, redis_url, tokens, settings=settings)
+def with_cache(cache_mb: float) -> ServiceSettings:
+    return ServiceSettings(redis_retry_seconds=2, state_cache_mb=cache_mb)
 
 
 @pytest.fixture(scope="module")
-def servers(model, redis_server, tokens):
+def servers(start_module_server, redis_server):
     """Two replicas with the default cache and one without, on one Redis."""
-    with start(model, redis_server.url, tokens, ServiceSettings().state_cache_mb) as cached, \
-            start(model, redis_server.url, tokens, ServiceSettings().state_cache_mb) as twin, \
-            start(model, redis_server.url, tokens, 0) as uncached, \
-            grpc.insecure_channel(f"127.0.0.1:{cached.port}") as cached_channel, \
+    cached = start_module_server(settings=with_cache(ServiceSettings().state_cache_mb))
+    twin = start_module_server(settings=with_cache(ServiceSettings().state_cache_mb))
+    uncached = start_module_server(settings=with_cache(0))
+    with grpc.insecure_channel(f"127.0.0.1:{cached.port}") as cached_channel, \
             grpc.insecure_channel(f"127.0.0.1:{twin.port}") as twin_channel, \
             grpc.insecure_channel(f"127.0.0.1:{uncached.port}") as uncached_channel:
         yield {"cached": cached_channel, "twin": twin_channel, "uncached": uncached_channel,
@@ -117,15 +117,15 @@ def test_a_session_forgotten_and_recreated_to_the_same_length_is_not_served_from
 def test_rows_rewritten_behind_an_unchanged_head_are_not_served_from_the_cache(model, servers, pool, tokens):
     cached = client_for(servers["cached"], pool, tokens, "agent")
     probabilities(cached, "tail", CHUNKS[:3])
-    key = f"ms:{{p:p1}}:{model.model_version}:s:tail:rows"
+    keys = SessionKeys.build("p1", "tail", model.model_version)
     client = redis.Redis.from_url(servers["redis_url"])
     try:
-        rows = client.get(key)
+        rows = client.get(keys.rows)
         record = len(rows) // 3
-        client.set(key, rows[:-record] + rows[:record])  # same length, another last record
+        client.set(keys.rows, rows[:-record] + rows[:record])  # same length, another last record
         with pytest.raises(grpc.RpcError) as refused:
             put(cached, "tail", 3, CHUNKS[3])
-        assert client.hlen(f"ms:{{p:p1}}:{model.model_version}:s:tail:vectors") == 3
+        assert client.hlen(keys.vectors) == 3
     finally:
         client.close()
     assert refused.value.code() == grpc.StatusCode.DATA_LOSS
@@ -134,18 +134,18 @@ def test_rows_rewritten_behind_an_unchanged_head_are_not_served_from_the_cache(m
 def test_a_corrupt_head_is_still_data_loss_and_nothing_is_applied(model, servers, pool, tokens):
     cached = client_for(servers["cached"], pool, tokens, "agent")
     probabilities(cached, "broken", CHUNKS[:3])
-    key = f"ms:{{p:p1}}:{model.model_version}:s:broken"
+    keys = SessionKeys.build("p1", "broken", model.model_version)
     client = redis.Redis.from_url(servers["redis_url"])
     try:
-        head = bytearray(client.hget(key, "state"))
+        head = bytearray(client.hget(keys.session, "state"))
         head[40] ^= 0xFF
-        client.hset(key, "state", bytes(head))
+        client.hset(keys.session, "state", bytes(head))
         for _ in range(2):  # and again: the refused state was not cached either
             with pytest.raises(grpc.RpcError) as refused:
                 put(cached, "broken", 3, CHUNKS[3])
             assert refused.value.code() == grpc.StatusCode.DATA_LOSS
             assert "scorer state" in refused.value.details() and "broken" in refused.value.details()
-        assert client.hlen(key + ":vectors") == 3
+        assert client.hlen(keys.vectors) == 3
     finally:
         client.close()
 
@@ -157,10 +157,10 @@ def test_a_cache_of_zero_is_off(servers, pool, tokens):
     assert (counted.hits, counted.misses) == (0, 0)
 
 
-def test_a_cache_too_small_for_a_state_keeps_nothing_and_still_scores_exactly(model, redis_server, pool, tokens,
+def test_a_cache_too_small_for_a_state_keeps_nothing_and_still_scores_exactly(start_module_server, pool, tokens,
                                                                                 servers):
     reference = probabilities(client_for(servers["uncached"], pool, tokens, "agent"), "small-ref", CHUNKS[:4])
-    with start(model, redis_server.url, tokens, 1e-4) as tiny, \
+    with start_module_server.running(settings=with_cache(1e-4)) as tiny, \
             grpc.insecure_channel(f"127.0.0.1:{tiny.port}") as channel:
         with Counted() as counted:
             scores = probabilities(client_for(channel, pool, tokens, "agent"), "small", CHUNKS[:4])
