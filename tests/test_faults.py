@@ -23,7 +23,6 @@ import redis
 from prometheus_client import REGISTRY
 
 from moodstream.agent import CaptureSettings, FileSource, capture_chunks
-from moodstream.model import ScreeningModel
 from moodstream.compose.redis_process import RedisProcess
 from moodstream.server.service import ServiceSettings
 from moodstream.server.redis_connection import redis_retry
@@ -31,22 +30,12 @@ from moodstream.server.store import SessionStore
 from moodstream.v1 import moodstream_pb2 as pb
 from process_harness import offline_vectors, start_servers, stored_session, windowed_stream
 from raw_client import client_for
-from server_harness import make_chunks, offline_score, running_server, stub_for, tiny_model
+from server_harness import make_chunks, offline_score, running_server, stub_for
 from test_pipeline_e2e import interview_file
+from waiting import wait_for, wait_until_steady
 
 TOLERANCE = 1e-5
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("checkpoint") / "tiny"
-    tiny_model(seed=11).save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint):
-    return ScreeningModel.from_pretrained(checkpoint)
+MODEL_SEED = 11  # the conftest's `model` fixture, which its `checkpoint` fixture saves for server processes
 
 
 def agent_chunks(path) -> list[bytes]:
@@ -165,6 +154,9 @@ def redis_errors() -> float:
     return REGISTRY.get_sample_value("moodstream_redis_errors_total") or 0.0
 
 
+OUTAGE_FAILURES = 4  # failed attempts of the server's Redis calls (retries 50, 100, 200 ms apart) before Redis is back
+
+
 def test_redis_sigkilled_and_restarted_mid_session_loses_no_acked_chunk(model, tokens, tmp_path):
     path = interview_file(tmp_path / "interview.wav", seed=32, answers=5)
     chunks = agent_chunks(path)
@@ -177,11 +169,9 @@ def test_redis_sigkilled_and_restarted_mid_session_loses_no_acked_chunk(model, t
         acked_before = max(e["seq"] for e in agent.of_kind("ack"))
         store_process.kill()      # SIGKILL: only what was fsynced to the AOF survives
         # The agent keeps sending; keep Redis down until the server has met the outage (its next
-        # apply fails and is retried), and a little longer.
-        deadline = time.monotonic() + 20
-        while redis_errors() == errors_before and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(1.0)
+        # apply fails) and retried through it: every failed attempt counts in redis_errors.
+        wait_for(lambda: redis_errors() >= errors_before + OUTAGE_FAILURES, "the server to retry through the outage",
+                 timeout=20)
         store_process.start()     # same port, AOF replayed
         client = redis.Redis.from_url(store_process.url)
         try:
@@ -347,8 +337,8 @@ def test_a_stalled_subscriber_never_blocks_ingestion_and_then_sees_every_update_
                        for channel in channels]
             watched = windowed_stream(stub, "watched", "p6", chunks, metadata, last_seq=count - 1)
             assert watched.error is None
-            time.sleep(0.5)
-            held_back = sum(handed_to_subscribers)
+            # the stalled handlers read what they can until flow control holds them
+            held_back = wait_until_steady(lambda: sum(handed_to_subscribers), "the stalled handlers to settle")
             seen = [[update for _, update in zip(range(count), call)] for call in stalled]
             for call in stalled:
                 call.cancel()
@@ -377,10 +367,14 @@ def pb_stub(channel):
     return moodstream_pb2_grpc.ScreeningStub(channel)
 
 
+SUBSCRIBE_BLOCK_MS = 50
+
+
 def test_cancelled_subscribers_leave_no_handler_behind(model, redis_url, tokens):
     """A dashboard that reconnects often: each Subscribe it cancels must end on the server too.
     (A cancellation arriving during the handler's blocking Redis read used to be lost, leaving the
-    handler polling Redis forever.)"""
+    handler polling Redis forever.) Handlers block on Redis 50 ms at a time here, so a live one would
+    poll Redis 4 times in the 0.2 s watched at the end."""
     import redis as redis_sync
 
     chunks = make_chunks(3, seed=71, seconds=2.0)
@@ -393,7 +387,8 @@ def test_cancelled_subscribers_leave_no_handler_behind(model, redis_url, tokens)
         return REGISTRY.get_sample_value("moodstream_subscribers_active") or 0.0
 
     try:
-        with running_server(model, redis_url, tokens) as server, stub_for(server.port) as stub:
+        settings = ServiceSettings(subscribe_block_ms=SUBSCRIBE_BLOCK_MS)
+        with running_server(model, redis_url, tokens, settings=settings) as server, stub_for(server.port) as stub:
             assert windowed_stream(stub, "followed", "p1", dict(enumerate(chunks)), tokens.metadata("agent"),
                                    last_seq=2).error is None
             before = subscribers()
@@ -408,7 +403,7 @@ def test_cancelled_subscribers_leave_no_handler_behind(model, redis_url, tokens)
                 time.sleep(0.1)
             left_open = subscribers() - before
             polled = xread_calls()
-            time.sleep(2.5)  # a live handler polls Redis every subscribe_block_ms (1 s)
+            time.sleep(4 * SUBSCRIBE_BLOCK_MS / 1000)  # a live handler polls Redis every subscribe_block_ms
             polls_since = xread_calls() - polled
     finally:
         client.close()

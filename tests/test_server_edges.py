@@ -4,27 +4,22 @@ import time
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
+from prometheus_client import REGISTRY
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from moodstream.server.app import ConnectionLimits
 from moodstream.server.service import ServiceSettings
 from raw_client import acks, client_for
-from server_harness import make_chunks, running_server
+from server_harness import make_chunks
 from test_wire import FreezingProxy
+from waiting import wait_for
 
 GOOD = make_chunks(1, seed=3)[0]
 Code = grpc.StatusCode
 
 
 MODEL_SEED = 4  # the conftest's `model` fixture: the tiny model of this seed
-
-
-@pytest.fixture(scope="module")
-def server(model, redis_server, tokens):
-    settings = ServiceSettings(max_seq_ahead=16, max_pending_chunks=3, redis_retry_seconds=2)
-    with running_server(model, redis_server.url, tokens, settings=settings) as running:
-        running.redis_url = redis_server.url
-        yield running
+SERVER_OPTIONS = {"settings": ServiceSettings(max_seq_ahead=16, max_pending_chunks=3, redis_retry_seconds=2)}
 
 
 # -- calls that never end --------------------------------------------------------------------------
@@ -50,9 +45,9 @@ def test_calls_closed_without_a_request_message_end_at_once(server, channel, poo
     assert health == b"\x08\x01"  # status: SERVING
 
 
-def test_a_connection_is_cut_after_its_age_and_grace(model, redis_url, tokens, pool):
+def test_a_connection_is_cut_after_its_age_and_grace(start_server, tokens, pool):
     limits = ConnectionLimits(max_age_seconds=1.0, max_age_grace_seconds=1.0)
-    with running_server(model, redis_url, tokens, limits=limits) as running, \
+    with start_server.running(limits=limits) as running, \
             grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         raw = client_for(channel, pool, tokens, "admin")
         started = time.monotonic()
@@ -63,15 +58,63 @@ def test_a_connection_is_cut_after_its_age_and_grace(model, redis_url, tokens, p
         assert time.monotonic() - started < 15
 
 
-def test_the_server_drops_a_half_open_connection_after_its_keepalive_and_timeout(model, redis_url, tokens, pool):
+class PingWatchingProxy(FreezingProxy):
+    """A FreezingProxy that reads the HTTP/2 frames it relays, to tell when a PING of the server was
+    answered by the client."""
+
+    PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    PING, ACK = 6, 1
+
+    def __init__(self, target_port: int):
+        self.opened = time.monotonic()
+        self._sent_pings: dict[bytes, float] = {}  # payload of a server PING -> when it passed
+        self.answered_pings: list[float] = []  # when each server PING the client acknowledged had passed
+        super().__init__(target_port)
+
+    def _relay(self, source, sink, from_server: bool):
+        super()._relay(source, FrameTap(sink, self._frame, from_server), from_server)
+
+    def _frame(self, kind: int, flags: int, payload: bytes, from_server: bool) -> None:
+        if kind != self.PING:
+            return
+        if from_server and not flags & self.ACK:
+            self._sent_pings[payload] = time.monotonic()
+        elif not from_server and flags & self.ACK and payload in self._sent_pings:
+            self.answered_pings.append(self._sent_pings.pop(payload))
+
+    def answered_a_ping_sent_after(self, seconds: float) -> bool:
+        return any(sent - self.opened >= seconds for sent in self.answered_pings)
+
+
+class FrameTap:
+    """The sending side of one relay direction: forwards what it is given and reports each whole frame."""
+
+    def __init__(self, sink, on_frame, from_server: bool):
+        self.sink, self.on_frame, self.from_server = sink, on_frame, from_server
+        self.pending = b"" if from_server else None  # None: the client's preface is still to come
+
+    def sendall(self, data: bytes) -> None:
+        self.sink.sendall(data)
+        if self.pending is None:
+            self.pending, data = b"", data[len(PingWatchingProxy.PREFACE):]
+        self.pending += data
+        while len(self.pending) >= 9 and len(self.pending) >= 9 + int.from_bytes(self.pending[:3], "big"):
+            length = int.from_bytes(self.pending[:3], "big")
+            self.on_frame(self.pending[3], self.pending[4], self.pending[9:9 + length], self.from_server)
+            self.pending = self.pending[9 + length:]
+
+
+def test_the_server_drops_a_half_open_connection_after_its_keepalive_and_timeout(start_server, tokens, pool):
     limits = ConnectionLimits(keepalive_seconds=1.0, keepalive_timeout_seconds=1.0)
-    with running_server(model, redis_url, tokens, limits=limits) as running:
-        proxy = FreezingProxy(running.port)
+    with start_server.running(limits=limits) as running:
+        proxy = PingWatchingProxy(running.port)
         try:
             with grpc.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
                 raw = client_for(channel, pool, tokens, "admin")
                 call = raw.server_stream("Subscribe", raw.request("Subscribe", participant_id="p1"), timeout=60)
-                time.sleep(1.5)  # the call is open and the server's pings are answered
+                # the call is open and the server's keepalive ping, due after keepalive_seconds, was answered
+                wait_for(lambda: proxy.answered_a_ping_sent_after(limits.keepalive_seconds),
+                         "an answered keepalive ping", timeout=30)
                 assert not proxy.server_hung_up.is_set()
                 proxy.frozen.set()
                 started = time.monotonic()
@@ -83,9 +126,9 @@ def test_the_server_drops_a_half_open_connection_after_its_keepalive_and_timeout
     assert hung_up and waited <= limits.keepalive_seconds + limits.keepalive_timeout_seconds + 5, waited
 
 
-def test_an_idle_connection_is_closed(model, redis_url, tokens, pool):
+def test_an_idle_connection_is_closed(start_server, tokens, pool):
     limits = ConnectionLimits(max_idle_seconds=1.0)
-    with running_server(model, redis_url, tokens, limits=limits) as running, \
+    with start_server.running(limits=limits) as running, \
             grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         states = []
         channel.subscribe(states.append)
@@ -106,14 +149,19 @@ def wait_for_state(states, wanted, after, seconds=10.0):
     return states.index(wanted, after)
 
 
-def test_concurrent_calls_per_connection_are_bounded(model, redis_url, tokens, pool):
+def subscribers_active() -> float:
+    return REGISTRY.get_sample_value("moodstream_subscribers_active") or 0.0
+
+
+def test_concurrent_calls_per_connection_are_bounded(start_server, tokens, pool):
     limits = ConnectionLimits(max_concurrent_streams=4)
-    with running_server(model, redis_url, tokens, limits=limits) as running, \
+    with start_server.running(limits=limits) as running, \
             grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         raw = client_for(channel, pool, tokens, "admin")
+        before = subscribers_active()
         held = [raw.server_stream("Subscribe", raw.request("Subscribe", participant_id=f"p{i}"), timeout=60)
                 for i in range(1, 5)]
-        time.sleep(1.0)
+        wait_for(lambda: subscribers_active() >= before + 4, "the four held calls open on the server", timeout=30)
         with pytest.raises(grpc.RpcError) as info:  # the fifth call waits for a free stream
             raw.unary("GetScore", raw.request("GetScore", session_id="any"), timeout=2)
         assert info.value.code() == Code.DEADLINE_EXCEEDED

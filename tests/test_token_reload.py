@@ -10,7 +10,7 @@ import pytest
 from moodstream.compose.cli import main
 from moodstream.server.auth import create_token, revoke_token
 from raw_client import RawClient
-from server_harness import make_chunks, running_server, write_tokens
+from server_harness import make_chunks, write_tokens
 
 BOUND_SECONDS = 2.0  # RELOAD_SECONDS + ServiceSettings.token_check_seconds, as docs and --help state
 GOOD = make_chunks(1, seed=6)[0]
@@ -22,13 +22,13 @@ MODEL_SEED = 7  # the conftest's `model` fixture: the tiny model of this seed
 
 @pytest.fixture
 def tokens(tmp_path):
+    """A tokens file per test: the tests rewrite it."""
     return write_tokens(tmp_path)
 
 
 @pytest.fixture
-def replicas(model, redis_url, tokens):
-    with running_server(model, redis_url, tokens) as first, running_server(model, redis_url, tokens) as second:
-        yield first, second
+def replicas(start_server):
+    return start_server(), start_server()
 
 
 @contextlib.contextmanager
@@ -74,10 +74,12 @@ def test_a_token_created_and_revoked_while_replicas_run_needs_no_restart(replica
 def test_a_revoked_tokens_open_calls_end_unauthenticated(replicas, tokens, pool):
     agent_token = create_token(tokens.path, "kiosk-leaked", ["p1"], [])
     reader_token = create_token(tokens.path, "reader-leaked", [], ["p1"])
-    time.sleep(BOUND_SECONDS + 0.2)
     release = threading.Event()
     with raw_clients(replicas[:1], pool, agent_token) as (agent,), \
             raw_clients(replicas[1:], pool, reader_token) as (reader,):
+        for client in (agent, reader):  # each replica has read the new tokens
+            seconds_until(lambda: answer(client) != Code.UNAUTHENTICATED)
+
         def requests():
             yield agent.header("leak", "p1")
             yield agent.chunk(0, GOOD)
@@ -121,10 +123,14 @@ def test_a_revoked_tokens_open_calls_end_unauthenticated(replicas, tokens, pool)
         assert after <= BOUND_SECONDS + 0.5, (name, after)
 
 
-def test_a_broken_tokens_file_keeps_the_tokens_read_before(replicas, tokens, pool):
+def test_a_broken_tokens_file_keeps_the_tokens_read_before(replicas, tokens, pool, caplog):
     good = tokens.path.read_text()
     tokens.path.write_text("{ not json")
-    time.sleep(BOUND_SECONDS + 0.2)
+
+    def refusals_of_the_broken_file() -> int:
+        return sum("is unusable; keeping" in record.getMessage() for record in caplog.records)
+
+    seconds_until(lambda: refusals_of_the_broken_file() >= len(replicas))  # every replica has tried to read it
     with raw_clients(replicas[:1], pool, tokens.by_name["admin"]) as (client,):
         assert answer(client) == Code.NOT_FOUND
     tokens.path.write_text(good)
