@@ -35,9 +35,10 @@ from moodstream.agent import FileSource, PcmStreamSource, SourceError
 from moodstream.model import ScorerState, StateError
 from moodstream.server.rpc_errors import StreamAbort
 from moodstream.server.session_stream import decode_pcm
-from moodstream.server.store_keys import VERSIONS_KEY
+from moodstream.server.store_keys import (VERSIONS_KEY, SessionKeys, directory_key, owner_key, participant_prefix,
+                                          session_model_key)
 from moodstream.v1 import moodstream_pb2 as pb
-from server_harness import make_chunks, redis_keys, running_server, stub_for, tiny_model, write_tokens
+from server_harness import make_chunks, redis_keys, stub_for
 
 # A generous per-example deadline: the machines running this are shared and small.
 settings.register_profile("ci", derandomize=True, database=None, deadline=timedelta(seconds=5), print_blob=True,
@@ -291,12 +292,7 @@ TOO_LONG = make_chunks(1, seed=12, seconds=10.5)[0]
 REAL_MODEL = "<the server's model version>"             # replaced by the real one when a header is built
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(redis_server, tmp_path_factory):
-    tokens = write_tokens(tmp_path_factory.mktemp("fuzz-tokens"))
-    with running_server(tiny_model(seed=7), redis_server.url, tokens) as server:
-        server.tokens, server.redis_url = tokens, redis_server.url
-        yield server
+MODEL_SEED = 7  # the conftest's `model` fixture, which its `server` fixture runs for this module
 
 
 def flush(url: str) -> None:
@@ -437,9 +433,9 @@ def check_stream(server, sequence, clean: bool) -> None:
 
     client = redis.Redis.from_url(server.redis_url)
     try:
-        base = f"ms:{{p:{header['participant_id']}}}:{model_version}:s:{header['session_id']}"
-        stored = sorted(int(seq) for seq in client.hkeys(base + ":vectors"))
-        updates = client.xlen(base + ":updates") if client.exists(base + ":updates") else 0
+        session = SessionKeys.build(header["participant_id"], header["session_id"], model_version)
+        stored = sorted(int(seq) for seq in client.hkeys(session.vectors))
+        updates = client.xlen(session.updates) if client.exists(session.updates) else 0
     finally:
         client.close()
     sent_valid = {m[1] for m in sequence[1:] if m[0] == "chunk" and m[3] == ONE_SECOND and math.isfinite(m[2])
@@ -448,9 +444,9 @@ def check_stream(server, sequence, clean: bool) -> None:
     assert set(stored) <= sent_valid and acked <= set(stored), (stored, sent_valid, acked)
     assert updates == len(stored)
     assert not [key for key in keys if key.endswith(":audio")]
-    session_keys = (f"ms:session:{{{header['session_id']}}}:owner", f"ms:session:{{{header['session_id']}}}:model",
-                    f"ms:{{directory}}:{model_version}", VERSIONS_KEY)
-    assert all(key.startswith(f"ms:{{p:{header['participant_id']}}}:") or key in session_keys for key in keys), keys
+    session_keys = (owner_key(header["session_id"]), session_model_key(header["session_id"]),
+                    directory_key(model_version), VERSIONS_KEY)
+    assert all(key.startswith(participant_prefix(header["participant_id"])) or key in session_keys for key in keys), keys
     if code == Code.OK:  # every chunk received got exactly one ack
         chunks_sent = sum(1 for m in sequence if m[0] == "chunk")
         assert sum(1 for r in responses if r.WhichOneof("message") == "ack") == chunks_sent
@@ -463,14 +459,14 @@ def check_stream(server, sequence, clean: bool) -> None:
 
 @examples(60, shrink=False)
 @given(sequence=clean_sessions())
-def test_fuzz_stream_clean_sessions_are_scored_completely(fuzz_server, sequence):
-    check_stream(fuzz_server, sequence, clean=True)
+def test_fuzz_stream_clean_sessions_are_scored_completely(server, sequence):
+    check_stream(server, sequence, clean=True)
 
 
 @examples(300, shrink=False)
 @given(sequence=any_sessions())
-def test_fuzz_stream_random_messages_get_a_proper_status_and_store_only_what_was_applied(fuzz_server, sequence):
-    check_stream(fuzz_server, sequence, clean=False)
+def test_fuzz_stream_random_messages_get_a_proper_status_and_store_only_what_was_applied(server, sequence):
+    check_stream(server, sequence, clean=False)
 
 
 @examples(150, shrink=False)
@@ -478,11 +474,11 @@ def test_fuzz_stream_random_messages_get_a_proper_status_and_store_only_what_was
        participant=st.one_of(st.none(), ids), offset=st.one_of(st.sampled_from(["", "$", "0", "0-0", "1-1"]),
                                                                 st.text(max_size=25)),
        token=st.sampled_from(["admin", "reader-p1", "agent"]))
-def test_fuzz_read_requests_get_a_proper_status(fuzz_server, method, session, participant, offset, token):
+def test_fuzz_read_requests_get_a_proper_status(server, method, session, participant, offset, token):
     """Against an empty store each request has exactly one right answer; compute it and compare."""
     from moodstream.server.store_values import parse_offset
 
-    flush(fuzz_server.redis_url)
+    flush(server.redis_url)
     reads = {"admin": lambda p: True, "reader-p1": lambda p: p == "p1", "agent": lambda p: False}[token]
     try:
         parse_offset(offset)
@@ -504,9 +500,9 @@ def test_fuzz_read_requests_get_a_proper_status(fuzz_server, method, session, pa
         expected = (Code.INVALID_ARGUMENT if not ID.fullmatch(participant)
                     else Code.DEADLINE_EXCEEDED if reads(participant)  # allowed: waits for updates
                     else Code.PERMISSION_DENIED)
-    metadata = fuzz_server.tokens.metadata(token)
+    metadata = server.tokens.metadata(token)
     timeout = 0.5 if expected == Code.DEADLINE_EXCEEDED else 10
-    with stub_for(fuzz_server.port) as stub:
+    with stub_for(server.port) as stub:
         with pytest.raises(grpc.RpcError) as info:
             if method == "GetScore":
                 stub.GetScore(pb.GetScoreRequest(session_id=session), metadata=metadata, timeout=timeout)
@@ -521,10 +517,10 @@ def test_fuzz_read_requests_get_a_proper_status(fuzz_server, method, session, pa
 @examples(200, shrink=False)
 @given(method=st.sampled_from(["Stream", "GetScore", "Subscribe", "PutChunk"]),
        payloads=st.lists(st.binary(max_size=200), min_size=1, max_size=3))
-def test_fuzz_raw_bytes_get_a_proper_status(fuzz_server, method, payloads):
-    flush(fuzz_server.redis_url)
-    metadata = fuzz_server.tokens.metadata("admin")
-    channel = grpc.insecure_channel(f"127.0.0.1:{fuzz_server.port}")
+def test_fuzz_raw_bytes_get_a_proper_status(server, method, payloads):
+    flush(server.redis_url)
+    metadata = server.tokens.metadata("admin")
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     path = f"/moodstream.v1.Screening/{method}"
     try:
         if method == "Stream":
@@ -540,7 +536,7 @@ def test_fuzz_raw_bytes_get_a_proper_status(fuzz_server, method, payloads):
         channel.close()
     allowed = REFUSALS | {Code.OK, Code.NOT_FOUND} | ({Code.DEADLINE_EXCEEDED} if method == "Subscribe" else set())
     assert code in allowed, code
-    assert not [key for key in redis_keys(fuzz_server.redis_url) if key.endswith((":vectors", ":updates"))]
+    assert not [key for key in redis_keys(server.redis_url) if key.endswith((":vectors", ":updates"))]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -580,23 +576,23 @@ def test_non_finite_numbers_in_a_state_are_refused(scorer_states, value):
         ScorerState.from_bytes(_forged(blobs[1], body_at, struct.pack("<f", value)), version)
 
 
-def test_a_forged_state_in_redis_is_data_loss_not_an_unexpected_error(fuzz_server):
+def test_a_forged_state_in_redis_is_data_loss_not_an_unexpected_error(server):
     """Before the fix a NaN state passed from_bytes, the step produced a NaN score and the call ended UNKNOWN."""
     import redis
 
-    flush(fuzz_server.redis_url)
-    metadata = fuzz_server.tokens.metadata("agent")
+    flush(server.redis_url)
+    metadata = server.tokens.metadata("agent")
     first = [pb.StreamRequest(header=pb.SessionHeader(session_id="forged", participant_id="p1", sample_rate=16000,
                                                       encoding=pb.AUDIO_ENCODING_PCM_S16LE)),
              pb.StreamRequest(chunk=pb.Chunk(seq=0, pcm=ONE_SECOND))]
-    with stub_for(fuzz_server.port) as stub:
+    with stub_for(server.port) as stub:
         assert [r.WhichOneof("message") for r in stub.Stream(iter(first), metadata=metadata, timeout=30)] == \
             ["ack", "score"]
-        key = f"ms:{{p:p1}}:{fuzz_server.model_version}:s:forged"
-        client = redis.Redis.from_url(fuzz_server.redis_url)
+        key = SessionKeys.build("p1", "forged", server.model_version).session
+        client = redis.Redis.from_url(server.redis_url)
         try:
             state = client.hget(key, "state")
-            body_at = 24 + len(fuzz_server.model_version)  # the head's h, after its 24-byte header
+            body_at = 24 + len(server.model_version)  # the head's h, after its 24-byte header
             client.hset(key, "state", _forged(state, body_at, struct.pack("<f", math.nan)))
             with pytest.raises(grpc.RpcError) as info:
                 list(stub.Stream(iter([first[0], pb.StreamRequest(chunk=pb.Chunk(seq=1, start_seconds=1.0,

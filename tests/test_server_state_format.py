@@ -5,6 +5,7 @@ import pytest
 import redis
 
 from moodstream.model import ScorerState
+from moodstream.server.store_keys import SessionKeys
 from server_harness import chunk, end, header, make_chunks, offline_score, running_server, stream, stub_for
 
 CHUNKS = make_chunks(6, seed=21, seconds=2.0)
@@ -13,8 +14,8 @@ CHUNKS = make_chunks(6, seed=21, seconds=2.0)
 MODEL_SEED = 4  # the conftest's `model` fixture: the tiny model of this seed
 
 
-def session_key(model, session_id: str, participant: str = "p1") -> str:
-    return f"ms:{{p:{participant}}}:{model.model_version}:s:{session_id}"
+def session_keys(model, session_id: str, participant: str = "p1") -> SessionKeys:
+    return SessionKeys.build(participant, session_id, model.model_version)
 
 
 def scores(responses):
@@ -22,15 +23,15 @@ def scores(responses):
 
 
 def test_each_segment_writes_one_fixed_size_row_and_a_fixed_size_head(model, redis_url, tokens):
-    key = session_key(model, "flat")
+    keys = session_keys(model, "flat")
     client = redis.Redis.from_url(redis_url)
     heads, rows = [], []
     with running_server(model, redis_url, tokens) as server, stub_for(server.port) as stub:
         for seq, pcm in enumerate(CHUNKS):
             last = [end(seq)] if seq == len(CHUNKS) - 1 else []
             stream(stub, [header("flat", "p1"), chunk(seq, pcm), *last], tokens.metadata("agent"))
-            heads.append(len(client.hget(key, "state")))
-            rows.append(client.strlen(key + ":rows"))
+            heads.append(len(client.hget(keys.session, "state")))
+            rows.append(client.strlen(keys.rows))
     client.close()
     assert len(set(heads)) == 1
     steps = np.diff([0, *rows])
@@ -38,21 +39,21 @@ def test_each_segment_writes_one_fixed_size_row_and_a_fixed_size_head(model, red
 
 
 def test_a_state_in_the_whole_state_format_is_migrated_and_scoring_continues_exactly(model, redis_url, tokens):
-    key = session_key(model, "old")
+    keys = session_keys(model, "old")
     client = redis.Redis.from_url(redis_url)
     try:
         with running_server(model, redis_url, tokens) as server, stub_for(server.port) as stub:
             stream(stub, [header("old", "p1"), *(chunk(s, CHUNKS[s]) for s in range(3))], tokens.metadata("agent"))
             # What a server of the previous release left: one whole-state blob, no rows.
             scorer = model.incremental_scorer()
-            state = scorer.restore(client.hget(key, "state"), client.get(key + ":rows"))
-            client.hset(key, "state", state.to_bytes())
-            client.delete(key + ":rows")
+            state = scorer.restore(client.hget(keys.session, "state"), client.get(keys.rows))
+            client.hset(keys.session, "state", state.to_bytes())
+            client.delete(keys.rows)
             responses = stream(stub, [header("old", "p1"), *(chunk(s, CHUNKS[s]) for s in range(3, 6)), end(5)],
                                tokens.metadata("agent"))
-        stored = client.hget(key, "state")
+        stored = client.hget(keys.session, "state")
         assert ScorerState.is_head(stored)
-        assert scorer.restore(stored, client.get(key + ":rows")).segments == 6
+        assert scorer.restore(stored, client.get(keys.rows)).segments == 6
     finally:
         client.close()
     assert abs(scores(responses)[-1] - offline_score(model, CHUNKS)) <= 1e-5
@@ -60,19 +61,19 @@ def test_a_state_in_the_whole_state_format_is_migrated_and_scoring_continues_exa
 
 @pytest.mark.parametrize("damage", ["truncated", "foreign"])
 def test_rows_that_do_not_match_the_head_are_data_loss_and_nothing_is_applied(model, redis_url, tokens, damage):
-    key = session_key(model, f"rows-{damage}")
+    keys = session_keys(model, f"rows-{damage}")
     client = redis.Redis.from_url(redis_url)
     try:
         with running_server(model, redis_url, tokens) as server, stub_for(server.port) as stub:
             stream(stub, [header(f"rows-{damage}", "p1"), chunk(0, CHUNKS[0]), chunk(1, CHUNKS[1])],
                    tokens.metadata("agent"))
-            rows = client.get(key + ":rows")
-            client.set(key + ":rows", rows[:-4] if damage == "truncated" else rows[::-1])
+            rows = client.get(keys.rows)
+            client.set(keys.rows, rows[:-4] if damage == "truncated" else rows[::-1])
             with pytest.raises(grpc.RpcError) as info:
                 stream(stub, [header(f"rows-{damage}", "p1"), chunk(2, CHUNKS[2])], tokens.metadata("agent"))
         assert info.value.code() == grpc.StatusCode.DATA_LOSS
         assert "scorer state" in info.value.details() and f"rows-{damage}" in info.value.details()
-        assert client.hlen(key + ":vectors") == 2
+        assert client.hlen(keys.vectors) == 2
     finally:
         client.close()
 

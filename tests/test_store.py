@@ -13,7 +13,7 @@ from moodstream.server.redis_connection import connect
 from moodstream.server.store import SessionStore
 from moodstream.server.store_records import ApplyStatus, SessionNotFoundError, SessionOwnershipError
 from moodstream.server.store_values import parse_offset
-from moodstream.server.store_keys import VERSIONS_KEY, SessionKeys, directory_key
+from moodstream.server.store_keys import VERSIONS_KEY, SessionKeys, directory_key, owner_key, participant_prefix
 
 VERSION = "test-model-1"
 DIM = 16
@@ -210,7 +210,7 @@ def test_only_a_claimed_session_of_its_owner_is_written(redis_url):
             assert await store.session_owner("sess-o") == "owner"
             # The intruder's key space stays empty: nothing was written for it.
             assert (await apply(store, "sess-o", "intruder", 0)).status is ApplyStatus.UNCLAIMED
-            assert [key async for key in store.client.scan_iter(match="ms:{p:intruder}:*")] == []
+            assert [key async for key in store.client.scan_iter(match=participant_prefix("intruder") + "*")] == []
             assert [key async for key in store.client.scan_iter(match="*sess-u*")] == []
 
     run(scenario())
@@ -442,8 +442,8 @@ def test_forget_deletes_every_key_of_a_participant_and_nothing_else(backend):
             await apply(other_model, "g1", "gone", 0)
 
             everything = all_keys(url, cluster)
-            owners = {b"ms:session:{g1}:owner", b"ms:session:{g2}:owner"}
-            mine = {key for key in everything if b"{p:gone}" in key} | owners
+            owners = {owner_key("g1").encode(), owner_key("g2").encode()}
+            mine = {key for key in everything if key.startswith(participant_prefix("gone").encode())} | owners
             # model 1: 2 sessions x (hash, vectors, audio, scorer rows, stream) + session directory; model 2:
             # hash, vectors, scorer rows, stream + session directory; one participant stream for both; 2 owner keys.
             assert len(mine) == 2 * 5 + 1 + 4 + 1 + 1 + 2
