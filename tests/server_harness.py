@@ -95,9 +95,9 @@ def running_server(model, redis_url: str, tokens: Tokens, **overrides):
 class ServerFactory:
     """Starts scoring servers (running_server) and stops every one of them at close().
 
-    Whatever a call leaves out comes from `defaults`: callables giving the model, the Tokens and the
-    Redis URL, asked only when needed (so a test that brings its own never builds or empties the others).
-    Every server carries the `redis_url` and `tokens` it was started with.
+    `model`, `tokens` and `redis_url` are callables giving what a call leaves out, asked only when
+    needed: a test that brings its own never builds, or empties, the default one. Every server carries
+    the `redis_url` and `tokens` it was started with.
     """
 
     def __init__(self, *, model, tokens, redis_url) -> None:

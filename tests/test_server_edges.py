@@ -4,8 +4,8 @@ import time
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
-from prometheus_client import REGISTRY
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from moodstream.server.app import ConnectionLimits
 from moodstream.server.service import ServiceSettings
@@ -62,8 +62,7 @@ class PingWatchingProxy(FreezingProxy):
     """A FreezingProxy that reads the HTTP/2 frames it relays, to tell when a PING of the server was
     answered by the client."""
 
-    PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-    PING, ACK = 6, 1
+    PING, ACK = 6, 1  # HTTP/2 frame type and flag (RFC 9113)
 
     def __init__(self, target_port: int):
         self.opened = time.monotonic()
@@ -87,21 +86,28 @@ class PingWatchingProxy(FreezingProxy):
 
 
 class FrameTap:
-    """The sending side of one relay direction: forwards what it is given and reports each whole frame."""
+    """The sending side of one relay direction: forwards what it is given and reports each whole HTTP/2
+    frame (type, flags, payload) in it."""
+
+    CLIENT_PREFACE = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # what a client sends before its first frame
+    HEADER = 9  # length (3 bytes), type, flags, stream id (4 bytes)
 
     def __init__(self, sink, on_frame, from_server: bool):
         self.sink, self.on_frame, self.from_server = sink, on_frame, from_server
-        self.pending = b"" if from_server else None  # None: the client's preface is still to come
+        self.skip = 0 if from_server else self.CLIENT_PREFACE
+        self.pending = b""
 
     def sendall(self, data: bytes) -> None:
         self.sink.sendall(data)
-        if self.pending is None:
-            self.pending, data = b"", data[len(PingWatchingProxy.PREFACE):]
-        self.pending += data
-        while len(self.pending) >= 9 and len(self.pending) >= 9 + int.from_bytes(self.pending[:3], "big"):
-            length = int.from_bytes(self.pending[:3], "big")
-            self.on_frame(self.pending[3], self.pending[4], self.pending[9:9 + length], self.from_server)
-            self.pending = self.pending[9 + length:]
+        skipped = min(self.skip, len(data))
+        self.skip -= skipped
+        self.pending += data[skipped:]
+        while len(self.pending) >= self.HEADER:
+            end = self.HEADER + int.from_bytes(self.pending[:3], "big")
+            if len(self.pending) < end:
+                return
+            self.on_frame(self.pending[3], self.pending[4], self.pending[self.HEADER:end], self.from_server)
+            self.pending = self.pending[end:]
 
 
 def test_the_server_drops_a_half_open_connection_after_its_keepalive_and_timeout(start_server, tokens, pool):
