@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -94,6 +96,8 @@ class ServerConfig:
     grpc_web_origins: tuple[str, ...] = ("*",)  # origins whose pages may call it (CORS)
     models: str | Path | None = None  # a model folder: one checkpoint folder per version + `current`
     models_poll_seconds: float = POLL_SECONDS
+    # Wall time the store stamps scores, ends and interruptions with; tests pass a clock they move.
+    clock: Callable[[], float] = time.time
 
 
 def server_credentials(config: ServerConfig):
@@ -170,7 +174,7 @@ class ScoringServer:
 
         def make_store(version: str) -> SessionStore:
             return SessionStore(self._redis, model_version=version, ttl_seconds=config.ttl_seconds,
-                                store_audio=config.store_audio)
+                                store_audio=config.store_audio, clock=config.clock)
 
         def make_encoder(model) -> BatchingEncoder:
             return BatchingEncoder(model, config.max_batch, config.max_wait_ms, config.precision,

@@ -285,7 +285,7 @@ class SessionStream:
             "segments": new_state.segments, "probability": probability, "evidence_sufficient": evidence,
             "above_threshold": evidence and probability >= config.decision_threshold,
             "threshold": config.decision_threshold, "model_version": served.model_version,
-            "time_unix": time.time(), "seq": seq, "device_id": self.header.device_id,
+            "time_unix": served.store.clock(), "seq": seq, "device_id": self.header.device_id,
             "speech_seconds": speech_seconds, "start_seconds": chunk.start_seconds,
         }
         head = new_state.head_bytes()

@@ -93,7 +93,7 @@ class SessionStore:
         if not isinstance(claim_ttl_seconds, int) or claim_ttl_seconds < 1:
             raise ValueError(f"claim_ttl_seconds must be an int >= 1, not {claim_ttl_seconds!r}")
         self.claim_ttl_seconds = min(claim_ttl_seconds, ttl_seconds) if ttl_seconds else claim_ttl_seconds
-        self._clock = clock
+        self.clock = clock
         # register_script: EVALSHA, and on NOSCRIPT (a restarted Redis, a cluster node that has not seen the
         # script yet) SCRIPT LOAD and EVALSHA again.
         self._apply = client.register_script(APPLY_SCRIPT)
@@ -143,7 +143,7 @@ class SessionStore:
         previous = await self.client.set(keys.owner, participant_id, nx=True, get=True, ex=self.claim_ttl_seconds)
         if previous is not None and previous.decode() != participant_id:
             raise SessionOwnershipError(f"session {session_id!r} belongs to another participant")
-        now = self._clock()
+        now = self.clock()
         reply = await self._claim(
             keys.script_keys(),
             [participant_id, session_id, self.model_version, device_id, repr(now), self.ttl_seconds,
@@ -194,7 +194,7 @@ class SessionStore:
     async def mark_interrupted(self, session_id: str, participant_id: str) -> bool:
         """Record that the session's stream closed without End; a later stream clears it."""
         keys = self.keys(participant_id, session_id)
-        return bool(await self._interrupt([keys.session], [repr(self._clock())]))
+        return bool(await self._interrupt([keys.session], [repr(self.clock())]))
 
     async def clear_interrupted(self, session_id: str, participant_id: str) -> None:
         await self.client.hdel(self.keys(participant_id, session_id).session, "interrupted_at")
@@ -261,7 +261,7 @@ class SessionStore:
         if participant is None:
             return False
         keys = self.keys(participant, session_id)
-        found = await self._end(keys.script_keys(), [repr(self._clock()), self.ttl_seconds])
+        found = await self._end(keys.script_keys(), [repr(self.clock()), self.ttl_seconds])
         if found:
             await self._settle_claim(keys, participant)
         return bool(found)
@@ -302,7 +302,7 @@ class SessionStore:
         keep_audio = self.store_audio and audio is not None
         audio_bytes = nonempty_bytes("audio", audio) if keep_audio else b""
         update = checked_score_update(score, session_id=session_id, participant_id=participant_id, seq=seq,
-                                      model_version=self.model_version, clock=self._clock)
+                                      model_version=self.model_version, clock=self.clock)
         payload = json.dumps(update, separators=(",", ":"), allow_nan=False)
 
         reply = await self._apply(

@@ -15,6 +15,7 @@ from moodstream.dashboard.server import BackgroundDashboard
 from moodstream.server.app import BackgroundServer, ServerConfig
 from moodstream.v1 import moodstream_pb2 as pb
 from server_harness import chunk, end, header, make_chunks, running_server, stream, stub_for
+from clocks import ManualClock
 from waiting import wait_for
 
 
@@ -28,19 +29,6 @@ def dashboard_for(port: int, token: str, participants, clock=time.time, **option
     config = FeedConfig(server=f"127.0.0.1:{port}", token=token, participants=list(participants),
                         health_interval=0.3, **options)
     return BackgroundDashboard(config, clock=clock)
-
-
-class ManualClock:
-    """A wall clock that stands still until the test moves it."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def scored_times(responses) -> list[float]:
@@ -438,25 +426,34 @@ def test_an_expected_session_has_a_page_that_fills_in_when_its_first_score_arriv
 # ---------------------------------------------------------------------------- states, speech time, meaning
 
 
-def test_sessions_read_interrupted_then_finished_with_late_scores_and_gaps_by_cause(server, tokens):
+def test_sessions_read_interrupted_then_finished_with_late_scores_and_gaps_by_cause(model, redis_url, tokens):
     from moodstream.dashboard.view_state import CAUSE_DELAYED, CAUSE_NO_SPEECH
 
     pcm = make_chunks(3, seed=13, seconds=1.0)
+    # The scoring server stamps scores and the dashboard judges lateness on one clock that the test moves.
+    clock = ManualClock(time.time())
 
     def at(seq, start):
         return pb.StreamRequest(chunk=pb.Chunk(seq=seq, start_seconds=start, pcm=pcm[seq]))
 
-    with dashboard_for(server.port, tokens.by_name["reader-p1"], ["p1"], late_seconds=1.0, gap_seconds=3.0,
-                       idle_seconds=30.0) as dashboard:
+    with running_server(model, redis_url, tokens, clock=clock) as server, \
+            dashboard_for(server.port, tokens.by_name["reader-p1"], ["p1"], clock=clock, late_seconds=1.0,
+                          gap_seconds=3.0, idle_seconds=30.0) as dashboard:
         with stub_for(server.port) as stub:
             [first] = scored_times(stream(stub, [header("timeline", "p1"), at(0, 0.0)], tokens.metadata("agent")))
-            session = wait_for(lambda: (s := overview(dashboard)["sessions"]) and s[0]["state"] == "interrupted"
-                               and s[0], what="the session to read interrupted (no End)")
-            # Chunk 1 was recorded 1 s in, but reaches the server 2.5 s after chunk 0 was scored. Lateness
-            # is measured on the scoring server's own clock, which no test clock moves: this is real time.
-            time.sleep(max(0.0, first + 2.5 - time.time()))
+            assert first == clock()
+
+            def interrupted():
+                clock.advance(0.02)  # the dashboard checks a quiet session's state once its clock says it is due
+                return (s := overview(dashboard)["sessions"]) and s[0]["state"] == "interrupted" and s[0]
+
+            session = wait_for(interrupted, what="the session to read interrupted (no End)")
+            # Chunk 1 was recorded 1 s in, but reaches the server 2.5 s after chunk 0 was scored.
+            assert clock() < first + 2.5
+            clock.advance(first + 2.5 - clock())
             stream(stub, [header("timeline", "p1"), at(1, 1.0), at(2, 10.0), end(2)], tokens.metadata("agent"))
-        wait_for(lambda: overview(dashboard)["sessions"][0]["state"] == "finished", what="finished after End")
+        wait_for(lambda: clock.advance(0.02) or overview(dashboard)["sessions"][0]["state"] == "finished",
+                 what="finished after End")
         points = get_json(f"{dashboard.url}api/s/{session['ref']}")["points"]
         assert [p["start_seconds"] for p in points] == [0.0, 1.0, 10.0]
         assert [p["late"] for p in points] == [False, True, False]

@@ -3,7 +3,6 @@
 Chromium comes from tests/browser_harness.py; screenshots are kept under artifacts/ (git-ignored).
 """
 import json
-import time
 
 import pytest
 
@@ -14,6 +13,7 @@ from moodstream.server.app import BackgroundServer, ServerConfig
 from moodstream.v1 import moodstream_pb2 as pb
 from browser_harness import (DESKTOP, PHONE, assert_fits, browser, by_id, free_port, needs_chromium,  # noqa: F401
                              save_screenshot, set_viewport, severe_console, wait_until)
+from clocks import ShiftedClock
 from server_harness import end, header, make_chunks, stream, stub_for, tiny_model, write_tokens
 
 LATE_SECONDS = 3.0
@@ -81,15 +81,18 @@ def test_a_session_through_an_outage_to_its_end_reads_true_at_desktop_and_phone_
     tokens = write_tokens(tmp_path)
     model = tiny_model(seed=2)
     port = free_port()
+    # One clock for the server's score times, the dashboard and the recording: live pace and the outage are
+    # jumps of it, not waits.
+    clock = ShiftedClock()
+    clock_start = clock()
     server_config = ServerConfig(checkpoint="", redis_url=redis_url, host="127.0.0.1", port=port,
-                                 tokens_file=tokens.path, precision="fp32")
+                                 tokens_file=tokens.path, precision="fp32", clock=clock)
     pcm = make_chunks(6, seed=11, seconds=1.0)
     agent = tokens.metadata("agent")
-    clock_start = time.time()
 
     def record(seq):
         """A chunk as the agent cuts it: its start is when its speech was recorded, on the session clock."""
-        return pb.StreamRequest(chunk=pb.Chunk(seq=seq, start_seconds=time.time() - clock_start, pcm=pcm[seq]))
+        return pb.StreamRequest(chunk=pb.Chunk(seq=seq, start_seconds=clock() - clock_start, pcm=pcm[seq]))
 
     server = BackgroundServer(server_config, model).start()
     description = ModelDescription(model_version=server.model_version, threshold=0.5,
@@ -97,7 +100,7 @@ def test_a_session_through_an_outage_to_its_end_reads_true_at_desktop_and_phone_
                                    positive_class="the test's positive class", demo_model=True)
     config = FeedConfig(server=f"127.0.0.1:{port}", token=tokens.by_name["reader-p1"], participants=["p1"],
                         late_seconds=LATE_SECONDS, health_interval=0.5, models=[description])
-    dashboard = BackgroundDashboard(config).start()
+    dashboard = BackgroundDashboard(config, clock=clock).start()
     try:
         set_viewport(browser, DESKTOP)
         browser.get(dashboard.url)
@@ -107,7 +110,7 @@ def test_a_session_through_an_outage_to_its_end_reads_true_at_desktop_and_phone_
 
         # Two chunks at live pace, then the stream closes without End: the session is interrupted.
         first = [header("ward-visit", "p1", device_id="kiosk-3"), record(0)]
-        time.sleep(1.0)
+        clock.advance(1.0)
         first.append(record(1))
         with stub_for(port) as stub:
             stream(stub, first, agent)
@@ -146,7 +149,7 @@ def test_a_session_through_an_outage_to_its_end_reads_true_at_desktop_and_phone_
         server.stop()
         held = []
         for seq in (2, 3, 4):
-            time.sleep(1.0)
+            clock.advance(1.0)
             held.append(record(seq))
         banner = wait_until(browser, lambda d: (b := by_id(d, "server-banner")).is_displayed() and b,
                             "the outage banner")
@@ -157,7 +160,7 @@ def test_a_session_through_an_outage_to_its_end_reads_true_at_desktop_and_phone_
         toggle.find_element(By.TAG_NAME, "summary").click()
         assert "UNAVAILABLE" in toggle.text
         shot(browser, "outage-1280")
-        time.sleep(max(0.0, LATE_SECONDS + 3.0 - (time.time() - clock_start - held[-1].chunk.start_seconds)))
+        clock.advance(max(0.0, LATE_SECONDS + 3.0 - (clock() - clock_start - held[-1].chunk.start_seconds)))
 
         # It comes back: the held chunks are scored late, then the session goes on live and ends.
         server = BackgroundServer(server_config, model).start()
