@@ -63,6 +63,8 @@ async function render() {
   $("kept").dataset.seconds = kept.toFixed(3);
   if (capture) view.keptSamples = capture.filter.keptSamples;
   $("kept").dataset.keptSamples = String(view.keptSamples);  // this capture's, as the Python agent counts them
+  // How much audio this capture has heard, kept or not: what a test waits on instead of the wall clock.
+  $("kept").dataset.heardSamples = capture ? String(capture.filter.nextSample - capture.firstSample) : "0";
   $("sent").textContent = String(view.sent);
   $("waiting").textContent = String(waiting);
   $("waiting").dataset.count = String(waiting);
@@ -161,7 +163,7 @@ async function startCapture() {
   }
   // The session clock goes on across a reload: this capture starts where wall time says it is.
   const firstSample = Math.round(((Date.now() - session.originMs) / 1000) * SAMPLE_RATE);
-  const current = { stream, context, filter: new SpeechFilter(settings, vad, firstSample),
+  const current = { stream, context, firstSample, filter: new SpeechFilter(settings, vad, firstSample),
     chunker: new Chunker(settings, session.nextSeq), queue: Promise.resolve() };
   const node = new AudioWorkletNode(context, "moodstream-capture", { numberOfInputs: 1, numberOfOutputs: 1,
     channelCount: 1, channelCountMode: "explicit" });
