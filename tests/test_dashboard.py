@@ -14,15 +14,15 @@ from moodstream.dashboard.feed import FeedConfig, read_participants_file
 from moodstream.dashboard.server import BackgroundDashboard
 from moodstream.server.app import BackgroundServer, ServerConfig
 from moodstream.v1 import moodstream_pb2 as pb
-from server_harness import chunk, end, header, make_chunks, running_server, stream, stub_for
+from server_harness import chunk, end, header, make_chunks, stream, stub_for
 from clocks import ManualClock
 from waiting import wait_for
 
 
 @pytest.fixture
-def server(model, redis_url, tokens):
-    with running_server(model, redis_url, tokens) as running:
-        yield running
+def server(start_server):
+    """A scoring server of the conftest's factory per test, on a Redis emptied for the test."""
+    return start_server()
 
 
 def dashboard_for(port: int, token: str, participants, clock=time.time, **options) -> BackgroundDashboard:
@@ -426,7 +426,7 @@ def test_an_expected_session_has_a_page_that_fills_in_when_its_first_score_arriv
 # ---------------------------------------------------------------------------- states, speech time, meaning
 
 
-def test_sessions_read_interrupted_then_finished_with_late_scores_and_gaps_by_cause(model, redis_url, tokens):
+def test_sessions_read_interrupted_then_finished_with_late_scores_and_gaps_by_cause(start_server, tokens):
     from moodstream.dashboard.view_state import CAUSE_DELAYED, CAUSE_NO_SPEECH
 
     pcm = make_chunks(3, seed=13, seconds=1.0)
@@ -436,7 +436,7 @@ def test_sessions_read_interrupted_then_finished_with_late_scores_and_gaps_by_ca
     def at(seq, start):
         return pb.StreamRequest(chunk=pb.Chunk(seq=seq, start_seconds=start, pcm=pcm[seq]))
 
-    with running_server(model, redis_url, tokens, clock=clock) as server, \
+    with start_server.running(clock=clock) as server, \
             dashboard_for(server.port, tokens.by_name["reader-p1"], ["p1"], clock=clock, late_seconds=1.0,
                           gap_seconds=3.0, idle_seconds=30.0) as dashboard:
         with stub_for(server.port) as stub:
