@@ -166,8 +166,8 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
 # these (and in scorer.safetensors) turn the same audio into the same segment vectors.
 SESSION_SIDE_FIELDS = frozenset({
     "lstm_hidden_size", "attention_size", "session_head", "session_time_pooling", "session_skip",
-    "decision_threshold", "calibration_scale",
-    "calibration_bias", "min_evidence_segments", "notes", "training_data", "positive_class", "demo_model",
+    "decision_threshold", "calibration_scale", "calibration_segment_scale", "calibration_replicates",
+    "interval_level", "calibration_bias", "min_evidence_segments", "notes", "training_data", "positive_class", "demo_model",
     "speech"})
 
 

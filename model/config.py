@@ -30,6 +30,7 @@ SESSION_SKIPS = typing.get_args(SessionSkip)
 
 AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+NotNegative = Annotated[float, msgspec.Meta(ge=0)]
 Probability = Annotated[float, msgspec.Meta(gt=0, lt=1)]
 
 
@@ -79,10 +80,16 @@ class ModelConfig:
     # "standardize": frame features become (x - mean) / std per dimension, with the training
     # segments' statistics stored in the checkpoint beside the segment head.
     feature_normalization: FeatureNormalization = "none"
-    # Platt calibration of the session logit, fitted on validation sessions:
-    # probability = sigmoid(calibration_scale * logit + calibration_bias). (1, 0) = uncalibrated.
-    calibration_scale: Positive = 1.0
+    # Calibration of the session logit (moodstream.model.calibration, docs/calibration.md):
+    # probability = sigmoid(calibration_scale * recurrent + calibration_segment_scale * segment evidence
+    # + calibration_bias). None for the segment scale: the same scale for both parts (one logit).
+    calibration_scale: NotNegative = 1.0
     calibration_bias: float = 0.0
+    calibration_segment_scale: float | None = None
+    # (recurrent scale, segment scale, bias) refitted on resamples of the out-of-fold set: the interval
+    # every score carries, at interval_level. Empty: no interval.
+    calibration_replicates: list[list[float]] = field(default_factory=list)
+    interval_level: Probability = 0.9
     # Evidence rule: below this many segments of speech a score carries no label
     # (chosen on validation from the prefix curve).
     min_evidence_segments: AtLeastOne = 1
@@ -113,8 +120,12 @@ class ModelConfig:
                 "conv_kernel_size must be odd so frames stay aligned with the padding mask")
         require(self.min_segment_seconds <= self.segment_seconds <= self.max_segment_seconds,
                 "need 0 < min_segment_seconds <= segment_seconds <= max_segment_seconds")
-        require(math.isfinite(self.calibration_scale) and math.isfinite(self.calibration_bias),
-                "calibration_scale and calibration_bias must be finite")
+        for name in ("calibration_scale", "calibration_segment_scale", "calibration_bias"):
+            value = getattr(self, name)
+            require(value is None or math.isfinite(value), f"{name} must be finite, got {value}")
+        require(all(len(row) == 3 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in row)
+                    for row in self.calibration_replicates),
+                "calibration_replicates must be rows of 3 finite numbers (recurrent scale, segment scale, bias)")
         for name in ("training_data", "positive_class"):
             try:
                 check_description(name, getattr(self, name))
@@ -169,7 +180,8 @@ class ModelConfig:
 _WRITTEN_WHEN_SET = {"training_data": "", "positive_class": "", "demo_model": False, "speech": None,
                      "feature_normalization": "none", "calibration_scale": 1.0, "calibration_bias": 0.0,
                      "min_evidence_segments": 1, "session_time_pooling": "sum",
-                     "session_skip": "none"}
+                     "session_skip": "none", "calibration_segment_scale": None, "calibration_replicates": [],
+                     "interval_level": 0.9}
 
 
 def tiny_wav2vec2_config() -> dict[str, Any]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from moodstream.model.calibration import SessionCalibration, SessionScore
 from moodstream.model.errors import StateError
 from moodstream.model.session_head import SessionHead
 
@@ -226,7 +227,7 @@ class IncrementalScorer:
     """
 
     def __init__(self, head: SessionHead, model_version: str = "",
-                 calibration: tuple[float, float] = (1.0, 0.0)) -> None:
+                 calibration: SessionCalibration | None = None) -> None:
         self.head = head
         self.model_version = model_version
 
@@ -240,12 +241,10 @@ class IncrementalScorer:
         self._w_qkv = np.concatenate([weights(layer.weight).T for layer in (head.query, head.key, head.value)],
                                      axis=1)                          # [h, 3a]
         self._b_qkv = np.concatenate([weights(layer.bias) for layer in (head.query, head.key, head.value)])
-        # The checkpoint's calibration (scale * logit + bias) is affine, so it folds into the classifier.
-        scale, bias = calibration
-        self._w_out = weights(head.classifier.weight)[0] * np.float32(scale)
-        self._b_out = float(head.classifier.bias.detach()[0]) * scale + bias
+        self.calibration = calibration or SessionCalibration()
+        self._w_out = weights(head.classifier.weight)[0]
+        self._b_out = float(head.classifier.bias.detach()[0])
         self._scale = np.float32(head.scale)
-        self._calibration_scale = float(scale)
         self._w_skip = None if head.segment_score is None else weights(head.segment_score.weight)[0]
         self._b_skip = 0.0 if head.segment_score is None else float(head.segment_score.bias.detach()[0])
 
@@ -287,6 +286,11 @@ class IncrementalScorer:
 
     def step(self, state: ScorerState, vector) -> tuple[ScorerState, float]:
         """Add one segment vector; returns the new state and the session probability. `state` stays valid."""
+        new_state, score = self.step_scored(state, vector)
+        return new_state, score.probability
+
+    def step_scored(self, state: ScorerState, vector) -> tuple[ScorerState, SessionScore]:
+        """step(), with the probability's interval (docs/calibration.md) beside it."""
         self.check_state(state)
         x = self.check_vector(vector)
         gates = x @ self._w_input + state.h @ self._w_hidden + self._gate_bias
@@ -296,16 +300,16 @@ class IncrementalScorer:
         h = (_sigmoid(o) * np.tanh(c)).astype(np.float32)
         c = c.astype(np.float32)
         n = state.segments
-        score_sum, skip_logit = state.segment_score_sum, 0.0
+        score_sum, segment_evidence = state.segment_score_sum, 0.0
         if self._w_skip is not None:
             score_sum += float(x @ self._w_skip) + self._b_skip
-            skip_logit = self._calibration_scale * score_sum / (n + 1)
+            segment_evidence = score_sum / (n + 1)
         if self.head.variant == "last-step":
-            logit = float(h @ self._w_out) + self._b_out + skip_logit
+            recurrent = float(h @ self._w_out) + self._b_out
             new_state = ScorerState(self.model_version, state.variant, h, c, state.row_max, state.row_denominator,
                                     state.row_numerator, n + 1, state._queries, state._keys, state._values,
                                     segment_score_sum=score_sum)
-            return new_state, _probability(logit)
+            return new_state, self.calibration.score(recurrent, segment_evidence)
 
         projected = h @ self._w_qkv + self._b_qkv
         width = projected.shape[0] // 3
@@ -316,8 +320,8 @@ class IncrementalScorer:
         summed = (1.0 / new_state.row_denominator) @ new_state.row_numerator
         if self.head.time_pooling == "mean":
             summed = summed / np.float32(n + 1)
-        logit = float(summed @ self._w_out) + self._b_out + skip_logit
-        return new_state, _probability(logit)
+        recurrent = float(summed @ self._w_out) + self._b_out
+        return new_state, self.calibration.score(recurrent, segment_evidence)
 
     def _attend(self, state: ScorerState, h, c, q, k, v) -> ScorerState:
         """`state` plus one row (q, k, v): the one online-softmax update, shared by step and restore."""
@@ -405,10 +409,6 @@ class IncrementalScorer:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
-def _probability(logit: float) -> float:
-    return 0.5 * (1.0 + math.tanh(0.5 * logit))
 
 
 def _model_version_at(payload: bytes, offset: int, length: int, what: str) -> tuple[str, int]:

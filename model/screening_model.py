@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from moodstream.model.backbone import Backbone, build_backbone_module
+from moodstream.model.calibration import SessionCalibration, SessionScore
 from moodstream.model.config import ModelConfig
 from moodstream.model.incremental import IncrementalScorer
 from moodstream.model.segment_head import SegmentHead
@@ -125,25 +126,28 @@ class ScreeningModel(nn.Module):
             raise ValueError("segment vectors contain NaN or infinite values")
         return tensor
 
-    @torch.inference_mode()
     def score(self, vectors) -> float:
         """Batch session probability over segment vectors [n, D] (the reference for incremental scoring)."""
+        return self.session_score(vectors).probability
+
+    @torch.inference_mode()
+    def session_score(self, vectors) -> SessionScore:
+        """The batch session probability and its interval (docs/calibration.md) over segment vectors [n, D]."""
         tensor = self.check_vectors(vectors).to(self.device)
-        return self.session_probability(self.session_head(tensor[None])[0])
+        recurrent, segment = self.session_head.logit_parts(tensor[None])
+        return self.calibration.score(float(recurrent[0]), float(segment[0]))
 
-    def calibrated_logit(self, logit: torch.Tensor) -> torch.Tensor:
-        """The session head's logit under the checkpoint's calibration (identity when uncalibrated)."""
-        return logit * self.config.calibration_scale + self.config.calibration_bias
-
-    def session_probability(self, logit: torch.Tensor) -> float:
-        return float(torch.sigmoid(self.calibrated_logit(logit.float())))
+    @property
+    def calibration(self) -> SessionCalibration:
+        """The checkpoint's calibration of the session logit's two parts, with its interval's replicates."""
+        return SessionCalibration.of(self.config)
 
     def incremental_scorer(self, model_version: str | None = None) -> IncrementalScorer:
         # The scorer runs on the CPU (its per-step work is tiny) on its own copy,
         # so the model can stay on an accelerator.
         head = copy.deepcopy(self.session_head).to("cpu").eval()
         return IncrementalScorer(head, self.model_version if model_version is None else model_version,
-                                 calibration=(self.config.calibration_scale, self.config.calibration_bias))
+                                 calibration=self.calibration)
 
     def parameter_counts(self) -> dict[str, int]:
         def count(module: nn.Module, trainable_only: bool = False) -> int:

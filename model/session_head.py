@@ -56,15 +56,22 @@ class SessionHead(nn.Module):
 
     def forward(self, segment_vectors: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """segment_vectors [B, N, D] (zero-padded after `lengths`) -> logits [B]."""
+        recurrent, segment = self.logit_parts(segment_vectors, lengths)
+        return recurrent + segment
+
+    def logit_parts(self, segment_vectors: torch.Tensor,
+                    lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logit's two parts [B] each: the recurrent path's, and the skip path's mean segment score
+        (the segment evidence; zeros without a skip path). The calibration weighs them apart."""
         batch, steps, _ = segment_vectors.shape
         if lengths is None:
             lengths = torch.full((batch,), steps, dtype=torch.long, device=segment_vectors.device)
         valid = torch.arange(steps, device=segment_vectors.device)[None, :] < lengths[:, None]
-        logits = self.recurrent_logits(segment_vectors, lengths, valid)
-        if self.segment_score is not None:
-            scores = self.segment_score(segment_vectors).squeeze(-1) * valid.to(segment_vectors.dtype)
-            logits = logits + scores.sum(dim=1) / lengths.to(scores.dtype)
-        return logits
+        recurrent = self.recurrent_logits(segment_vectors, lengths, valid)
+        if self.segment_score is None:
+            return recurrent, torch.zeros_like(recurrent)
+        scores = self.segment_score(segment_vectors).squeeze(-1) * valid.to(segment_vectors.dtype)
+        return recurrent, scores.sum(dim=1) / lengths.to(scores.dtype)
 
     def recurrent_logits(self, segment_vectors: torch.Tensor, lengths: torch.Tensor,
                          valid: torch.Tensor) -> torch.Tensor:

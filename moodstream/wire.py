@@ -70,12 +70,27 @@ def open_channel(address: str, *, tls: bool = False, tls_ca: str | Path | None =
                                  options=channel_options())
 
 
+# ScoreUpdate's interval around the probability (docs/calibration.md): all set, or none.
+INTERVAL_FIELDS = ("probability_low", "probability_high", "interval_level")
+
+
+def interval_text(values: Mapping[str, Any]) -> str:
+    """A score dict's probability with its interval, as people read it: "0.72 (0.61-0.80)", or "0.72"."""
+    text = f"{values['probability']:.2f}"
+    if values.get("probability_low") is None:
+        return text
+    return f"{text} ({values['probability_low']:.2f}\u2013{values['probability_high']:.2f})"
+
+
 def score_to_dict(update: pb.ScoreUpdate) -> dict[str, Any]:
-    """Every field of a ScoreUpdate under its .proto name, numbers as numbers, enums by name, and
-    evidence_sufficient as a bool (unset counts as sufficient)."""
+    """Every field of a ScoreUpdate under its .proto name, numbers as numbers, enums by name,
+    evidence_sufficient as a bool (unset counts as sufficient), and the interval's fields as None when
+    the checkpoint carries no interval."""
     values = json_format.MessageToDict(update, always_print_fields_with_no_presence=True,
                                        preserving_proto_field_name=True, unquote_int64_if_possible=True)
     values["evidence_sufficient"] = evidence_sufficient(update)
+    for name in INTERVAL_FIELDS:
+        values.setdefault(name, None)
     return values
 
 
@@ -84,7 +99,8 @@ def score_from_dict(values: Mapping[str, Any]) -> pb.ScoreUpdate:
 
     json_format.ParseError names a field that is not ScoreUpdate's or a value of the wrong type.
     """
-    update = json_format.ParseDict({**values, "notice": SCREENING_NOTICE}, pb.ScoreUpdate())
+    given = {name: value for name, value in values.items() if not (name in INTERVAL_FIELDS and value is None)}
+    update = json_format.ParseDict({**given, "notice": SCREENING_NOTICE}, pb.ScoreUpdate())
     if "evidence_sufficient" not in values:
         update.evidence_sufficient = True
     return update

@@ -405,4 +405,6 @@ def model_info(served: ServedVersion) -> pb.ModelInfo:
                         demo_model=config.demo_model)
     if config.speech is not None:
         info.speech.CopyFrom(pb.SpeechSettings(**config.speech))
+    if config.calibration_replicates:
+        info.interval_level = config.interval_level
     return info

@@ -278,7 +278,8 @@ class SessionStream:
     async def apply(self, seq: int, chunk: pb.Chunk, vector: np.ndarray, arrived: float) -> None:
         served = self.served
         config = served.config
-        new_state, probability = served.scorer.step(self.state, vector)
+        new_state, scored = served.scorer.step_scored(self.state, vector)
+        probability = scored.probability
         speech_seconds = self.speech_seconds + len(chunk.pcm) / BYTES_PER_SAMPLE / SAMPLE_RATE
         evidence = config.evidence_sufficient(new_state.segments)
         score = {
@@ -288,6 +289,8 @@ class SessionStream:
             "time_unix": served.store.clock(), "seq": seq, "device_id": self.header.device_id,
             "speech_seconds": speech_seconds, "start_seconds": chunk.start_seconds,
         }
+        if scored.has_interval:
+            score.update(probability_low=scored.low, probability_high=scored.high, interval_level=scored.level)
         head = new_state.head_bytes()
         result = await redis_call(lambda: served.store.apply_segment(
             self.session_id, self.participant_id, seq, vector.astype("<f4").tobytes(), head,

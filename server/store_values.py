@@ -10,6 +10,7 @@ from typing import Any
 
 from moodstream.ids import DEVICE_PATTERN
 from moodstream.v1 import moodstream_pb2 as pb
+from moodstream.wire import INTERVAL_FIELDS
 
 __all__ = [
     "MAX_SEQ",
@@ -91,6 +92,7 @@ def checked_score_update(score: Mapping[str, Any], *, session_id: str, participa
     time_unix = finite("time_unix", score.get("time_unix", clock()))
     return {
         **authoritative,
+        **checked_interval(score, probability),
         "probability": probability,
         "above_threshold": above,
         "evidence_sufficient": evidence,
@@ -100,6 +102,21 @@ def checked_score_update(score: Mapping[str, Any], *, session_id: str, participa
         "speech_seconds": speech_seconds,
         "start_seconds": start_seconds,
     }
+
+
+def checked_interval(score: Mapping[str, Any], probability: float) -> dict:
+    """The score's interval fields, all three or none, with low <= probability <= high and a level in (0, 1)."""
+    given = [name for name in INTERVAL_FIELDS if name in score]
+    if not given:
+        return {}
+    if len(given) != len(INTERVAL_FIELDS):
+        raise ValueError(f"an interval needs all of {', '.join(INTERVAL_FIELDS)}, got {', '.join(given)}")
+    low, high, level = (finite(name, score[name]) for name in INTERVAL_FIELDS)
+    if not 0.0 <= low <= probability <= high <= 1.0:
+        raise ValueError(f"the interval must hold the probability within [0, 1]: {low} <= {probability} <= {high}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"interval_level must lie in (0, 1), got {level}")
+    return {"probability_low": low, "probability_high": high, "interval_level": level}
 
 
 def parse_offset(offset: str) -> str:

@@ -18,7 +18,8 @@ import numpy as np
 from moodstream import SCREENING_NOTICE
 from moodstream.speech import CaptureSettings
 from moodstream.trainer.metrics import binary_metrics, mean_std
-from moodstream.trainer.prefixes import prefix_logits, prefix_markdown, prefix_png, prefix_rows, sigmoid
+from moodstream.trainer.prefixes import (prefix_logits, prefix_markdown, prefix_png, prefix_probabilities, prefix_rows,
+                                          sigmoid)
 from moodstream.trainer.prepare import detect_format, load_dataset
 
 PREFIX_NOTE = ("What a live subscriber sees: the session score after 1, 2, 3 ... segments (sessions shorter than "
@@ -273,7 +274,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, output: str | 
                 prefix_probs[item.session.session_id] = [model.score(vectors[:k])
                                                          for k in range(1, len(vectors) + 1)]
             logits = prefix_logits(model.session_head, [vectors])[0]
-            prefixes.append(sigmoid(model.calibrated_logit(torch.from_numpy(logits)).numpy()))
+            prefixes.append(prefix_probabilities(model, [vectors])[0])
             prefixes_uncalibrated.append(sigmoid(logits))
             seg_probs += torch.sigmoid(model.segment_head.segment_logits(vectors.to(device_))).cpu().tolist()
             seg_labels += [item.session.label] * len(vectors)

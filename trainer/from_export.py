@@ -206,7 +206,8 @@ class ExportTrainer(SplitTrainer):
         # The recipe's stage 2 trains a fresh session head; calibration is fitted anew below.
         model_config = self.model.config
         self.model.session_head = SessionHead.from_config(model_config).to(self.device)
-        self.model.config = model_config.replace(calibration_scale=1.0, calibration_bias=0.0)
+        self.model.config = model_config.replace(calibration_scale=1.0, calibration_bias=0.0,
+                                                 calibration_segment_scale=None, calibration_replicates=[])
         self.stage2(self.vectors, split.train, split.validation)
         calibration = self.calibrate(self.vectors, split.validation)
         val_labels = [self.sessions[s].session.label for s in split.validation]

@@ -24,9 +24,21 @@ FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 ECE_BINS = 10
 
 
-@torch.inference_mode()
 def prefix_logits(head, sequences: list[torch.Tensor]) -> list[np.ndarray]:
     """Raw session-head logit after each segment of each sequence ([n, D] -> [n])."""
+    return [parts.sum(axis=1) for parts in prefix_logit_parts(head, sequences)]
+
+
+def prefix_probabilities(model, sequences: list[torch.Tensor]) -> list[np.ndarray]:
+    """The checkpoint's calibrated session probability after each segment of each sequence."""
+    calibration = model.calibration
+    return [calibration.probabilities(parts[:, 0], parts[:, 1])
+            for parts in prefix_logit_parts(model.session_head, sequences)]
+
+
+@torch.inference_mode()
+def prefix_logit_parts(head, sequences: list[torch.Tensor]) -> list[np.ndarray]:
+    """The logit's two parts (recurrent, segment evidence) after each segment of each sequence ([n, D] -> [n, 2])."""
     head.eval()
     device = next(head.parameters()).device
     out = []
@@ -36,7 +48,8 @@ def prefix_logits(head, sequences: list[torch.Tensor]) -> list[np.ndarray]:
         lengths = torch.arange(1, n + 1, device=device)
         # Zero the steps after each prefix's end: the head masks them, and the LSTM runs forward only.
         keep = (torch.arange(n, device=device)[None, :] < lengths[:, None]).to(padded.dtype)
-        out.append(head(padded * keep[:, :, None], lengths).double().cpu().numpy())
+        recurrent, segment = head.logit_parts(padded * keep[:, :, None], lengths)
+        out.append(torch.stack([recurrent, segment], dim=1).double().cpu().numpy())
     return out
 
 

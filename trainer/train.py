@@ -32,6 +32,7 @@ from moodstream.trainer.loop import (CsvLog, EpochCallback, atomic_torch_save, e
                                      run_epoch, run_loop, seed_everything)
 from moodstream.trainer.metrics import binary_metrics, choose_threshold
 from moodstream.trainer.prefixes import (choose_min_evidence, fit_platt, platt_cross_validated, prefix_logits,
+                                          prefix_probabilities,
                                           sigmoid)
 from moodstream.trainer.prepare import prepare_data
 from moodstream.trainer.segments import SegmentStore
@@ -270,19 +271,15 @@ class SplitTrainer:
 
     @torch.inference_mode()
     def session_probabilities(self, vectors: dict[str, torch.Tensor], ids: list[str]) -> np.ndarray:
-        head = self.model.session_head.eval()
-        out = []
-        for session_id in ids:
-            sequence = vectors[session_id].to(self.device)[None]
-            out.append(self.model.session_probability(head(sequence)[0]))
-        return np.asarray(out, dtype=float)
+        self.model.session_head.eval()
+        return np.asarray([self.model.score(vectors[session_id].to(self.device)) for session_id in ids], dtype=float)
 
     def prefix_probabilities(self, vectors: dict[str, torch.Tensor], ids: list[str],
                              calibrated: bool = True) -> list[np.ndarray]:
-        logits = prefix_logits(self.model.session_head, [vectors[s] for s in ids])
+        sequences = [vectors[s] for s in ids]
         if calibrated:
-            return [sigmoid(self.model.calibrated_logit(torch.from_numpy(l)).numpy()) for l in logits]
-        return [sigmoid(l) for l in logits]
+            return prefix_probabilities(self.model, sequences)
+        return [sigmoid(l) for l in prefix_logits(self.model.session_head, sequences)]
 
     def calibrate(self, vectors: dict[str, torch.Tensor], val_ids: list[str]) -> dict:
         """Platt scaling on every prefix of the validation sessions; stored in the model's config."""

@@ -90,7 +90,7 @@ class Ack(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class ScoreUpdate(_message.Message):
-    __slots__ = ("session_id", "participant_id", "segments", "probability", "above_threshold", "threshold", "model_version", "time_unix", "seq", "offset", "device_id", "speech_seconds", "notice", "start_seconds", "session_state", "session_state_since_unix", "evidence_sufficient")
+    __slots__ = ("session_id", "participant_id", "segments", "probability", "above_threshold", "threshold", "model_version", "time_unix", "seq", "offset", "device_id", "speech_seconds", "notice", "start_seconds", "session_state", "session_state_since_unix", "evidence_sufficient", "probability_low", "probability_high", "interval_level")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,9 @@ class ScoreUpdate(_message.Message):
     SESSION_STATE_FIELD_NUMBER: _ClassVar[int]
     SESSION_STATE_SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_SUFFICIENT_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_LOW_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_HIGH_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_LEVEL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     participant_id: str
     segments: int
@@ -125,7 +128,10 @@ class ScoreUpdate(_message.Message):
     session_state: SessionState
     session_state_since_unix: float
     evidence_sufficient: bool
-    def __init__(self, session_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., segments: _Optional[int] = ..., probability: _Optional[float] = ..., above_threshold: _Optional[bool] = ..., threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., time_unix: _Optional[float] = ..., seq: _Optional[int] = ..., offset: _Optional[str] = ..., device_id: _Optional[str] = ..., speech_seconds: _Optional[float] = ..., notice: _Optional[str] = ..., start_seconds: _Optional[float] = ..., session_state: _Optional[_Union[SessionState, str]] = ..., session_state_since_unix: _Optional[float] = ..., evidence_sufficient: _Optional[bool] = ...) -> None: ...
+    probability_low: float
+    probability_high: float
+    interval_level: float
+    def __init__(self, session_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., segments: _Optional[int] = ..., probability: _Optional[float] = ..., above_threshold: _Optional[bool] = ..., threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., time_unix: _Optional[float] = ..., seq: _Optional[int] = ..., offset: _Optional[str] = ..., device_id: _Optional[str] = ..., speech_seconds: _Optional[float] = ..., notice: _Optional[str] = ..., start_seconds: _Optional[float] = ..., session_state: _Optional[_Union[SessionState, str]] = ..., session_state_since_unix: _Optional[float] = ..., evidence_sufficient: _Optional[bool] = ..., probability_low: _Optional[float] = ..., probability_high: _Optional[float] = ..., interval_level: _Optional[float] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "seq")
@@ -260,7 +266,7 @@ class SpeechSettings(_message.Message):
     def __init__(self, chunk_seconds: _Optional[float] = ..., min_last_chunk_seconds: _Optional[float] = ..., vad_aggressiveness: _Optional[int] = ..., frame_ms: _Optional[int] = ..., hangover_ms: _Optional[int] = ..., onset_ms: _Optional[int] = ..., warmup_ms: _Optional[int] = ..., echo_tail_seconds: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_version", "threshold", "sample_rate", "speech", "min_chunk_seconds", "max_chunk_seconds", "notice", "min_evidence_segments", "training_data", "positive_class", "demo_model", "versions")
+    __slots__ = ("model_version", "threshold", "sample_rate", "speech", "min_chunk_seconds", "max_chunk_seconds", "notice", "min_evidence_segments", "training_data", "positive_class", "demo_model", "versions", "interval_level")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +279,7 @@ class ModelInfo(_message.Message):
     POSITIVE_CLASS_FIELD_NUMBER: _ClassVar[int]
     DEMO_MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_LEVEL_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     threshold: float
     sample_rate: int
@@ -285,4 +292,5 @@ class ModelInfo(_message.Message):
     positive_class: str
     demo_model: bool
     versions: _containers.RepeatedCompositeFieldContainer[ModelInfo]
-    def __init__(self, model_version: _Optional[str] = ..., threshold: _Optional[float] = ..., sample_rate: _Optional[int] = ..., speech: _Optional[_Union[SpeechSettings, _Mapping]] = ..., min_chunk_seconds: _Optional[float] = ..., max_chunk_seconds: _Optional[float] = ..., notice: _Optional[str] = ..., min_evidence_segments: _Optional[int] = ..., training_data: _Optional[str] = ..., positive_class: _Optional[str] = ..., demo_model: _Optional[bool] = ..., versions: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+    interval_level: float
+    def __init__(self, model_version: _Optional[str] = ..., threshold: _Optional[float] = ..., sample_rate: _Optional[int] = ..., speech: _Optional[_Union[SpeechSettings, _Mapping]] = ..., min_chunk_seconds: _Optional[float] = ..., max_chunk_seconds: _Optional[float] = ..., notice: _Optional[str] = ..., min_evidence_segments: _Optional[int] = ..., training_data: _Optional[str] = ..., positive_class: _Optional[str] = ..., demo_model: _Optional[bool] = ..., versions: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., interval_level: _Optional[float] = ...) -> None: ...
