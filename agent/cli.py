@@ -116,12 +116,15 @@ class StatusLine:
         self.score = None
         self.retrying = None
         self._drawn = False
+        self._interval_noted: set[str] = set()  # model versions whose interval (or lack of one) was explained
 
     def _line(self) -> str:
-        score = "p=n/a"
+        from moodstream.wire import interval_text
+
+        score = "p = n/a"
         if self.score is not None:
             label = score_label(self.score.get("evidence_sufficient", True), self.score["above_threshold"])
-            score = f"p={self.score['probability']:.3f} after {self.score['segments']} segment(s), {label}"
+            score = f"p = {interval_text(self.score)} after {self.score['segments']} segment(s), {label}"
         state = f" · reconnecting ({self.retrying})" if self.retrying else ""
         dropped = f" · dropped {self.dropped}" if self.dropped else ""
         return (f"agent {self.session_id} · chunks made {self.made} · sent {self.sent} · acked {self.acked}"
@@ -150,6 +153,15 @@ class StatusLine:
             self.stream.flush()
             self._drawn = False
 
+    def _note_interval(self, score: dict) -> None:
+        """Once per model version: what the brackets after p mean, or that the model gives no interval."""
+        from moodstream.wire import interval_note
+
+        version = score.get("model_version", "")
+        if version not in self._interval_noted:
+            self._interval_noted.add(version)
+            self.say(f"agent: model {version or '?'}: {interval_note(score)}")
+
     def update(self, event) -> None:
         data = event.data
         kind = event.kind
@@ -174,6 +186,7 @@ class StatusLine:
             self._draw()
         elif kind == "score":
             self.score = data
+            self._note_interval(data)
             self._draw()
         elif kind == "dropped":
             self.dropped += 1
@@ -205,6 +218,7 @@ def run(args) -> int:
     from .pipeline import deliver_outbox, run_agent
     from .sources import SourceError, open_source
     from moodstream.speech.vad import load_prompt_intervals
+    from moodstream.wire import interval_text
 
     err = sys.stderr
 
@@ -322,7 +336,7 @@ def run(args) -> int:
     if score is None:
         ending = "no score (no chunk was long enough to send)" if result.last_seq is None else "no score received"
     else:
-        ending = (f"final probability {score.probability:.3f} after {score.segments} segment(s) "
+        ending = (f"final probability {interval_text(score)} after {score.segments} segment(s) "
                   f"({score_label(score.evidence_sufficient, score.above_threshold)}), "
                   f"model {score.model_version or '?'}")
     err.write(f"moodstream agent: session {result.session_id} delivered: {ending}. {SCREENING_NOTICE}\n")

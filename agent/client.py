@@ -114,6 +114,7 @@ class ModelInfo:
     threshold: float
     sample_rate: int
     speech: dict | None  # the speech settings the model was trained with; None if it records none
+    interval_level: float | None = None  # the level of the interval around every score; None: scores carry none
 
 
 def fetch_model_info(target: ServerTarget, timeout: float = 5.0, model_version: str = "") -> ModelInfo:
@@ -130,7 +131,8 @@ def fetch_model_info(target: ServerTarget, timeout: float = 5.0, model_version: 
             continue
         finally:
             channel.close()
-        return ModelInfo(reply.model_version, reply.threshold, reply.sample_rate, speech_settings_of(reply))
+        return ModelInfo(reply.model_version, reply.threshold, reply.sample_rate, speech_settings_of(reply),
+                         reply.interval_level if reply.HasField("interval_level") else None)
     raise AgentError("cannot ask the server for its model: " + "; ".join(failures))
 
 

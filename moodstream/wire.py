@@ -82,6 +82,18 @@ def interval_text(values: Mapping[str, Any]) -> str:
     return f"{text} ({values['probability_low']:.2f}\u2013{values['probability_high']:.2f})"
 
 
+# Said once per model whose scores carry no interval, never on every score line.
+NO_INTERVAL_NOTE = "this model gives no interval around its scores"
+
+
+def interval_note(values: Mapping[str, Any]) -> str:
+    """What the brackets after a score dict's probability mean, to be said once per model: the interval's level,
+    or NO_INTERVAL_NOTE."""
+    if values.get("probability_low") is None:
+        return NO_INTERVAL_NOTE
+    return f"in brackets: the {values['interval_level']:.0%} interval around each probability"
+
+
 def score_to_dict(update: pb.ScoreUpdate) -> dict[str, Any]:
     """Every field of a ScoreUpdate under its .proto name, numbers as numbers, enums by name,
     evidence_sufficient as a bool (unset counts as sufficient), and the interval's fields as None when
