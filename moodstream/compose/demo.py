@@ -55,25 +55,37 @@ def add_parser(subparsers) -> None:
 
 
 class ScorePrinter:
-    """Prints score updates as they arrive from Subscribe; remembers when each came."""
+    """Prints score updates as they arrive from Subscribe; remembers when each came.
+
+    Each probability shows with its interval, "p = 0.72 (0.61–0.80)"; before a model's first score a line says
+    what the brackets mean, or that the model gives no interval (on stderr with --json, so stdout stays JSON).
+    """
 
     def __init__(self, json_output: bool) -> None:
         self.json_output = json_output
         self.received: dict[tuple[str, int], float] = {}  # (participant, seq) -> arrival time
         self.updates = []
         self.lock = threading.Lock()
+        self.interval_noted: set[str] = set()  # model versions whose interval (or lack of one) was explained
 
     def show(self, update) -> None:
+        from moodstream.wire import interval_note, interval_text, score_to_dict
+
         # One subscriber thread per participant: a line is printed whole, under the lock.
         with self.lock:
             self.received[(update.participant_id, update.seq)] = time.time()
             self.updates.append(update)
+            values = score_to_dict(update)
+            if update.model_version not in self.interval_noted:
+                self.interval_noted.add(update.model_version)
+                print(f"  model {update.model_version}: {interval_note(values)}",
+                      file=sys.stderr if self.json_output else sys.stdout, flush=True)
             if self.json_output:
-                from moodstream.wire import score_to_dict
-
-                values = score_to_dict(update)
                 values.update(probability=round(update.probability, 6),
                               speech_seconds=round(update.speech_seconds, 3), time_unix=round(update.time_unix, 3))
+                if update.HasField("probability_low"):
+                    values.update(probability_low=round(update.probability_low, 6),
+                                  probability_high=round(update.probability_high, 6))
                 print(json.dumps(values), flush=True)
             else:
                 if evidence_sufficient(update):
@@ -81,7 +93,7 @@ class ScorePrinter:
                 else:
                     label = COLLECTING_SPEECH
                 print(f"  {update.participant_id:>16} segment {update.segments:3d} | {update.speech_seconds:6.1f} s "
-                      f"speech | p = {update.probability:.3f} ({label}) | model {update.model_version}", flush=True)
+                      f"speech | p = {interval_text(values)} | {label} | model {update.model_version}", flush=True)
 
     def received_keys(self) -> set[tuple[str, int]]:
         with self.lock:
