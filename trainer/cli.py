@@ -1,4 +1,5 @@
-"""`moodstream train | evaluate | ablate | baseline | standin | standin-sweep | import-whisper | demo-checkpoint`.
+"""`moodstream train | evaluate | ablate | baseline | standin | standin-sweep | import-whisper | demo-checkpoint |
+long-session-check`.
 
 Parsers only here (no torch import), so `moodstream --help` stays fast.
 """
@@ -131,6 +132,43 @@ def add_parser(subparsers) -> None:
     demo.add_argument("--resume", action="store_true",
                       help="continue an interrupted build in --work (keeps its corpus and finished epochs)")
     demo.set_defaults(handler=run_demo_checkpoint)
+
+    from moodstream.trainer.long_session_metrics import GOAL_AUC_GAP, GOAL_ECE
+    from moodstream.trainer.long_sessions import DEFAULT_SEED, DEFAULT_SPEAKERS, REPORT_AT
+
+    long = subparsers.add_parser(
+        "long-session-check", help="calibration and ranking after 2, 5, 10 and 20 segments, on long synthetic "
+                                   "sessions of speakers the checkpoint never heard",
+        description="Synthesise long sessions with the demo recipe's espeak-ng generator (a slowed, label 1, and "
+                    "a lively, label 0, session per speaker, each long enough for the largest --at count after "
+                    "the speech path), from voices outside the demo corpus the checkpoint was built from (its "
+                    "recorded demo-recipe seed, else seed 0, plus any --exclude-corpus-seed). Cut them with the "
+                    "checkpoint's own speech settings, as `moodstream evaluate` does, score the session after "
+                    "every segment, and report per --at count: AUC, ECE (10 bins), Brier, the mean score per "
+                    "class (its drift with length alone) and, when the checkpoint carries an interval, the 90 % "
+                    "interval's coverage. Writes report.md, result.json and long_sessions.png into --output; "
+                    "the synthesised audio is kept and reused. The goal: at every --at count after the first, "
+                    f"ECE at most {100 * GOAL_ECE:.0f} % and AUC within {100 * GOAL_AUC_GAP:.0f} points of the "
+                    "last count's AUC. About 10 minutes for 40 speakers on two CPU cores; needs espeak-ng.")
+    long.add_argument("checkpoint", help="checkpoint folder (any moodstream checkpoint, e.g. "
+                                         "moodstream/assets/demo-checkpoint)")
+    long.add_argument("--output", default="runs/long-sessions", help="report folder (default: %(default)s)")
+    long.add_argument("--speakers", type=int, default=DEFAULT_SPEAKERS,
+                      help="held-out speakers, two sessions each (default: %(default)s)")
+    long.add_argument("--at", default=",".join(map(str, REPORT_AT)), metavar="K1,K2,...",
+                      help="segment counts to report, increasing; every session gets at least the last, which "
+                           "is also the goal's reference (default: %(default)s)")
+    long.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                      help="the check's own draw of speakers, deliveries and sentences (default: %(default)s)")
+    long.add_argument("--exclude-corpus-seed", dest="exclude_seeds", type=int, action="append", default=[],
+                      metavar="SEED", help="also leave out the speakers of the demo corpus of this seed (repeatable)")
+    long.add_argument("--audio", default=None, metavar="DIR",
+                      help="folder for the synthetic sessions, reused when it holds the same ones "
+                           "(default: OUTPUT/audio)")
+    long.add_argument("--cache-dir", default="~/.cache/moodstream/segments",
+                      help="the speech path's segment cache (default: %(default)s)")
+    long.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    long.set_defaults(handler=run_long_session_check)
 
 
 def run_train(args) -> int:
@@ -266,4 +304,19 @@ def run_demo_checkpoint(args) -> int:
 
     folder = build_demo_checkpoint(output=args.output, work=args.work, seed=args.seed, resume=args.resume)
     print(f"wrote {folder}")
+    return 0
+
+
+def run_long_session_check(args) -> int:
+    from moodstream.trainer.long_sessions import parse_segment_counts, run_long_session_check as check
+
+    result = check(args.checkpoint, args.output, speakers=args.speakers, seed=args.seed,
+                   report_at=parse_segment_counts(args.at), audio=args.audio, exclude_seeds=args.exclude_seeds,
+                   cache_dir=args.cache_dir, device=args.device)
+    for k in result["report_at"]:
+        row = result["rows"][str(k)]
+        print(f"after {k:>2} segment{'s' if k > 1 else ' '}: AUC {100 * row['auc']:.1f}, "
+              f"ECE {100 * row['ece']:.1f} %, Brier {row['brier']:.3f}, "
+              f"mean score {row['mean_score_positive']:.3f} (label 1) / {row['mean_score_negative']:.3f} (label 0)")
+    print(f"goal {'met' if result['goal']['met'] else 'not met'}; report: {args.output}/report.md")
     return 0

@@ -1,0 +1,177 @@
+"""The long-session check's numbers: per segment count k, how well the session score ranks and how
+calibrated it is, how each class's mean score moves with k, and whether the interval holds what it says.
+
+Every function takes, per session, the calibrated probability after each of its segments
+(`trainer.prefixes.prefix_probabilities`); row k reads the k-th of them from every session that has at
+least k segments, so a row's numbers are the score a live subscriber saw after exactly k segments.
+
+torch-free at import (trainer.prefixes, which imports torch, is imported where it is used): the command's
+parser reads the goal from here.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+COVERAGE_BINS = 5
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_LEVEL = 0.9
+GOAL_ECE = 0.10  # at most, at every goal point
+GOAL_AUC_GAP = 0.03  # at most, between a goal point's AUC and the reference point's
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else math.nan
+
+
+def interval_coverage(labels, lows, highs, probabilities, bins: int = COVERAGE_BINS) -> float:
+    """Share of predictions whose interval holds the observed outcome rate of its bin.
+
+    Predictions are sorted by probability and cut into `bins` bins of (nearly) equal count; a single
+    outcome is 0 or 1, so a bin's outcome rate is the nearest thing to the probability it should have had.
+    """
+    labels, lows, highs = (np.asarray(a, dtype=float) for a in (labels, lows, highs))
+    if labels.size == 0:
+        return math.nan
+    covered = np.zeros(labels.size, dtype=bool)
+    for chosen in np.array_split(np.argsort(np.asarray(probabilities, dtype=float), kind="stable"),
+                                 min(bins, labels.size)):
+        rate = labels[chosen].mean()
+        covered[chosen] = (lows[chosen] <= rate) & (rate <= highs[chosen])
+    return float(covered.mean())
+
+
+def row_at(k: int, labels, prefix_probabilities: list[np.ndarray], intervals: list[np.ndarray] | None) -> dict:
+    """The metrics of the score after exactly k segments, over the sessions that have k segments.
+
+    `intervals`: per session, [n, 2] (low, high) after each segment, or None when the checkpoint has none.
+    """
+    from moodstream.trainer.prefixes import ECE_BINS, expected_calibration_error
+
+    labels = np.asarray(labels, dtype=int)
+    chosen = np.asarray([len(p) >= k for p in prefix_probabilities], dtype=bool)
+    scores = np.asarray([p[k - 1] for p, c in zip(prefix_probabilities, chosen) if c], dtype=float)
+    kept = labels[chosen]
+    row = {"segments": k, "sessions": int(kept.size), "positives": int(kept.sum()),
+           "auc": auc(kept, scores) if kept.size else math.nan,
+           "ece": expected_calibration_error(kept, scores, ECE_BINS),
+           "brier": float(np.mean((scores - kept) ** 2)) if kept.size else math.nan,
+           "mean_score": float(scores.mean()) if kept.size else math.nan,
+           "mean_score_positive": float(scores[kept == 1].mean()) if (kept == 1).any() else math.nan,
+           "mean_score_negative": float(scores[kept == 0].mean()) if (kept == 0).any() else math.nan,
+           "interval_coverage": None, "mean_interval_width": None}
+    if intervals is not None and kept.size:
+        bounds = np.asarray([b[k - 1] for b, c in zip(intervals, chosen) if c], dtype=float)
+        row["interval_coverage"] = interval_coverage(kept, bounds[:, 0], bounds[:, 1], scores)
+        row["mean_interval_width"] = float(np.mean(bounds[:, 1] - bounds[:, 0]))
+    return row
+
+
+def speaker_bootstrap(k: int, labels, speakers: list[str], prefix_probabilities: list[np.ndarray],
+                      resamples: int = BOOTSTRAP_RESAMPLES, level: float = BOOTSTRAP_LEVEL, seed: int = 0) -> dict:
+    """Percentile intervals of AUC and ECE at k, resampling whole speakers (their sessions stay together)."""
+    from moodstream.trainer.prefixes import ECE_BINS, expected_calibration_error
+
+    labels = np.asarray(labels, dtype=int)
+    names = sorted(set(speakers))
+    members = {name: [i for i, s in enumerate(speakers) if s == name and len(prefix_probabilities[i]) >= k]
+               for name in names}
+    rng = np.random.default_rng(seed)
+    aucs, eces = [], []
+    for _ in range(resamples):
+        picked = [i for j in rng.integers(0, len(names), len(names)) for i in members[names[j]]]
+        if len(set(labels[picked].tolist())) < 2:
+            continue
+        scores = np.asarray([prefix_probabilities[i][k - 1] for i in picked])
+        aucs.append(auc(labels[picked], scores))
+        eces.append(expected_calibration_error(labels[picked], scores, ECE_BINS))
+    tail = 100 * (1 - level) / 2
+
+    def band(values: list[float]) -> list[float] | None:
+        return [float(v) for v in np.percentile(values, [tail, 100 - tail])] if values else None
+
+    return {"auc": band(aucs), "ece": band(eces), "level": level, "resamples": len(aucs)}
+
+
+def goal_verdict(rows: dict[int, dict], goal_at: list[int], reference: int) -> dict:
+    """ECE <= GOAL_ECE and |AUC - AUC at `reference`| <= GOAL_AUC_GAP at every point of `goal_at`."""
+    points = {}
+    for k in goal_at:
+        row = rows[k]
+        gap = abs(row["auc"] - rows[reference]["auc"])
+        points[str(k)] = {"ece_ok": bool(row["ece"] <= GOAL_ECE), "auc_gap": float(gap),
+                     "auc_ok": bool(gap <= GOAL_AUC_GAP)}
+    return {"ece_at_most": GOAL_ECE, "auc_within": GOAL_AUC_GAP, "reference_segments": reference,
+            "points": points, "met": all(p["ece_ok"] and p["auc_ok"] for p in points.values())}
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def _band(band) -> str:
+    return "" if not band else f" [{_pct(band[0])}, {_pct(band[1])}]"
+
+
+def summary_table(rows: dict[int, dict], report_at: list[int], bootstrap: dict[int, dict]) -> str:
+    lines = ["| after k segments | sessions (positive) | AUC % [90 % CI] | ECE % [90 % CI] | Brier | mean score, "
+             "label 1 | mean score, label 0 | mean score, all | 90 % interval coverage % | mean interval width |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for k in report_at:
+        r, b = rows[k], bootstrap.get(k, {})
+        width = "n/a" if r["mean_interval_width"] is None else f"{r['mean_interval_width']:.3f}"
+        lines.append(f"| {k} | {r['sessions']} ({r['positives']}) | {_pct(r['auc'])}{_band(b.get('auc'))} | "
+                     f"{_pct(r['ece'])}{_band(b.get('ece'))} | {r['brier']:.3f} | {r['mean_score_positive']:.3f} | "
+                     f"{r['mean_score_negative']:.3f} | {r['mean_score']:.3f} | {_pct(r['interval_coverage'])} | "
+                     f"{width} |")
+    return "\n".join(lines)
+
+
+def every_k_table(rows: dict[int, dict]) -> str:
+    lines = ["| k | AUC % | ECE % | Brier | mean score, label 1 | mean score, label 0 |", "|---|---|---|---|---|---|"]
+    for k, r in sorted(rows.items()):
+        lines.append(f"| {k} | {_pct(r['auc'])} | {_pct(r['ece'])} | {r['brier']:.3f} | "
+                     f"{r['mean_score_positive']:.3f} | {r['mean_score_negative']:.3f} |")
+    return "\n".join(lines)
+
+
+def goal_markdown(goal: dict) -> str:
+    lines = [f"Goal: ECE at most {_pct(goal['ece_at_most'])} % and AUC within {100 * goal['auc_within']:.0f} points "
+             f"of the AUC after {goal['reference_segments']} segments, at "
+             f"{', '.join(str(k) for k in goal['points'])} segments: **{'met' if goal['met'] else 'not met'}**.", "",
+             "| after k segments | ECE within goal | AUC gap to the reference (points) | AUC within goal |",
+             "|---|---|---|---|"]
+    for k, point in goal["points"].items():
+        lines.append(f"| {k} | {'yes' if point['ece_ok'] else 'no'} | {100 * point['auc_gap']:.1f} | "
+                     f"{'yes' if point['auc_ok'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def long_session_png(rows: dict[int, dict], path: Path, title: str) -> None:
+    from moodstream.trainer.plots import _pyplot
+
+    plt = _pyplot()
+    ks = sorted(rows)
+    figure, (scores, quality) = plt.subplots(1, 2, figsize=(9, 3.3), dpi=110)
+    scores.plot(ks, [rows[k]["mean_score_positive"] for k in ks], marker="o", label="label 1 sessions")
+    scores.plot(ks, [rows[k]["mean_score_negative"] for k in ks], marker="o", label="label 0 sessions")
+    scores.plot(ks, [rows[k]["mean_score"] for k in ks], linestyle="--", color="grey", label="all sessions")
+    scores.set_ylim(0, 1)
+    scores.set_title("mean calibrated score", fontsize=9)
+    quality.plot(ks, [rows[k]["auc"] for k in ks], marker="o", label="AUC")
+    quality.plot(ks, [rows[k]["ece"] for k in ks], marker="x", label="ECE (10 bins)")
+    quality.axhline(GOAL_ECE, color="grey", linewidth=0.8, linestyle=":")
+    quality.set_ylim(0, 1)
+    quality.set_title("ranking and calibration", fontsize=9)
+    for axis in (scores, quality):
+        axis.set_xlabel("segments scored")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
