@@ -69,6 +69,10 @@ class Point:
     late_cause: str = ""        # set when delay_seconds passed the late threshold
     gap_before: str = ""        # cause of a gap in speech time before this point
     evidence_sufficient: bool = True  # False: below the checkpoint's evidence rule, no label
+    # The interval around probability at interval_level; None when the checkpoint carries none.
+    probability_low: float | None = None
+    probability_high: float | None = None
+    interval_level: float | None = None
 
     @classmethod
     def from_update(cls, update: pb.ScoreUpdate) -> "Point":
@@ -122,6 +126,8 @@ class FollowedSession:
             "ref": self.ref, "session_id": self.session_id, "participant_id": self.participant_id,
             "participant_ref": self.participant_ref, "device_id": self.device_id,
             "segments": latest.segments, "probability": latest.probability,
+            "probability_low": latest.probability_low, "probability_high": latest.probability_high,
+            "interval_level": latest.interval_level,
             "above_threshold": latest.above_threshold, "evidence_sufficient": latest.evidence_sufficient,
             "threshold": latest.threshold,
             "model_version": latest.model_version, "model_versions": versions,
@@ -231,8 +237,10 @@ class FeedView:
 
     def summary(self, session: FollowedSession) -> dict:
         summary = session.summary(self.clock(), self.config.idle_seconds)
-        return summary | {"model": self.model(summary["model_version"], summary["threshold"]),
-                          "on_overview": self.on_overview(session)}
+        # Whether a model's scores carry an interval is read off its scores: the pages say so once per model.
+        model = self.model(summary["model_version"], summary["threshold"])
+        model["interval_level"] = summary["interval_level"]
+        return summary | {"model": model, "on_overview": self.on_overview(session)}
 
     def on_overview(self, session: FollowedSession) -> bool:
         return not self.discovering or session.session_id in self.listed

@@ -423,6 +423,37 @@ def test_an_expected_session_has_a_page_that_fills_in_when_its_first_score_arriv
             reader.close()
 
 
+INTERVAL_FIELDS = ("probability_low", "probability_high", "interval_level")
+REPLICATES = [[0.6, 1.4, -0.2], [0.9, 1.1, 0.1], [0.3, 1.8, 0.0], [1.2, 0.7, -0.4], [0.5, 1.0, 0.3]]
+
+
+@pytest.mark.parametrize("replicates", [REPLICATES, []], ids=["with-interval", "without"])
+def test_the_api_carries_each_score_s_interval_and_whether_the_model_gives_one(start_server, tokens, replicates):
+    import torch
+
+    from moodstream.model import ModelConfig, ScreeningModel
+
+    torch.manual_seed(7)
+    server = start_server(model=ScreeningModel(ModelConfig.tiny(calibration_replicates=replicates)).eval())
+    stream_session(server.port, tokens, "sess-i", "p1", 2, seed=4)
+    with stub_for(server.port) as stub:
+        latest = stub.GetScore(pb.GetScoreRequest(session_id="sess-i"), metadata=tokens.metadata("admin"))
+    with dashboard_for(server.port, tokens.by_name["reader-p1"], ["p1"]) as dashboard:
+        [summary] = wait_for(lambda: [s for s in overview(dashboard)["sessions"] if s["segments"] == 2],
+                             what="both scores")
+        points = get_json(f"{dashboard.url}api/s/{summary['ref']}")["points"]
+        [listed] = get_json(f"{dashboard.url}api/p/{summary['participant_ref']}")["sessions"]
+    assert len(points) == 2
+    if replicates:
+        for name in INTERVAL_FIELDS:
+            assert summary[name] == listed[name] == points[-1][name] == pytest.approx(getattr(latest, name))
+        assert all(p["probability_low"] <= p["probability"] <= p["probability_high"] for p in points)
+        assert summary["model"]["interval_level"] == pytest.approx(0.9)
+    else:
+        assert all(item[name] is None for item in (summary, listed, *points) for name in INTERVAL_FIELDS)
+        assert summary["model"]["interval_level"] is None
+
+
 # ---------------------------------------------------------------------------- states, speech time, meaning
 
 

@@ -250,3 +250,92 @@ def test_a_session_through_an_outage_to_its_end_reads_true_at_desktop_and_phone_
     finally:
         dashboard.stop()
         server.stop()
+
+
+# Canvas column and rows inside the chart's latest interval band: its height in pixels, and the share of
+# it drawn in the band's blue tint (the probability line and the point are blue too).
+INTERVAL_BAND_SCRIPT = """
+const node = document.getElementById(arguments[0]), canvas = node.querySelector('canvas');
+if (!canvas || !node.dataset.intervalProbe) return null;
+const [x, top, bottom] = JSON.parse(node.dataset.intervalProbe);
+if (bottom - top < 6) return {height: bottom - top, share: 0};
+const data = canvas.getContext('2d').getImageData(x, top + 1, 1, bottom - top - 2).data;
+let tinted = 0;
+for (let i = 0; i < data.length; i += 4) if (data[i + 2] > data[i] + 12) tinted++;
+return {height: bottom - top, share: tinted / (data.length / 4)};
+"""
+REPLICATES = [[0.6, 1.4, -0.2], [0.9, 1.1, 0.1], [0.3, 1.8, 0.0], [1.2, 0.7, -0.4], [0.5, 1.0, 0.3]]
+NO_INTERVAL = "This model gives no interval around its scores."
+
+
+@pytest.mark.parametrize("replicates", [REPLICATES, []], ids=["with-interval", "without"])
+def test_each_score_shows_its_interval_as_text_and_a_band_or_the_page_says_once_there_is_none(
+        browser, start_server, tokens, replicates):
+    import torch
+    from selenium.webdriver.common.by import By
+
+    from moodstream.model import ModelConfig, ScreeningModel
+    from moodstream.wire import interval_text, score_to_dict
+
+    torch.manual_seed(8)
+    server = start_server(model=ScreeningModel(ModelConfig.tiny(calibration_replicates=replicates)).eval())
+    pcm = make_chunks(3, seed=12)
+    with stub_for(server.port) as stub:
+        stream(stub, [header("clinic-visit", "p1"),
+                      *[pb.StreamRequest(chunk=pb.Chunk(seq=seq, start_seconds=7.0 * seq, pcm=c))
+                        for seq, c in enumerate(pcm)], end(2)], tokens.metadata("agent"))
+        latest = stub.GetScore(pb.GetScoreRequest(session_id="clinic-visit"), metadata=tokens.metadata("admin"))
+    shown = interval_text(score_to_dict(latest))
+    assert ("\u2013" in shown) == bool(replicates)
+    config = FeedConfig(server=f"127.0.0.1:{server.port}", token=tokens.by_name["reader-p1"], participants=["p1"],
+                        health_interval=0.5)
+    name = "interval" if replicates else "no-interval"
+    with BackgroundDashboard(config) as dashboard:
+        set_viewport(browser, DESKTOP)
+        browser.get(dashboard.url)
+        wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.session-row td.segments")
+                   and d.find_element(By.CSS_SELECTOR, "tr.session-row td.segments").text == "3", "all three scores")
+        assert browser.find_element(By.CSS_SELECTOR, "tr.session-row td.probability").text == shown
+        notes = by_id(browser, "model-notes").text
+        if replicates:
+            assert "its 90% interval" in notes and NO_INTERVAL not in notes
+        else:
+            assert notes.count(NO_INTERVAL) == 1
+        shot(browser, f"{name}-overview-1280")
+
+        browser.find_element(By.CSS_SELECTOR, "a.session-link").click()
+        wait_until(browser, lambda d: chart_points(d) == 3, "three points on the chart")
+        assert by_id(browser, "tile-probability").text == shown
+        cells = [row.find_elements(By.CSS_SELECTOR, "td")[3].text
+                 for row in browser.find_elements(By.CSS_SELECTOR, "#points tbody tr")]
+        assert cells[0] == shown and all(("(" in cell) == bool(replicates) for cell in cells)
+        chart = by_id(browser, "chart")
+        assert shown in chart.get_attribute("aria-label")
+        legend = by_id(browser, "legend-interval")
+        notes = by_id(browser, "model-notes").text
+        if replicates:
+            assert chart.get_attribute("data-intervals") == "3" and legend.is_displayed()
+            band = browser.execute_script(INTERVAL_BAND_SCRIPT, "chart")
+            assert band["height"] >= 6 and band["share"] > 0.8, band
+        else:
+            assert chart.get_attribute("data-intervals") == "0" and not legend.is_displayed()
+            assert not chart.get_attribute("data-interval-probe")
+            assert notes.count(NO_INTERVAL) == 1
+        assert_threshold_drawn(browser)
+        shot(browser, f"{name}-session-1280")
+        set_viewport(browser, PHONE)
+        wait_for_chart_size(browser)
+        assert_fits(browser, "session with its interval at 390")
+        shot(browser, f"{name}-session-390")
+
+        by_id(browser, "participant-link").click()
+        wait_until(browser, lambda d: chart_points(d, "history-chart") == 1, "the participant's history")
+        row = browser.find_element(By.CSS_SELECTOR, "#history tbody tr")
+        assert shown in row.text
+        history = by_id(browser, "history-chart")
+        assert history.get_attribute("data-intervals") == ("1" if replicates else "0")
+        if replicates:
+            band = browser.execute_script(INTERVAL_BAND_SCRIPT, "history-chart")
+            assert band["height"] >= 6 and band["share"] > 0.8, band
+        assert_fits(browser, "participant with its interval at 390")
+        assert not severe_console(browser)

@@ -14,7 +14,12 @@
 
   // ------------------------------------------------------------ formatting
   const now = () => Date.now() / 1000 + skew;
-  const fmtProb = (p) => p.toFixed(3);
+  const fmtProb = (p) => p.toFixed(2);
+  const hasInterval = (s) => s.probability_low !== null && s.probability_low !== undefined;
+  // A score's probability with its interval, as moodstream.wire.interval_text writes it: "0.72 (0.61–0.80)".
+  const intervalText = (s) => fmtProb(s.probability) +
+    (hasInterval(s) ? " (" + fmtProb(s.probability_low) + "–" + fmtProb(s.probability_high) + ")" : "");
+  const percent = (level) => Math.round(level * 100) + "%";
   const fmtThreshold = (t) => t.toFixed(2);
   const minutes = (s) => (s / 60).toFixed(1);
   const shortVersion = (v) => (v && v.length > 14 ? v.slice(0, 12) + "…" : v || "–");
@@ -164,10 +169,17 @@
     for (const m of models) if (m && !unique.has(m.model_version)) unique.set(m.model_version, m);
     box.replaceChildren();
     for (const m of unique.values()) {
+      const interval = m.interval_level === null || m.interval_level === undefined
+        ? el("p", { class: "interval-note", "data-interval": "none",
+          text: "This model gives no interval around its scores." })
+        : el("p", { class: "interval-note", "data-interval": String(m.interval_level),
+          text: "In brackets after each probability, and shaded around it on the chart: its " +
+            percent(m.interval_level) + " interval, how far the calibration fitted on speakers the model never " +
+            "saw could move it." });
       box.append(el("div", { class: "model-note", "data-model": m.model_version },
         m.flag ? el("p", { class: "demo-flag", text: m.flag }) : null,
         el("p", { class: "meaning", text: m.meaning + " Decision threshold: " + fmtThreshold(m.threshold) +
-          " (a probability at or above it is labelled “above threshold”)." })));
+          " (a probability at or above it is labelled “above threshold”)." }), interval));
     }
     box.hidden = !unique.size;
   }
@@ -192,7 +204,7 @@
         cell("State", {}, stateBadge(s)),
         cell("Participant", { class: "id" }, el("a", { href: participantHref(s.participant_ref), text: s.participant_id })),
         cell("Session", { class: "id" }, el("a", { href: sessionHref(s.ref), class: "session-link", text: s.session_id })),
-        cell("Latest probability", { class: "num probability", text: fmtProb(s.probability) }),
+        cell("Latest probability", { class: "num probability", text: intervalText(s) }),
         cell("Label", {}, labelBadge(s.above_threshold, s.threshold, s.evidence_sufficient)),
         cell("Segments", { class: "num segments", text: s.segments }),
         cell("Last score", { title: dateTime(s.last_update_unix), text: ago(s.last_update_unix) }),
@@ -293,6 +305,56 @@
     };
   }
 
+  // Each score's interval, shaded behind the probability: one band along the line over consecutive scores
+  // that carry one (`joined`), else a bar per score. `intervalsOf` gives {x, low, high} or null per point.
+  function drawIntervals(intervalsOf, node, joined) {
+    return (u) => {
+      const intervals = intervalsOf();
+      const ratio = window.devicePixelRatio || 1, half = 4 * ratio;
+      const at = (item) => [u.valToPos(item.x, "x", true), u.valToPos(item.high, "y", true),
+        u.valToPos(item.low, "y", true)];
+      const runs = [];
+      let run = [];
+      for (const item of intervals) {
+        if (item) run.push(item);
+        if ((!item || !joined) && run.length) { runs.push(run); run = []; }
+      }
+      if (run.length) runs.push(run);
+      const ctx = u.ctx;
+      ctx.save();
+      ctx.beginPath();
+      ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height);
+      ctx.clip();
+      ctx.fillStyle = "rgba(29, 78, 216, 0.18)";
+      let probe = null; // canvas column and rows inside the latest band, for tests
+      for (const r of runs) {
+        ctx.beginPath();
+        if (r.length === 1) {
+          const [x, top, bottom] = at(r[0]);
+          ctx.rect(x - half, top, 2 * half, Math.max(1, bottom - top));
+          probe = [x, top, bottom];
+        } else {
+          r.forEach((item, i) => { const [x, top] = at(item); if (i) ctx.lineTo(x, top); else ctx.moveTo(x, top); });
+          r.slice().reverse().forEach((item) => { const [x, , bottom] = at(item); ctx.lineTo(x, bottom); });
+          ctx.closePath();
+          const a = at(r[r.length - 2]), b = at(r[r.length - 1]);
+          probe = a.map((value, i) => (value + b[i]) / 2);
+        }
+        ctx.fill();
+      }
+      ctx.restore();
+      node.dataset.intervals = String(intervals.filter(Boolean).length);
+      node.dataset.intervalProbe = probe ? JSON.stringify(probe.map(Math.round)) : "";
+    };
+  }
+
+  const intervalOf = (x, s) => (hasInterval(s) ? { x: x, low: s.probability_low, high: s.probability_high } : null);
+
+  function showIntervalLegend(count) {
+    const item = byId("legend-interval");
+    if (item) item.hidden = !count;
+  }
+
   // The x range is set here, not left to uPlot, which spans years around a lone time point.
   function setChartData(chart, data, range) {
     const xs = data[0];
@@ -352,7 +414,8 @@
       axes: [xAxis, { stroke: "#374151", font: AXIS_FONT, label: "probability", labelFont: AXIS_FONT, size: 44,
         values: (u, vals) => vals.map((v) => v.toFixed(1)) }],
       hooks: {
-        drawClear: options.bandsOf ? [shadeBands(options.bandsOf)] : [],
+        drawClear: [options.bandsOf ? shadeBands(options.bandsOf) : null,
+          drawIntervals(options.intervalsOf, node, !options.pointsOnly)].filter(Boolean),
         draw: [drawThreshold(options.thresholdOf, node), recordXLabels(node)],
       },
     };
@@ -397,7 +460,7 @@
     const late = points.filter((p) => p.late).length;
     const last = points[points.length - 1];
     return points.length + " scores over " + speechTime(last.start_seconds) + " of session time; latest " +
-      fmtProb(last.probability) + ", decision threshold " + fmtThreshold(threshold) +
+      intervalText(last) + ", decision threshold " + fmtThreshold(threshold) +
       (late ? "; " + late + " scored late" : "") + ".";
   }
 
@@ -415,7 +478,8 @@
     }
     byId("device-id").textContent = s.device_id || "–";
     stateNode.replaceChildren(stateBadge(s));
-    byId("tile-probability").textContent = fmtProb(s.probability);
+    byId("tile-probability").replaceChildren(fmtProb(s.probability), hasInterval(s)
+      ? el("span", { class: "interval", text: " " + intervalText(s).slice(fmtProb(s.probability).length + 1) }) : "");
     byId("tile-label").replaceChildren(labelBadge(s.above_threshold, s.threshold, s.evidence_sufficient));
     byId("tile-threshold").textContent = fmtThreshold(s.threshold);
     byId("tile-segments").textContent = s.segments;
@@ -435,6 +499,7 @@
         range: speechRange, space: 60, narrowSpace: 56, late: true,
         xValues: (u, splits) => splits.map(speechTime),
         bandsOf: () => session.bands,
+        intervalsOf: () => session.points.map((p) => intervalOf(p.start_seconds, p)),
         thresholdOf: () => (session.points.length ? session.points[session.points.length - 1].threshold : null),
       });
     }
@@ -446,6 +511,7 @@
     node.dataset.points = String(points.length);
     node.dataset.gaps = String(session.bands.filter((b) => b.kind === "gap").length);
     node.dataset.late = String(points.filter((p) => p.late).length);
+    showIntervalLegend(points.filter(hasInterval).length);
     node.dataset.x = JSON.stringify(points.map((p) => p.start_seconds));
     node.setAttribute("aria-label", "Chart of the probability per segment by speech time. " + describeChart(points, threshold || 0));
     byId("legend-threshold").textContent = threshold === null ? "–" : fmtThreshold(threshold);
@@ -470,7 +536,7 @@
         cell("Segment", { class: "num", text: p.segments }),
         cell("Recorded at", { class: "num", text: speechTime(p.start_seconds) }),
         cell("Scored at", {}, scored, p.late ? el("span", { class: "late-mark", text: " late by " + duration(p.delay_seconds) + " (" + p.late_cause + ")" }) : null),
-        cell("Probability", { class: "num", text: fmtProb(p.probability) }),
+        cell("Probability", { class: "num", text: intervalText(p) }),
         cell("Label", {}, labelBadge(p.above_threshold, p.threshold, p.evidence_sufficient)),
         cell("Speech (min)", { class: "num opt", text: minutes(p.speech_seconds) }),
         cell("Model", { class: "opt" }, modelCell(p.model_version))));
@@ -480,7 +546,7 @@
   // ------------------------------------------------------------ participant view
   // The chart shows one model version's sessions at a time (their probabilities and thresholds are
   // different scales); a participant with sessions under several versions gets a switch between them.
-  const participant = { info: null, sessions: new Map(), chart: null, threshold: null, version: null };
+  const participant = { info: null, sessions: new Map(), shown: [], chart: null, threshold: null, version: null };
 
   function renderVersionSwitch(versions, rows) {
     const box = byId("history-versions");
@@ -512,6 +578,7 @@
     const versions = [...new Set(rows.map((s) => s.model_version))];
     if (!versions.includes(participant.version)) participant.version = rows.length ? rows[rows.length - 1].model_version : null;
     const shown = rows.filter((s) => s.model_version === participant.version);
+    participant.shown = shown;
     participant.threshold = shown.length ? shown[shown.length - 1].threshold : null;
     renderVersionSwitch(versions, rows);
     const node = byId("history-chart");
@@ -519,11 +586,13 @@
       participant.chart = makeChart(node, {
         seriesLabel: "session score", xLabel: "day", time: true, range: dayRange, space: 90, narrowSpace: 80,
         pointsOnly: true, late: false, xValues: dayLabels, bandsOf: null, thresholdOf: () => participant.threshold,
+        intervalsOf: () => participant.shown.map((s) => intervalOf(s.started_unix, s)),
       });
     }
     setChartData(participant.chart, [shown.map((s) => s.started_unix), shown.map((s) => s.probability)], dayRange);
     node.dataset.points = String(shown.length);
     node.dataset.modelVersion = participant.version || "";
+    showIntervalLegend(shown.filter(hasInterval).length);
     node.setAttribute("aria-label", "Chart of each session's latest score by day: " + shown.length + " sessions" +
       (versions.length > 1 ? " under model " + participant.version : "") +
       (participant.threshold === null ? "." : ", decision threshold " + fmtThreshold(participant.threshold) + "."));
@@ -540,7 +609,7 @@
         cell("Day", { title: dateTime(s.started_unix), text: day(s.started_unix) }),
         cell("Session", { class: "id" }, el("a", { href: sessionHref(s.ref), text: s.session_id })),
         cell("Segments", { class: "num", text: s.segments }),
-        cell("Probability", { class: "num", text: fmtProb(s.probability) }),
+        cell("Probability", { class: "num", text: intervalText(s) }),
         cell("Label", {}, labelBadge(s.above_threshold, s.threshold, s.evidence_sufficient)),
         cell("Model", { class: "opt" }, modelCell(s.model_version))));
     }
