@@ -15,8 +15,8 @@ from moodstream.server.app import ConnectionLimits
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 from moodstream.wire import (CLIENT_KEEPALIVE_SECONDS, CLIENT_KEEPALIVE_TIMEOUT_SECONDS, MIN_PING_INTERVAL_SECONDS,
-                             Subscription, bearer_metadata, channel_options, open_channel, score_from_dict,
-                             score_to_dict)
+                             NO_INTERVAL_NOTE, Subscription, bearer_metadata, channel_options, interval_note,
+                             interval_text, open_channel, score_from_dict, score_to_dict)
 
 
 def an_update(**fields) -> pb.ScoreUpdate:
@@ -24,6 +24,14 @@ def an_update(**fields) -> pb.ScoreUpdate:
                   threshold=0.5, model_version="m1", time_unix=1700000000.5, seq=2, offset="17-0",
                   device_id="kiosk", speech_seconds=21.0, notice=SCREENING_NOTICE, start_seconds=14.0)
     return pb.ScoreUpdate(**(values | fields))
+
+
+def test_a_score_reads_with_its_interval_and_the_note_says_what_the_brackets_mean_or_that_there_are_none():
+    with_interval = score_to_dict(an_update(probability_low=0.11, probability_high=0.4, interval_level=0.8))
+    assert interval_text(with_interval) == "0.25 (0.12\u20130.38)"
+    assert interval_note(with_interval) == "in brackets: the 80% interval around each probability"
+    without = score_to_dict(an_update())
+    assert interval_text(without) == "0.25" and interval_note(without) == NO_INTERVAL_NOTE
 
 
 def test_a_score_dict_has_every_field_by_its_proto_name_with_numbers_as_numbers():
