@@ -28,7 +28,7 @@ def an_update(**fields) -> pb.ScoreUpdate:
 
 def test_a_score_reads_with_its_interval_and_the_note_says_what_the_brackets_mean_or_that_there_are_none():
     with_interval = score_to_dict(an_update(probability_low=0.11, probability_high=0.4, interval_level=0.8))
-    assert interval_text(with_interval) == "0.25 (0.12\u20130.38)"
+    assert interval_text(with_interval) == "0.25 (0.11\u20130.40)"
     assert interval_note(with_interval) == "in brackets: the 80% interval around each probability"
     without = score_to_dict(an_update())
     assert interval_text(without) == "0.25" and interval_note(without) == NO_INTERVAL_NOTE
