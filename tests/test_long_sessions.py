@@ -12,7 +12,7 @@ from moodstream.model import ScreeningModel
 from moodstream.samples import DEMO_CHECKPOINT as DEMO_CHECKPOINT_FOLDER
 from moodstream.trainer import demo_recipe
 from moodstream.trainer.evaluate import checkpoint_speech
-from moodstream.trainer.long_session_metrics import goal_verdict, interval_coverage, row_at
+from moodstream.trainer.long_session_metrics import goal_verdict, interval_coverage, reliability, row_at
 from moodstream.trainer.long_sessions import (draw_speakers, generate_long_sessions, held_out_voices,
                                               run_long_session_check)
 from moodstream.trainer.manifest import read_manifest
@@ -77,6 +77,16 @@ def test_a_row_reads_the_kth_score_of_the_sessions_that_long():
     assert verdict["points"]["2"]["auc_gap"] == pytest.approx(abs(rows[2]["auc"] - rows[1]["auc"]))
 
 
+def test_reliability_bins_are_the_eces():
+    labels = np.array([0, 1, 1, 0, 1])
+    scores = np.array([0.05, 0.07, 0.55, 0.58, 0.99])
+    cells = reliability(labels, scores)
+    assert [(c["bin"], c["sessions"], c["outcome_rate"]) for c in cells] == \
+        [([0.0, 0.1], 2, 0.5), ([0.5, 0.6], 2, 0.5), ([0.9, 1.0], 1, 1.0)]
+    gaps = sum(c["sessions"] / 5 * abs(c["outcome_rate"] - c["mean_score"]) for c in cells)
+    assert gaps == pytest.approx(expected_calibration_error(labels, scores))
+
+
 @needs_espeak
 def test_every_session_is_as_long_as_the_last_reported_count(checked):
     folder, result = checked
@@ -117,6 +127,7 @@ def test_the_numbers_are_those_of_the_score_after_exactly_k_segments(checked, ch
         assert row["mean_score_positive"] == pytest.approx(p[labels == 1].mean(), abs=1e-5)
         assert row["mean_score_negative"] == pytest.approx(p[labels == 0].mean(), abs=1e-5)
         assert row["interval_coverage"] == pytest.approx(interval_coverage(labels, b[:, 0], b[:, 1], p))
+        assert sum(c["sessions"] for c in row["reliability"]) == len(p)
     reference = result["rows"][str(AT[-1])]["auc"]
     assert result["goal"]["points"]["2"]["auc_gap"] == pytest.approx(abs(result["rows"]["2"]["auc"] - reference))
 

@@ -71,6 +71,15 @@ def row_at(k: int, labels, prefix_probabilities: list[np.ndarray], intervals: li
     return row
 
 
+def reliability(labels, scores, bins: int = 10) -> list[dict]:
+    """Per occupied equal-width bin (the ECE's bins): its sessions, their mean score and observed outcome rate."""
+    labels, scores = np.asarray(labels, dtype=float), np.asarray(scores, dtype=float)
+    which = np.minimum((scores * bins).astype(int), bins - 1)
+    return [{"bin": [b / bins, (b + 1) / bins], "sessions": int((which == b).sum()),
+             "mean_score": float(scores[which == b].mean()), "outcome_rate": float(labels[which == b].mean())}
+            for b in range(bins) if (which == b).any()]
+
+
 def speaker_bootstrap(k: int, labels, speakers: list[str], prefix_probabilities: list[np.ndarray],
                       resamples: int = BOOTSTRAP_RESAMPLES, level: float = BOOTSTRAP_LEVEL, seed: int = 0) -> dict:
     """Percentile intervals of AUC and ECE at k, resampling whole speakers (their sessions stay together)."""
@@ -139,6 +148,21 @@ def every_k_table(rows: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
+def reliability_markdown(rows: dict[int, dict], report_at: list[int]) -> str:
+    """Per score bin and reported count: sessions, mean score -> observed outcome rate."""
+    lines = ["| score bin | " + " | ".join(f"after {k} segments" for k in report_at) + " |",
+             "|---|" + "---|" * len(report_at)]
+    for b in range(10):
+        cells = []
+        for k in report_at:
+            found = [c for c in rows[k].get("reliability", []) if round(c["bin"][0] * 10) == b]
+            cells.append(f"{found[0]['sessions']}: {found[0]['mean_score']:.2f} → {found[0]['outcome_rate']:.2f}"
+                         if found else "")
+        if any(cells):
+            lines.append(f"| {b / 10:.1f}-{(b + 1) / 10:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def goal_markdown(goal: dict) -> str:
     lines = [f"Goal: ECE at most {_pct(goal['ece_at_most'])} % and AUC within {100 * goal['auc_within']:.0f} points "
              f"of the AUC after {goal['reference_segments']} segments, at "
@@ -152,6 +176,8 @@ def goal_markdown(goal: dict) -> str:
 
 
 def long_session_png(rows: dict[int, dict], path: Path, title: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     from moodstream.trainer.plots import _pyplot
 
     plt = _pyplot()
@@ -168,6 +194,7 @@ def long_session_png(rows: dict[int, dict], path: Path, title: str) -> None:
     quality.set_ylim(0, 1)
     quality.set_title("ranking and calibration", fontsize=9)
     for axis in (scores, quality):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("segments scored")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)

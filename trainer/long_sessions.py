@@ -37,7 +37,8 @@ import numpy as np
 from moodstream import SCREENING_NOTICE
 from moodstream.trainer import demo_recipe
 from moodstream.trainer.long_session_metrics import (every_k_table, goal_markdown, goal_verdict, long_session_png,
-                                                     row_at, speaker_bootstrap, summary_table)
+                                                     reliability, reliability_markdown, row_at, speaker_bootstrap,
+                                                     summary_table)
 
 REPORT_AT = (2, 5, 10, 20)
 DEFAULT_SPEAKERS = 40
@@ -233,6 +234,9 @@ def run_long_session_check(checkpoint: str | Path, output: str | Path, speakers:
     speaker_ids = [s.speaker_id for s in sessions]
     segments = [len(p) for p in probabilities]
     rows = {k: row_at(k, labels, probabilities, intervals) for k in range(1, report_at[-1] + 1)}
+    for k in report_at:
+        rows[k]["reliability"] = reliability(labels[[n >= k for n in segments]],
+                                             [p[k - 1] for p in probabilities if len(p) >= k])
     bootstrap = {k: speaker_bootstrap(k, labels, speaker_ids, probabilities) for k in report_at}
     goal = goal_verdict(rows, report_at[1:], report_at[-1])
     timings["wall_seconds"] = time.monotonic() - started
@@ -281,6 +285,10 @@ def report_markdown(result: dict, rows: dict, bootstrap: dict, goal: dict, speec
         summary_table(rows, report_at, bootstrap), "",
         goal_markdown(goal), "",
         "![mean score, AUC and ECE after k segments](long_sessions.png)", "",
+        "## Reliability", "",
+        "Per equal-width score bin (the ECE's): sessions in the bin, their mean score → the share of them with "
+        "label 1.", "",
+        reliability_markdown(rows, report_at), "",
         "## Every segment count", "", every_k_table(rows), "",
         "## How it was made", "",
         f"* checkpoint: {result['checkpoint']} (model {result['model_version']}); calibration: "
