@@ -111,6 +111,7 @@ def test_the_numbers_are_those_of_the_score_after_exactly_k_segments(checked, ch
         chunks = session_chunks(session_audio(dataset[stored["session_id"]]), params).chunks
         vectors = torch.cat([model.encode_segments([np.frombuffer(c.pcm, np.int16)], 16000) for c in chunks])
         assert len(chunks) == stored["segments"]
+        assert all(len(c.pcm) == 2 * 7 * 16000 for c in chunks[:AT[-1]])  # whole chunks up to the last count
         labels.append(stored["label"])
         for k in AT:
             score = model.session_score(vectors[:k])

@@ -7,8 +7,8 @@ The training corpora hold short sessions (the demo's 42 s give about 5 segments)
 how the score behaves after 20 segments, or whether it drifts with session length alone. This check
 synthesises long sessions with the demo recipe's generator (trainer/demo_recipe.py: espeak-ng speakers
 reading with a slowed, label 1, or a lively, label 0, delivery drawn from overlapping distributions, in
-background noise), one session of each delivery per speaker, each long enough for at least the largest
-reported segment count after the speech path keeps its speech. A session's delivery is drawn once and
+background noise), one session of each delivery per speaker, each long enough that the speech path keeps
+enough speech for the largest reported segment count in whole chunks (20 x 7 s = 140 s by default). A session's delivery is drawn once and
 held, so later segments carry no new kind of evidence: a shift of both classes' mean score with k is the
 score's response to length alone.
 
@@ -43,7 +43,7 @@ from moodstream.trainer.long_session_metrics import (every_k_table, goal_markdow
 REPORT_AT = (2, 5, 10, 20)
 DEFAULT_SPEAKERS = 40
 DEFAULT_SEED = 1
-CORPUS_FORMAT = 1
+CORPUS_FORMAT = 2
 # The share of a synthetic session's audio the speech path keeps is 0.8-0.87 (the rest is pauses); the
 # first try asks for a little more audio than that share implies, and a short session is read again longer.
 KEPT_SHARE_GUESS = 0.75
@@ -108,8 +108,9 @@ def corpus_spec(voices: list[str], seed: int, min_segments: int, speech) -> dict
 
 def generate_long_sessions(folder: Path, voices: list[str], seed: int, min_segments: int, speech,
                            progress: bool = True) -> Path:
-    """One slowed (label 1) and one lively (label 0) session per voice, each cut by the speech path into at
-    least `min_segments` chunks; manifest.csv and sessions.csv (each session's delivery) into `folder`."""
+    """One slowed (label 1) and one lively (label 0) session per voice, each with enough speech kept by the speech
+    path for at least `min_segments` whole chunks; manifest.csv and sessions.csv (each session's delivery) into
+    `folder`."""
     from tqdm import tqdm
 
     from moodstream.trainer.segments import SegmentParams, decode, session_chunks
@@ -141,7 +142,8 @@ def generate_long_sessions(folder: Path, voices: list[str], seed: int, min_segme
                              for i in rng.permutation(len(demo_recipe.SENTENCES))]
                 demo_recipe.synthesize_session(delivery, voice, sentences, rng, path, binary, seconds=seconds)
                 capture = session_chunks(decode(str(path), None), params)
-                if len(capture.chunks) >= min_segments:
+                # Kept speech for `min_segments` whole chunks: no reported count ends on a partial last chunk.
+                if capture.kept_seconds >= needed:
                     break
                 seconds *= LONGER
             rows.append({"participant_id": participant, "speaker_id": f"long{number:03d}", "label": label,
