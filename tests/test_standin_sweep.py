@@ -22,6 +22,8 @@ def _fold(folder, name, validation, test):
     (folder / name).mkdir(parents=True)
     (folder / name / "result.json").write_text(json.dumps({
         "stage1_epochs": 12, "stage2_epochs": 11,
+        "calibration": {"method": "cross-fit", "chosen": "platt",
+                        "held_out_log_loss": {"none": 0.6, "platt": 0.3 if name == "fold-1" else 0.5}},
         "validation": {"predictions": predictions(validation)}, "test": {"predictions": predictions(test)}}))
 
 
@@ -34,5 +36,8 @@ def test_validation_aucs_pool_the_validation_folds_only(tmp_path):
     assert result["validation_segment_auc"] == 1.0
     assert result["sessions"] == 8
     assert [tuple(e) for e in result["epochs"]] == [(12, 11)] * 2
+    # the calibrated out-of-fold log loss comes from the training actors (the fold's own cross-fitting)
+    assert result["out_of_fold_log_loss"] == pytest.approx(0.4)
+    assert result["out_of_fold_log_loss_uncalibrated"] == pytest.approx(0.6)
     table = sweep_table({"small-data": {"overrides": [], **result}})
-    assert "| small-data | (none) | 100.0 | 100.0 | 12/11 12/11 |" in table
+    assert "| small-data | (none) | 100.0 | 100.0 | 0.4000 (0.6000) | 12/11 12/11 |" in table

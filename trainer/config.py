@@ -6,7 +6,7 @@
     [model]    any ModelConfig field (model/config.py), plus `preset` and `pretrained`
     [stage1]   backbone + segment head on segment labels
     [stage2]   session head on sequences of frozen segment vectors
-    [scoring]  calibration and the evidence rule, fitted on validation after stage 2
+    [scoring]  calibration, interval, decision threshold and evidence rule, fitted after stage 2
     [run]      output folder, seed, device, resume, progress bars, recipe
 
 `run.recipe` picks the defaults: `paper` is the paper's recipe exactly;
@@ -35,7 +35,7 @@ DataFormat = Literal["daic-woz", "e-daic", "manifest", "ravdess-standin"]
 Imbalance = Literal["weighted-loss", "balanced-sampling", "none"]
 Monitor = Literal["loss", "auc", "f1"]
 Recipe = Literal["auto", "paper", "small-data"]
-Calibration = Literal["platt", "none"]
+Calibration = Literal["cross-fit", "platt", "none"]
 SMALL_CORPUS_SESSIONS = 100
 
 AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
@@ -89,13 +89,23 @@ class StageSection:
     cache_frozen_features: bool = True   # stage 1 with a frozen backbone computes its features once
     feature_cache_max_gb: NotNegative = 4.0
     prefix_training: bool = False    # stage 2 only: each epoch adds one random prefix of every session
+    # stage 2 only: targets 0/1 become e/2 and 1 - e/2, so the session head is not pushed to ever larger logits.
+    label_smoothing: Annotated[float, msgspec.Meta(ge=0, lt=0.5)] = 0.0
 
 
 @dataclass
 class ScoringSection:
-    calibration: Calibration = "platt"   # platt | none: fitted on every prefix of the validation sessions
-    # Apply the fit only if, leaving one validation session out at a time, it lowers the held-out log loss.
+    # cross-fit: calibration, interval, threshold and evidence rule from out-of-fold predictions of the
+    # training speakers (trainer/crossfit.py, docs/calibration.md); platt: Platt scaling on the validation
+    # prefixes, threshold and evidence rule on validation; none: uncalibrated, validation threshold.
+    calibration: Calibration = "cross-fit"
+    # platt only: apply the fit only if, leaving one validation session out at a time, it lowers the held-out log loss.
     calibration_check: bool = True
+    # cross-fit: speaker-disjoint inner folds of the training sessions (fewer speakers: one fold each).
+    inner_folds: Annotated[int, msgspec.Meta(ge=2)] = 5
+    # cross-fit: refits of the calibration on speaker resamples that make the interval; 0 = no interval.
+    interval_replicates: NotNegativeInt = 200
+    interval_level: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.9
     # Evidence rule: fewest segments within this of the full-session AUC.
     evidence_auc_tolerance: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
 
@@ -205,6 +215,8 @@ class TrainConfig:
                 raise ValueError(f"{name}.batch_size must be a multiple of {name}.gradient_accumulation")
         if self.stage1.prefix_training:
             raise ValueError("stage1.prefix_training is not a setting: prefixes are sessions, so only stage 2 has them")
+        if self.stage1.label_smoothing:
+            raise ValueError("stage1.label_smoothing is not a setting: it smooths the session labels of stage 2")
         self.model_config()  # validates the [model] table
 
     # ------------------------------------------------------------------ derived

@@ -293,6 +293,7 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
     model.config = model.config.replace(**DEMO_DESCRIPTION)
     model.save_pretrained(target)
     test = result["test"]
+    chosen_on = model.config.notes.get("threshold_chosen_on", "validation")
     (target / "TRAINING.md").write_text(
         "# Demo checkpoint\n\n"
         f"{DEMO_NOTE}\n\n"
@@ -301,13 +302,12 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
         f"* parameters: {model.parameter_counts()['total']:,}\n"
         f"* corpus: {corpus_summary()}\n"
         f"* speech path (the agent's, recorded in config.json): {json.dumps(model.config.speech)}\n"
-        f"* decision threshold (chosen on validation): {model.config.decision_threshold:.3f}\n"
+        f"* decision threshold (chosen on {chosen_on}): {model.config.decision_threshold:.3f}\n"
         f"* held-out test sessions: F1 {test['session']['f1']:.3f}, AUC {test['session']['auc']:.3f}; "
         f"segments: AUC {test['segment']['auc']:.3f}\n"
-        f"* training recipe: {TrainConfig.load(work / 'run' / 'config.toml').run.recipe}; calibration (fitted on "
-        "validation prefixes): "
-        f"{json.dumps(model.config.notes.get('calibration'))}\n"
-        f"* evidence rule (chosen on validation): no label before {model.config.min_evidence_segments} "
+        f"* training recipe: {TrainConfig.load(work / 'run' / 'config.toml').run.recipe}; calibration "
+        f"(docs/calibration.md): {json.dumps(model.config.notes.get('calibration'))}\n"
+        f"* evidence rule (chosen on {chosen_on}): no label before {model.config.min_evidence_segments} "
         f"segment(s), about {model.config.min_evidence_segments * model.config.segment_seconds:.0f} s of speech\n"
         f"* build wall time: {(time.monotonic() - started) / 60:.1f} min on {os.cpu_count()} CPU core(s)"
         f"{' (resumed: this part only)' if resumed else ' (speech synthesis + training, from scratch)'}\n\n"

@@ -16,15 +16,20 @@ from typing import Callable
 import numpy as np
 
 from moodstream import SCREENING_NOTICE
+from moodstream.model.calibration import DEFAULT_INTERVAL_LEVEL
 from moodstream.speech import CaptureSettings
 from moodstream.trainer.metrics import binary_metrics, mean_std
-from moodstream.trainer.prefixes import (prefix_logits, prefix_markdown, prefix_png, prefix_probabilities, prefix_rows,
-                                          sigmoid)
+from moodstream.trainer.calibration_report import (calibration_markdown, out_of_fold_markdown, out_of_fold_result,
+                                                   pooled_markdown, pooled_summary, reliability_figure, scores_json)
+from moodstream.trainer.prefixes import (PrefixScores, prefix_logit_parts, prefix_markdown, prefix_png,
+                                          scored_prefixes, sigmoid)
 from moodstream.trainer.prepare import detect_format, load_dataset
 
 PREFIX_NOTE = ("What a live subscriber sees: the session score after 1, 2, 3 ... segments (sessions shorter than "
-               "k are left out of row k) and at 25/50/75/100 % of each session. ECE: expected calibration error, "
-               "10 bins. Calibration (Platt) was fitted on validation prefixes only.")
+               "k are left out of row k) and at 25/50/75/100 % of each session. Log loss with probabilities kept "
+               "within [1e-12, 1 - 1e-12]; ECE: expected calibration error, 10 equal-width bins; interval coverage: "
+               "the share of scores whose interval holds the outcome rate of their bin (5 equal-count bins of the "
+               "calibrated probability). The calibration never saw these sessions (docs/calibration.md).")
 
 
 @dataclass
@@ -39,6 +44,10 @@ class Predictions:
     # Per session, the score after each of its segments (trainer/prefixes.py), calibrated and before calibration.
     session_prefix_probabilities: list[np.ndarray] | None = None
     session_prefix_uncalibrated: list[np.ndarray] | None = None
+    # The calibrated score's interval bounds after each segment (None: the checkpoint carries no interval).
+    session_prefix_low: list[np.ndarray] | None = None
+    session_prefix_high: list[np.ndarray] | None = None
+    interval_level: float = DEFAULT_INTERVAL_LEVEL
 
 
 def _pct(value: float) -> str:
@@ -46,26 +55,33 @@ def _pct(value: float) -> str:
 
 
 def metrics_table(rows: list[tuple[str, dict]]) -> str:
-    lines = ["| set | level | n (positive) | threshold | precision | recall | F1 | AUC | TP | FP | TN | FN |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| set | level | n (positive) | threshold | precision | recall (sensitivity) | specificity | F1 | AUC | "
+             "TP | FP | TN | FN |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, metrics in rows:
         for level in ("session", "segment"):
             m = metrics[level]
             lines.append(f"| {name} | {level} | {m['n']} ({m['positives']}) | {m['threshold']:.3f} | "
-                         f"{_pct(m['precision'])} | {_pct(m['recall'])} | {_pct(m['f1'])} | {_pct(m['auc'])} | "
-                         f"{m['tp']} | {m['fp']} | {m['tn']} | {m['fn']} |")
+                         f"{_pct(m['precision'])} | {_pct(m['recall'])} | {_pct(m.get('specificity'))} | "
+                         f"{_pct(m['f1'])} | {_pct(m['auc'])} | {m['tp']} | {m['fp']} | {m['tn']} | {m['fn']} |")
     return "\n".join(lines)
 
 
 def write_evaluation(folder: Path, predictions: dict[str, Predictions], threshold: float, segment_threshold: float,
                      title: str, extra: dict | None = None, tsne: bool = True, seed: int = 0,
                      data_summary: str | None = None, positive_class: str = "depressed",
-                     appendix: str | None = None) -> dict:
-    """Metrics, prediction CSVs, PNG plots and report.md for each set in `predictions`."""
+                     appendix: str | None = None, out_of_fold: PrefixScores | None = None,
+                     calibration: dict | None = None, threshold_chosen_on: str = "validation") -> dict:
+    """Metrics, prediction CSVs, PNG plots and report.md for each set in `predictions`.
+
+    `out_of_fold`: the scores the calibration and threshold were fitted on (cross-fitting), reported beside
+    the sets; `calibration`: what the checkpoint's calibration is (its notes.calibration)."""
     from moodstream.trainer import plots
 
     folder.mkdir(parents=True, exist_ok=True)
-    result: dict = {"threshold": threshold, "segment_threshold": segment_threshold, **(extra or {})}
+    result: dict = {"threshold": threshold, "segment_threshold": segment_threshold,
+                    "threshold_chosen_on": threshold_chosen_on, **(extra or {})}
+    if calibration is not None:
+        result["calibration"] = calibration
     images: list[tuple[str, str]] = []
     table_rows = []
     for side, p in predictions.items():
@@ -80,12 +96,12 @@ def write_evaluation(folder: Path, predictions: dict[str, Predictions], threshol
             "segment_probabilities": [float(x) for x in p.segment_probabilities],
         }}
         if p.session_prefix_probabilities is not None:
-            result[side]["predictions"]["session_prefix_probabilities"] = [
-                [float(x) for x in row] for row in p.session_prefix_probabilities]
-            result[side]["predictions"]["session_prefix_uncalibrated"] = [
-                [float(x) for x in row] for row in p.session_prefix_uncalibrated]
-            result[side]["prefix"] = prefix_rows(p.session_labels, p.session_prefix_probabilities)
-            result[side]["prefix_uncalibrated"] = prefix_rows(p.session_labels, p.session_prefix_uncalibrated)
+            scores = PrefixScores(np.asarray(p.session_labels), p.session_prefix_probabilities,
+                                  p.session_prefix_uncalibrated, p.session_prefix_low, p.session_prefix_high,
+                                  p.interval_level)
+            result[side]["predictions"].update(scores_json(scores))
+            result[side]["prefix"] = scores.rows()
+            result[side]["prefix_uncalibrated"] = scores.uncalibrated_rows()
         table_rows.append((side, result[side]))
         with open(folder / f"{side}_sessions.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -109,7 +125,10 @@ def write_evaluation(folder: Path, predictions: dict[str, Predictions], threshol
         if "prefix" in result[side]:
             prefix_png(result[side]["prefix"], result[side]["prefix_uncalibrated"], folder / f"{side}_prefix.png",
                        f"{side}: session score after k segments")
-            images.append((f"Score after k segments, {side}", f"{side}_prefix.png"))
+            reliability_figure(scores, folder / f"{side}_reliability.png",
+                               f"{side}: reliability after k segments (5 equal-count bins)")
+            images += [(f"Score after k segments, {side}", f"{side}_prefix.png"),
+                       (f"Reliability after k segments, {side}", f"{side}_reliability.png")]
         images += [(f"Confusion matrix, {side} sessions", f"{side}_confusion_session.png"),
                    (f"Confusion matrix, {side} segments", f"{side}_confusion_segment.png"),
                    (f"ROC, {side}", f"{side}_roc.png")]
@@ -117,14 +136,24 @@ def write_evaluation(folder: Path, predictions: dict[str, Predictions], threshol
             plots.tsne_png(p.segment_vectors, p.segment_labels, folder / f"{side}_tsne.png",
                            f"t-SNE of {side} segment vectors", seed=seed)
             images.append((f"t-SNE of {side} segment vectors", f"{side}_tsne.png"))
+    if out_of_fold is not None:
+        result["out_of_fold"] = out_of_fold_result(out_of_fold, threshold)
+        reliability_figure(out_of_fold, folder / "out_of_fold_reliability.png",
+                           "out of fold: reliability after k segments (5 equal-count bins)")
+    chosen_on = "the validation set" if threshold_chosen_on == "validation" else f"the {threshold_chosen_on}"
     lines = [f"# {title}", "", f"> {SCREENING_NOTICE}", "",
-             f"Positive class (label 1) = {positive_class}. Session = one participant's recording. "
-             "Thresholds were chosen on the validation set (never on the test set) and applied unchanged.", "",
+             f"Positive class (label 1) = {positive_class}. Session = one participant's recording. The session "
+             f"threshold was chosen on {chosen_on}, the segment threshold on the validation set (never on the "
+             "test set), and both were applied unchanged.", "",
              metrics_table(table_rows), ""]
+    if calibration is not None:
+        lines += [calibration_markdown(calibration), ""]
     for side, metrics in table_rows:
         if "prefix" in metrics:
             lines += [f"## {side}: the session score at every point of a session", "", PREFIX_NOTE, "",
                       prefix_markdown(metrics["prefix"], metrics["prefix_uncalibrated"]), ""]
+    if out_of_fold is not None:
+        lines += [out_of_fold_markdown(result["out_of_fold"], "out_of_fold_reliability.png")]
     if extra:
         lines += ["| run | value |", "|---|---|"] + [f"| {k} | {v:.1f} |" if isinstance(v, float) else f"| {k} | {v} |"
                                                    for k, v in extra.items()] + [""]
@@ -140,8 +169,9 @@ def write_evaluation(folder: Path, predictions: dict[str, Predictions], threshol
 
 def cross_validation_markdown(title: str, summary: dict, data_summary: str = "") -> str:
     lines = [f"# {title}", "", f"> {SCREENING_NOTICE}", "",
-             f"{len(summary['folds'])} participant-disjoint folds; each fold's threshold was chosen on its "
-             "validation fold and applied to its test fold.", "",
+             f"{len(summary['folds'])} participant-disjoint folds; each fold's threshold was chosen on its own "
+             "training speakers' out-of-fold scores (cross-fitting) or on its validation fold, never on its "
+             "test fold, and applied to its test fold unchanged.", "",
              "| fold | session P | session R | session F1 | session AUC | segment F1 | segment AUC |",
              "|---|---|---|---|---|---|---|"]
     for name, fold in summary["folds"].items():
@@ -158,7 +188,8 @@ def cross_validation_markdown(title: str, summary: dict, data_summary: str = "")
     if summary.get("pooled_prefix"):
         lines += ["## The session score at every point of a session (test folds pooled)", "", PREFIX_NOTE, "",
                   prefix_markdown(summary["pooled_prefix"], summary["pooled_prefix_uncalibrated"]), "",
-                  "![score after k segments](prefix.png)", ""]
+                  "![score after k segments](prefix.png)", "", "![reliability](reliability.png)", ""]
+    lines += [pooled_markdown(summary)]
     if data_summary:
         lines += [data_summary, ""]
     return "\n".join(lines)
@@ -190,11 +221,7 @@ def summarize_folds(results: dict[str, dict]) -> dict:
     summary["pooled_segment_auc"] = float(roc_auc_score(segment_labels, segment_probs)) if both(segment_labels) else math.nan
     summary["sessions"] = len(session_labels)
     summary["segments"] = len(segment_labels)
-    prefixes = [r["test"]["predictions"].get("session_prefix_probabilities") for r in folds.values()]
-    if prefixes and all(p is not None for p in prefixes):
-        uncalibrated = [row for r in folds.values() for row in r["test"]["predictions"]["session_prefix_uncalibrated"]]
-        summary["pooled_prefix"] = prefix_rows(session_labels, [np.asarray(row) for p in prefixes for row in p])
-        summary["pooled_prefix_uncalibrated"] = prefix_rows(session_labels, [np.asarray(row) for row in uncalibrated])
+    summary.update(pooled_summary(folds))
     return summary
 
 
@@ -237,9 +264,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, output: str | 
     notes = model.config.notes or {}
     threshold = float(model.config.decision_threshold)
     segment_threshold = float(notes.get("segment_threshold", threshold))
-    if notes.get("threshold_chosen_on") != "validation":
-        print("warning: this checkpoint does not record a threshold chosen on validation data; "
-              "its F1 may not mean much (AUC does not depend on it)")
+    if notes.get("threshold_chosen_on") not in ("validation", "out-of-fold training sessions"):
+        print("warning: this checkpoint does not record a threshold chosen on held-out data (validation or "
+              "out-of-fold); its F1 may not mean much (AUC does not depend on it)")
     speech, speech_note = checkpoint_speech(model)
     if speech_note:
         print(f"note: {speech_note}")
@@ -263,7 +290,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, output: str | 
                          "use --split")
     session_probs, vectors_all, seg_probs, seg_labels, seg_owner = [], [], [], [], []
     prefix_probs: dict[str, list[float]] = {}
-    prefixes, prefixes_uncalibrated = [], []
+    prefixes, prefixes_uncalibrated, lows, highs = [], [], [], []
     with torch.inference_mode():
         for item in wanted:
             # One segment at a time, as the server encodes them: no padding inside a batch.
@@ -273,9 +300,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, output: str | 
             if replay:
                 prefix_probs[item.session.session_id] = [model.score(vectors[:k])
                                                          for k in range(1, len(vectors) + 1)]
-            logits = prefix_logits(model.session_head, [vectors])[0]
-            prefixes.append(prefix_probabilities(model, [vectors])[0])
-            prefixes_uncalibrated.append(sigmoid(logits))
+            parts = prefix_logit_parts(model.session_head, [vectors])
+            probabilities, low, high = scored_prefixes(model.calibration, parts)
+            prefixes.append(probabilities[0])
+            prefixes_uncalibrated.append(sigmoid(parts[0].sum(axis=1)))
+            if low is not None:
+                lows.append(low[0])
+                highs.append(high[0])
             seg_probs += torch.sigmoid(model.segment_head.segment_logits(vectors.to(device_))).cpu().tolist()
             seg_labels += [item.session.label] * len(vectors)
             seg_owner += [item.session.session_id] * len(vectors)
@@ -286,7 +317,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, output: str | 
         session_probabilities=np.asarray(session_probs),
         segment_session_ids=seg_owner, segment_labels=np.asarray(seg_labels),
         segment_probabilities=np.asarray(seg_probs), segment_vectors=np.concatenate(vectors_all),
-        session_prefix_probabilities=prefixes, session_prefix_uncalibrated=prefixes_uncalibrated)
+        session_prefix_probabilities=prefixes, session_prefix_uncalibrated=prefixes_uncalibrated,
+        session_prefix_low=lows or None, session_prefix_high=highs or None, interval_level=model.calibration.level)
     extra = {"checkpoint": str(checkpoint), "model_version": model.model_version,
              "min_evidence_segments": model.config.min_evidence_segments,
              "data": f"{data_format} {data_path}", "speech": speech_summary(speech)}
@@ -301,7 +333,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, output: str | 
                               title=f"moodstream evaluation: {Path(checkpoint).name} on {data_path.name} ({split})",
                               extra=extra, tsne=tsne, data_summary=dataset.summary_markdown(),
                               positive_class=dataset.positive_class,
-                              appendix=replay_markdown(replay_rows) if replay_rows is not None else None)
+                              appendix=replay_markdown(replay_rows) if replay_rows is not None else None,
+                              calibration=notes.get("calibration"),
+                              threshold_chosen_on=notes.get("threshold_chosen_on", "validation"))
     result["split"] = split
     result["speech"] = speech.as_dict()
     if replay_rows is not None:

@@ -7,12 +7,14 @@ The export holds the segment vectors the served model's encoder made; the labels
 ties session or participant ids to a PHQ-8 score or a binary label. Training is the recipe's stage 2
 unchanged (moodstream.trainer.train.SplitTrainer: the session head on each session's vector sequence,
 early stopping, prefix training when the recipe asks), on participant-disjoint train / validation
-sides, followed by the same validation-only calibration, decision threshold and evidence rule. The
+sides, followed by the same calibration, decision threshold and evidence rule (by default cross-fitted:
+the session head is retrained on inner folds of the training participants, docs/calibration.md). The
 new checkpoint keeps the base checkpoint's encoder byte for byte, so live sessions can move to it
 without re-encoding; vectors of another encoder are refused.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import time
@@ -33,7 +35,6 @@ from moodstream.trainer.evaluate import Predictions, write_evaluation
 from moodstream.trainer.folds import Split, assign_folds, check_disjoint
 from moodstream.trainer.metrics import choose_threshold
 from moodstream.trainer.loop import seed_everything
-from moodstream.trainer.prefixes import choose_min_evidence
 from moodstream.trainer.train import SplitTrainer
 
 ID_COLUMNS = ("session_id", "participant_id")
@@ -190,39 +191,52 @@ class ExportTrainer(SplitTrainer):
 
     def predictions(self, ids: list[str]):
         owners, segment_labels, segment_probabilities = self.segment_rows(ids)
+        scores = self.prefix_scores(self.vectors, ids)
         return Predictions(
             session_ids=list(ids),
             session_labels=np.asarray([self.sessions[s].session.label for s in ids]),
             session_probabilities=self.session_probabilities(self.vectors, ids),
             segment_session_ids=owners, segment_labels=segment_labels, segment_probabilities=segment_probabilities,
             segment_vectors=torch.cat([self.vectors[s] for s in ids]).numpy(),
-            session_prefix_probabilities=self.prefix_probabilities(self.vectors, ids),
-            session_prefix_uncalibrated=self.prefix_probabilities(self.vectors, ids, calibrated=False))
+            session_prefix_probabilities=scores.probabilities, session_prefix_uncalibrated=scores.uncalibrated,
+            session_prefix_low=scores.low, session_prefix_high=scores.high, interval_level=scores.level)
+
+    def fit_networks(self) -> dict[str, torch.Tensor]:
+        """A fresh session head trained by the recipe's stage 2 on this split; the vectors are the export's."""
+        seed_everything(self.config.run.seed)
+        self.model.session_head = SessionHead.from_config(self.model.config).to(self.device)
+        self.stage2(self.vectors, self.split.train, self.split.validation)
+        return self.vectors
+
+    def inner_trainer(self, split: Split, run_dir: Path) -> "ExportTrainer":
+        """The same export on an inner split, on a copy of the model that shares its (unchanged) encoder."""
+        model = copy.deepcopy(self.model, memo={id(self.model.backbone): self.model.backbone})
+        inner = ExportTrainer.__new__(ExportTrainer)
+        inner.start_run(self.config, split, run_dir, None, self.positive_class)
+        inner.keeps_resume_files = False
+        inner.model, inner.exported, inner.sessions = model, self.exported, self.sessions
+        inner.vectors, inner.same_encoder_as = self.vectors, self.same_encoder_as
+        return inner
 
     def run(self) -> dict:
         config, split = self.config, self.split
-        seed_everything(config.run.seed)
         started = time.monotonic()
-        # The recipe's stage 2 trains a fresh session head; calibration is fitted anew below.
         model_config = self.model.config
-        self.model.session_head = SessionHead.from_config(model_config).to(self.device)
+        # Calibration is fitted anew below, for the new session head.
         self.model.config = model_config.replace(calibration_scale=1.0, calibration_bias=0.0,
                                                  calibration_segment_scale=None, calibration_replicates=[])
-        self.stage2(self.vectors, split.train, split.validation)
-        calibration = self.calibrate(self.vectors, split.validation)
-        val_labels = [self.sessions[s].session.label for s in split.validation]
-        threshold = choose_threshold(val_labels, self.session_probabilities(self.vectors, split.validation))
+        self.fit_networks()
+        decisions = self.decide(self.vectors)
+        threshold = decisions.threshold
         _, val_segment_labels, val_segment_probabilities = self.segment_rows(split.validation)
         segment_threshold = choose_threshold(val_segment_labels, val_segment_probabilities)
-        min_evidence = choose_min_evidence(val_labels, self.prefix_probabilities(self.vectors, split.validation),
-                                           config.scoring.evidence_auc_tolerance)
         notes = {**(model_config.notes or {}), "trained": True, "screening_notice": SCREENING_NOTICE,
                  "session_head_retrained_from": "field export", "train_sessions": len(split.train),
-                 "validation_sessions": len(split.validation), "threshold_chosen_on": "validation",
+                 "validation_sessions": len(split.validation), "threshold_chosen_on": decisions.chosen_on,
                  "segment_threshold": segment_threshold, "stage2_best_epoch": self.stage2_state.best_epoch,
-                 "calibration": calibration, SAME_ENCODER_NOTE: self.same_encoder_as}
+                 "calibration": decisions.calibration, SAME_ENCODER_NOTE: self.same_encoder_as}
         self.model.config = self.model.config.replace(
-            decision_threshold=float(np.clip(threshold, 1e-4, 1 - 1e-4)), min_evidence_segments=min_evidence,
+            decision_threshold=float(np.clip(threshold, 1e-4, 1 - 1e-4)), min_evidence_segments=decisions.min_evidence,
             notes=notes)
         checkpoint = self.model.to("cpu").save_pretrained(self.run_dir / "checkpoint")
         self.model.to(self.device)
@@ -230,9 +244,10 @@ class ExportTrainer(SplitTrainer):
                                   segment_threshold, title="moodstream session-head retraining from a field export",
                                   extra={"seconds": time.monotonic() - started,
                                          "stage2_epochs": self.stage2_state.epoch,
-                                         "min_evidence_segments": min_evidence,
-                                         "calibration": json.dumps(calibration)},
-                                  tsne=config.run.tsne, seed=config.run.seed, positive_class=self.positive_class)
+                                         "min_evidence_segments": decisions.min_evidence},
+                                  tsne=config.run.tsne, seed=config.run.seed, positive_class=self.positive_class,
+                                  out_of_fold=decisions.out_of_fold, calibration=decisions.calibration,
+                                  threshold_chosen_on=decisions.chosen_on)
         result["checkpoint"] = str(checkpoint)
         return result
 

@@ -125,16 +125,17 @@ class LoopState:
 
 
 def run_loop(name: str, stage: StageSection, modules: nn.Module, optimizer: torch.optim.Optimizer,
-             train_epoch: Callable[[int], float], validate: Callable[[], dict], resume_path: Path,
+             train_epoch: Callable[[int], float], validate: Callable[[], dict], resume_path: Path | None,
              log: CsvLog, split_name: str, resume: bool, on_epoch_end: EpochCallback | None,
              judge_start: bool = False) -> LoopState:
     """Epochs with early stopping on validation; resumable after every epoch.
 
     `judge_start`: the weights before the first epoch (a warm start) are a candidate too, logged as epoch 0.
+    `resume_path` None: no resume file (a run whose finished result is kept elsewhere, as cross-fitting's inner folds).
     """
     state = LoopState()
     best_weights = None
-    if resume and resume_path.is_file():
+    if resume and resume_path is not None and resume_path.is_file():
         saved = torch.load(resume_path, map_location="cpu", weights_only=False)
         modules.load_state_dict(saved["weights"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -170,10 +171,11 @@ def run_loop(name: str, stage: StageSection, modules: nn.Module, optimizer: torc
         log.write(split=split_name, stage=name, **row)
         if state.bad_epochs >= stage.patience or state.epoch >= stage.epochs:
             state.done = True
-        atomic_torch_save({"weights": modules.state_dict(), "optimizer": optimizer.state_dict(),
-                           "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                           "python_rng": random.getstate(), "loop": state.__dict__, "best_weights": best_weights},
-                          resume_path)
+        if resume_path is not None:
+            atomic_torch_save({"weights": modules.state_dict(), "optimizer": optimizer.state_dict(),
+                               "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                               "python_rng": random.getstate(), "loop": state.__dict__, "best_weights": best_weights},
+                              resume_path)
         if on_epoch_end is not None:
             on_epoch_end(name, epoch, row)
     if best_weights is not None:

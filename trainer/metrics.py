@@ -11,7 +11,7 @@ import numpy as np
 
 
 def binary_metrics(labels, probabilities, threshold: float) -> dict:
-    """Precision, recall, F1 (positive class), AUC, accuracy and the confusion counts at `threshold`."""
+    """Precision, recall, F1 (positive class), AUC, accuracy, sensitivity, specificity and the confusion counts."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
     labels = np.asarray(labels, dtype=int)
@@ -27,6 +27,8 @@ def binary_metrics(labels, probabilities, threshold: float) -> dict:
         "n": int(labels.size), "positives": int(labels.sum()), "threshold": float(threshold),
         "precision": float(precision[0]), "recall": float(recall[0]), "f1": float(f1[0]), "auc": auc,
         "accuracy": float((predicted == labels).mean()),
+        "sensitivity": float(tp / (tp + fn)) if tp + fn else math.nan,
+        "specificity": float(tn / (tn + fp)) if tn + fp else math.nan,
         "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn),
     }
 
@@ -65,3 +67,11 @@ def mean_std(values) -> tuple[float, float]:
     if array.size == 0:
         return math.nan, math.nan
     return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else 0.0
+
+
+def pooled_metrics(counts: list[dict]) -> dict:
+    """F1, sensitivity and specificity of summed confusion counts (each fold at its own carried threshold)."""
+    tp, fp, tn, fn = (sum(int(c[key]) for c in counts) for key in ("tp", "fp", "tn", "fn"))
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+            "sensitivity": tp / (tp + fn) if tp + fn else math.nan,
+            "specificity": tn / (tn + fp) if tn + fp else math.nan}

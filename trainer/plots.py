@@ -1,4 +1,4 @@
-"""PNG plots for reports: confusion matrix, ROC curves, t-SNE of segment vectors (matplotlib, Agg)."""
+"""PNG plots for reports: confusion matrix, ROC curves, reliability diagrams, t-SNE of segment vectors (matplotlib, Agg)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -76,6 +76,36 @@ def tsne_png(vectors: np.ndarray, labels: np.ndarray, path: Path, title: str, se
     axis.set_xticks([])
     axis.set_yticks([])
     axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def reliability_png(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str, bins: int = 5) -> None:
+    """One reliability diagram per (name, labels, probabilities): equal-count bins, mean score against outcome rate."""
+    plt = _pyplot()
+    columns = min(4, max(1, len(panels)))
+    rows = (len(panels) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(2.8 * columns, 2.8 * rows), dpi=110, squeeze=False)
+    for axis in axes.ravel()[len(panels):]:
+        axis.set_visible(False)
+    for axis, (name, labels, probabilities) in zip(axes.ravel(), panels):
+        labels, probabilities = np.asarray(labels, dtype=float), np.asarray(probabilities, dtype=float)
+        axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        chunks = [c for c in np.array_split(np.argsort(probabilities, kind="stable"), min(bins, labels.size)) if len(c)]
+        scored = [probabilities[c].mean() for c in chunks]
+        observed = [labels[c].mean() for c in chunks]
+        axis.plot(scored, observed, marker="o")
+        for x, y, chunk in zip(scored, observed, chunks):
+            axis.annotate(str(len(chunk)), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=6)
+        axis.set_xlim(-0.02, 1.02)
+        axis.set_ylim(-0.02, 1.02)
+        axis.set_title(f"{name} ({labels.size})", fontsize=8)
+        axis.set_xlabel("mean calibrated probability", fontsize=7)
+        axis.set_ylabel("observed rate", fontsize=7)
+        axis.tick_params(labelsize=6)
+        axis.grid(alpha=0.3)
+    figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -3,25 +3,53 @@
 A live subscriber sees the session score after 1, 2, 3 ... segments, so every
 checkpoint is evaluated on prefixes: after k segments (sessions shorter than k
 are left out of row k) and at 25/50/75/100 % of each session (ceil of the
-fraction, at least one segment). Each row gives the session AUC, the Brier
-score and the expected calibration error (10 equal-width bins).
+fraction, at least one segment). Each row gives the session AUC, the log loss,
+the Brier score, the expected calibration error (10 equal-width bins) and,
+where the scores carry intervals, the intervals' coverage.
 
-Calibration is Platt scaling of the session head's logit, fitted on every
-prefix of the validation sessions (never on test), so it holds early in a
-session as well as at its end. The evidence rule is the fewest segments after
-which the validation AUC (each session scored on min(k, its length) segments)
-comes within a tolerance of the whole-session AUC.
+The calibration the recipes use by default is fitted on out-of-fold scores of
+the training speakers (trainer/crossfit.py, docs/calibration.md). The
+validation Platt fit here (`scoring.calibration = "platt"`) is Platt scaling of
+the session head's logit on every prefix of the validation sessions (never on
+test). The evidence rule is the fewest segments after which the AUC (each
+session scored on min(k, its length) segments) comes within a tolerance of the
+whole-session AUC.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from moodstream.model.calibration import DEFAULT_INTERVAL_LEVEL
+
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 ECE_BINS = 10
+
+
+@dataclass
+class PrefixScores:
+    """Per session, its label and its scores after every prefix: calibrated, before calibration, and the
+    calibrated score's interval bounds (None without an interval)."""
+
+    labels: np.ndarray
+    probabilities: list[np.ndarray]
+    uncalibrated: list[np.ndarray]
+    low: list[np.ndarray] | None = None
+    high: list[np.ndarray] | None = None
+    level: float = DEFAULT_INTERVAL_LEVEL
+
+    def rows(self) -> list[dict]:
+        return prefix_rows(self.labels, self.probabilities, low=self.low, high=self.high, level=self.level)
+
+    def uncalibrated_rows(self) -> list[dict]:
+        return prefix_rows(self.labels, self.uncalibrated)
+
+    def whole_sessions(self) -> np.ndarray:
+        return np.asarray([p[-1] for p in self.probabilities], dtype=float)
 
 
 def prefix_logits(head, sequences: list[torch.Tensor]) -> list[np.ndarray]:
@@ -53,6 +81,21 @@ def prefix_logit_parts(head, sequences: list[torch.Tensor]) -> list[np.ndarray]:
     return out
 
 
+def scored_prefixes(calibration, parts: list[np.ndarray]) -> tuple[list[np.ndarray], list | None, list | None]:
+    """Per session, the calibrated probability after each prefix and, with replicates, its interval's bounds.
+
+    Through SessionCalibration.score, the function the batch and incremental scorers call."""
+    probabilities, low, high = [], [], []
+    for session in parts:
+        scores = [calibration.score(float(r), float(s)) for r, s in np.asarray(session).reshape(-1, 2)]
+        probabilities.append(np.asarray([x.probability for x in scores]))
+        low.append(np.asarray([x.low for x in scores], dtype=float))
+        high.append(np.asarray([x.high for x in scores], dtype=float))
+    if not len(calibration.replicates):
+        return probabilities, None, None
+    return probabilities, low, high
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
 
@@ -71,30 +114,109 @@ def expected_calibration_error(labels, probabilities, bins: int = ECE_BINS) -> f
     return float(error)
 
 
-def _row(name: str, labels: np.ndarray, probabilities: np.ndarray) -> dict:
+PROBABILITY_FLOOR = 1e-12   # log loss of a saturated wrong score: about 27.6 nats, not infinity
+COVERAGE_BINS = 5
+
+
+def log_loss(labels, probabilities) -> float:
+    labels = np.asarray(labels, dtype=float)
+    p = np.clip(np.asarray(probabilities, dtype=float), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
+    return float(np.mean(-(labels * np.log(p) + (1 - labels) * np.log(1 - p))))
+
+
+def _bins(probabilities: np.ndarray, bins: int) -> list[np.ndarray]:
+    return np.array_split(np.argsort(probabilities, kind="stable"), min(bins, probabilities.size))
+
+
+def interval_coverage(labels, probabilities, low, high, bins: int = COVERAGE_BINS) -> float:
+    """Share of predictions whose interval holds the observed outcome rate of their bin (equal-count bins by
+    probability).
+
+    What an interval at level L promises: among predictions near p, the outcome rate lies inside it about
+    L of the time. A bin's observed rate is that outcome rate, measured on the predictions themselves; with
+    a few predictions a bin, it is often exactly 0 or 1, which no interval of a logistic score reaches
+    (see sampled_coverage).
+    """
+    labels, probabilities = np.asarray(labels, dtype=float), np.asarray(probabilities, dtype=float)
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    if labels.size == 0:
+        return math.nan
+    covered = 0
+    for chunk in _bins(probabilities, bins):
+        rate = labels[chunk].mean()
+        covered += int(np.sum((low[chunk] <= rate + 1e-12) & (rate <= high[chunk] + 1e-12)))
+    return covered / labels.size
+
+
+def sampled_coverage(labels, probabilities, low, high, level: float, bins: int = COVERAGE_BINS) -> float:
+    """interval_coverage allowing for the bin's size: a prediction counts as covered when its bin's number of
+    positives (n predictions, k positive) is one its interval makes plausible at the same level, between the
+    (1 - level) / 2 quantile of Binomial(n, low) and the (1 + level) / 2 quantile of Binomial(n, high).
+
+    It judges the interval together with the bin's sampling noise, so it is the lenient one: a calibrated
+    score with no interval at all would meet it about `level` of the time.
+    """
+    from scipy.stats import binom
+
+    labels, probabilities = np.asarray(labels, dtype=float), np.asarray(probabilities, dtype=float)
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    if labels.size == 0:
+        return math.nan
+    tail = (1 - level) / 2
+    covered = 0
+    for chunk in _bins(probabilities, bins):
+        n, k = chunk.size, labels[chunk].sum()
+        covered += int(np.sum((binom.ppf(tail, n, low[chunk]) <= k) & (k <= binom.ppf(1 - tail, n, high[chunk]))))
+    return covered / labels.size
+
+
+def _row(name: str, labels: np.ndarray, probabilities: np.ndarray, low=None, high=None, level=None) -> dict:
     from sklearn.metrics import roc_auc_score
 
     auc = float(roc_auc_score(labels, probabilities)) if len(set(labels.tolist())) == 2 else math.nan
-    return {"prefix": name, "sessions": int(labels.size), "positives": int(labels.sum()), "auc": auc,
-            "brier": float(np.mean((probabilities - labels) ** 2)),
-            "ece": expected_calibration_error(labels, probabilities)}
+    row = {"prefix": name, "sessions": int(labels.size), "positives": int(labels.sum()), "auc": auc,
+           "log_loss": log_loss(labels, probabilities), "brier": float(np.mean((probabilities - labels) ** 2)),
+           "ece": expected_calibration_error(labels, probabilities)}
+    if low is not None:
+        row["coverage"] = interval_coverage(labels, probabilities, low, high)
+        row["sampled_coverage"] = sampled_coverage(labels, probabilities, low, high, level)
+        row["interval_width"] = float(np.mean(np.asarray(high) - np.asarray(low)))
+    return row
 
 
-def prefix_rows(labels, prefix_probabilities: list[np.ndarray], max_segments: int | None = None) -> list[dict]:
-    """Metric rows after k = 1, 2, ... segments, then at 25/50/75/100 % of each session."""
-    labels = np.asarray(labels, dtype=int)
-    lengths = np.asarray([len(p) for p in prefix_probabilities])
-    rows = []
-    longest = int(lengths.max()) if lengths.size else 0
+def prefix_points(lengths, max_segments: int | None = None) -> list[tuple[str, list[tuple[int, int]]]]:
+    """(row name, [(session, index of its prefix)]) after k = 1, 2, ... segments, then at 25/50/75/100 %.
+
+    Row k leaves out the sessions shorter than k, and stops when fewer than 2 sessions are that long.
+    """
+    lengths = [int(n) for n in lengths]
+    points = []
+    longest = max(lengths, default=0)
     for k in range(1, min(longest, max_segments or longest) + 1):
-        chosen = lengths >= k
-        if chosen.sum() < 2:
+        chosen = [(i, k - 1) for i, n in enumerate(lengths) if n >= k]
+        if len(chosen) < 2:
             break
-        rows.append(_row(f"{k} segment{'s' if k > 1 else ''}", labels[chosen],
-                         np.asarray([p[k - 1] for p, c in zip(prefix_probabilities, chosen) if c])))
+        points.append((f"{k} segment{'s' if k > 1 else ''}", chosen))
     for fraction in FRACTIONS:
-        at = [p[max(1, math.ceil(fraction * len(p))) - 1] for p in prefix_probabilities]
-        rows.append(_row(f"{round(100 * fraction)} %", labels, np.asarray(at)))
+        points.append((f"{round(100 * fraction)} %",
+                       [(i, max(1, math.ceil(fraction * n)) - 1) for i, n in enumerate(lengths)]))
+    return points
+
+
+def prefix_rows(labels, prefix_probabilities: list[np.ndarray], max_segments: int | None = None,
+                low: list[np.ndarray] | None = None, high: list[np.ndarray] | None = None,
+                level: float = DEFAULT_INTERVAL_LEVEL) -> list[dict]:
+    """Metric rows after k = 1, 2, ... segments, then at 25/50/75/100 % of each session.
+
+    With the intervals' bounds (`low`, `high`, per session and prefix, at `level`) each row also gives their
+    coverage, both ways, and their mean width.
+    """
+    labels = np.asarray(labels, dtype=int)
+    rows = []
+    for name, chosen in prefix_points([len(p) for p in prefix_probabilities], max_segments):
+        pick = lambda values: np.asarray([values[i][j] for i, j in chosen], dtype=float)  # noqa: E731
+        rows.append(_row(name, labels[[i for i, _ in chosen]], pick(prefix_probabilities),
+                         *((pick(low), pick(high), level) if low is not None else ())))
     return rows
 
 
@@ -102,19 +224,46 @@ def _pct(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
 
 
+def reliability_panels(labels, prefix_probabilities: list[np.ndarray], max_segments: int = 7) -> list[tuple]:
+    """(row name, labels, probabilities) after k = 1 ... max_segments segments, at 50 % and at 100 % of each session."""
+    labels = np.asarray(labels)
+    panels = []
+    for name, chosen in prefix_points([len(p) for p in prefix_probabilities], max_segments):
+        if name.endswith("%") and name not in ("50 %", "100 %"):
+            continue
+        panels.append((name, labels[[i for i, _ in chosen]],
+                       np.asarray([prefix_probabilities[i][j] for i, j in chosen], dtype=float)))
+    return panels
+
+
+def _number(row: dict, key: str) -> str:
+    value = row.get(key)
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
 def prefix_markdown(rows: list[dict], uncalibrated: list[dict] | None = None) -> str:
-    """The prefix table; with `uncalibrated`, the Brier score and ECE before calibration beside them."""
+    """The prefix table; with `uncalibrated`, the log loss, Brier score and ECE before calibration beside them.
+
+    Rows with intervals add their coverage (interval_coverage, sampled_coverage) and mean width."""
+    coverage = any("coverage" in r for r in rows)
+    extra_head, extra_rule = (" interval coverage % (allowing for bin size) | mean interval width |",
+                              "---|---|") if coverage else ("", "")
+    cell = lambda r: (f" {_pct(r.get('coverage'))} ({_pct(r.get('sampled_coverage'))}) | "  # noqa: E731
+                      f"{_number(r, 'interval_width')} |") if coverage else ""
     if uncalibrated is None:
-        lines = ["| scored after | sessions (positive) | AUC | Brier | ECE |", "|---|---|---|---|---|"]
+        lines = [f"| scored after | sessions (positive) | AUC | log loss | Brier | ECE % |{extra_head}",
+                 f"|---|---|---|---|---|---|{extra_rule}"]
         for r in rows:
             lines.append(f"| {r['prefix']} | {r['sessions']} ({r['positives']}) | {_pct(r['auc'])} | "
-                         f"{r['brier']:.3f} | {_pct(r['ece'])} |")
+                         f"{_number(r, 'log_loss')} | {r['brier']:.3f} | {_pct(r['ece'])} |{cell(r)}")
         return "\n".join(lines)
-    lines = ["| scored after | sessions (positive) | AUC | Brier (uncalibrated → calibrated) | "
-             "ECE % (uncalibrated → calibrated) |", "|---|---|---|---|---|"]
+    lines = ["| scored after | sessions (positive) | AUC | log loss (uncalibrated → calibrated) | "
+             f"Brier (uncalibrated → calibrated) | ECE % (uncalibrated → calibrated) |{extra_head}",
+             f"|---|---|---|---|---|---|{extra_rule}"]
     for r, u in zip(rows, uncalibrated):
         lines.append(f"| {r['prefix']} | {r['sessions']} ({r['positives']}) | {_pct(r['auc'])} | "
-                     f"{u['brier']:.3f} → {r['brier']:.3f} | {_pct(u['ece'])} → {_pct(r['ece'])} |")
+                     f"{_number(u, 'log_loss')} → {_number(r, 'log_loss')} | {u['brier']:.3f} → {r['brier']:.3f} | "
+                     f"{_pct(u['ece'])} → {_pct(r['ece'])} |{cell(r)}")
     return "\n".join(lines)
 
 

@@ -2,8 +2,10 @@
 
 Acted emotion (sad vs calm sessions per actor), NOT depression. Every row
 uses the same 36 sessions, the same 6 actor-disjoint folds, the same
-segmentation and the same rule for thresholds (chosen on each fold's
-validation fold). Results go to <output>/standin.md and standin.json.
+segmentation and the same rule for calibration and thresholds (by default
+cross-fitted on each fold's training actors). Results go to
+<output>/standin.md and standin.json; with several seeds, each seed's rows
+go to <output>/seed-N and <output>/standin.md gives the mean and range.
 """
 from __future__ import annotations
 
@@ -12,14 +14,16 @@ import math
 import time
 from pathlib import Path
 
+from moodstream.trainer.calibration_report import calibration_metrics
 from moodstream.trainer.standin import STANDIN_NOTE
 
 
-def _row_configs(data: str, output: Path, whisper: Path) -> dict[str, dict]:
+def _row_configs(data: str, output: Path, whisper: Path, seed: int = 0, cache: Path | None = None) -> dict[str, dict]:
     common_data = {"format": "ravdess-standin", "path": str(Path(data).resolve()),
-                   "cache_dir": str(output / "segment-cache")}
+                   "cache_dir": str(cache or output / "segment-cache")}
+
     def run(name: str, recipe: str) -> dict:
-        return {"output": str(output / name), "seed": 0, "progress": False, "recipe": recipe}
+        return {"output": str(output / name), "seed": seed, "progress": False, "recipe": recipe}
 
     def frozen_whisper(name: str, recipe: str, pretrained: bool) -> dict:
         return {"data": common_data, "run": run(name, recipe),
@@ -70,11 +74,66 @@ def standin_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_standin_evaluation(data: str, output: str, whisper: str | None = None, only: list[str] | None = None) -> str:
-    from moodstream.trainer.baseline import run_baseline
-    from moodstream.trainer.config import TrainConfig
-    from moodstream.trainer.train import train
+def calibration_table(rows: list[dict]) -> str:
+    """Test folds pooled: calibration, decisions at the carried thresholds, and the 90 % interval's coverage."""
+    lines = ["| system | whole-session ECE | ECE after 1 / 2 / 3 segments | largest ECE, any prefix | Brier | "
+             "log loss | F1 at the threshold | sensitivity | specificity | coverage, whole sessions (allowing for "
+             "bin size) | coverage, every prefix (allowing for bin size) | mean interval width |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        m = calibration_metrics(row["summary"])
+        if not m:
+            continue
+        after = " / ".join(_pct(v) for v in list(m["ece_after"].values())[:3])
+        width = m.get("interval_width_every_prefix")
+        lines.append(f"| {row['label']} | {_pct(m['whole_ece'])} | {after} | {_pct(m['max_prefix_ece'])} | "
+                     f"{m['whole_brier']:.3f} | {m['whole_log_loss']:.3f} | {_pct(m['f1'])} | "
+                     f"{_pct(m['sensitivity'])} | {_pct(m['specificity'])} | {_pct(m['coverage_whole'])} "
+                     f"({_pct(m['sampled_coverage_whole'])}) | {_pct(m['coverage_every_prefix'])} "
+                     f"({_pct(m['sampled_coverage_every_prefix'])}) | {'n/a' if width is None else f'{width:.3f}'} |")
+    return "\n".join(lines)
 
+
+SEED_METRICS = (("whole-session ECE %", "whole_ece", 100), ("largest ECE after any prefix %", "max_prefix_ece", 100),
+                ("Brier", "whole_brier", 1), ("log loss", "whole_log_loss", 1), ("session AUC %", "whole_auc", 100),
+                ("session F1 at the threshold %", "f1", 100), ("sensitivity %", "sensitivity", 100),
+                ("specificity %", "specificity", 100), ("coverage, whole sessions %", "coverage_whole", 100),
+                ("coverage allowing for bin size, whole sessions %", "sampled_coverage_whole", 100),
+                ("coverage, every prefix %", "coverage_every_prefix", 100),
+                ("coverage allowing for bin size, every prefix %", "sampled_coverage_every_prefix", 100),
+                ("mean interval width, every prefix", "interval_width_every_prefix", 1))
+
+
+def seeds_table(by_seed: dict[int, dict], names: list[str], labels: dict[str, str]) -> str:
+    """Mean [lowest, highest] over seeds of each headline number, one column per row of the stand-in."""
+    import numpy as np
+
+    def flat(metrics: dict) -> dict:
+        return {**{key: metrics.get(key) for _, key, _ in SEED_METRICS},
+                **{f"ECE after {name} %": value for name, value in metrics.get("ece_after", {}).items()}}
+
+    values = {n: [flat(calibration_metrics(rows[n]["summary"])) for rows in by_seed.values()] for n in names}
+    after = sorted({key for per in values.values() for m in per for key in m if key.startswith("ECE after ")},
+                   key=lambda key: int(key.split()[2]))
+    keys = [(title, key, scale) for title, key, scale in SEED_METRICS[:2]] + [(k, k, 100) for k in after] + \
+        list(SEED_METRICS[2:])
+    lines = [f"| test folds pooled, seeds {', '.join(map(str, by_seed))}: mean [lowest, highest] | "
+             + " | ".join(labels[n] for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for title, key, scale in keys:
+        cells = []
+        for n in names:
+            seen = [scale * m[key] for m in values[n] if m.get(key) is not None and not math.isnan(m[key])]
+            digits = 1 if scale == 100 else 3
+            cells.append(f"{np.mean(seen):.{digits}f} [{min(seen):.{digits}f}, {max(seen):.{digits}f}]"
+                         if seen else "n/a")
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_standin_evaluation(data: str, output: str, whisper: str | None = None, only: list[str] | None = None,
+                           seeds: list[int] | None = None) -> str:
+    """The stand-in rows for each seed (one seed: rows in OUTPUT; several: in OUTPUT/seed-N, with the mean and
+    range over seeds in OUTPUT/standin.md). The segments and the frozen encoder's features are shared."""
     data_path = Path(data).expanduser()
     if not (data_path / "manifest.csv").is_file():
         raise ValueError(f"no RAVDESS folder with manifest.csv at {data_path}")
@@ -82,7 +141,34 @@ def run_standin_evaluation(data: str, output: str, whisper: str | None = None, o
     output_path.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     whisper_path = Path(whisper).expanduser().resolve() if whisper else output_path / "whisper-tiny.en"
+    seeds = list(seeds or [0])
+    if len(seeds) == 1:
+        return _one_seed(data_path, output_path, whisper_path, only, seeds[0], output_path / "segment-cache", started)
+    tables, by_seed = [], {}
+    for seed in seeds:
+        tables.append(f"### Seed {seed}\n\n" + _one_seed(data_path, output_path / f"seed-{seed}", whisper_path, only,
+                                                           seed, output_path / "segment-cache", time.monotonic()))
+        by_seed[seed] = json.loads((output_path / f"seed-{seed}" / "standin.json").read_text())
     configs = _row_configs(str(data_path), output_path, whisper_path)
+    names = [n for n in list(configs) + list(BASELINES) if all(n in rows for rows in by_seed.values())]
+    labels = {n: (configs[n]["label"] if n in configs else BASELINES[n][1]).split(",")[0] for n in names}
+    combined = seeds_table(by_seed, names, labels)
+    total = time.monotonic() - started
+    (output_path / "standin.md").write_text(
+        f"# Stand-in evaluation (RAVDESS, acted emotion, not depression), seeds {', '.join(map(str, seeds))}\n\n"
+        f"{STANDIN_NOTE}\n\n{combined}\n\n" + "\n\n".join(tables) +
+        f"\n\nWall time of this invocation: {total:.0f} s.\n")
+    return combined
+
+
+def _one_seed(data_path: Path, output_path: Path, whisper_path: Path, only: list[str] | None, seed: int,
+              cache: Path, started: float) -> str:
+    from moodstream.trainer.baseline import run_baseline
+    from moodstream.trainer.config import TrainConfig
+    from moodstream.trainer.train import train
+
+    output_path.mkdir(parents=True, exist_ok=True)
+    configs = _row_configs(str(data_path), output_path, whisper_path, seed, cache)
     wanted = set(only or []) or set(configs) | set(BASELINES)
     unknown = wanted - set(configs) - set(BASELINES)
     if unknown:
@@ -99,7 +185,7 @@ def run_standin_evaluation(data: str, output: str, whisper: str | None = None, o
         row_started = time.monotonic()
         # The linear probe reads the pretrained encoder of the frozen-Whisper row.
         source = "whisper-pretrained-frozen" if feature_set == "linear-probe" else "tiny-wav2vec2-scratch"
-        config = TrainConfig.from_dict(configs[source]["config"] | {"run": {"progress": False,
+        config = TrainConfig.from_dict(configs[source]["config"] | {"run": {"progress": False, "seed": seed,
                                        "output": str(output_path / name)}})
         summary = run_baseline(config, feature_set, output_path / name)
         rows[name] = {"label": label, "summary": summary, "seconds": time.monotonic() - row_started}
@@ -113,6 +199,7 @@ def run_standin_evaluation(data: str, output: str, whisper: str | None = None, o
         results_path.write_text(json.dumps(rows, indent=2, default=float))
     order = list(configs) + list(BASELINES)
     table = standin_table([rows[k] for k in order if k in rows])
+    calibration = calibration_table([rows[k] for k in order if k in rows])
     comparison = ""
     if MODEL_ROW in rows and PROBE_ROW in rows:
         from moodstream.trainer.standin import read_ravdess_standin
@@ -123,12 +210,16 @@ def run_standin_evaluation(data: str, output: str, whisper: str | None = None, o
         results_path.write_text(json.dumps(rows, indent=2, default=float))
         comparison = "\n\n" + differences_markdown(differences)
     total = time.monotonic() - started
+    calibration_section = (f"\n\nCalibration, test folds pooled (every fold's calibration, interval and threshold "
+                           f"fitted on its own training speakers' out-of-fold scores; ECE and coverage in %, "
+                           f"coverage of the 90 % interval, 5 equal-count bins):\n\n{calibration}") \
+        if calibration.count("\n") > 1 else ""
     (output_path / "standin.md").write_text(
-        f"# Stand-in evaluation (RAVDESS, acted emotion, not depression)\n\n{STANDIN_NOTE}\n\n"
-        "36 sessions (18 actors x {sad = low-mood, calm}), 6 actor-disjoint folds of 3 actors; thresholds chosen "
-        "on each fold's validation fold. Positive class = the sad (low-mood) session.\n\n"
-        f"{table}{comparison}\n\nWall time of this invocation: {total:.0f} s.\n")
-    return table + comparison
+        f"# Stand-in evaluation (RAVDESS, acted emotion, not depression), seed {seed}\n\n{STANDIN_NOTE}\n\n"
+        "36 sessions (18 actors x {sad = low-mood, calm}), 6 actor-disjoint folds of 3 actors; calibration and "
+        "thresholds never see a fold's test actors. Positive class = the sad (low-mood) session.\n\n"
+        f"{table}{calibration_section}{comparison}\n\nWall time of this invocation: {total:.0f} s.\n")
+    return table + calibration_section + comparison
 
 
 MODEL_ROW, PROBE_ROW = "whisper-pretrained-frozen", "whisper-linear-probe"

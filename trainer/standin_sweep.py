@@ -34,6 +34,7 @@ def validation_aucs(row_folder: Path) -> dict:
     from sklearn.metrics import roc_auc_score
 
     session_labels, session_probs, segment_labels, segment_probs, epochs = [], [], [], [], []
+    chosen_losses, uncalibrated_losses = [], []
     for result_path in sorted(row_folder.glob("fold-*/result.json")):
         result = json.loads(result_path.read_text())
         p = result["validation"]["predictions"]
@@ -42,9 +43,17 @@ def validation_aucs(row_folder: Path) -> dict:
         segment_labels += p["segment_labels"]
         segment_probs += p["segment_probabilities"]
         epochs.append((result.get("stage1_epochs"), result.get("stage2_epochs")))
-    return {"validation_session_auc": float(roc_auc_score(session_labels, session_probs)),
-            "validation_segment_auc": float(roc_auc_score(segment_labels, segment_probs)),
-            "sessions": len(session_labels), "segments": len(segment_labels), "epochs": epochs}
+        calibration = result.get("calibration") or {}
+        if calibration.get("held_out_log_loss"):
+            chosen_losses.append(calibration["held_out_log_loss"][calibration["chosen"]])
+            uncalibrated_losses.append(calibration["held_out_log_loss"]["none"])
+    out = {"validation_session_auc": float(roc_auc_score(session_labels, session_probs)),
+           "validation_segment_auc": float(roc_auc_score(segment_labels, segment_probs)),
+           "sessions": len(session_labels), "segments": len(segment_labels), "epochs": epochs}
+    if chosen_losses:  # cross-fitted: the calibrated score's log loss on the training actors, never the test folds
+        out["out_of_fold_log_loss"] = sum(chosen_losses) / len(chosen_losses)
+        out["out_of_fold_log_loss_uncalibrated"] = sum(uncalibrated_losses) / len(uncalibrated_losses)
+    return out
 
 
 def run_sweep(data: str, output: str, whisper: str, settings: list[str]) -> str:
@@ -93,9 +102,12 @@ def run_sweep(data: str, output: str, whisper: str, settings: list[str]) -> str:
 
 def sweep_table(results: dict) -> str:
     lines = ["| setting | overrides of small-data | validation session AUC (36) | validation segment AUC | "
-             "epochs run (stage 1 / stage 2, per fold) |", "|---|---|---|---|---|"]
+             "OOF log loss, calibrated (uncalibrated) | epochs run (stage 1 / stage 2, per fold) |",
+             "|---|---|---|---|---|---|"]
     for name, r in results.items():
         epochs = " ".join(f"{a}/{b}" for a, b in r["epochs"])
+        oof = (f"{r['out_of_fold_log_loss']:.4f} ({r['out_of_fold_log_loss_uncalibrated']:.4f})"
+               if "out_of_fold_log_loss" in r else "n/a")
         lines.append(f"| {name} | {', '.join(r['overrides']) or '(none)'} | {100 * r['validation_session_auc']:.1f} | "
-                     f"{100 * r['validation_segment_auc']:.1f} | {epochs} |")
+                     f"{100 * r['validation_segment_auc']:.1f} | {oof} | {epochs} |")
     return "\n".join(lines)

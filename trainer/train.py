@@ -8,15 +8,20 @@ session head (LSTM + self-attention) on each participant's sequence. Both
 stages step through trainer/loop.py; the data comes from trainer/prepare.py
 and the reports from trainer/evaluate.py.
 
-The decision threshold is chosen on validation sessions, written into the
-checkpoint, and applied unchanged to the test sessions. Every epoch ends with
+The calibration, its interval, the decision threshold and the evidence rule are
+fitted on out-of-fold scores of the training speakers (trainer/crossfit.py:
+the networks retrained on inner folds; `scoring.calibration = "cross-fit"`)
+or on the validation sessions ("platt", "none"), written into the checkpoint,
+and applied unchanged to the test sessions. Every epoch ends with
 an atomic resume file, so a run that is interrupted continues where it
 stopped when started again with the same output folder.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +36,8 @@ from moodstream.trainer.folds import Split
 from moodstream.trainer.loop import (CsvLog, EpochCallback, atomic_torch_save, epoch_order, pos_weight_for,
                                      run_epoch, run_loop, seed_everything)
 from moodstream.trainer.metrics import binary_metrics, choose_threshold
-from moodstream.trainer.prefixes import (choose_min_evidence, fit_platt, platt_cross_validated, prefix_logits,
-                                          prefix_probabilities,
+from moodstream.trainer.prefixes import (PrefixScores, choose_min_evidence, fit_platt, platt_cross_validated,
+                                          prefix_logit_parts, prefix_logits, scored_prefixes,
                                           sigmoid)
 from moodstream.trainer.prepare import prepare_data
 from moodstream.trainer.segments import SegmentStore
@@ -95,9 +100,14 @@ class SplitTrainer:
         self.split = split
         self.run_dir = run_dir
         self.on_epoch_end = on_epoch_end
+        self.keeps_resume_files = True
         self.device = pick_device(config.run.device, option="run.device =")
         run_dir.mkdir(parents=True, exist_ok=True)
         self.log = CsvLog(run_dir / "log.csv")
+
+    def resume_file(self, name: str) -> Path | None:
+        """Where a stage keeps its resume file; None for cross-fitting's inner folds, whose result is kept whole."""
+        return self.run_dir / name if self.keeps_resume_files else None
 
     # ..................................................................... segments
     def segment_indices(self, session_ids: list[str]) -> np.ndarray:
@@ -183,7 +193,7 @@ class SplitTrainer:
             probabilities = self.segment_probabilities(val_idx)
             return self.scores(val_labels, probabilities, weight)
 
-        state = run_loop("stage1", config, trained, optimizer, train_epoch, validate, self.run_dir / "stage1.pt",
+        state = run_loop("stage1", config, trained, optimizer, train_epoch, validate, self.resume_file("stage1.pt"),
                          self.log, self.split.name, self.config.run.resume, self.on_epoch_end)
         self.stage1_state = state
 
@@ -252,7 +262,7 @@ class SplitTrainer:
             def sequence_loss(rows: np.ndarray) -> torch.Tensor:
                 padded, lengths = batch_of([items[r] for r in rows], [keep[r] for r in rows])
                 labels = torch.as_tensor(item_labels[rows], dtype=torch.float32, device=self.device)
-                return loss_fn(head(padded, lengths), labels)
+                return loss_fn(head(padded, lengths), labels * (1 - config.label_smoothing) + config.label_smoothing / 2)
 
             order = epoch_order(item_labels, config, self.config.run.seed, "stage2", epoch)
             return run_epoch(order, config, optimizer, sequence_loss)
@@ -266,20 +276,13 @@ class SplitTrainer:
             return self.scores(labels, sigmoid(np.concatenate(logits)), weight)
 
         self.stage2_state = run_loop("stage2", config, head, optimizer, train_epoch, validate,
-                                     self.run_dir / "stage2.pt", self.log, self.split.name, self.config.run.resume,
+                                     self.resume_file("stage2.pt"), self.log, self.split.name, self.config.run.resume,
                                      self.on_epoch_end, judge_start=head.segment_score is not None)
 
     @torch.inference_mode()
     def session_probabilities(self, vectors: dict[str, torch.Tensor], ids: list[str]) -> np.ndarray:
         self.model.session_head.eval()
         return np.asarray([self.model.score(vectors[session_id].to(self.device)) for session_id in ids], dtype=float)
-
-    def prefix_probabilities(self, vectors: dict[str, torch.Tensor], ids: list[str],
-                             calibrated: bool = True) -> list[np.ndarray]:
-        sequences = [vectors[s] for s in ids]
-        if calibrated:
-            return prefix_probabilities(self.model, sequences)
-        return [sigmoid(l) for l in prefix_logits(self.model.session_head, sequences)]
 
     def calibrate(self, vectors: dict[str, torch.Tensor], val_ids: list[str]) -> dict:
         """Platt scaling on every prefix of the validation sessions; stored in the model's config."""
@@ -307,24 +310,60 @@ class SplitTrainer:
         return {"method": method, "fitted_on": "validation prefixes", "prefixes": int(labels.size),
                 "scale": scale, "bias": bias, **checked}
 
+    def decide(self, vectors: dict[str, torch.Tensor]) -> Decisions:
+        """Calibration, decision threshold and evidence rule, stored in the model's config.
+
+        cross-fit: all three from out-of-fold scores of the training speakers (trainer/crossfit.py);
+        platt / none: from the validation sessions.
+        """
+        scoring = self.config.scoring
+        if scoring.calibration == "cross-fit":
+            from moodstream.trainer.crossfit import cross_fit
+
+            result = cross_fit(self)
+            self.model.config = self.model.config.replace(**result.model_fields())
+            return Decisions(result.notes, result.threshold, "out-of-fold training sessions", result.min_evidence,
+                             result.scores)
+        calibration = self.calibrate(vectors, self.split.validation)
+        val_labels = [self.sessions[s].session.label for s in self.split.validation]
+        threshold = choose_threshold(val_labels, self.session_probabilities(vectors, self.split.validation))
+        min_evidence = choose_min_evidence(val_labels, self.prefix_scores(vectors, self.split.validation).probabilities,
+                                           scoring.evidence_auc_tolerance)
+        return Decisions(calibration, threshold, "validation", min_evidence)
+
+    def prefix_scores(self, vectors: dict[str, torch.Tensor], ids: list[str]) -> PrefixScores:
+        """These sessions' scores after every prefix, calibrated (with the interval, if any) and before."""
+        parts = prefix_logit_parts(self.model.session_head, [vectors[s] for s in ids])
+        probabilities, low, high = scored_prefixes(self.model.calibration, parts)
+        labels = np.asarray([self.sessions[s].session.label for s in ids])
+        return PrefixScores(labels, probabilities, [sigmoid(p.sum(axis=1)) for p in parts], low, high,
+                            self.model.calibration.level)
+
     # ..................................................................... whole run
+    def fit_networks(self) -> dict[str, torch.Tensor]:
+        """Stages 1 and 2 on this split; returns the segment vectors of every session in it."""
+        config, split = self.config, self.split
+        seed_everything(config.run.seed)
+        self.model = ScreeningModel(config.model_config(), load_pretrained_backbone=config.pretrained).to(self.device)
+        self.stage1(split.train, split.validation)
+        vectors = self.session_vectors(split.train + split.validation + split.test)
+        self.stage2(vectors, split.train, split.validation)
+        return vectors
+
+    def inner_trainer(self, split: Split, run_dir: Path) -> "SplitTrainer":
+        """A trainer of the same recipe and data on an inner split of this one (cross-fitting)."""
+        inner = SplitTrainer(self.config, self.store, split, run_dir, positive_class=self.positive_class)
+        inner.keeps_resume_files = False
+        return inner
+
     def run(self) -> dict:
         config = self.config
-        seed_everything(config.run.seed)
-        model_config = config.model_config()
-        self.model = ScreeningModel(model_config, load_pretrained_backbone=config.pretrained).to(self.device)
         split = self.split
         started = time.monotonic()
-        self.stage1(split.train, split.validation)
-        all_ids = split.train + split.validation + split.test
-        vectors = self.session_vectors(all_ids)
-        self.stage2(vectors, split.train, split.validation)
+        vectors = self.fit_networks()
 
-        # Calibration, thresholds and the evidence rule come from validation only, then apply to test unchanged.
-        calibration = self.calibrate(vectors, split.validation)
-        val_probs = self.session_probabilities(vectors, split.validation)
-        val_labels = [self.sessions[s].session.label for s in split.validation]
-        threshold = choose_threshold(val_labels, val_probs)
+        # Calibration, thresholds and the evidence rule never see the test sessions; they apply to them unchanged.
+        decisions = self.decide(vectors)
         val_seg_idx = self.segment_indices(split.validation)
         val_seg_probs = self.segment_probabilities(val_seg_idx)
         segment_threshold = choose_threshold(self.segment_labels(val_seg_idx), val_seg_probs)
@@ -337,17 +376,16 @@ class SplitTrainer:
             "train_sessions": len(split.train),
             "validation_sessions": len(split.validation),
             "segment_threshold": segment_threshold,
-            "threshold_chosen_on": "validation",
+            "threshold_chosen_on": decisions.chosen_on,
             "stage1_best_epoch": self.stage1_state.best_epoch,
             "stage2_best_epoch": self.stage2_state.best_epoch,
             "training_recipe": config.run.recipe,
-            "calibration": calibration,
+            "calibration": decisions.calibration,
         }
-        notes.update(model_config.notes or {})
-        val_prefixes = self.prefix_probabilities(vectors, split.validation)
-        min_evidence = choose_min_evidence(val_labels, val_prefixes, config.scoring.evidence_auc_tolerance)
+        notes.update(self.model.config.notes or {})
+        threshold = decisions.threshold
         self.model.config = self.model.config.replace(decision_threshold=float(np.clip(threshold, 1e-4, 1 - 1e-4)),
-                                                      min_evidence_segments=min_evidence, notes=notes)
+                                                      min_evidence_segments=decisions.min_evidence, notes=notes)
         checkpoint = self.model.save_pretrained(self.run_dir / "checkpoint")
 
         predictions = {}
@@ -355,6 +393,7 @@ class SplitTrainer:
             if not ids:
                 continue
             seg_idx = self.segment_indices(ids)
+            scores = self.prefix_scores(vectors, ids)
             predictions[side] = Predictions(
                 session_ids=list(ids),
                 session_labels=np.asarray([self.sessions[s].session.label for s in ids]),
@@ -363,8 +402,9 @@ class SplitTrainer:
                 segment_labels=self.segment_labels(seg_idx),
                 segment_probabilities=self.segment_probabilities(seg_idx),
                 segment_vectors=torch.cat([vectors[s] for s in ids]).numpy(),
-                session_prefix_probabilities=self.prefix_probabilities(vectors, ids),
-                session_prefix_uncalibrated=self.prefix_probabilities(vectors, ids, calibrated=False),
+                session_prefix_probabilities=scores.probabilities,
+                session_prefix_uncalibrated=scores.uncalibrated,
+                session_prefix_low=scores.low, session_prefix_high=scores.high, interval_level=scores.level,
             )
         result = write_evaluation(self.run_dir, predictions, threshold, segment_threshold,
                                   title=f"moodstream training report ({split.name})",
@@ -372,12 +412,22 @@ class SplitTrainer:
                                          "stage1_epochs": self.stage1_state.epoch,
                                          "stage2_epochs": self.stage2_state.epoch,
                                          "training_recipe": config.run.recipe,
-                                         "min_evidence_segments": self.model.config.min_evidence_segments,
-                                         "calibration": json.dumps(calibration)},
-                                  tsne=config.run.tsne, seed=config.run.seed, positive_class=self.positive_class)
+                                         "min_evidence_segments": self.model.config.min_evidence_segments},
+                                  tsne=config.run.tsne, seed=config.run.seed, positive_class=self.positive_class,
+                                  out_of_fold=decisions.out_of_fold, calibration=decisions.calibration,
+                                  threshold_chosen_on=decisions.chosen_on)
         result["checkpoint"] = str(checkpoint)
         (self.run_dir / "result.json").write_text(json.dumps(result, indent=2, default=float))
         return result
+
+
+@dataclass
+class Decisions:
+    calibration: dict               # what was fitted, and on what (checkpoint notes.calibration)
+    threshold: float
+    chosen_on: str                  # the sessions the threshold was chosen on
+    min_evidence: int
+    out_of_fold: PrefixScores | None = None
 
 
 # --------------------------------------------------------------------------- entry point
@@ -405,6 +455,7 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> dic
         if not config.run.resume:
             for stale in ("stage1.pt", "stage2.pt", "log.csv"):
                 (run_dir / stale).unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "crossfit", ignore_errors=True)
         results[split.name] = SplitTrainer(config, store, split, run_dir, on_epoch_end,
                                               positive_class=dataset.positive_class).run()
     if len(splits) == 1:
@@ -412,10 +463,12 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> dic
     summary = summarize_folds(results)
     (output / "cv_summary.json").write_text(json.dumps(summary, indent=2, default=float))
     if "pooled_prefix" in summary:
+        from moodstream.trainer.calibration_report import write_pooled_figures
         from moodstream.trainer.prefixes import prefix_png
 
         prefix_png(summary["pooled_prefix"], summary["pooled_prefix_uncalibrated"], output / "prefix.png",
                    "test folds pooled: session score after k segments")
+        write_pooled_figures(summary, output)
     (output / "report.md").write_text(cross_validation_markdown("moodstream cross-validation report", summary,
                                                                 dataset.summary_markdown()))
     return summary
