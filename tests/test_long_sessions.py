@@ -12,11 +12,11 @@ from moodstream.model import ScreeningModel
 from moodstream.samples import DEMO_CHECKPOINT as DEMO_CHECKPOINT_FOLDER
 from moodstream.trainer import demo_recipe
 from moodstream.trainer.evaluate import checkpoint_speech
-from moodstream.trainer.long_session_metrics import goal_verdict, interval_coverage, reliability, row_at
+from moodstream.trainer.long_session_metrics import goal_verdict, reliability, row_at
 from moodstream.trainer.long_sessions import (draw_speakers, generate_long_sessions, held_out_voices,
                                               run_long_session_check)
 from moodstream.trainer.manifest import read_manifest
-from moodstream.trainer.prefixes import expected_calibration_error
+from moodstream.trainer.prefixes import expected_calibration_error, interval_coverage, sampled_coverage
 from moodstream.trainer.segments import SegmentParams, session_audio, session_chunks
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
@@ -54,15 +54,6 @@ def test_the_speakers_are_outside_every_excluded_demo_corpus():
     also = set(demo_recipe.corpus_speakers(np.random.default_rng(7)))
     assert not (trained | also) & set(held_out_voices([0, 7]))
     assert draw_speakers(pool, 5, 1) == draw_speakers(pool, 5, 1) != draw_speakers(pool, 5, 2)
-
-
-def test_coverage_holds_each_bins_outcome_rate():
-    labels = np.array([0, 0, 1, 1, 1, 0, 1, 1, 1, 1])
-    probabilities = np.linspace(0.05, 0.95, 10)
-    # two bins of five: outcome rates 0.6 (lowest five) and 0.8 (highest five)
-    lows, highs = np.full(10, 0.5), np.full(10, 0.7)
-    assert interval_coverage(labels, lows, highs, probabilities, bins=2) == pytest.approx(0.5)
-    assert interval_coverage(labels, lows - 0.5, highs + 0.3, probabilities, bins=2) == 1.0
 
 
 def test_a_row_reads_the_kth_score_of_the_sessions_that_long():
@@ -127,7 +118,8 @@ def test_the_numbers_are_those_of_the_score_after_exactly_k_segments(checked, ch
         assert row["brier"] == pytest.approx(np.mean((p - labels) ** 2), abs=1e-5)
         assert row["mean_score_positive"] == pytest.approx(p[labels == 1].mean(), abs=1e-5)
         assert row["mean_score_negative"] == pytest.approx(p[labels == 0].mean(), abs=1e-5)
-        assert row["interval_coverage"] == pytest.approx(interval_coverage(labels, b[:, 0], b[:, 1], p))
+        assert row["interval_coverage"] == pytest.approx(interval_coverage(labels, p, b[:, 0], b[:, 1]))
+        assert row["interval_coverage_sampled"] == pytest.approx(sampled_coverage(labels, p, b[:, 0], b[:, 1], 0.9))
         assert sum(c["sessions"] for c in row["reliability"]) == len(p)
     reference = result["rows"][str(AT[-1])]["auc"]
     assert result["goal"]["points"]["2"]["auc_gap"] == pytest.approx(abs(result["rows"]["2"]["auc"] - reference))

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-COVERAGE_BINS = 5
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_LEVEL = 0.9
 GOAL_ECE = 0.10  # at most, at every goal point
@@ -28,29 +27,17 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else math.nan
 
 
-def interval_coverage(labels, lows, highs, probabilities, bins: int = COVERAGE_BINS) -> float:
-    """Share of predictions whose interval holds the observed outcome rate of its bin.
-
-    Predictions are sorted by probability and cut into `bins` bins of (nearly) equal count; a single
-    outcome is 0 or 1, so a bin's outcome rate is the nearest thing to the probability it should have had.
-    """
-    labels, lows, highs = (np.asarray(a, dtype=float) for a in (labels, lows, highs))
-    if labels.size == 0:
-        return math.nan
-    covered = np.zeros(labels.size, dtype=bool)
-    for chosen in np.array_split(np.argsort(np.asarray(probabilities, dtype=float), kind="stable"),
-                                 min(bins, labels.size)):
-        rate = labels[chosen].mean()
-        covered[chosen] = (lows[chosen] <= rate) & (rate <= highs[chosen])
-    return float(covered.mean())
-
-
-def row_at(k: int, labels, prefix_probabilities: list[np.ndarray], intervals: list[np.ndarray] | None) -> dict:
+def row_at(k: int, labels, prefix_probabilities: list[np.ndarray], intervals: list[np.ndarray] | None,
+           level: float = 0.9) -> dict:
     """The metrics of the score after exactly k segments, over the sessions that have k segments.
 
     `intervals`: per session, [n, 2] (low, high) after each segment, or None when the checkpoint has none.
+    Coverage is the training reports' (trainer.prefixes): the share of predictions whose interval holds the
+    outcome rate of their bin (5 equal-count bins by score), and the lenient one that allows for the bin's
+    sampling noise.
     """
-    from moodstream.trainer.prefixes import ECE_BINS, expected_calibration_error
+    from moodstream.trainer.prefixes import (ECE_BINS, expected_calibration_error, interval_coverage,
+                                              sampled_coverage)
 
     labels = np.asarray(labels, dtype=int)
     chosen = np.asarray([len(p) >= k for p in prefix_probabilities], dtype=bool)
@@ -63,10 +50,11 @@ def row_at(k: int, labels, prefix_probabilities: list[np.ndarray], intervals: li
            "mean_score": float(scores.mean()) if kept.size else math.nan,
            "mean_score_positive": float(scores[kept == 1].mean()) if (kept == 1).any() else math.nan,
            "mean_score_negative": float(scores[kept == 0].mean()) if (kept == 0).any() else math.nan,
-           "interval_coverage": None, "mean_interval_width": None}
+           "interval_coverage": None, "interval_coverage_sampled": None, "mean_interval_width": None}
     if intervals is not None and kept.size:
         bounds = np.asarray([b[k - 1] for b, c in zip(intervals, chosen) if c], dtype=float)
-        row["interval_coverage"] = interval_coverage(kept, bounds[:, 0], bounds[:, 1], scores)
+        row["interval_coverage"] = interval_coverage(kept, scores, bounds[:, 0], bounds[:, 1])
+        row["interval_coverage_sampled"] = sampled_coverage(kept, scores, bounds[:, 0], bounds[:, 1], level)
         row["mean_interval_width"] = float(np.mean(bounds[:, 1] - bounds[:, 0]))
     return row
 
@@ -128,15 +116,17 @@ def _band(band) -> str:
 
 def summary_table(rows: dict[int, dict], report_at: list[int], bootstrap: dict[int, dict]) -> str:
     lines = ["| after k segments | sessions (positive) | AUC % [90 % CI] | ECE % [90 % CI] | Brier | mean score, "
-             "label 1 | mean score, label 0 | mean score, all | 90 % interval coverage % | mean interval width |",
+             "label 1 | mean score, label 0 | mean score, all | interval coverage % (bin rate / sampled) | "
+             "mean interval width |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for k in report_at:
         r, b = rows[k], bootstrap.get(k, {})
         width = "n/a" if r["mean_interval_width"] is None else f"{r['mean_interval_width']:.3f}"
+        coverage = "n/a" if r["interval_coverage"] is None else \
+            f"{_pct(r['interval_coverage'])} / {_pct(r['interval_coverage_sampled'])}"
         lines.append(f"| {k} | {r['sessions']} ({r['positives']}) | {_pct(r['auc'])}{_band(b.get('auc'))} | "
                      f"{_pct(r['ece'])}{_band(b.get('ece'))} | {r['brier']:.3f} | {r['mean_score_positive']:.3f} | "
-                     f"{r['mean_score_negative']:.3f} | {r['mean_score']:.3f} | {_pct(r['interval_coverage'])} | "
-                     f"{width} |")
+                     f"{r['mean_score_negative']:.3f} | {r['mean_score']:.3f} | {coverage} | {width} |")
     return "\n".join(lines)
 
 

@@ -8,9 +8,9 @@ how the score behaves after 20 segments, or whether it drifts with session lengt
 synthesises long sessions with the demo recipe's generator (trainer/demo_recipe.py: espeak-ng speakers
 reading with a slowed, label 1, or a lively, label 0, delivery drawn from overlapping distributions, in
 background noise), one session of each delivery per speaker, each long enough that the speech path keeps
-enough speech for the largest reported segment count in whole chunks (20 x 7 s = 140 s by default). A session's delivery is drawn once and
-held, so later segments carry no new kind of evidence: a shift of both classes' mean score with k is the
-score's response to length alone.
+enough speech for the largest reported segment count in whole chunks (20 x 7 s = 140 s by default). A
+session's delivery is drawn once and held, so later segments carry no new kind of evidence: a shift of both
+classes' mean score with k is the score's response to length alone.
 
 Held-out speakers: a demo-recipe corpus of seed s uses `corpus_speakers(default_rng(s))` (train,
 validation and test together), and this check draws its speakers from every other voice of the recipe's
@@ -21,7 +21,8 @@ and of any --exclude-corpus-seed. The deliveries and sentence orders come from t
 Sessions are cut by the one speech path (trainer/segments.py `build_segments`, the checkpoint's own speech
 settings, as `moodstream evaluate` cuts them), every segment is encoded alone (as the server does), and
 the calibrated probability after each segment comes from `trainer.prefixes.prefix_probabilities`; the
-interval, when the checkpoint carries one, from `model.calibration.score` on the same logit parts.
+interval, when the checkpoint carries one, from `model.calibration.score` on the same logit parts
+(`trainer.prefixes.scored_prefixes`), and its coverage is the training reports' (`trainer.prefixes`).
 """
 from __future__ import annotations
 
@@ -178,7 +179,7 @@ def score_prefixes(model, store, progress: bool = True) -> tuple[list[np.ndarray
     import torch
     from tqdm import tqdm
 
-    from moodstream.trainer.prefixes import prefix_logit_parts, prefix_probabilities
+    from moodstream.trainer.prefixes import prefix_logit_parts, prefix_probabilities, scored_prefixes
 
     sequences = []
     # One segment is too little work for a second thread, which on a shared machine spin-waits for a busy
@@ -194,14 +195,11 @@ def score_prefixes(model, store, progress: bool = True) -> tuple[list[np.ndarray
     finally:
         torch.set_num_threads(threads)
     probabilities = prefix_probabilities(model, sequences)
-    calibration = model.calibration
-    if not len(calibration.replicates):
+    # The interval through SessionCalibration.score, as the batch and incremental scorers compute it.
+    _, low, high = scored_prefixes(model.calibration, prefix_logit_parts(model.session_head, sequences))
+    if low is None:
         return probabilities, None
-    intervals = []
-    for parts in prefix_logit_parts(model.session_head, sequences):
-        scores = [calibration.score(float(recurrent), float(segment)) for recurrent, segment in parts]
-        intervals.append(np.asarray([[s.low, s.high] for s in scores], dtype=float))
-    return probabilities, intervals
+    return probabilities, [np.stack([lows, highs], axis=1) for lows, highs in zip(low, high)]
 
 
 def run_long_session_check(checkpoint: str | Path, output: str | Path, speakers: int = DEFAULT_SPEAKERS,
@@ -242,7 +240,8 @@ def run_long_session_check(checkpoint: str | Path, output: str | Path, speakers:
     labels = np.asarray([s.label for s in sessions], dtype=int)
     speaker_ids = [s.speaker_id for s in sessions]
     segments = [len(p) for p in probabilities]
-    rows = {k: row_at(k, labels, probabilities, intervals) for k in range(1, report_at[-1] + 1)}
+    level = model.calibration.level
+    rows = {k: row_at(k, labels, probabilities, intervals, level) for k in range(1, report_at[-1] + 1)}
     for k in report_at:
         rows[k]["reliability"] = reliability(labels[[n >= k for n in segments]],
                                              [p[k - 1] for p in probabilities if len(p) >= k])
@@ -279,8 +278,9 @@ def report_markdown(result: dict, rows: dict, bootstrap: dict, goal: dict, speec
     counts = [s["segments"] for s in sessions]
     held = result["held_out"]
     timings = result["timings"]
-    interval = (f"yes, {100 * result['interval_level']:.0f} % (coverage: share of predictions whose interval holds "
-                "the outcome rate of its bin, 5 equal-count bins)") if result["has_interval"] else \
+    interval = (f"yes, {100 * result['interval_level']:.0f} % (coverage, as in the training reports: the share of "
+                "predictions whose interval holds the outcome rate of their bin, 5 equal-count bins by score; "
+                "sampled: the same, allowing for each bin's sampling noise)") if result["has_interval"] else \
         "no: the checkpoint carries no interval replicates, so coverage is n/a"
     report_at = result["report_at"]
     lines = [
