@@ -91,10 +91,21 @@ def browser():
 
 
 def wait_until(driver, condition, what, timeout=20.0):
-    """Polls `condition(driver)`; a condition on several readings of a page should read it once."""
+    """Polls `condition(driver)`; a condition on several readings of a page should read it once. An element
+    the page re-rendered between finding and reading it (stale) or has not drawn yet counts as not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d), message=what)
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(
+        lambda d: condition(d), message=what)
+
+
+def click(driver, css: str, what: str) -> None:
+    """Click the element `css` finds, again if the page re-rendered it between finding and clicking."""
+    from selenium.webdriver.common.by import By
+
+    wait_until(driver, lambda d: d.find_element(By.CSS_SELECTOR, css).click() or True, what)
 
 
 def by_id(driver, element_id):

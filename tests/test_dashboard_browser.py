@@ -11,7 +11,7 @@ from moodstream.dashboard.server import BackgroundDashboard
 from moodstream.model_description import ModelDescription
 from moodstream.server.app import BackgroundServer, ServerConfig
 from moodstream.v1 import moodstream_pb2 as pb
-from browser_harness import (DESKTOP, PHONE, assert_fits, browser, by_id, free_port, needs_chromium,  # noqa: F401
+from browser_harness import (DESKTOP, PHONE, assert_fits, browser, by_id, click, free_port, needs_chromium,  # noqa: F401
                              save_screenshot, set_viewport, severe_console, wait_until)
 from clocks import ShiftedClock
 from server_harness import end, header, make_chunks, stream, stub_for, tiny_model, write_tokens
@@ -295,7 +295,9 @@ def test_each_score_shows_its_interval_as_text_and_a_band_or_the_page_says_once_
         browser.get(dashboard.url)
         wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.session-row td.segments")
                    and d.find_element(By.CSS_SELECTOR, "tr.session-row td.segments").text == "3", "all three scores")
-        assert browser.find_element(By.CSS_SELECTOR, "tr.session-row td.probability").text == shown
+        # The overview re-renders on every event: read the cell until it shows the last score.
+        wait_until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "tr.session-row td.probability").text == shown,
+                   f"the overview to show {shown}")
         notes = by_id(browser, "model-notes").text
         if replicates:
             assert "its 90% interval" in notes and NO_INTERVAL not in notes
@@ -303,7 +305,7 @@ def test_each_score_shows_its_interval_as_text_and_a_band_or_the_page_says_once_
             assert notes.count(NO_INTERVAL) == 1
         shot(browser, f"{name}-overview-1280")
 
-        browser.find_element(By.CSS_SELECTOR, "a.session-link").click()
+        click(browser, "a.session-link", "the session's link")
         wait_until(browser, lambda d: chart_points(d) == 3, "three points on the chart")
         assert by_id(browser, "tile-probability").text == shown
         cells = [row.find_elements(By.CSS_SELECTOR, "td")[3].text
@@ -328,7 +330,7 @@ def test_each_score_shows_its_interval_as_text_and_a_band_or_the_page_says_once_
         assert_fits(browser, "session with its interval at 390")
         shot(browser, f"{name}-session-390")
 
-        by_id(browser, "participant-link").click()
+        click(browser, "#participant-link", "the participant's link")
         wait_until(browser, lambda d: chart_points(d, "history-chart") == 1, "the participant's history")
         row = browser.find_element(By.CSS_SELECTOR, "#history tbody tr")
         assert shown in row.text
