@@ -98,16 +98,21 @@ def test_a_score_reads_with_its_interval_or_without():
     assert not score_from_dict(without).HasField("probability_low")
 
 
-def test_a_live_session_carries_the_batch_interval_end_to_end(start_server, tokens):
-    model = calibrated_model()
-    server = start_server(model=model)
-    chunks = make_chunks(4, seed=21)
-    requests = [header("interval", "p1")] + [chunk(seq, pcm) for seq, pcm in enumerate(chunks)] + [end(3)]
+def streamed(server, tokens, session_id: str, chunks: list[bytes]):
+    """The scores a whole session's Stream answered with, then GetModelInfo and GetScore."""
+    requests = [header(session_id, "p1"), *[chunk(seq, pcm) for seq, pcm in enumerate(chunks)], end(len(chunks) - 1)]
     with stub_for(server.port) as stub:
         scores = [r.score for r in stream(stub, requests, tokens.metadata("agent")) if r.WhichOneof("message") == "score"]
         info = stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=tokens.metadata("agent"), timeout=10)
-        stored = stub.GetScore(pb.GetScoreRequest(session_id="interval"), metadata=tokens.metadata("admin"),
+        stored = stub.GetScore(pb.GetScoreRequest(session_id=session_id), metadata=tokens.metadata("admin"),
                                timeout=10)
+    return scores, info, stored
+
+
+def test_a_live_session_carries_the_batch_interval_end_to_end(start_server, tokens):
+    model = calibrated_model()
+    chunks = make_chunks(4, seed=21)
+    scores, info, stored = streamed(start_server(model=model), tokens, "interval", chunks)
     assert info.HasField("interval_level") and info.interval_level == pytest.approx(0.9)
     waves = [np.frombuffer(c, dtype="<i2").astype(np.float32) / 32768.0 for c in chunks]
     vectors = model.encode_segments(waves)
@@ -124,13 +129,9 @@ def test_a_live_session_carries_the_batch_interval_end_to_end(start_server, toke
 def test_a_checkpoint_without_an_interval_says_so_on_the_wire(start_server, tokens):
     torch.manual_seed(4)
     model = ScreeningModel(ModelConfig.tiny()).eval()
-    server = start_server(model=model)
     chunks = make_chunks(2, seed=22)
-    requests = [header("no-interval", "p1")] + [chunk(seq, pcm) for seq, pcm in enumerate(chunks)] + [end(1)]
-    with stub_for(server.port) as stub:
-        scores = [r.score for r in stream(stub, requests, tokens.metadata("agent")) if r.WhichOneof("message") == "score"]
-        info = stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=tokens.metadata("agent"), timeout=10)
-    assert not info.HasField("interval_level")
+    scores, info, stored = streamed(start_server(model=model), tokens, "no-interval", chunks)
+    assert not info.HasField("interval_level") and not stored.HasField("probability_low")
     assert all(not s.HasField("probability_low") and not s.HasField("interval_level") for s in scores)
     assert abs(scores[-1].probability - offline_score(model, chunks)) <= 1e-5
 
