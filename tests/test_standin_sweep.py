@@ -41,3 +41,22 @@ def test_validation_aucs_pool_the_validation_folds_only(tmp_path):
     assert result["out_of_fold_log_loss_uncalibrated"] == pytest.approx(0.6)
     table = sweep_table({"small-data": {"overrides": [], **result}})
     assert "| small-data | (none) | 100.0 | 100.0 | 0.4000 (0.6000) | 12/11 12/11 |" in table
+
+
+def test_the_seeds_table_gives_the_mean_and_range_of_each_system():
+    from moodstream.trainer.standin_run import seeds_table
+
+    def summary(ece: float) -> dict:
+        whole = {"prefix": "100 %", "ece": ece, "calibrated_ece": 0.08, "brier": 0.05, "log_loss": 0.2, "auc": 0.9,
+                 "coverage": 0.5, "sampled_coverage": 0.9, "interval_width": 0.1}
+        first = dict(whole, prefix="1 segment", ece=ece + 0.1)
+        return {"pooled_prefix": [first, whole], "pooled_segment_auc": 0.9,
+                "pooled_session_at_threshold": {"f1": 0.9, "sensitivity": 1.0, "specificity": 0.8},
+                "pooled_coverage_every_prefix": {"coverage": 0.4, "sampled_coverage": 0.85, "interval_width": 0.12}}
+
+    table = seeds_table({0: {"m": {"summary": summary(0.06)}}, 1: {"m": {"summary": summary(0.10)}}}, ["m"],
+                        {"m": "model"})
+    assert "| test folds pooled, seeds 0, 1: mean [lowest, highest] | model |" in table
+    assert "| whole-session ECE % | 8.0 [6.0, 10.0] |" in table
+    assert "| ECE after 1 segment % | 18.0 [16.0, 20.0] |" in table
+    assert "| coverage allowing for bin size, every prefix % | 85.0 [85.0, 85.0] |" in table

@@ -214,3 +214,18 @@ def test_the_linear_probe_is_calibrated_the_same_way(crossfit_run, tmp_path):
     assert result["out_of_fold"]["session"]["n"] == 8
     whole = [p[-1] for p in result["test"]["predictions"]["session_prefix_probabilities"]]
     assert whole == pytest.approx(result["test"]["predictions"]["session_probabilities"])
+
+
+def test_evaluating_a_cross_fitted_checkpoint_reports_its_interval_and_calibration(crossfit_run, tmp_path):
+    from moodstream.trainer.evaluate import evaluate_checkpoint
+
+    run, trained, manifest = crossfit_run
+    result = evaluate_checkpoint(trained["checkpoint"], manifest, tmp_path / "evaluation", split="test",
+                                 cache_dir=str(run.parent / "cache"), tsne=False, progress=False)
+    assert result["threshold_chosen_on"] == "out-of-fold training sessions"
+    assert result["calibration"]["method"] == "cross-fit"
+    assert all("coverage" in row and "sampled_coverage" in row for row in result["test"]["prefix"])
+    assert result["test"]["session"]["sensitivity"] == result["test"]["session"]["recall"]
+    report = (tmp_path / "evaluation" / "report.md").read_text()
+    assert "cross-fitted on 8 out-of-fold training sessions" in report and "interval coverage" in report
+    assert (tmp_path / "evaluation" / "test_reliability.png").is_file()

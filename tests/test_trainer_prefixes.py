@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from moodstream.model.session_head import SessionHead
-from moodstream.trainer.prefixes import (choose_min_evidence, expected_calibration_error, fit_platt,
-                                          platt_cross_validated, prefix_logits,
-                                         prefix_markdown, prefix_rows, sigmoid)
+from moodstream.trainer.prefixes import (calibrated_ece, choose_min_evidence, expected_calibration_error, fit_platt,
+                                          log_loss, platt_cross_validated, prefix_logits, prefix_markdown,
+                                          prefix_rows, sampled_coverage, sigmoid)
 
 
 def test_prefix_logits_equal_the_head_on_each_prefix_alone():
@@ -25,6 +25,23 @@ def test_expected_calibration_error():
     assert expected_calibration_error(labels, np.array([1.0, 1.0, 0.0, 0.0])) == pytest.approx(0.0)
     # every prediction 0.9 with half positive: |0.5 - 0.9|
     assert expected_calibration_error(labels, np.full(4, 0.9)) == pytest.approx(0.4)
+
+
+def test_the_ece_a_calibrated_score_would_show_on_few_sessions():
+    assert calibrated_ece(np.array([0.0, 1.0, 1.0])) == 0.0   # certain scores: no sampling noise
+    # 36 scores of 0.5: the mean |k/36 - 0.5| of a fair coin, about 0.066
+    assert calibrated_ece(np.full(36, 0.5)) == pytest.approx(0.066, abs=0.005)
+    assert log_loss([1, 0], [1.0, 1.0]) == pytest.approx(0.5 * -np.log(1e-12))  # a wrong certain score is finite
+
+
+def test_coverage_allowing_for_the_bins_size_judges_counts_by_the_binomial():
+    labels = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    probabilities = np.array([0.05, 0.06, 0.07, 0.08, 0.9, 0.92, 0.94, 0.96])
+    # bins of 4: one positive of 4 is plausible for p near 0.07 at 90 %, four of four for p near 0.93
+    low, high = probabilities - 0.02, probabilities + 0.02
+    assert sampled_coverage(labels, probabilities, low, high, 0.9, bins=2) == 1.0
+    # an interval far from a bin's count misses it
+    assert sampled_coverage(labels, probabilities, low, np.minimum(high, 0.3), 0.9, bins=2) == 0.5
 
 
 def test_prefix_rows_by_count_and_by_fraction():

@@ -104,6 +104,10 @@ def run_baseline(config: TrainConfig, feature_set: str = "IS09_emotion", output:
     from moodstream.trainer.prepare import prepare_data
 
     started = time.monotonic()
+    if config.run.threads:
+        import torch
+
+        torch.set_num_threads(config.run.threads)
     dataset, store, splits = prepare_data(config)
     probe = feature_set.lower() == LINEAR_PROBE
     if probe:

@@ -158,8 +158,11 @@ def calibration_metrics(summary: dict) -> dict:
     at = summary.get("pooled_session_at_threshold", {})
     every = summary.get("pooled_coverage_every_prefix") or {}
     by_count = {name: r for name, r in rows.items() if name.endswith(("segment", "segments"))}
-    return {"whole_ece": whole["ece"], "whole_brier": whole["brier"], "whole_log_loss": whole.get("log_loss"),
-            "whole_auc": whole["auc"], "ece_after": {name: r["ece"] for name, r in by_count.items()},
+    return {"whole_ece": whole["ece"], "whole_calibrated_ece": whole.get("calibrated_ece"),
+            "whole_brier": whole["brier"], "whole_log_loss": whole.get("log_loss"),
+            "whole_auc": whole["auc"], "segment_auc": summary.get("pooled_segment_auc"),
+            "ece_after": {name: r["ece"] for name, r in by_count.items()},
+            "calibrated_ece_after": {name: r.get("calibrated_ece") for name, r in by_count.items()},
             "max_prefix_ece": max(r["ece"] for r in rows.values()),
             "f1": at.get("f1"), "sensitivity": at.get("sensitivity"), "specificity": at.get("specificity"),
             "coverage_whole": whole.get("coverage"), "sampled_coverage_whole": whole.get("sampled_coverage"),

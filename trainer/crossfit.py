@@ -17,7 +17,6 @@ With fewer training speakers than inner folds, each speaker is its own inner fol
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ def inner_splits(split: Split, sessions: dict[str, Session], folds: int, seed: i
 
     Returns the inner splits and a note when there were fewer speakers than `folds`.
     """
-    training = [dataclasses.replace(sessions[s], fold=None) for s in split.train]
+    training = [sessions[s] for s in split.train]
     speakers = sorted({s.speaker_id for s in training})
     if len(speakers) < 2:
         raise ValueError(f'scoring.calibration = "cross-fit" needs at least 2 training speakers, {split.name} has '

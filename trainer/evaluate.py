@@ -27,7 +27,9 @@ from moodstream.trainer.prepare import detect_format, load_dataset
 
 PREFIX_NOTE = ("What a live subscriber sees: the session score after 1, 2, 3 ... segments (sessions shorter than "
                "k are left out of row k) and at 25/50/75/100 % of each session. Log loss with probabilities kept "
-               "within [1e-12, 1 - 1e-12]; ECE: expected calibration error, 10 equal-width bins; interval coverage: "
+               "within [1e-12, 1 - 1e-12]; ECE: expected calibration error, 10 equal-width bins; ECE if calibrated: "
+               "what a perfectly calibrated score with these probabilities would show on this many sessions (the "
+               "mean over 1000 draws of the outcomes from the scores); interval coverage: "
                "the share of scores whose interval holds the outcome rate of their bin (5 equal-count bins of the "
                "calibrated probability). The calibration never saw these sessions (docs/calibration.md).")
 

@@ -114,6 +114,24 @@ def expected_calibration_error(labels, probabilities, bins: int = ECE_BINS) -> f
     return float(error)
 
 
+def calibrated_ece(probabilities, bins: int = ECE_BINS, draws: int = 1000, seed: int = 0) -> float:
+    """The ECE a perfectly calibrated score would show on these predictions: the mean ECE when every outcome
+    is drawn from its own probability. On a few dozen sessions it is far from 0, so an ECE near it is as
+    good as these sessions can show."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    if probabilities.size == 0:
+        return math.nan
+    which = np.minimum((probabilities * bins).astype(int), bins - 1)
+    members = np.zeros((probabilities.size, bins))
+    members[np.arange(probabilities.size), which] = 1.0
+    counts = members.sum(axis=0)
+    used = counts > 0
+    outcomes = np.random.default_rng(seed).random((draws, probabilities.size)) < probabilities
+    rates = (outcomes @ members)[:, used] / counts[used]
+    mean_scores = (probabilities @ members)[used] / counts[used]
+    return float(np.mean(np.abs(rates - mean_scores) @ (counts[used] / probabilities.size)))
+
+
 PROBABILITY_FLOOR = 1e-12   # log loss of a saturated wrong score: about 27.6 nats, not infinity
 COVERAGE_BINS = 5
 
@@ -176,7 +194,7 @@ def _row(name: str, labels: np.ndarray, probabilities: np.ndarray, low=None, hig
     auc = float(roc_auc_score(labels, probabilities)) if len(set(labels.tolist())) == 2 else math.nan
     row = {"prefix": name, "sessions": int(labels.size), "positives": int(labels.sum()), "auc": auc,
            "log_loss": log_loss(labels, probabilities), "brier": float(np.mean((probabilities - labels) ** 2)),
-           "ece": expected_calibration_error(labels, probabilities)}
+           "ece": expected_calibration_error(labels, probabilities), "calibrated_ece": calibrated_ece(probabilities)}
     if low is not None:
         row["coverage"] = interval_coverage(labels, probabilities, low, high)
         row["sampled_coverage"] = sampled_coverage(labels, probabilities, low, high, level)
@@ -251,19 +269,20 @@ def prefix_markdown(rows: list[dict], uncalibrated: list[dict] | None = None) ->
     cell = lambda r: (f" {_pct(r.get('coverage'))} ({_pct(r.get('sampled_coverage'))}) | "  # noqa: E731
                       f"{_number(r, 'interval_width')} |") if coverage else ""
     if uncalibrated is None:
-        lines = [f"| scored after | sessions (positive) | AUC | log loss | Brier | ECE % |{extra_head}",
-                 f"|---|---|---|---|---|---|{extra_rule}"]
+        lines = [f"| scored after | sessions (positive) | AUC | log loss | Brier | ECE % | ECE % if calibrated |"
+                 f"{extra_head}", f"|---|---|---|---|---|---|---|{extra_rule}"]
         for r in rows:
             lines.append(f"| {r['prefix']} | {r['sessions']} ({r['positives']}) | {_pct(r['auc'])} | "
-                         f"{_number(r, 'log_loss')} | {r['brier']:.3f} | {_pct(r['ece'])} |{cell(r)}")
+                         f"{_number(r, 'log_loss')} | {r['brier']:.3f} | {_pct(r['ece'])} | "
+                         f"{_pct(r.get('calibrated_ece'))} |{cell(r)}")
         return "\n".join(lines)
     lines = ["| scored after | sessions (positive) | AUC | log loss (uncalibrated → calibrated) | "
-             f"Brier (uncalibrated → calibrated) | ECE % (uncalibrated → calibrated) |{extra_head}",
-             f"|---|---|---|---|---|---|{extra_rule}"]
+             "Brier (uncalibrated → calibrated) | ECE % (uncalibrated → calibrated) | ECE % if calibrated |"
+             f"{extra_head}", f"|---|---|---|---|---|---|---|{extra_rule}"]
     for r, u in zip(rows, uncalibrated):
         lines.append(f"| {r['prefix']} | {r['sessions']} ({r['positives']}) | {_pct(r['auc'])} | "
                      f"{_number(u, 'log_loss')} → {_number(r, 'log_loss')} | {u['brier']:.3f} → {r['brier']:.3f} | "
-                     f"{_pct(u['ece'])} → {_pct(r['ece'])} |{cell(r)}")
+                     f"{_pct(u['ece'])} → {_pct(r['ece'])} | {_pct(r.get('calibrated_ece'))} |{cell(r)}")
     return "\n".join(lines)
 
 

@@ -23,7 +23,9 @@ def _row_configs(data: str, output: Path, whisper: Path, seed: int = 0, cache: P
                    "cache_dir": str(cache or output / "segment-cache")}
 
     def run(name: str, recipe: str) -> dict:
-        return {"output": str(output / name), "seed": seed, "progress": False, "recipe": recipe}
+        # One torch thread: on two shared cores a second one spin-waits for a busy core (one stand-in training
+        # took 32 s on one thread against 128 s on two at load average 4).
+        return {"output": str(output / name), "seed": seed, "progress": False, "recipe": recipe, "threads": 1}
 
     def frozen_whisper(name: str, recipe: str, pretrained: bool) -> dict:
         return {"data": common_data, "run": run(name, recipe),
@@ -76,7 +78,8 @@ def standin_table(rows: list[dict]) -> str:
 
 def calibration_table(rows: list[dict]) -> str:
     """Test folds pooled: calibration, decisions at the carried thresholds, and the 90 % interval's coverage."""
-    lines = ["| system | whole-session ECE | ECE after 1 / 2 / 3 segments | largest ECE, any prefix | Brier | "
+    lines = ["| system | whole-session ECE (if calibrated) | ECE after 1 / 2 / 3 segments (if calibrated) | "
+             "largest ECE, any prefix | Brier | "
              "log loss | F1 at the threshold | sensitivity | specificity | coverage, whole sessions (allowing for "
              "bin size) | coverage, every prefix (allowing for bin size) | mean interval width |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -85,8 +88,10 @@ def calibration_table(rows: list[dict]) -> str:
         if not m:
             continue
         after = " / ".join(_pct(v) for v in list(m["ece_after"].values())[:3])
+        after_floor = " / ".join(_pct(v) for v in list(m["calibrated_ece_after"].values())[:3])
         width = m.get("interval_width_every_prefix")
-        lines.append(f"| {row['label']} | {_pct(m['whole_ece'])} | {after} | {_pct(m['max_prefix_ece'])} | "
+        lines.append(f"| {row['label']} | {_pct(m['whole_ece'])} ({_pct(m['whole_calibrated_ece'])}) | "
+                     f"{after} ({after_floor}) | {_pct(m['max_prefix_ece'])} | "
                      f"{m['whole_brier']:.3f} | {m['whole_log_loss']:.3f} | {_pct(m['f1'])} | "
                      f"{_pct(m['sensitivity'])} | {_pct(m['specificity'])} | {_pct(m['coverage_whole'])} "
                      f"({_pct(m['sampled_coverage_whole'])}) | {_pct(m['coverage_every_prefix'])} "
@@ -94,8 +99,16 @@ def calibration_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-SEED_METRICS = (("whole-session ECE %", "whole_ece", 100), ("largest ECE after any prefix %", "max_prefix_ece", 100),
+SHORT_LABELS = {"whisper-pretrained-frozen": "model (small-data recipe)",
+                "whisper-pretrained-frozen-paper": "model (paper's recipe)",
+                "whisper-random-frozen": "model (random encoder)", "tiny-wav2vec2-scratch": "tiny wav2vec2",
+                "whisper-linear-probe": "linear probe", "opensmile-is09": "openSMILE IS09",
+                "opensmile-egemaps": "openSMILE eGeMAPS"}
+SEED_METRICS = (("whole-session ECE %", "whole_ece", 100),
+                ("whole-session ECE a perfectly calibrated score would show %", "whole_calibrated_ece", 100),
+                ("largest ECE after any prefix %", "max_prefix_ece", 100),
                 ("Brier", "whole_brier", 1), ("log loss", "whole_log_loss", 1), ("session AUC %", "whole_auc", 100),
+                ("segment AUC %", "segment_auc", 100),
                 ("session F1 at the threshold %", "f1", 100), ("sensitivity %", "sensitivity", 100),
                 ("specificity %", "specificity", 100), ("coverage, whole sessions %", "coverage_whole", 100),
                 ("coverage allowing for bin size, whole sessions %", "sampled_coverage_whole", 100),
@@ -110,13 +123,14 @@ def seeds_table(by_seed: dict[int, dict], names: list[str], labels: dict[str, st
 
     def flat(metrics: dict) -> dict:
         return {**{key: metrics.get(key) for _, key, _ in SEED_METRICS},
-                **{f"ECE after {name} %": value for name, value in metrics.get("ece_after", {}).items()}}
+                **{f"ECE after {name} %": value for name, value in metrics.get("ece_after", {}).items()},
+                **{f"ECE after {name}, if calibrated %": value
+                   for name, value in metrics.get("calibrated_ece_after", {}).items()}}
 
     values = {n: [flat(calibration_metrics(rows[n]["summary"])) for rows in by_seed.values()] for n in names}
     after = sorted({key for per in values.values() for m in per for key in m if key.startswith("ECE after ")},
-                   key=lambda key: int(key.split()[2]))
-    keys = [(title, key, scale) for title, key, scale in SEED_METRICS[:2]] + [(k, k, 100) for k in after] + \
-        list(SEED_METRICS[2:])
+                   key=lambda key: (int(key.split()[2]), "calibrated" in key))
+    keys = list(SEED_METRICS[:3]) + [(k, k, 100) for k in after] + list(SEED_METRICS[3:])
     lines = [f"| test folds pooled, seeds {', '.join(map(str, by_seed))}: mean [lowest, highest] | "
              + " | ".join(labels[n] for n in names) + " |", "|---" * (len(names) + 1) + "|"]
     for title, key, scale in keys:
@@ -151,7 +165,7 @@ def run_standin_evaluation(data: str, output: str, whisper: str | None = None, o
         by_seed[seed] = json.loads((output_path / f"seed-{seed}" / "standin.json").read_text())
     configs = _row_configs(str(data_path), output_path, whisper_path)
     names = [n for n in list(configs) + list(BASELINES) if all(n in rows for rows in by_seed.values())]
-    labels = {n: (configs[n]["label"] if n in configs else BASELINES[n][1]).split(",")[0] for n in names}
+    labels = {n: SHORT_LABELS.get(n, n) for n in names}
     combined = seeds_table(by_seed, names, labels)
     total = time.monotonic() - started
     (output_path / "standin.md").write_text(
@@ -186,7 +200,7 @@ def _one_seed(data_path: Path, output_path: Path, whisper_path: Path, only: list
         # The linear probe reads the pretrained encoder of the frozen-Whisper row.
         source = "whisper-pretrained-frozen" if feature_set == "linear-probe" else "tiny-wav2vec2-scratch"
         config = TrainConfig.from_dict(configs[source]["config"] | {"run": {"progress": False, "seed": seed,
-                                       "output": str(output_path / name)}})
+                                       "threads": 1, "output": str(output_path / name)}})
         summary = run_baseline(config, feature_set, output_path / name)
         rows[name] = {"label": label, "summary": summary, "seconds": time.monotonic() - row_started}
         results_path.write_text(json.dumps(rows, indent=2, default=float))
