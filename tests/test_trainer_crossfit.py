@@ -228,4 +228,7 @@ def test_evaluating_a_cross_fitted_checkpoint_reports_its_interval_and_calibrati
     assert result["test"]["session"]["sensitivity"] == result["test"]["session"]["recall"]
     report = (tmp_path / "evaluation" / "report.md").read_text()
     assert "cross-fitted on 8 out-of-fold training sessions" in report and "interval coverage" in report
+    # the out-of-fold scores' metrics travel in the checkpoint's notes
+    assert [row["prefix"] for row in result["calibration"]["out_of_fold_scores"]] == ["25 %", "50 %", "75 %", "100 %"]
+    assert "The out-of-fold scores, calibrated" in report
     assert (tmp_path / "evaluation" / "test_reliability.png").is_file()

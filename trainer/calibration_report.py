@@ -87,6 +87,9 @@ def calibration_markdown(calibration: dict | None) -> str:
         lines.append(f"Note: {calibration['inner_folds_note']}.")
     if calibration.get("note"):
         lines.append(f"Note: {calibration['note']}.")
+    if calibration.get("out_of_fold_scores"):
+        lines += ["", "The out-of-fold scores, calibrated (in sample for the calibration):", "",
+                  prefix_markdown(calibration["out_of_fold_scores"])]
     held_out, in_sample = calibration.get("held_out_log_loss", {}), calibration.get("in_sample_log_loss", {})
     lines += ["", "| candidate | OOF log loss, speaker-grouped held out | OOF log loss, in sample | "
                   "(recurrent scale, segment scale, bias) |", "|---|---|---|---|"]

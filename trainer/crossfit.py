@@ -18,6 +18,7 @@ With fewer training speakers than inner folds, each speaker is its own inner fol
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,12 @@ def decide_on_out_of_fold(oof: OutOfFold, scoring: ScoringSection, seed: int, ex
     scores = PrefixScores(labels, probabilities, uncalibrated, low, high, scoring.interval_level)
     threshold = choose_threshold(labels, scores.whole_sessions())
     min_evidence = choose_min_evidence(labels, probabilities, scoring.evidence_auc_tolerance)
-    notes = {"method": "cross-fit", **(extra_notes or {}), "out_of_fold": oof.summary(), **fit.notes(),
+    # The OOF scores' metrics at 25/50/75/100 % of each session travel with the checkpoint (moodstream evaluate
+    # reports them); the scores themselves stay in the training run's report.
+    at_fractions = [{key: (round(value, 4) if math.isfinite(value) else None) if isinstance(value, float) else value
+                     for key, value in row.items()} for row in scores.rows() if row["prefix"].endswith("%")]
+    notes = {"method": "cross-fit", **(extra_notes or {}), "out_of_fold": oof.summary(),
+             "out_of_fold_scores": at_fractions, **fit.notes(),
              "interval_level": scoring.interval_level, "threshold": float(threshold),
              "threshold_rule": "maximum F1 over the calibrated out-of-fold whole-session probabilities",
              "min_evidence_segments": int(min_evidence)}
