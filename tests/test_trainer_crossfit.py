@@ -121,20 +121,32 @@ def test_too_few_training_speakers_fall_back_to_one_fold_per_speaker_or_refuse()
         inner_splits(Split("main", list(one), [], []), one, 5, seed=0)
 
 
-@pytest.fixture(scope="module")
-def crossfit_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("crossfit")
-    manifest = fx.make_tone_manifest(root / "tones", (8, 4, 4), seconds=9.0)
-    config = TrainConfig.from_dict({
+def tone_recipe(root: Path, manifest: Path, output: Path, calibration: str = "cross-fit") -> TrainConfig:
+    return TrainConfig.from_dict({
         "data": {"format": "manifest", "path": str(manifest), "cache_dir": str(root / "cache")},
         "speech": {"chunk_seconds": 4.0, "min_last_chunk_seconds": 1.0},
         "model": {"preset": "tiny", "fine_tuning": "frozen"},   # frozen: every inner fold reads cached features
         "stage1": {"epochs": 3, "batch_size": 8, "patience": 50},
         "stage2": {"epochs": 3, "batch_size": 4, "lr_head": 6e-3, "patience": 50},
-        "scoring": {"inner_folds": 4, "interval_replicates": REPLICATES},
-        "run": {"output": str(root / "run"), "progress": False, "tsne": False, "seed": 3, "recipe": "small-data"},
+        "scoring": {"calibration": calibration, "inner_folds": 4, "interval_replicates": REPLICATES},
+        "run": {"output": str(output), "progress": False, "tsne": False, "seed": 3, "recipe": "small-data"},
     })
-    return root / "run", train(config), manifest
+
+
+@pytest.fixture(scope="module")
+def crossfit_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crossfit")
+    manifest = fx.make_tone_manifest(root / "tones", (8, 4, 4), seconds=9.0)
+    return root / "run", train(tone_recipe(root, manifest, root / "run")), manifest
+
+
+def test_cross_fitting_leaves_the_final_networks_as_they_would_be_without_it(crossfit_run, tmp_path):
+    run, result, manifest = crossfit_run
+    plain = train(tone_recipe(run.parent, manifest, tmp_path / "plain", calibration="none"))
+    crossfitted = ScreeningModel.from_pretrained(result["checkpoint"]).state_dict()
+    uncalibrated = ScreeningModel.from_pretrained(plain["checkpoint"]).state_dict()
+    assert crossfitted.keys() == uncalibrated.keys()
+    assert all(torch.equal(crossfitted[name], uncalibrated[name]) for name in crossfitted)
 
 
 def test_out_of_fold_scores_never_come_from_a_model_that_heard_the_speaker(crossfit_run):
