@@ -168,7 +168,7 @@ def goal_markdown(goal: dict) -> str:
 def long_session_png(rows: dict[int, dict], path: Path, title: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    from moodstream.trainer.plots import _pyplot
+    from moodstream.trainer.plots import _pyplot, save_figure
 
     plt = _pyplot()
     ks = sorted(rows)
@@ -188,7 +188,4 @@ def long_session_png(rows: dict[int, dict], path: Path, title: str) -> None:
         axis.set_xlabel("segments scored")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    save_figure(figure, path, title)

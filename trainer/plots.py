@@ -14,6 +14,14 @@ def _pyplot():
 
     return plt
 
+def save_figure(figure, path: Path, title: str | None = None) -> None:
+    """Lay out, write and close a report figure (with `title` over all its panels)."""
+    if title is not None:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path)
+    _pyplot().close(figure)
+
 
 def confusion_matrix_png(metrics: dict, path: Path, title: str) -> None:
     plt = _pyplot()
@@ -28,9 +36,7 @@ def confusion_matrix_png(metrics: dict, path: Path, title: str) -> None:
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     axis.set_title(title, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def roc_png(curves: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str) -> None:
@@ -51,9 +57,7 @@ def roc_png(curves: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title:
         axis.legend(loc="lower right", fontsize=8)
     else:
         axis.text(0.5, 0.1, "one class only: no ROC curve", ha="center", fontsize=8, transform=axis.transAxes)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def tsne_png(vectors: np.ndarray, labels: np.ndarray, path: Path, title: str, seed: int = 0,
@@ -76,9 +80,7 @@ def tsne_png(vectors: np.ndarray, labels: np.ndarray, path: Path, title: str, se
     axis.set_xticks([])
     axis.set_yticks([])
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def reliability_png(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str, bins: int = 5) -> None:
@@ -105,7 +107,4 @@ def reliability_png(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path
         axis.set_ylabel("observed rate", fontsize=7)
         axis.tick_params(labelsize=6)
         axis.grid(alpha=0.3)
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    save_figure(figure, path, title)

@@ -287,7 +287,7 @@ def prefix_markdown(rows: list[dict], uncalibrated: list[dict] | None = None) ->
 
 
 def prefix_png(rows: list[dict], uncalibrated: list[dict] | None, path: Path, title: str) -> None:
-    from moodstream.trainer.plots import _pyplot
+    from moodstream.trainer.plots import _pyplot, save_figure
 
     plt = _pyplot()
     by_count = [r for r in rows if r["prefix"].endswith(("segment", "segments"))]
@@ -303,10 +303,7 @@ def prefix_png(rows: list[dict], uncalibrated: list[dict] | None, path: Path, ti
         axis.set_title(label, fontsize=9)
         axis.set_xticks(ks)
         axis.grid(alpha=0.3)
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    save_figure(figure, path, title)
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float] | None:
