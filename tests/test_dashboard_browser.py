@@ -36,7 +36,7 @@ return red / canvas.width;
 CHART_SIZED_SCRIPT = """
 const node = document.getElementById(arguments[0]), canvas = node.querySelector('canvas');
 if (!canvas) return false;
-return Math.round(canvas.getBoundingClientRect().width) === Math.max(240, Math.floor(node.getBoundingClientRect().width));
+return Math.round(canvas.getBoundingClientRect().width) === Math.max(240, Math.floor(node.clientWidth));
 """
 
 

@@ -226,8 +226,9 @@
   const AXIS_FONT = "12px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
   const measurer = document.createElement("canvas").getContext("2d");
 
+  // The node's inner width: a canvas as wide as its border box would stick out past the border.
   function chartWidth(node) {
-    return Math.max(240, Math.floor(node.getBoundingClientRect().width));
+    return Math.max(240, Math.floor(node.clientWidth));
   }
 
   // Records where the x labels were drawn (page px), so a test can check that none collide.
@@ -251,17 +252,19 @@
   }
 
   // A tick label centred near the plot's edge would be drawn past the canvas (cut off at phone
-  // width); such labels are left out, the tick itself stays.
+  // width); such labels are left out, the tick itself stays. The plot's left edge is read from the
+  // style uPlot sets (offsetLeft is rounded to whole pixels), with a margin for text rendering.
+  const LABEL_MARGIN = 2;
   function labelsInsideCanvas(format) {
     return (u, splits, ...rest) => {
       const labels = format(u, splits, ...rest);
-      const plotLeft = u.over.offsetLeft;
+      const plotLeft = parseFloat(u.over.style.left) || u.over.offsetLeft;
       measurer.font = AXIS_FONT;
       return labels.map((text, i) => {
         if (text === null || text === undefined) return text;
         const x = plotLeft + u.valToPos(splits[i], "x");
         const half = measurer.measureText(String(text)).width / 2;
-        return x - half >= 0 && x + half <= u.width ? text : null;
+        return x - half >= LABEL_MARGIN && x + half <= u.width - LABEL_MARGIN ? text : null;
       });
     };
   }
