@@ -128,7 +128,7 @@ def add_parser(subparsers) -> None:
                     "drawn from overlapping distributions of rate, pitch, pitch range and pauses, in background "
                     "noise (a proxy for psychomotor slowing, not depression); train the small demo model on it "
                     "with the agent's speech path; and write the checkpoint and its TRAINING.md (default: "
-                    "moodstream/assets/demo-checkpoint). About half an hour on two CPU cores.")
+                    "moodstream/assets/demo-checkpoint). About an hour on two CPU cores (both stages are trained four times: three inner folds, then all).")
     demo.add_argument("--output", default=None, help="checkpoint folder (default: the bundled asset folder)")
     demo.add_argument("--work", default="runs/demo-checkpoint", help="folder for the audio and the training run")
     demo.add_argument("--seed", type=int, default=0)
