@@ -11,7 +11,9 @@ with one logged line (and tried again once its files change), and a changed
 `current` takes effect for sessions that start from then on. A session stays on
 the version it started under (recorded in Redis, so every replica agrees) until
 it ends. A removed folder's version takes no new streams; it is unloaded once
-its open streams have closed. Versions whose encoders are identical (same
+its open streams have closed. The current version's folder removed keeps
+serving (new sessions need some version) until `current` names another, and
+then retires the same way. Versions whose encoders are identical (same
 weights and encoder settings: `encoder_fingerprint`) share one loaded encoder
 and one batching worker, so such a version costs only its session head.
 Folders whose names start with "." are ignored (copy a checkpoint in under a
@@ -173,7 +175,12 @@ class ModelRepository:
             _, version = self._folders.pop(name)
             if version is not None and version not in self._named_versions():
                 await self._retire(version, f"its folder {name} was removed")
-        self._read_current()
+        previous = self._read_current()
+        if previous is not None and previous in self.versions and self.versions[previous].folder is not None \
+                and previous not in self._named_versions():
+            # Its folder went while it was current, so it was kept serving; now that `current` names
+            # another version it retires as any removed version does.
+            await self._retire(previous, "its folder was removed and current now names another version")
 
     def _named_versions(self) -> set[str]:
         return {version for _, version in self._folders.values() if version is not None}
@@ -244,7 +251,8 @@ class ModelRepository:
             self._encoders[served.encoder_id] = (users[0].model, self._encoders[served.encoder_id][1])
         log.info("model %s unloaded", served.model_version)
 
-    def _read_current(self) -> None:
+    def _read_current(self) -> str | None:
+        """Read `current`; returns the version it named before when that changed, else None."""
         path = self.folder / CURRENT_FILE
         try:
             text = path.read_text().strip()
@@ -252,22 +260,24 @@ class ModelRepository:
             text = ""
         except (OSError, UnicodeDecodeError) as error:
             log.error("cannot read %s (%s); new sessions keep model %s", path, error, self.current)
-            return
+            return None
         if not text:
             if self.current is None and len(self.versions) == 1:
                 self.current = next(iter(self.versions))
-            return
+            return None
         version = self._resolve(text)
         if version is None:
             if text != self._current_text:
                 log.error("%s names %r, which is neither a served model folder nor a served model version (%s); "
                           "new sessions keep model %s", path, text, ", ".join(self.held()) or "none", self.current)
             self._current_text = text
-            return
+            return None
         self._current_text = text
         if version != self.current:
             log.info("new sessions now get model %s (%s; was %s)", version, text, self.current)
-            self.current = version
+            previous, self.current = self.current, version
+            return previous
+        return None
 
     def _resolve(self, text: str) -> str | None:
         if text in self.versions:

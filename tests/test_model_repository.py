@@ -207,3 +207,25 @@ def test_a_model_folder_needs_current_when_it_holds_several_versions(folder, red
         with BackgroundServer(ServerConfig(checkpoint=None, models=empty, redis_url=redis_url, port=0,
                                            tokens_file=tokens.path, precision="fp32", max_batch=1)):
             pass
+
+
+def test_a_current_version_whose_folder_was_removed_retires_once_current_moves_away(folder, redis_url, tokens):
+    first, second = tiny_model(0), tiny_model(1)
+    second.save_pretrained(folder / "second")
+    set_current(folder, "first")
+    pcm = make_chunks(1, seed=5)
+    with models_server(folder, redis_url, tokens) as server, stub_for(server.port) as stub:
+        repository = server.server.repository
+        shutil.rmtree(folder / "first")
+        # Still current: it keeps taking new sessions, since they need some version.
+        wait_for(lambda: "first" not in repository._folders, "the removal to be seen")
+        assert first.model_version in repository.held()
+        assert put(stub, tokens, "while-current", 0, pcm[0]).score.model_version == first.model_version
+
+        set_current(folder, "second")
+        wait_for(lambda: first.model_version not in repository.held(), "the removed version to retire")
+        assert info(stub, tokens).model_version == second.model_version
+        error = refusal(lambda: put(stub, tokens, "pinned-late", 0, pcm[0], model_version=first.model_version))
+        assert error.code() in (Code.FAILED_PRECONDITION, Code.NOT_FOUND), error
+        assert first.model_version in error.details()
+        assert put(stub, tokens, "new", 0, pcm[0]).score.model_version == second.model_version
