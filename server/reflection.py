@@ -50,7 +50,23 @@ class CommentedPool:
         return _CommentedFile(self._pool.FindFileByName(name), self._commented)
 
     def FindFileContainingSymbol(self, symbol):  # noqa: N802
-        return _CommentedFile(self._pool.FindFileContainingSymbol(symbol), self._commented)
+        try:
+            file = self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            # The pool's own look-up knows messages, fields, enums and services but not methods, so
+            # `grpcurl describe moodstream.v1.Screening.Stream` would be "Symbol not found".
+            file = self._file_of_method(symbol)
+        return _CommentedFile(file, self._commented)
+
+    def _file_of_method(self, symbol: str):
+        service_name, _, method = symbol.rpartition(".")
+        try:
+            service = self._pool.FindServiceByName(service_name)
+        except KeyError:
+            raise KeyError(symbol) from None
+        if method not in service.methods_by_name:
+            raise KeyError(symbol)
+        return service.file
 
     def __getattr__(self, name):
         return getattr(self._pool, name)

@@ -1,5 +1,7 @@
 """Edges an outside client finds, each checked from a client built from the .proto alone (raw_client.py)."""
+import re
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,6 +18,7 @@ from waiting import wait_for
 
 GOOD = make_chunks(1, seed=3)[0]
 Code = grpc.StatusCode
+ROOT = Path(__file__).resolve().parent.parent
 
 
 MODEL_SEED = 4  # the conftest's `model` fixture: the tiny model of this seed
@@ -250,3 +253,30 @@ def test_reflection_carries_the_limits_and_the_meaning_of_an_ack(server, channel
     for fact in ("authorization: Bearer <token>", "1 MiB", "1 to 10 s", "At most 32 chunks", "64 seqs ahead",
                  "The Ack, not an OK status, means stored", "exactly one Ack", "256 concurrent calls"):
         assert fact in comments, fact
+
+
+def reflected_files(channel, symbol: str) -> list[descriptor_pb2.FileDescriptorProto]:
+    """What grpcurl asks before `describe SYMBOL`: the file holding the symbol; an AssertionError with the
+    server's reflection error where it has none."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+    response = next(stub.ServerReflectionInfo(iter([request]), timeout=10))
+    assert response.WhichOneof("message_response") == "file_descriptor_response", \
+        f"{symbol}: {response.error_response.error_message}"
+    return [descriptor_pb2.FileDescriptorProto.FromString(raw)
+            for raw in response.file_descriptor_response.file_descriptor_proto]
+
+
+def test_reflection_finds_every_symbol_the_docs_describe_methods_included(server, channel):
+    text = (ROOT / "docs" / "clinic-api.md").read_text()
+    described = re.findall(r"grpcurl [^\n]*\bdescribe (\S+)", text)
+    assert "moodstream.v1.Screening.Stream" in described
+    for symbol in [*described, "moodstream.v1.Screening.ListSessions", "grpc.health.v1.Health.Check"]:
+        files = reflected_files(channel, symbol)
+        methods = {f"{file.package}.{s.name}.{m.name}" for file in files for s in file.service for m in s.method}
+        assert symbol in methods or symbol in {f"{file.package}.{s.name}" for file in files for s in file.service}
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    for unknown in ("moodstream.v1.Screening.NoSuchMethod", "moodstream.v1.NoSuchService.Stream"):
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=unknown)
+        response = next(stub.ServerReflectionInfo(iter([request]), timeout=10))
+        assert response.error_response.error_code == Code.NOT_FOUND.value[0], unknown
