@@ -161,6 +161,12 @@ def add_parser(subparsers) -> None:
     export.add_argument("--since", default=None, metavar="WHEN",
                         help="only sessions scored at or after WHEN: an ISO 8601 date or date-time (UTC unless "
                              "it names an offset) or Unix seconds (default: every session)")
+    export.add_argument("--model-version", action="append", default=None, metavar="V",
+                        help="only sessions that ran under model version V (GetModelInfo's model_version, or "
+                             "`moodstream model info`); repeat for several (default: every version)")
+    export.add_argument("--allow-empty", action="store_true",
+                        help="write an export even when no session matches (default: exit 1 and write nothing, "
+                             "since training on an empty export can only fail later)")
     export.set_defaults(handler=run_export)
 
 
@@ -404,26 +410,45 @@ def run_export(args) -> int:
     since = parse_since(args.since) if args.since else 0.0
     if os.path.exists(args.out):
         raise ValueError(f"{args.out} exists: choose a new folder for the export")
+    for version in args.model_version or ():
+        if not is_id(version):
+            raise ValueError(f"--model-version {version!r} is not a model version ({ID_RULE})")
     where = redact_url(args.redis)
-    manifest = asyncio.run(_export(args.redis, args.redis_cluster, participants, since, where, args))
+    sessions, stored = asyncio.run(_collect(args.redis, args.redis_cluster, participants, since, args.model_version,
+                                            where))
+    if not sessions and not args.allow_empty:
+        print(f"moodstream export: error: no session in {where} matches {_filters_text(args)} (model versions "
+              f"stored: {', '.join(sorted(stored)) or 'none'}); nothing written (--allow-empty writes an empty "
+              "export)", file=sys.stderr)
+        return 1
+    from moodstream.field_export import write_export
+
+    filters = {"participants": participants or [], "since_unix": since, "model_versions": args.model_version or []}
+    manifest = write_export(args.out, sessions, filters)
     print(f"exported {manifest['sessions']} session(s), {manifest['segments']} segment(s), "
           f"{manifest['speech_seconds'] / 3600:.2f} h of speech (model versions: "
           f"{', '.join(manifest['model_versions']) or 'none'}) from {where} to {args.out}")
     return 0
 
 
-async def _export(url: str, cluster: bool, participants, since: float, where: str, args) -> dict:
+def _filters_text(args) -> str:
+    parts = [f"participant {', '.join(args.participant)}" if args.participant else "",
+             f"since {args.since}" if args.since else "",
+             f"model version {', '.join(args.model_version)}" if args.model_version else ""]
+    return "; ".join(p for p in parts if p) or "any filter (Redis holds no session)"
+
+
+async def _collect(url: str, cluster: bool, participants, since: float, versions, where: str):
     import redis.exceptions
     from tqdm import tqdm
 
-    from moodstream.field_export import write_export
-    from moodstream.server.export import collect_sessions
+    from moodstream.server.export import collect_sessions, stored_versions
 
     async with _command_client(url, cluster, where) as client:
         with tqdm(desc="sessions", unit="session", disable=None) as progress:
             try:
-                sessions = await collect_sessions(client, participants, since, progress)
+                stored = await stored_versions(client)
+                sessions = await collect_sessions(client, participants, since, progress, versions)
             except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as error:
                 raise ValueError(f"Redis at {where} failed while reading ({error}); run the command again") from None
-    filters = {"participants": participants or [], "since_unix": since}
-    return write_export(args.out, sessions, filters)
+    return sessions, stored

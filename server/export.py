@@ -19,10 +19,17 @@ from moodstream.server.store import MAX_READ_COUNT, SessionStore
 from moodstream.server.store_records import SessionSummary
 
 
+async def stored_versions(client) -> set[str]:
+    return set(await SessionDirectory(client).stored_model_versions(scan=True))
+
+
 async def collect_sessions(client, participants: list[str] | None = None, since: float = 0.0,
-                           progress=None) -> list[ExportedSession]:
-    """Every session (of the participants, active at or after `since`; 0 = all) with its segments."""
-    versions = await SessionDirectory(client).stored_model_versions(scan=True)
+                           progress=None, model_versions: list[str] | None = None) -> list[ExportedSession]:
+    """Every session (of the participants, active at or after `since`; 0 = all; under `model_versions`,
+    None = every version) with its segments."""
+    versions = await stored_versions(client)
+    if model_versions is not None:
+        versions &= set(model_versions)
     found: list[tuple[SessionStore, SessionSummary]] = []
     for version in sorted(versions):
         store = SessionStore(client, model_version=version)

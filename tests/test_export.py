@@ -81,6 +81,34 @@ def test_export_writes_every_sessions_vectors_and_context_and_reads_back(redis_u
     assert {s.session_id for s in read_export(later)[1]} == {"c"}
 
 
+def test_export_selects_model_versions_and_refuses_an_empty_export_unless_allowed(redis_url, tokens, tmp_path):
+    first, second = tiny_model(0), tiny_model(1)
+    with running_server(first, redis_url, tokens) as one, running_server(second, redis_url, tokens) as two:
+        stream_session(one, tokens, "a", "p1", make_chunks(2, seed=31))
+        stream_session(two, tokens, "b", "p1", make_chunks(1, seed=32))
+
+    only_second = tmp_path / "second"
+    done = cli("export", "--redis", redis_url, "--model-version", second.model_version, str(only_second))
+    assert done.returncode == 0, done.stderr
+    manifest, sessions = read_export(only_second)
+    assert [s.session_id for s in sessions] == ["b"] and manifest["model_versions"] == [second.model_version]
+    assert manifest["filters"]["model_versions"] == [second.model_version]
+
+    # Nothing matches: exit 1, one line naming the filters and what is stored, nothing written.
+    for args, words in ((["--model-version", "m-unknown"], "model version m-unknown"),
+                        (["--participant", "nobody"], "participant nobody"),
+                        (["--since", str(time.time() + 86400)], "since ")):
+        out = tmp_path / "empty"
+        done = cli("export", "--redis", redis_url, *args, str(out))
+        assert done.returncode == 1, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "no session" in done.stderr and words in done.stderr and first.model_version in done.stderr
+        assert not out.exists()
+    done = cli("export", "--redis", redis_url, "--participant", "nobody", "--allow-empty", str(tmp_path / "empty"))
+    assert done.returncode == 0, done.stderr
+    assert read_export(tmp_path / "empty")[0]["sessions"] == 0
+
+
 def test_export_refuses_bad_arguments_with_one_line_and_writes_nothing(redis_url, redis_cluster_url, tmp_path):
     existing = tmp_path / "existing"
     existing.mkdir()
@@ -88,6 +116,7 @@ def test_export_refuses_bad_arguments_with_one_line_and_writes_nothing(redis_url
         (["--redis", redis_url, str(existing)], "exists: choose a new folder"),
         (["--redis", redis_url, "--since", "last tuesday", str(tmp_path / "x")], "neither Unix seconds nor an ISO"),
         (["--redis", redis_url, "--participant", "no way", str(tmp_path / "x")], "is not a participant id"),
+        (["--redis", redis_url, "--model-version", "no way", str(tmp_path / "x")], "is not a model version"),
         (["--redis", redis_cluster_url, str(tmp_path / "x")], "is a Redis Cluster node: add --redis-cluster"),
         (["--redis", "redis://127.0.0.1:1", str(tmp_path / "x")], "cannot reach Redis"),
     ]
