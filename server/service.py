@@ -129,7 +129,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         session = None
         try:
             session = await self._open_stream(principal, request_iterator)
-            tasks = [asyncio.create_task(session.read_requests(request_iterator), name="stream-reader"),
+            tasks = [asyncio.create_task(session.read_until_refused(request_iterator), name="stream-reader"),
                      asyncio.create_task(session.apply_in_order(), name="stream-applier")]
             reader, applier = tasks
             getter = None
@@ -149,12 +149,14 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                     continue
                 getter.cancel()  # awaited with the other tasks at the end
                 getter = None
+                if applier in done:
+                    # Acks of chunks stored before a failure go out before the failure ends the call.
+                    while not session.responses.empty():
+                        yield session.responses.get_nowait()
                 for task in (reader, applier):
                     if task in done and task.exception() is not None:
                         raise task.exception()
                 if applier in done:
-                    while not session.responses.empty():
-                        yield session.responses.get_nowait()
                     return
                 if reader in done and session.input_closed:
                     reader = asyncio.get_running_loop().create_future()  # wait on the applier alone

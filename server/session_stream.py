@@ -81,6 +81,7 @@ class SessionStream:
         self.ended = False
         self.last_seq: int | None = None
         self.input_closed = False
+        self.refusal: StreamAbort | None = None  # why the input was refused, raised once what came before is applied
 
     # ------------------------------------------------------------ start
     async def open(self) -> None:
@@ -202,9 +203,11 @@ class SessionStream:
             # The agent knows of fewer chunks than were applied: it lost its outbox or mixed sessions.
             raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
                               f"End(last_seq={end.last_seq}) but seq {self.applied} was already applied")
-        beyond = [seq for seq in self.pending if seq > end.last_seq]
+        beyond = sorted(seq for seq in self.pending if seq > end.last_seq)
         if beyond:
-            raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, f"chunk {min(beyond)} comes after End")
+            raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"End(last_seq={end.last_seq}) came after chunk {beyond[-1]} was sent: last_seq must "
+                              f"be the highest seq sent, at least {beyond[-1]}")
         missing = [seq for seq in range(self.applied + 1, end.last_seq + 1) if seq not in self.pending]
         if missing:
             raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
@@ -239,6 +242,16 @@ class SessionStream:
         self.input_closed = True
         self.wake.set()
 
+    async def read_until_refused(self, requests) -> None:
+        """Stream's reader: a refused message ends the input like a half-close, so the applier still
+        applies and acks every chunk received before it, and then ends the call with the refusal."""
+        try:
+            await self.read_requests(requests)
+        except StreamAbort as refusal:
+            self.refusal = refusal
+            self.input_closed = True
+            self.wake.set()
+
     # ------------------------------------------------------------ apply side
     def finished(self) -> bool:
         if self.last_seq is not None:
@@ -266,6 +279,8 @@ class SessionStream:
             chunk, future, arrived = self.pending[next_seq]
             vector = await future
             await self.apply(next_seq, chunk, vector, arrived)
+        if self.refusal is not None:
+            raise self.refusal  # and the End of a refused stream is not stored: the client sends it again
         if self.pending:
             raise self.unapplied_error()
         if self.last_seq is not None and not self.ended:

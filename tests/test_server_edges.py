@@ -224,6 +224,64 @@ def test_a_stream_closed_with_a_gap_names_the_missing_seqs(server, channel, pool
     assert info.value.code() == Code.FAILED_PRECONDITION and "seq(s) 1 never arrived" in info.value.details()
 
 
+def stream_until_refused(raw, requests) -> tuple[list, grpc.RpcError]:
+    """Every response of a Stream call the server refuses, and the refusal."""
+    received = []
+    with pytest.raises(grpc.RpcError) as info:
+        for response in raw.bidi("Stream", requests, timeout=30):
+            received.append(response)
+    return received, info.value
+
+
+# What follows two valid chunks, sent at once behind them: the refusal must not overtake their acks.
+REFUSED_AFTER_TWO_CHUNKS = {
+    "End far ahead": (lambda raw: [raw.end(10**6)], Code.OUT_OF_RANGE, "too far ahead"),
+    "End with a gap": (lambda raw: [raw.end(4)], Code.FAILED_PRECONDITION, "were never sent"),
+    "odd byte count": (lambda raw: [raw.chunk(2, GOOD[:-1])], Code.INVALID_ARGUMENT, "even byte count"),
+    "second header": (lambda raw: [raw.header("x", "p1")], Code.INVALID_ARGUMENT, "only the first message"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_AFTER_TWO_CHUNKS))
+def test_valid_chunks_before_a_refused_message_are_acked_and_stored_first(server, channel, pool, tokens, case):
+    then, code, fragment = REFUSED_AFTER_TWO_CHUNKS[case]
+    raw = client_for(channel, pool, tokens, "admin")
+    session = "before-refusal-" + case.replace(" ", "-").lower()
+    for attempt in range(3):  # the same answer every time: the applier settles the input before the refusal
+        received, refusal = stream_until_refused(
+            raw, [raw.header(session, "p1"), raw.chunk(0, GOOD), raw.chunk(1, GOOD), *then(raw)])
+        assert (refusal.code(), fragment in refusal.details()) == (code, True), refusal.details()
+        assert acks(received) == [(0, attempt > 0), (1, attempt > 0)], (attempt, received)
+    stored = raw.unary("GetScore", raw.request("GetScore", session_id=session))
+    assert (stored.seq, stored.segments) == (1, 2)
+    state = pool.FindEnumTypeByName("moodstream.v1.SessionState").values_by_number[stored.session_state].name
+    assert state != "SESSION_STATE_ENDED"  # the End of a refused stream is not kept
+
+
+def test_a_chunk_after_end_is_refused_and_the_chunks_before_the_end_are_kept(server, channel, pool, tokens):
+    # Refused when the server reads it before it has stored the End (here: sent with it, at once); one
+    # sent later finds the call already ended OK.
+    raw = client_for(channel, pool, tokens, "admin")
+    received, refusal = stream_until_refused(
+        raw, [raw.header("chunk-after-end", "p1"), raw.chunk(0, GOOD), raw.end(0), raw.chunk(1, GOOD)])
+    assert (refusal.code(), refusal.details()) == (Code.INVALID_ARGUMENT, "chunk 1 comes after End(last_seq=0)")
+    assert acks(received) == [(0, False)]
+    stored = raw.unary("GetScore", raw.request("GetScore", session_id="chunk-after-end"))
+    state = pool.FindEnumTypeByName("moodstream.v1.SessionState").values_by_number[stored.session_state].name
+    assert (stored.seq, state) == (0, "SESSION_STATE_INTERRUPTED")  # the End of a refused stream is not kept
+
+
+def test_an_end_below_a_chunk_already_sent_says_that_chunk_came_first(server, channel, pool, tokens):
+    raw = client_for(channel, pool, tokens, "admin")
+    received, refusal = stream_until_refused(
+        raw, [raw.header("end-below-sent", "p1"), raw.chunk(0, GOOD), raw.chunk(2, GOOD), raw.end(0)])
+    assert refusal.code() == Code.INVALID_ARGUMENT
+    assert refusal.details() == ("End(last_seq=0) came after chunk 2 was sent: last_seq must be the highest "
+                                 "seq sent, at least 2")
+    assert acks(received) == [(0, False)]  # chunk 0 came before the End; chunk 2 still waits for seq 1
+    assert raw.unary("GetScore", raw.request("GetScore", session_id="end-below-sent")).seq == 0
+
+
 # -- what a refusal says and leaves ----------------------------------------------------------------
 
 def test_a_foreign_session_and_a_foreign_participant_get_the_same_answer(server, channel, pool, tokens):
