@@ -33,6 +33,7 @@ from moodstream.wire import Subscription, bearer_metadata, open_channel, speech_
 
 log = logging.getLogger("moodstream.dashboard")
 
+MODEL_INFO_SECONDS = 30.0
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Screening"].full_name
 
 
@@ -47,6 +48,7 @@ class ServerFollower:
         self._stub: pb_grpc.ScreeningStub | None = None
         self._tasks: list[asyncio.Task] = []
         self._closing = False
+        self._next_model_info = 0.0  # monotonic time GetModelInfo is next asked
         self.directory_answers = 0  # session directory answers taken so far: tells a caller a round went by
 
     # ------------------------------------------------------------ lifecycle
@@ -87,6 +89,23 @@ class ServerFollower:
             log.info("speech settings for the record page: the server's model cannot be asked (%s)", error.code().name)
             return None
         return speech_settings_of(reply)
+
+    async def _ask_model_info(self) -> None:
+        """Keep the view's models current (threshold, meaning, evidence rule), so pages show them before any
+        score: asked once the server answers, then every MODEL_INFO_SECONDS, since a rollout changes them."""
+        now = time.monotonic()
+        if now < self._next_model_info:
+            return
+        try:
+            reply = await self._stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=self.metadata,
+                                                  timeout=max(1.0, self.config.health_interval))
+        except grpc.aio.AioRpcError as error:
+            # A rejected token shows on the subscriptions and the session directory; ask again soon.
+            log.debug("model info unavailable: %s", error.code().name)
+            self._next_model_info = now + self.config.health_interval
+            return
+        self._next_model_info = now + MODEL_INFO_SECONDS
+        self.view.take_model_info(reply)
 
     # ------------------------------------------------------------ participants
     async def _follow(self, participant_id: str) -> None:
@@ -175,9 +194,10 @@ class ServerFollower:
         while not self._closing:
             try:
                 self.take_directory(await self.recent_sessions())
-                problem = ""
+                problem, rejected = "", False
             except grpc.aio.AioRpcError as error:
                 code, details = error.code(), error.details() or error.code().name
+                rejected = code == grpc.StatusCode.UNAUTHENTICATED
                 if code == grpc.StatusCode.UNAUTHENTICATED:
                     problem = (f"the server rejected the dashboard's token ({details}); start the dashboard "
                                "with a valid read token")
@@ -188,7 +208,7 @@ class ServerFollower:
                     problem = f"this dashboard's token may not read any participant ({details})"
                 else:
                     problem = ""  # unreachable or restarting: the health check reports it; try again
-            self.view.set_directory_problem(problem)
+            self.view.set_directory_problem(problem, token_rejected=rejected)
             await asyncio.sleep(self.config.discover_interval)
 
     # ------------------------------------------------------------ server and session states
@@ -199,6 +219,7 @@ class ServerFollower:
                                                  timeout=max(1.0, self.config.health_interval))
             except grpc.aio.AioRpcError as error:
                 details = f"{error.code().name}: {error.details()}" if error.details() else error.code().name
+                self._next_model_info = 0.0  # a server back from an outage may hold other models: ask again
                 if error.code() == grpc.StatusCode.UNAVAILABLE:
                     self.view.set_server(SERVER_UNREACHABLE, f"the scoring server {self.config.server} cannot be "
                                          "reached", details)
@@ -208,6 +229,7 @@ class ServerFollower:
             else:
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     self.view.set_server(SERVER_CONNECTED)
+                    await self._ask_model_info()
                 else:
                     self.view.set_server(SERVER_NOT_SERVING, "the server is starting up or shutting down")
             await asyncio.sleep(self.config.health_interval)

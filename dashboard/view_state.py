@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from moodstream import SCREENING_NOTICE
 from moodstream.dashboard.feed_config import FeedConfig
+from moodstream.dashboard.model_catalog import ModelCatalog
 from moodstream.ids import is_id
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.wire import score_to_dict
@@ -179,12 +180,13 @@ class FeedView:
         self.server_details = ""
         self.server_since = clock()
         self.outages: list[list[float]] = []  # [from, to] spans the server was unreachable (to = inf: still)
-        self.models = {m.model_version: m for m in config.models}
+        self.catalog = ModelCatalog(config.models)
         self._published_states: dict[str, str] = {}
         self.expected: dict[str, tuple[str, str]] = {}  # ref -> (session id, participant id), no score yet
         self._logged: dict[str, str] = {}
         self.discovering = not config.participants
         self.directory_state = ""   # "" while fine; otherwise why the session directory cannot be read
+        self.directory_token_rejected = False  # the directory refused the token itself (not its scope)
         self.listed: dict[str, pb.SessionSummary] = {}  # the directory's latest answer, by session id
 
     # ------------------------------------------------------------ ids
@@ -210,13 +212,16 @@ class FeedView:
 
     # ------------------------------------------------------------ views
     def connection(self) -> dict:
-        token_problem = next((p.message for p in self.participants.values() if p.state == TOKEN_REJECTED),
-                             self.directory_state)
+        rejected = [p.message for p in self.participants.values() if p.state == TOKEN_REJECTED]
+        token_problem = rejected[0] if rejected else self.directory_state
         return {
             "server": {"target": self.config.server, "state": self.server_state, "message": self.server_message,
                        "details": self.server_details, "since": self.server_since,
                        "tls": bool(self.config.tls or self.config.tls_ca)},
             "token_error": token_problem,
+            # The server refused the token itself (unknown, revoked): nothing can be read with it.
+            "token_rejected": bool(rejected) or self.directory_token_rejected,
+            "models": self.catalog.models(),
             "participants": [p.to_dict() for p in self.participants.values()],
             "discovering": self.discovering,
         }
@@ -226,14 +231,13 @@ class FeedView:
                 "late_seconds": self.config.late_seconds, "notice": SCREENING_NOTICE, "now": self.clock()}
 
     def model(self, model_version: str, threshold: float) -> dict:
-        """What the probability of `model_version` means (the threshold comes with every score)."""
-        description = self.models.get(model_version)
-        if description is None:
-            return {"model_version": model_version, "threshold": threshold, "described": False, "flag": "",
-                    "demo_model": False,
-                    "meaning": f"This dashboard was not told what model {model_version}'s probability estimates; "
-                               "start it with --checkpoint pointing at that model's folder to show it here."}
-        return description.to_dict() | {"threshold": threshold}
+        """What `model_version`'s probability means and its evidence rule (the threshold comes with every score)."""
+        return self.catalog.describe(model_version, threshold)
+
+    def take_model_info(self, reply: pb.ModelInfo) -> None:
+        """Adopt the server's GetModelInfo answer, telling the pages if it changed."""
+        if self.catalog.take_info(reply):
+            self._publish({"type": "connection", "connection": self.connection()})
 
     def summary(self, session: FollowedSession) -> dict:
         summary = session.summary(self.clock(), self.config.idle_seconds)
@@ -369,10 +373,11 @@ class FeedView:
         self.server_state, self.server_message, self.server_details = state, message, details
         self._publish({"type": "connection", "connection": self.connection()})
 
-    def set_directory_problem(self, problem: str) -> None:
-        """Why the session directory cannot be read ("" once it can)."""
-        if problem == self.directory_state:
+    def set_directory_problem(self, problem: str, token_rejected: bool = False) -> None:
+        """Why the session directory cannot be read ("" once it can); token_rejected: it refused the token."""
+        if (problem, token_rejected) == (self.directory_state, self.directory_token_rejected):
             return
+        self.directory_token_rejected = token_rejected
         if problem:
             log.warning("session directory: %s", problem)
         self.directory_state = problem

@@ -492,8 +492,10 @@ def test_sessions_read_interrupted_then_finished_with_late_scores_and_gaps_by_ca
         assert [p["gap_before"] for p in points] == ["", "", CAUSE_NO_SPEECH]  # 8 s without speech after 1-2 s
         summary = overview(dashboard)["sessions"][0]
         assert summary["late_points"] == 1 and summary["state_since"] >= points[-1]["time_unix"]
-        # no description of this model was given: the page says so instead of guessing
-        assert not summary["model"]["described"] and "--checkpoint" in summary["model"]["meaning"]
+        # the model does not describe itself (GetModelInfo) and no checkpoint was given: the page says so
+        # instead of guessing, with the evidence rule the server gave (one segment, 7 s chunks)
+        assert not summary["model"]["described"] and "does not say what it was trained on" in summary["model"]["meaning"]
+        assert summary["model"]["evidence"] == {"segments": 1, "seconds": 7.0}
         assert summary["model"]["threshold"] == summary["threshold"]
 
 

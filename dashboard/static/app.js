@@ -1,120 +1,24 @@
-// moodstream clinician dashboard: renders the server-sent event stream of one view.
-// Scores are a screening aid, not a diagnosis. All text is inserted as text (never as HTML).
+// moodstream clinician dashboard: renders the server-sent event stream of one view (after format.js and
+// chart.js). Scores are a screening aid, not a diagnosis. All text is inserted as text (never as HTML).
 (function () {
   "use strict";
 
+  const ms = window.moodstream;
+  const { el, cell, byId, fmtProb, hasInterval, intervalText, percent, fmtThreshold, clock, hhmm, dateTime, day,
+    sessionTime, duration, ago, labelBadge, modelCell, withDetails, segmentCount } = ms;
   const body = document.body;
   const view = body.dataset.view;
   const root = body.dataset.root || "";
   let settings = { idle_seconds: 60, gap_seconds: 60, late_seconds: 30, now: Date.now() / 1000 };
-  let skew = 0; // dashboard clock minus browser clock, seconds
   let connection = null;
-  // This page's own connection to the dashboard: "connecting", "live" or "lost".
-  const page = { state: "connecting", lostAt: null, freshAt: null };
-
-  // ------------------------------------------------------------ formatting
-  const now = () => Date.now() / 1000 + skew;
-  const fmtProb = (p) => p.toFixed(2);
-  const hasInterval = (s) => s.probability_low !== null && s.probability_low !== undefined;
-  // A score's probability with its interval, as moodstream.wire.interval_text writes it: "0.72 (0.61–0.80)".
-  const intervalText = (s) => fmtProb(s.probability) +
-    (hasInterval(s) ? " (" + fmtProb(s.probability_low) + "–" + fmtProb(s.probability_high) + ")" : "");
-  const percent = (level) => Math.round(level * 100) + "%";
-  const fmtThreshold = (t) => t.toFixed(2);
-  const minutes = (s) => (s / 60).toFixed(1);
-  const shortVersion = (v) => (v && v.length > 14 ? v.slice(0, 12) + "…" : v || "–");
-  const clock = (t) => new Date(t * 1000).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
-  const hhmm = (t) => new Date(t * 1000).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
-  const dateTime = (t) => new Date(t * 1000).toLocaleString();
-  const day = (t) => new Date(t * 1000).toLocaleDateString(undefined,
-    { weekday: "short", year: "numeric", month: "short", day: "numeric" });
-  const shortDay = (t) => new Date(t * 1000).toLocaleDateString(undefined, { month: "short", day: "numeric" });
-
-  // Speech time on the session clock: m:ss, or h:mm:ss past an hour.
-  function speechTime(seconds) {
-    const s = Math.max(0, Math.round(seconds));
-    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = String(s % 60).padStart(2, "0");
-    return h ? h + ":" + String(m).padStart(2, "0") + ":" + r : m + ":" + r;
-  }
-
-  function duration(seconds) {
-    const s = Math.round(seconds);
-    if (s < 60) return s + " s";
-    if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
-    return Math.floor(s / 3600) + " h " + Math.round((s % 3600) / 60) + " min";
-  }
-
-  function ago(t) {
-    const d = Math.max(0, now() - t);
-    if (d < 60) return Math.round(d) + " s ago";
-    if (d < 3600) return Math.round(d / 60) + " min ago";
-    if (d < 86400) return Math.round(d / 3600) + " h ago";
-    return Math.round(d / 86400) + " d ago";
-  }
-
-  function el(tag, props, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(props || {})) {
-      if (value === undefined || value === null) continue;
-      if (key === "class") node.className = value;
-      else if (key === "text") node.textContent = value;
-      else node.setAttribute(key, value);
-    }
-    for (const child of children) {
-      if (child === null || child === undefined) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-    }
-    return node;
-  }
-
-  const byId = (id) => document.getElementById(id);
-  // A table cell that names its column, so that narrow screens can show rows as labelled cards.
-  const cell = (label, props, ...children) => el("td", Object.assign({ "data-label": label }, props), ...children);
   const sessionHref = (ref) => root + "/s/" + encodeURIComponent(ref);
   const participantHref = (ref) => root + "/p/" + encodeURIComponent(ref);
-
-  // A score below the checkpoint's evidence rule carries no label; its probability is still shown.
-  function labelBadge(above, threshold, evidence) {
-    if (evidence === false) return el("span", { class: "badge collecting", text: "collecting speech" });
-    const text = (above ? "above" : "below") + " threshold " + fmtThreshold(threshold);
-    return el("span", { class: "badge " + (above ? "above" : "below"), text: text });
-  }
-
-  function modelCell(version) {
-    return el("span", { class: "mono", title: "model version " + version, text: shortVersion(version) });
-  }
-
-  // Raw error text stays behind a toggle: the plain message says what it means.
-  function withDetails(message, details) {
-    const node = el("span", { class: "message" }, message);
-    if (details) {
-      node.append(" ", el("details", { class: "raw" }, el("summary", { text: "details" }),
-        el("code", { text: details })));
-    }
-    return node;
-  }
-
-  // ------------------------------------------------------------ session states
-  const STATE_CLASS = { streaming: "ok", idle: "idle", finished: "done", interrupted: "warn" };
-
-  function stateText(summary) {
-    const since = summary.state_since ? hhmm(summary.state_since) : "";
-    if (summary.state === "streaming") return "streaming";
-    if (summary.state === "idle") return "idle since " + since;
-    return summary.state + (since ? " " + since : "");
-  }
-
-  function stateBadge(summary) {
-    return el("span", { class: "state " + (STATE_CLASS[summary.state] || "idle"), "data-state": summary.state,
-      title: STATE_HELP[summary.state] || "", text: stateText(summary) });
-  }
-
-  const STATE_HELP = {
-    streaming: "scores are arriving",
-    idle: "the session is open but no score came for a while (no speech kept, or the agent paused)",
-    finished: "the agent ended the session: no more speech will come",
-    interrupted: "the agent's stream closed without ending the session; it may still resume",
-  };
+  // A state as last known while the dashboard cannot hear the server, or this page the dashboard.
+  const stateBadge = (summary) => ms.stateBadge(summary, frozen());
+  // The models the server holds, the one new sessions get first: shown before any score.
+  const servedModels = () => (connection && connection.models) || [];
+  // This page's own connection to the dashboard: "connecting", "live" or "lost".
+  const page = { state: "connecting", lostAt: null, freshAt: null };
 
   // ------------------------------------------------------------ connection banners
   function frozen() {
@@ -140,9 +44,11 @@
     }
     if (!connection) return;
     const server = connection.server;
+    const rejected = connection.token_rejected;
     if (page.state !== "lost") {
-      serverPill.textContent = "server: " + server.state;
-      serverPill.className = "pill " + (server.state === "connected" ? "ok" : "warn");
+      // A rejected token reads nothing from a server that answers: never a green "connected" then.
+      serverPill.textContent = "server: " + (rejected ? "token rejected" : server.state);
+      serverPill.className = "pill " + (rejected ? "bad" : server.state === "connected" ? "ok" : "warn");
     }
     const serverBanner = byId("server-banner");
     if (server.state === "connected" || server.state === "connecting") {
@@ -154,10 +60,14 @@
         "). It keeps retrying; scores recorded meanwhile appear, marked late, once the server is back. ",
         withDetails("", server.details));
     }
+    // Every mode: a token the subscriptions or the session directory were refused with.
     const tokenBanner = byId("token-error");
     const problem = connection.participants.find((p) => p.state === "token rejected");
-    tokenBanner.hidden = !problem;
-    if (problem) tokenBanner.replaceChildren("Access problem: ", withDetails(problem.message, problem.details));
+    tokenBanner.hidden = !connection.token_error;
+    if (connection.token_error) {
+      tokenBanner.replaceChildren(el("strong", { text: rejected ? "Token rejected." : "Access problem." }), " ",
+        problem ? withDetails(problem.message, problem.details) : connection.token_error);
+    }
     document.body.classList.toggle("frozen", frozen());
   }
 
@@ -179,7 +89,10 @@
       box.append(el("div", { class: "model-note", "data-model": m.model_version },
         m.flag ? el("p", { class: "demo-flag", text: m.flag }) : null,
         el("p", { class: "meaning", text: m.meaning + " Decision threshold: " + fmtThreshold(m.threshold) +
-          " (a probability at or above it is labelled “above threshold”)." }), interval));
+          " (a probability at or above it is labelled “above threshold”)." }),
+        m.evidence ? el("p", { class: "evidence-note", text: "A score carries a label once its session has " +
+          segmentCount(m.evidence.segments) + " / " + duration(m.evidence.seconds) + " of speech; before that " +
+          "it reads “collecting speech” and is drawn hollow." }) : null, interval));
     }
     box.hidden = !unique.size;
   }
@@ -194,10 +107,12 @@
       (ORDER[a.state] ?? 9) - (ORDER[b.state] ?? 9) || b.last_update_unix - a.last_update_unix);
     tbody.replaceChildren();
     if (!rows.length) {
-      const none = connection && connection.discovering
-        ? "No recent sessions that this dashboard's token may read."
-        : "No sessions yet for the participants followed.";
-      tbody.append(el("tr", { class: "empty" }, el("td", { colspan: "8", text: none })));
+      const none = connection && connection.token_error
+        ? "No sessions can be shown: " + connection.token_error + "."
+        : connection && connection.discovering
+          ? "No recent sessions that this dashboard's token may read."
+          : "No sessions yet for the participants followed.";
+      tbody.append(el("tr", { class: "empty" }, el("td", { colspan: "9", text: none })));
     }
     for (const s of rows) {
       tbody.append(el("tr", { "data-ref": s.ref, "data-state": s.state, class: "session-row" },
@@ -205,12 +120,13 @@
         cell("Participant", { class: "id" }, el("a", { href: participantHref(s.participant_ref), text: s.participant_id })),
         cell("Session", { class: "id" }, el("a", { href: sessionHref(s.ref), class: "session-link", text: s.session_id })),
         cell("Latest probability", { class: "num probability", text: intervalText(s) }),
-        cell("Label", {}, labelBadge(s.above_threshold, s.threshold, s.evidence_sufficient)),
+        cell("Label", {}, labelBadge(s, s.model)),
         cell("Segments", { class: "num segments", text: s.segments }),
+        cell("Speech", { class: "num speech", text: duration(s.speech_seconds) }),
         cell("Last score", { title: dateTime(s.last_update_unix), text: ago(s.last_update_unix) }),
         cell("Model", { class: "opt" }, modelCell(s.model_version))));
     }
-    renderModels(rows.map((s) => s.model));
+    renderModels(rows.length ? rows.map((s) => s.model) : servedModels());
     const list = byId("participants");
     list.replaceChildren();
     for (const p of (connection ? connection.participants : [])) {
@@ -220,215 +136,6 @@
         el("span", { class: "state " + (ok ? "ok" : "warn"), text: p.state }),
         p.message ? el("span", {}, " – ", withDetails(p.message, p.details)) : null));
     }
-  }
-
-  // ------------------------------------------------------------ charts
-  const AXIS_FONT = "12px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
-  const measurer = document.createElement("canvas").getContext("2d");
-
-  // The node's inner width: a canvas as wide as its border box would stick out past the border.
-  function chartWidth(node) {
-    return Math.max(240, Math.floor(node.clientWidth));
-  }
-
-  // Records where the x labels were drawn (page px), so a test can check that none collide.
-  function recordXLabels(node) {
-    return (u) => {
-      const axis = u.axes[0];
-      const splits = axis._splits || [], values = axis._values || [];
-      const over = u.over.getBoundingClientRect();
-      measurer.font = AXIS_FONT;
-      const boxes = [];
-      splits.forEach((split, i) => {
-        const text = values[i];
-        if (text === null || text === undefined || text === "") return;
-        const x = over.left + u.valToPos(split, "x");
-        const half = measurer.measureText(String(text)).width / 2;
-        boxes.push([Math.round((x - half) * 10) / 10, Math.round((x + half) * 10) / 10, String(text)]);
-      });
-      node.dataset.xLabels = JSON.stringify(boxes);
-      node.dataset.xRange = JSON.stringify([u.scales.x.min, u.scales.x.max]);
-    };
-  }
-
-  // A tick label centred near the plot's edge would be drawn past the canvas (cut off at phone
-  // width); such labels are left out, the tick itself stays. The plot's left edge is read from the
-  // style uPlot sets (offsetLeft is rounded to whole pixels), with a margin for text rendering.
-  const LABEL_MARGIN = 2;
-  function labelsInsideCanvas(format) {
-    return (u, splits, ...rest) => {
-      const labels = format(u, splits, ...rest);
-      const plotLeft = parseFloat(u.over.style.left) || u.over.offsetLeft;
-      measurer.font = AXIS_FONT;
-      return labels.map((text, i) => {
-        if (text === null || text === undefined) return text;
-        const x = plotLeft + u.valToPos(splits[i], "x");
-        const half = measurer.measureText(String(text)).width / 2;
-        return x - half >= LABEL_MARGIN && x + half <= u.width - LABEL_MARGIN ? text : null;
-      });
-    };
-  }
-
-  // The decision threshold as a dashed line across the plot, with its value written on it;
-  // unlike a series it shows for a single point too.
-  function drawThreshold(thresholdOf, node) {
-    return (u) => {
-      const threshold = thresholdOf();
-      if (threshold === null || threshold === undefined) return;
-      const ctx = u.ctx, ratio = window.devicePixelRatio || 1;
-      const y = u.valToPos(threshold, "y", true);
-      node.dataset.thresholdRow = String(Math.round(y)); // canvas pixel row of the line, for tests
-      ctx.save();
-      ctx.strokeStyle = "#b91c1c";
-      ctx.lineWidth = 1.5 * ratio;
-      ctx.setLineDash([6 * ratio, 4 * ratio]);
-      ctx.beginPath();
-      ctx.moveTo(u.bbox.left, y);
-      ctx.lineTo(u.bbox.left + u.bbox.width, y);
-      ctx.stroke();
-      ctx.setLineDash([]);
-      ctx.fillStyle = "#b91c1c";
-      ctx.font = Math.round(12 * ratio) + "px system-ui, sans-serif";
-      ctx.textAlign = "right";
-      ctx.fillText("threshold " + fmtThreshold(threshold), u.bbox.left + u.bbox.width - 4 * ratio, y - 4 * ratio);
-      ctx.restore();
-    };
-  }
-
-  function shadeBands(bandsOf) {
-    return (u) => {
-      const ctx = u.ctx;
-      ctx.save();
-      for (const band of bandsOf()) {
-        const x0 = u.valToPos(band.from, "x", true), x1 = u.valToPos(band.to, "x", true);
-        ctx.fillStyle = band.kind === "late" ? "rgba(217, 119, 6, 0.16)" : "rgba(107, 114, 128, 0.18)";
-        ctx.fillRect(x0, u.bbox.top, Math.max(2, x1 - x0), u.bbox.height);
-      }
-      ctx.restore();
-    };
-  }
-
-  // Each score's interval, shaded behind the probability: one band along the line over consecutive scores
-  // that carry one (`joined`), else a bar per score. `intervalsOf` gives {x, low, high} or null per point.
-  function drawIntervals(intervalsOf, node, joined) {
-    return (u) => {
-      const intervals = intervalsOf();
-      const ratio = window.devicePixelRatio || 1, half = 4 * ratio;
-      const at = (item) => [u.valToPos(item.x, "x", true), u.valToPos(item.high, "y", true),
-        u.valToPos(item.low, "y", true)];
-      const runs = [];
-      let run = [];
-      for (const item of intervals) {
-        if (item) run.push(item);
-        if ((!item || !joined) && run.length) { runs.push(run); run = []; }
-      }
-      if (run.length) runs.push(run);
-      const ctx = u.ctx;
-      ctx.save();
-      ctx.beginPath();
-      ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height);
-      ctx.clip();
-      ctx.fillStyle = "rgba(29, 78, 216, 0.18)";
-      let probe = null; // canvas column and rows inside the latest band, for tests
-      for (const r of runs) {
-        ctx.beginPath();
-        if (r.length === 1) {
-          const [x, top, bottom] = at(r[0]);
-          ctx.rect(x - half, top, 2 * half, Math.max(1, bottom - top));
-          probe = [x, top, bottom];
-        } else {
-          r.forEach((item, i) => { const [x, top] = at(item); if (i) ctx.lineTo(x, top); else ctx.moveTo(x, top); });
-          r.slice().reverse().forEach((item) => { const [x, , bottom] = at(item); ctx.lineTo(x, bottom); });
-          ctx.closePath();
-          const a = at(r[r.length - 2]), b = at(r[r.length - 1]);
-          probe = a.map((value, i) => (value + b[i]) / 2);
-        }
-        ctx.fill();
-      }
-      ctx.restore();
-      node.dataset.intervals = String(intervals.filter(Boolean).length);
-      node.dataset.intervalProbe = probe ? JSON.stringify(probe.map(Math.round)) : "";
-    };
-  }
-
-  const intervalOf = (x, s) => (hasInterval(s) ? { x: x, low: s.probability_low, high: s.probability_high } : null);
-
-  function showIntervalLegend(count) {
-    const item = byId("legend-interval");
-    if (item) item.hidden = !count;
-  }
-
-  // The x range is set here, not left to uPlot, which spans years around a lone time point.
-  function setChartData(chart, data, range) {
-    const xs = data[0];
-    const [min, max] = range(xs.length ? Math.min(...xs) : null, xs.length ? Math.max(...xs) : null);
-    chart.setData(data, false);
-    chart.setScale("x", { min: min, max: max });
-  }
-
-  // Speech time: at least two minutes shown, never before the session's start.
-  function speechRange(min, max) {
-    if (min === null || max === null) return [0, 120];
-    if (max - min < 120) {
-      const lo = Math.max(0, (min + max) / 2 - 60);
-      return [lo, lo + 120];
-    }
-    const margin = (max - min) * 0.03;
-    return [Math.max(0, min - margin), max + margin];
-  }
-
-  // Days: at least a day shown, centred on a lone point.
-  function dayRange(min, max) {
-    if (min === null || max === null) { const t = now(); return [t - 43200, t + 43200]; }
-    if (max - min < 86400) { const mid = (min + max) / 2; return [mid - 43200, mid + 43200]; }
-    const margin = (max - min) * 0.05;
-    return [min - margin, max + margin];
-  }
-
-  function dayLabels(u, splits) {
-    const span = u.scales.x.max - u.scales.x.min;
-    return splits.map((t) => (span <= 2 * 86400 ? hhmm(t) : shortDay(t)));
-  }
-
-  function makeChart(node, options) {
-    const initial = options.range(null, null);
-    const narrow = () => chartWidth(node) < 480;
-    const probability = {
-      label: options.seriesLabel, stroke: "#1d4ed8", width: 2, spanGaps: false,
-      points: { show: true, size: options.pointsOnly ? 9 : 6, fill: "#1d4ed8" },
-    };
-    if (options.pointsOnly) {
-      probability.paths = () => null;
-      probability.points.space = 0;
-    }
-    const series = [{ label: options.xLabel }, probability];
-    if (options.late) {
-      series.push({ label: "scored late", stroke: "#b45309", width: 0, paths: () => null,
-        points: { show: true, size: 11, width: 2.5, stroke: "#b45309", fill: "#ffffff", space: 0 } });
-    }
-    const xAxis = { stroke: "#374151", font: AXIS_FONT, label: options.xLabel, labelFont: AXIS_FONT, labelSize: 18,
-      space: () => (narrow() ? options.narrowSpace : options.space), values: labelsInsideCanvas(options.xValues) };
-    const opts = {
-      width: chartWidth(node), height: 260,
-      legend: { show: false },
-      cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: options.time, auto: false, min: initial[0], max: initial[1] }, y: { range: [0, 1] } },
-      series: series,
-      axes: [xAxis, { stroke: "#374151", font: AXIS_FONT, label: "probability", labelFont: AXIS_FONT, size: 44,
-        values: (u, vals) => vals.map((v) => v.toFixed(1)) }],
-      hooks: {
-        drawClear: [options.bandsOf ? shadeBands(options.bandsOf) : null,
-          drawIntervals(options.intervalsOf, node, !options.pointsOnly)].filter(Boolean),
-        draw: [drawThreshold(options.thresholdOf, node), recordXLabels(node)],
-      },
-    };
-    const chart = new uPlot(opts, series.map(() => []), node);
-    let pending = null;
-    window.addEventListener("resize", () => {
-      clearTimeout(pending);
-      pending = setTimeout(() => chart.setSize({ width: chartWidth(node), height: 260 }), 100);
-    });
-    return chart;
   }
 
   // ------------------------------------------------------------ session view
@@ -461,10 +168,32 @@
   function describeChart(points, threshold) {
     if (!points.length) return "No scores yet.";
     const late = points.filter((p) => p.late).length;
+    const collecting = points.filter((p) => p.evidence_sufficient === false).length;
     const last = points[points.length - 1];
-    return points.length + " scores over " + speechTime(last.start_seconds) + " of session time; latest " +
-      intervalText(last) + ", decision threshold " + fmtThreshold(threshold) +
+    return points.length + " scores over " + sessionTime(last.start_seconds) + " on the session clock, from " +
+      duration(last.speech_seconds) + " of speech; latest " + intervalText(last) + ", decision threshold " +
+      fmtThreshold(threshold) + (collecting ? "; " + collecting + " collecting speech (no label yet)" : "") +
       (late ? "; " + late + " scored late" : "") + ".";
+  }
+
+  // The speech behind the scores, apart from the session clock the chart runs on (which counts pauses).
+  function speechNote(points) {
+    if (!points.length) return "No speech scored yet.";
+    const last = points[points.length - 1];
+    return "Speech scored: " + duration(last.speech_seconds) + " in " + segmentCount(last.segments) + ", over " +
+      sessionTime(last.start_seconds) + " on the session clock (pauses and silence are not kept).";
+  }
+
+  // Before the first score: the threshold, meaning and evidence rule of the model new sessions get.
+  function renderWaiting() {
+    const model = servedModels()[0];
+    byId("tile-speech").textContent = duration(0);
+    byId("tile-segments").textContent = "0";
+    if (!model) return;
+    byId("tile-threshold").textContent = fmtThreshold(model.threshold);
+    byId("legend-threshold").textContent = fmtThreshold(model.threshold);
+    byId("tile-label").replaceChildren(labelBadge({ segments: 0, speech_seconds: 0, evidence_sufficient: false }, model));
+    renderModels([model]);
   }
 
   function renderSession() {
@@ -477,16 +206,17 @@
     const stateNode = byId("session-state");
     if (s.waiting) {
       stateNode.replaceChildren(el("span", { class: "state idle", "data-state": "waiting", text: "waiting for the first score" }));
+      renderWaiting();
       return;
     }
     byId("device-id").textContent = s.device_id || "–";
     stateNode.replaceChildren(stateBadge(s));
     byId("tile-probability").replaceChildren(fmtProb(s.probability), hasInterval(s)
       ? el("span", { class: "interval", text: " " + intervalText(s).slice(fmtProb(s.probability).length + 1) }) : "");
-    byId("tile-label").replaceChildren(labelBadge(s.above_threshold, s.threshold, s.evidence_sufficient));
+    byId("tile-label").replaceChildren(labelBadge(s, s.model));
     byId("tile-threshold").textContent = fmtThreshold(s.threshold);
     byId("tile-segments").textContent = s.segments;
-    byId("tile-speech").textContent = minutes(s.speech_seconds) + " min";
+    byId("tile-speech").textContent = duration(s.speech_seconds);
     const updated = byId("tile-updated");
     updated.textContent = ago(s.last_update_unix);
     updated.title = dateTime(s.last_update_unix);
@@ -497,31 +227,32 @@
   function renderSessionPoints() {
     const node = byId("chart");
     if (!session.chart) {
-      session.chart = makeChart(node, {
-        seriesLabel: "probability", xLabel: "speech time (min:s on the session clock)", time: false,
-        range: speechRange, space: 60, narrowSpace: 56, late: true,
-        xValues: (u, splits) => splits.map(speechTime),
+      session.chart = ms.makeChart(node, {
+        seriesLabel: "probability", xLabel: "session clock (min:s since the session started)", time: false,
+        range: ms.sessionRange, space: 60, narrowSpace: 56, late: true,
+        xValues: (u, splits) => splits.map(sessionTime),
         bandsOf: () => session.bands,
-        intervalsOf: () => session.points.map((p) => intervalOf(p.start_seconds, p)),
+        intervalsOf: () => session.points.map((p) => ms.intervalOf(p.start_seconds, p)),
         thresholdOf: () => (session.points.length ? session.points[session.points.length - 1].threshold : null),
       });
     }
     const points = session.points;
     session.bands = sessionBands(points);
-    setChartData(session.chart, [points.map((p) => p.start_seconds), points.map((p) => p.probability),
-      points.map((p) => (p.late ? p.probability : null))], speechRange);
+    ms.setScores(session.chart, points.map((p) => p.start_seconds), points, ms.sessionRange);
     const threshold = points.length ? points[points.length - 1].threshold : null;
     node.dataset.points = String(points.length);
     node.dataset.gaps = String(session.bands.filter((b) => b.kind === "gap").length);
     node.dataset.late = String(points.filter((p) => p.late).length);
-    showIntervalLegend(points.filter(hasInterval).length);
+    ms.showIntervalLegend(points.filter(hasInterval).length);
     node.dataset.x = JSON.stringify(points.map((p) => p.start_seconds));
-    node.setAttribute("aria-label", "Chart of the probability per segment by speech time. " + describeChart(points, threshold || 0));
+    node.setAttribute("aria-label", "Chart of the probability per segment by when its speech was recorded on the " +
+      "session clock. " + describeChart(points, threshold || 0));
+    byId("chart-speech").textContent = speechNote(points);
     byId("legend-threshold").textContent = threshold === null ? "–" : fmtThreshold(threshold);
     const bandList = byId("bands");
     bandList.replaceChildren();
     for (const b of session.bands) {
-      const span = speechTime(b.from) + "–" + speechTime(b.to);
+      const span = sessionTime(b.from) + "–" + sessionTime(b.to);
       bandList.append(el("li", { class: "band " + b.kind, "data-kind": b.kind },
         b.kind === "gap" ? "Gap " + span + ": " + b.cause + "."
           : span + ": " + b.count + (b.count === 1 ? " score" : " scores") + " scored late (" + b.cause +
@@ -537,11 +268,11 @@
       const scored = el("span", { title: dateTime(p.time_unix), text: clock(p.time_unix) });
       tbody.append(el("tr", { class: p.late ? "late" : null },
         cell("Segment", { class: "num", text: p.segments }),
-        cell("Recorded at", { class: "num", text: speechTime(p.start_seconds) }),
+        cell("Recorded at", { class: "num", text: sessionTime(p.start_seconds) }),
         cell("Scored at", {}, scored, p.late ? el("span", { class: "late-mark", text: " late by " + duration(p.delay_seconds) + " (" + p.late_cause + ")" }) : null),
         cell("Probability", { class: "num", text: intervalText(p) }),
-        cell("Label", {}, labelBadge(p.above_threshold, p.threshold, p.evidence_sufficient)),
-        cell("Speech (min)", { class: "num opt", text: minutes(p.speech_seconds) }),
+        cell("Label", {}, labelBadge(p, session.summary && session.summary.model)),
+        cell("Speech", { class: "num opt", text: duration(p.speech_seconds) }),
         cell("Model", { class: "opt" }, modelCell(p.model_version))));
     }
   }
@@ -586,25 +317,25 @@
     renderVersionSwitch(versions, rows);
     const node = byId("history-chart");
     if (!participant.chart) {
-      participant.chart = makeChart(node, {
-        seriesLabel: "session score", xLabel: "day", time: true, range: dayRange, space: 90, narrowSpace: 80,
-        pointsOnly: true, late: false, xValues: dayLabels, bandsOf: null, thresholdOf: () => participant.threshold,
-        intervalsOf: () => participant.shown.map((s) => intervalOf(s.started_unix, s)),
+      participant.chart = ms.makeChart(node, {
+        seriesLabel: "session score", xLabel: "day", time: true, range: ms.dayRange, space: 90, narrowSpace: 80,
+        pointsOnly: true, late: false, xValues: ms.dayLabels, bandsOf: null, thresholdOf: () => participant.threshold,
+        intervalsOf: () => participant.shown.map((s) => ms.intervalOf(s.started_unix, s)),
       });
     }
-    setChartData(participant.chart, [shown.map((s) => s.started_unix), shown.map((s) => s.probability)], dayRange);
+    ms.setScores(participant.chart, shown.map((s) => s.started_unix), shown, ms.dayRange);
     node.dataset.points = String(shown.length);
     node.dataset.modelVersion = participant.version || "";
-    showIntervalLegend(shown.filter(hasInterval).length);
+    ms.showIntervalLegend(shown.filter(hasInterval).length);
     node.setAttribute("aria-label", "Chart of each session's latest score by day: " + shown.length + " sessions" +
       (versions.length > 1 ? " under model " + participant.version : "") +
       (participant.threshold === null ? "." : ", decision threshold " + fmtThreshold(participant.threshold) + "."));
     byId("legend-threshold").textContent = participant.threshold === null ? "–" : fmtThreshold(participant.threshold);
-    renderModels(rows.map((s) => s.model));
+    renderModels(rows.length ? rows.map((s) => s.model) : servedModels());
     const tbody = byId("history").tBodies[0];
     tbody.replaceChildren();
     if (!rows.length) {
-      tbody.append(el("tr", { class: "empty" }, el("td", { colspan: "7", text: "No sessions to show." })));
+      tbody.append(el("tr", { class: "empty" }, el("td", { colspan: "8", text: "No sessions to show." })));
     }
     for (const s of rows.slice().reverse()) {
       tbody.append(el("tr", { "data-ref": s.ref, "data-state": s.state },
@@ -612,8 +343,9 @@
         cell("Day", { title: dateTime(s.started_unix), text: day(s.started_unix) }),
         cell("Session", { class: "id" }, el("a", { href: sessionHref(s.ref), text: s.session_id })),
         cell("Segments", { class: "num", text: s.segments }),
+        cell("Speech", { class: "num", text: duration(s.speech_seconds) }),
         cell("Probability", { class: "num", text: intervalText(s) }),
-        cell("Label", {}, labelBadge(s.above_threshold, s.threshold, s.evidence_sufficient)),
+        cell("Label", {}, labelBadge(s, s.model)),
         cell("Model", { class: "opt" }, modelCell(s.model_version))));
     }
   }
@@ -627,7 +359,7 @@
   function takeSettings(next) {
     if (!next) return;
     settings = next;
-    skew = next.now - Date.now() / 1000;
+    ms.skew = next.now - Date.now() / 1000;
   }
 
   function render() {
@@ -682,7 +414,7 @@
   }
 
   function setPage(state) {
-    if (state === "lost" && page.state !== "lost") page.lostAt = now();
+    if (state === "lost" && page.state !== "lost") page.lostAt = ms.now();
     page.state = state;
     render();
   }
