@@ -14,6 +14,9 @@ const files = [
   ["node_modules/@echogarden/fvad-wasm/fvad.js", "static/vendor/fvad.js"],
   ["node_modules/@echogarden/fvad-wasm/fvad.wasm", "static/vendor/fvad.wasm"],
   ["node_modules/@echogarden/fvad-wasm/LICENSE", "static/vendor/fvad.LICENSE"],
+  // The accessibility checker runs only in the browser tests: it goes to tests/, never to what is served.
+  ["node_modules/axe-core/axe.min.js", "../tests/vendor/axe.min.js"],
+  ["node_modules/axe-core/LICENSE", "../tests/vendor/axe-core.LICENSE"],
 ];
 mkdirSync("static/vendor", { recursive: true });
 for (const [from, to] of files) {
@@ -27,6 +30,6 @@ execFileSync(process.env.PYTHON || "../.venv/bin/python", [
 await build({ entryPoints: ["record-client.mjs"], bundle: true, format: "esm", minify: true, target: "es2020",
   legalComments: "eof", outfile: "static/vendor/moodstream-grpc-web.js" });
 console.log("vendored static/vendor/moodstream-grpc-web.js");
-for (const name of ["uplot", "@echogarden/fvad-wasm", "@connectrpc/connect-web", "@bufbuild/protobuf"]) {
+for (const name of ["uplot", "axe-core", "@echogarden/fvad-wasm", "@connectrpc/connect-web", "@bufbuild/protobuf"]) {
   console.log(`${name} ${JSON.parse(readFileSync(`node_modules/${name}/package.json`, "utf8")).version}`);
 }

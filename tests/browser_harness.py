@@ -143,3 +143,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+AXE = Path(__file__).resolve().parent / "vendor" / "axe.min.js"  # dashboard/package-lock.json pins its version
+AXE_RUN_SCRIPT = """
+const done = arguments[arguments.length - 1];
+axe.run(document, {resultTypes: ['violations']}).then(
+  (result) => done(result.violations.map((v) => ({id: v.id, impact: v.impact, help: v.help,
+                                                   targets: v.nodes.map((n) => n.target.join(' '))}))),
+  (error) => done([{id: 'axe-error', help: String(error), targets: []}]));
+"""
+
+
+def axe_violations(driver) -> list[dict]:
+    """axe-core's violations on the page as it is now (every rule axe runs by default): id, impact, help and
+    the CSS selectors of the offending elements. Injected through WebDriver, so the page's own
+    Content-Security-Policy (script-src 'self') does not apply to it."""
+    if not driver.execute_script("return typeof axe !== 'undefined'"):
+        driver.execute_script(AXE.read_text())
+    driver.set_script_timeout(60)
+    return driver.execute_async_script(AXE_RUN_SCRIPT)
