@@ -72,6 +72,7 @@ def test_stream_export_label_retrain_roll_out_and_score_under_the_new_version(tm
             writer = csv.writer(handle)
             writer.writerow(["participant_id", "phq8_score"])
             writer.writerows([(p, 15 if low[p] else 3) for p in participants])
+            writer.writerow(["p-never-recorded", 12])  # an answer whose participant never streamed
 
         # 4. The session head alone is retrained; the encoder stays byte for byte.
         run = tmp_path / "run"
@@ -79,6 +80,8 @@ def test_stream_export_label_retrain_roll_out_and_score_under_the_new_version(tm
                    "--output", str(run), "--set", "data.folds=4", "--set", "run.tsne=false")
         assert done.returncode == 0, done.stderr
         assert "encoder of " + base.model_version in done.stdout
+        assert "0 without a label left out" in done.stdout
+        assert "1 label row id(s) matched no exported session or participant: p-never-recorded" in done.stdout
         retrained = ScreeningModel.from_pretrained(run / "checkpoint")
         assert retrained.model_version != base.model_version
         assert (run / "checkpoint" / "encoder.safetensors").read_bytes() == \
@@ -144,3 +147,13 @@ def test_retraining_refuses_vectors_of_another_encoder_and_bad_labels(tmp_path, 
     done = cli("train", "--from-export", str(export), "--labels", str(bad), "--base", str(models / "v1"),
                "--output", str(tmp_path / "run"))
     assert done.returncode != 0 and "has a label in" in done.stderr
+
+
+def test_the_sessions_a_retraining_left_out_are_said_in_one_line():
+    from moodstream.trainer.cli import left_out_text
+
+    text = left_out_text({"export_sessions": 10, "unlabelled": 3, "without_segments": 1,
+                          "labels_without_session": ["a", "b"], "labels_without_session_count": 25})
+    assert text.startswith("sessions: 6 of 10 exported used; 3 without a label left out; 1 without segments")
+    assert "25 label row id(s) matched no exported session or participant: a, b …" in text
+    assert "\n" not in text
