@@ -74,7 +74,7 @@ VOLUME ["/models"]
 EXPOSE 50051 9464
 
 # Docker's own health check: the standard gRPC health service, as Kubernetes'
-# grpc probe asks it. SERVING once the model is loaded and Redis answered.
+# readiness probe asks it: SERVING while the model is loaded and Redis answers.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "/opt/moodstream/grpc_health_check.py", "127.0.0.1:50051", "--service", "moodstream.v1.Screening"]
 

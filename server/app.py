@@ -6,9 +6,9 @@
     ...
     await server.stop()
 
-Serves moodstream.v1.Screening, grpc.health.v1.Health (SERVING once the
-model is loaded and Redis answers) and server reflection, so grpcurl can list
-and call everything without the .proto. With `models` it holds every checkpoint
+Serves moodstream.v1.Screening, grpc.health.v1.Health (readiness: SERVING while
+Redis answers; liveness: SERVING while the server runs; server/readiness.py) and
+server reflection, so grpcurl can list and call everything without the .proto. With `models` it holds every checkpoint
 folder of a model folder and follows it while running (moodstream.server.model_repository).
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from moodstream.server.auth import RELOAD_SECONDS, TokenAuthenticator
 from moodstream.server.encoder import BatchingEncoder
 from moodstream.server import reflection
 from moodstream.server.model_repository import POLL_SECONDS, ModelRepository
+from moodstream.server.readiness import LIVENESS_SERVICE, RedisReadiness
 from moodstream.server.interceptors import MalformedRequestInterceptor, SingleRequestInterceptor
 from moodstream.server.service import ScreeningService, ServiceSettings
 from moodstream.server.redis_connection import connect
@@ -122,6 +123,7 @@ class ScoringServer:
         self._redis = None
         self.repository: ModelRepository | None = None
         self.health = health_aio.HealthServicer()
+        self.readiness: RedisReadiness | None = None
         self.authenticator: TokenAuthenticator | None = None
         self._token_watch: asyncio.Task | None = None
         self.grpc_web = None
@@ -216,8 +218,9 @@ class ScoringServer:
                 raise
         if authenticator.path is not None:
             self._token_watch = asyncio.create_task(self._watch_tokens(), name="tokens-file-watch")
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        self.readiness = RedisReadiness(self.health, config.redis_url, cluster=config.redis_cluster)
+        await self.readiness.start()
         log.info("serving %s on %s:%d (model %s of %s, precision %s, max batch %d, device %s, %s). %s",
                  SERVICE_NAME, config.host, port, self.model_version, ", ".join(self.repository.held()),
                  self.encoder.precision, self.encoder.max_batch, model.device,
@@ -244,6 +247,9 @@ class ScoringServer:
                 log.exception("checking the tokens file failed")
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self.readiness is not None:
+            await self.readiness.stop()  # first: a last check must not turn a draining server SERVING again
+            self.readiness = None
         if self._token_watch is not None:
             self._token_watch.cancel()
             self._token_watch = None

@@ -1,6 +1,8 @@
 """How a handler ends a call with a gRPC status, from wherever in its tasks the failure shows."""
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import redis.exceptions
 
@@ -15,10 +17,37 @@ class StreamAbort(Exception):
         self.code = code
 
 
-async def redis_call(operation):
-    """Await a store call; UNAVAILABLE once Redis stayed down past the client's own retries (redis_connection.connect)."""
+# How long a read call (GetScore, ListSessions, a Subscribe poll) waits on a Redis that does not answer
+# before it is UNAVAILABLE: a reader retries or shows "unavailable"; it must not hang for the store
+# client's whole retry time (redis_connection.DEFAULT_RETRY_SECONDS), which is for writes.
+READ_BUDGET_SECONDS = 2.0
+# A call whose own deadline is nearer is answered by this share of it, so UNAVAILABLE reaches the
+# client before its deadline does (and says why, where DEADLINE_EXCEEDED would not).
+DEADLINE_SHARE = 0.9
+
+
+def read_deadline(context, budget_seconds: float = READ_BUDGET_SECONDS, waits_seconds: float = 0.0) -> float:
+    """The event-loop time by which a read call's store calls must be done: `budget_seconds` (plus
+    `waits_seconds` a call waits on purpose, as a blocking read does) from now, or sooner by the call's deadline."""
+    budget = budget_seconds + waits_seconds
+    remaining = context.time_remaining()
+    if remaining is not None:
+        budget = min(budget, remaining * DEADLINE_SHARE)
+    return asyncio.get_running_loop().time() + max(budget, 0.0)
+
+
+async def redis_call(operation, deadline: float | None = None):
+    """Await a store call; UNAVAILABLE once Redis stayed down past the client's own retries
+    (redis_connection.connect), or past `deadline` (read_deadline), which cuts those retries short."""
     try:
-        return await operation()
+        async with asyncio.timeout_at(deadline) as budget:
+            return await operation()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
         metrics.REDIS_ERRORS.inc()
         raise StreamAbort(grpc.StatusCode.UNAVAILABLE, f"session store unavailable ({error}); retry later") from error
+    except TimeoutError as error:
+        if not budget.expired():
+            raise
+        metrics.REDIS_ERRORS.inc()
+        raise StreamAbort(grpc.StatusCode.UNAVAILABLE,
+                          "session store unavailable (no answer within this call's time); retry later") from error

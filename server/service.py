@@ -25,7 +25,7 @@ from moodstream.server.model_repository import ModelRepository, ServedVersion
 from moodstream.server.paging import (DEFAULT_PAGE_SIZE, SESSION_STATE_MESSAGES, SESSION_STATE_NAMES,
                                       decode_page_token, encode_page_token, merge_version_pages, summary_message,
                                       time_bound)
-from moodstream.server.rpc_errors import StreamAbort, redis_call
+from moodstream.server.rpc_errors import READ_BUDGET_SECONDS, StreamAbort, read_deadline, redis_call
 from moodstream.server.session_stream import SessionStream, stream_refused
 from moodstream.server.state_cache import DEFAULT_STATE_CACHE_MB, ScorerStateCache
 from moodstream.server.redis_connection import DEFAULT_RETRY_SECONDS
@@ -47,6 +47,7 @@ class ServiceSettings:
     redis_retry_seconds: float = DEFAULT_RETRY_SECONDS  # the store's client rides out a Redis outage this long
     subscribe_block_ms: int = 1000
     token_check_seconds: float = 1.0   # an open call notices a revoked token within this long
+    read_budget_seconds: float = READ_BUDGET_SECONDS  # a read call is UNAVAILABLE when Redis gives no answer this long
     state_cache_mb: float = DEFAULT_STATE_CACHE_MB  # restored scorer states kept in memory (0 = off)
 
 
@@ -91,10 +92,10 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             self._stores[version] = self._make_store(version)
         return self._stores[version]
 
-    async def session_store(self, session_id: str) -> SessionStore:
+    async def session_store(self, session_id: str, deadline: float | None = None) -> SessionStore:
         """The store of the version a session started under (the current one for sessions that predate
         recorded versions)."""
-        version = await redis_call(lambda: self.store.session_model_version(session_id))
+        version = await redis_call(lambda: self.store.session_model_version(session_id), deadline)
         return self.store if version is None else self.store_for(version)
 
     def held_versions(self) -> str:
@@ -112,8 +113,11 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                               f"token {principal.name!r} was revoked or its scope changed; "
                               "reconnect with a valid token")
 
-    async def _readable_participant(self, principal: Principal, session_id: str, context) -> str:
-        owner = await redis_call(lambda: self.store.session_owner(session_id))
+    def _read_deadline(self, context, waits_seconds: float = 0.0) -> float:
+        return read_deadline(context, self.settings.read_budget_seconds, waits_seconds)
+
+    async def _readable_participant(self, principal: Principal, session_id: str, deadline: float) -> str:
+        owner = await redis_call(lambda: self.store.session_owner(session_id), deadline)
         if owner is None or not principal.may_read(owner):
             # Without read access to everyone, an unknown session looks like a forbidden one.
             if owner is None and principal.may_read("*"):
@@ -283,12 +287,13 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         principal = await self._principal(context)
         try:
             _check_id("session_id", request.session_id)
-            participant = await self._readable_participant(principal, request.session_id, context)
-            store = await self.session_store(request.session_id)
-            latest = await redis_call(lambda: store.latest_score(request.session_id, participant))
+            deadline = self._read_deadline(context)
+            participant = await self._readable_participant(principal, request.session_id, deadline)
+            store = await self.session_store(request.session_id, deadline)
+            latest = await redis_call(lambda: store.latest_score(request.session_id, participant), deadline)
             if latest is None:
                 raise StreamAbort(grpc.StatusCode.NOT_FOUND, f"session {request.session_id!r} has no score yet")
-            state = await redis_call(lambda: store.session_state(request.session_id, participant))
+            state = await redis_call(lambda: store.session_state(request.session_id, participant), deadline)
             reply = score_from_dict(latest)
             reply.session_state = SESSION_STATE_MESSAGES[state.name]
             reply.session_state_since_unix = state.since or 0.0
@@ -309,9 +314,10 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                 raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
             if target == "session_id":
                 _check_id("session_id", request.session_id)
-                participant = await self._readable_participant(principal, request.session_id, context)
+                deadline = self._read_deadline(context)
+                participant = await self._readable_participant(principal, request.session_id, deadline)
                 source = {"session_id": request.session_id, "participant_id": participant}
-                store = await self.session_store(request.session_id)
+                store = await self.session_store(request.session_id, deadline)
             else:
                 _check_id("participant_id", request.participant_id)
                 if not principal.may_read(request.participant_id):
@@ -321,13 +327,15 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                 store = self.store  # a participant's stream is one for every version
             if offset == "$":
                 # Pin "now" once, so a reconnect after this point misses nothing.
-                batch = await redis_call(lambda: store.read_updates(after_offset="$", **source))
+                batch = await redis_call(lambda: store.read_updates(after_offset="$", **source),
+                                         self._read_deadline(context))
                 offset = batch.next_offset
             while True:
                 self._check_still_valid(principal)
                 current = offset
-                batch = await redis_call(lambda: store.read_updates(
-                    after_offset=current, block_ms=self.settings.subscribe_block_ms, **source))
+                block_ms = self.settings.subscribe_block_ms
+                batch = await redis_call(lambda: store.read_updates(after_offset=current, block_ms=block_ms, **source),
+                                         self._read_deadline(context, waits_seconds=block_ms / 1000))
                 if batch.trimmed:
                     log.warning("subscriber of %s resumed after trimmed updates", source)
                 for update in batch.updates:
@@ -370,7 +378,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             summaries, next_cursor = await redis_call(lambda: self._list_sessions(
                 participants, states={SESSION_STATE_NAMES[number] for number in request.states}, active_after=after, active_before=before,
-                page_size=page_size, cursor=cursor))
+                page_size=page_size, cursor=cursor), self._read_deadline(context))
             return pb.ListSessionsResponse(sessions=[summary_message(summary) for summary in summaries],
                                            next_page_token=encode_page_token(next_cursor, request))
         except StreamAbort as error:

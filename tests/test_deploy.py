@@ -38,6 +38,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from moodstream.compose.cli import build_parser
+from moodstream.server.readiness import LIVENESS_SERVICE, READINESS_SERVICE
 from moodstream.v1 import moodstream_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,8 +297,10 @@ def test_server_deployment_runs_the_real_cli_with_gpu_probes_and_limits():
         probe = server[name]
         assert set(probe) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, f"{name} must be a grpc probe"
         assert probe["grpc"]["port"] == grpc_port, name
-        assert probe["grpc"].get("service", "") in ("", SCREENING_SERVICE), name
-    assert server["readinessProbe"]["grpc"]["service"] == SCREENING_SERVICE
+    # Readiness follows Redis; liveness (and startup, which gates it) only that the server runs.
+    assert server["readinessProbe"]["grpc"]["service"] == READINESS_SERVICE
+    for name in ("startupProbe", "livenessProbe"):
+        assert server[name]["grpc"].get("service", "") == LIVENESS_SERVICE, name
 
     resources = server["resources"]
     assert int(resources["limits"]["nvidia.com/gpu"]) == 1
