@@ -11,8 +11,8 @@ import json
 import pytest
 import torch
 
-from browser_harness import (DESKTOP, PHONE, browser, by_id, needs_chromium, set_viewport,  # noqa: F401
-                             severe_console, wait_until)
+from browser_harness import (DESKTOP, PHONE, browser, by_id, needs_chromium, save_screenshot,  # noqa: F401
+                             set_viewport, severe_console, wait_until)
 from clocks import ShiftedClock
 from moodstream.dashboard.feed import FeedConfig
 from moodstream.dashboard.server import BackgroundDashboard
@@ -117,6 +117,7 @@ def test_evidence_is_given_in_segments_and_seconds_before_and_after_the_first_sc
         assert by_id(browser, "tile-speech").text == "7 s"
         assert by_id(browser, "tile-label").text == "collecting speech " + RULE + "; 1 segment / 7 s so far"
         assert_tiles_hold_their_labels(browser, "collecting speech")
+        save_screenshot(browser, "dashboard-collecting-1440")
 
         # Two more: the third carries a label; the first two stay hollow on the chart.
         send(1)
@@ -154,6 +155,7 @@ def test_evidence_is_given_in_segments_and_seconds_before_and_after_the_first_sc
             assert bottom <= row - 2 or top >= row + 2, (size, row, top, bottom)
             canvas = node.find_element(By.TAG_NAME, "canvas")
             assert 0 <= left < right <= int(canvas.get_attribute("width")), (size, left, right)
+            save_screenshot(browser, f"dashboard-evidence-{size[0]}")
         assert_tiles_hold_their_labels(browser, "above or below the threshold")
 
         # The participant's history says it too.
