@@ -98,7 +98,7 @@ def add_parser(subparsers) -> None:
     token = subparsers.add_parser(
         "token", help="create, list and revoke access tokens",
         description="Manage the server's tokens file (it keeps only SHA-256 hashes). Running servers reload "
-                    "the file within 2 s of a change, without a restart: a new token works and a revoked one "
+                    "the file within 1 s of a change, without a restart: a new token works and a revoked one "
                     "is refused, and calls still open with a revoked token end UNAUTHENTICATED.",
         formatter_class=HelpFormatter)
     actions = token.add_subparsers(dest="token_command", required=True)
@@ -125,9 +125,9 @@ def add_parser(subparsers) -> None:
     listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     listing.set_defaults(handler=run_token_list)
     revoke = actions.add_parser(
-        "revoke", help="remove a token; running servers refuse it within 2 s",
+        "revoke", help="remove a token; running servers refuse it within 1 s",
         description="Remove the token NAME from the tokens file. Servers reading the file refuse it within "
-                    "2 s and end its open calls with UNAUTHENTICATED; no restart is needed.",
+                    "1 s and end its open calls with UNAUTHENTICATED; no restart is needed.",
         formatter_class=HelpFormatter)
     revoke.add_argument("name", metavar="NAME", help="the token's --name")
     revoke.add_argument("--tokens", required=True, help="tokens file")
