@@ -10,6 +10,7 @@ import os
 import sys
 
 from moodstream.help_format import HelpFormatter
+from moodstream.user_files import audio_file_or_stdin, output_folder, text_file
 
 SHORT_NOTICE = "screening aid, not a diagnosis"
 
@@ -36,7 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("input", nargs="?", metavar="FILE",
+    parser.add_argument("input", nargs="?", metavar="FILE", type=audio_file_or_stdin,
                         help="audio file (wav, flac, ogg, ...), or '-' for raw PCM s16le mono on stdin")
     parser.add_argument("--mic", action="store_true", help="capture from the default microphone (extra 'mic')")
     parser.add_argument("--server", required=True, action="append", metavar="HOST:PORT",
@@ -71,7 +72,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="keep this much audio after speech stops (default: the model's, else 300)")
     speech.add_argument("--onset-ms", type=int, metavar="MS",
                         help="speech must last this long to start being kept (default: the model's, else 60)")
-    speech.add_argument("--prompt-intervals", metavar="FILE",
+    speech.add_argument("--prompt-intervals", metavar="FILE", type=text_file,
                         help="interviewer prompts played by this device: 'START END' seconds per line; "
                              "their audio is dropped")
     speech.add_argument("--echo-tail-ms", type=int, metavar="MS",
@@ -83,7 +84,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "(default: the model's, else 3)")
 
     delivery = parser.add_argument_group("delivery")
-    delivery.add_argument("--outbox", metavar="DIR",
+    delivery.add_argument("--outbox", metavar="DIR", type=output_folder,
                           help="outbox folder (default: MOODSTREAM_OUTBOX or ~/.local/share/moodstream/outbox)")
     delivery.add_argument("--outbox-max-mb", type=float, default=256.0, metavar="MB",
                           help="disk bound of the chunks waiting in the outbox")
@@ -92,7 +93,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                "(each drop is reported)")
     delivery.add_argument("--token", default=None, metavar="TOKEN",
                           help="bearer token (default: environment variable MOODSTREAM_TOKEN)")
-    delivery.add_argument("--tls-ca", metavar="FILE", help="use TLS, trusting this CA certificate (PEM)")
+    delivery.add_argument("--tls-ca", metavar="FILE", type=text_file, help="use TLS, trusting this CA certificate (PEM)")
     delivery.add_argument("--model-version", default="", metavar="V",
                           help="stream under this model version (and take its speech settings): a new session "
                                "starts on it; the server refuses (FAILED_PRECONDITION) when it does not hold it or "
@@ -227,8 +228,6 @@ def run(args) -> int:
         return EXIT_USAGE
 
     token = args.token if args.token is not None else os.environ.get("MOODSTREAM_TOKEN") or None
-    if args.tls_ca and not os.access(args.tls_ca, os.R_OK):
-        return usage_error(f"cannot read the TLS CA file {args.tls_ca}")
     try:
         addresses = split_addresses(*args.server)
     except ValueError as error:

@@ -12,6 +12,7 @@ import sys
 from moodstream import SCREENING_NOTICE
 
 from moodstream.help_format import HelpFormatter, port_number
+from moodstream.user_files import input_folder, text_file
 
 
 def add_parser(subparsers) -> None:
@@ -26,21 +27,21 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--token", default=argparse.SUPPRESS,
                         help="read-scoped bearer token (default: env MOODSTREAM_TOKEN; --token-file keeps it out "
                              "of the process list)")
-    parser.add_argument("--token-file", help="file holding the token (first line)")
+    parser.add_argument("--token-file", type=text_file, help="file holding the token (first line)")
     parser.add_argument("--participant", action="append", default=[], metavar="ID",
                         help="participant to follow (repeat for more); without --participant and "
                              "--participants-file, the dashboard asks the server's session directory every 5 s "
                              "and shows every session the token may read that had a score in the last "
                              "--recent-seconds")
-    parser.add_argument("--participants-file", metavar="FILE",
+    parser.add_argument("--participants-file", metavar="FILE", type=text_file,
                         help="file with one participant id per line (# comments allowed)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address the web page listens on; it has no login of its own, so expose it only "
                              "behind an authenticating reverse proxy")
     parser.add_argument("--port", type=port_number, default=8080, help="web port (0 = any free port)")
     parser.add_argument("--tls", action="store_true", help="connect to the server with TLS (system CAs)")
-    parser.add_argument("--tls-ca", metavar="FILE", help="connect with TLS, trusting this CA bundle (PEM)")
-    parser.add_argument("--checkpoint", action="append", default=[], metavar="FOLDER",
+    parser.add_argument("--tls-ca", metavar="FILE", type=text_file, help="connect with TLS, trusting this CA bundle (PEM)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="FOLDER", type=input_folder,
                         help="the scoring server's checkpoint folder (repeat for more models): the dashboard "
                              "reads from its config.json what the probability estimates and shows it beside "
                              "every score (only config.json is read)")

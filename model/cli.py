@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from moodstream import SCREENING_NOTICE
+from moodstream.user_files import input_folder, output_file_anywhere, output_folder
 
 
 def add_parser(subparsers) -> None:
@@ -13,13 +14,13 @@ def add_parser(subparsers) -> None:
         description="Create or inspect moodstream checkpoint folders (config.json + safetensors weights).")
     actions = parser.add_subparsers(dest="model_command", required=True)
     info = actions.add_parser("info", help="print a checkpoint's config, parameter counts and model_version")
-    info.add_argument("checkpoint", help="checkpoint folder")
+    info.add_argument("checkpoint", type=input_folder, help="checkpoint folder")
     info.set_defaults(handler=run_model_info)
     init = actions.add_parser(
         "init", help="write a randomly initialised checkpoint (scores mean nothing until trained)",
         description="Write a randomly initialised checkpoint. --tiny builds the toy-size model used by the "
                     "tests and the demo; otherwise the backbone is loaded from --backbone (hub id or folder).")
-    init.add_argument("output", help="folder to write")
+    init.add_argument("output", type=output_folder, help="folder to write (refused if it holds files, unless --force)")
     init.add_argument("--tiny", action="store_true", help="toy-size wav2vec2 (fast, for tests and demos)")
     init.add_argument("--backbone", default="facebook/wav2vec2-base",
                       help="Hugging Face id or local folder of a pretrained encoder (default: %(default)s)")
@@ -31,8 +32,8 @@ def add_parser(subparsers) -> None:
                     "batch and length, every row real audio of one length) as an ONNX graph: what the server's "
                     "ort-fp32 path runs, and what Triton's ONNX Runtime or TensorRT backends load "
                     "(docs/performance.md). Needs the onnx extra.")
-    export.add_argument("checkpoint", help="checkpoint folder")
-    export.add_argument("output", help="the .onnx file to write")
+    export.add_argument("checkpoint", type=input_folder, help="checkpoint folder")
+    export.add_argument("output", type=output_file_anywhere, help="the .onnx file to write")
     export.add_argument("--int8", action="store_true",
                         help="also write OUTPUT with .int8.onnx: int8 MatMul weights (the server's ort-int8 path)")
     export.set_defaults(handler=run_model_export_onnx)

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from moodstream.help_format import HelpFormatter, port_number
+from moodstream.user_files import (cache_file, input_folder, output_folder, output_file, text_file,
+                                   text_file_to_extend)
 from moodstream.server.state_cache import DEFAULT_STATE_CACHE_MB
 
 
@@ -42,8 +44,8 @@ def add_parser(subparsers) -> None:
                     "Scores are a screening aid, not a diagnosis.",
         formatter_class=HelpFormatter)
     which = server.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", help="one checkpoint folder (config.json + safetensors)")
-    which.add_argument("--models", metavar="DIR",
+    which.add_argument("--checkpoint", type=input_folder, help="one checkpoint folder (config.json + safetensors)")
+    which.add_argument("--models", metavar="DIR", type=input_folder,
                        help="a model folder: one checkpoint folder per model version, and a file DIR/current "
                             "naming the folder new sessions get (needed when there are several). The server "
                             "checks DIR every 2 s: new folders load and a changed current takes effect without "
@@ -51,12 +53,12 @@ def add_parser(subparsers) -> None:
     add_redis_options(server, cluster_help="the URL is a Redis Cluster node")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
     server.add_argument("--port", type=port_number, default=50051, help="port to listen on (0 = any free port)")
-    server.add_argument("--tokens", help="tokens file (see `moodstream token create`)")
+    server.add_argument("--tokens", type=text_file, help="tokens file (see `moodstream token create`)")
     server.add_argument("--allow-unauthenticated", action="store_true",
                         help="accept calls without a token (local testing only)")
-    server.add_argument("--tls-cert", help="server certificate (PEM); enables TLS")
-    server.add_argument("--tls-key", help="server private key (PEM)")
-    server.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must chain to (mutual TLS)")
+    server.add_argument("--tls-cert", type=text_file, help="server certificate (PEM); enables TLS")
+    server.add_argument("--tls-key", type=text_file, help="server private key (PEM)")
+    server.add_argument("--tls-client-ca", type=text_file, help="CA (PEM) that client certificates must chain to (mutual TLS)")
     server.add_argument("--max-batch", type=int, default=None,
                         help="most chunks per encoder forward pass (default: measured at start-up with the "
                              "precision, from 1, 2, 4 on a CPU and 1, 4, 8, 16 on a GPU)")
@@ -67,7 +69,7 @@ def add_parser(subparsers) -> None:
                              "bf16), int8 (CPU: int8 Linear layers, bf16 front end) and, where ONNX Runtime is "
                              "installed, ort-fp32 and ort-int8 (CPU) at each batch size and keeps the fastest "
                              "within the accuracy bound (docs/performance.md)")
-    server.add_argument("--tuning-cache", default=None,
+    server.add_argument("--tuning-cache", default=None, type=cache_file,
                         help="file that keeps the measured precision and batch limit per model and machine, so a "
                              "restart skips the measuring; '' measures at every start (default: "
                              "encoder-tuning.json in $MOODSTREAM_CACHE_DIR, else ~/.cache/moodstream)")
@@ -106,7 +108,7 @@ def add_parser(subparsers) -> None:
         "create", help="add a token and print it once",
         description="Add a token to the tokens file and print it (only its SHA-256 is stored).",
         formatter_class=HelpFormatter)
-    create.add_argument("--tokens", required=True, help="tokens file to create or extend")
+    create.add_argument("--tokens", required=True, type=text_file_to_extend, help="tokens file to create or extend")
     create.add_argument("--name", required=True, help="who or what holds the token (e.g. kiosk-3); unique per file")
     create.add_argument("--stream", default="", help="comma-separated participants it may stream for (* = all)")
     create.add_argument("--read", default="", help="comma-separated participants whose scores it may read (* = all)")
@@ -114,14 +116,14 @@ def add_parser(subparsers) -> None:
                         help="the dashboard's record page (e.g. https://clinic.example.org/record): also print the "
                              "participant's enrolment link, with the token in its fragment, and its QR code "
                              "(needs --stream for one participant)")
-    create.add_argument("--qr", metavar="FILE", type=Path,
+    create.add_argument("--qr", metavar="FILE", type=output_file,
                         help="with --record-page: also save the QR code as FILE (.svg or .png) to print or show")
     create.set_defaults(handler=run_token_create)
     listing = actions.add_parser(
         "list", help="show each token's name and scope",
         description="Show the name and scope of every token in the file (the tokens themselves are not stored).",
         formatter_class=HelpFormatter)
-    listing.add_argument("--tokens", required=True, help="tokens file")
+    listing.add_argument("--tokens", required=True, type=text_file, help="tokens file")
     listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     listing.set_defaults(handler=run_token_list)
     revoke = actions.add_parser(
@@ -130,7 +132,7 @@ def add_parser(subparsers) -> None:
                     "1 s and end its open calls with UNAUTHENTICATED; no restart is needed.",
         formatter_class=HelpFormatter)
     revoke.add_argument("name", metavar="NAME", help="the token's --name")
-    revoke.add_argument("--tokens", required=True, help="tokens file")
+    revoke.add_argument("--tokens", required=True, type=text_file, help="tokens file")
     revoke.set_defaults(handler=run_token_revoke)
 
     forget = subparsers.add_parser(
@@ -154,7 +156,7 @@ def add_parser(subparsers) -> None:
                     "No audio is exported. Export before the data's TTL (30 days by default) expires. Redis is "
                     "only read. The vectors and scores are a screening aid's, not diagnoses.",
         formatter_class=HelpFormatter)
-    export.add_argument("out", metavar="OUT", help="folder to create (must not exist)")
+    export.add_argument("out", metavar="OUT", type=output_folder, help="folder to create (must not exist)")
     add_redis_options(export, cluster_help="the URL is a Redis Cluster node: every master is read")
     export.add_argument("--participant", action="append", default=None, metavar="P",
                         help="only this participant's sessions; repeat for several (default: everyone)")
@@ -204,7 +206,7 @@ def run_token_create(args) -> int:
         if len(stream) != 1 or stream == ["*"]:
             raise ValueError("--record-page needs --stream with one participant: the link enrols one device for them")
         record_link(args.record_page, stream[0], "")  # a bad page, participant or file: before any token exists
-        if args.qr and args.qr.suffix.lower() not in QR_FORMATS:
+        if args.qr and Path(args.qr).suffix.lower() not in QR_FORMATS:
             raise ValueError(f"--qr {str(args.qr)!r}: name an .svg or .png file")
     token = create_token(args.tokens, args.name, stream, read)
     print(token)

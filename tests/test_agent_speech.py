@@ -247,5 +247,5 @@ def test_prompt_interval_files(tmp_path):
     backwards.write_text("6 2\n")
     with pytest.raises(ValueError, match="need 0 <= start <= end"):
         load_prompt_intervals(backwards)
-    with pytest.raises(ValueError, match="cannot read prompt intervals"):
+    with pytest.raises(ValueError, match="missing.txt does not exist"):
         load_prompt_intervals(tmp_path / "missing.txt")

@@ -40,7 +40,7 @@ def test_missing_checkpoint_is_one_line_on_stderr(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
-    assert "no checkpoint folder" in result.stderr
+    assert result.stderr.strip() == f"moodstream model info: error: argument checkpoint: {tmp_path / 'none'} does not exist"
 
 
 def test_model_export_onnx_writes_the_graph_the_server_runs(tmp_path, capsys):

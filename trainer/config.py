@@ -28,6 +28,7 @@ import msgspec
 import tomli_w
 
 from moodstream.settings import SettingError, checked
+from moodstream.user_files import read_text
 from moodstream.speech import CaptureSettings
 from moodstream.model.config import ModelConfig
 
@@ -179,7 +180,7 @@ class TrainConfig:
         if not path.is_file():
             raise ValueError(f"no config file at {path}")
         try:
-            values = tomllib.loads(path.read_text())
+            values = tomllib.loads(read_text(path))
         except tomllib.TOMLDecodeError as error:
             raise ValueError(f"{path} is not valid TOML: {error}") from error
         apply_overrides(values, overrides or [])

@@ -7,13 +7,14 @@ problem keeps a warning, and `Dataset.summary_markdown()` lists both per partici
 """
 from __future__ import annotations
 
-import csv
 import io
 import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+
+from moodstream.user_files import read_csv
 
 SPLITS = ("train", "validation", "test")
 
@@ -149,12 +150,8 @@ def wav_missing_bytes(handle) -> int:
 
 # --------------------------------------------------------------------------- CSV files
 def read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
-    sample = text[:4096]
-    delimiter = "\t" if sample.count("\t") > sample.count(",") else ","
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-    rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    return [(name or "").strip() for name in (reader.fieldnames or [])], rows
+    columns, rows = read_csv(path)
+    return columns, [row for _, row in rows]
 
 
 def find_column(columns: list[str], *patterns: str) -> str | None:

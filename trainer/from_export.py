@@ -15,7 +15,6 @@ without re-encoding; vectors of another encoder are refused.
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from moodstream.trainer.folds import Split, assign_folds, check_disjoint
 from moodstream.trainer.metrics import choose_threshold
 from moodstream.trainer.loop import seed_everything
 from moodstream.trainer.train import SplitTrainer
+from moodstream.user_files import read_csv
 
 ID_COLUMNS = ("session_id", "participant_id")
 SCORE_COLUMNS = ("phq8_score", "phq8", "phq_score", "score")
@@ -51,12 +51,8 @@ def read_labels(path: str | Path, score_threshold: float) -> tuple[dict[str, int
     A PHQ-8 score becomes label 1 at or above `score_threshold` (data.score_threshold, 10 by default).
     """
     path = Path(path)
-    try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except FileNotFoundError:
-        raise ValueError(f"no labels file at {path}") from None
-    columns = {name.strip().lower(): name for name in (rows[0].keys() if rows else ())}
+    names, rows = read_csv(path, delimiter=",")
+    columns = {name.lower(): name for name in names}
     id_column = next((c for c in ID_COLUMNS if c in columns), None)
     score_column = next((c for c in SCORE_COLUMNS if c in columns), None)
     label_column = next((c for c in LABEL_COLUMNS if c in columns), None)
@@ -64,9 +60,9 @@ def read_labels(path: str | Path, score_threshold: float) -> tuple[dict[str, int
         raise ValueError(f"{path} needs a session_id or participant_id column and a PHQ-8 score "
                          f"({', '.join(SCORE_COLUMNS)}) or a 0/1 label ({', '.join(LABEL_COLUMNS)}) column")
     by_session, by_participant = {}, {}
-    for line, row in enumerate(rows, start=2):
-        identifier = (row[columns[id_column]] or "").strip()
-        raw = (row[columns[label_column or score_column]] or "").strip()
+    for line, row in rows:
+        identifier = row[columns[id_column]]
+        raw = row[columns[label_column or score_column]]
         if not identifier or not raw:
             continue  # not labelled (yet)
         try:

@@ -22,7 +22,9 @@ def detect_format(path: Path) -> str:
             return "daic-woz"
         if "train_split.csv" in names or "dev_split.csv" in names:
             return "e-daic"
-    raise ValueError(f"cannot tell the data format of {path}; pass --format (daic-woz, e-daic, manifest)")
+    raise ValueError(f"cannot tell the data format of {path}: it is no DAIC-WOZ / E-DAIC folder (split CSVs), "
+                     "RAVDESS stand-in folder or manifest CSV; recordings alone carry no labels to score them "
+                     "against, so list them in a manifest (docs/training.md), or pass --format")
 
 
 def load_dataset(config: TrainConfig) -> Dataset:

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from moodstream import SCREENING_NOTICE, __version__
+from moodstream.user_files import Parser
 
 # subcommand module -> must define add_parser(subparsers) that sets `handler`
 SUBCOMMAND_MODULES = (
@@ -24,7 +25,7 @@ SUBCOMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="moodstream",
         description="Streaming speech-based depression screening. " + SCREENING_NOTICE)
     parser.add_argument("--version", action="version", version=f"moodstream {__version__}")

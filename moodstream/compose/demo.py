@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 from moodstream import COLLECTING_SPEECH, SCREENING_NOTICE, evidence_sufficient
-from moodstream.help_format import HelpFormatter
+from moodstream.help_format import HelpFormatter, port_number
 from moodstream.samples import DEMO_CHECKPOINT, DEMO_PARTICIPANTS
+from moodstream.user_files import audio_file, input_folder, output_file, text_file
 
 
 
@@ -34,23 +35,23 @@ def add_parser(subparsers) -> None:
                         help="stream the recording at this multiple of real time (1 = live pace, 0 = as fast "
                              "as possible)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per score update on stdout")
-    parser.add_argument("--audio", type=Path, default=None,
+    parser.add_argument("--audio", type=audio_file, default=None,
                         help="stream this one recording (any libsndfile format) instead of the two bundled "
                              "participants")
-    parser.add_argument("--prompts", type=Path, default=None,
+    parser.add_argument("--prompts", type=text_file, default=None,
                         help="CSV of interviewer-prompt intervals to gate out of --audio")
-    parser.add_argument("--checkpoint", type=Path, default=None,
+    parser.add_argument("--checkpoint", type=input_folder, default=None,
                         help="checkpoint folder (default: the bundled demo checkpoint, else an untrained toy model)")
     parser.add_argument("--participant", default="demo-participant", help="participant id to stream --audio as")
     parser.add_argument("--session", default=None,
                         help="session id of the (first) participant (default: a new one)")
-    parser.add_argument("--plot", type=Path, default=None, metavar="PNG",
+    parser.add_argument("--plot", type=output_file, default=None, metavar="PNG",
                         help="also draw both score curves into this PNG image (needs matplotlib: "
                              "pip install 'moodstream[plot]'; ./run demo has it)")
     parser.add_argument("--dashboard", action="store_true",
                         help="also serve the clinician dashboard on the demo session, print its URL and keep it "
                              "up after the stream until Ctrl-C")
-    parser.add_argument("--dashboard-port", type=int, default=8080, help="web port of --dashboard (0 = any free)")
+    parser.add_argument("--dashboard-port", type=port_number, default=8080, help="web port of --dashboard (0 = any free)")
     parser.set_defaults(handler=run_demo)
 
 
@@ -170,11 +171,14 @@ def subscribe(address: str, token: str, participant_id: str, printer: ScorePrint
             errors.append(f"subscriber: {error.code().name}: {error.details()}")
         return 0.5
 
-    with open_channel(address) as channel:
-        subscription = Subscription(pb_grpc.ScreeningStub(channel), participant_id, bearer_metadata(token),
-                                    on_break=on_break)
-        for update in subscription.follow(stop):
-            printer.show(update)
+    try:
+        with open_channel(address) as channel:
+            subscription = Subscription(pb_grpc.ScreeningStub(channel), participant_id, bearer_metadata(token),
+                                        on_break=on_break)
+            for update in subscription.follow(stop):
+                printer.show(update)
+    except Exception as error:  # a thread's traceback would say less than this line at the end of the demo
+        errors.append(f"subscriber {participant_id}: {error}")
 
 
 def prepare_checkpoint(requested: Path | None, workdir: Path, say) -> Path:
@@ -206,29 +210,34 @@ def run_demo(args) -> int:
         except ImportError:
             raise ValueError("--plot needs matplotlib: pip install 'moodstream[plot]' (./run demo installs it)") \
                 from None
-        if not args.plot.parent.is_dir():
-            raise ValueError(f"--plot: folder not found: {args.plot.parent}")
     if args.audio is not None:
-        if not args.audio.exists():
-            raise ValueError(f"audio file not found: {args.audio}")
-        recordings = {args.participant: (args.audio, args.prompts)}
+        recordings = {args.participant: (Path(args.audio), args.prompts)}
     else:
         if args.prompts is not None:
             raise ValueError("--prompts goes with --audio (the bundled recordings carry their own)")
         recordings = dict(DEMO_PARTICIPANTS)
+    from moodstream.speech import CaptureSettings, FileSource, load_prompt_intervals, make_gate
+
+    # Read before anything starts: a bad prompts file is one line now, not an error in an agent's thread later.
+    prompts_of = {participant: (load_prompt_intervals(prompts) if prompts else ())
+                  for participant, (_, prompts) in recordings.items()}
+    if args.dashboard and args.dashboard_port:
+        from moodstream.server.cli import check_port_free
+
+        # Before Redis and the model start: a taken port is found at once, under the option's own name.
+        check_port_free("--dashboard-port", "127.0.0.1", args.dashboard_port)
     started = time.time()
     say(f"moodstream demo - {SCREENING_NOTICE}")
 
     from moodstream.agent.client import ServerTarget
     from moodstream.agent.pipeline import new_session_id, run_agent
-    from moodstream.speech import CaptureSettings, FileSource, load_prompt_intervals, make_gate
     from moodstream.server.app import BackgroundServer, ServerConfig
     from moodstream.server.auth import create_token
     from moodstream.compose.redis_process import RedisProcess
 
     with tempfile.TemporaryDirectory(prefix="moodstream-demo-") as tmp:
         workdir = Path(tmp)
-        checkpoint = prepare_checkpoint(args.checkpoint, workdir, say)
+        checkpoint = prepare_checkpoint(Path(args.checkpoint) if args.checkpoint else None, workdir, say)
         tokens_file = workdir / "tokens.json"
         participants = list(recordings)
         agent_token = create_token(tokens_file, "demo-agent", participants, [])
@@ -262,9 +271,11 @@ def run_demo(args) -> int:
                     sent_at: dict[tuple[str, int], float] = {}
                     settings = CaptureSettings()
                     results: dict[str, object] = {}
+                    failed: list[str] = []
 
                     def stream(participant: str) -> None:
                         audio, prompts = recordings[participant]
+                        intervals = prompts_of[participant]
 
                         def on_event(event) -> None:
                             if event.kind == "sent":
@@ -272,10 +283,10 @@ def run_demo(args) -> int:
                             elif event.kind in ("dropped", "error", "retry"):
                                 say(f"agent {participant} {event.kind}: {event.data.get('message') or event.data}")
 
-                        gate = make_gate(settings, load_prompt_intervals(prompts) if prompts else ())
                         say(f"agent: streaming {audio.name} at {args.speed:g}x real time as participant "
                             f"{participant}" + (" (interviewer prompts gated out)" if prompts else ""))
                         try:
+                            gate = make_gate(settings, intervals)
                             results[participant] = run_agent(
                                 FileSource(audio, speed=args.speed), server=ServerTarget(address, agent_token),
                                 participant_id=participant, session_id=sessions[participant],
@@ -283,12 +294,17 @@ def run_demo(args) -> int:
                                 settings=settings, gate=gate, on_event=on_event)
                         except Exception as error:  # reported below; the other participant carries on
                             errors.append(f"agent {participant}: {error}")
+                            failed.append(f"agent {participant}: {error}")
 
                     agents = [threading.Thread(target=stream, args=(p,), daemon=True) for p in participants]
                     for agent in agents:
                         agent.start()
                     for agent in agents:
                         agent.join()
+                    if len(failed) == len(agents):
+                        # No agent streamed anything: the one line that says why ends the demo (exit 2).
+                        stop.set()
+                        raise ValueError(failed[0])
                     expected = {(p, r.last_seq) for p, r in results.items() if r.last_seq is not None}
                     deadline = time.time() + 30
                     while time.time() < deadline and not expected <= printer.received_keys():

@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import webrtcvad
 
+from moodstream.user_files import read_text
 from moodstream.wire import SAMPLE_RATE
 
 FRAME_MS_CHOICES = (10, 20, 30)
@@ -115,10 +116,7 @@ def load_prompt_intervals(path: str | Path) -> list[tuple[float, float]]:
     blank lines and `#` comments allowed, commas accepted as separators; or a JSON
     list of [start, end] pairs."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ValueError(f"cannot read prompt intervals {path}: {error.strerror or error}") from None
+    text = read_text(path)
     intervals: list[tuple[float, float]] = []
     if text.lstrip().startswith("["):
         try:
