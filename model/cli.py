@@ -25,6 +25,7 @@ def add_parser(subparsers) -> None:
     init.add_argument("--backbone", default="facebook/wav2vec2-base",
                       help="Hugging Face id or local folder of a pretrained encoder (default: %(default)s)")
     init.add_argument("--seed", type=int, default=0, help="random seed for the heads (default: %(default)s)")
+    init.add_argument("--force", action="store_true", help="write into OUTPUT even if it holds files already")
     init.set_defaults(handler=run_model_init)
     export = actions.add_parser(
         "export-onnx", help="write a checkpoint's encoder side as an ONNX graph (for ONNX Runtime, Triton)",
@@ -69,6 +70,10 @@ def run_model_info(args) -> int:
 
 
 def run_model_init(args) -> int:
+    output = Path(args.output).expanduser()
+    if not args.force and output.is_dir() and any(output.iterdir()):
+        # A trained checkpoint there would be replaced by random weights without a word.
+        raise ValueError(f"{args.output} is not empty: name a new folder, or pass --force to write into it")
     import torch
 
     from moodstream.model import ModelConfig, ScreeningModel

@@ -14,7 +14,9 @@ def add_parser(subparsers) -> None:
     train = subparsers.add_parser(
         "train", help="two-stage training from a TOML recipe; writes a checkpoint folder and a report",
         description="Train the screening model (stage 1: backbone + segment head on segment labels; stage 2: "
-                    "session head on segment-vector sequences). Re-running with the same output folder resumes. "
+                    "session head on segment-vector sequences). Re-running with the same output folder resumes, or "
+                    "reports the finished run; with other settings it is refused, naming each changed key, "
+                    "unless --force-new. "
                     "With --from-export, only the session head is retrained (stage 2, then the validation-only "
                     "calibration, threshold and evidence rule) on the segment vectors of a `moodstream export` "
                     "and a labels CSV; the new checkpoint keeps --base's encoder byte for byte "
@@ -32,6 +34,9 @@ def add_parser(subparsers) -> None:
                        help="with --from-export: run folder; the checkpoint goes to DIR/checkpoint")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a recipe value, e.g. --set stage1.lr_head=1e-3 (repeatable)")
+    train.add_argument("--force-new", action="store_true",
+                       help="train anew into the output folder even if it holds a run with other settings (its "
+                            "results and recorded config.toml are replaced)")
     train.set_defaults(handler=run_train)
 
     evaluate = subparsers.add_parser(
@@ -186,7 +191,7 @@ def run_train(args) -> int:
     from moodstream.trainer.train import train
 
     config = TrainConfig.load(args.config, args.overrides)
-    result = train(config)
+    result = train(config, force_new=args.force_new)
     output = config.output_dir
     if "test" in result or "validation" in result:
         side = "test" if "test" in result else "validation"

@@ -66,7 +66,7 @@ class DataSection:
     validation: str = "dev"          # DAIC-WOZ / E-DAIC: 'dev' (or 'none')
     folds: int = 0                   # > 0: participant-disjoint cross-validation with this many folds
     label_from: Literal["binary", "score"] = "binary"   # PHQ8_Binary, or PHQ8_Score >= score_threshold
-    score_threshold: float = 10.0
+    score_threshold: Annotated[float, msgspec.Meta(gt=0, le=24)] = 10.0  # a PHQ-8 score, 0-24
     exclude: ParticipantIds = field(default_factory=list)
     time_offsets: Annotated[dict[str, float], msgspec.Meta(description='a table of numbers, e.g. {"318" = -1.5}')] \
         = field(default_factory=dict)

@@ -40,6 +40,7 @@ from moodstream.trainer.prefixes import (PrefixScores, choose_min_evidence, fit_
                                           prefix_logit_parts, prefix_logits, scored_prefixes,
                                           sigmoid)
 from moodstream.trainer.prepare import prepare_data
+from moodstream.trainer.recorded_run import refuse_changed_settings
 from moodstream.trainer.segments import SegmentStore
 
 # --------------------------------------------------------------------------- helpers
@@ -431,8 +432,11 @@ class Decisions:
 
 
 # --------------------------------------------------------------------------- entry point
-def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> dict:
-    """Run the whole recipe; returns the result (per split, or per fold plus the cross-validation summary)."""
+def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None, force_new: bool = False) -> dict:
+    """Run the whole recipe; returns the result (per split, or per fold plus the cross-validation summary).
+
+    A run folder that records other settings is refused (trainer/recorded_run.py) unless `force_new`, which
+    trains anew there as `run.resume = false` does."""
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     output = config.output_dir
@@ -442,6 +446,9 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> dic
     if config.run.progress:
         print(f"recipe: {config.run.recipe} ({len(dataset.sessions)} sessions)")
     (output / "config.toml").write_text(config.to_toml())
+    if not force_new:
+        refuse_changed_settings(output, config)
+    resume = config.run.resume and not force_new
     (output / "data_summary.md").write_text(dataset.summary_markdown())
     (output / "data_summary.json").write_text(json.dumps(dataset.summary(), indent=2))
     results = {}
@@ -449,10 +456,10 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None) -> dic
         run_dir = output if len(splits) == 1 else output / split.name
         run_dir.mkdir(parents=True, exist_ok=True)
         done = run_dir / "result.json"
-        if config.run.resume and done.is_file() and (run_dir / "checkpoint" / "config.json").is_file():
+        if resume and done.is_file() and (run_dir / "checkpoint" / "config.json").is_file():
             results[split.name] = json.loads(done.read_text())
             continue
-        if not config.run.resume:
+        if not resume:
             for stale in ("stage1.pt", "stage2.pt", "log.csv"):
                 (run_dir / stale).unlink(missing_ok=True)
             shutil.rmtree(run_dir / "crossfit", ignore_errors=True)
