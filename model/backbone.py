@@ -6,10 +6,11 @@ feature encoder is always frozen; the transformer layers follow the
 fine-tuning strategy. Frame features are the sum of the outputs of all
 transformer layers (hidden_states[1:], not the CNN/embedding output).
 
-A Whisper encoder (log-mel input) is supported too, in its own clearly
-separated branch (`whisper_*` below): the waveform becomes Whisper's 80-bin
-log-mel spectrogram padded to 30 s, as the encoder was pretrained, and the
-frames of the real audio are kept (20 ms each, like wav2vec 2.0).
+A Whisper encoder (log-mel input) is supported too, in its own module
+(moodstream.model.whisper_backbone): the waveform becomes Whisper's 80-bin
+log-mel spectrogram, padded to 30 s as the encoder was pretrained or kept at
+the chunk's own length (ModelConfig.whisper_input), and the frames of the
+real audio are kept (20 ms each, like wav2vec 2.0).
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ import torch
 from torch import nn
 
 from moodstream.model.errors import BackboneUnavailableError
+from moodstream.model.whisper_backbone import (  # noqa: F401  (whisper_log_mel: the tests' reference)
+    WHISPER_INPUTS, is_whisper_encoder, whisper_encoder_from_config, whisper_equal_length_features, whisper_features,
+    whisper_frame_lengths, whisper_log_mel, whisper_mel_filters)
 
 
 def build_backbone_module(backbone: str, backbone_config: dict[str, Any] | None,
@@ -93,11 +97,15 @@ class Backbone(nn.Module):
     """Wraps the encoder: waveforms -> summed transformer-layer frame features + frame mask."""
 
     def __init__(self, encoder: nn.Module, fine_tuning: str = "all", fine_tune_last_n: int = 1,
-                 normalize_waveform: bool = True) -> None:
+                 normalize_waveform: bool = True, whisper_input: str = "30s") -> None:
         super().__init__()
+        if whisper_input not in WHISPER_INPUTS:
+            raise ValueError(f"whisper_input must be one of {WHISPER_INPUTS}, got {whisper_input!r}")
         self.encoder = encoder
         self.normalize_waveform = normalize_waveform
         self.is_whisper = is_whisper_encoder(encoder)
+        # The Whisper encoder's input length; wav2vec2-family encoders always run on the segment's own samples.
+        self.whisper_input = whisper_input
         if self.is_whisper:
             self.register_buffer("whisper_mel_filters", whisper_mel_filters(encoder.config), persistent=False)
         elif not hasattr(encoder, "feature_extractor") or not hasattr(encoder, "encoder"):
@@ -172,7 +180,8 @@ class Backbone(nn.Module):
         if self.normalize_waveform:
             waveforms = normalize_per_segment(waveforms, sample_mask, sample_lengths)
         if self.is_whisper:
-            return self.whisper_forward(waveforms * sample_mask.to(waveforms.dtype), sample_lengths)
+            return whisper_features(self.encoder, self.whisper_mel_filters, waveforms * sample_mask.to(waveforms.dtype),
+                                    sample_lengths, self.whisper_input)
         frame_lengths = self.frame_lengths(sample_lengths)
         frame_count = int(frame_lengths.max())
         cnn_features = None
@@ -187,11 +196,15 @@ class Backbone(nn.Module):
 
     def equal_length_forward(self, waveforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """forward() for a batch whose segments all fill the full width (no padding, no data-dependent
-        shapes): what an exported graph (bench/encoder.py, ONNX) can hold. wav2vec2 family only."""
+        shapes): what an exported graph (bench/encoder.py, ONNX) can hold."""
         batch, total = waveforms.shape
         if self.normalize_waveform:
             lengths = torch.full((batch,), total, dtype=torch.long, device=waveforms.device)
             waveforms = normalize_per_segment(waveforms, torch.ones_like(waveforms, dtype=torch.bool), lengths)
+        if self.is_whisper:
+            features = whisper_equal_length_features(self.encoder, self.whisper_mel_filters, waveforms,
+                                                     self.whisper_input)
+            return features, torch.ones(features.shape[:2], dtype=torch.bool, device=waveforms.device)
         cnn_features = self.feature_encoder(waveforms).transpose(1, 2)
         frame_mask = torch.ones(cnn_features.shape[:2], dtype=torch.bool, device=waveforms.device)
         return self.summed_layers(cnn_features, frame_mask, padded=False), frame_mask
@@ -221,31 +234,6 @@ class Backbone(nn.Module):
         # The paper's frame features: the sum of every transformer layer's output.
         return torch.stack(layer_outputs, dim=0).sum(dim=0)
 
-    # ------------------------------------------------------------------ Whisper
-    def whisper_forward(self, waveforms: torch.Tensor, sample_lengths: torch.Tensor):
-        """Whisper branch: 30 s log-mel -> conv front end -> every layer; sum of the layer outputs.
-
-        Each row is padded to 30 s on its own (Whisper's pretraining input), so a
-        segment's features do not depend on what it is batched with. The last
-        layer's output is taken after the encoder's final layer norm (the
-        encoder's output), the earlier ones as they leave their layer.
-        """
-        encoder = self.encoder
-        mel = whisper_log_mel(waveforms, self.whisper_mel_filters, encoder.config)
-        hidden = nn.functional.gelu(encoder.conv1(mel))
-        hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
-        hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
-        total = None
-        for index, layer in enumerate(encoder.layers):
-            output = layer(hidden, None)
-            hidden = output[0] if isinstance(output, tuple) else output
-            contribution = encoder.layer_norm(hidden) if index == len(encoder.layers) - 1 else hidden
-            total = contribution if total is None else total + contribution
-        frame_lengths = self.frame_lengths(sample_lengths)
-        frame_count = int(frame_lengths.max())
-        frame_mask = torch.arange(frame_count, device=waveforms.device)[None, :] < frame_lengths[:, None]
-        return total[:, :frame_count], frame_mask
-
 
 def normalize_per_segment(waveforms: torch.Tensor, sample_mask: torch.Tensor,
                           sample_lengths: torch.Tensor) -> torch.Tensor:
@@ -256,55 +244,3 @@ def normalize_per_segment(waveforms: torch.Tensor, sample_mask: torch.Tensor,
     centred = (waveforms - mean) * mask
     variance = (centred ** 2).sum(dim=1, keepdim=True) / count
     return centred / torch.sqrt(variance + 1e-7)
-
-
-# ---------------------------------------------------------------------- Whisper
-def is_whisper_encoder(encoder: nn.Module) -> bool:
-    return getattr(getattr(encoder, "config", None), "model_type", None) == "whisper" and hasattr(encoder, "conv1")
-
-
-def whisper_encoder_from_config(hf_config) -> nn.Module:
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-    return WhisperEncoder(hf_config)
-
-
-WHISPER_N_FFT = 400
-WHISPER_HOP = 160
-
-
-def whisper_input_samples(config) -> int:
-    """Samples Whisper's input is padded to (30 s at 16 kHz for every released model)."""
-    return int(config.max_source_positions) * 2 * WHISPER_HOP
-
-
-def whisper_mel_filters(config) -> torch.Tensor:
-    from transformers.audio_utils import mel_filter_bank
-
-    filters = mel_filter_bank(num_frequency_bins=1 + WHISPER_N_FFT // 2, num_mel_filters=int(config.num_mel_bins),
-                              min_frequency=0.0, max_frequency=8000.0, sampling_rate=16000,
-                              norm="slaney", mel_scale="slaney")
-    return torch.from_numpy(filters).to(torch.float32)  # [201, mels]
-
-
-def whisper_log_mel(waveforms: torch.Tensor, mel_filters: torch.Tensor, config) -> torch.Tensor:
-    """[B, T] 16 kHz waveforms -> [B, mels, 3000] log-mel, as WhisperFeatureExtractor computes it."""
-    total = whisper_input_samples(config)
-    if waveforms.shape[1] > total:
-        raise ValueError(f"a Whisper backbone takes at most {total / 16000:.0f} s per segment")
-    padded = nn.functional.pad(waveforms.to(torch.float32), (0, total - waveforms.shape[1]))
-    window = torch.hann_window(WHISPER_N_FFT, device=padded.device)
-    stft = torch.stft(padded, WHISPER_N_FFT, WHISPER_HOP, window=window, return_complex=True)
-    power = (stft[..., :-1].abs() ** 2).contiguous()
-    mel = mel_filters.to(padded.device).T @ power
-    log_spec = torch.clamp(mel, min=1e-10).log10()
-    peak = log_spec.amax(dim=(1, 2), keepdim=True)
-    log_spec = torch.maximum(log_spec, peak - 8.0)
-    return (log_spec + 4.0) / 4.0
-
-
-def whisper_frame_lengths(sample_lengths: torch.Tensor, config) -> torch.Tensor:
-    """Encoder frames (20 ms) that hold real audio: ceil(ceil(n / 160) / 2), at most 1500."""
-    mel_frames = torch.div(sample_lengths + WHISPER_HOP - 1, WHISPER_HOP, rounding_mode="floor")
-    frames = torch.div(mel_frames + 1, 2, rounding_mode="floor")
-    return frames.clamp(min=1, max=int(config.max_source_positions)).to(torch.long)

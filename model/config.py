@@ -25,6 +25,7 @@ Pooling = Literal["attention", "mean", "max"]
 SessionHeadKind = Literal["self-attention", "last-step"]
 SessionTimePooling = Literal["sum", "mean"]
 SessionSkip = Literal["none", "segment-mean"]
+WhisperInput = Literal["30s", "chunk"]
 SESSION_TIME_POOLINGS = typing.get_args(SessionTimePooling)
 SESSION_SKIPS = typing.get_args(SessionSkip)
 
@@ -44,6 +45,10 @@ class ModelConfig:
     fine_tuning: FineTuning = "all"
     fine_tune_last_n: AtLeastOne = 1
     normalize_waveform: bool = True
+    # A Whisper backbone's input length (docs/model.md): "30s" pads every segment's log-mel to Whisper's
+    # 30 s window as it was pretrained; "chunk" runs the encoder on the segment's own frames only.
+    # No effect on wav2vec2-family backbones.
+    whisper_input: WhisperInput = "30s"
 
     # Downstream segment head.
     conv_channels: AtLeastOne = 80
@@ -181,7 +186,7 @@ _WRITTEN_WHEN_SET = {"training_data": "", "positive_class": "", "demo_model": Fa
                      "feature_normalization": "none", "calibration_scale": 1.0, "calibration_bias": 0.0,
                      "min_evidence_segments": 1, "session_time_pooling": "sum",
                      "session_skip": "none", "calibration_segment_scale": None, "calibration_replicates": [],
-                     "interval_level": 0.9}
+                     "interval_level": 0.9, "whisper_input": "30s"}
 
 
 def tiny_wav2vec2_config() -> dict[str, Any]:

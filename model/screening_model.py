@@ -33,7 +33,8 @@ class ScreeningModel(nn.Module):
         # backbone offline, without the hub.
         config = config.replace(backbone_config=hf_config)
         self.config = config
-        self.backbone = Backbone(encoder, config.fine_tuning, config.fine_tune_last_n, config.normalize_waveform)
+        self.backbone = Backbone(encoder, config.fine_tuning, config.fine_tune_last_n, config.normalize_waveform,
+                                 config.whisper_input)
         self.segment_head = SegmentHead(self.backbone.hidden_size, config.conv_channels, config.conv_kernel_size,
                                         config.conv_layers, config.dropout, config.pooling,
                                         config.feature_normalization)
@@ -62,6 +63,16 @@ class ScreeningModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def with_whisper_input(self, whisper_input: str) -> "ScreeningModel":
+        """A copy with the same weights whose Whisper encoder takes another input length (ModelConfig.whisper_input):
+        another model, with its own model_version, for comparing the two lengths on one checkpoint."""
+        if not self.backbone.is_whisper:
+            raise ValueError("whisper_input applies to Whisper backbones only")
+        model = copy.deepcopy(self)
+        model.config = self.config.replace(whisper_input=whisper_input)
+        model.backbone.whisper_input = model.config.whisper_input
+        return model
 
     # ----------------------------------------------------------------- segments
     def prepare_waveforms(self, waveforms: Sequence, sample_rate: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -74,10 +74,13 @@ def frozen_frame_features(model: ScreeningModel, store: SegmentStore, indices, d
 
 
 def backbone_digest(model: ScreeningModel) -> str:
-    """A short hash of what makes the frozen backbone's features: its weights and the waveform normalisation."""
+    """A short hash of what makes the frozen backbone's features: its weights, the waveform normalisation and a
+    Whisper encoder's input length."""
     import hashlib
 
     digest = hashlib.sha256(f"normalize={model.config.normalize_waveform}".encode())
+    if model.backbone.is_whisper and model.config.whisper_input != "30s":  # "30s" keeps the digests saved before it
+        digest.update(f"whisper_input={model.config.whisper_input}".encode())
     for name, tensor in sorted(model.backbone.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
