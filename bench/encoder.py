@@ -1,6 +1,7 @@
 """Segment encoder: naive one-chunk-at-a-time fp32 vs batching, bf16, int8, compile, and the server's own path.
 
-    python bench/encoder.py [--size base|tiny | --checkpoint DIR] [--batch-sizes 1 2 4 8 16 32] [--compile]
+    python bench/encoder.py [--size base|tiny | --checkpoint DIR [--whisper-input 30s chunk]]
+                            [--batch-sizes 1 2 4 8 16 32] [--compile]
 
 7 s chunks through the encoder side of the model (wav2vec2-base-shaped
 backbone with random weights, which is what sets the speed; or the tiny test
@@ -9,14 +10,17 @@ one chunk per forward pass. For every variant and batch size: chunks/s, the
 real-time factor (compute seconds per second of audio), peak memory and the
 speed-up over the baseline; per variant, the accuracy against fp32: the
 largest absolute difference of the segment vectors and of the session
-probability over all the chunks. `server path` is the server's own
+probability over all the chunks. A path that does not apply to the model or
+this machine is left out with the reason printed. `server path` is the server's own
 BatchingEncoder fed with up to 4 chunks at once: it measures (precision, max
 batch) at start-up within the accuracy bound, as the server does without a
 tuning cache; the run reports its chunks/s against the best variant measured
 in the same run. Every variant at every batch size up to 4, and the server
 path, take turns round by round, so load on a shared machine hits them alike;
 each keeps its best round (larger batches: one round each). `--checkpoint` runs a trained checkpoint instead, where
-|Δ probability| means something (on random weights it is noise).
+|Δ probability| means something (on random weights it is noise), with chunks of its own segment length.
+`--whisper-input` runs a Whisper checkpoint at each input length given (the same weights; ModelConfig.whisper_input),
+one after the other in the same run; accuracy is measured against fp32 at that length.
 """
 from __future__ import annotations
 
@@ -36,16 +40,20 @@ import torch  # noqa: E402
 from common import machine, markdown_table, peak_rss_mb, reset_peak_rss  # noqa: E402
 
 SAMPLE_RATE = 16000
-CHUNK_SECONDS = 7.0
+CHUNK_SECONDS = 7.0  # the random-weight models' chunk; a checkpoint's is its segment_seconds
 
 
-def build_model(size: str, checkpoint: str | None = None):
+def build_model(size: str, checkpoint: str | None = None, whisper_input: str | None = None):
     from moodstream.model import ModelConfig, ScreeningModel
 
     torch.manual_seed(0)
     if checkpoint:
         model = ScreeningModel.from_pretrained(checkpoint).eval()
+        if whisper_input is not None and whisper_input != model.config.whisper_input:
+            model = model.with_whisper_input(whisper_input)
         return model.to("cuda") if torch.cuda.is_available() else model
+    if whisper_input is not None:
+        raise ValueError("--whisper-input needs a Whisper --checkpoint")
     if size == "tiny":
         config = ModelConfig.tiny()
     else:
@@ -65,27 +73,29 @@ def speech_like_chunks(count: int, seed: int = 0, seconds: float = CHUNK_SECONDS
 SHORT_BATCH = 4
 
 
-def variants(model, want_compile: bool) -> dict:
-    """name -> (encode(list of waves) -> vectors, note), each precision as the server runs it."""
-    from moodstream.server.encoder_paths import cpu_has_fast_bf16, encode_function
+def variants(model, want_compile: bool, log=print) -> dict:
+    """name -> (encode(list of waves) -> vectors, note), each precision as the server runs it; a path that does
+    not apply to this model or machine is left out, with the reason logged."""
+    from moodstream.server.encoder_paths import check_request, cpu_has_fast_bf16, encode_function
 
     def tensor_output(encode):
         return lambda waves: torch.from_numpy(encode(waves))
 
     found = {"fp32": (model.encode_segments, "eager")}
-    found["bf16 autocast"] = (tensor_output(encode_function(model, "bf16")), "")
+    front_end = "bf16 CNN" if cpu_has_fast_bf16() and not model.backbone.is_whisper else ""
+    wanted = [("bf16 autocast", "bf16", "")]
     if model.device.type == "cuda":
-        found["fp16 autocast"] = (tensor_output(encode_function(model, "fp16")), "")
+        wanted.append(("fp16 autocast", "fp16", ""))
     else:
-        found["int8 dynamic"] = (tensor_output(encode_function(model, "int8")),
-                                 "Linear layers" + (", bf16 CNN" if cpu_has_fast_bf16() else ""))
-    from moodstream.model.onnx_export import onnxruntime_available
-    from moodstream.server.onnx_encoder import ONNX_PATHS
-
-    if model.device.type == "cpu" and onnxruntime_available():
-        notes = {"ort-fp32": "ONNX Runtime, basic graph optimisations", "ort-int8": "ONNX Runtime, int8 MatMul weights"}
-        for path in ONNX_PATHS:
-            found[path] = (tensor_output(encode_function(model, path)), notes[path])
+        wanted.append(("int8 dynamic", "int8", "Linear layers" + (f", {front_end}" if front_end else "")))
+    wanted += [("ort-fp32", "ort-fp32", "ONNX Runtime, basic graph optimisations"),
+               ("ort-int8", "ort-int8", "ONNX Runtime, int8 MatMul weights")]
+    for name, precision, note in wanted:
+        try:
+            check_request(model, precision)
+            found[name] = (tensor_output(encode_function(model, precision)), note)
+        except (ValueError, ImportError) as error:
+            log(f"encoder: {name} left out: {error}")
     if want_compile:
         compiled = copy.deepcopy(model)
         compiled.backbone = torch.compile(compiled.backbone, dynamic=True)
@@ -150,12 +160,16 @@ def accuracy(model, references: list[torch.Tensor], outputs: list[torch.Tensor])
 
 
 def run(size: str = "base", batch_sizes=(1, 2, 4, 8, 16, 32), rounds: int = 2, want_compile: bool = False,
-        server_max_batch: int | None = None, log=print, checkpoint: str | None = None) -> dict:
+        server_max_batch: int | None = None, log=print, checkpoint: str | None = None,
+        whisper_input: str | None = None) -> dict:
     from moodstream.server.encoder_tuning import interview_probe, within_bound
 
-    model = build_model(size, checkpoint)
-    waves = speech_like_chunks(max(batch_sizes))
-    found = variants(model, want_compile)
+    model = build_model(size, checkpoint, whisper_input)
+    chunk_seconds = model.config.segment_seconds
+    waves = speech_like_chunks(max(batch_sizes), seconds=chunk_seconds)
+    if model.backbone.is_whisper:
+        size = f"{'checkpoint' if checkpoint else size} whisper {model.config.whisper_input}"
+    found = variants(model, want_compile, log)
     # Accuracy as the server's tuner measures it: every score after each segment, on the probe chunks and on
     # the first chunks of the bundled interviews (real speech).
     sessions = [waves[:4], *interview_probe(model)]
@@ -194,7 +208,7 @@ def run(size: str = "base", batch_sizes=(1, 2, 4, 8, 16, 32), rounds: int = 2, w
     for (name, batch), (seconds, peak) in sorted(timings.items(), key=lambda item: item[0][1]):
         chunks_per_second = batch / seconds
         rows.append({"variant": name, "note": notes[name], "batch": batch, "seconds": seconds,
-                     "chunks_per_second": chunks_per_second, "real_time_factor": seconds / (batch * CHUNK_SECONDS),
+                     "chunks_per_second": chunks_per_second, "real_time_factor": seconds / (batch * chunk_seconds),
                      "peak_memory_mb": None if name == "server path" else peak, **quality[name],
                      "speedup_vs_naive": chunks_per_second / baseline})
         log(f"encoder {size} {name:14s} batch {batch:2d}: {chunks_per_second:.2f} chunks/s "
@@ -209,7 +223,8 @@ def run(size: str = "base", batch_sizes=(1, 2, 4, 8, 16, 32), rounds: int = 2, w
     log(f"encoder {size} server path ({served['note']}): {served['chunks_per_second']:.2f} chunks/s "
         f"({rows[-1]['speedup_vs_naive']:.2f}x naive, {server_share:.0%} of the best variant "
         f"{best['variant']} batch {best['batch']})")
-    return {"size": "checkpoint" if checkpoint else size, "checkpoint": checkpoint,
+    return {"size": "checkpoint" if checkpoint else size, "checkpoint": checkpoint, "chunk_seconds": chunk_seconds,
+            "whisper_input": model.config.whisper_input if model.backbone.is_whisper else None,
             "parameters": model.parameter_counts(), "device": str(model.device),
             "naive_chunks_per_second": baseline, "best_variant": {"variant": best["variant"], "batch": best["batch"],
                                                                   "chunks_per_second": best["chunks_per_second"]},
@@ -233,11 +248,20 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (needs a C++ compiler)")
+    parser.add_argument("--whisper-input", nargs="+", choices=("30s", "chunk"),
+                        help="a Whisper checkpoint at these input lengths, one after the other (default: its own)")
     args = parser.parse_args()
-    result = {"machine": machine(), **run(args.size, args.batch_sizes, args.rounds, args.compile,
-                                          log=lambda line: print(line, file=sys.stderr), checkpoint=args.checkpoint)}
-    print(json.dumps(result, indent=2))
-    print(table(result))
+    if args.whisper_input and not args.checkpoint:
+        parser.error("--whisper-input needs a Whisper --checkpoint")
+    results = [{"machine": machine(), **run(args.size, args.batch_sizes, args.rounds, args.compile,
+                                            log=lambda line: print(line, file=sys.stderr), checkpoint=args.checkpoint,
+                                            whisper_input=whisper_input)}
+               for whisper_input in args.whisper_input or [None]]
+    print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+    for result in results:
+        if len(results) > 1:
+            print(f"\n### Whisper input {result['whisper_input']}: naive {result['naive_chunks_per_second']:.2f} chunks/s\n")
+        print(table(result))
 
 
 if __name__ == "__main__":

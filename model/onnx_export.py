@@ -43,8 +43,6 @@ class EqualLengthEncoder(nn.Module):
 
 def export_onnx(model, path: str | os.PathLike) -> Path:
     """Write the model's encoder side to `path` (fp32, CPU copy of the weights; atomic)."""
-    if model.backbone.is_whisper:
-        raise ValueError("the ONNX encoder is implemented for wav2vec2-family backbones only")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     config = model.config

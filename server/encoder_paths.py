@@ -45,17 +45,20 @@ def int8_model(model):
     """A copy of the model whose backbone Linear layers run int8 (dynamic quantisation, per-channel weights, CPU only).
 
     The frozen CNN front end, which no Linear layer touches, runs in bf16 where the
-    CPU does bf16 natively. Segment and session heads stay fp32.
+    CPU does bf16 natively (wav2vec2 family; Whisper's log-mel and conv front end
+    stay fp32). Segment and session heads stay fp32.
     """
     if model.device.type != "cpu":
         raise ValueError("int8 runs on the CPU only; use bf16 or fp16 on a GPU")
-    if model.backbone.is_whisper:
-        raise ValueError("int8 is implemented for wav2vec2-family backbones only")
     quantized = copy.deepcopy(model).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+        if model.backbone.is_whisper:  # every Linear of the encoder is in its layers
+            quantized.backbone.encoder.layers = quantize_dynamic(
+                quantized.backbone.encoder.layers, {torch.nn.Linear: per_channel_dynamic_qconfig})
+            return quantized
         # Per-channel weight scales: per-tensor ones measured about twice the probability error.
         for name in ("encoder", "feature_projection"):
             setattr(quantized.backbone.encoder, name, quantize_dynamic(
@@ -101,9 +104,9 @@ def candidate_precisions(model) -> list[str]:
     candidates = ["fp32"]
     if cpu_has_fast_bf16():
         candidates.append("bf16")
-    if not model.backbone.is_whisper and torch.backends.quantized.engine in ("x86", "fbgemm", "onednn"):
+    if torch.backends.quantized.engine in ("x86", "fbgemm", "onednn"):
         candidates.append("int8")
-    if not model.backbone.is_whisper and onnxruntime_available():
+    if onnxruntime_available():
         candidates.extend(ONNX_PATHS)
     return candidates
 
