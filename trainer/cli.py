@@ -215,6 +215,7 @@ def run_train_from_export(args) -> int:
         raise ValueError("--from-export needs --labels, --base and --output, and no recipe file"
                          + (f" (missing {', '.join(missing)})" if missing else ""))
     result = train_from_export(args.from_export, args.labels, args.base, args.output, args.overrides)
+    print(left_out_text(result["left_out"]))
     session = result["validation"]["session"]
     print(f"validation: session F1 {session['f1']:.3f}, AUC {session['auc']:.3f} at threshold "
           f"{result['threshold']:.3f} (chosen on {result.get('threshold_chosen_on', 'validation')})")
@@ -222,6 +223,19 @@ def run_train_from_export(args) -> int:
           f"{result['base_model_version']}, unchanged)")
     print(f"report: {args.output}/report.md")
     return 0
+
+
+def left_out_text(left_out: dict) -> str:
+    """What a retraining from an export did not use, in one line (result.json keeps the same counts)."""
+    used = left_out["export_sessions"] - left_out["unlabelled"] - left_out["without_segments"]
+    text = (f"sessions: {used} of {left_out['export_sessions']} exported used; {left_out['unlabelled']} without a "
+            f"label left out; {left_out['without_segments']} without segments left out")
+    unmatched = left_out.get("labels_without_session_count", len(left_out["labels_without_session"]))
+    if unmatched:
+        shown = ", ".join(left_out["labels_without_session"])
+        text += (f"; {unmatched} label row id(s) matched no exported session or participant: {shown}"
+                 f"{' …' if unmatched > len(left_out['labels_without_session']) else ''}")
+    return text
 
 
 def run_evaluate(args) -> int:

@@ -104,7 +104,8 @@ def labelled_sessions(export: str | Path, labels: str | Path, score_threshold: f
         raise ValueError(f"no session of {export} has a label in {labels}: the labels CSV's ids must be the "
                          "session or participant ids the agents sent")
     return kept, label_of, {"export_sessions": len(sessions), "unlabelled": unlabelled, "without_segments": empty,
-                            "labels_without_session": unmatched[:20], "exported_unix": manifest["exported_unix"]}
+                            "labels_without_session": unmatched[:20], "labels_without_session_count": len(unmatched),
+                            "exported_unix": manifest["exported_unix"]}
 
 
 def check_encoder(model: ScreeningModel, sessions: list[ExportedSession], others: dict[str, str]) -> None:
