@@ -446,12 +446,12 @@ def train(config: TrainConfig, on_epoch_end: EpochCallback | None = None, force_
     dataset, store, splits = prepare_data(config)  # before any folder is made: bad data leaves nothing behind
     output.mkdir(parents=True, exist_ok=True)
     config = config.with_recipe(len(dataset.sessions))
-    if config.run.progress:
-        print(f"recipe: {config.run.recipe} ({len(dataset.sessions)} sessions)")
-    (output / "config.toml").write_text(config.to_toml())
     if not force_new:
         refuse_changed_settings(output, config)
     resume = config.run.resume and not force_new
+    if config.run.progress:
+        print(f"recipe: {config.run.recipe} ({len(dataset.sessions)} sessions)")
+    (output / "config.toml").write_text(config.to_toml())
     (output / "data_summary.md").write_text(dataset.summary_markdown())
     (output / "data_summary.json").write_text(json.dumps(dataset.summary(), indent=2))
     results = {}
