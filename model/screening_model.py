@@ -66,7 +66,8 @@ class ScreeningModel(nn.Module):
 
     def with_whisper_input(self, whisper_input: str) -> "ScreeningModel":
         """A copy with the same weights whose Whisper encoder takes another input length (ModelConfig.whisper_input):
-        another model, with its own model_version, for comparing the two lengths on one checkpoint."""
+        another model, with its own model_version, for timing the two lengths on one checkpoint. Its scores are
+        not the trained model's: the heads learned the features of the checkpoint's own setting."""
         if not self.backbone.is_whisper:
             raise ValueError("whisper_input applies to Whisper backbones only")
         model = copy.deepcopy(self)
