@@ -38,6 +38,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from moodstream.compose.cli import build_parser
+from moodstream.user_files import PathOption
 from moodstream.server.readiness import LIVENESS_SERVICE, READINESS_SERVICE
 from moodstream.v1 import moodstream_pb2
 
@@ -97,13 +98,27 @@ def container_port(spec: dict, name: str) -> int:
     return ports[name]
 
 
+def container_parser() -> argparse.ArgumentParser:
+    """The CLI's parser with its path options taking any path: a manifest's paths exist inside its container
+    (/models, mounted secrets), not on the machine that runs the test; every flag and other value is checked."""
+    parser = build_parser()
+    pending = [parser]
+    while pending:
+        for action in pending.pop()._actions:
+            if isinstance(action.type, PathOption):
+                action.type = str
+            if isinstance(action, argparse._SubParsersAction):
+                pending.extend(action.choices.values())
+    return parser
+
+
 def parse_cli(argv: list[str], where: str):
     """Parse a moodstream command line exactly as the CLI would, failing on any unknown or abbreviated flag."""
     argv = [str(arg) for arg in argv]
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         try:
-            args = build_parser().parse_args(argv)
+            args = container_parser().parse_args(argv)
         except SystemExit:
             pytest.fail(f"{where}: `moodstream {shlex.join(argv)}` is refused by the CLI: {stderr.getvalue().strip()}")
     parser = build_parser()
