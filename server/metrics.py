@@ -3,8 +3,10 @@ from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32)
 
-CHUNKS = Counter("moodstream_chunks_total", "Chunks received, by outcome",
-                 ["outcome"])  # applied, duplicate, rejected
+# Per model version, so a rollout's new version can be watched beside the old one. A call refused before its
+# session's version was known counts under model_version="".
+CHUNKS = Counter("moodstream_chunks_total", "Chunks received, by outcome and model version",
+                 ["outcome", "model_version"])  # applied, duplicate, rejected
 STREAMS_ACTIVE = Gauge("moodstream_streams_active", "Agent streams currently open")
 SUBSCRIBERS_ACTIVE = Gauge("moodstream_subscribers_active", "Subscribe calls currently open")
 ENCODER_QUEUE_DEPTH = Gauge("moodstream_encoder_queue_depth", "Segments waiting for the encoder")
@@ -14,7 +16,8 @@ ENCODE_SECONDS = Histogram("moodstream_encode_seconds", "Encoder forward pass ti
 ENCODER_WAIT_SECONDS = Histogram("moodstream_encoder_wait_seconds", "Time a segment waited for the encoder",
                                  buckets=_LATENCY_BUCKETS)
 CHUNK_TO_SCORE_SECONDS = Histogram("moodstream_chunk_to_score_seconds",
-                                   "From a chunk's arrival to its durable score", buckets=_LATENCY_BUCKETS)
+                                   "From a chunk's arrival to its durable score, by model version",
+                                   ["model_version"], buckets=_LATENCY_BUCKETS)
 REDIS_ERRORS = Counter("moodstream_redis_errors_total", "Redis calls that failed")
 STATE_CACHE_LOOKUPS = Counter("moodstream_state_cache_lookups_total",
                               "Loads of a stored scorer state, by outcome: hit (the cached state matched the "

@@ -165,7 +165,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                 if reader in done and session.input_closed:
                     reader = asyncio.get_running_loop().create_future()  # wait on the applier alone
         except StreamAbort as error:
-            metrics.CHUNKS.labels("rejected").inc()
+            metrics.CHUNKS.labels("rejected", session.served.model_version if session else "").inc()
             log.info("stream aborted: %s %s", error.code.name, error)
             await context.abort(error.code, str(error))
         finally:
@@ -247,6 +247,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
     async def PutChunk(self, request, context):
         """Stream's semantics for one chunk or End per call (clients that cannot stream)."""
         principal = await self._principal(context)
+        session = None
         try:
             kind = request.WhichOneof("message")
             if kind is None:
@@ -261,7 +262,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             finally:
                 await self.repository.release(session.served)
         except StreamAbort as error:
-            metrics.CHUNKS.labels("rejected").inc()
+            metrics.CHUNKS.labels("rejected", session.served.model_version if session else "").inc()
             log.info("PutChunk refused: %s %s", error.code.name, error)
             await context.abort(error.code, str(error))
 

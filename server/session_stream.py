@@ -163,7 +163,7 @@ class SessionStream:
         config = self.served.config
         seq = chunk.seq
         if seq <= self.applied:
-            metrics.CHUNKS.labels("duplicate").inc()
+            metrics.CHUNKS.labels("duplicate", self.served.model_version).inc()
             self.ack(seq, duplicate=True)
             return
         if seq in self.pending:
@@ -317,8 +317,8 @@ class SessionStream:
             self.service.state_cache.put(self.cache_key, KnownState.of(head, new_state), new_state)
             self.settle(seq)
             self.applied, self.state, self.speech_seconds = seq, new_state, speech_seconds
-            metrics.CHUNKS.labels("applied").inc()
-            metrics.CHUNK_TO_SCORE_SECONDS.observe(time.perf_counter() - arrived)
+            metrics.CHUNKS.labels("applied", self.served.model_version).inc()
+            metrics.CHUNK_TO_SCORE_SECONDS.labels(self.served.model_version).observe(time.perf_counter() - arrived)
             self.ack(seq, duplicate=False)
             self.ack_queued_copies(seq)
             self.responses.put_nowait(pb.StreamResponse(score=score_from_dict(result.score)))
@@ -338,7 +338,7 @@ class SessionStream:
             raise StreamAbort(grpc.StatusCode.ABORTED, f"session {self.session_id} went back in the store; reconnect")
         for done in sorted(s for s in self.pending if s <= self.applied):
             self.settle(done)
-            metrics.CHUNKS.labels("duplicate").inc()
+            metrics.CHUNKS.labels("duplicate", self.served.model_version).inc()
             self.ack(done, duplicate=True)
             self.ack_queued_copies(done)
 
@@ -348,5 +348,5 @@ class SessionStream:
 
     def ack_queued_copies(self, seq: int) -> None:
         for _ in range(self.queued_copies.pop(seq, 0)):
-            metrics.CHUNKS.labels("duplicate").inc()
+            metrics.CHUNKS.labels("duplicate", self.served.model_version).inc()
             self.ack(seq, duplicate=True)

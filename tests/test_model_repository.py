@@ -229,3 +229,32 @@ def test_a_current_version_whose_folder_was_removed_retires_once_current_moves_a
         assert error.code() in (Code.FAILED_PRECONDITION, Code.NOT_FOUND), error
         assert first.model_version in error.details()
         assert put(stub, tokens, "new", 0, pcm[0]).score.model_version == second.model_version
+
+
+def test_chunk_and_latency_metrics_are_labelled_by_model_version(folder, redis_url, tokens):
+    from prometheus_client import REGISTRY
+
+    first, second = tiny_model(0), tiny_model(1)
+    second.save_pretrained(folder / "second")
+    set_current(folder, "first")
+    pcm = make_chunks(3, seed=17)
+
+    def counted(outcome: str, version: str) -> float:
+        return REGISTRY.get_sample_value("moodstream_chunks_total",
+                                         {"outcome": outcome, "model_version": version}) or 0.0
+
+    def scored(version: str) -> float:
+        return REGISTRY.get_sample_value("moodstream_chunk_to_score_seconds_count", {"model_version": version}) or 0.0
+
+    before = {v.model_version: (counted("applied", v.model_version), scored(v.model_version)) for v in (first, second)}
+    rejected_before = counted("rejected", "")
+    with models_server(folder, redis_url, tokens) as server, stub_for(server.port) as stub:
+        for seq in range(3):
+            put(stub, tokens, "on-first", seq, pcm[seq])
+        put(stub, tokens, "on-second", 0, pcm[0], model_version=second.model_version)
+        refusal(lambda: put(stub, tokens, "on-nothing", 0, pcm[0], model_version="m-not-held"))
+    assert counted("applied", first.model_version) - before[first.model_version][0] == 3
+    assert scored(first.model_version) - before[first.model_version][1] == 3
+    assert counted("applied", second.model_version) - before[second.model_version][0] == 1
+    assert scored(second.model_version) - before[second.model_version][1] == 1
+    assert counted("rejected", "") - rejected_before == 1  # refused before any version was chosen
