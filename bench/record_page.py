@@ -78,7 +78,7 @@ def run(seconds: float = 20.0, log=print) -> dict:
     from selenium.webdriver.chrome.service import Service
 
     from moodstream.record_link import record_link
-    from moodstream.server.auth import create_token
+    from moodstream.server.auth import add_enrolment, create_token
     from moodstream.compose.redis_process import RedisProcess, free_port
 
     os.environ.setdefault("SE_OFFLINE", "true")
@@ -88,6 +88,7 @@ def run(seconds: float = 20.0, log=print) -> dict:
         tokens = tmp / "tokens.json"
         stream_token = create_token(tokens, "phone", ["p1"], [])
         read_token = create_token(tokens, "dashboard", [], ["p1"])
+        code, _ = add_enrolment(tokens, "phone", stream_token, "p1", 3600)  # before the server reads the file
         wav = tmp / "speech.wav"
         interview_wav(wav, 2 * seconds + 10)
         server = WebServer(checkpoint, redis_server.url, tokens)
@@ -105,7 +106,7 @@ def run(seconds: float = 20.0, log=print) -> dict:
             options.add_argument(flag)
         driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
         try:
-            url = record_link(f"http://127.0.0.1:{port}/record", "p1", stream_token)
+            url = record_link(f"http://127.0.0.1:{port}/record", code)
             for _ in range(100):
                 try:
                     driver.get(url)

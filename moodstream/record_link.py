@@ -1,8 +1,10 @@
 """The link that enrols a participant's device on the record page, and its QR code.
 
-The participant and their stream token travel in the URL fragment (after `#`), which a browser never
-sends to a server, so neither reaches an access log; the page keeps them on the device and removes the
-fragment (docs/record.md).
+The link carries a single-use, short-lived enrolment code, never the token: a browser keeps every link
+it opened in its history, and a used or expired code found there is worth nothing. The code travels in
+the URL fragment (after `#`), which a browser never sends to a server, so it reaches no access log
+either; the page trades it once for the token (the Enrol RPC) and keeps the token on the device
+(docs/record.md).
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlencode, urlsplit
 
-from moodstream.ids import ID_PATTERN
 
 # Medium error correction (15 % of the code may be damaged): a link of ~120 characters stays a small code
 # that a phone reads from a screen or a printout.
@@ -28,8 +29,11 @@ def _is_local(host: str) -> bool:
         return False
 
 
-def record_link(page: str, participant: str, token: str) -> str:
-    """`page` (the record page's address) with the participant and token in its fragment.
+ENROL_FIELD = "enrol"  # the fragment's field that holds the code; dashboard/static/record/enrolment.js reads it
+
+
+def record_link(page: str, code: str) -> str:
+    """`page` (the record page's address) with the enrolment code in its fragment.
 
     ValueError with the reason if the page is not an https address ending in /record (a phone's
     browser opens the microphone only on an HTTPS page; plain http is accepted for this machine only).
@@ -46,10 +50,8 @@ def record_link(page: str, participant: str, token: str) -> str:
                          "e.g. https://clinic.example.org/record")
     if parts.query or parts.fragment:
         raise ValueError(f"--record-page {page!r} has a query or fragment; give the page's address alone")
-    if not ID_PATTERN.fullmatch(participant):
-        raise ValueError(f"participant {participant!r} is not a valid id (1-64 of A-Z a-z 0-9 _ . -)")
     base = parts._replace(path=parts.path.rstrip("/")).geturl()
-    return f"{base}#{urlencode({'participant': participant, 'token': token})}"
+    return f"{base}#{urlencode({ENROL_FIELD: code})}"
 
 
 def qr_code(link: str):

@@ -12,6 +12,9 @@ A tokens file is JSON:
 those whose scores it may read; "*" means every participant. Only hashes are
 kept, so a leaked file does not leak tokens. `moodstream token create` adds
 entries and prints the token once; `moodstream token revoke` removes them.
+With `--record-page` it also adds an entry under "enrolments": a single-use
+code sealing the token (server/enrolment.py), which no longer redeems once
+the token is revoked. A file without "enrolments" (older ones) loads as before.
 
 A running server reloads the file when it changes (checked every
 RELOAD_SECONDS), so a token created or revoked takes effect on every replica
@@ -28,17 +31,22 @@ import logging
 import os
 import secrets
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 from moodstream.ids import ID_RULE, is_id
+from moodstream.server.enrolment import KEEP_EXPIRED_SECONDS, Enrolment, new_code, parse_enrolments, seal
 
 log = logging.getLogger("moodstream.server")
 
 WILDCARD = "*"
 RELOAD_SECONDS = 1.0  # how often a server looks for a changed tokens file
+# The Screening methods a caller may use without a bearer token; every other method authenticates
+# first. Enrol is how a device without a token gets one: its enrolment code is the credential.
+UNAUTHENTICATED_METHODS = frozenset({"Enrol"})
 
 
 class AuthError(Exception):
@@ -72,9 +80,10 @@ class TokenAuthenticator:
     """Maps `authorization: Bearer <token>` metadata to a Principal."""
 
     def __init__(self, principals_by_hash: dict[str, Principal] | None, enabled: bool = True,
-                 path: Path | None = None) -> None:
+                 path: Path | None = None, enrolments: dict[str, Enrolment] | None = None) -> None:
         self.enabled = enabled
         self.principals_by_hash = principals_by_hash or {}
+        self.enrolments = enrolments or {}  # by sha256 of the code
         self.path = path
         self._signature = _file_signature(path) if path else None
 
@@ -86,7 +95,8 @@ class TokenAuthenticator:
     def from_file(cls, path: str | Path) -> "TokenAuthenticator":
         path = Path(path)
         signature = _file_signature(path)
-        authenticator = cls(load_tokens(path), path=path)
+        principals, enrolments = load_tokens_and_enrolments(path)
+        authenticator = cls(principals, path=path, enrolments=enrolments)
         authenticator._signature = signature
         return authenticator
 
@@ -102,7 +112,7 @@ class TokenAuthenticator:
         if signature == self._signature:
             return False
         try:
-            principals = load_tokens(self.path)
+            principals, enrolments = load_tokens_and_enrolments(self.path)
         except ValueError as error:
             log.error("tokens file changed but is unusable; keeping the %d tokens read before: %s",
                       len(self.principals_by_hash), error)
@@ -111,6 +121,7 @@ class TokenAuthenticator:
         self._signature = signature
         changed = principals != self.principals_by_hash
         self.principals_by_hash = principals
+        self.enrolments = enrolments
         if changed:
             log.info("tokens file %s reloaded: %d token(s)", self.path, len(principals))
         return changed
@@ -140,6 +151,10 @@ class TokenAuthenticator:
 
 
 def load_tokens(path: str | Path) -> dict[str, Principal]:
+    return load_tokens_and_enrolments(path)[0]
+
+
+def load_tokens_and_enrolments(path: str | Path) -> tuple[dict[str, Principal], dict[str, Enrolment]]:
     path = Path(path)
     try:
         document = json.loads(path.read_text())
@@ -161,7 +176,7 @@ def load_tokens(path: str | Path) -> dict[str, Principal]:
                                            frozenset(map(str, entry.get("read", []))), digest)
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"tokens file {path}: entry {index} is invalid ({error})") from error
-    return principals
+    return principals, parse_enrolments(document, path)
 
 
 def _file_signature(path: Path) -> tuple | None:
@@ -223,8 +238,39 @@ def create_token(path: str | Path, name: str, stream: list[str], read: list[str]
     return token
 
 
+def add_enrolment(path: str | Path, name: str, token: str, participant: str, seconds: float,
+                  now: float | None = None) -> tuple[str, float]:
+    """Add a single-use enrolment code for the token named `name` (which must be `token`, in the file);
+    returns the code and when it expires (Unix seconds)."""
+    path = Path(path)
+    if not seconds > 0:
+        raise ValueError("an enrolment code must live more than 0 minutes")
+    expires = (time.time() if now is None else now) + seconds
+    with _locked(path):
+        document = _read_document(path)
+        entry = next((entry for entry in document["tokens"] if entry.get("name") == name), None)
+        if entry is None or entry["sha256"] != hash_token(token):
+            raise ValueError(f"no token named {name!r} with that value in {path}: an enrolment code must open "
+                             "a token the server accepts")
+        if participant not in entry.get("stream", []):
+            raise ValueError(f"token {name!r} may not stream for {participant!r}: the code would enrol a device "
+                             "that cannot record")
+        code = new_code()
+        enrolment = seal(code, token, participant, name, expires)
+        _write_document(path, {**document, "enrolments": [*_enrolments_kept(document), enrolment.to_entry()]})
+    return code, expires
+
+
+def _enrolments_kept(document: dict) -> list[dict]:
+    # Long-expired codes leave the file with its next change. A revoked token's codes stay until then, so
+    # the server can say that their token was revoked (the token they seal no longer opens anything).
+    horizon = time.time() - KEEP_EXPIRED_SECONDS
+    return [entry for entry in document.get("enrolments", []) if entry.get("expires_unix", 0) >= horizon]
+
+
 def revoke_token(path: str | Path, name: str) -> int:
-    """Remove the token(s) named `name` from the tokens file; returns how many were removed."""
+    """Remove the token(s) named `name` from the tokens file; returns how many were removed. Their
+    enrolment codes can no longer be redeemed: the server hands out only tokens still in the file."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"tokens file {path} does not exist")
@@ -235,7 +281,10 @@ def revoke_token(path: str | Path, name: str) -> int:
         if not removed:
             names = ", ".join(sorted(str(entry.get("name")) for entry in document["tokens"])) or "none"
             raise ValueError(f"no token named {name!r} in {path} (tokens: {names})")
-        _write_document(path, {**document, "tokens": kept})
+        document = {**document, "tokens": kept}
+        if "enrolments" in document:
+            document["enrolments"] = _enrolments_kept(document)
+        _write_document(path, document)
     return removed
 
 

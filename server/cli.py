@@ -15,6 +15,7 @@ from pathlib import Path
 from moodstream.help_format import HelpFormatter, port_number
 from moodstream.user_files import (cache_file, input_folder, output_folder, output_file, text_file,
                                    text_file_to_extend)
+from moodstream.server.enrolment import DEFAULT_ENROL_MINUTES
 from moodstream.server.state_cache import DEFAULT_STATE_CACHE_MB
 
 
@@ -114,8 +115,13 @@ def add_parser(subparsers) -> None:
     create.add_argument("--read", default="", help="comma-separated participants whose scores it may read (* = all)")
     create.add_argument("--record-page", metavar="URL",
                         help="the dashboard's record page (e.g. https://clinic.example.org/record): also print the "
-                             "participant's enrolment link, with the token in its fragment, and its QR code "
-                             "(needs --stream for one participant)")
+                             "participant's enrolment link and its QR code; the link holds a single-use code that "
+                             "the page trades for the token once, never the token (needs --stream for one "
+                             "participant)")
+    create.add_argument("--enrol-minutes", type=_minutes, metavar="MINUTES",
+                        help=f"with --record-page: how long the link's code can be used (default: "
+                             f"{DEFAULT_ENROL_MINUTES}, a day, for a link sent by message; pass e.g. 15 for a QR "
+                             "code shown at the visit)")
     create.add_argument("--qr", metavar="FILE", type=output_file,
                         help="with --record-page: also save the QR code as FILE (.svg or .png) to print or show")
     create.set_defaults(handler=run_token_create)
@@ -183,6 +189,16 @@ def megabytes(text: str) -> float:
     return size
 
 
+def _minutes(text: str) -> float:
+    try:
+        minutes = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not 0 < minutes < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of minutes above 0")
+    return minutes
+
+
 def add_redis_options(parser, cluster_help: str) -> None:
     parser.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
                         help="Redis URL of the session store (env REDIS_URL; default %(default)s)")
@@ -194,27 +210,34 @@ def _split(values: str) -> list[str]:
 
 
 def run_token_create(args) -> int:
+    from datetime import datetime
+
     from moodstream.record_link import QR_FORMATS, print_qr, record_link, write_qr
-    from moodstream.server.auth import create_token
+    from moodstream.server.auth import add_enrolment, create_token
 
     stream, read = _split(args.stream), _split(args.read)
     if not stream and not read:
         raise ValueError("give --stream and/or --read: a token with no scope could do nothing")
     if args.qr and not args.record_page:
         raise ValueError("--qr needs --record-page: the QR code holds the record page's link")
+    if args.enrol_minutes is not None and not args.record_page:
+        raise ValueError("--enrol-minutes needs --record-page: it is how long the link's code works")
+    enrol_minutes = DEFAULT_ENROL_MINUTES if args.enrol_minutes is None else args.enrol_minutes
     if args.record_page:
         if len(stream) != 1 or stream == ["*"]:
             raise ValueError("--record-page needs --stream with one participant: the link enrols one device for them")
-        record_link(args.record_page, stream[0], "")  # a bad page, participant or file: before any token exists
+        record_link(args.record_page, "")  # a bad page or file: refused before any token exists
         if args.qr and Path(args.qr).suffix.lower() not in QR_FORMATS:
             raise ValueError(f"--qr {str(args.qr)!r}: name an .svg or .png file")
     token = create_token(args.tokens, args.name, stream, read)
     print(token)
     print(f"added token {args.name!r} to {args.tokens}; it is shown only now", file=sys.stderr)
     if args.record_page:
-        link = record_link(args.record_page, stream[0], token)
-        print(f"\nenrolment link for participant {stream[0]} (hand it over privately: it holds the token):\n{link}\n",
-              file=sys.stderr)
+        code, expires = add_enrolment(args.tokens, args.name, token, stream[0], enrol_minutes * 60)
+        link = record_link(args.record_page, code)
+        until = datetime.fromtimestamp(expires).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        print(f"\nenrolment link for participant {stream[0]}: it enrols one device, once, until {until} "
+              f"(--enrol-minutes {enrol_minutes:g}); hand it over privately:\n{link}\n", file=sys.stderr)
         print_qr(link, sys.stderr)
         if args.qr:
             print(f"QR code saved to {write_qr(link, args.qr)}", file=sys.stderr)
@@ -241,7 +264,8 @@ def run_token_revoke(args) -> int:
 
     removed = revoke_token(args.tokens, args.name)
     print(f"revoked token {args.name!r}" + (f" ({removed} entries)" if removed > 1 else "")
-          + f" in {args.tokens}; servers reading it refuse it within 2 s", file=sys.stderr)
+          + f" in {args.tokens}; servers reading it refuse it, and its enrolment codes, within 2 s",
+          file=sys.stderr)
     return 0
 
 

@@ -28,7 +28,7 @@ from moodstream.listening import listening_socket
 from moodstream.server.interceptors import refusing_malformed_requests
 from moodstream.v1 import moodstream_pb2_grpc
 
-BROWSER_METHODS = ("PutChunk", "GetScore", "ListSessions", "GetModelInfo")
+BROWSER_METHODS = ("PutChunk", "GetScore", "ListSessions", "GetModelInfo", "Enrol")
 # What a gRPC-web client sends and must be able to read back (grpc-web and @connectrpc/connect-web).
 REQUEST_HEADERS = ["authorization", "content-type", "grpc-timeout", "x-grpc-web", "x-user-agent",
                    "connect-protocol-version", "connect-timeout-ms"]

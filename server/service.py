@@ -21,6 +21,7 @@ from moodstream import SCREENING_NOTICE
 from moodstream.ids import DEVICE_PATTERN, ID_PATTERN, ID_RULE
 from moodstream.server import metrics
 from moodstream.server.auth import AuthError, Principal, TokenAuthenticator
+from moodstream.server.enrol_rpc import EnrolmentRPC
 from moodstream.server.model_repository import ModelRepository, ServedVersion
 from moodstream.server.paging import (DEFAULT_PAGE_SIZE, SESSION_STATE_MESSAGES, SESSION_STATE_NAMES,
                                       decode_page_token, encode_page_token, merge_version_pages, summary_message,
@@ -62,7 +63,7 @@ async def _messages(*requests: pb.StreamRequest):
         yield request
 
 
-class ScreeningService(pb_grpc.ScreeningServicer):
+class ScreeningService(EnrolmentRPC, pb_grpc.ScreeningServicer):
     """Args:
         repository: the model versions held (streams); make_store: model version -> SessionStore, for
             reading sessions of any version, held or not.

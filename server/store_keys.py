@@ -35,6 +35,11 @@ P = participant id, S = session id, V = model version (ids are
                                       session (for the session directory;
                                       its TTL is refreshed like the
                                       participant directory's)
+    ms:enrol:{D}:used         string  D = sha256 of an enrolment code: set
+                                      once (SET NX) when the code is
+                                      redeemed, holding the sha256 of the
+                                      redeeming device's claim; expires with
+                                      the code (server/enrol_rpc.py)
 
 The hash tag ``{p:P}`` puts a participant's sessions and its score stream on
 one cluster slot, which is what lets one script update the session and the
@@ -56,6 +61,7 @@ __all__ = [
     "VERSIONS_KEY",
     "SessionKeys",
     "directory_key",
+    "enrolment_used_key",
     "owner_key",
     "participant_prefix",
     "participant_updates_key",
@@ -125,6 +131,11 @@ def participant_updates_key(participant_id: str) -> str:
 def session_index_key(participant_id: str, model_version: str) -> str:
     """The participant's session directory under one model version."""
     return f"{participant_prefix(participant_id)}{model_version}:sessions"
+
+
+def enrolment_used_key(code_digest: str) -> str:
+    """Marks an enrolment code used, on every replica: tagged by the code's digest, which holds no `{}:`."""
+    return f"ms:enrol:{{{code_digest}}}:used"
 
 
 def directory_key(model_version: str) -> str:

@@ -9,9 +9,8 @@ from browser_harness import (DESKTOP, PHONE, axe_violations, browser, by_id, chr
                              needs_chromium, set_viewport, wait_until)
 from moodstream.dashboard.feed import FeedConfig
 from moodstream.dashboard.server import BackgroundDashboard
-from moodstream.record_link import record_link
 from test_dashboard import stream_session
-from test_record_browser import interview_wav, page_state, record, record_stack  # noqa: F401
+from test_record_browser import enrolment_link, interview_wav, page_state, record, record_stack  # noqa: F401
 
 pytestmark = needs_chromium
 
@@ -53,7 +52,7 @@ def test_the_record_page_passes_axe_before_during_and_after_a_recording(redis_ur
         driver.get(f"{dashboard.url}record")  # no link: the page says to open the clinician's link
         wait_until(driver, lambda d: by_id(d, "no-link").is_displayed(), "the no-link message")
         assert_no_violations(driver, "record page without a link")
-        link = record_link(f"{dashboard.url}record", "p1", tokens.by_name["agent-p1"])
+        link = enrolment_link(server, dashboard.url, tokens)
         driver.get("about:blank")  # the link differs only in its fragment: load the page afresh
         record(driver, link, 3.0)
         for size, width in ((PHONE, "390"), (DESKTOP, "1280")):

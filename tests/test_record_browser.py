@@ -22,10 +22,13 @@ from moodstream.dashboard.feed import FeedConfig
 from moodstream.dashboard.server import BackgroundDashboard, WebConfig
 from moodstream.record_link import record_link
 from moodstream.server.app import BackgroundServer, ServerConfig
+from moodstream.server.auth import add_enrolment
+from moodstream.server.enrolment import code_digest
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.wire import SAMPLE_RATE
 from server_harness import running_server, stub_for, tiny_model, write_tokens
 from test_record_speech import interview
+from waiting import wait_for
 
 # Bytes over the network for the page and everything it loaded (HTTP headers and bodies), by kind, and
 # what they would have been with every body uncompressed (the same headers, the decoded bodies).
@@ -82,6 +85,16 @@ def record_stack(redis_url, tmp_path):
             dashboard.stop()
 
 
+def enrolment_link(server, dashboard_url: str, tokens, name: str = "agent-p1", participant: str = "p1",
+                   seconds: float = 3600, now: float | None = None) -> str:
+    """A fresh single-use link that enrols a device with the token `name` (as `token create --record-page`),
+    once the running `server` has read it from the tokens file."""
+    code, _ = add_enrolment(tokens.path, name, tokens.by_name[name], participant, seconds, now=now)
+    wait_for(lambda: code_digest(code) in server.server.authenticator.enrolments,
+             "the server to read the new enrolment code from its tokens file", timeout=20)
+    return record_link(f"{dashboard_url}record", code)
+
+
 def page_state(driver) -> dict:
     return driver.execute_script("""
       const $ = (id) => document.getElementById(id);
@@ -114,7 +127,7 @@ def get_score(port: int, token: str, session_id: str):
 def record(driver, url: str, seconds: float) -> dict:
     driver.get(url)
     wait_until(driver, lambda d: d.execute_script("return document.body.dataset.ready") == "1", "the page to load")
-    assert "token=" not in driver.current_url and "#" not in driver.current_url  # the fragment is gone
+    assert "enrol=" not in driver.current_url and "#" not in driver.current_url  # the fragment is gone
     # Recording starts once the service worker has cached the page: on a loaded 2-core machine its burst of
     # fetches at the first seconds of audio starved Chromium's fake microphone, whose glitches the VAD then
     # heard as speech (about 0.7 s more kept, in 3 of 9 runs).
@@ -133,7 +146,7 @@ def test_a_session_recorded_in_the_browser_matches_the_python_agent(redis_url, t
     wav, seconds = interview_wav
     with record_stack(redis_url, tmp_path) as (server, dashboard, tokens), recording_browser(wav) as driver:
         set_viewport(driver, PHONE)
-        link = record_link(f"{dashboard.url}record", "p1", tokens.by_name["agent-p1"])
+        link = enrolment_link(server, dashboard.url, tokens)
         during = record(driver, link, seconds + 1.5)
         assert during["problem"] == "" and during["sent"] >= 2, during
         save_screenshot(driver, "record-phone")
@@ -193,7 +206,7 @@ def test_a_reload_and_the_server_down_while_chunks_pile_up_lose_nothing_and_appl
         record_endpoint=f"http://127.0.0.1:{config.grpc_web_port}"), web).start()
     try:
         with recording_browser(wav) as driver:
-            link = record_link(f"{dashboard.url}record", "p1", tokens.by_name["agent-p1"])
+            link = enrolment_link(server, dashboard.url, tokens)
             record(driver, link, 0)
             wait_until(driver, lambda d: page_state(d)["sent"] >= 1, "the first chunk's ack", timeout=30)
             server.stop()
@@ -247,7 +260,7 @@ def test_a_reload_and_the_server_down_while_chunks_pile_up_lose_nothing_and_appl
 def test_the_page_opens_and_records_when_its_host_is_unreachable(redis_url, tmp_path, interview_wav):
     wav, _ = interview_wav
     with record_stack(redis_url, tmp_path) as (server, dashboard, tokens), recording_browser(wav) as driver:
-        driver.get(record_link(f"{dashboard.url}record", "p1", tokens.by_name["agent-p1"]))
+        driver.get(enrolment_link(server, dashboard.url, tokens))
         wait_until(driver, lambda d: d.execute_script(
             "return document.body.dataset.ready === '1' && !!navigator.serviceWorker.controller"),
             "the service worker to control the page", timeout=30)

@@ -1,6 +1,8 @@
 """Enrolment: `moodstream token create --record-page` makes the participant's link and its QR code, and
-the QR code (saved and drawn in the terminal) reads back, with an independent decoder, to the link."""
+the QR code (saved and drawn in the terminal) reads back, with an independent decoder, to the link. The
+link holds a single-use enrolment code, never the token."""
 import json
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -10,6 +12,7 @@ from PIL import Image
 
 from moodstream.compose.cli import main
 from moodstream.record_link import record_link
+from moodstream.server.enrolment import DEFAULT_ENROL_MINUTES, code_digest
 
 PAGE = "https://clinic.example.org/record"
 
@@ -31,7 +34,10 @@ def terminal_image(drawing: str, scale: int = 6) -> np.ndarray:
 
 
 def create(tmp_path, capsys, *options):
-    code = main(["token", "create", "--tokens", str(tmp_path / "tokens.json"), "--name", "phone-p001", *options])
+    try:
+        code = main(["token", "create", "--tokens", str(tmp_path / "tokens.json"), "--name", "phone-p001", *options])
+    except SystemExit as exit:  # argparse refused an option's value, with its usage line
+        code = exit.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -44,15 +50,27 @@ def test_a_token_with_a_record_page_prints_its_link_and_a_qr_code_that_reads_bac
     link = next(line for line in err.splitlines() if line.startswith(PAGE))
     parts = urlsplit(link)
     assert parts._replace(fragment="").geturl() == PAGE and not parts.query
-    assert parse_qs(parts.fragment) == {"participant": ["p001"], "token": [token]}
-    assert token not in PAGE and token in parts.fragment  # only in the fragment, which no server receives
+    [code] = parse_qs(parts.fragment)["enrol"]
+    assert parse_qs(parts.fragment) == {"enrol": [code]}  # only in the fragment, which no server receives
+    assert token not in link and token not in err  # the link carries the code alone, never the token
 
     saved = np.array(Image.open(tmp_path / "p001.png").convert("L"))
     assert decoded(saved) == [link]
     drawing = err[err.index(link) + len(link):err.index("QR code saved")]
     assert decoded(terminal_image(drawing)) == [link]
     tokens = json.loads((tmp_path / "tokens.json").read_text())
-    assert token not in json.dumps(tokens)  # the file keeps its hash only, as for any token
+    assert token not in json.dumps(tokens) and code not in json.dumps(tokens)  # hashes and a sealed token only
+    [enrolment] = tokens["enrolments"]
+    assert enrolment["sha256"] == code_digest(code) and enrolment["participant"] == "p001"
+    assert abs(enrolment["expires_unix"] - (time.time() + DEFAULT_ENROL_MINUTES * 60)) < 60
+    assert "it enrols one device, once, until " in err and f"(--enrol-minutes {DEFAULT_ENROL_MINUTES})" in err
+
+
+def test_enrol_minutes_sets_how_long_the_code_works(tmp_path, capsys):
+    code, _, err = create(tmp_path, capsys, "--stream", "p001", "--record-page", PAGE, "--enrol-minutes", "15")
+    assert code == 0 and "(--enrol-minutes 15)" in err
+    [enrolment] = json.loads((tmp_path / "tokens.json").read_text())["enrolments"]
+    assert abs(enrolment["expires_unix"] - (time.time() + 15 * 60)) < 60
 
 
 def test_the_qr_code_can_be_saved_as_svg(tmp_path, capsys):
@@ -73,6 +91,9 @@ def test_the_qr_code_can_be_saved_as_svg(tmp_path, capsys):
     (["--read", "p001", "--record-page", PAGE], "one participant"),
     (["--stream", "p001", "--qr", "p001.png"], "--qr needs --record-page"),
     (["--stream", "p001", "--record-page", PAGE, "--qr", "p001.jpg"], ".svg or .png"),
+    (["--stream", "p001", "--enrol-minutes", "15"], "--enrol-minutes needs --record-page"),
+    (["--stream", "p001", "--record-page", PAGE, "--enrol-minutes", "0"], "minutes above 0"),
+    (["--stream", "p001", "--record-page", PAGE, "--enrol-minutes", "soon"], "is not a number of minutes"),
 ])
 def test_a_bad_enrolment_request_is_one_clear_line_and_creates_no_token(tmp_path, capsys, options, reason):
     code, out, err = create(tmp_path, capsys, *options)
@@ -82,11 +103,9 @@ def test_a_bad_enrolment_request_is_one_clear_line_and_creates_no_token(tmp_path
 
 
 def test_the_link_keeps_the_dashboard_root_and_allows_plain_http_on_this_machine_only():
-    assert record_link("https://clinic.example.org/moodstream/record/", "p1", "t").startswith(
-        "https://clinic.example.org/moodstream/record#participant=p1&token=t")
-    assert record_link("http://127.0.0.1:8080/record", "p1", "t") == "http://127.0.0.1:8080/record#participant=p1&token=t"
-    assert record_link("http://localhost/record", "p1", "t").startswith("http://localhost/record#")
+    assert record_link("https://clinic.example.org/moodstream/record/", "c0de") == (
+        "https://clinic.example.org/moodstream/record#enrol=c0de")
+    assert record_link("http://127.0.0.1:8080/record", "c0de") == "http://127.0.0.1:8080/record#enrol=c0de"
+    assert record_link("http://localhost/record", "c0de").startswith("http://localhost/record#")
     with pytest.raises(ValueError, match="must be https"):
-        record_link("http://192.168.1.5/record", "p1", "t")
-    with pytest.raises(ValueError, match="not a valid id"):
-        record_link(PAGE, "p 1", "t")
+        record_link("http://192.168.1.5/record", "c0de")

@@ -62,7 +62,8 @@ def test_the_page_keeps_and_chunks_the_same_speech_as_the_python_agent(settings,
         assert page["droppedTail"]["speechSeconds"] == pytest.approx(agent.dropped_tail.speech_seconds)
 
 
-PAGE_MESSAGES = ("SessionHeader", "SpeechStats", "Chunk", "End", "Ack", "PutChunkRequest", "PutChunkResponse")
+PAGE_MESSAGES = ("SessionHeader", "SpeechStats", "Chunk", "End", "Ack", "PutChunkRequest", "PutChunkResponse",
+                 "EnrolRequest", "EnrolResponse")
 
 
 def test_the_pages_generated_client_matches_the_proto_for_what_it_sends_and_reads():
@@ -89,7 +90,7 @@ def test_the_pages_generated_client_matches_the_proto_for_what_it_sends_and_read
     assert fields(vendored) == fields(current)
     assert set(fields(current)) == set(PAGE_MESSAGES)
     assert [m.name for m in next(s for s in vendored.service if s.name == "Screening").method
-            if m.name == "PutChunk"] == ["PutChunk"]
+            if m.name in ("PutChunk", "Enrol")] == ["PutChunk", "Enrol"]
 
 
 @pytest.mark.parametrize("rate", [48000, 44100])

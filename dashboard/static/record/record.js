@@ -5,10 +5,10 @@ import fvad from "../vendor/fvad.js";
 import {
   AudioEncoding, Code, ConnectError, PutChunkRequestSchema, Screening, create, createClient, createGrpcWebTransport,
 } from "../vendor/moodstream-grpc-web.js";
+import { OLD_LINK, clearAddress, enrol, linkInAddress, storedCredentials } from "./enrolment.js";
 import { Outbox } from "./outbox.js";
 import { Chunker, SAMPLE_RATE, SpeechFilter, loadVad } from "./speech.js";
 
-const CREDENTIALS = "moodstream.record.credentials";
 const CALL_TIMEOUT_MS = 30000;
 const RETRY_MS = [1000, 2000, 5000];
 // Worth retrying: the network or the server is away. Anything else needs a person (a new link, ...).
@@ -19,19 +19,6 @@ const $ = (id) => document.getElementById(id);
 const root = document.body.dataset.root || "";
 const view = { sent: 0, network: "idle", problem: "", keptSamples: 0, sessionId: "" };
 let settings, outbox, client, credentials, session = null, capture = null, pumping = false, wake = null;
-
-// The token and participant arrive in the URL fragment (never sent to any server, so in no log) and
-// are kept on this device; the fragment is then removed from the address bar and the history.
-function readCredentials() {
-  const fragment = new URLSearchParams(location.hash.slice(1));
-  if (fragment.get("token") && fragment.get("participant")) {
-    localStorage.setItem(CREDENTIALS, JSON.stringify({
-      token: fragment.get("token"), participant: fragment.get("participant") }));
-    history.replaceState(null, "", location.pathname + location.search);
-  }
-  const stored = localStorage.getItem(CREDENTIALS);
-  return stored ? JSON.parse(stored) : null;
-}
 
 function newSessionId() {
   const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "");
@@ -213,23 +200,52 @@ function failed(error) {
   render();
 }
 
+function showOnly(message) {
+  $("no-link").textContent = message;
+  $("no-link").hidden = false;
+  $("controls").hidden = true;
+}
+
+// A link's enrolment code becomes this device's credentials (stored), once. A link that cannot enrol
+// says why; a device enrolled before keeps recording with what it holds.
+async function enrolFromLink(link) {
+  document.body.dataset.enrolment = "enrolling";
+  try {
+    if (link.oldLink) throw OLD_LINK;
+    credentials = await enrol(client, link.code, showOnly);
+    document.body.dataset.enrolment = "enrolled";
+  } catch (error) {
+    if (!error.kind) throw error;
+    document.body.dataset.enrolment = error.kind;
+    if (!credentials) return showOnly(`${error.message} This device is not enrolled, so it cannot record.`);
+    view.problem = `${error.message} This device stays enrolled for ${credentials.participant}.`;
+  } finally {
+    clearAddress();
+  }
+  $("no-link").hidden = true;
+  $("controls").hidden = false;
+}
+
 async function main() {
   if ("serviceWorker" in navigator) {
     navigator.serviceWorker.register(`${root}/record-service-worker.js`, { scope: `${root}/record` }).catch(failed);
   }
-  credentials = readCredentials();
+  credentials = await storedCredentials();
+  const link = linkInAddress();
   const info = await (await fetch(`${root}/record/settings.json`)).json();
   settings = info.capture;
-  if (!credentials || !info.endpoint) {
-    if (!info.endpoint) $("no-link").textContent = "This dashboard is not set up for recording: start it with --record-endpoint.";
-    $("no-link").hidden = false;
-    $("controls").hidden = true;
+  if (!info.endpoint) {
+    return showOnly("This dashboard is not set up for recording: start it with --record-endpoint.");
+  }
+  client = createClient(Screening, createGrpcWebTransport({ baseUrl: info.endpoint }));
+  if (link) await enrolFromLink(link);
+  if (!credentials) {
+    if (!link) showOnly($("no-link").textContent);
     return;
   }
   $("participant").textContent = credentials.participant;
   outbox = await Outbox.open();
   session = await outbox.openSession();
-  client = createClient(Screening, createGrpcWebTransport({ baseUrl: info.endpoint }));
   $("start").addEventListener("click", () => startCapture().catch(failed));
   $("stop").addEventListener("click", () => stopCapture().catch(failed));
   addEventListener("online", () => wake && wake());

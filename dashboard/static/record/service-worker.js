@@ -5,7 +5,8 @@ const CACHE = "moodstream-record-v1";
 const root = new URL(self.registration.scope).pathname.replace(/\/record$/, "");
 const SHELL = [`${root}/record`, `${root}/record/settings.json`, `${root}/record.webmanifest`];
 const ASSETS = `${root}/static/`;
-const PRECACHED = ["record/record.js", "record/speech.js", "record/outbox.js", "record/capture-worklet.js", "record/resampler.js",
+const PRECACHED = ["record/record.js", "record/speech.js", "record/outbox.js", "record/enrolment.js",
+  "record/capture-worklet.js", "record/resampler.js",
   "record/record.css", "vendor/fvad.js", "vendor/fvad.wasm", "vendor/moodstream-grpc-web.js", "favicon.svg"]
   .map((name) => ASSETS + name);
 

@@ -294,3 +294,21 @@ class ModelInfo(_message.Message):
     versions: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     interval_level: float
     def __init__(self, model_version: _Optional[str] = ..., threshold: _Optional[float] = ..., sample_rate: _Optional[int] = ..., speech: _Optional[_Union[SpeechSettings, _Mapping]] = ..., min_chunk_seconds: _Optional[float] = ..., max_chunk_seconds: _Optional[float] = ..., notice: _Optional[str] = ..., min_evidence_segments: _Optional[int] = ..., training_data: _Optional[str] = ..., positive_class: _Optional[str] = ..., demo_model: _Optional[bool] = ..., versions: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., interval_level: _Optional[float] = ...) -> None: ...
+
+class EnrolRequest(_message.Message):
+    __slots__ = ("code", "device_claim")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_CLAIM_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    device_claim: str
+    def __init__(self, code: _Optional[str] = ..., device_claim: _Optional[str] = ...) -> None: ...
+
+class EnrolResponse(_message.Message):
+    __slots__ = ("participant_id", "token", "token_name")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_NAME_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    token: str
+    token_name: str
+    def __init__(self, participant_id: _Optional[str] = ..., token: _Optional[str] = ..., token_name: _Optional[str] = ...) -> None: ...

@@ -64,6 +64,11 @@ class ScreeningStub:
                 request_serializer=moodstream_dot_v1_dot_moodstream__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=moodstream_dot_v1_dot_moodstream__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Enrol = channel.unary_unary(
+                '/moodstream.v1.Screening/Enrol',
+                request_serializer=moodstream_dot_v1_dot_moodstream__pb2.EnrolRequest.SerializeToString,
+                response_deserializer=moodstream_dot_v1_dot_moodstream__pb2.EnrolResponse.FromString,
+                _registered_method=True)
 
 
 class ScreeningServicer:
@@ -149,6 +154,18 @@ class ScreeningServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Enrol(self, request, context):
+        """Device -> server, once per device, with no token: trades a single-use enrolment code (from
+        `moodstream token create --record-page`, in the record page link) for the participant's stream
+        token. The code works once and until it expires; a retry that sends the same device_claim as the
+        call that used it gets the same answer (a lost response does not cost the code). Refusals:
+        INVALID_ARGUMENT (not a code), NOT_FOUND (unknown code), FAILED_PRECONDITION (already used, or
+        expired), PERMISSION_DENIED (the token it enrols was revoked), UNAVAILABLE (store down: retry).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScreeningServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +198,11 @@ def add_ScreeningServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=moodstream_dot_v1_dot_moodstream__pb2.GetModelInfoRequest.FromString,
                     response_serializer=moodstream_dot_v1_dot_moodstream__pb2.ModelInfo.SerializeToString,
+            ),
+            'Enrol': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enrol,
+                    request_deserializer=moodstream_dot_v1_dot_moodstream__pb2.EnrolRequest.FromString,
+                    response_serializer=moodstream_dot_v1_dot_moodstream__pb2.EnrolResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +367,33 @@ class Screening:
             '/moodstream.v1.Screening/GetModelInfo',
             moodstream_dot_v1_dot_moodstream__pb2.GetModelInfoRequest.SerializeToString,
             moodstream_dot_v1_dot_moodstream__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Enrol(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moodstream.v1.Screening/Enrol',
+            moodstream_dot_v1_dot_moodstream__pb2.EnrolRequest.SerializeToString,
+            moodstream_dot_v1_dot_moodstream__pb2.EnrolResponse.FromString,
             options,
             channel_credentials,
             insecure,
