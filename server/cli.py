@@ -260,11 +260,12 @@ def run_token_list(args) -> int:
 
 
 def run_token_revoke(args) -> int:
-    from moodstream.server.auth import revoke_token
+    from moodstream.server.auth import RELOAD_SECONDS, revoke_token
 
     removed = revoke_token(args.tokens, args.name)
     print(f"revoked token {args.name!r}" + (f" ({removed} entries)" if removed > 1 else "")
-          + f" in {args.tokens}; servers reading it refuse it, and its enrolment codes, within 2 s",
+          + f" in {args.tokens}; servers reading it refuse it, and its enrolment codes, within "
+          f"{RELOAD_SECONDS:g} s (it is re-read that often)",
           file=sys.stderr)
     return 0
 
