@@ -1,10 +1,13 @@
-"""Real headless Chromium for the browser tests: one way to start it, wait on a page and check its layout.
+"""Real headless browsers for the browser tests: one way to start them, wait on a page and check its layout.
 
-Needs Debian's `chromium` and `chromium-driver` (./run test installs them when it runs as root) and
-Selenium; modules that use it set `pytestmark = browser_harness.needs_chromium`, which skips them with
-the reason when either is missing. Every driver gets a profile of its own (no IndexedDB, service worker
-or storage carried from one test to the next), removed when it quits. Screenshots go under artifacts/
-(git-ignored).
+Chromium needs Debian's `chromium` and `chromium-driver` (./run test installs them when it runs as root) and
+Selenium; modules that use only it set `pytestmark = browser_harness.needs_chromium`, which skips them with
+the reason when either is missing. Firefox needs Debian's `firefox-esr` (./run test installs it too) and
+Mozilla's geckodriver, which neither Debian nor a registry this project reaches ships for Linux: put it on
+PATH (or name it in $GECKODRIVER) and the Firefox tests run, else they skip and say so. A test that runs in
+each browser takes `launch(name, ...)` with `@pytest.mark.parametrize("name", BROWSERS)`. Every driver gets a
+profile of its own (no IndexedDB, service worker or storage carried from one test to the next), removed when
+it quits. Screenshots go under artifacts/ (git-ignored).
 """
 import contextlib
 import os
@@ -26,6 +29,13 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 FAKE_MICROPHONE_FLAGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                          "--autoplay-policy=no-user-gesture-required"]
 DESKTOP, PHONE = (1280, 900), (390, 844)
+FIREFOX = next((p for p in (shutil.which("firefox-esr"), shutil.which("firefox")) if p), None)
+GECKODRIVER = next((p for p in (os.environ.get("GECKODRIVER"), shutil.which("geckodriver")) if p and os.path.exists(p)),
+                   None)
+# Firefox's fake media: a generated tone for the microphone (it cannot play a file), granted without asking.
+FIREFOX_PREFS = {"media.navigator.streams.fake": True, "media.navigator.permission.disabled": True,
+                 "media.autoplay.default": 0, "intl.accept_languages": "en-US", "browser.shell.checkDefaultBrowser": False,
+                 "app.update.disabledForTesting": True, "datareporting.policy.dataSubmissionEnabled": False}
 
 try:
     import selenium  # noqa: F401
@@ -38,6 +48,18 @@ needs_chromium = [
                        reason="headless Chromium is not installed: apt-get install chromium chromium-driver "
                               "(./run test installs them when it runs as root with apt-get)"),
 ]
+needs_firefox = [
+    pytest.mark.skipif(selenium is None, reason="selenium is not installed (pip install -e '.[dev]')"),
+    pytest.mark.skipif(FIREFOX is None, reason="Firefox is not installed: apt-get install firefox-esr "
+                                               "(./run test installs it when it runs as root with apt-get)"),
+    pytest.mark.skipif(GECKODRIVER is None,
+                       reason="geckodriver is not installed: Debian does not package it and no package registry "
+                              "this project reaches ships a Linux build; put Mozilla's geckodriver on PATH (or set "
+                              "GECKODRIVER to it) to run the Firefox tests"),
+]
+# Each browser a test runs in, skipped with its reason where it is missing.
+BROWSERS = [pytest.param("chromium", marks=needs_chromium, id="chromium"),
+            pytest.param("firefox", marks=needs_firefox, id="firefox")]
 
 # Every visible element that sticks out of the viewport, and every table wider than its box.
 OVERFLOW_SCRIPT = """
@@ -76,6 +98,36 @@ def chromium(*flags: str, window=DESKTOP):
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def firefox(window=DESKTOP):
+    """A Selenium driver of headless Firefox (geckodriver) with a fresh profile and a fake microphone."""
+    from selenium import webdriver
+    from selenium.webdriver.firefox.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")
+    options = webdriver.FirefoxOptions()
+    options.binary_location = FIREFOX
+    for flag in ("-headless", f"--width={window[0]}", f"--height={window[1]}"):
+        options.add_argument(flag)
+    for name, value in FIREFOX_PREFS.items():
+        options.set_preference(name, value)
+    # geckodriver makes the profile in a temporary folder and removes it when the driver quits.
+    driver = webdriver.Firefox(service=Service(executable_path=GECKODRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def launch(name: str, window=DESKTOP, microphone: Path | None = None):
+    """`name` ("chromium" or "firefox") as a context manager. With `microphone`, Chromium's fake microphone plays
+    that WAV once; Firefox's always plays its own tone."""
+    if name == "firefox":
+        return firefox(window=window)
+    return chromium(*(fake_microphone(microphone) if microphone else ()), window=window)
 
 
 def fake_microphone(wav: Path) -> list[str]:
@@ -128,8 +180,24 @@ def assert_fits(driver, where):
 
 
 def severe_console(driver) -> list[dict]:
-    """The page's console errors (uncaught exceptions, failed loads)."""
+    """The page's console errors (uncaught exceptions, failed loads). geckodriver keeps no console log (the
+    WebDriver standard has none), so in Firefox this finds nothing."""
+    if driver.name == "firefox":
+        return []
     return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def print_pdf(driver, **options) -> bytes:
+    """The page as the browser prints it (WebDriver's Print command: print media and the page's @page rules);
+    `options` are selenium's PrintOptions attributes (page_width and page_height in cm: Letter by default)."""
+    import base64
+
+    from selenium.webdriver.common.print_page_options import PrintOptions
+
+    settings = PrintOptions()
+    for name, value in options.items():
+        setattr(settings, name, value)
+    return base64.b64decode(driver.print_page(settings))
 
 
 def save_screenshot(driver, name: str) -> Path:

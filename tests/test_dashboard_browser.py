@@ -329,6 +329,9 @@ def test_each_score_shows_its_interval_as_text_and_a_band_or_the_page_says_once_
         wait_for_chart_size(browser)
         assert_fits(browser, "session with its interval at 390")
         shot(browser, f"{name}-session-390")
+        browser.execute_script("document.getElementById('chart-caption').scrollIntoView()")
+        wait_until(browser, lambda d: d.execute_script("return window.scrollY") > 0, "the chart scrolled into view")
+        shot(browser, f"{name}-session-chart-390")
 
         click(browser, "#participant-link", "the participant's link")
         wait_until(browser, lambda d: chart_points(d, "history-chart") == 1, "the participant's history")

@@ -436,6 +436,8 @@
     source.addEventListener("connection", (e) => onConnection(JSON.parse(e.data)));
   }
 
+  const printButton = byId("print-summary");
+  if (printButton) printButton.addEventListener("click", () => window.print());
   if (view === "missing") {
     byId("live-pill").hidden = true;
     byId("server-pill").hidden = true;
