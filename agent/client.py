@@ -29,7 +29,7 @@ import grpc
 from moodstream.backoff import Backoff
 from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
-from moodstream.wire import SAMPLE_RATE, bearer_metadata, open_channel, speech_settings_of
+from moodstream.wire import SAMPLE_RATE, bearer_metadata, open_channel, session_metadata, speech_settings_of
 
 from . import events as ev
 from .events import EventHub, Score
@@ -317,7 +317,8 @@ class SessionDelivery:
                                    name="moodstream-agent-abort")
         try:
             stub = pb_grpc.ScreeningStub(channel)
-            call = stub.Stream(self._requests(connection), metadata=self.target.metadata())
+            call = stub.Stream(self._requests(connection),
+                               metadata=self.target.metadata() + session_metadata(self.session_id))
             connection.call = call
             stopper.start()
             for response in call:

@@ -1,4 +1,4 @@
-"""What every side of the moodstream.v1 wire shares, torch-free: audio format, bearer metadata, channels,
+"""What every side of the moodstream.v1 wire shares, torch-free: audio format, bearer and session metadata, channels,
 ScoreUpdate as a dict, and a Subscribe that resumes where it broke off.
 
 The agent, the dashboard, the demo and the server all import these; the wire itself is described in docs/clinic-api.md.
@@ -37,6 +37,17 @@ MIN_PING_INTERVAL_SECONDS = 10.0
 def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     """The call metadata that carries a bearer token; none without a token."""
     return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+# The session id again, as call metadata, on every Stream and PutChunk call: the body is opaque to a load
+# balancer, so this is what one hashes on to send all of a session's calls to the replica that holds its
+# scorer state in memory (deploy/haproxy.cfg, deploy/nginx.conf). nginx reads it as $http_moodstream_session_id.
+SESSION_ID_METADATA_KEY = "moodstream-session-id"
+
+
+def session_metadata(session_id: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata that names a call's session, for session affinity at a load balancer."""
+    return ((SESSION_ID_METADATA_KEY, session_id),)
 
 
 def channel_options() -> list[tuple[str, int]]:

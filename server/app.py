@@ -32,7 +32,8 @@ from moodstream.server.encoder import BatchingEncoder
 from moodstream.server import reflection
 from moodstream.server.model_repository import POLL_SECONDS, ModelRepository
 from moodstream.server.readiness import LIVENESS_SERVICE, RedisReadiness
-from moodstream.server.interceptors import MalformedRequestInterceptor, SingleRequestInterceptor
+from moodstream.server.interceptors import (MalformedRequestInterceptor, SessionMetadataInterceptor,
+                                              SingleRequestInterceptor)
 from moodstream.server.service import ScreeningService, ServiceSettings
 from moodstream.server.redis_connection import connect
 from moodstream.server.store import DEFAULT_TTL_SECONDS, SessionStore
@@ -189,7 +190,8 @@ class ScoringServer:
         model = self.repository.served_current().model
         service = ScreeningService(repository=self.repository, make_store=make_store,
                                    authenticator=authenticator, settings=config.settings)
-        interceptors = [SingleRequestInterceptor(), MalformedRequestInterceptor(SERVICE_NAME)]
+        interceptors = [SingleRequestInterceptor(), MalformedRequestInterceptor(SERVICE_NAME),
+                        SessionMetadataInterceptor(SERVICE_NAME)]
         server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),

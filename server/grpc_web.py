@@ -25,13 +25,14 @@ from sonora.asgi import grpcASGI
 from starlette.middleware.cors import CORSMiddleware
 
 from moodstream.listening import listening_socket
-from moodstream.server.interceptors import refusing_malformed_requests
+from moodstream.server.interceptors import SESSION_METHODS, checking_session_metadata, refusing_malformed_requests
 from moodstream.v1 import moodstream_pb2_grpc
+from moodstream.wire import SESSION_ID_METADATA_KEY
 
 BROWSER_METHODS = ("PutChunk", "GetScore", "ListSessions", "GetModelInfo", "Enrol")
 # What a gRPC-web client sends and must be able to read back (grpc-web and @connectrpc/connect-web).
 REQUEST_HEADERS = ["authorization", "content-type", "grpc-timeout", "x-grpc-web", "x-user-agent",
-                   "connect-protocol-version", "connect-timeout-ms"]
+                   "connect-protocol-version", "connect-timeout-ms", SESSION_ID_METADATA_KEY]
 RESPONSE_HEADERS = ["grpc-status", "grpc-message", "grpc-status-details-bin"]
 FRAME_HEADER_BYTES = 5  # gRPC-web frame: a flags byte and a 4-byte length
 
@@ -66,7 +67,9 @@ def _answered_as_a_stream_of_one(handler: grpc.RpcMethodHandler) -> grpc.RpcMeth
 def browser_handler(servicer) -> grpc.GenericRpcHandler:
     collector = _HandlerCollector()
     moodstream_pb2_grpc.add_ScreeningServicer_to_server(servicer, collector)
-    offered = {name: _answered_as_a_stream_of_one(refusing_malformed_requests(collector.handlers[name]))
+    handlers = {name: checking_session_metadata(handler) if name in SESSION_METHODS else handler
+                for name, handler in collector.handlers.items()}
+    offered = {name: _answered_as_a_stream_of_one(refusing_malformed_requests(handlers[name]))
                for name in BROWSER_METHODS}
     return grpc.method_handlers_generic_handler(collector.service, offered)
 

@@ -1,4 +1,5 @@
-"""Turn request messages that do not parse into INVALID_ARGUMENT.
+"""Turn request messages that do not parse into INVALID_ARGUMENT, and refuse a session id in the call
+metadata that is not the session the request names.
 
 gRPC deserialises a request before (unary) or while (streaming) the handler
 runs; a message that is not valid protobuf, or whose string fields are not
@@ -13,6 +14,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from moodstream.server.rpc_errors import StreamAbort
+from moodstream.wire import SESSION_ID_METADATA_KEY
 
 
 class _Undecodable:
@@ -136,3 +138,69 @@ class SingleRequestInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.request_streaming:
             return handler
         return _exactly_one_request(handler)
+
+
+# Methods whose requests name a session in a SessionHeader, and so may carry SESSION_ID_METADATA_KEY.
+SESSION_METHODS = ("Stream", "PutChunk")
+
+
+def _session_mismatch(metadata, header) -> str:
+    """Why the call's session metadata contradicts `header` ("" if it does not, or is absent)."""
+    for key, value in metadata or ():
+        if key == SESSION_ID_METADATA_KEY and value != header.session_id:
+            # A balancer routes by the metadata and the server stores by the header: if they differ, the
+            # session's calls are spread over replicas by another session's hash. Better to say so at once.
+            return (f"the {SESSION_ID_METADATA_KEY} metadata {value!r} is not the session_id of the request's "
+                    f"SessionHeader {header.session_id!r}: send the same session id in both, or leave the "
+                    f"metadata out")
+    return ""
+
+
+async def _headers_checked(requests, metadata):
+    async for request in requests:
+        if not isinstance(request, _Undecodable) and request.WhichOneof("message") == "header":
+            problem = _session_mismatch(metadata, request.header)
+            if problem:
+                raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        yield request
+
+
+def checking_session_metadata(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler` (of Stream or PutChunk), refusing a call whose session metadata names another session."""
+    deserializer, serializer = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def unary_unary(request, context):
+            if not isinstance(request, _Undecodable) and request.HasField("header"):
+                problem = _session_mismatch(context.invocation_metadata(), request.header)
+                if problem:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, serializer)
+    if handler.stream_stream is not None:
+        inner = handler.stream_stream
+
+        async def stream_stream(requests, context):
+            async for response in inner(_headers_checked(requests, context.invocation_metadata()), context):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, deserializer, serializer)
+    return handler
+
+
+class SessionMetadataInterceptor(grpc.aio.ServerInterceptor):
+    """Applies checking_session_metadata to one service's Stream and PutChunk (its full name, as above).
+
+    Innermost of the interceptors, so a request that does not parse is refused as such first.
+    """
+
+    def __init__(self, service_name: str) -> None:
+        self.methods = {f"/{service_name}/{name}" for name in SESSION_METHODS}
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method not in self.methods:
+            return handler
+        return checking_session_metadata(handler)

@@ -41,6 +41,7 @@ from moodstream.compose.cli import build_parser
 from moodstream.user_files import PathOption
 from moodstream.server.readiness import LIVENESS_SERVICE, READINESS_SERVICE
 from moodstream.v1 import moodstream_pb2
+from moodstream.wire import SESSION_ID_METADATA_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -657,7 +658,7 @@ def test_envoy_turns_browsers_grpc_web_into_grpc_with_cors(name):
     policy = host["typed_per_filter_config"]["envoy.filters.http.cors"]
     assert policy["@type"].endswith("cors.v3.CorsPolicy")
     allowed = {header.strip() for header in policy["allow_headers"].split(",")}
-    assert {"authorization", "content-type", "x-grpc-web"} <= allowed
+    assert {"authorization", "content-type", "x-grpc-web", SESSION_ID_METADATA_KEY} <= allowed
     assert "grpc-status" in policy["expose_headers"] and "POST" in policy["allow_methods"]
     assert all("grpc" not in route["match"] for route in host["routes"]), "a CORS preflight is not gRPC"
 

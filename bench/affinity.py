@@ -1,0 +1,271 @@
+"""Session affinity at a load balancer: PutChunk sessions through HAProxy to two replicas, round-robin (the
+baseline) against a consistent hash of the session id metadata (deploy/haproxy.cfg), in the same run.
+
+    python bench/affinity.py [--sessions 20] [--chunks 6] [--seed 0] [--out FILE]
+
+Two `moodstream server` processes (a tiny model, the default state cache, each
+with its Prometheus port) share one Redis; the real HAProxy (Debian's haproxy,
+deploy/haproxy.cfg with only its addresses changed, and `balance roundrobin`
+for the baseline) listens on 127.0.0.1. Each session sends its chunks one
+`PutChunk` call at a time, every call with the bearer token and the session id
+metadata, as the record page does; chunk k of every session goes out before
+chunk k+1 of any, the sessions in a shuffled order each round, as many phones
+recording at once would send them. A session's first chunk finds no stored state
+(no cache lookup); each later one is a state-cache hit on a replica that
+applied the session's previous chunk, and a miss anywhere else. It reports
+per mode the hits and misses summed over both replicas' counters
+(moodstream_state_cache_lookups_total), the hit ratio, the sessions each
+replica served (HAProxy's log), and the mean PutChunk time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, machine, markdown_table  # noqa: E402
+
+HAPROXY_CONFIG = ROOT / "deploy" / "haproxy.cfg"
+REPLICAS = ("server-1", "server-2")  # the server names, and compose's addresses, in deploy/haproxy.cfg
+HASH_LINES = "    balance hdr(moodstream-session-id)\n    hash-type consistent\n"
+MODES = {"round-robin": "    balance roundrobin\n", "consistent hash": HASH_LINES}
+PARTICIPANT = "bench"
+# One line per call in HAProxy's httplog: "... grpc scoring/server-2 ... {session id} ... "POST /path HTTP/2.0""
+LOG_LINE = re.compile(r" scoring/(?P<server>\S+) .*\{(?P<session>[^}|]*)\} .*\"POST (?P<path>\S+) ")
+
+
+def _replaced(text: str, old: str, new: str) -> str:
+    if text.count(old) != 1:
+        raise ValueError(f"{HAPROXY_CONFIG.name} no longer holds {old!r} exactly once: update {Path(__file__).name}")
+    return text.replace(old, new)
+
+
+def proxy_config(port: int, addresses: list[str], stats_socket: Path, mode: str = "consistent hash") -> str:
+    """deploy/haproxy.cfg listening on 127.0.0.1:`port` in front of `addresses`, with an admin socket."""
+    text = _replaced(HAPROXY_CONFIG.read_text(), "bind :50051", f"bind 127.0.0.1:{port}")
+    for name, address in zip(REPLICAS, addresses, strict=True):
+        text = _replaced(text, f"server {name} {name}:50051", f"server {name} {address}")
+    text = _replaced(text, "\nglobal\n", f"\nglobal\n    stats socket {stats_socket}\n")
+    return _replaced(text, HASH_LINES, MODES[mode])
+
+
+class HAProxy:
+    """The real haproxy binary in the foreground (-db), its log (stdout) in a file, asked through its admin socket."""
+
+    def __init__(self, directory: Path, addresses: list[str], mode: str = "consistent hash") -> None:
+        from moodstream.compose.redis_process import free_port
+
+        binary = shutil.which("haproxy")
+        if binary is None:
+            raise FileNotFoundError("haproxy is not installed (Debian: apt-get install haproxy)")
+        self.port = free_port()
+        self.socket_path = directory / f"haproxy-{self.port}.sock"
+        self.config_path = directory / f"haproxy-{self.port}.cfg"
+        self.log_path = directory / f"haproxy-{self.port}.log"
+        self.config_path.write_text(proxy_config(self.port, addresses, self.socket_path, mode))
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen([binary, "-db", "-f", str(self.config_path)], stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def admin(self, command: str) -> str:
+        with socket.socket(socket.AF_UNIX) as connection:
+            connection.connect(str(self.socket_path))
+            connection.sendall(command.encode() + b"\n")
+            reply = b""
+            while chunk := connection.recv(65536):
+                reply += chunk
+        return reply.decode()
+
+    def server_states(self) -> dict[str, tuple[str, str]]:
+        """Each server's (status, last check status) from `show stat`: ("UP", "L7OK") once its check passed."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"haproxy exited ({self.process.returncode}):\n{self.log()}")
+        try:
+            lines = self.admin("show stat").splitlines()
+        except OSError:
+            return {}  # not listening yet
+        header = lines[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, line.split(","))) for line in lines[1:] if line]
+        return {row["svname"]: (row["status"], row["check_status"]) for row in rows
+                if row["pxname"] == "scoring" and row["svname"] not in ("BACKEND", "FRONTEND")}
+
+    def all_up(self) -> bool:
+        states = self.server_states()
+        return bool(states) and all(state == ("UP", "L7OK") for state in states.values())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def calls(self) -> list[dict[str, str]]:
+        """Every call HAProxy logged: the server it went to, the session id header, the path."""
+        return [match.groupdict() for match in map(LOG_LINE.search, self.log().splitlines()) if match]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def wait_for(condition, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def put_sessions(address: str, token: str, sessions: list[str], chunks: list[bytes], seed: int) -> list[float]:
+    """Every session's chunks through `address`, one PutChunk each, round by round in a shuffled order;
+    the seconds each call took."""
+    import grpc
+
+    from moodstream.v1 import moodstream_pb2 as pb
+    from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
+    from moodstream.wire import bearer_metadata, open_channel, session_metadata
+
+    order = random.Random(seed)
+    seconds = []
+    with open_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        stub = pb_grpc.ScreeningStub(channel)
+        for seq, pcm in enumerate(chunks):
+            for session in order.sample(sessions, len(sessions)):
+                header = pb.SessionHeader(session_id=session, participant_id=PARTICIPANT, device_id="bench",
+                                          sample_rate=16000, encoding=pb.AUDIO_ENCODING_PCM_S16LE)
+                request = pb.PutChunkRequest(header=header, chunk=pb.Chunk(seq=seq, start_seconds=7.0 * seq, pcm=pcm))
+                started = time.perf_counter()
+                reply = stub.PutChunk(request, metadata=bearer_metadata(token) + session_metadata(session), timeout=60)
+                seconds.append(time.perf_counter() - started)
+                assert reply.ack.seq == seq and not reply.ack.duplicate, reply
+    return seconds
+
+
+def lookups(servers) -> dict[str, float]:
+    """State-cache hits and misses summed over the servers' Prometheus counters (each server's `metrics_port`)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = {"hit": 0.0, "miss": 0.0}
+    for server in servers:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+        for family in text_string_to_metric_families(text):
+            if family.name == "moodstream_state_cache_lookups":
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        total[sample.labels["outcome"]] += sample.value
+    return total
+
+
+def measure(directory: Path, servers, token: str, mode: str, sessions: list[str], chunks: list[bytes],
+            seed: int) -> dict:
+    """One mode: a fresh HAProxy in front of `servers` (each with `port` and `metrics_port`), every session
+    through it, what the replicas counted."""
+    proxy = HAProxy(directory, [f"127.0.0.1:{server.port}" for server in servers], mode)
+    try:
+        wait_for(proxy.all_up, "HAProxy's gRPC health checks to pass on both replicas")
+        before = lookups(servers)
+        seconds = put_sessions(proxy.address, token, sessions, chunks, seed)
+        after = lookups(servers)
+        wanted = len(sessions) * len(chunks)
+
+        def logged():
+            calls = [call for call in proxy.calls() if call["path"].endswith("/PutChunk")]
+            return calls if len(calls) >= wanted else None
+
+        try:
+            calls = wait_for(logged, "HAProxy to log every call", timeout=10)
+        except TimeoutError:
+            raise TimeoutError(f"HAProxy logged {len(proxy.calls())} of {wanted} calls:\n{proxy.log()[-2000:]}") from None
+    finally:
+        proxy.close()
+    hits, misses = after["hit"] - before["hit"], after["miss"] - before["miss"]
+    served = {name: sorted({c["session"] for c in calls if c["server"] == name}) for name in REPLICAS}
+    replicas_per_session = {s: len({c["server"] for c in calls if c["session"] == s}) for s in sessions}
+    return {"mode": mode, "calls": len(calls), "hits": hits, "misses": misses,
+            "hit_ratio": hits / (hits + misses) if hits + misses else float("nan"),
+            "sessions_per_replica": {name: len(names) for name, names in served.items()},
+            "sessions_on_one_replica": sum(count == 1 for count in replicas_per_session.values()),
+            "mean_ms": 1000 * sum(seconds) / len(seconds)}
+
+
+def run(sessions: int = 20, chunks: int = 6, seed: int = 0, log=print) -> dict:
+    import torch
+
+    from loopback import pcm_chunks
+    from state_cache import CacheServer
+
+    from moodstream.compose.redis_process import RedisProcess
+    from moodstream.model import ModelConfig, ScreeningModel
+    from moodstream.server.auth import create_token
+
+    info = machine()
+    torch.manual_seed(seed)
+    audio = pcm_chunks(chunks)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="moodstream-affinity-") as tmp, RedisProcess().start() as redis_server:
+        directory = Path(tmp)
+        checkpoint = ScreeningModel(ModelConfig.tiny()).eval().save_pretrained(directory / "checkpoint")
+        token = create_token(directory / "tokens.json", "bench", [PARTICIPANT], [])
+        servers = [CacheServer(checkpoint, redis_server.url, directory / "tokens.json", 256) for _ in REPLICAS]
+        try:
+            for mode in MODES:
+                log(f"{mode}: {sessions} sessions x {chunks} PutChunk calls through HAProxy ...")
+                names = [f"{mode.replace(' ', '-')}-{index:03d}" for index in range(sessions)]
+                rows.append(measure(directory, servers, token, mode, names, audio, seed))
+        finally:
+            for server in servers:
+                server.close()
+    info["load_average_at_end"] = os.getloadavg()[0]
+    haproxy = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
+    return {"machine": info, "haproxy": haproxy, "sessions": sessions, "chunks": chunks, "rows": rows}
+
+
+def report(result: dict) -> str:
+    rows = [[r["mode"], r["calls"], f"{r['hits']:.0f} / {r['misses']:.0f}", f"{r['hit_ratio']:.1%}",
+             " / ".join(str(n) for n in r["sessions_per_replica"].values()),
+             f"{r['sessions_on_one_replica']} of {result['sessions']}", f"{r['mean_ms']:.1f} ms"]
+            for r in result["rows"]]
+    baseline, hashed = result["rows"][0]["hit_ratio"], result["rows"][1]["hit_ratio"]
+    return markdown_table(["HAProxy balance", "PutChunk calls", "state-cache hits / misses", "hit ratio",
+                           "sessions on server-1 / server-2", "sessions that stayed on one replica",
+                           "mean PutChunk"], rows) + (f"\n\nhit ratio, consistent hash / round-robin: {hashed / baseline:.2f}×"
+                                                   if baseline else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=20, help="PutChunk sessions per mode (default: 20)")
+    parser.add_argument("--chunks", type=int, default=6, help="chunks per session (default: 6)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model and the call order (default: 0)")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args()
+    result = run(args.sessions, args.chunks, args.seed, log=lambda message: print(message, file=sys.stderr))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result["machine"]), file=sys.stderr)
+    print(report(result))
+
+
+if __name__ == "__main__":
+    main()
