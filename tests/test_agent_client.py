@@ -323,8 +323,10 @@ def test_the_agent_help_explains_failover():
                            text=True, timeout=60)
     assert shown.returncode == 0
     assert "fail over" in " ".join(shown.stdout.split())
+    from moodstream.samples import SAMPLE_AUDIO
+
     empty = subprocess.run([sys.executable, "-P", "-m", "moodstream.compose.cli", "agent", "--server", " , ",
-                            "--participant", "p1", "x.wav"], capture_output=True, text=True, timeout=60)
+                            "--participant", "p1", str(SAMPLE_AUDIO)], capture_output=True, text=True, timeout=60)
     assert empty.returncode == 2 and "no server address given" in empty.stderr
 
 
