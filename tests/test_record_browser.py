@@ -102,18 +102,17 @@ def page_state(driver) -> dict:
               waiting: Number($('waiting').dataset.count), network: $('network').dataset.state,
               keptSamples: Number($('kept').dataset.keptSamples), heardSamples: Number($('kept').dataset.heardSamples),
               session: $('session').textContent,
-              problem: $('problem').hidden ? '' : $('problem').textContent};""")
+              problem: $('problem').hidden ? '' : $('problem').textContent,
+              finished: $('finished').hidden ? '' : $('finished').textContent,
+              complete: !$('finished').hidden && $('finished').dataset.complete === '1'};""")
 
 
 def wait_until_everything_is_acknowledged(driver, what: str, timeout: float = 60):
-    """Until the page is idle with an empty outbox, seen in ONE reading of the page.
-
-    Two readings can each be true at a different moment: "nothing waiting" just before Stop stores the
-    End, "idle" just after, with the End still unsent (a browser closed then never sends it).
-    """
+    """Until the page says its finished session is all received, End included, with no part of any session
+    waiting, seen in ONE reading of the page ("nothing waiting" alone is true just before Stop stores the End)."""
     def settled(d) -> bool:
         state = page_state(d)
-        return state["waiting"] == 0 and state["state"] == "idle"
+        return state["waiting"] == 0 and state["complete"]
 
     wait_until(driver, settled, what, timeout=timeout)
 
@@ -210,7 +209,7 @@ def test_a_reload_and_the_server_down_while_chunks_pile_up_lose_nothing_and_appl
             record(driver, link, 0)
             wait_until(driver, lambda d: page_state(d)["sent"] >= 1, "the first chunk's ack", timeout=30)
             server.stop()
-            wait_until(driver, lambda d: page_state(d)["waiting"] >= 1 and page_state(d)["network"] == "offline",
+            wait_until(driver, lambda d: page_state(d)["waiting"] >= 1 and page_state(d)["network"] == "unreachable",
                        "a chunk waiting in the outbox while the server is down", timeout=30)
             session = page_state(driver)["session"]
 

@@ -51,6 +51,24 @@ export class Outbox {
     return sessions.find((session) => !session.ended) || null;
   }
 
+  // The participant's latest session on this device, finished or not: what the page shows after a reload.
+  async lastSession(participantId) {
+    const sessions = await done(this.db.transaction(SESSIONS).objectStore(SESSIONS).getAll());
+    return sessions.filter((session) => session.participantId === participantId)
+      .reduce((last, session) => (!last || session.originMs > last.originMs ? session : last), null);
+  }
+
+  // How far the server has a session: its parts (chunks cut) and how many of them, and its End, still
+  // wait here. An item leaves the outbox only on the server's ack, so parts - waiting is what the server
+  // holds, across reloads and resends, without a second counter to drift from it.
+  async progress(session) {
+    const range = IDBKeyRange.bound(`${session.sessionId}:`, `${session.sessionId}:\uffff`);
+    const keys = await done(this.db.transaction(OUTBOX).objectStore(OUTBOX).getAllKeys(range));
+    const endWaiting = keys.some((key) => key.endsWith(":1"));
+    const waiting = keys.length - (endWaiting ? 1 : 0);
+    return { parts: session.nextSeq, waiting, received: session.nextSeq - waiting, endWaiting };
+  }
+
   async addChunk(session, chunk) {
     const transaction = this.db.transaction([OUTBOX, SESSIONS], "readwrite");
     transaction.objectStore(OUTBOX).put({
@@ -84,8 +102,10 @@ export class Outbox {
     return cursor ? cursor.value : null;
   }
 
-  async count() {
-    return done(this.db.transaction(OUTBOX).objectStore(OUTBOX).count());
+  // Parts (chunks) still to send, of every session; a session's End is not a part.
+  async waitingParts() {
+    const keys = await done(this.db.transaction(OUTBOX).objectStore(OUTBOX).getAllKeys());
+    return keys.filter((key) => key.endsWith(":0")).length;
   }
 
   async remove(key) {

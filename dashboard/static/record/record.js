@@ -10,6 +10,7 @@ import { Outbox } from "./outbox.js";
 import { Chunker, SAMPLE_RATE, SpeechFilter, loadVad } from "./speech.js";
 
 const CALL_TIMEOUT_MS = 30000;
+const PROBE_TIMEOUT_MS = 5000;
 const RETRY_MS = [1000, 2000, 5000];
 // Worth retrying: the network or the server is away. Anything else needs a person (a new link, ...).
 const TRANSIENT = new Set([Code.Unavailable, Code.Unknown, Code.DeadlineExceeded, Code.Internal, Code.Aborted,
@@ -17,8 +18,13 @@ const TRANSIENT = new Set([Code.Unavailable, Code.Unknown, Code.DeadlineExceeded
 
 const $ = (id) => document.getElementById(id);
 const root = document.body.dataset.root || "";
-const view = { sent: 0, network: "idle", problem: "", keptSamples: 0, sessionId: "" };
-let settings, outbox, client, credentials, session = null, capture = null, pumping = false, wake = null;
+const view = { network: "idle", problem: "", keptSamples: 0, sessionId: "" };
+const NETWORK = { idle: "up to date", sending: "sending…", offline: "offline: will retry",
+  unreachable: "scoring server unreachable: will retry", stopped: "not sending" };
+// `session` is the one being recorded (open, across reloads); `finished` the one last ended, which the
+// page goes on showing (what the server has of it) until a new one starts.
+let settings, outbox, client, credentials, session = null, finished = null, capture = null, pumping = false,
+  wake = null;
 
 function newSessionId() {
   const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "");
@@ -40,30 +46,54 @@ function clock(seconds) {
   return `${Math.floor(whole / 60)}:${String(whole % 60).padStart(2, "0")}`;
 }
 
+// "Stop and finish" ends on this sentence: everything received, or what still waits and that it will go.
+function finishedSentence({ parts, received, waiting, endWaiting }) {
+  if (parts === 0) return "Session finished — no part was long enough to send.";
+  const all = parts === 1 ? "its 1 part" : `all ${parts} parts`;
+  if (waiting === 0) {
+    return `Session finished — ${all} received by the server${endWaiting ? "; telling it the session ended…" : "."}`;
+  }
+  const soFar = `Session finished — ${received} of ${parts} parts received by the server.`;
+  const these = waiting === 1 ? "1 part is" : `${waiting} parts are`;
+  if (view.network === "stopped") return `${soFar} ${these} kept on this device (see the message above).`;
+  return `${soFar} ${these} still waiting on this device and will be sent when the server can be reached, ` +
+    "while this page is open or the next time you open it.";
+}
+
 async function render() {
-  const waiting = outbox ? await outbox.count() : 0;
+  const waiting = outbox ? await outbox.waitingParts() : 0;
+  const shown = session || finished;
+  // From the outbox, not from this page's calls: the same after a reload, and equal to the server's.
+  const progress = shown && outbox ? await outbox.progress(shown) : { parts: 0, received: 0, waiting: 0 };
   const recording = capture !== null;
-  const kept = (session?.keptSeconds || 0) + (capture ? capture.chunker.bufferedSeconds : 0);
-  document.body.dataset.state = recording ? "recording" : session ? "paused" : "idle";
-  $("indicator").textContent = recording ? "Recording" : session ? "Paused" : "Not recording";
+  const kept = (shown?.keptSeconds || 0) + (capture ? capture.chunker.bufferedSeconds : 0);
+  document.body.dataset.state = recording ? "recording" : session ? "paused" : finished ? "finished" : "idle";
+  $("indicator").textContent = recording ? "Recording" : session ? "Paused" : finished ? "Finished" : "Not recording";
+  $("finished").hidden = !finished;
+  if (finished) {
+    $("finished").textContent = finishedSentence(progress);
+    Object.assign($("finished").dataset, { parts: progress.parts, received: progress.received,
+      waiting: progress.waiting, complete: progress.waiting === 0 && !progress.endWaiting ? "1" : "0" });
+  }
   $("kept").textContent = clock(kept);
   $("kept").dataset.seconds = kept.toFixed(3);
   if (capture) view.keptSamples = capture.filter.keptSamples;
   $("kept").dataset.keptSamples = String(view.keptSamples);  // this capture's, as the Python agent counts them
   // How much audio this capture has heard, kept or not: what a test waits on instead of the wall clock.
   $("kept").dataset.heardSamples = capture ? String(capture.filter.nextSample - capture.firstSample) : "0";
-  $("sent").textContent = String(view.sent);
+  $("sent").textContent = String(progress.received);
   $("waiting").textContent = String(waiting);
   $("waiting").dataset.count = String(waiting);
-  $("network").textContent = { idle: "up to date", sending: "sending…", offline: "offline: will retry",
-    stopped: "not sending" }[view.network];
-  $("network").dataset.state = view.network;
+  // The device knows it has no network before any call fails.
+  const network = !navigator.onLine && view.network !== "stopped" ? "offline" : view.network;
+  $("network").textContent = NETWORK[network];
+  $("network").dataset.state = network;
   $("problem").hidden = !view.problem;
   $("problem").textContent = view.problem;
-  if (session) view.sessionId = session.sessionId;
+  if (shown) view.sessionId = shown.sessionId;
   $("session").textContent = view.sessionId || "";
   $("start").hidden = recording;
-  $("start").textContent = session ? "Continue recording" : "Start recording";
+  $("start").textContent = session ? "Continue recording" : finished ? "Start a new recording" : "Start recording";
   $("stop").hidden = !session;
 }
 
@@ -83,6 +113,19 @@ function sleep(ms) {
   });
 }
 
+// A send failed for a reason worth retrying: is it this device's network, or the scoring server? The
+// page's own host answering (any HTTP status) means the network is up. /healthz is not in the service
+// worker's cache, so only the network can answer it. (With the page's host down too, this says offline.)
+async function networkUp() {
+  if (!navigator.onLine) return false;
+  try {
+    await fetch(`${root}/healthz`, { method: "HEAD", cache: "no-store", signal: AbortSignal.timeout(PROBE_TIMEOUT_MS) });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 // Sends the outbox in order, one call per item; an item leaves the outbox only on its ack.
 async function pump() {
   if (pumping || !client) return;
@@ -98,7 +141,6 @@ async function pump() {
         const acked = item.kind === "end" ? answer.ended : answer.ack && Number(answer.ack.seq) === item.seq;
         if (!acked) throw new ConnectError(`the server did not acknowledge ${item.kind} ${item.seq}`, Code.Internal);
         await outbox.remove(item.key);
-        if (item.kind === "chunk") view.sent += 1;
         failures = 0;
         view.problem = "";
       } catch (error) {
@@ -109,7 +151,7 @@ async function pump() {
             "Nothing is lost; ask your clinician for a new link.";
           return;
         }
-        view.network = "offline";
+        view.network = (await networkUp()) ? "unreachable" : "offline";
         await render();
         await sleep(RETRY_MS[Math.min(failures++, RETRY_MS.length - 1)]);
       }
@@ -132,6 +174,8 @@ async function startCapture() {
     session = { sessionId: newSessionId(), participantId: credentials.participant, nextSeq: 0, keptSeconds: 0,
       originMs: Date.now(), ended: false };
     await outbox.startSession(session);
+    finished = null;
+    $("tail").textContent = "";
   }
   // Everything else is ready before the microphone opens, so no speech is missed while loading.
   const vad = await loadVad(fvad, settings.vad_aggressiveness, (SAMPLE_RATE * settings.frame_ms) / 1000);
@@ -185,10 +229,11 @@ async function stopCapture() {
     await current.queue;
     await store([...chunks, ...last]);
     view.keptSamples = current.filter.keptSamples;
-    if (droppedTail) $("tail").textContent = `The last ${droppedTail.speechSeconds.toFixed(1)} s of speech were too short to score.`;
+    if (droppedTail) $("tail").textContent = `The last ${droppedTail.speechSeconds.toFixed(1)} s of speech were too short to send.`;
   }
   if (session) {
     await outbox.endSession(session);
+    finished = session;
     session = null;
   }
   pump();
@@ -246,9 +291,11 @@ async function main() {
   $("participant").textContent = credentials.participant;
   outbox = await Outbox.open();
   session = await outbox.openSession();
+  if (!session) finished = await outbox.lastSession(credentials.participant);
   $("start").addEventListener("click", () => startCapture().catch(failed));
   $("stop").addEventListener("click", () => stopCapture().catch(failed));
-  addEventListener("online", () => wake && wake());
+  addEventListener("online", () => { if (wake) wake(); render(); });
+  addEventListener("offline", () => render());
   setInterval(render, 500);
   await render();
   document.body.dataset.ready = "1";
