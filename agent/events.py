@@ -41,6 +41,53 @@ class AgentEvent:
 EventSink = Callable[[AgentEvent], None]
 
 
+def sentence(event: AgentEvent) -> str:
+    """The event as a sentence for people (the demo prints these; --json prints the event's fields)."""
+    data = event.data
+    speech = f"{data.get('speech_seconds', 0):.1f} s of speech from {data.get('start_seconds', 0):.1f} s"
+    waiting = f"{data['pending']} chunk(s) waiting to be sent" if "pending" in data else ""
+    kind = event.kind
+    if kind == SESSION:
+        where = f"participant {data.get('participant_id', '?')}, server {data.get('server', '?')}"
+        if data.get("resumed"):
+            return f"session {event.session_id} resumed ({where}): {data.get('resume')}"
+        return f"session {event.session_id} started ({where})"
+    if kind == CHUNK:
+        return f"chunk {data.get('seq')} made: {speech}" + (f"; {waiting}" if waiting else "")
+    if kind == DROPPED:
+        if data.get("drop") == "outbox_evicted":
+            return (f"chunk {data.get('seq')} of session {data.get('dropped_session_id', event.session_id)} was "
+                    f"dropped unsent from the full outbox ({speech}): {data.get('reason')}")
+        return f"the last {speech} will not be scored: {data.get('reason')}"
+    if kind == SENT:
+        return f"chunk {data.get('seq')} sent"
+    if kind == ACK:
+        again = " (it had it already: a resend)" if data.get("duplicate") else ""
+        return f"chunk {data.get('seq')} stored by the server{again}"
+    if kind == SCORE:
+        from moodstream import COLLECTING_SPEECH
+        from moodstream.wire import interval_text
+
+        label = (COLLECTING_SPEECH if not data.get("evidence_sufficient", True)
+                 else "above threshold" if data.get("above_threshold") else "below threshold")
+        return f"score after {data.get('segments')} segment(s): p = {interval_text(data)}, {label}"
+    if kind == RETRY:
+        return (f"cannot reach {data.get('failed_server', data.get('server', '?'))} ({data.get('reason')}); "
+                f"trying {data.get('server', '?')} in {data.get('delay_seconds')} s (attempt {data.get('attempt')})"
+                + (f", {waiting}" if waiting else ""))
+    if kind == ERROR:
+        return f"{data.get('stage', 'agent')} failed: {data.get('message')}"
+    if kind == WARNING:
+        return f"warning ({data.get('stage', 'agent')}): {data.get('message')}"
+    if kind == DONE:
+        if data.get("completed"):
+            return (f"session {event.session_id} delivered: {data.get('chunks_acked')} chunk(s) stored by the "
+                    f"server, {data.get('dropped')} dropped")
+        return (f"session {event.session_id} not fully delivered: {data.get('chunks_acked')} chunk(s) stored by "
+                f"the server; the rest stay in the outbox")
+    raise ValueError(f"no sentence for agent event {kind!r}")
+
+
 class EventHub:
     """Serialises events from the capture and delivery threads into one sink."""
 

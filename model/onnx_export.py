@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -72,7 +73,28 @@ def quantize_matmuls(source: str | os.PathLike, target: str | os.PathLike) -> Pa
     spare = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     # MatMulConstBOnly: weights only, never an activation-by-activation product (attention scores).
     # Per-tensor scales: ORT 1.32's MatMulInteger refuses the per-channel zero points quantize_dynamic writes.
-    quantize_dynamic(str(source), str(spare), op_types_to_quantize=["MatMul"], per_channel=False,
-                     weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+    with without_preprocessing_advice():
+        quantize_dynamic(str(source), str(spare), op_types_to_quantize=["MatMul"], per_channel=False,
+                         weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
     spare.replace(target)
     return target
+
+
+@contextlib.contextmanager
+def without_preprocessing_advice():
+    """ONNX Runtime's quantize_dynamic advises, on the root logger, to pre-process the graph first (shape inference
+    for its image-model examples): a line on stderr that asks nothing of whoever runs the server. Logging it would
+    also leave a stderr handler on the root logger; the NullHandler keeps logging from adding one."""
+    root = logging.getLogger()
+    quiet = logging.NullHandler()
+
+    def advice(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider to run pre-processing before quantization")
+
+    root.addHandler(quiet)
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
+        root.removeHandler(quiet)

@@ -22,6 +22,8 @@ from moodstream.help_format import HelpFormatter, port_number
 from moodstream.samples import DEMO_CHECKPOINT, DEMO_PARTICIPANTS
 from moodstream.user_files import audio_file, input_folder, output_file, text_file
 
+# The agent events the demo prints, as sentences: what goes wrong or is left out (the scores have their own lines).
+SAID_EVENTS = ("dropped", "retry", "error", "warning")
 
 
 def add_parser(subparsers) -> None:
@@ -230,6 +232,7 @@ def run_demo(args) -> int:
     say(f"moodstream demo - {SCREENING_NOTICE}")
 
     from moodstream.agent.client import ServerTarget
+    from moodstream.agent.events import sentence
     from moodstream.agent.pipeline import new_session_id, run_agent
     from moodstream.server.app import BackgroundServer, ServerConfig
     from moodstream.server.auth import create_token
@@ -280,8 +283,8 @@ def run_demo(args) -> int:
                         def on_event(event) -> None:
                             if event.kind == "sent":
                                 sent_at.setdefault((participant, event.data["seq"]), event.time_unix)
-                            elif event.kind in ("dropped", "error", "retry"):
-                                say(f"agent {participant} {event.kind}: {event.data.get('message') or event.data}")
+                            elif event.kind in SAID_EVENTS:
+                                say(f"agent {participant}: {sentence(event)}")
 
                         say(f"agent: streaming {audio.name} at {args.speed:g}x real time as participant "
                             f"{participant}" + (" (interviewer prompts gated out)" if prompts else ""))
