@@ -27,6 +27,9 @@ from moodstream.model.whisper_backbone import (  # noqa: F401  (whisper_log_mel:
     WHISPER_INPUTS, is_whisper_encoder, whisper_encoder_from_config, whisper_equal_length_features, whisper_features,
     whisper_frame_lengths, whisper_log_mel, whisper_mel_filters)
 
+# How long the hub may take to answer before a backbone that is not cached is reported unavailable.
+HUB_PROBE_SECONDS = 3.0
+
 
 def build_backbone_module(backbone: str, backbone_config: dict[str, Any] | None,
                           load_pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
@@ -64,6 +67,7 @@ def build_backbone_module(backbone: str, backbone_config: dict[str, Any] | None,
         return transformers.AutoModel.from_config(
             transformers.AutoConfig.from_pretrained(source, local_files_only=local_files_only))
 
+    unreachable = None
     try:
         try:
             # The local cache first: no network round trips when it is there.
@@ -71,18 +75,41 @@ def build_backbone_module(backbone: str, backbone_config: dict[str, Any] | None,
         except (OSError, ValueError):
             if offline or local.exists():
                 raise
+            unreachable = hub_unreachable(backbone)
+            if unreachable is not None:
+                raise
             module = load(local_files_only=False)
     except (OSError, ValueError) as error:
         if local.exists():
             hint = f"the folder {local} does not hold a transformers model (config.json + weights)"
         else:
-            hint = (f"'{backbone}' is neither a local folder nor in the Hugging Face cache; "
-                    "download it on a connected machine (e.g. `hf download "
+            hint = (f"'{backbone}' is neither a local folder nor in the Hugging Face cache"
+                    + (f", and the hub cannot be reached ({unreachable})" if unreachable else "")
+                    + "; download it on a connected machine (e.g. `hf download "
                     f"{backbone}`) and copy the cache, or pass the folder it is in")
         raise BackboneUnavailableError(f"cannot load backbone: {hint}.") from error
     if getattr(module.config, "model_type", None) == "whisper" and hasattr(module, "get_encoder"):
         module = module.get_encoder()  # only the audio encoder of an encoder-decoder Whisper model
     return module, portable_config(module.config)
+
+
+def hub_unreachable(repo_id: str) -> str | None:
+    """Why the Hugging Face hub cannot be asked for `repo_id` now, in a few words; None when it answers.
+
+    One request, no retries: after a failed request huggingface_hub retries with backoff for about 25 s, which
+    without a network only delays the same error.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=HUB_PROBE_SECONDS)
+    except (HfHubHTTPError, HFValidationError):
+        return None  # the hub answered (or the id is malformed): the download says what is wrong
+    except Exception as error:  # a connection that failed or timed out, however the HTTP client words it
+        reason = " ".join(str(error).split()) or type(error).__name__
+        return f"{constants.ENDPOINT}: {reason}"
+    return None
 
 
 def portable_config(hf_config) -> dict[str, Any]:

@@ -243,6 +243,7 @@ def test_the_example_recipe_documents_every_key():
         if section == "stage1":
             keys -= {"prefix_training", "label_smoothing"}  # stage-2 settings only (stage 1 refuses them)
         assert set(values[section]) == keys, section
+    assert {"preset", "pretrained"} <= set(values["model"])  # the trainer's own [model] keys
     TrainConfig.from_dict(values)  # and it is a valid recipe
 
 

@@ -1,5 +1,5 @@
 """`moodstream train | evaluate | ablate | baseline | standin | standin-sweep | import-whisper | demo-checkpoint |
-long-session-check`.
+synth-corpus | long-session-check`.
 
 Parsers only here (no torch import), so `moodstream --help` stays fast.
 """
@@ -142,6 +142,26 @@ def add_parser(subparsers) -> None:
     demo.add_argument("--resume", action="store_true",
                       help="continue an interrupted build in --work (keeps its corpus and finished epochs)")
     demo.set_defaults(handler=run_demo_checkpoint)
+
+    from moodstream.trainer.synth_corpus import SESSION_SECONDS, SPEAKERS as CORPUS_SPEAKERS
+
+    corpus = subparsers.add_parser(
+        "synth-corpus", help="write a small synthetic speech corpus (espeak-ng) to train on offline",
+        description="Synthesise a small labelled corpus with espeak-ng, as the demo checkpoint's recipe does: each "
+                    "speaker reads everyday sentences once with a slowed, low, flat delivery (label 1) and once "
+                    "lively (label 0), in background noise; speaker-disjoint train/validation/test splits in "
+                    "FOLDER/manifest.csv. A proxy for psychomotor slowing, not depression: it lets "
+                    "configs/tiny-offline.toml train end to end with nothing downloaded. Needs espeak-ng "
+                    "(Debian/Ubuntu: apt-get install espeak-ng).")
+    corpus.add_argument("folder", nargs="?", default="runs/tiny-corpus", type=output_folder,
+                        help="where the WAVs and manifest.csv go (default: %(default)s, where "
+                             "configs/tiny-offline.toml looks when run from the repository)")
+    corpus.add_argument("--speakers", type=int, default=CORPUS_SPEAKERS,
+                        help="synthetic speakers, two sessions each (default: %(default)s)")
+    corpus.add_argument("--seconds", type=float, default=SESSION_SECONDS,
+                        help="length of each session before the pauses are dropped (default: %(default)s)")
+    corpus.add_argument("--seed", type=int, default=0, help="draw of voices, deliveries and sentences")
+    corpus.set_defaults(handler=run_synth_corpus)
 
     from moodstream.trainer.long_session_metrics import GOAL_AUC_GAP, GOAL_ECE
     from moodstream.trainer.long_sessions import DEFAULT_SEED, DEFAULT_SPEAKERS, REPORT_AT
@@ -329,6 +349,14 @@ def run_demo_checkpoint(args) -> int:
 
     folder = build_demo_checkpoint(output=args.output, work=args.work, seed=args.seed, resume=args.resume)
     print(f"wrote {folder}")
+    return 0
+
+
+def run_synth_corpus(args) -> int:
+    from moodstream.trainer.synth_corpus import generate
+
+    manifest = generate(args.folder, speakers=args.speakers, session_seconds=args.seconds, seed=args.seed)
+    print(f"wrote {2 * args.speakers} sessions of synthetic speech and {manifest}")
     return 0
 
 

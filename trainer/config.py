@@ -14,6 +14,8 @@
 justified by a measurement in docs/training.md; `auto` (the default) takes
 `small-data` for corpora under SMALL_CORPUS_SESSIONS sessions, else `paper`.
 A value set in the file or with --set always wins over the recipe's.
+A relative data path (PATH_KEYS) or backbone folder in the file is relative to the file's folder; given with
+--set, to the folder the command runs in, as on any command line; run.output is always the latter.
 `TrainConfig.to_toml()` writes the fully resolved recipe next to every run.
 """
 from __future__ import annotations
@@ -301,7 +303,25 @@ def parse_value(text: str) -> Any:
         return text
 
 
+# Keys that name a file or folder. A --set value names it from the folder the command runs in, as any command-line
+# path does; the same key in the recipe file names it from the file's folder (TrainConfig.resolve).
+PATH_KEYS = ("data.path", "data.test_path", "data.cache_dir")
+
+
+def command_line_path(key: str, value: Any) -> Any:
+    """A --set value as the path it names from the working directory (absolute), where `key` holds a path."""
+    if not isinstance(value, str) or not value:
+        return value
+    path = Path(value).expanduser()
+    if key in PATH_KEYS:
+        return str(path.absolute())
+    if key == "model.backbone" and path.exists():  # else a hub id such as facebook/wav2vec2-base
+        return str(path.absolute())
+    return value
+
+
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> None:
+    """`--set section.key=value` items into `values`; paths among them are made absolute from the working directory."""
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set takes section.key=value, got {item!r}")
@@ -314,4 +334,4 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> None:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise ValueError(f"--set {key}: {part} is not a table")
-        target[parts[-1]] = parse_value(text.strip())
+        target[parts[-1]] = command_line_path(key.strip(), parse_value(text.strip()))
