@@ -30,6 +30,7 @@ from starlette.templating import Jinja2Templates
 
 from moodstream import SCREENING_NOTICE, __version__
 from moodstream.speech import CaptureSettings
+from moodstream.wire import SESSION_ID_METADATA_KEY
 from moodstream.dashboard.feed import FeedConfig, ScoreFeed
 
 HERE = Path(__file__).resolve().parent
@@ -147,7 +148,8 @@ def create_app(config: FeedConfig, feed: ScoreFeed | None = None) -> Starlette:
         speech = await feed.model_speech_settings()
         capture = CaptureSettings.from_dict(speech) if speech else CaptureSettings()
         return JSONResponse({"capture": capture.as_dict(), "from_model": speech is not None,
-                             "endpoint": config.record_endpoint, "notice": SCREENING_NOTICE})
+                             "endpoint": config.record_endpoint, "notice": SCREENING_NOTICE,
+                             "session_metadata_key": SESSION_ID_METADATA_KEY})
 
     async def record_manifest(request: Request) -> Response:
         root = request.scope.get("root_path", "")

@@ -4,6 +4,7 @@ import httpx
 import torch
 from server_harness import running_server, write_tokens
 
+from moodstream.wire import SESSION_ID_METADATA_KEY
 from moodstream import SCREENING_NOTICE
 from moodstream.speech import CaptureSettings
 from moodstream.dashboard.app import GZIP_MINIMUM_BYTES
@@ -30,9 +31,11 @@ def test_the_record_page_its_settings_manifest_and_service_worker():
     assert "script-src 'self' 'wasm-unsafe-eval';" in policy
     assert page.headers["permissions-policy"] == "microphone=(self)"
     assert page.headers["referrer-policy"] == "no-referrer" and page.headers["cache-control"] == "no-store"
-    # no scoring server to ask: the Python agent's defaults, and the page is told so
+    # no scoring server to ask: the Python agent's defaults, and the page is told so; the page sends each
+    # call's session id under the key the server and the load balancers read
     assert settings == {"capture": CaptureSettings().as_dict(), "from_model": False,
-                        "endpoint": "https://scores.example.org:8443", "notice": SCREENING_NOTICE}
+                        "endpoint": "https://scores.example.org:8443", "notice": SCREENING_NOTICE,
+                        "session_metadata_key": SESSION_ID_METADATA_KEY}
     assert manifest.headers["content-type"] == "application/manifest+json"
     assert manifest.json()["start_url"] == "/record" and manifest.json()["display"] == "standalone"
     assert worker.headers["content-type"].startswith("text/javascript") and "caches.open" in worker.text

@@ -23,7 +23,7 @@ const NETWORK = { idle: "up to date", sending: "sending…", offline: "offline: 
   unreachable: "scoring server unreachable: will retry", stopped: "not sending" };
 // `session` is the one being recorded (open, across reloads); `finished` the one last ended, which the
 // page goes on showing (what the server has of it) until a new one starts.
-let settings, outbox, client, credentials, session = null, finished = null, capture = null, pumping = false,
+let settings, sessionMetadataKey, outbox, client, credentials, session = null, finished = null, capture = null, pumping = false,
   wake = null;
 
 function newSessionId() {
@@ -137,7 +137,9 @@ async function pump() {
       await render();
       try {
         const answer = await client.putChunk(request(item), {
-          headers: { authorization: `Bearer ${credentials.token}` }, timeoutMs: CALL_TIMEOUT_MS });
+          // The session id as metadata too, so a load balancer can keep a session on one replica (docs/clinic-api.md).
+          headers: { authorization: `Bearer ${credentials.token}`, [sessionMetadataKey]: item.sessionId },
+          timeoutMs: CALL_TIMEOUT_MS });
         const acked = item.kind === "end" ? answer.ended : answer.ack && Number(answer.ack.seq) === item.seq;
         if (!acked) throw new ConnectError(`the server did not acknowledge ${item.kind} ${item.seq}`, Code.Internal);
         await outbox.remove(item.key);
@@ -279,6 +281,7 @@ async function main() {
   const link = linkInAddress();
   const info = await (await fetch(`${root}/record/settings.json`)).json();
   settings = info.capture;
+  sessionMetadataKey = info.session_metadata_key;
   if (!info.endpoint) {
     return showOnly("This dashboard is not set up for recording: start it with --record-endpoint.");
   }
