@@ -43,6 +43,13 @@ def machine() -> dict:
     return info
 
 
+def machine_line(info: dict) -> str:
+    """The machine a report's figures were measured on, in one line (info: machine())."""
+    return (f"{info['cpu']}, {info['cpu_cores_usable']} usable cores, torch {info['torch']} "
+            f"({info['torch_cpu_capability']}, {info['torch_threads']} threads), GPU: {info['cuda'] or 'none'}; "
+            f"load average at start {info['load_average_at_start']:.1f}")
+
+
 def interleaved_best(variants: dict[str, Callable[[], object]], rounds: int = 3,
                      warmup: int = 1) -> dict[str, float]:
     """Best wall time of each variant over `rounds`, the variants taking turns each round."""

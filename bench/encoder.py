@@ -130,12 +130,12 @@ class ServerPath:
     """The server's BatchingEncoder (auto: it measures its own precision and max batch at start) on its own
     event loop, so that encoding every chunk at once can take turns with the other variants."""
 
-    def __init__(self, model, waves: list[np.ndarray], max_batch: int | None) -> None:
+    def __init__(self, model, waves: list[np.ndarray], max_batch: int | None, precision: str = "auto") -> None:
         from moodstream.server.encoder import BatchingEncoder
 
         self.waves = waves
         self.loop = asyncio.new_event_loop()
-        self.encoder = BatchingEncoder(model, max_batch=max_batch, max_wait_ms=5.0, precision="auto",
+        self.encoder = BatchingEncoder(model, max_batch=max_batch, max_wait_ms=5.0, precision=precision,
                                        tuning_cache=None)
         self.loop.run_until_complete(self.encoder.start())
 
@@ -161,7 +161,8 @@ def accuracy(model, references: list[torch.Tensor], outputs: list[torch.Tensor])
 
 def run(size: str = "base", batch_sizes=(1, 2, 4, 8, 16, 32), rounds: int = 2, want_compile: bool = False,
         server_max_batch: int | None = None, log=print, checkpoint: str | None = None,
-        whisper_input: str | None = None) -> dict:
+        whisper_input: str | None = None, only: tuple[str, ...] | None = None,
+        server_precision: str = "auto") -> dict:
     from moodstream.server.encoder_tuning import interview_probe, within_bound
 
     model = build_model(size, checkpoint, whisper_input)
@@ -170,6 +171,8 @@ def run(size: str = "base", batch_sizes=(1, 2, 4, 8, 16, 32), rounds: int = 2, w
     if model.backbone.is_whisper:
         size = f"{'checkpoint' if checkpoint else size} whisper {model.config.whisper_input}"
     found = variants(model, want_compile, log)
+    if only:  # a dry run's short list: fp32, the baseline, always stays
+        found = {name: variant for name, variant in found.items() if name == "fp32" or name in only}
     # Accuracy as the server's tuner measures it: every score after each segment, on the probe chunks and on
     # the first chunks of the bundled interviews (real speech).
     sessions = [waves[:4], *interview_probe(model)]
@@ -182,7 +185,7 @@ def run(size: str = "base", batch_sizes=(1, 2, 4, 8, 16, 32), rounds: int = 2, w
     short_batches = [batch for batch in batch_sizes if batch <= SHORT_BATCH]
     long_batches = [batch for batch in batch_sizes if batch > SHORT_BATCH]
     server_batch = max(short_batches or batch_sizes)
-    server = ServerPath(model, waves[:server_batch], server_max_batch)
+    server = ServerPath(model, waves[:server_batch], server_max_batch, server_precision)
     log(f"encoder {size} server path: {server.encoder.tuning.summary()}")
     try:
         quality["server path"] = accuracy(model, references,

@@ -1,6 +1,7 @@
 """GPU check: what one NVIDIA GPU does for moodstream, in under five minutes.
 
     python bench/gpu.py [--out bench/results] [--agents 32] [--max-speed 512]
+                        [--checkpoint DIR [--whisper-input 30s chunk]] [--dry-run]
 
 1. Encoder (base-size wav2vec2, random weights, 7 s chunks): chunks/s per
    precision (fp32, bf16 and fp16 autocast) and batch size (1, 4, 8, 16, 32),
@@ -14,10 +15,19 @@
    is lost. The largest agents x pace that held is the number of live
    real-time agents one GPU serves within p95 < 1 s. The GPU memory in use
    (nvidia-smi, whole GPU) is sampled throughout.
+3. With --checkpoint, both again for that checkpoint, with chunks of its own
+   segment length (a Whisper checkpoint at each --whisper-input length: the
+   same weights, ScreeningModel.with_whisper_input), where |Δp| is measured
+   on trained weights; each row's server path and live agents are given as
+   a ratio to the base-size row of the same run.
 
 Writes gpu.json and gpu.md to --out. Where no GPU is present it says so and
 exits 0; where a GPU is present but torch was built without CUDA it says what
-to install and exits 2.
+to install and exits 2. --dry-run runs every part anyway (on the CPU where
+there is no GPU) with the tiny random model instead of the base size, fp32
+and bf16 at batch 1 and 2, two agents sending one chunk each at real-time
+pace, and every server path at fp32, batch 1 (no start-up tuning): it shows
+the script works end to end; its numbers mean nothing.
 """
 from __future__ import annotations
 
@@ -36,6 +46,8 @@ from common import machine, markdown_table  # noqa: E402
 
 BATCH_SIZES = (1, 4, 8, 16, 32)
 P95_LIMIT_S = 1.0
+DRY_RUN = {"size": "tiny", "batch_sizes": (1, 2), "rounds": 1, "paths": ("bf16 autocast",), "agents": 2,
+           "max_speed": 1.0, "chunks_per_agent": 1, "precision": "fp32", "max_batch": 1}
 
 
 def nvidia_gpus() -> list[str]:
@@ -85,23 +97,58 @@ def markdown(result: dict) -> str:
     import loopback
 
     info = result["machine"]
+    dry = " **Dry run: tiny limits, the numbers mean nothing.**" if result.get("dry_run") else ""
     parts = [f"# moodstream GPU check, {result['date']}", "",
-             f"GPU: {info['cuda']}; CPU: {info['cpu']}, {info['cpu_cores_usable']} usable cores; torch "
-             f"{info['torch']}. Run: `python bench/gpu.py` ({result['wall_minutes']:.1f} min).", ""]
-    if "encoder" in result:
-        enc = result["encoder"]
-        parts += [f"## Encoder, base size, 7 s chunks (naive fp32 one chunk at a time: "
+             f"GPU: {info['cuda'] or 'none'}; CPU: {info['cpu']}, {info['cpu_cores_usable']} usable cores; torch "
+             f"{info['torch']}. Run: `{result.get('command', 'python bench/gpu.py')}` "
+             f"({result['wall_minutes']:.1f} min).{dry}", ""]
+    encoders = [result["encoder"]] if "encoder" in result else []
+    encoders += result.get("encoder_checkpoint", [])
+    loops = [result["loopback"]] if "loopback" in result else []
+    loops += result.get("loopback_checkpoint", [])
+    if result.get("encoder_checkpoint") or result.get("loopback_checkpoint"):
+        parts += ["## Each model against the random row of the same run", "", summary_table(encoders, loops), ""]
+    for enc in encoders:
+        parts += [f"## Encoder, {label(enc)}, {enc['chunk_seconds']:g} s chunks (naive fp32 one chunk at a time: "
                   f"{enc['naive_chunks_per_second']:.1f} chunks/s; server path "
                   f"{enc['server_path_share_of_best']:.0%} of the best variant)", "", encoder.table(enc), ""]
-    if "loopback" in result:
-        loop = result["loopback"]
-        parts += [f"## Loopback, base size, {loop['agents']} agents, p95 limit {P95_LIMIT_S:g} s: kept up to "
+    for loop in loops:
+        parts += [f"## Loopback, {loop['size']}, {loop['agents']} agents, p95 limit {P95_LIMIT_S:g} s: kept up to "
                   f"{loop['ceiling_realtime_agents']:g} real-time agents; GPU memory in use at most "
-                  f"{result.get('loopback_gpu_memory_peak_mib') or '?'} MiB (nvidia-smi)", "",
-                  loopback.table(loop), ""]
+                  f"{loop.get('gpu_memory_peak_mib') or '?'} MiB (nvidia-smi)", "", loopback.table(loop), ""]
     if result.get("errors"):
         parts += ["## Errors", "", *(f"- {error}" for error in result["errors"]), ""]
     return "\n".join(parts)
+
+
+def label(enc: dict) -> str:
+    """An encoder row named as bench/loopback.py names the same model."""
+    return f"{enc['size']}, Whisper input {enc['whisper_input']}" if enc.get("whisper_input") else enc["size"]
+
+
+def summary_table(encoders: list[dict], loops: list[dict]) -> str:
+    """Per model: the server path's chunks/s and the live agents it kept up with, each against the first row."""
+    def served(enc: dict) -> dict:
+        return next(row for row in enc["rows"] if row["variant"] == "server path")
+
+    def ratio(value, base) -> str:
+        return f"{value / base:.2f}×" if value is not None and base else "–"
+
+    names = list(dict.fromkeys([label(e) for e in encoders] + [lp["size"] for lp in loops]))
+    by_name = {name: ({label(e): e for e in encoders}.get(name), {lp["size"]: lp for lp in loops}.get(name))
+               for name in names}
+    base_enc, base_loop = by_name[names[0]]
+    base_rate = served(base_enc)["chunks_per_second"] if base_enc else None
+    base_agents = base_loop["ceiling_realtime_agents"] if base_loop else None
+    rows = []
+    for name, (enc, loop) in by_name.items():
+        rate = served(enc)["chunks_per_second"] if enc else None
+        agents = loop["ceiling_realtime_agents"] if loop else None
+        rows.append([name, served(enc)["note"] if enc else None, rate, ratio(rate, base_rate),
+                     max((r["abs_diff_probability"] for r in enc["rows"] if r["variant"] == "server path"),
+                         default=None) if enc else None, agents, ratio(agents, base_agents)])
+    return markdown_table(["model", "server path", "chunks/s", "vs first row", "|Δp| (server path)",
+                           f"live agents, p95 < {P95_LIMIT_S:g} s", "vs first row"], rows)
 
 
 def main() -> int:
@@ -110,29 +157,41 @@ def main() -> int:
                         help="folder for gpu.json and gpu.md")
     parser.add_argument("--agents", type=int, default=32, help="simulated agents in the loopback run")
     parser.add_argument("--max-speed", type=float, default=512.0, help="stop doubling the loopback's pace here")
+    parser.add_argument("--checkpoint", type=Path, help="also measure this checkpoint beside the base-size rows")
+    parser.add_argument("--whisper-input", nargs="+", choices=("30s", "chunk"),
+                        help="a Whisper --checkpoint at each of these input lengths (default: its own)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run every part with tiny limits, on the CPU where there is no GPU (numbers mean nothing)")
     args = parser.parse_args()
+    if args.whisper_input and not args.checkpoint:
+        parser.error("--whisper-input needs a Whisper --checkpoint")
 
     import torch
 
     gpus = nvidia_gpus()
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not args.dry_run:
         if gpus:
             print(f"gpu check: {gpus[0]} is present, but this torch ({torch.__version__}) has no CUDA support; "
                   "install a CUDA build of torch into the environment (pip install torch from PyPI on Linux "
                   "bundles CUDA) and run again", file=sys.stderr)
             return 2
         print("gpu check: no NVIDIA GPU on this machine (no nvidia-smi GPU, torch.cuda unavailable): nothing "
-              "measured. Run it on a machine with one NVIDIA GPU.")
+              "measured. Run it on a machine with one NVIDIA GPU (or try the script with --dry-run).")
         return 0
 
     import datetime
+    import shlex
 
     import encoder
     import loopback
 
+    limits = DRY_RUN if args.dry_run else {"size": "base", "batch_sizes": BATCH_SIZES, "rounds": 3, "paths": None,
+                                           "agents": args.agents, "max_speed": args.max_speed,
+                                           "chunks_per_agent": 3, "precision": None, "max_batch": None}
     started = time.perf_counter()
     result: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    "machine": machine(), "errors": []}
+                    "machine": machine(), "dry_run": args.dry_run,
+                    "command": shlex.join(["python", "bench/gpu.py", *sys.argv[1:]]), "errors": []}
     args.out.mkdir(parents=True, exist_ok=True)
 
     def log(line: str) -> None:
@@ -144,24 +203,44 @@ def main() -> int:
         (args.out / "gpu.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
         (args.out / "gpu.md").write_text(markdown(result) + "\n")
 
-    try:
-        result["encoder"] = encoder.run("base", BATCH_SIZES, rounds=3, log=log)
-    except Exception as error:  # keep going: the loopback still says something
-        result["errors"].append(f"encoder: {error!r}")
-    save()
-    torch.cuda.empty_cache()
-    try:
-        with GpuMemorySampler() as sampler:
-            result["loopback"] = loopback.run("base", agents=args.agents, chunks_per_agent=3,
-                                              max_speed=args.max_speed, log=log, p95_limit_s=P95_LIMIT_S)
-        result["loopback_gpu_memory_peak_mib"] = sampler.peak_mib
-    except Exception as error:
-        result["errors"].append(f"loopback: {error!r}")
-    save()
+    # The random base-size row first, then the checkpoint at each input length: the same run, the same GPU.
+    models = [(None, None)]
+    if args.checkpoint:
+        models += [(str(args.checkpoint), whisper_input) for whisper_input in args.whisper_input or [None]]
+    for checkpoint, whisper_input in models:
+        name = f"{checkpoint or limits['size']}{f' (Whisper input {whisper_input})' if whisper_input else ''}"
+        try:
+            measured = encoder.run(limits["size"], limits["batch_sizes"], rounds=limits["rounds"], log=log,
+                                   checkpoint=checkpoint, whisper_input=whisper_input, only=limits["paths"],
+                                   server_max_batch=limits["max_batch"],
+                                   server_precision=limits["precision"] or "auto")
+            if checkpoint:
+                result.setdefault("encoder_checkpoint", []).append(measured)
+            else:
+                result["encoder"] = measured
+        except Exception as error:  # keep going: the other parts still say something
+            result["errors"].append(f"encoder {name}: {error!r}")
+        save()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        try:
+            with GpuMemorySampler() as sampler:
+                measured = loopback.run(limits["size"], agents=limits["agents"],
+                                        chunks_per_agent=limits["chunks_per_agent"], max_speed=limits["max_speed"],
+                                        log=log, p95_limit_s=P95_LIMIT_S, checkpoint=checkpoint,
+                                        whisper_input=whisper_input, precision=limits["precision"],
+                                        max_batch=limits["max_batch"])
+            measured["gpu_memory_peak_mib"] = sampler.peak_mib
+            if checkpoint:
+                result.setdefault("loopback_checkpoint", []).append(measured)
+            else:
+                result["loopback"] = measured
+        except Exception as error:
+            result["errors"].append(f"loopback {name}: {error!r}")
+        save()
     print(markdown(result))
     print(f"\nwritten: {args.out / 'gpu.json'}, {args.out / 'gpu.md'}", file=sys.stderr)
     return 1 if result["errors"] else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,9 @@
 """End to end on loopback: simulated agents -> gRPC -> scoring server -> real Redis.
 
     python bench/loopback.py [--size tiny|base] [--agents 20] [--chunks 4]
+    python bench/loopback.py --checkpoint DIR [--whisper-input 30s chunk] [--size base|tiny]
+
+Without --checkpoint:
 
 Runs a real `moodstream server` process (random weights of the chosen size,
 its own precision and batch choice) and a real Redis process with an
@@ -24,6 +27,12 @@ its send to the score update that carries it.
 Also reported: server CPU (share of one core) and peak RSS, and Redis
 round trips per applied chunk (commands clients sent, seen with MONITOR at
 real-time pace; the apply script's own calls are not round trips).
+
+With --checkpoint: live-stream capacity (bench/capacity.py), the largest
+number of real-time streams the server holds with p95 chunk->score under
+--p95-limit-s (2 s), for the checkpoint (at each --whisper-input length) and
+for the random-weight --size model (base by default) as the baseline of the
+same run; results to --out (capacity.json, capacity.md).
 """
 from __future__ import annotations
 
@@ -57,7 +66,8 @@ def pcm_chunks(count: int, seconds: float = CHUNK_SECONDS, seed: int = 1) -> lis
 class Server:
     """`moodstream server` as a child process, on a free port, ready when gRPC health says SERVING."""
 
-    def __init__(self, checkpoint: Path, redis_url: str, max_batch: int | None, max_wait_ms: float) -> None:
+    def __init__(self, checkpoint: Path, redis_url: str, max_batch: int | None, max_wait_ms: float,
+                 precision: str | None = None) -> None:
         from moodstream.compose.redis_process import free_port
 
         self.port = free_port()
@@ -65,7 +75,8 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moodstream.compose.cli", "server", "--checkpoint", str(checkpoint), "--redis", redis_url,
              "--port", str(self.port), "--allow-unauthenticated", "--max-wait-ms", str(max_wait_ms),
-             "--log-level", "info", *(["--max-batch", str(max_batch)] if max_batch else [])],
+             "--log-level", "info", *(["--max-batch", str(max_batch)] if max_batch else []),
+             *(["--precision", precision] if precision else [])],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_ready()
 
@@ -93,6 +104,11 @@ class Server:
         match = re.search(r"serving .* precision (\w+)", Path(self.log.name).read_text())
         return match.group(1) if match else None
 
+    def tuning(self) -> str | None:
+        """What the server's encoder measured at start-up (or took from its tuning cache), from its log."""
+        match = re.search(r"encoder: (precision .*)", Path(self.log.name).read_text())
+        return match.group(1) if match else None
+
     def close(self) -> None:
         self.process.terminate()
         try:
@@ -102,7 +118,9 @@ class Server:
         os.unlink(self.log.name)
 
 
-async def one_agent(stub, pb, chunks: list[bytes], interval: float, latencies: list[float]) -> None:
+async def one_agent(stub, pb, chunks: list[bytes], interval: float, latencies: list[float],
+                    chunk_seconds: float = CHUNK_SECONDS, first_timed: int = 0) -> None:
+    """One stream sending `chunks` every `interval` s; latencies of chunks from `first_timed` on."""
     session = f"bench-{uuid.uuid4().hex[:12]}"
     sent_at: dict[int, float] = {}
     queue: asyncio.Queue = asyncio.Queue()
@@ -117,7 +135,7 @@ async def one_agent(stub, pb, chunks: list[bytes], interval: float, latencies: l
             if delay > 0:
                 await asyncio.sleep(delay)
             sent_at[seq] = time.perf_counter()
-            yield pb.StreamRequest(chunk=pb.Chunk(seq=seq, start_seconds=seq * CHUNK_SECONDS, pcm=pcm))
+            yield pb.StreamRequest(chunk=pb.Chunk(seq=seq, start_seconds=seq * chunk_seconds, pcm=pcm))
         yield pb.StreamRequest(end=pb.End(last_seq=len(chunks) - 1))
         await queue.get()  # keep the request side open until the server finishes
 
@@ -126,18 +144,20 @@ async def one_agent(stub, pb, chunks: list[bytes], interval: float, latencies: l
         async for response in call:
             if response.WhichOneof("message") == "score":
                 seq = response.score.segments - 1
-                latencies.append(time.perf_counter() - sent_at[seq])
+                if seq >= first_timed:
+                    latencies.append(time.perf_counter() - sent_at[seq])
     finally:
         queue.put_nowait(None)
 
 
-async def stream_level(port: int, agents: int, chunks: list[bytes], speed: float) -> dict:
+async def stream_level(port: int, agents: int, chunks: list[bytes], speed: float,
+                       chunk_seconds: float = CHUNK_SECONDS) -> dict:
     import grpc
 
     from moodstream.v1 import moodstream_pb2 as pb
     from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 
-    interval = CHUNK_SECONDS / speed
+    interval = chunk_seconds / speed
     latencies: list[float] = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.ScreeningStub(channel)
@@ -145,7 +165,7 @@ async def stream_level(port: int, agents: int, chunks: list[bytes], speed: float
         # Agents start spread over one chunk interval, as real sessions do.
         tasks = []
         for index in range(agents):
-            tasks.append(asyncio.create_task(one_agent(stub, pb, chunks, interval, latencies)))
+            tasks.append(asyncio.create_task(one_agent(stub, pb, chunks, interval, latencies, chunk_seconds)))
             await asyncio.sleep(interval / agents)
         results = await asyncio.gather(*tasks, return_exceptions=True)
         wall = time.perf_counter() - started
@@ -204,23 +224,27 @@ class RedisRoundTrips:
 
 def run(size: str = "tiny", agents: int = 20, chunks_per_agent: int = 4, max_speed: float = 256.0,
         max_batch: int | None = None, max_wait_ms: float = 5.0, log=print, appendfsync: str = "always",
-        p95_limit_s: float | None = None) -> dict:
+        p95_limit_s: float | None = None, checkpoint: str | None = None, whisper_input: str | None = None,
+        precision: str | None = None) -> dict:
     from moodstream.compose.redis_process import RedisProcess
 
-    model = build_model(size)
-    chunks = pcm_chunks(chunks_per_agent)
+    model = build_model(size, checkpoint, whisper_input)
+    chunk_seconds = model.config.segment_seconds
+    if checkpoint:
+        size = row_name(model, checkpoint)
+    chunks = pcm_chunks(chunks_per_agent, seconds=chunk_seconds)
     # Baselines: one chunk through the same model in this process, no network, no Redis: through the
     # server's own encoder path (its worker thread and precision), and naive fp32 on the main thread.
     wave = np.frombuffer(chunks[0], dtype="<i2").astype(np.float32) / 32768.0
-    single = single_chunk_server_path(model, wave)
+    single = single_chunk_server_path(model, wave, precision=precision or "auto")
     model.encode_segments([wave])
     naive = statistics.median(_timed(lambda: model.encode_segments([wave])) for _ in range(9))
     levels = []
     with tempfile.TemporaryDirectory() as tmp, \
             RedisProcess(appendonly=True, appendfsync=appendfsync).start() as redis_server:
-        checkpoint = model.save_pretrained(Path(tmp) / "checkpoint")
+        saved = model.save_pretrained(Path(tmp) / "checkpoint")
         del model
-        server = Server(checkpoint, redis_server.url, max_batch, max_wait_ms)
+        server = Server(saved, redis_server.url, max_batch, max_wait_ms, precision)
         precision = server.precision()
         try:
             speed = 1.0
@@ -228,7 +252,7 @@ def run(size: str = "tiny", agents: int = 20, chunks_per_agent: int = 4, max_spe
                 # Round trips are counted at real-time pace only: MONITOR itself costs Redis time.
                 round_trips = RedisRoundTrips(redis_server.url) if speed == 1.0 else None
                 cpu_before = cpu_seconds(server.process.pid)
-                level = asyncio.run(stream_level(server.port, agents, chunks, speed))
+                level = asyncio.run(stream_level(server.port, agents, chunks, speed, chunk_seconds))
                 level["server_cpu_share_of_one_core"] = (cpu_seconds(server.process.pid) - cpu_before) / level["wall_s"]
                 if round_trips is not None:
                     counts = round_trips.close()
@@ -248,7 +272,8 @@ def run(size: str = "tiny", agents: int = 20, chunks_per_agent: int = 4, max_spe
         finally:
             server.close()
     held = [level for level in levels if level["held"]]
-    return {"size": size, "precision": precision, "agents": agents, "chunks_per_agent": chunks_per_agent,
+    return {"size": size, "checkpoint": checkpoint, "chunk_seconds": chunk_seconds, "precision": precision,
+            "agents": agents, "chunks_per_agent": chunks_per_agent,
             "redis_appendfsync": appendfsync, "p95_limit_s": p95_limit_s,
             "single_chunk_encode_ms": single * 1000, "naive_main_thread_fp32_encode_ms": naive * 1000,
             "server_peak_rss_mb": server_peak,
@@ -258,12 +283,19 @@ def run(size: str = "tiny", agents: int = 20, chunks_per_agent: int = 4, max_spe
             "levels": levels}
 
 
-def single_chunk_server_path(model, wave: np.ndarray, repeats: int = 9) -> float:
-    """Median seconds for one chunk alone through the server's BatchingEncoder (auto precision)."""
+def row_name(model, checkpoint: str | None, size: str = "base") -> str:
+    """How a report names the model a row measured."""
+    if not checkpoint:
+        return f"random {size}"
+    return f"checkpoint, Whisper input {model.config.whisper_input}" if model.backbone.is_whisper else "checkpoint"
+
+
+def single_chunk_server_path(model, wave: np.ndarray, repeats: int = 9, precision: str = "auto") -> float:
+    """Median seconds for one chunk alone through the server's BatchingEncoder at the server's precision."""
     from moodstream.server.encoder import BatchingEncoder
 
     async def main() -> float:
-        encoder = BatchingEncoder(model, precision="auto")
+        encoder = BatchingEncoder(model, precision=precision)
         await encoder.start()
         try:
             await encoder.encode(wave)
@@ -297,8 +329,11 @@ def table(result: dict) -> str:
 
 
 def main() -> None:
+    import capacity
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=("tiny", "base"), default="tiny")
+    parser.add_argument("--size", choices=("tiny", "base"), default=None,
+                        help="random-weight model (default tiny; with --checkpoint the baseline row, default base)")
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--chunks", type=int, default=4, help="chunks each agent sends per level")
     parser.add_argument("--max-speed", type=float, default=256.0, help="stop doubling the pace here")
@@ -307,14 +342,21 @@ def main() -> None:
     parser.add_argument("--appendfsync", choices=("always", "everysec"), default="always",
                         help="Redis fsync policy: always is how deploy/ runs it")
     parser.add_argument("--p95-limit-s", type=float, default=None,
-                        help="a level also fails when its p95 chunk->score exceeds this (default: the chunk interval)")
+                        help="a level also fails when its p95 chunk->score exceeds this (default: the chunk interval; "
+                             f"with --checkpoint {capacity.P95_LIMIT_S:g} s)")
+    capacity.add_arguments(parser)
     args = parser.parse_args()
-    result = {"machine": machine(), **run(args.size, args.agents, args.chunks, args.max_speed, args.max_batch,
-                                          args.max_wait_ms, log=lambda line: print(line, file=sys.stderr),
+    if args.checkpoint:
+        capacity.main(args, parser)
+        return
+    if args.whisper_input:
+        parser.error("--whisper-input needs a Whisper --checkpoint")
+    result = {"machine": machine(), **run(args.size or "tiny", args.agents, args.chunks, args.max_speed,
+                                          args.max_batch, args.max_wait_ms,
+                                          log=lambda line: print(line, file=sys.stderr),
                                           appendfsync=args.appendfsync, p95_limit_s=args.p95_limit_s)}
     print(json.dumps(result, indent=2))
     print(table(result))
-
 
 if __name__ == "__main__":
     main()

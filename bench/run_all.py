@@ -31,7 +31,7 @@ import agent_footprint  # noqa: E402
 import encoder  # noqa: E402
 import loopback  # noqa: E402
 import scorer  # noqa: E402
-from common import machine  # noqa: E402
+from common import machine, machine_line  # noqa: E402
 
 GOALS = """Goals: encoder path >= 2x naive fp32 throughput within 1e-3 in probability, and >= 90 % of
 the best variant of the same run; incremental step >= 20x recompute at 500 segments; bytes
@@ -84,10 +84,7 @@ def markdown(results: dict) -> str:
     info = results["machine"]
     parts = [f"# moodstream benchmarks, {results['date']}",
              "",
-             f"Machine: {info['cpu']}, {info['cpu_cores_usable']} usable cores, torch {info['torch']} "
-             f"({info['torch_cpu_capability']}, {info['torch_threads']} threads), "
-             f"GPU: {info['cuda'] or 'none'}; load average at start {info['load_average_at_start']:.1f}. "
-             f"Run: `python bench/run_all.py{' --quick' if results['quick'] else ''}` "
+             f"Machine: {machine_line(info)}. Run: `python bench/run_all.py{' --quick' if results['quick'] else ''}` "
              f"({results['wall_minutes']:.1f} min).", ""]
     if results.get("goals"):
         parts += ["## Goals", "", "| goal | measured | met |", "|---|---|---|"]
