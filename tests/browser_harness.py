@@ -13,7 +13,9 @@ import contextlib
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,9 @@ DESKTOP, PHONE = (1280, 900), (390, 844)
 FIREFOX = next((p for p in (shutil.which("firefox-esr"), shutil.which("firefox")) if p), None)
 GECKODRIVER = next((p for p in (os.environ.get("GECKODRIVER"), shutil.which("geckodriver")) if p and os.path.exists(p)),
                    None)
+# Headless Firefox plays and records audio only through a sound server: without one its AudioContext stays
+# suspended and the record page hears nothing. Tests that record start a private PulseAudio with a null sink.
+PULSEAUDIO = shutil.which("pulseaudio")
 # Firefox's fake media: a generated tone for the microphone (it cannot play a file), granted without asking.
 FIREFOX_PREFS = {"media.navigator.streams.fake": True, "media.navigator.permission.disabled": True,
                  "media.autoplay.default": 0, "intl.accept_languages": "en-US", "browser.shell.checkDefaultBrowser": False,
@@ -57,6 +62,9 @@ needs_firefox = [
                               "this project reaches ships a Linux build; put Mozilla's geckodriver on PATH (or set "
                               "GECKODRIVER to it) to run the Firefox tests"),
 ]
+needs_firefox_audio = [*needs_firefox, pytest.mark.skipif(
+    PULSEAUDIO is None, reason="PulseAudio is not installed: headless Firefox records only through a sound server "
+                               "(apt-get install pulseaudio; ./run test installs it when it runs as root with apt-get)")]
 # Each browser a test runs in, skipped with its reason where it is missing.
 BROWSERS = [pytest.param("chromium", marks=needs_chromium, id="chromium"),
             pytest.param("firefox", marks=needs_firefox, id="firefox")]
@@ -101,32 +109,58 @@ def chromium(*flags: str, window=DESKTOP):
 
 
 @contextlib.contextmanager
-def firefox(window=DESKTOP):
-    """A Selenium driver of headless Firefox (geckodriver) with a fresh profile and a fake microphone."""
+def sound_server():
+    """A private PulseAudio daemon with a null sink, for as long as the block runs: its address (PULSE_SERVER)."""
+    folder = tempfile.mkdtemp(prefix="moodstream-pulse-")
+    path = os.path.join(folder, "native")
+    process = subprocess.Popen(
+        [PULSEAUDIO, "-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no", "--log-target=stderr",
+         "-L", "module-null-sink sink_name=moodstream", "-L", f"module-native-protocol-unix socket={path} auth-anonymous=1"],
+        env={**os.environ, "HOME": folder, "XDG_RUNTIME_DIR": folder}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while not os.path.exists(path):
+            assert process.poll() is None and time.monotonic() < deadline, "PulseAudio did not start"
+            time.sleep(0.05)
+        yield f"unix:{path}"
+    finally:
+        process.terminate()
+        process.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def firefox(window=DESKTOP, audio: bool = False):
+    """A Selenium driver of headless Firefox (geckodriver) with a fresh profile and a fake microphone; with
+    `audio`, a sound server of its own, so that pages can record."""
     from selenium import webdriver
     from selenium.webdriver.firefox.service import Service
 
     os.environ.setdefault("SE_OFFLINE", "true")
-    options = webdriver.FirefoxOptions()
-    options.binary_location = FIREFOX
-    for flag in ("-headless", f"--width={window[0]}", f"--height={window[1]}"):
-        options.add_argument(flag)
-    for name, value in FIREFOX_PREFS.items():
-        options.set_preference(name, value)
-    # geckodriver makes the profile in a temporary folder and removes it when the driver quits.
-    driver = webdriver.Firefox(service=Service(executable_path=GECKODRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    with contextlib.ExitStack() as stack:
+        options = webdriver.FirefoxOptions()
+        options.binary_location = FIREFOX
+        for flag in ("-headless", f"--width={window[0]}", f"--height={window[1]}"):
+            options.add_argument(flag)
+        for name, value in FIREFOX_PREFS.items():
+            options.set_preference(name, value)
+        # Firefox inherits geckodriver's environment.
+        env = {**os.environ, "PULSE_SERVER": stack.enter_context(sound_server())} if audio else None
+        # geckodriver makes the profile in a temporary folder and removes it when the driver quits.
+        driver = webdriver.Firefox(service=Service(executable_path=GECKODRIVER, env=env), options=options)
+        driver.set_page_load_timeout(30)
+        try:
+            yield driver
+        finally:
+            driver.quit()
 
 
 def launch(name: str, window=DESKTOP, microphone: Path | None = None):
     """`name` ("chromium" or "firefox") as a context manager. With `microphone`, Chromium's fake microphone plays
-    that WAV once; Firefox's always plays its own tone."""
+    that WAV once; Firefox's plays its own tone, through a sound server of its own."""
     if name == "firefox":
-        return firefox(window=window)
+        return firefox(window=window, audio=microphone is not None)
     return chromium(*(fake_microphone(microphone) if microphone else ()), window=window)
 
 
