@@ -36,6 +36,24 @@ def read_deadline(context, budget_seconds: float = READ_BUDGET_SECONDS, waits_se
     return asyncio.get_running_loop().time() + max(budget, 0.0)
 
 
+# A blocking read (Subscribe waiting for new updates) ends this long before the call's share of its deadline,
+# so an empty wait is never mistaken for a store that did not answer.
+BLOCKING_READ_MARGIN_SECONDS = 0.1
+
+
+def blocking_read_ms(context, wait_ms: int) -> int | None:
+    """How long a blocking read may wait for new entries: `wait_ms`, shortened to end before the call's share of
+    its deadline; None when too little is left to read at all (the call's own deadline then ends it, as
+    DEADLINE_EXCEEDED: a quiet stream is not an outage)."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return wait_ms
+    room = remaining * DEADLINE_SHARE - BLOCKING_READ_MARGIN_SECONDS
+    if room <= 0:
+        return None
+    return max(1, min(wait_ms, int(room * 1000)))
+
+
 async def redis_call(operation, deadline: float | None = None):
     """Await a store call; UNAVAILABLE once Redis stayed down past the client's own retries
     (redis_connection.connect), or past `deadline` (read_deadline), which cuts those retries short."""

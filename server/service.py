@@ -26,7 +26,8 @@ from moodstream.server.model_repository import ModelRepository, ServedVersion
 from moodstream.server.paging import (DEFAULT_PAGE_SIZE, SESSION_STATE_MESSAGES, SESSION_STATE_NAMES,
                                       decode_page_token, encode_page_token, merge_version_pages, summary_message,
                                       time_bound)
-from moodstream.server.rpc_errors import READ_BUDGET_SECONDS, StreamAbort, read_deadline, redis_call
+from moodstream.server.rpc_errors import (READ_BUDGET_SECONDS, StreamAbort, blocking_read_ms, read_deadline,
+                                         redis_call)
 from moodstream.server.session_stream import SessionStream, stream_refused
 from moodstream.server.state_cache import DEFAULT_STATE_CACHE_MB, ScorerStateCache
 from moodstream.server.redis_connection import DEFAULT_RETRY_SECONDS
@@ -335,7 +336,10 @@ class ScreeningService(EnrolmentRPC, pb_grpc.ScreeningServicer):
             while True:
                 self._check_still_valid(principal)
                 current = offset
-                block_ms = self.settings.subscribe_block_ms
+                block_ms = blocking_read_ms(context, self.settings.subscribe_block_ms)
+                if block_ms is None:
+                    await asyncio.sleep((context.time_remaining() or 0.0) + 1.0)  # gRPC ends the call at its deadline
+                    return
                 batch = await redis_call(lambda: store.read_updates(after_offset=current, block_ms=block_ms, **source),
                                          self._read_deadline(context, waits_seconds=block_ms / 1000))
                 if batch.trimmed:
