@@ -8,6 +8,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import soundfile
 
 from moodstream.agent.client import ServerTarget
@@ -117,9 +118,10 @@ def test_the_demo_prints_a_json_score_stream(tmp_path):
             assert update["above_threshold"] == (update["evidence_sufficient"]
                                                  and update["probability"] >= update["threshold"])
     assert all(0.0 <= u["probability"] <= 1.0 and "not a diagnosis" in u["notice"] for u in updates)
-    # the bundled checkpoint carries no interval: every update says so in its fields, stderr says so once
-    assert all(u["probability_low"] is None and u["interval_level"] is None for u in updates)
-    assert result.stderr.count("this model gives no interval around its scores") == 1
+    # the bundled checkpoint carries a 90 % interval: every update has both ends, stderr explains it once
+    assert all(u["interval_level"] == pytest.approx(0.9) and 0.0 <= u["probability_low"] <= u["probability_high"]
+               <= 1.0 for u in updates)
+    assert result.stderr.count("the 90% interval around each probability") == 1
     assert "summary:" in result.stderr and "score after each segment" in result.stderr
     assert plot.read_bytes().startswith(b"\x89PNG") and f"plot: {plot}" in result.stderr
     # The bundled demo checkpoint's contract: the two deliveries separate, and its calibrated probabilities
