@@ -83,18 +83,19 @@ def test_loopback_measures_the_live_stream_capacity_of_a_checkpoint_beside_the_r
     out = tmp_path / "results"
     done = subprocess.run(
         [sys.executable, str(BENCH / "loopback.py"), "--checkpoint", str(whisper_checkpoint),
-         "--whisper-input", "30s", "chunk", "--size", "tiny", "--start-streams", "1", "--max-streams", "2",
+         "--whisper-input", "chunk", "--size", "tiny", "--start-streams", "1", "--max-streams", "1",
          "--warmup-chunks", "0", "--window-chunks", "1", "--precision", "fp32", "--max-batch", "1",
          "--out", str(out), "--note", "test run"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads((out / "capacity.json").read_text())
     rows = result["rows"]
-    assert [row["name"] for row in rows] == ["random tiny", "checkpoint, Whisper input 30s",
-                                             "checkpoint, Whisper input chunk"]
-    assert [row["chunk_seconds"] for row in rows] == [7.0, 7.0, 7.0]
+    # One input length and one stream keep this short (each step streams in real time); the search over stream
+    # counts is tested above on a plain function.
+    assert [row["name"] for row in rows] == ["random tiny", "checkpoint, Whisper input chunk"]
+    assert [row["chunk_seconds"] for row in rows] == [7.0, 7.0]
     for row in rows:
-        assert row["precision"] == "fp32" and row["steps"] and row["capacity"] in (0, 1, 2)
-        assert all(1 <= step["streams"] <= 2 and step["chunks_timed"] == step["streams"] for step in row["steps"])
+        assert row["precision"] == "fp32" and row["steps"] and row["capacity"] in (0, 1)
+        assert all(step["streams"] == 1 and step["chunks_timed"] == 1 for step in row["steps"])
         if rows[0]["capacity"]:
             assert row["ratio_to_baseline"] == pytest.approx(row["capacity"] / rows[0]["capacity"])
     report = (out / "capacity.md").read_text()
