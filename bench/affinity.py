@@ -19,8 +19,6 @@ replica served (HAProxy's log), and the mean PutChunk time.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import re
@@ -35,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, machine, markdown_table  # noqa: E402
+from common import ROOT, bench_main, machine, machine_line, markdown_table  # noqa: E402
 
 HAPROXY_CONFIG = ROOT / "deploy" / "haproxy.cfg"
 REPLICAS = ("server-1", "server-2")  # the server names, and compose's addresses, in deploy/haproxy.cfg
@@ -247,25 +245,13 @@ def report(result: dict) -> str:
              f"{r['sessions_on_one_replica']} of {result['sessions']}", f"{r['mean_ms']:.1f} ms"]
             for r in result["rows"]]
     baseline, hashed = result["rows"][0]["hit_ratio"], result["rows"][1]["hit_ratio"]
-    return markdown_table(["HAProxy balance", "PutChunk calls", "state-cache hits / misses", "hit ratio",
-                           "sessions on server-1 / server-2", "sessions that stayed on one replica",
-                           "mean PutChunk"], rows) + (f"\n\nhit ratio, consistent hash / round-robin: {hashed / baseline:.2f}×"
-                                                   if baseline else "")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sessions", type=int, default=20, help="PutChunk sessions per mode (default: 20)")
-    parser.add_argument("--chunks", type=int, default=6, help="chunks per session (default: 6)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the model and the call order (default: 0)")
-    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
-    args = parser.parse_args()
-    result = run(args.sessions, args.chunks, args.seed, log=lambda message: print(message, file=sys.stderr))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result["machine"]), file=sys.stderr)
-    print(report(result))
-
+    table = markdown_table(["HAProxy balance", "PutChunk calls", "state-cache hits / misses", "hit ratio",
+                            "sessions on server-1 / server-2", "sessions that stayed on one replica",
+                            "mean PutChunk"], rows)
+    ratio = f"\n\nhit ratio, consistent hash / round-robin: {hashed / baseline:.2f}×" if baseline else ""
+    return f"{machine_line(result['machine'])}\n\n{table}{ratio}"
 
 if __name__ == "__main__":
-    main()
+    bench_main(__doc__, run, report, {"sessions": (20, "PutChunk sessions per mode"),
+                                      "chunks": (6, "chunks per session"),
+                                      "seed": (0, "seed of the model and the call order")})

@@ -124,12 +124,14 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 
 def bench_main(description: str, run: Callable[..., dict], report: Callable[[dict], str],
-               options: dict[str, int]) -> None:
-    """One benchmark's command line: its whole-number options (name: default) passed to `run` in order,
-    progress on stderr, `--out FILE` for the results as JSON, and the report on stdout."""
+               options: dict[str, int | tuple[int, str]]) -> None:
+    """One benchmark's command line: its whole-number options (name: default, or (default, what it is)) passed
+    to `run` in order, progress on stderr, `--out FILE` for the results as JSON, and the report on stdout."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, default in options.items():
-        parser.add_argument(f"--{name}", type=int, default=default, help="(default: %(default)s)")
+    for name, option in options.items():
+        default, what = option if isinstance(option, tuple) else (option, "")
+        parser.add_argument(f"--{name}", type=int, default=default,
+                            help=f"{what} (default: %(default)s)" if what else "(default: %(default)s)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     values = [getattr(args, name.replace("-", "_")) for name in options]
