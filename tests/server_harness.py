@@ -135,6 +135,17 @@ def stream(stub, requests, metadata, timeout: float = 60.0) -> list[pb.StreamRes
     return list(stub.Stream(iter(requests), metadata=metadata, timeout=timeout))
 
 
+def finished_session(port: int, tokens: Tokens, session: str, participant: str = "p1", chunks: int = 3,
+                     seed: int = 12) -> pb.ScoreUpdate:
+    """A session of `chunks` 7 s chunks streamed and ended as an agent does; its latest stored score."""
+    pcm = make_chunks(chunks, seed=seed)
+    with stub_for(port) as stub:
+        stream(stub, [header(session, participant),
+                      *[pb.StreamRequest(chunk=pb.Chunk(seq=seq, start_seconds=7.0 * seq, pcm=c))
+                        for seq, c in enumerate(pcm)], end(chunks - 1)], tokens.metadata("agent"))
+        return stub.GetScore(pb.GetScoreRequest(session_id=session), metadata=tokens.metadata("admin"))
+
+
 def redis_keys(redis_url: str) -> list[str]:
     import redis
 

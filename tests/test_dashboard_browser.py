@@ -14,7 +14,7 @@ from moodstream.v1 import moodstream_pb2 as pb
 from browser_harness import (DESKTOP, PHONE, assert_fits, browser, by_id, click, free_port, needs_chromium,  # noqa: F401
                              save_screenshot, set_viewport, severe_console, wait_until)
 from clocks import ShiftedClock
-from server_harness import end, header, make_chunks, stream, stub_for, tiny_model, write_tokens
+from server_harness import end, finished_session, header, make_chunks, stream, stub_for, tiny_model, write_tokens
 
 LATE_SECONDS = 3.0
 
@@ -279,13 +279,7 @@ def test_each_score_shows_its_interval_as_text_and_a_band_or_the_page_says_once_
 
     torch.manual_seed(8)
     server = start_server(model=ScreeningModel(ModelConfig.tiny(calibration_replicates=replicates)).eval())
-    pcm = make_chunks(3, seed=12)
-    with stub_for(server.port) as stub:
-        stream(stub, [header("clinic-visit", "p1"),
-                      *[pb.StreamRequest(chunk=pb.Chunk(seq=seq, start_seconds=7.0 * seq, pcm=c))
-                        for seq, c in enumerate(pcm)], end(2)], tokens.metadata("agent"))
-        latest = stub.GetScore(pb.GetScoreRequest(session_id="clinic-visit"), metadata=tokens.metadata("admin"))
-    shown = interval_text(score_to_dict(latest))
+    shown = interval_text(score_to_dict(finished_session(server.port, tokens, "clinic-visit")))
     assert ("\u2013" in shown) == bool(replicates)
     config = FeedConfig(server=f"127.0.0.1:{server.port}", token=tokens.by_name["reader-p1"], participants=["p1"],
                         health_interval=0.5)

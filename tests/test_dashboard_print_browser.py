@@ -17,9 +17,8 @@ from moodstream import SCREENING_NOTICE
 from moodstream.dashboard.feed import FeedConfig
 from moodstream.dashboard.server import BackgroundDashboard
 from moodstream.model import ModelConfig, ScreeningModel
-from moodstream.v1 import moodstream_pb2 as pb
 from moodstream.wire import interval_text, score_to_dict
-from server_harness import end, header, make_chunks, stream, stub_for
+from server_harness import finished_session
 from test_dashboard_browser import REPLICATES, chart_points, wait_for_chart_size
 
 pypdf = pytest.importorskip("pypdf", reason="pypdf is not installed (pip install -e '.[test]')")
@@ -54,12 +53,7 @@ def flat(text: str) -> str:
 def test_the_session_page_prints_on_one_page_with_its_chart_numbers_and_notice(name, start_server, tokens):
     torch.manual_seed(8)
     server = start_server(model=ScreeningModel(ModelConfig.tiny(calibration_replicates=REPLICATES)).eval())
-    pcm = make_chunks(3, seed=12)
-    with stub_for(server.port) as stub:
-        stream(stub, [header("clinic-visit", "p1"),
-                      *[pb.StreamRequest(chunk=pb.Chunk(seq=seq, start_seconds=7.0 * seq, pcm=c))
-                        for seq, c in enumerate(pcm)], end(2)], tokens.metadata("agent"))
-        latest = stub.GetScore(pb.GetScoreRequest(session_id="clinic-visit"), metadata=tokens.metadata("admin"))
+    latest = finished_session(server.port, tokens, "clinic-visit")
     shown = interval_text(score_to_dict(latest))
     assert "\u2013" in shown  # the latest probability with its interval: "0.48 (0.41–0.55)"
     config = FeedConfig(server=f"127.0.0.1:{server.port}", token=tokens.by_name["reader-p1"], participants=["p1"],
