@@ -11,45 +11,25 @@ frame that holds one whole gRPC message starts with its 5-byte prefix (compresse
 from __future__ import annotations
 
 import socket
-import threading
+
+from tcp_relay import TcpRelay, receive, send
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS = 0, 1
 
 
-class Http2Relay:
+class Http2Relay(TcpRelay):
     """Relays 127.0.0.1:port to the target; `rewrite_headers(block)` gets each HEADERS payload (HPACK),
     `rewrite_message(flag, body)` each DATA frame that holds exactly one gRPC message, returning the new pair."""
 
     def __init__(self, target_port: int, *, rewrite_headers=None, rewrite_message=None) -> None:
-        self.target_port = target_port
         self.rewrite_headers = rewrite_headers
         self.rewrite_message = rewrite_message
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            self.sockets += [client, upstream]
-            threading.Thread(target=self._from_client, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._from_server, args=(upstream, client), daemon=True).start()
-
-    @staticmethod
-    def _from_server(source: socket.socket, sink: socket.socket) -> None:
-        while data := _receive(source):
-            if not _send(sink, data):
-                return
-
-    def _from_client(self, source: socket.socket, sink: socket.socket) -> None:
+    def from_client(self, source: socket.socket, sink: socket.socket) -> None:
         pending, preface_seen = b"", False
-        while data := _receive(source):
+        while data := receive(source):
             pending += data
             out = b""
             if not preface_seen:
@@ -60,7 +40,7 @@ class Http2Relay:
                 length = int.from_bytes(pending[:3], "big")
                 head, payload, pending = pending[:9], pending[9:9 + length], pending[9 + length:]
                 out += self._frame(head, self._rewrite(head[3], payload))
-            if not _send(sink, out):
+            if not send(sink, out):
                 return
 
     def _rewrite(self, kind: int, payload: bytes) -> bytes:
@@ -75,23 +55,3 @@ class Http2Relay:
     @staticmethod
     def _frame(head: bytes, payload: bytes) -> bytes:
         return len(payload).to_bytes(3, "big") + head[3:] + payload
-
-    def close(self) -> None:
-        self.listener.close()
-        for sock in self.sockets:
-            sock.close()
-
-
-def _receive(sock: socket.socket) -> bytes:
-    try:
-        return sock.recv(65536)
-    except OSError:
-        return b""
-
-
-def _send(sock: socket.socket, data: bytes) -> bool:
-    try:
-        sock.sendall(data)
-        return True
-    except OSError:
-        return False

@@ -1,7 +1,6 @@
 """The shared wire facts: ScoreUpdate as a dict and back, the bearer metadata, channels, and a Subscribe that
 resumes from its offset (over real gRPC, against a small in-test Subscribe that breaks off on cue)."""
 import asyncio
-import socket
 import threading
 import time
 from concurrent import futures
@@ -17,6 +16,7 @@ from moodstream.v1 import moodstream_pb2_grpc as pb_grpc
 from moodstream.wire import (CLIENT_KEEPALIVE_SECONDS, CLIENT_KEEPALIVE_TIMEOUT_SECONDS, MIN_PING_INTERVAL_SECONDS,
                              NO_INTERVAL_NOTE, Subscription, bearer_metadata, channel_options, interval_note,
                              interval_text, open_channel, score_from_dict, score_to_dict)
+from tcp_relay import TcpRelay
 
 
 def an_update(**fields) -> pb.ScoreUpdate:
@@ -152,29 +152,20 @@ def test_a_blocking_subscription_resumes_the_same_way_and_ends_when_told(breakin
     assert_resumed_once(breaking, breaks, seen, subscription)
 
 
-class FreezingProxy:
+class FreezingProxy(TcpRelay):
     """A TCP relay to `target` that can go silent without closing anything: a half-open connection, as a
     network partition leaves it."""
 
     def __init__(self, target_port: int):
-        self.target_port = target_port
         self.frozen = threading.Event()
         self.server_hung_up = threading.Event()  # the target closed its side
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port)
 
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            self.sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._relay, args=(source, sink, source is upstream), daemon=True).start()
+    def from_client(self, source, sink):
+        self._relay(source, sink, from_server=False)
+
+    def from_server(self, source, sink):
+        self._relay(source, sink, from_server=True)
 
     def _relay(self, source, sink, from_server: bool):
         while True:
@@ -189,11 +180,6 @@ class FreezingProxy:
             if self.frozen.is_set():
                 continue  # swallowed: neither side hears from the other again, and neither is told
             sink.sendall(data)
-
-    def close(self):
-        self.listener.close()
-        for sock in self.sockets:
-            sock.close()
 
 
 class QuietSubscribe(pb_grpc.ScreeningServicer):
