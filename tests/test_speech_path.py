@@ -2,7 +2,6 @@
 and the score a subscriber sees is the score the batch path computes."""
 import csv
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import grpc
@@ -18,10 +17,8 @@ from moodstream.compose.replay import replay_sessions
 from moodstream.trainer.evaluate import REPLAY_TOLERANCE, evaluate_checkpoint
 from moodstream.v1 import moodstream_pb2 as pb
 from server_harness import running_server, stub_for, write_tokens
+import trainer_fixtures as fx
 
-_spec = importlib.util.spec_from_file_location("trainer_fixtures", Path(__file__).with_name("trainer_fixtures.py"))
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
 
 RATE = 16000
 RAVDESS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ravdess16k"

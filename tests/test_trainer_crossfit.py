@@ -1,7 +1,6 @@
 """Cross-fitted calibration: out-of-fold scores never come from a model that heard the speaker, the chosen
 calibration is no worse than none out of sample, and the checkpoint's interval is the same in the batch and
 incremental scorers."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,10 +16,8 @@ from moodstream.trainer.dataset import Session
 from moodstream.trainer.folds import Split
 from moodstream.trainer.prefixes import interval_coverage
 from moodstream.trainer.train import train
+import trainer_fixtures as fx
 
-_spec = importlib.util.spec_from_file_location("trainer_fixtures", Path(__file__).with_name("trainer_fixtures.py"))
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
 
 REPLICATES = 40
 

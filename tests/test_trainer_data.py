@@ -1,5 +1,4 @@
 """Trainer data: the DAIC-WOZ reader on a generated copy in the distributed layout, manifests, segment cache."""
-import importlib.util
 import os
 from pathlib import Path
 
@@ -10,10 +9,7 @@ from moodstream.trainer.data import read_daic_woz, read_manifest
 from moodstream.trainer.folds import LeakageError, Split, check_disjoint, cross_validation_splits, predefined_split
 from moodstream.agent import CaptureSettings, FileSource, capture_chunks
 from moodstream.trainer.segments import SegmentParams, build_segments
-
-_spec = importlib.util.spec_from_file_location("trainer_fixtures", Path(__file__).with_name("trainer_fixtures.py"))
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
+import trainer_fixtures as fx
 
 
 @pytest.fixture(scope="module")

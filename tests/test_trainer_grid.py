@@ -1,15 +1,11 @@
 """The ablation grid and the openSMILE baseline on generated audio."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from moodstream.compose.cli import main
-
-_spec = importlib.util.spec_from_file_location("trainer_fixtures", Path(__file__).with_name("trainer_fixtures.py"))
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
+import trainer_fixtures as fx
 
 
 def write_recipe(tmp_path: Path, manifest: Path) -> Path:

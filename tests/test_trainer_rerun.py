@@ -1,17 +1,13 @@
 """No silent surprises: a re-run into a finished run folder with other settings is refused key by key (its
 config.toml untouched) unless --force-new; values that must be positive are refused when the recipe loads;
 `model init` keeps an existing folder; `evaluate` says what is wrong with its data path."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from moodstream.compose.cli import main
 from moodstream.trainer.recorded_run import changed_settings
-
-_spec = importlib.util.spec_from_file_location("trainer_fixtures", Path(__file__).with_name("trainer_fixtures.py"))
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
+import trainer_fixtures as fx
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Two-stage training on generated audio: the loss really falls, the checkpoint loads, resume is exact."""
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,10 +12,7 @@ from moodstream.model import ScreeningModel
 from moodstream.trainer.config import TrainConfig
 from moodstream.trainer.folds import LeakageError
 from moodstream.trainer.train import train
-
-_spec = importlib.util.spec_from_file_location("trainer_fixtures", Path(__file__).with_name("trainer_fixtures.py"))
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
+import trainer_fixtures as fx
 
 
 @pytest.fixture(scope="module")
