@@ -2,10 +2,10 @@
 
 Chromium needs Debian's `chromium` and `chromium-driver` (./run test installs them when it runs as root) and
 Selenium; modules that use only it set `pytestmark = browser_harness.needs_chromium`, which skips them with
-the reason when either is missing. Firefox needs Debian's `firefox-esr` (./run test installs it too) and
-Mozilla's geckodriver, which neither Debian nor a registry this project reaches ships for Linux: put it on
-PATH (or name it in $GECKODRIVER) and the Firefox tests run, else they skip and say so. A test that runs in
-each browser takes `launch(name, ...)` with `@pytest.mark.parametrize("name", BROWSERS)`. Every driver gets a
+the reason when either is missing. Firefox needs only Debian's `firefox-esr` (./run test installs it too): the
+harness drives it over WebDriver BiDi, which Firefox serves itself (firefox_bidi.py), so no geckodriver is
+involved. A test that runs in each browser takes `launch(name, ...)` with
+`@pytest.mark.parametrize("name", BROWSERS)`. Every driver gets a
 profile of its own (no IndexedDB, service worker or storage carried from one test to the next), removed when
 it quits. Screenshots go under artifacts/ (git-ignored).
 """
@@ -32,8 +32,6 @@ FAKE_MICROPHONE_FLAGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-fo
                          "--autoplay-policy=no-user-gesture-required"]
 DESKTOP, PHONE = (1280, 900), (390, 844)
 FIREFOX = next((p for p in (shutil.which("firefox-esr"), shutil.which("firefox")) if p), None)
-GECKODRIVER = next((p for p in (os.environ.get("GECKODRIVER"), shutil.which("geckodriver")) if p and os.path.exists(p)),
-                   None)
 # Headless Firefox plays and records audio only through a sound server: without one its AudioContext stays
 # suspended and the record page hears nothing. Tests that record start a private PulseAudio with a null sink.
 PULSEAUDIO = shutil.which("pulseaudio")
@@ -43,7 +41,7 @@ FIREFOX_PREFS = {"media.navigator.streams.fake": True, "media.navigator.permissi
                  "app.update.disabledForTesting": True, "datareporting.policy.dataSubmissionEnabled": False}
 
 try:
-    import selenium  # noqa: F401
+    import selenium
 except ImportError:
     selenium = None
 
@@ -57,10 +55,6 @@ needs_firefox = [
     pytest.mark.skipif(selenium is None, reason="selenium is not installed (pip install -e '.[dev]')"),
     pytest.mark.skipif(FIREFOX is None, reason="Firefox is not installed: apt-get install firefox-esr "
                                                "(./run test installs it when it runs as root with apt-get)"),
-    pytest.mark.skipif(GECKODRIVER is None,
-                       reason="geckodriver is not installed: Debian does not package it and no package registry "
-                              "this project reaches ships a Linux build; put Mozilla's geckodriver on PATH (or set "
-                              "GECKODRIVER to it) to run the Firefox tests"),
 ]
 needs_firefox_audio = [*needs_firefox, pytest.mark.skipif(
     PULSEAUDIO is None, reason="PulseAudio is not installed: headless Firefox records only through a sound server "
@@ -132,28 +126,15 @@ def sound_server():
 
 @contextlib.contextmanager
 def firefox(window=DESKTOP, audio: bool = False):
-    """A Selenium driver of headless Firefox (geckodriver) with a fresh profile and a fake microphone; with
-    `audio`, a sound server of its own, so that pages can record."""
-    from selenium import webdriver
-    from selenium.webdriver.firefox.service import Service
+    """Headless Firefox with a fresh profile and a fake microphone, driven over WebDriver BiDi; with `audio`, a
+    sound server of its own, so that pages can record."""
+    from firefox_bidi import firefox_bidi
 
-    os.environ.setdefault("SE_OFFLINE", "true")
     with contextlib.ExitStack() as stack:
-        options = webdriver.FirefoxOptions()
-        options.binary_location = FIREFOX
-        for flag in ("-headless", f"--width={window[0]}", f"--height={window[1]}"):
-            options.add_argument(flag)
-        for name, value in FIREFOX_PREFS.items():
-            options.set_preference(name, value)
-        # Firefox inherits geckodriver's environment.
-        env = {**os.environ, "PULSE_SERVER": stack.enter_context(sound_server())} if audio else None
-        # geckodriver makes the profile in a temporary folder and removes it when the driver quits.
-        driver = webdriver.Firefox(service=Service(executable_path=GECKODRIVER, env=env), options=options)
-        driver.set_page_load_timeout(30)
-        try:
+        env = {"PULSE_SERVER": stack.enter_context(sound_server())} if audio else None
+        with firefox_bidi(FIREFOX, FIREFOX_PREFS, window, env=env) as driver:
+            driver.set_page_load_timeout(30)
             yield driver
-        finally:
-            driver.quit()
 
 
 def launch(name: str, window=DESKTOP, microphone: Path | None = None):
@@ -179,7 +160,10 @@ def browser():
 def wait_until(driver, condition, what, timeout=20.0):
     """Polls `condition(driver)`; a condition on several readings of a page should read it once. An element
     the page re-rendered between finding and reading it (stale) or has not drawn yet counts as not yet."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout, poll_frequency=0.1,
@@ -214,10 +198,10 @@ def assert_fits(driver, where):
 
 
 def severe_console(driver) -> list[dict]:
-    """The page's console errors (uncaught exceptions, failed loads). geckodriver keeps no console log (the
-    WebDriver standard has none), so in Firefox this finds nothing."""
+    """The page's console errors (uncaught exceptions, failed loads): Chromium's log, or in Firefox the
+    error-level entries WebDriver BiDi reported."""
     if driver.name == "firefox":
-        return []
+        return list(driver.console_errors)
     return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 

@@ -1,4 +1,4 @@
-"""The record page in headless Firefox (firefox-esr and geckodriver), as Chromium runs it in
+"""The record page in headless Firefox (firefox-esr, driven over WebDriver BiDi), as Chromium runs it in
 test_record_browser.py: Redis + scoring server (gRPC-web) + dashboard serving /record.
 
 Firefox's fake microphone plays a tone, not a file, so this checks what holds whatever the microphone hears:
