@@ -155,9 +155,12 @@ def test_a_session_through_an_outage_to_its_end_reads_true_at_desktop_and_phone_
                             "the outage banner")
         assert "Data as of" in banner.text and "UNAVAILABLE" not in banner.text  # raw text stays hidden
         assert by_id(browser, "server-pill").text == "server: unreachable"
-        toggle = banner.find_element(By.TAG_NAME, "details")
-        assert toggle.get_attribute("open") is None
-        toggle.find_element(By.TAG_NAME, "summary").click()
+        assert banner.find_element(By.TAG_NAME, "details").get_attribute("open") is None
+        click(browser, "#server-banner details summary", "the outage's details")
+        # The page re-renders on every event and every 5 s; an unchanged banner is not rebuilt, so the
+        # reader's details stay open (a rebuilt one would close them and go stale under the click).
+        toggle = wait_until(browser, lambda d: (t := d.find_element(By.CSS_SELECTOR, "#server-banner details"))
+                            .get_attribute("open") is not None and t, "the details to be open")
         assert "UNAVAILABLE" in toggle.text
         shot(browser, "outage-1280")
         clock.advance(max(0.0, LATE_SECONDS + 3.0 - (clock() - clock_start - held[-1].chunk.start_seconds)))

@@ -5,7 +5,7 @@
 
   const ms = window.moodstream;
   const { el, cell, byId, fmtProb, hasInterval, intervalText, percent, fmtThreshold, clock, hhmm, dateTime, day,
-    sessionTime, duration, ago, labelBadge, modelCell, withDetails, segmentCount } = ms;
+    sessionTime, duration, ago, labelBadge, modelCell, withDetails, replaceWhenChanged, segmentCount } = ms;
   const body = document.body;
   const view = body.dataset.view;
   const root = body.dataset.root || "";
@@ -55,18 +55,21 @@
       serverBanner.hidden = true;
     } else {
       serverBanner.hidden = false;
-      serverBanner.replaceChildren(el("strong", { text: "Data as of " + hhmm(server.since) + "." }),
+      replaceWhenChanged(serverBanner, [server.state, server.since, server.details], () => [
+        el("strong", { text: "Data as of " + hhmm(server.since) + "." }),
         " The dashboard has not reached the scoring server since " + clock(server.since) + " (" + server.state +
         "). It keeps retrying; scores recorded meanwhile appear, marked late, once the server is back. ",
-        withDetails("", server.details));
+        withDetails("", server.details)]);
     }
     // Every mode: a token the subscriptions or the session directory were refused with.
     const tokenBanner = byId("token-error");
     const problem = connection.participants.find((p) => p.state === "token rejected");
     tokenBanner.hidden = !connection.token_error;
     if (connection.token_error) {
-      tokenBanner.replaceChildren(el("strong", { text: rejected ? "Token rejected." : "Access problem." }), " ",
-        problem ? withDetails(problem.message, problem.details) : connection.token_error);
+      replaceWhenChanged(tokenBanner, [rejected, problem && problem.message, problem && problem.details,
+                                       connection.token_error], () => [
+        el("strong", { text: rejected ? "Token rejected." : "Access problem." }), " ",
+        problem ? withDetails(problem.message, problem.details) : connection.token_error]);
     }
     document.body.classList.toggle("frozen", frozen());
   }

@@ -98,6 +98,15 @@
     return node;
   }
 
+  // Rebuilds `node` from `build()` only when `key` (its content's inputs) changed since the last time, so a
+  // "details" a reader opened stays open while the same message is rendered again.
+  function replaceWhenChanged(node, key, build) {
+    const text = JSON.stringify(key);
+    if (node.dataset.renderedFrom === text) return;
+    node.dataset.renderedFrom = text;
+    node.replaceChildren(...build());
+  }
+
   // ------------------------------------------------------------ session states
   const STATE_CLASS = { streaming: "ok", idle: "idle", finished: "done", interrupted: "warn" };
   const STATE_HELP = {
@@ -125,6 +134,6 @@
   Object.assign(ms, {
     now, fmtProb, hasInterval, intervalText, percent, fmtThreshold, clock, hhmm, dateTime, day, shortDay,
     sessionTime, duration, ago, el, cell, segmentCount, evidenceText, labelBadge, modelCell, withDetails,
-    stateBadge, byId: (id) => document.getElementById(id),
+    replaceWhenChanged, stateBadge, byId: (id) => document.getElementById(id),
   });
 })();
