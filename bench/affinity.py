@@ -1,7 +1,8 @@
-"""Session affinity at a load balancer: PutChunk sessions through HAProxy to two replicas, round-robin (the
-baseline) against a consistent hash of the session id metadata (deploy/haproxy.cfg), in the same run.
+"""Session affinity at a load balancer: PutChunk sessions through HAProxy (or nginx) to two replicas,
+round-robin (the baseline) against a consistent hash of the session id metadata (deploy/haproxy.cfg,
+deploy/nginx.conf), in the same run.
 
-    python bench/affinity.py [--sessions 20] [--chunks 6] [--seed 0] [--out FILE]
+    python bench/affinity.py [--sessions 20] [--chunks 6] [--seed 0] [--proxy haproxy|nginx] [--out FILE]
 
 Two `moodstream server` processes (a tiny model, the default state cache, each
 with its Prometheus port) share one Redis; the real HAProxy (Debian's haproxy,
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, bench_main, machine, machine_line, markdown_table  # noqa: E402
 
 HAPROXY_CONFIG = ROOT / "deploy" / "haproxy.cfg"
+NGINX_CONFIG = ROOT / "deploy" / "nginx.conf"
 REPLICAS = ("server-1", "server-2")  # the server names, and compose's addresses, in deploy/haproxy.cfg
 HASH_LINES = "    balance hdr(moodstream-session-id)\n    hash-type consistent\n"
 MODES = {"round-robin": "    balance roundrobin\n", "consistent hash": HASH_LINES}
@@ -44,9 +46,15 @@ PARTICIPANT = "bench"
 LOG_LINE = re.compile(r" scoring/(?P<server>\S+) .*\{(?P<session>[^}|]*)\} .*\"POST (?P<path>\S+) ")
 
 
-def _replaced(text: str, old: str, new: str) -> str:
+NGINX_HASH_LINE = "        hash $http_moodstream_session_id consistent;\n"
+NGINX_MODES = {"round-robin": "", "consistent hash": NGINX_HASH_LINE}
+# One line per call in deploy/nginx.conf's log format: "... "POST /path HTTP/2.0" 200 upstream=ADDRESS {session} ..."
+NGINX_LOG_LINE = re.compile(r"\"POST (?P<path>\S+) [^\"]*\" \d+ upstream=(?P<address>\S+) \{(?P<session>[^}]*)\}")
+
+
+def _replaced(text: str, old: str, new: str, config: Path = HAPROXY_CONFIG) -> str:
     if text.count(old) != 1:
-        raise ValueError(f"{HAPROXY_CONFIG.name} no longer holds {old!r} exactly once: update {Path(__file__).name}")
+        raise ValueError(f"{config.name} no longer holds {old!r} exactly once: update {Path(__file__).name}")
     return text.replace(old, new)
 
 
@@ -124,6 +132,68 @@ class HAProxy:
                 self.process.wait(10)
 
 
+def nginx_config(port: int, addresses: list[str], mode: str = "consistent hash") -> str:
+    """deploy/nginx.conf listening on 127.0.0.1:`port` in front of `addresses`, its temporary files under
+    the prefix folder nginx is started with."""
+    text = _replaced(NGINX_CONFIG.read_text(), "listen 50051 http2;", f"listen 127.0.0.1:{port} http2;", NGINX_CONFIG)
+    for name, address in zip(REPLICAS, addresses, strict=True):
+        text = _replaced(text, f"server {name}:50051 ", f"server {address} ", NGINX_CONFIG)
+    temporary = "".join(f"    {kind}_temp_path {kind}_temp;\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi",
+                                                                             "scgi"))
+    text = _replaced(text, "\nhttp {\n", "\nhttp {\n" + temporary, NGINX_CONFIG)
+    return _replaced(text, NGINX_HASH_LINE, NGINX_MODES[mode], NGINX_CONFIG)
+
+
+class Nginx:
+    """The real nginx binary in the foreground (daemon off), its access log (stdout) in a file. Open-source
+    nginx has no active health check, so it is ready once it accepts connections."""
+
+    def __init__(self, directory: Path, addresses: list[str], mode: str = "consistent hash") -> None:
+        from moodstream.compose.redis_process import free_port
+
+        binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+        if binary is None:
+            raise FileNotFoundError("nginx is not installed (Debian: apt-get install nginx)")
+        self.port = free_port()
+        self.addresses = addresses
+        self.prefix = directory / f"nginx-{self.port}"
+        self.prefix.mkdir()
+        self.config_path = self.prefix / "nginx.conf"
+        self.log_path = self.prefix / "nginx.log"
+        self.config_path.write_text(nginx_config(self.port, addresses, mode))
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [binary, "-p", str(self.prefix), "-c", str(self.config_path), "-e", "stderr", "-g", "daemon off;"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def all_up(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"nginx exited ({self.process.returncode}):\n{self.log()}")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def calls(self) -> list[dict[str, str]]:
+        """Every call nginx logged: the server it went to (by its name in REPLICAS), the session id, the path."""
+        names = dict(zip(self.addresses, REPLICAS))
+        return [{"server": names.get(m["address"], m["address"]), "session": m["session"], "path": m["path"]}
+                for m in map(NGINX_LOG_LINE.search, self.log().splitlines()) if m]
+
+    close = HAProxy.close
+
+
+PROXIES = {"haproxy": HAProxy, "nginx": Nginx}
+
+
 def wait_for(condition, what: str, timeout: float = 30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -176,12 +246,12 @@ def lookups(servers) -> dict[str, float]:
 
 
 def measure(directory: Path, servers, token: str, mode: str, sessions: list[str], chunks: list[bytes],
-            seed: int) -> dict:
-    """One mode: a fresh HAProxy in front of `servers` (each with `port` and `metrics_port`), every session
-    through it, what the replicas counted."""
-    proxy = HAProxy(directory, [f"127.0.0.1:{server.port}" for server in servers], mode)
+            seed: int, proxy_name: str = "haproxy") -> dict:
+    """One mode: a fresh proxy (PROXIES) in front of `servers` (each with `port` and `metrics_port`), every
+    session through it, what the replicas counted."""
+    proxy = PROXIES[proxy_name](directory, [f"127.0.0.1:{server.port}" for server in servers], mode)
     try:
-        wait_for(proxy.all_up, "HAProxy's gRPC health checks to pass on both replicas")
+        wait_for(proxy.all_up, f"{proxy_name} to be ready for both replicas")
         before = lookups(servers)
         seconds = put_sessions(proxy.address, token, sessions, chunks, seed)
         after = lookups(servers)
@@ -192,9 +262,9 @@ def measure(directory: Path, servers, token: str, mode: str, sessions: list[str]
             return calls if len(calls) >= wanted else None
 
         try:
-            calls = wait_for(logged, "HAProxy to log every call", timeout=10)
+            calls = wait_for(logged, f"{proxy_name} to log every call", timeout=10)
         except TimeoutError:
-            raise TimeoutError(f"HAProxy logged {len(proxy.calls())} of {wanted} calls:\n{proxy.log()[-2000:]}") from None
+            raise TimeoutError(f"{proxy_name} logged {len(proxy.calls())} of {wanted} calls:\n{proxy.log()[-2000:]}") from None
     finally:
         proxy.close()
     hits, misses = after["hit"] - before["hit"], after["miss"] - before["miss"]
@@ -207,7 +277,7 @@ def measure(directory: Path, servers, token: str, mode: str, sessions: list[str]
             "mean_ms": 1000 * sum(seconds) / len(seconds)}
 
 
-def run(sessions: int = 20, chunks: int = 6, seed: int = 0, log=print) -> dict:
+def run(sessions: int = 20, chunks: int = 6, seed: int = 0, proxy: str = "haproxy", log=print) -> dict:
     import torch
 
     from loopback import pcm_chunks
@@ -228,15 +298,16 @@ def run(sessions: int = 20, chunks: int = 6, seed: int = 0, log=print) -> dict:
         servers = [CacheServer(checkpoint, redis_server.url, directory / "tokens.json", 256) for _ in REPLICAS]
         try:
             for mode in MODES:
-                log(f"{mode}: {sessions} sessions x {chunks} PutChunk calls through HAProxy ...")
+                log(f"{mode}: {sessions} sessions x {chunks} PutChunk calls through {proxy} ...")
                 names = [f"{mode.replace(' ', '-')}-{index:03d}" for index in range(sessions)]
-                rows.append(measure(directory, servers, token, mode, names, audio, seed))
+                rows.append(measure(directory, servers, token, mode, names, audio, seed, proxy))
         finally:
             for server in servers:
                 server.close()
     info["load_average_at_end"] = os.getloadavg()[0]
-    haproxy = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
-    return {"machine": info, "haproxy": haproxy, "sessions": sessions, "chunks": chunks, "rows": rows}
+    version = subprocess.run([proxy, "-v"], capture_output=True, text=True)
+    return {"machine": info, "proxy": proxy, "proxy_version": (version.stdout or version.stderr).strip().splitlines()[0],
+            "sessions": sessions, "chunks": chunks, "rows": rows}
 
 
 def report(result: dict) -> str:
@@ -245,7 +316,7 @@ def report(result: dict) -> str:
              f"{r['sessions_on_one_replica']} of {result['sessions']}", f"{r['mean_ms']:.1f} ms"]
             for r in result["rows"]]
     baseline, hashed = result["rows"][0]["hit_ratio"], result["rows"][1]["hit_ratio"]
-    table = markdown_table(["HAProxy balance", "PutChunk calls", "state-cache hits / misses", "hit ratio",
+    table = markdown_table([f"{result['proxy_version']}: balance", "PutChunk calls", "state-cache hits / misses", "hit ratio",
                             "sessions on server-1 / server-2", "sessions that stayed on one replica",
                             "mean PutChunk"], rows)
     ratio = f"\n\nhit ratio, consistent hash / round-robin: {hashed / baseline:.2f}×" if baseline else ""
@@ -254,4 +325,5 @@ def report(result: dict) -> str:
 if __name__ == "__main__":
     bench_main(__doc__, run, report, {"sessions": (20, "PutChunk sessions per mode"),
                                       "chunks": (6, "chunks per session"),
-                                      "seed": (0, "seed of the model and the call order")})
+                                      "seed": (0, "seed of the model and the call order"),
+                                      "proxy": ("haproxy", "the load balancer", sorted(PROXIES))})

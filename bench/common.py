@@ -124,13 +124,14 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 
 def bench_main(description: str, run: Callable[..., dict], report: Callable[[dict], str],
-               options: dict[str, int | tuple[int, str]]) -> None:
-    """One benchmark's command line: its whole-number options (name: default, or (default, what it is)) passed
-    to `run` in order, progress on stderr, `--out FILE` for the results as JSON, and the report on stdout."""
+               options: dict[str, int | tuple]) -> None:
+    """One benchmark's command line: its options (name: default, or (default, what it is), or (default, what it
+    is, the choices)), each of its default's type, passed to `run` in order, progress on stderr, `--out FILE`
+    for the results as JSON, and the report on stdout."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, option in options.items():
-        default, what = option if isinstance(option, tuple) else (option, "")
-        parser.add_argument(f"--{name}", type=int, default=default,
+        default, what, choices = (*option, None)[:3] if isinstance(option, tuple) else (option, "", None)
+        parser.add_argument(f"--{name}", type=type(default), default=default, choices=choices,
                             help=f"{what} (default: %(default)s)" if what else "(default: %(default)s)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()

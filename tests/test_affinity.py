@@ -1,5 +1,6 @@
 """Session affinity: the session id as call metadata, checked by the server against the request's header, and
-the real HAProxy (deploy/haproxy.cfg) hashing on it in front of two real replicas on one real Redis."""
+the real HAProxy (deploy/haproxy.cfg) and nginx (deploy/nginx.conf) hashing on it in front of two real
+replicas on one real Redis."""
 import importlib.util
 import shutil
 import subprocess
@@ -28,6 +29,9 @@ _spec.loader.exec_module(affinity)
 
 needs_haproxy = pytest.mark.skipif(shutil.which("haproxy") is None,
                                    reason="haproxy is not installed (./run test installs Debian's haproxy as root)")
+needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+                                 reason="nginx is not installed (./run test installs Debian's nginx as root)")
+PROXIES = [pytest.param("haproxy", marks=needs_haproxy), pytest.param("nginx", marks=needs_nginx)]
 
 
 def put_chunk(raw, session: str, seq: int, metadata):
@@ -77,15 +81,15 @@ def replicas(checkpoint, redis_server, tokens, tmp_path_factory):
             server.close()
 
 
-@needs_haproxy
-def test_put_chunk_sessions_through_haproxy_hit_the_state_cache_with_the_hash_and_about_half_without(
-        replicas, tokens, tmp_path):
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_put_chunk_sessions_through_the_proxy_hit_the_state_cache_with_the_hash_and_about_half_without(
+        proxy, replicas, tokens, tmp_path):
     sessions, chunks = 16, 5
     results = {}
     for mode in affinity.MODES:
-        names = [f"affinity-test-{mode.replace(' ', '-')}-{index}" for index in range(sessions)]
+        names = [f"affinity-test-{proxy}-{mode.replace(' ', '-')}-{index}" for index in range(sessions)]
         results[mode] = affinity.measure(tmp_path, replicas, tokens.by_name["admin"], mode, names,
-                                         make_chunks(chunks, seed=13), seed=1)
+                                         make_chunks(chunks, seed=13), seed=1, proxy_name=proxy)
     hashed, round_robin = results["consistent hash"], results["round-robin"]
     assert hashed["hits"] + hashed["misses"] == sessions * (chunks - 1)  # a session's first chunk looks nothing up
     assert hashed["hit_ratio"] >= 0.95, hashed
@@ -94,21 +98,22 @@ def test_put_chunk_sessions_through_haproxy_hit_the_state_cache_with_the_hash_an
     assert round_robin["hit_ratio"] < 0.75, round_robin  # the same calls without the hash: about one in two
 
 
-@needs_haproxy
-def test_the_agents_stream_carries_its_session_id_to_haproxy(replicas, tokens, tmp_path):
-    proxy = affinity.HAProxy(tmp_path, [server.address for server in replicas])
+@pytest.mark.parametrize("proxy_name", PROXIES)
+def test_the_agents_stream_carries_its_session_id_through_the_proxy(proxy_name, replicas, tokens, tmp_path):
+    proxy = affinity.PROXIES[proxy_name](tmp_path, [server.address for server in replicas])
     try:
-        wait_for(proxy.all_up, "HAProxy's health checks to pass")
-        wav = interview_file(tmp_path / "interview.wav", seed=63, answers=2)
+        wait_for(proxy.all_up, f"{proxy_name} to be ready")
+        # Long enough that the one Stream call's body (every chunk) passes nginx's default 1 MB body limit.
+        wav = interview_file(tmp_path / "interview.wav", seed=63, answers=6)
         agent = subprocess.run(
             [sys.executable, "-P", "-m", "moodstream.compose.cli", "agent", "--server", proxy.address,
-             "--token", tokens.by_name["agent"], "--participant", "p2", "--session", "agent-via-haproxy",
+             "--token", tokens.by_name["agent"], "--participant", "p2", "--session", f"agent-via-{proxy_name}",
              "--outbox", str(tmp_path / "outbox"), "--json", str(wav)], capture_output=True, text=True, timeout=120)
-        assert agent.returncode == 0, agent.stderr
+        assert agent.returncode == 0, (agent.stderr, proxy.log()[-3000:])
         calls = wait_for(lambda: [c for c in proxy.calls() if c["path"].endswith("/Stream")], "the Stream call's log")
     finally:
         proxy.close()
-    assert {call["session"] for call in calls} == {"agent-via-haproxy"}
+    assert {call["session"] for call in calls} == {f"agent-via-{proxy_name}"}
 
 
 @needs_haproxy
