@@ -19,6 +19,7 @@ import grpc
 
 from moodstream.server.auth import hash_token
 from moodstream.server.enrolment import CODE_PATTERN, WrongCode, code_digest, unseal
+from moodstream.server.metrics import ENROLMENTS
 from moodstream.server.rpc_errors import StreamAbort, redis_call
 from moodstream.server.store_keys import enrolment_used_key
 from moodstream.v1 import moodstream_pb2 as pb
@@ -44,10 +45,13 @@ class EnrolmentRPC:
 
     async def Enrol(self, request, context):
         try:
-            return await self._enrol(request, context)
+            answer = await self._enrol(request, context)
         except StreamAbort as error:
+            ENROLMENTS.labels(error.code.name.lower()).inc()
             log.info("enrolment refused: %s %s", error.code.name, error)
             await context.abort(error.code, str(error))
+        ENROLMENTS.labels("enrolled").inc()
+        return answer
 
     async def _enrol(self, request, context) -> pb.EnrolResponse:
         code = request.code.strip()

@@ -18,6 +18,11 @@ ENCODER_WAIT_SECONDS = Histogram("moodstream_encoder_wait_seconds", "Time a segm
 CHUNK_TO_SCORE_SECONDS = Histogram("moodstream_chunk_to_score_seconds",
                                    "From a chunk's arrival to its durable score, by model version",
                                    ["model_version"], buckets=_LATENCY_BUCKETS)
+# A rise of not_found is someone guessing codes; failed_precondition, links used twice or opened too late.
+ENROLMENTS = Counter("moodstream_enrolments_total",
+                     "Enrol calls, by outcome: enrolled (a resend by the same device included), or the status "
+                     "the call was refused with (invalid_argument, not_found, failed_precondition, "
+                     "permission_denied, unavailable)", ["outcome"])
 REDIS_ERRORS = Counter("moodstream_redis_errors_total", "Redis calls that failed")
 STATE_CACHE_LOOKUPS = Counter("moodstream_state_cache_lookups_total",
                               "Loads of a stored scorer state, by outcome: hit (the cached state matched the "

@@ -11,6 +11,7 @@ import time
 import grpc
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from moodstream.server.auth import UNAUTHENTICATED_METHODS, add_enrolment, create_token, load_tokens, revoke_token
 from moodstream.server.enrolment import code_digest
@@ -70,6 +71,26 @@ def test_a_code_gives_its_token_once_and_then_says_it_was_used(start_server, enr
         assert error.code() == Code.FAILED_PRECONDITION and "already used" in error.details(), error.details()
         assert "ask your clinician for a new link" in error.details()
     assert used_marks(redis_url) == [enrolment_used_key(code_digest(code)).encode()]
+
+
+def enrolment_counts() -> dict[str, float]:
+    outcomes = ("enrolled", "invalid_argument", "not_found", "failed_precondition", "permission_denied")
+    return {outcome: REGISTRY.get_sample_value("moodstream_enrolments_total", {"outcome": outcome}) or 0.0
+            for outcome in outcomes}
+
+
+def test_every_enrol_call_is_counted_by_its_outcome(start_server, enrol_tokens, pool):
+    """moodstream_enrolments_total (the servers run in this process, so their Prometheus registry is this one)."""
+    tokens, code = enrol_tokens
+    client = raw(start_server(tokens=tokens), pool)
+    before = enrolment_counts()
+    enrol(client, code, claim="phone-a")
+    enrol(client, code, claim="phone-a")  # a resend after a lost answer
+    for attempt in (code, "A" * 22, "B" * 22, "short"):
+        refusal(client, attempt, claim="phone-b")
+    after = enrolment_counts()
+    assert {outcome: after[outcome] - before[outcome] for outcome in after} == {
+        "enrolled": 2, "invalid_argument": 1, "not_found": 2, "failed_precondition": 1, "permission_denied": 0}
 
 
 def test_a_code_used_on_one_replica_is_refused_on_another(start_server, enrol_tokens, pool):
