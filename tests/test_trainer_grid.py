@@ -1,6 +1,5 @@
 """The ablation grid and the openSMILE baseline on generated audio."""
 import json
-from pathlib import Path
 
 import pytest
 
@@ -8,35 +7,10 @@ from moodstream.compose.cli import main
 import trainer_fixtures as fx
 
 
-def write_recipe(tmp_path: Path, manifest: Path) -> Path:
-    config = tmp_path / "recipe.toml"
-    config.write_text(f"""
-[data]
-format = "manifest"
-path = "{manifest}"
-cache_dir = "cache"
-[speech]
-chunk_seconds = 4.0
-min_last_chunk_seconds = 1.0
-[model]
-preset = "tiny"
-[stage1]
-epochs = 2
-lr_backbone = 1e-3
-[stage2]
-epochs = 2
-[run]
-output = "out"
-progress = false
-tsne = false
-""")
-    return config
-
-
 def test_ablation_grid_writes_one_table(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # run.output is relative to where the command runs
     manifest = fx.make_tone_manifest(tmp_path / "data", (4, 2, 2), seconds=4.0)
-    config = write_recipe(tmp_path, manifest)
+    config = fx.write_tiny_recipe(tmp_path / "recipe.toml", manifest, stage1={"lr_backbone": 1e-3})
     assert main(["ablate", str(config), "--grid", "model.pooling=attention,max",
                  "--grid", "model.session_head=self-attention,last-step"]) == 0
     table = (tmp_path / "out-ablation" / "ablation.md").read_text()
@@ -49,7 +23,7 @@ def test_opensmile_baseline_on_the_same_splits(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     pytest.importorskip("opensmile", reason="the openSMILE baseline needs the eval extra (pip install '.[eval]')")
     manifest = fx.make_tone_manifest(tmp_path / "data", (8, 4, 4), seconds=4.0)
-    config = write_recipe(tmp_path, manifest)
+    config = fx.write_tiny_recipe(tmp_path / "recipe.toml", manifest, stage1={"lr_backbone": 1e-3})
     assert main(["baseline", str(config), "--feature-set", "IS09_emotion"]) == 0
     result = json.loads((tmp_path / "out-baseline-is09_emotion" / "result.json").read_text())
     assert result["feature_dimensions"] == 384
@@ -61,7 +35,7 @@ def test_opensmile_baseline_on_the_same_splits(tmp_path, monkeypatch):
 def test_linear_probe_baseline_reads_the_recipes_frozen_encoder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # run.output is relative to where the command runs
     manifest = fx.make_tone_manifest(tmp_path / "data", (8, 4, 4), seconds=4.0)
-    config = write_recipe(tmp_path, manifest)
+    config = fx.write_tiny_recipe(tmp_path / "recipe.toml", manifest, stage1={"lr_backbone": 1e-3})
     assert main(["baseline", str(config), "--feature-set", "linear-probe"]) == 0
     result = json.loads((tmp_path / "out-baseline-linear-probe" / "result.json").read_text())
     # the tiny preset's wav2vec2 is 32 wide: mean + std of its summed layers

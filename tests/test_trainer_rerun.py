@@ -16,32 +16,10 @@ def manifest(tmp_path_factory):
 
 
 def write_recipe(folder: Path, manifest: Path) -> Path:
-    recipe = folder / "recipe.toml"
-    recipe.write_text(f"""
-[data]
-format = "manifest"
-path = "{manifest}"
-cache_dir = "{folder / 'cache'}"
-[speech]
-chunk_seconds = 4.0
-min_last_chunk_seconds = 1.0
-[model]
-preset = "tiny"
-[stage1]
-epochs = 1
-batch_size = 4
-[stage2]
-epochs = 1
-batch_size = 4
-[scoring]
-calibration = "none"
-[run]
-output = "{folder / 'run'}"
-progress = false
-tsne = false
-recipe = "paper"
-""")
-    return recipe
+    return fx.write_tiny_recipe(
+        folder / "recipe.toml", manifest, data={"cache_dir": str(folder / "cache")},
+        stage1={"epochs": 1, "batch_size": 4}, stage2={"epochs": 1, "batch_size": 4}, scoring={"calibration": "none"},
+        run={"output": str(folder / "run"), "recipe": "paper"})
 
 
 def test_a_rerun_with_other_settings_is_refused_unless_force_new(manifest, tmp_path, capsys):

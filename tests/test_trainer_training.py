@@ -84,29 +84,8 @@ def test_resume_after_interruption_gives_the_same_model(manifest, tmp_path):
 
 def test_train_and_evaluate_commands(manifest, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # run.output is relative to where the command runs
-    config = tmp_path / "recipe.toml"
-    config.write_text(f"""
-[data]
-format = "manifest"
-path = "{manifest}"
-cache_dir = "cache"
-[speech]
-chunk_seconds = 4.0
-min_last_chunk_seconds = 1.0
-[model]
-preset = "tiny"
-pooling = "mean"
-[stage1]
-epochs = 2
-[stage2]
-epochs = 2
-[scoring]
-calibration = "platt"
-[run]
-output = "out"
-progress = false
-tsne = false
-""")
+    config = fx.write_tiny_recipe(tmp_path / "recipe.toml", manifest, model={"pooling": "mean"},
+                                  scoring={"calibration": "platt"})
     assert main(["train", str(config), "--set", "model.session_head=last-step", "--set", "stage2.epochs=3"]) == 0
     out = capsys.readouterr().out
     assert "chosen on validation" in out

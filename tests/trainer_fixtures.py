@@ -139,3 +139,18 @@ def make_tone_manifest(root: Path, sessions_per_split=(8, 4, 4), seconds: float 
         writer.writerow(["participant_id", "label", "audio_path", "split"])
         writer.writerows(rows)
     return root / "manifest.csv"
+
+
+def write_tiny_recipe(path: Path, manifest: Path, **sections: dict) -> Path:
+    """A recipe of the tiny preset on `manifest`, 4 s chunks, two epochs a stage, written to `path`; each
+    keyword is a [section] whose keys replace or add to the defaults."""
+    import tomli_w
+
+    recipe = {"data": {"format": "manifest", "path": str(manifest), "cache_dir": "cache"},
+              "speech": {"chunk_seconds": 4.0, "min_last_chunk_seconds": 1.0},
+              "model": {"preset": "tiny"}, "stage1": {"epochs": 2}, "stage2": {"epochs": 2},
+              "run": {"output": "out", "progress": False, "tsne": False}}
+    for name, values in sections.items():
+        recipe[name] = recipe.get(name, {}) | values
+    path.write_text(tomli_w.dumps(recipe))
+    return path
