@@ -3,9 +3,9 @@
 reaches ships for Linux).
 
 `FirefoxDriver` answers the part of Selenium's WebDriver API that the browser tests use: `get`,
-`current_url`, `execute_script`, `find_element` (by id or CSS selector; elements with `.text` and a real
-pointer `.click()`), `set_window_size` (the viewport), `print_page`, `save_screenshot` and `quit`, so a test
-body runs unchanged in either browser. Selenium's own `WebSocketConnection` carries the commands. Unlike
+`current_url`, `execute_script` and `execute_async_script`, `find_element(s)` (by id or CSS selector;
+elements with `.text`, `get_attribute`, `is_displayed` and a real pointer `.click()`), `set_window_size` (the
+viewport), `print_page`, `save_screenshot` and `quit`, so a test body runs unchanged in either browser. Selenium's own `WebSocketConnection` carries the commands. Unlike
 geckodriver, BiDi reports the page's console: `console_errors` holds every error-level log entry and
 uncaught exception.
 """
@@ -49,7 +49,16 @@ class FirefoxElement:
         return self.driver.execute_script("return arguments[0].innerText.trim()", self)
 
     def get_attribute(self, name: str):
-        return self.driver.execute_script("return arguments[0].getAttribute(arguments[1])", self, name)
+        """The property of that name where the element has one (as Selenium: `href` absolute), else the
+        attribute."""
+        return self.driver.execute_script(
+            "const [node, name] = arguments; const value = node[name];"
+            "return value === undefined || value === null || typeof value === 'object' || typeof value === 'function'"
+            " ? node.getAttribute(name) : (typeof value === 'boolean' ? (value ? 'true' : null) : String(value));",
+            self, name)
+
+    def is_displayed(self) -> bool:
+        return self.driver.execute_script("return arguments[0].checkVisibility({visibilityProperty: true})", self)
 
     def click(self) -> None:
         """A real mouse click at the element's centre, scrolled into view first, as WebDriver clicks."""
@@ -119,6 +128,22 @@ class FirefoxDriver:
             raise JavascriptException(f"{details.get('text', '')} (line {details.get('lineNumber')})")
         return self._python_value(result["result"])
 
+    def execute_async_script(self, script: str, *args):
+        """`script` as a function body whose last argument is the callback it calls with its result, as
+        Selenium runs it; waits up to the script timeout."""
+        wrapped = ("function() { const args = Array.from(arguments); return new Promise((resolve, reject) => {"
+                   f" args.push(resolve); try {{ (function() {{\n{script}\n}}).apply(this, args); }}"
+                   " catch (error) { reject(error); } }); }")
+        result = self.command("script.callFunction", {
+            "functionDeclaration": wrapped, "awaitPromise": True, "target": {"context": self.context},
+            "arguments": [self._local_value(arg) for arg in args], "resultOwnership": "none"})
+        if result["type"] == "exception":
+            raise JavascriptException(result["exceptionDetails"].get("text", ""))
+        return self._python_value(result["result"])
+
+    def set_script_timeout(self, seconds: float) -> None:
+        self.connection.response_wait_timeout = max(seconds, self.connection.response_wait_timeout)
+
     def _local_value(self, value) -> dict:
         if isinstance(value, FirefoxElement):
             return value.reference
@@ -156,18 +181,23 @@ class FirefoxDriver:
             return FirefoxElement(self, remote["sharedId"])
         return remote  # functions, promises, windows and the like: their description
 
-    def find_element(self, by: str, value: str) -> FirefoxElement:
+    def find_elements(self, by: str, value: str, most: int | None = None) -> list[FirefoxElement]:
         if by == "id":
             css = f'[id="{value}"]'
         elif by == "css selector":
             css = value
         else:
             raise NotImplementedError(f"find_element by {by!r}: the Firefox driver locates by id and CSS only")
-        nodes = self.command("browsingContext.locateNodes", {
-            "context": self.context, "locator": {"type": "css", "value": css}, "maxNodeCount": 1})["nodes"]
-        if not nodes:
-            raise NoSuchElementException(f"no element matches {css}")
-        return FirefoxElement(self, nodes[0]["sharedId"])
+        found = self.command("browsingContext.locateNodes", {
+            "context": self.context, "locator": {"type": "css", "value": css},
+            **({"maxNodeCount": most} if most else {})})["nodes"]
+        return [FirefoxElement(self, node["sharedId"]) for node in found]
+
+    def find_element(self, by: str, value: str) -> FirefoxElement:
+        found = self.find_elements(by, value, most=1)
+        if not found:
+            raise NoSuchElementException(f"no element matches {value} (by {by})")
+        return found[0]
 
     # Output
     def print_page(self, print_options=None) -> str:

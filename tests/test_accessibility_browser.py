@@ -1,18 +1,18 @@
-"""axe-core on every dashboard page and on the record page, at desktop and phone width, in headless Chromium.
+"""axe-core on every dashboard page (in headless Chromium and Firefox) and on the record page (Chromium), at
+desktop and phone width.
 
 axe-core is vendored for the tests only (tests/vendor/axe.min.js, pinned by dashboard/package-lock.json);
 every rule it runs by default must pass.
 """
 import pytest
 
-from browser_harness import (DESKTOP, PHONE, axe_violations, browser, by_id, chromium, fake_microphone,  # noqa: F401
+from browser_harness import (BROWSERS, DESKTOP, PHONE, axe_violations, by_id, chromium, fake_microphone, launch,
                              needs_chromium, set_viewport, wait_until)
 from moodstream.dashboard.feed import FeedConfig
 from moodstream.dashboard.server import BackgroundDashboard
 from test_dashboard import stream_session
 from test_record_browser import enrolment_link, interview_wav, page_state, record, record_stack  # noqa: F401
 
-pytestmark = needs_chromium
 
 
 def assert_no_violations(driver, where):
@@ -20,14 +20,15 @@ def assert_no_violations(driver, where):
     assert not found, (where, found)
 
 
-def test_every_dashboard_page_passes_axe_at_desktop_and_phone_width(browser, start_server, tokens):
+@pytest.mark.parametrize("name", BROWSERS)
+def test_every_dashboard_page_passes_axe_at_desktop_and_phone_width(name, start_server, tokens):
     from selenium.webdriver.common.by import By
 
     server = start_server()
     stream_session(server.port, tokens, "axe-visit", "p1", 3, seed=4)
     config = FeedConfig(server=f"127.0.0.1:{server.port}", token=tokens.by_name["reader-p1"], participants=["p1"],
                         health_interval=0.3)
-    with BackgroundDashboard(config) as dashboard:
+    with BackgroundDashboard(config) as dashboard, launch(name) as browser:
         session = dashboard.session_url("axe-visit")
         browser.get(dashboard.url)
         wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.session-row"), "the session's row")
@@ -37,15 +38,16 @@ def test_every_dashboard_page_passes_axe_at_desktop_and_phone_width(browser, sta
                  "missing": (dashboard.url + "s/0123456789abcdef0123", "h1")}
         for size, width in ((DESKTOP, "1280"), (PHONE, "390")):
             set_viewport(browser, size)
-            for name, (url, ready) in pages.items():
+            for page, (url, ready) in pages.items():
                 browser.get(url)
-                wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ready), f"the {name} page")
-                wait_until(browser, lambda d: name == "missing" or "ok" in by_id(d, "live-pill").get_attribute("class"),
-                           f"the {name} page to go live")
-                assert_no_violations(browser, f"{name} at {width}")
+                wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ready), f"the {page} page")
+                wait_until(browser, lambda d: page == "missing" or "ok" in by_id(d, "live-pill").get_attribute("class"),
+                           f"the {page} page to go live")
+                assert_no_violations(browser, f"{page} at {width} in {name}")
 
 
-def test_the_record_page_passes_axe_before_during_and_after_a_recording(redis_url, tmp_path, interview_wav):
+@pytest.mark.parametrize("name", [pytest.param("chromium", marks=needs_chromium)])
+def test_the_record_page_passes_axe_before_during_and_after_a_recording(name, redis_url, tmp_path, interview_wav):
     wav, _ = interview_wav
     with record_stack(redis_url, tmp_path) as (server, dashboard, tokens), \
             chromium(*fake_microphone(wav), window=PHONE) as driver:

@@ -1,23 +1,17 @@
 """The Firefox driver the browser tests use (firefox_bidi.py, WebDriver BiDi without geckodriver) answers as
-Selenium does: script values both ways, elements found or refused with Selenium's exceptions, real clicks,
-the viewport, and the page's console errors, so `severe_console` finds them in Firefox too."""
+Selenium does: script values both ways (async scripts too, as axe-core runs), elements found or refused with
+Selenium's exceptions, real clicks, the viewport, and the page's console errors, so `severe_console` finds
+them in Firefox too."""
 import math
 import urllib.parse
 
 import pytest
-from browser_harness import (
-    PHONE,
-    firefox,
-    needs_firefox,
-    set_viewport,
-    severe_console,
-    wait_until,
-)
+from browser_harness import PHONE, axe_violations, firefox, needs_firefox, set_viewport, severe_console, wait_until
 from selenium.common.exceptions import JavascriptException, NoSuchElementException
 
 pytestmark = needs_firefox
 
-PAGE = """<!doctype html><title>t</title><p id="words">  two words  </p>
+PAGE = """<!doctype html><title>t</title><p id="words">  two words  </p><img id="unlabelled" src="data:,">
 <button id="press" style="margin-top: 3000px">press</button>
 <script>
 document.getElementById('press').addEventListener('click', (event) => {
@@ -47,6 +41,9 @@ def test_the_firefox_driver_answers_as_selenium_does():
 
         driver.find_element("id", "press").click()  # below the fold: scrolled into view, then a real click
         assert driver.execute_script("return document.body.dataset.pressed") == "trusted"
+
+        # axe-core runs through execute_async_script and finds the image without a text alternative.
+        assert "image-alt" in {violation["id"] for violation in axe_violations(driver)}
 
         wait_until(driver, lambda d: len(severe_console(d)) >= 2, "both console errors")
         messages = " | ".join(entry["message"] for entry in severe_console(driver))
