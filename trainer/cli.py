@@ -33,8 +33,7 @@ def add_parser(subparsers) -> None:
                             "server's model folder, whose current version is used)")
     train.add_argument("--output", metavar="DIR", default=None, type=output_folder,
                        help="with --from-export: run folder; the checkpoint goes to DIR/checkpoint")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override a recipe value, e.g. --set stage1.lr_head=1e-3 (repeatable)")
+    add_recipe_overrides(train)
     train.add_argument("--force-new", action="store_true",
                        help="train anew into the output folder even if it holds a run with other settings (its "
                             "results and recorded config.toml are replaced)")
@@ -72,7 +71,7 @@ def add_parser(subparsers) -> None:
     ablate.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
                         help="values to try (repeatable); default: the paper's ablations (fine-tuning, "
                              "pooling, session head, segment length 4-9 s)")
-    ablate.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_recipe_overrides(ablate)
     ablate.add_argument("--full", action="store_true", help="every combination instead of one factor at a time")
     ablate.add_argument("--output", default=None, type=output_folder, help="folder for the variants and the table "
                                                       "(default: <run.output>-ablation)")
@@ -87,7 +86,7 @@ def add_parser(subparsers) -> None:
     baseline.add_argument("--feature-set", default="IS09_emotion",
                           help="openSMILE feature set: IS09_emotion, eGeMAPSv02, ComParE_2016, ...; or "
                                "linear-probe: mean + std of the recipe's frozen encoder's summed layers")
-    baseline.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_recipe_overrides(baseline)
     baseline.add_argument("--output", default=None, type=output_folder, help="default: <run.output>-baseline-<feature set>")
     baseline.set_defaults(handler=run_baseline)
 
@@ -346,6 +345,12 @@ def run_import_whisper(args) -> int:
     folder = import_whisper(args.output, args.source)
     print(f"wrote {folder}")
     return 0
+
+
+def add_recipe_overrides(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="override a recipe value, e.g. --set stage1.lr_head=1e-3 (repeatable; paths resolve "
+                              "against the working directory)")
 
 
 def inner_fold_count(text: str) -> int:
