@@ -67,27 +67,62 @@ def proxy_config(port: int, addresses: list[str], stats_socket: Path, mode: str 
     return _replaced(text, HASH_LINES, MODES[mode])
 
 
-class HAProxy:
-    """The real haproxy binary in the foreground (-db), its log (stdout) in a file, asked through its admin socket."""
+def proxy_binary(name: str) -> str | None:
+    """The proxy's executable: on PATH, or in /usr/sbin (Debian's place, not on a user's PATH)."""
+    return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
 
-    def __init__(self, directory: Path, addresses: list[str], mode: str = "consistent hash") -> None:
-        from moodstream.compose.redis_process import free_port
 
-        binary = shutil.which("haproxy")
+class ProxyProcess:
+    """A real proxy binary in the foreground on 127.0.0.1, its log (stdout) in a file. Subclasses set `port`,
+    `config_path` and `log_path` first, hand over the config's text and the command's arguments, and say when
+    it is ready (`all_up`) and what it logged (`calls`)."""
+
+    name = ""
+
+    def __init__(self, config: str, arguments: list[str]) -> None:
+        binary = proxy_binary(self.name)
         if binary is None:
-            raise FileNotFoundError("haproxy is not installed (Debian: apt-get install haproxy)")
-        self.port = free_port()
-        self.socket_path = directory / f"haproxy-{self.port}.sock"
-        self.config_path = directory / f"haproxy-{self.port}.cfg"
-        self.log_path = directory / f"haproxy-{self.port}.log"
-        self.config_path.write_text(proxy_config(self.port, addresses, self.socket_path, mode))
+            raise FileNotFoundError(f"{self.name} is not installed (Debian: apt-get install {self.name})")
+        self.config_path.write_text(config)
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([binary, "-db", "-f", str(self.config_path)], stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen([binary, *arguments], stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def check_running(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+class HAProxy(ProxyProcess):
+    """haproxy in the foreground (-db), asked through its admin socket."""
+
+    name = "haproxy"
+
+    def __init__(self, directory: Path, addresses: list[str], mode: str = "consistent hash") -> None:
+        from moodstream.compose.redis_process import free_port
+
+        self.port = free_port()
+        self.socket_path = directory / f"haproxy-{self.port}.sock"
+        self.config_path = directory / f"haproxy-{self.port}.cfg"
+        self.log_path = directory / f"haproxy-{self.port}.log"
+        super().__init__(proxy_config(self.port, addresses, self.socket_path, mode),
+                         ["-db", "-f", str(self.config_path)])
 
     def admin(self, command: str) -> str:
         with socket.socket(socket.AF_UNIX) as connection:
@@ -100,8 +135,7 @@ class HAProxy:
 
     def server_states(self) -> dict[str, tuple[str, str]]:
         """Each server's (status, last check status) from `show stat`: ("UP", "L7OK") once its check passed."""
-        if self.process.poll() is not None:
-            raise RuntimeError(f"haproxy exited ({self.process.returncode}):\n{self.log()}")
+        self.check_running()
         try:
             lines = self.admin("show stat").splitlines()
         except OSError:
@@ -115,21 +149,9 @@ class HAProxy:
         states = self.server_states()
         return bool(states) and all(state == ("UP", "L7OK") for state in states.values())
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
     def calls(self) -> list[dict[str, str]]:
         """Every call HAProxy logged: the server it went to, the session id header, the path."""
         return [match.groupdict() for match in map(LOG_LINE.search, self.log().splitlines()) if match]
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
 
 
 def nginx_config(port: int, addresses: list[str], mode: str = "consistent hash") -> str:
@@ -144,51 +166,37 @@ def nginx_config(port: int, addresses: list[str], mode: str = "consistent hash")
     return _replaced(text, NGINX_HASH_LINE, NGINX_MODES[mode], NGINX_CONFIG)
 
 
-class Nginx:
-    """The real nginx binary in the foreground (daemon off), its access log (stdout) in a file. Open-source
-    nginx has no active health check, so it is ready once it accepts connections."""
+class Nginx(ProxyProcess):
+    """nginx in the foreground (daemon off), its files under a prefix folder of its own. Open-source nginx has
+    no active health check, so it is ready once it accepts connections."""
+
+    name = "nginx"
 
     def __init__(self, directory: Path, addresses: list[str], mode: str = "consistent hash") -> None:
         from moodstream.compose.redis_process import free_port
 
-        binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
-        if binary is None:
-            raise FileNotFoundError("nginx is not installed (Debian: apt-get install nginx)")
         self.port = free_port()
         self.addresses = addresses
         self.prefix = directory / f"nginx-{self.port}"
         self.prefix.mkdir()
         self.config_path = self.prefix / "nginx.conf"
         self.log_path = self.prefix / "nginx.log"
-        self.config_path.write_text(nginx_config(self.port, addresses, mode))
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [binary, "-p", str(self.prefix), "-c", str(self.config_path), "-e", "stderr", "-g", "daemon off;"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        super().__init__(nginx_config(self.port, addresses, mode),
+                         ["-p", str(self.prefix), "-c", str(self.config_path), "-e", "stderr", "-g", "daemon off;"])
 
     def all_up(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"nginx exited ({self.process.returncode}):\n{self.log()}")
+        self.check_running()
         try:
             socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
             return True
         except OSError:
             return False
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
     def calls(self) -> list[dict[str, str]]:
         """Every call nginx logged: the server it went to (by its name in REPLICAS), the session id, the path."""
         names = dict(zip(self.addresses, REPLICAS))
         return [{"server": names.get(m["address"], m["address"]), "session": m["session"], "path": m["path"]}
                 for m in map(NGINX_LOG_LINE.search, self.log().splitlines()) if m]
-
-    close = HAProxy.close
 
 
 PROXIES = {"haproxy": HAProxy, "nginx": Nginx}
@@ -305,7 +313,7 @@ def run(sessions: int = 20, chunks: int = 6, seed: int = 0, proxy: str = "haprox
             for server in servers:
                 server.close()
     info["load_average_at_end"] = os.getloadavg()[0]
-    version = subprocess.run([proxy, "-v"], capture_output=True, text=True)
+    version = subprocess.run([proxy_binary(proxy) or proxy, "-v"], capture_output=True, text=True)
     return {"machine": info, "proxy": proxy, "proxy_version": (version.stdout or version.stderr).strip().splitlines()[0],
             "sessions": sessions, "chunks": chunks, "rows": rows}
 

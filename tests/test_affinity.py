@@ -2,7 +2,6 @@
 the real HAProxy (deploy/haproxy.cfg) and nginx (deploy/nginx.conf) hashing on it in front of two real
 replicas on one real Redis."""
 import importlib.util
-import shutil
 import subprocess
 import sys
 from concurrent import futures
@@ -27,9 +26,9 @@ _spec = importlib.util.spec_from_file_location("moodstream_bench_affinity", ROOT
 affinity = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(affinity)
 
-needs_haproxy = pytest.mark.skipif(shutil.which("haproxy") is None,
+needs_haproxy = pytest.mark.skipif(affinity.proxy_binary("haproxy") is None,
                                    reason="haproxy is not installed (./run test installs Debian's haproxy as root)")
-needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+needs_nginx = pytest.mark.skipif(affinity.proxy_binary("nginx") is None,
                                  reason="nginx is not installed (./run test installs Debian's nginx as root)")
 PROXIES = [pytest.param("haproxy", marks=needs_haproxy), pytest.param("nginx", marks=needs_nginx)]
 
