@@ -160,10 +160,7 @@ def browser():
 def wait_until(driver, condition, what, timeout=20.0):
     """Polls `condition(driver)`; a condition on several readings of a page should read it once. An element
     the page re-rendered between finding and reading it (stale) or has not drawn yet counts as not yet."""
-    from selenium.common.exceptions import (
-        NoSuchElementException,
-        StaleElementReferenceException,
-    )
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout, poll_frequency=0.1,

@@ -5,9 +5,9 @@ reaches ships for Linux).
 `FirefoxDriver` answers the part of Selenium's WebDriver API that the browser tests use: `get`,
 `current_url`, `execute_script` and `execute_async_script`, `find_element(s)` (by id or CSS selector;
 elements with `.text`, `get_attribute`, `is_displayed` and a real pointer `.click()`), `set_window_size` (the
-viewport), `print_page`, `save_screenshot` and `quit`, so a test body runs unchanged in either browser. Selenium's own `WebSocketConnection` carries the commands. Unlike
-geckodriver, BiDi reports the page's console: `console_errors` holds every error-level log entry and
-uncaught exception.
+viewport), `print_page`, `save_screenshot` and `quit`, so a test body runs unchanged in either browser.
+Selenium's own `WebSocketConnection` carries the commands. Unlike geckodriver, BiDi reports the page's
+console: `console_errors` holds every error-level log entry and uncaught exception.
 """
 import base64
 import contextlib
@@ -18,16 +18,13 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from selenium.common.exceptions import (
-    JavascriptException,
-    NoSuchElementException,
-    StaleElementReferenceException,
-    WebDriverException,
-)
+from selenium.common.exceptions import (JavascriptException, NoSuchElementException, StaleElementReferenceException,
+                                        WebDriverException)
 from selenium.webdriver.remote.websocket_connection import WebSocketConnection
+
+from waiting import wait_for
 
 LISTENING = re.compile(r"WebDriver BiDi listening on (ws://\S+)")
 COMMAND_TIMEOUT = 60.0  # a navigation waits for its page's load event within this
@@ -65,7 +62,8 @@ class FirefoxElement:
         self.driver.execute_script("arguments[0].scrollIntoView({block: 'center', inline: 'center'})", self)
         self.driver.command("input.performActions", {"context": self.driver.context, "actions": [{
             "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
-            "actions": [{"type": "pointerMove", "x": 0, "y": 0, "origin": {"type": "element", "element": self.reference}},
+            "actions": [{"type": "pointerMove", "x": 0, "y": 0,
+                         "origin": {"type": "element", "element": self.reference}},
                         {"type": "pointerDown", "button": 0}, {"type": "pointerUp", "button": 0}]}]})
         self.driver.command("input.releaseActions", {"context": self.driver.context})
 
@@ -119,26 +117,23 @@ class FirefoxDriver:
     def execute_script(self, script: str, *args):
         """`script` as a function body with `arguments`, as Selenium runs it; its return value as Python
         values (elements as FirefoxElement)."""
-        result = self.command("script.callFunction", {
-            "functionDeclaration": f"function() {{\n{script}\n}}", "awaitPromise": False,
-            "arguments": [self._local_value(arg) for arg in args], "target": {"context": self.context},
-            "resultOwnership": "none"})
-        if result["type"] == "exception":
-            details = result["exceptionDetails"]
-            raise JavascriptException(f"{details.get('text', '')} (line {details.get('lineNumber')})")
-        return self._python_value(result["result"])
+        return self._call_function(f"function() {{\n{script}\n}}", args, await_promise=False)
 
     def execute_async_script(self, script: str, *args):
         """`script` as a function body whose last argument is the callback it calls with its result, as
         Selenium runs it; waits up to the script timeout."""
-        wrapped = ("function() { const args = Array.from(arguments); return new Promise((resolve, reject) => {"
-                   f" args.push(resolve); try {{ (function() {{\n{script}\n}}).apply(this, args); }}"
-                   " catch (error) { reject(error); } }); }")
+        return self._call_function(
+            "function() { const args = Array.from(arguments); return new Promise((resolve, reject) => {"
+            f" args.push(resolve); try {{ (function() {{\n{script}\n}}).apply(this, args); }}"
+            " catch (error) { reject(error); } }); }", args, await_promise=True)
+
+    def _call_function(self, declaration: str, args, await_promise: bool):
         result = self.command("script.callFunction", {
-            "functionDeclaration": wrapped, "awaitPromise": True, "target": {"context": self.context},
+            "functionDeclaration": declaration, "awaitPromise": await_promise, "target": {"context": self.context},
             "arguments": [self._local_value(arg) for arg in args], "resultOwnership": "none"})
         if result["type"] == "exception":
-            raise JavascriptException(result["exceptionDetails"].get("text", ""))
+            details = result["exceptionDetails"]
+            raise JavascriptException(f"{details.get('text', '')} (line {details.get('lineNumber')})")
         return self._python_value(result["result"])
 
     def set_script_timeout(self, seconds: float) -> None:
@@ -218,15 +213,13 @@ class FirefoxDriver:
 
 def _bidi_address(log: Path, process: subprocess.Popen, timeout: float = 60.0) -> str:
     """The WebSocket address Firefox prints once its remote agent listens."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = LISTENING.search(log.read_text(errors="replace")) if log.exists() else None
-        if found:
-            return found.group(1)
+    def printed() -> str | None:
         if process.poll() is not None:
             raise RuntimeError(f"Firefox exited ({process.returncode}) before listening: {log.read_text()[-2000:]}")
-        time.sleep(0.05)
-    raise RuntimeError(f"Firefox did not start its WebDriver BiDi agent within {timeout:.0f} s")
+        found = LISTENING.search(log.read_text(errors="replace")) if log.exists() else None
+        return found and found.group(1)
+
+    return wait_for(printed, "Firefox to start its WebDriver BiDi agent", timeout)
 
 
 @contextlib.contextmanager
