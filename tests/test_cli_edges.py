@@ -102,3 +102,13 @@ def test_demo_checkpoint_refuses_inner_folds_that_cannot_cross_fit_before_synthe
                         "--inner-folds", value)
     one_line_error(result, "demo-checkpoint", f"argument --inner-folds: {fragment}")
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("speakers, fragment", [("20", "argument --speakers: must be at least 24"),
+                                                ("500", "argument --speakers: can be at most 191"),
+                                                ("many", "argument --speakers: 'many' is not a number")])
+def test_demo_checkpoint_refuses_a_corpus_it_cannot_split_before_writing_anything(tmp_path, speakers, fragment):
+    result = moodstream("demo-checkpoint", "--work", str(tmp_path / "work"), "--output", str(tmp_path / "out"),
+                        "--speakers", speakers)
+    one_line_error(result, "demo-checkpoint", fragment)
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()

@@ -37,6 +37,18 @@ def test_the_corpus_speakers_are_distinct_and_never_the_demos_voice():
     assert demo_recipe.DEMO_VOICE not in speakers
 
 
+def test_a_larger_corpus_of_the_same_seed_holds_the_smaller_one_in_the_same_splits():
+    small, large = (demo_recipe.corpus_speakers(np.random.default_rng(4), count) for count in (48, 96))
+    assert large[:48] == small and len(set(large)) == 96 and demo_recipe.DEMO_VOICE not in large
+    assert demo_recipe.split_counts(96) == {"test": 9, "validation": 9, "train": 78}
+    deal = [name for name, count in demo_recipe.split_counts(96).items() for _ in range(count)]
+    assert deal[:18] == [name for name, count in demo_recipe.SPLITS.items() for _ in range(count)][:18]
+    with pytest.raises(ValueError, match="--speakers must be at least 24"):
+        demo_recipe.split_counts(23)
+    with pytest.raises(ValueError, match="--speakers can be at most 191"):
+        demo_recipe.corpus_speakers(np.random.default_rng(0), 192)
+
+
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_a_session_is_cut_to_length_in_background_noise(tmp_path):
     rng = np.random.default_rng(3)

@@ -14,7 +14,7 @@ from moodstream.trainer import demo_recipe
 from moodstream.trainer.evaluate import checkpoint_speech
 from moodstream.trainer.long_session_metrics import goal_verdict, reliability, row_at
 from moodstream.trainer.long_sessions import (draw_speakers, generate_long_sessions, held_out_voices,
-                                              run_long_session_check)
+                                              run_long_session_check, training_corpus)
 from moodstream.trainer.manifest import read_manifest
 from moodstream.trainer.prefixes import expected_calibration_error, interval_coverage, sampled_coverage
 from moodstream.trainer.segments import SegmentParams, session_audio, session_chunks
@@ -54,6 +54,17 @@ def test_the_speakers_are_outside_every_excluded_demo_corpus():
     also = set(demo_recipe.corpus_speakers(np.random.default_rng(7)))
     assert not (trained | also) & set(held_out_voices([0, 7]))
     assert draw_speakers(pool, 5, 1) == draw_speakers(pool, 5, 1) != draw_speakers(pool, 5, 2)
+    larger = set(demo_recipe.corpus_speakers(np.random.default_rng(0), 96))
+    assert len(held_out_voices([0], 96)) == 8 * 24 - 1 - 96 and not larger & set(held_out_voices([0], 96))
+
+
+def test_the_check_leaves_out_the_corpus_size_a_checkpoint_records():
+    model = ScreeningModel.from_pretrained(DEMO_CHECKPOINT_FOLDER)
+    assert training_corpus(model)[:2] == (0, demo_recipe.SPEAKERS)  # built before the size was recorded
+    model.config = model.config.replace(notes=model.config.notes | {"seed": 2, "corpus_speakers": 96})
+    assert training_corpus(model)[:2] == (2, 96)
+    model.config = model.config.replace(notes={"seed": 2})  # not a demo-recipe checkpoint
+    assert training_corpus(model)[:2] == (0, demo_recipe.SPEAKERS)
 
 
 def test_a_row_reads_the_kth_score_of_the_sessions_that_long():

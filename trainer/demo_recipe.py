@@ -75,16 +75,32 @@ VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f
 # so the demo scores a voice the model has not heard.
 DEMO_VOICE = "en-gb+f2"
 SPEAKERS = 48
-SPLITS = {"test": 9, "validation": 9, "train": 30}  # speakers per split, speaker-disjoint
+HELD_OUT_SPEAKERS = 9  # test and validation speakers each, whatever the corpus size; the rest train
 SESSION_SECONDS = 42.0
 PITCH_RANGES = ["x-low", "low", "medium", "high", "x-high"]  # espeak-ng's SSML prosody range, narrow to wide
 
-# What the demo model's probability means (shown beside its scores).
-DEMO_DESCRIPTION = {
-    "training_data": f"synthetic espeak-ng speech of {SPEAKERS} synthetic speakers",
-    "positive_class": "slowed, low, flat delivery (a stand-in for psychomotor slowing, not depression)",
-    "demo_model": True,
-}
+
+
+def split_counts(speakers: int) -> dict[str, int]:
+    """Speakers per split (speaker-disjoint), in the order corpus_speakers deals them out."""
+    train = speakers - 2 * HELD_OUT_SPEAKERS
+    if train < 2 * DEMO_INNER_FOLDS:
+        raise ValueError(f"--speakers must be at least {2 * HELD_OUT_SPEAKERS + 2 * DEMO_INNER_FOLDS} "
+                         f"({HELD_OUT_SPEAKERS} test, {HELD_OUT_SPEAKERS} validation, and enough training speakers "
+                         f"for the inner folds), got {speakers}")
+    return {"test": HELD_OUT_SPEAKERS, "validation": HELD_OUT_SPEAKERS, "train": train}
+
+
+SPLITS = split_counts(SPEAKERS)
+
+
+def demo_description(speakers: int = SPEAKERS) -> dict:
+    """What the demo model's probability means (shown beside its scores)."""
+    return {
+        "training_data": f"synthetic espeak-ng speech of {speakers} synthetic speakers",
+        "positive_class": "slowed, low, flat delivery (a stand-in for psychomotor slowing, not depression)",
+        "demo_model": True,
+    }
 
 # The two delivery styles overlap on purpose: each session draws its delivery once from its class's
 # distributions below, so a slow lively session can be slower than a brisk slowed one and more speech from the
@@ -201,12 +217,22 @@ def synthesize_session(delivery: dict, voice: str, sentences: list[str], rng: np
     return len(wave) / 16000
 
 
-def corpus_speakers(rng: np.random.Generator) -> list[str]:
-    voices = [f"{voice}+{variant}" for voice in VOICES for variant in VARIANTS if f"{voice}+{variant}" != DEMO_VOICE]
-    return [voices[i] for i in rng.permutation(len(voices))[:SPEAKERS]]
+def recipe_voices() -> list[str]:
+    """Every voice + variant pair a corpus can draw from (never the demo's own voice)."""
+    return [f"{voice}+{variant}" for voice in VOICES for variant in VARIANTS if f"{voice}+{variant}" != DEMO_VOICE]
 
 
-def generate_corpus(folder: Path, seed: int = 0, session_seconds: float = SESSION_SECONDS) -> Path:
+def corpus_speakers(rng: np.random.Generator, count: int = SPEAKERS) -> list[str]:
+    """The corpus's voices: the first `count` of one permutation, so a larger corpus of the same seed holds a
+    smaller one's speakers, and in the same splits."""
+    voices = recipe_voices()
+    if count > len(voices):
+        raise ValueError(f"--speakers can be at most {len(voices)} (the recipe's voices), got {count}")
+    return [voices[i] for i in rng.permutation(len(voices))[:count]]
+
+
+def generate_corpus(folder: Path, seed: int = 0, session_seconds: float = SESSION_SECONDS,
+                    speakers: int = SPEAKERS) -> Path:
     """Write the WAVs, manifest.csv (speaker-disjoint train/validation/test) and each session's drawn delivery
     (deliveries.csv, for inspection) into `folder`."""
     from tqdm import tqdm
@@ -214,8 +240,8 @@ def generate_corpus(folder: Path, seed: int = 0, session_seconds: float = SESSIO
     binary = require_espeak()
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    speakers = corpus_speakers(rng)
-    splits = [name for name, count in SPLITS.items() for _ in range(count)]
+    splits = [name for name, count in split_counts(speakers).items() for _ in range(count)]
+    speakers = corpus_speakers(rng, speakers)
     rows, deliveries = [], []
     progress = tqdm(total=2 * len(speakers), desc="synthesising sessions", unit="session")
     for number, (voice, split) in enumerate(zip(speakers, splits)):
@@ -243,10 +269,11 @@ def generate_corpus(folder: Path, seed: int = 0, session_seconds: float = SESSIO
     return folder / "manifest.csv"
 
 
-def corpus_summary() -> str:
+def corpus_summary(speakers: int = SPEAKERS) -> str:
     slowed, lively = STYLES["slowed"], STYLES["lively"]
-    split = "/".join(str(n) for n in (SPLITS["train"], SPLITS["validation"], SPLITS["test"]))
-    return (f"{SPEAKERS} synthetic speakers (espeak-ng voices and variants, not the demo's {DEMO_VOICE}) x 2 "
+    counts = split_counts(speakers)
+    split = "/".join(str(n) for n in (counts["train"], counts["validation"], counts["test"]))
+    return (f"{speakers} synthetic speakers (espeak-ng voices and variants, not the demo's {DEMO_VOICE}) x 2 "
             f"sessions of {SESSION_SECONDS:.0f} s, speaker-disjoint {split} train/validation/test; each session "
             f"draws its delivery once from overlapping class distributions: rate {slowed['speed'][0]} vs "
             f"{lively['speed'][0]} wpm (sd {slowed['speed'][1]}), pitch {slowed['pitch'][0]} vs "
@@ -255,13 +282,20 @@ def corpus_summary() -> str:
             f"{NOISE_SNR_DB[0]:.0f}-{NOISE_SNR_DB[1]:.0f} dB SNR")
 
 
+def manifest_speakers(manifest: Path) -> int:
+    with open(manifest, newline="") as handle:
+        return len({row["speaker_id"] for row in csv.DictReader(handle)})
+
+
 def default_output() -> Path:
     return DEMO_CHECKPOINT
 
 
 def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "runs/demo-checkpoint",
-                          seed: int = 0, resume: bool = False, inner_folds: int = DEMO_INNER_FOLDS) -> Path:
-    """Synthesise the corpus, train the demo model on it, copy the checkpoint and a TRAINING.md to `output`.
+                          seed: int = 0, resume: bool = False, inner_folds: int = DEMO_INNER_FOLDS,
+                          speakers: int = SPEAKERS) -> Path:
+    """Synthesise a corpus of `speakers` speakers, train the demo model on it, copy the checkpoint and a
+    TRAINING.md to `output`.
 
     With `resume`, an interrupted build in `work` continues (its corpus is kept, training resumes from its
     last finished epoch); otherwise `work` starts from scratch.
@@ -272,30 +306,39 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
     from moodstream.trainer.train import train
 
     require_espeak()
+    split_counts(speakers)  # a corpus too small to split is refused before anything is written
     started = time.monotonic()
     work = Path(work).expanduser().resolve()
     manifest = work / "audio" / "manifest.csv"
     resumed = resume and manifest.is_file()
+    if resumed and (found := manifest_speakers(manifest)) != speakers:
+        raise ValueError(f"--resume: the corpus in {work} holds {found} speakers, not {speakers}: pass "
+                         f"--speakers {found}, or leave out --resume to start again")
     if not resumed:
         if work.exists():
             shutil.rmtree(work)  # from scratch
-        manifest = generate_corpus(work / "audio", seed=seed)
+        manifest = generate_corpus(work / "audio", seed=seed, speakers=speakers)
+    description = demo_description(speakers)
     config = TrainConfig.from_dict({
         "data": {"format": "manifest", "path": str(manifest), "cache_dir": str(work / "cache")},
-        "model": demo_model_settings() | DEMO_DESCRIPTION | {
-            "notes": {"recipe": "moodstream demo-checkpoint", "seed": seed, "what_it_learned": DEMO_NOTE}},
+        "model": demo_model_settings() | description | {
+            "notes": {"recipe": "moodstream demo-checkpoint", "seed": seed, "corpus_speakers": speakers,
+                      "what_it_learned": DEMO_NOTE}},
         # 16 epochs: stage 1 is still improving slowly there (validation AUC 0.71 after epoch 1, 0.82
         # after 15), but each of the four trainings must stay near a quarter of an hour on two CPU cores.
         "stage1": {"lr_backbone": 1e-3, "epochs": 16},
         "stage2": {"lr_head": 3e-3, "epochs": 100},
         "scoring": {"calibration": "cross-fit", "inner_folds": inner_folds},
-        "run": {"output": str(work / "run"), "seed": seed, "progress": False, "tsne": False},
+        # small-data whatever the corpus size: a larger corpus would pick the paper's recipe, whose score
+        # keeps growing surer with length (docs/long-sessions.md: 1 - 1e-9 after 20 segments on 96 speakers).
+        "run": {"output": str(work / "run"), "seed": seed, "progress": False, "tsne": False,
+                "recipe": "small-data"},
     })
     result = train(config)
     target = Path(output).expanduser() if output else default_output()
     model = ScreeningModel.from_pretrained(result["checkpoint"])
     # A build resumed from a run that predates the description still ships it.
-    model.config = model.config.replace(**DEMO_DESCRIPTION)
+    model.config = model.config.replace(**description)
     model.save_pretrained(target)
     test = result["test"]
     chosen_on = model.config.notes.get("threshold_chosen_on", "validation")
@@ -305,7 +348,7 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
         "Regenerate from scratch with `moodstream demo-checkpoint` (needs espeak-ng; installs nothing itself).\n\n"
         f"* model_version: {model.model_version}\n"
         f"* parameters: {model.parameter_counts()['total']:,}\n"
-        f"* corpus: {corpus_summary()}\n"
+        f"* corpus: {corpus_summary(speakers)}\n"
         f"* speech path (the agent's, recorded in config.json): {json.dumps(model.config.speech)}\n"
         f"* decision threshold (chosen on {chosen_on}): {model.config.decision_threshold:.3f}\n"
         f"* held-out test sessions: F1 {test['session']['f1']:.3f}, AUC {test['session']['auc']:.3f}; "

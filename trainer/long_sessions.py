@@ -71,25 +71,23 @@ def output_folder(path: str | Path, option: str) -> Path:
     return folder
 
 
-def training_seed(model) -> tuple[int, str]:
-    """The demo-recipe seed whose corpus trained (and validated) `model`, and how it is known."""
+def training_corpus(model) -> tuple[int, int, str]:
+    """The demo-recipe seed and corpus size that trained (and validated) `model`, and how they are known.
+    A checkpoint built before the corpus size was an option used the recipe's default size."""
     notes = model.config.notes or {}
-    seed = notes.get("seed")
-    if notes.get("recipe") == "moodstream demo-checkpoint" and isinstance(seed, int):
-        return seed, f"the demo-recipe seed the checkpoint records ({seed})"
-    return 0, "the demo recipe's default seed (0): the checkpoint records no demo-recipe seed"
+    seed, speakers = notes.get("seed"), notes.get("corpus_speakers", demo_recipe.SPEAKERS)
+    if notes.get("recipe") == "moodstream demo-checkpoint" and isinstance(seed, int) and isinstance(speakers, int):
+        return seed, speakers, f"the demo-recipe seed and corpus size the checkpoint records ({seed}, {speakers})"
+    return 0, demo_recipe.SPEAKERS, (f"the demo recipe's default seed (0) and size ({demo_recipe.SPEAKERS}): the "
+                                     "checkpoint records no demo-recipe seed")
 
 
-def recipe_voices() -> list[str]:
-    return [f"{voice}+{variant}" for voice in demo_recipe.VOICES for variant in demo_recipe.VARIANTS
-            if f"{voice}+{variant}" != demo_recipe.DEMO_VOICE]
-
-
-def held_out_voices(excluded_seeds) -> list[str]:
-    """The recipe's voices that no demo-recipe corpus of `excluded_seeds` uses, in the pool's order."""
+def held_out_voices(excluded_seeds, speakers: int = demo_recipe.SPEAKERS) -> list[str]:
+    """The recipe's voices that no demo-recipe corpus of `excluded_seeds` and `speakers` speakers uses, in the
+    pool's order. A smaller corpus of the same seed is part of a larger one (demo_recipe.corpus_speakers)."""
     used = {voice for seed in excluded_seeds
-            for voice in demo_recipe.corpus_speakers(np.random.default_rng(seed))}
-    return [voice for voice in recipe_voices() if voice not in used]
+            for voice in demo_recipe.corpus_speakers(np.random.default_rng(seed), speakers)}
+    return [voice for voice in demo_recipe.recipe_voices() if voice not in used]
 
 
 def draw_speakers(pool: list[str], count: int, seed: int) -> list[str]:
@@ -220,9 +218,10 @@ def run_long_session_check(checkpoint: str | Path, output: str | Path, speakers:
     model = ScreeningModel.from_pretrained(checkpoint_folder(checkpoint))
     model.to(pick_device(device)).eval()
     speech, speech_note = checkpoint_speech(model)
-    trained_seed, seed_source = training_seed(model)
+    trained_seed, corpus_size, seed_source = training_corpus(model)
     excluded = sorted({trained_seed, *exclude_seeds})
-    voices = draw_speakers(held_out_voices(excluded), speakers, seed)
+    # Other seeds' corpora are left out at the larger of the two sizes: that holds the default-size corpus.
+    voices = draw_speakers(held_out_voices(excluded, max(corpus_size, demo_recipe.SPEAKERS)), speakers, seed)
     timings = {}
 
     mark = time.monotonic()
@@ -253,7 +252,8 @@ def run_long_session_check(checkpoint: str | Path, output: str | Path, speakers:
         "calibration": (model.config.notes or {}).get("calibration"), "has_interval": intervals is not None,
         "interval_level": model.calibration.level if intervals is not None else None,
         "speech": speech.as_dict(), "speech_note": speech_note,
-        "held_out": {"excluded_corpus_seeds": excluded, "training_seed_from": seed_source, "voices": voices,
+        "held_out": {"excluded_corpus_seeds": excluded, "excluded_corpus_speakers": max(corpus_size, demo_recipe.SPEAKERS),
+                     "training_seed_from": seed_source, "voices": voices,
                      "seed": seed},
         "report_at": report_at, "rows": {str(k): r for k, r in rows.items()},
         "bootstrap": {str(k): b for k, b in bootstrap.items()}, "goal": goal,
