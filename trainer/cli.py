@@ -135,7 +135,8 @@ def add_parser(subparsers) -> None:
                     "drawn from overlapping distributions of rate, pitch, pitch range and pauses, in background "
                     "noise (a proxy for psychomotor slowing, not depression); train the small demo model on it "
                     "with the agent's speech path; and write the checkpoint and its TRAINING.md (default: "
-                    "moodstream/assets/demo-checkpoint). About an hour on two CPU cores (both stages are trained four times: three inner folds, then all).")
+                    "moodstream/assets/demo-checkpoint). About 30 minutes on two idle CPU cores for the default corpus (both stages are trained four times: "
+                    "three inner folds, then all).")
     demo.add_argument("--output", default=None, type=output_folder, help="checkpoint folder (default: the bundled asset folder)")
     demo.add_argument("--work", default="runs/demo-checkpoint", type=output_folder, help="folder for the audio and the training run")
     demo.add_argument("--seed", type=int, default=0)
@@ -179,15 +180,17 @@ def add_parser(subparsers) -> None:
         description="Synthesise long sessions with the demo recipe's espeak-ng generator (a slowed, label 1, and "
                     "a lively, label 0, session per speaker, each long enough for the largest --at count after "
                     "the speech path), from voices outside the demo corpus the checkpoint was built from (its "
-                    "recorded demo-recipe seed, else seed 0, plus any --exclude-corpus-seed). Cut them with the "
+                    "recorded demo-recipe seed and corpus size, else seed 0 and 48 speakers, plus any "
+                    "--exclude-corpus-seed). Cut them with the "
                     "checkpoint's own speech settings, as `moodstream evaluate` does, score the session after "
                     "every segment, and report per --at count: AUC, ECE (10 bins), Brier, the mean score per "
                     "class (its drift with length alone) and, when the checkpoint carries an interval, the 90 % "
                     "interval's coverage. Writes report.md, result.json and long_sessions.png into --output; "
                     "the synthesised audio is kept and reused. The goal: at every --at count after the first, "
                     f"ECE at most {100 * GOAL_ECE:.0f} % and AUC within {100 * GOAL_AUC_GAP:.0f} points of the "
-                    "last count's AUC. About 5 minutes for 40 speakers (15 for all 143 held-out voices) on two busy "
-                    "CPU cores, nearly all of it speech synthesis; needs espeak-ng.")
+                    "last count's AUC. About 5 minutes for 40 speakers (about 12 for the 95 voices outside the "
+                    "bundled checkpoint's corpus) on two busy CPU cores, nearly all of it speech synthesis; needs "
+                    "espeak-ng.")
     long.add_argument("checkpoint", type=input_folder, help="checkpoint folder (any moodstream checkpoint, e.g. "
                                          "moodstream/assets/demo-checkpoint)")
     long.add_argument("--output", default="runs/long-sessions", type=output_folder, help="report folder (default: %(default)s)")

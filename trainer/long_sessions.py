@@ -75,7 +75,7 @@ def training_corpus(model) -> tuple[int, int, str]:
     """The demo-recipe seed and corpus size that trained (and validated) `model`, and how they are known.
     A checkpoint built before the corpus size was an option used the recipe's default size."""
     notes = model.config.notes or {}
-    seed, speakers = notes.get("seed"), notes.get("corpus_speakers", demo_recipe.SPEAKERS)
+    seed, speakers = notes.get("seed"), notes.get("corpus_speakers", demo_recipe.UNRECORDED_CORPUS_SPEAKERS)
     if notes.get("recipe") == "moodstream demo-checkpoint" and isinstance(seed, int) and isinstance(speakers, int):
         return seed, speakers, f"the demo-recipe seed and corpus size the checkpoint records ({seed}, {speakers})"
     return 0, demo_recipe.SPEAKERS, (f"the demo recipe's default seed (0) and size ({demo_recipe.SPEAKERS}): the "
