@@ -85,12 +85,20 @@ def open_channel(address: str, *, tls: bool = False, tls_ca: str | Path | None =
 INTERVAL_FIELDS = ("probability_low", "probability_high", "interval_level")
 
 
+def probability_text(probability: float) -> str:
+    """A probability to two decimals, except that one which would read 0.00 or 1.00 reads "<0.01" or ">0.99":
+    a screening score that prints as certain tells a clinician nothing is left to judge, and no score here is
+    certain (docs/calibration.md)."""
+    text = f"{probability:.2f}"
+    return {"0.00": "<0.01", "1.00": ">0.99"}.get(text, text)
+
+
 def interval_text(values: Mapping[str, Any]) -> str:
     """A score dict's probability with its interval, as people read it: "0.72 (0.61-0.80)", or "0.72"."""
-    text = f"{values['probability']:.2f}"
+    text = probability_text(values["probability"])
     if values.get("probability_low") is None:
         return text
-    return f"{text} ({values['probability_low']:.2f}\u2013{values['probability_high']:.2f})"
+    return f"{text} ({probability_text(values['probability_low'])}\u2013{probability_text(values['probability_high'])})"
 
 
 # Said once per model whose scores carry no interval, never on every score line.

@@ -341,3 +341,18 @@ def test_each_score_shows_its_interval_as_text_and_a_band_or_the_page_says_once_
             assert band["height"] >= 6 and band["share"] > 0.8, band
         assert_fits(browser, "participant with its interval at 390")
         assert not severe_console(browser)
+
+
+def test_the_dashboard_writes_every_probability_as_the_agent_and_the_demo_do(browser):
+    from pathlib import Path
+
+    from moodstream.wire import interval_text
+
+    browser.get("about:blank")
+    browser.execute_script((Path(__file__).parents[1] / "dashboard" / "static" / "format.js").read_text())
+    cases = [(0.9999, 0.9962, 0.99998), (0.994, 0.976, 0.9971), (1.0, 1.0, 1.0), (0.003, 0.0, 0.011),
+             (0.0061, 0.0051, 0.0072), (0.72, 0.61, 0.8), (0.5, None, None)]
+    for probability, low, high in cases:
+        values = {"probability": probability, "probability_low": low, "probability_high": high}
+        shown = browser.execute_script("return window.moodstream.intervalText(arguments[0])", values)
+        assert shown == interval_text(values), values

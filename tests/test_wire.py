@@ -34,6 +34,19 @@ def test_a_score_reads_with_its_interval_and_the_note_says_what_the_brackets_mea
     assert interval_text(without) == "0.25" and interval_note(without) == NO_INTERVAL_NOTE
 
 
+@pytest.mark.parametrize("probability, low, high, text", [
+    (0.9999, 0.9962, 0.99998, ">0.99 (>0.99\u2013>0.99)"),
+    (0.994, 0.976, 0.9971, "0.99 (0.98\u2013>0.99)"),
+    (1.0, 1.0, 1.0, ">0.99 (>0.99\u2013>0.99)"),
+    (0.003, 0.0, 0.011, "<0.01 (<0.01\u20130.01)"),
+    (0.0061, 0.0051, 0.0072, "0.01 (0.01\u20130.01)"),
+])
+def test_no_probability_reads_as_certain(probability, low, high, text):
+    values = score_to_dict(an_update(probability=probability, probability_low=low, probability_high=high,
+                                     interval_level=0.9))
+    assert interval_text(values) == text
+
+
 def test_a_score_dict_has_every_field_by_its_proto_name_with_numbers_as_numbers():
     values = score_to_dict(an_update(segments=2**40, seq=2**40 - 1))
     assert set(values) == {field.name for field in pb.ScoreUpdate.DESCRIPTOR.fields}

@@ -7,7 +7,9 @@
   ms.skew = 0; // dashboard clock minus browser clock, seconds
 
   const now = () => Date.now() / 1000 + ms.skew;
-  const fmtProb = (p) => p.toFixed(2);
+  // As moodstream.wire.probability_text: what would read 0.00 or 1.00 reads "<0.01" or ">0.99", since no
+  // screening score is certain.
+  const fmtProb = (p) => ({ "0.00": "<0.01", "1.00": ">0.99" })[p.toFixed(2)] || p.toFixed(2);
   const hasInterval = (s) => s.probability_low !== null && s.probability_low !== undefined;
   // A score's probability with its interval, as moodstream.wire.interval_text writes it: "0.72 (0.61–0.80)".
   const intervalText = (s) => fmtProb(s.probability) +
