@@ -188,8 +188,8 @@ def add_parser(subparsers) -> None:
                     "interval's coverage. Writes report.md, result.json and long_sessions.png into --output; "
                     "the synthesised audio is kept and reused. The goal: at every --at count after the first, "
                     f"ECE at most {100 * GOAL_ECE:.0f} % and AUC within {100 * GOAL_AUC_GAP:.0f} points of the "
-                    "last count's AUC. About 5 minutes for 40 speakers (about 12 for the 95 voices outside the "
-                    "bundled checkpoint's corpus) on two busy CPU cores, nearly all of it speech synthesis; needs "
+                    "last count's AUC. About 5 minutes for 40 speakers (about 14 for the 95 voices outside the "
+                    "bundled checkpoint's corpus) on two CPU cores, nearly all of it speech synthesis; needs "
                     "espeak-ng.")
     long.add_argument("checkpoint", type=input_folder, help="checkpoint folder (any moodstream checkpoint, e.g. "
                                          "moodstream/assets/demo-checkpoint)")
