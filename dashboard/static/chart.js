@@ -36,13 +36,15 @@
   }
 
   // A tick label centred near the plot's edge would be drawn past the canvas (cut off at phone
-  // width); such labels are left out, the tick itself stays. The plot's left edge is read from the
-  // style uPlot sets (offsetLeft is rounded to whole pixels), with a margin for text rendering.
+  // width); such labels are left out, the tick itself stays. The plot's left edge is uPlot's bbox, in
+  // canvas pixels: uPlot lays out the axes before it moves its overlay, so the overlay's style still
+  // holds the previous layout (none at all on a chart's first draw) when this runs. A margin allows for
+  // text rendering.
   const LABEL_MARGIN = 2;
   function labelsInsideCanvas(format) {
     return (u, splits, ...rest) => {
       const labels = format(u, splits, ...rest);
-      const plotLeft = parseFloat(u.over.style.left) || u.over.offsetLeft;
+      const plotLeft = u.bbox.left / (window.devicePixelRatio || 1);
       measurer.font = AXIS_FONT;
       return labels.map((text, i) => {
         if (text === null || text === undefined) return text;
