@@ -61,3 +61,16 @@ def test_a_session_is_cut_to_length_in_background_noise(tmp_path):
     windows = np.sqrt(np.mean(audio[: audio.size // 1600 * 1600].reshape(-1, 1600) ** 2, axis=1))
     # the pauses carry the session's room noise, well below its speech
     assert windows.min() > 1e-4 and np.percentile(windows, 90) > 5 * windows.min()
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_resume_refuses_a_corpus_of_another_size_and_keeps_it(tmp_path):
+    manifest = tmp_path / "work" / "audio" / "manifest.csv"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("participant_id,speaker_id,label,audio_path,split\n"
+                        "spk00-slowed,spk00,1,spk00-slowed.wav,test\nspk00-lively,spk00,0,spk00-lively.wav,test\n"
+                        "spk01-slowed,spk01,1,spk01-slowed.wav,train\n")
+    before = manifest.read_text()
+    with pytest.raises(ValueError, match="holds 2 speakers, not 96: pass --speakers 2, or leave out --resume"):
+        demo_recipe.build_demo_checkpoint(output=tmp_path / "out", work=tmp_path / "work", resume=True, speakers=96)
+    assert manifest.read_text() == before and not (tmp_path / "out").exists()

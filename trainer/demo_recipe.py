@@ -85,9 +85,20 @@ SESSION_SECONDS = 42.0
 PITCH_RANGES = ["x-low", "low", "medium", "high", "x-high"]  # espeak-ng's SSML prosody range, narrow to wide
 
 
+def recipe_voices() -> list[str]:
+    """Every voice + variant pair a corpus can draw from (never the demo's own voice)."""
+    return [f"{voice}+{variant}" for voice in VOICES for variant in VARIANTS if f"{voice}+{variant}" != DEMO_VOICE]
+
+
+def require_voices(speakers: int, voices: int) -> None:
+    if speakers > voices:
+        raise ValueError(f"--speakers can be at most {voices} (the recipe's voices), got {speakers}")
+
 
 def split_counts(speakers: int) -> dict[str, int]:
-    """Speakers per split (speaker-disjoint), in the order corpus_speakers deals them out."""
+    """Speakers per split (speaker-disjoint), in the order corpus_speakers deals them out; a ValueError for a
+    corpus the recipe cannot split or voice."""
+    require_voices(speakers, len(recipe_voices()))
     train = speakers - 2 * HELD_OUT_SPEAKERS
     if train < 2 * DEMO_INNER_FOLDS:
         raise ValueError(f"--speakers must be at least {2 * HELD_OUT_SPEAKERS + 2 * DEMO_INNER_FOLDS} "
@@ -222,17 +233,11 @@ def synthesize_session(delivery: dict, voice: str, sentences: list[str], rng: np
     return len(wave) / 16000
 
 
-def recipe_voices() -> list[str]:
-    """Every voice + variant pair a corpus can draw from (never the demo's own voice)."""
-    return [f"{voice}+{variant}" for voice in VOICES for variant in VARIANTS if f"{voice}+{variant}" != DEMO_VOICE]
-
-
 def corpus_speakers(rng: np.random.Generator, count: int = SPEAKERS) -> list[str]:
     """The corpus's voices: the first `count` of one permutation, so a larger corpus of the same seed holds a
     smaller one's speakers, and in the same splits."""
     voices = recipe_voices()
-    if count > len(voices):
-        raise ValueError(f"--speakers can be at most {len(voices)} (the recipe's voices), got {count}")
+    require_voices(count, len(voices))
     return [voices[i] for i in rng.permutation(len(voices))[:count]]
 
 
@@ -311,7 +316,7 @@ def build_demo_checkpoint(output: str | Path | None = None, work: str | Path = "
     from moodstream.trainer.train import train
 
     require_espeak()
-    split_counts(speakers)  # a corpus too small to split is refused before anything is written
+    split_counts(speakers)  # a corpus the recipe cannot split or voice is refused before anything is written
     started = time.monotonic()
     work = Path(work).expanduser().resolve()
     manifest = work / "audio" / "manifest.csv"

@@ -221,7 +221,8 @@ def run_long_session_check(checkpoint: str | Path, output: str | Path, speakers:
     trained_seed, corpus_size, seed_source = training_corpus(model)
     excluded = sorted({trained_seed, *exclude_seeds})
     # Other seeds' corpora are left out at the larger of the two sizes: that holds the default-size corpus.
-    voices = draw_speakers(held_out_voices(excluded, max(corpus_size, demo_recipe.SPEAKERS)), speakers, seed)
+    excluded_size = max(corpus_size, demo_recipe.SPEAKERS)
+    voices = draw_speakers(held_out_voices(excluded, excluded_size), speakers, seed)
     timings = {}
 
     mark = time.monotonic()
@@ -252,7 +253,7 @@ def run_long_session_check(checkpoint: str | Path, output: str | Path, speakers:
         "calibration": (model.config.notes or {}).get("calibration"), "has_interval": intervals is not None,
         "interval_level": model.calibration.level if intervals is not None else None,
         "speech": speech.as_dict(), "speech_note": speech_note,
-        "held_out": {"excluded_corpus_seeds": excluded, "excluded_corpus_speakers": max(corpus_size, demo_recipe.SPEAKERS),
+        "held_out": {"excluded_corpus_seeds": excluded, "excluded_corpus_speakers": excluded_size,
                      "training_seed_from": seed_source, "voices": voices,
                      "seed": seed},
         "report_at": report_at, "rows": {str(k): r for k, r in rows.items()},
