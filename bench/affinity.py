@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, bench_main, machine, machine_line, markdown_table  # noqa: E402
+from common import ROOT, bench_main, machine, machine_line, markdown_table, stop_process  # noqa: E402
 
 HAPROXY_CONFIG = ROOT / "deploy" / "haproxy.cfg"
 NGINX_CONFIG = ROOT / "deploy" / "nginx.conf"
@@ -100,13 +100,7 @@ class ProxyProcess:
         return self.log_path.read_text(errors="replace")
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process, 10)
 
 
 class HAProxy(ProxyProcess):

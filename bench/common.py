@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -140,3 +141,14 @@ def bench_main(description: str, run: Callable[..., dict], report: Callable[[dic
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     print(report(results))
+
+
+def stop_process(process: subprocess.Popen, grace: float) -> None:
+    """Ask a child process to end, and kill it if it has not within `grace` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)

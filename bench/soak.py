@@ -38,7 +38,7 @@ from moodstream.wire import bearer_metadata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import rss_mb as _rss_mb  # noqa: E402
+from common import rss_mb as _rss_mb, stop_process  # noqa: E402
 from loopback import pcm_chunks  # noqa: E402
 
 RATE = 16000
@@ -88,13 +88,7 @@ class ServerProcess:
         raise RuntimeError(f"the server did not listen within {timeout:.0f} s")
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process, 15)
         self.process.stdout.close()
 
 
